@@ -1,0 +1,98 @@
+//! `mailticket import` and `mailticket ingest`: messages from files and from stdin.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use mailticket::classify::Identity;
+use mailticket::import::import_path;
+use mailticket::pipeline::process;
+use mailticket::store::{Origin, Outcome};
+use mailticket::summary::RunSummary;
+
+use super::{Ctx, print_json, print_summary};
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// .eml files, mbox files, Maildir folders
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// The mailbox this message was delivered to (recorded on a new ticket)
+    #[arg(long, value_name = "NAME")]
+    pub mailbox: Option<String>,
+}
+
+pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
+    let mut store = ctx.open_store()?;
+    let me = Identity {
+        addresses: ctx.config.own_addresses(),
+    };
+    let mut summary = RunSummary::default();
+    for p in &a.paths {
+        summary.push(import_path(&mut store, &me, p));
+    }
+    summary.log("import");
+    if a.json {
+        print_json(&summary)?;
+    } else {
+        print_summary(&summary);
+    }
+    for e in &summary.totals.errors {
+        eprintln!("mailticket: error: {e}");
+    }
+    Ok(if summary.failed() { 1 } else { 0 })
+}
+
+/// sysexits(3): success, bad input, try again later.
+const EX_OK: u8 = 0;
+const EX_DATAERR: u8 = 65;
+const EX_TEMPFAIL: u8 = 75;
+
+/// Never fails: an MTA only understands the exit status. Trouble on our side (config, store)
+/// is EX_TEMPFAIL so the MTA keeps the message and retries; input with nothing to keep is
+/// EX_DATAERR.
+pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
+    let mut raw = Vec::new();
+    if let Err(e) = std::io::stdin().lock().read_to_end(&mut raw) {
+        eprintln!("mailticket: error: reading standard input: {e}");
+        return EX_TEMPFAIL;
+    }
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        eprintln!("mailticket: error: standard input is empty: no message");
+        return EX_DATAERR;
+    }
+    let mut store = match ctx.open_store() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mailticket: error: {e:#}");
+            return EX_TEMPFAIL;
+        }
+    };
+    let me = Identity {
+        addresses: ctx.config.own_addresses(),
+    };
+    let origin = Origin {
+        source: "ingest".into(),
+        mailbox: a.mailbox.clone().unwrap_or_default(),
+        imap: None,
+    };
+    match process(&mut store, &me, &raw, &origin, mailticket::time::now()) {
+        Ok(Outcome::Created(t)) => eprintln!("mailticket: created ticket {t}"),
+        Ok(Outcome::Threaded(t)) => eprintln!("mailticket: added to ticket {t}"),
+        Ok(Outcome::Duplicate(t)) => eprintln!("mailticket: already stored in ticket {t}"),
+        Ok(Outcome::Quarantined(q)) => {
+            eprintln!("mailticket: not parseable, kept as quarantine {q}")
+        }
+        Err(e) => {
+            eprintln!("mailticket: error: {e}");
+            return EX_TEMPFAIL;
+        }
+    }
+    EX_OK
+}

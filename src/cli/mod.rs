@@ -1,0 +1,219 @@
+//! Command-line arguments and the glue from each subcommand to the library.
+
+mod import;
+mod sync;
+mod tickets;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use mailticket::config::Config;
+use mailticket::store::Store;
+
+/// Turns a support mailbox into helpdesk tickets.
+#[derive(Debug, Parser)]
+#[command(name = "mailticket", version, about)]
+pub struct Args {
+    /// The config file [default: $MAILTICKET_CONFIG, else ./mailticket.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The database file (overrides `[store] path`)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings, -qq errors only)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a fully commented sample config
+    Init {
+        /// Where to write it [default: ./mailticket.toml]
+        path: Option<PathBuf>,
+        /// Replace an existing file
+        #[arg(long)]
+        force: bool,
+    },
+    /// One pass over the configured mailboxes, then exit
+    Sync(sync::SyncArgs),
+    /// Import .eml files, mbox files and Maildir folders
+    Import(import::ImportArgs),
+    /// Read one message from standard input (for MTA pipes); exit 0, 65 or 75
+    Ingest(import::IngestArgs),
+    /// List tickets
+    Tickets(tickets::TicketsArgs),
+    /// Show one ticket with its messages
+    Show(tickets::ShowArgs),
+    /// List messages that could not be parsed
+    Quarantine(tickets::QuarantineArgs),
+}
+
+/// A usage error: exit status 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Usage {}
+
+/// Exit status for an error: 2 for usage and configuration, 1 for everything else.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<Usage>().is_some() {
+            return 2;
+        }
+        if let Some(err) = cause.downcast_ref::<mailticket::Error>() {
+            return if err.is_config() { 2 } else { 1 };
+        }
+    }
+    1
+}
+
+pub fn init_tracing(args: &Args) {
+    use tracing_subscriber::EnvFilter;
+    let level = match i16::from(args.verbose) - i16::from(args.quiet) {
+        i16::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("MAILTICKET_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("mailticket={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The global options every command needs.
+pub struct Ctx {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub config_found: bool,
+    pub db: PathBuf,
+}
+
+impl Ctx {
+    /// Loads the config. A missing file is fine for commands that need no mailbox, unless
+    /// the user named it.
+    fn load(args: &Args) -> anyhow::Result<Ctx> {
+        let named = args
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("MAILTICKET_CONFIG").map(PathBuf::from));
+        let path = named
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("mailticket.toml"));
+        let (config, found) = if named.is_some() || path.exists() {
+            (Config::load(&path)?, true)
+        } else {
+            (Config::default(), false)
+        };
+        let db = args.db.clone().unwrap_or_else(|| config.store.path.clone());
+        Ok(Ctx {
+            config,
+            config_path: path,
+            config_found: found,
+            db,
+        })
+    }
+
+    pub fn open_store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.db)?)
+    }
+
+    pub fn require_config(&self) -> anyhow::Result<()> {
+        if !self.config_found {
+            return Err(Usage(format!(
+                "no config file at {} (write one with `mailticket init`, or pass --config)",
+                self.config_path.display()
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    if let Command::Init { path, force } = &args.command {
+        return init(path.as_deref(), *force);
+    }
+    let ctx = Ctx::load(&args)?;
+    match args.command {
+        Command::Init { .. } => Ok(0),
+        Command::Sync(a) => sync::run(&ctx, &a),
+        Command::Import(a) => import::run_import(&ctx, &a),
+        Command::Ingest(a) => Ok(import::run_ingest(&ctx, &a)),
+        Command::Tickets(a) => tickets::list(&ctx, &a),
+        Command::Show(a) => tickets::show(&ctx, &a),
+        Command::Quarantine(a) => tickets::quarantine(&ctx, &a),
+    }
+}
+
+fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
+    let path = path.unwrap_or(Path::new("mailticket.toml"));
+    if path.exists() && !force {
+        return Err(Usage(format!(
+            "{} exists already (use --force to replace it)",
+            path.display()
+        ))
+        .into());
+    }
+    std::fs::write(path, mailticket::config::SAMPLE)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(0)
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints a run summary as a short table on stdout.
+pub fn print_summary(s: &mailticket::summary::RunSummary) {
+    println!(
+        "{:<24} {:>8} {:>8} {:>8} {:>10} {:>11} {:>6}",
+        "SOURCE", "FETCHED", "CREATED", "THREADED", "DUPLICATES", "QUARANTINED", "ERRORS"
+    );
+    for m in &s.mailboxes {
+        let c = &m.counts;
+        println!(
+            "{:<24} {:>8} {:>8} {:>8} {:>10} {:>11} {:>6}",
+            m.name,
+            c.fetched,
+            c.created,
+            c.threaded,
+            c.duplicates,
+            c.quarantined,
+            c.errors.len()
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! `mailticket sync`: one pass over the mailboxes.
+
+use mailticket::pipeline::StoreThread;
+use mailticket::sync::{SyncOptions, run as sync_run};
+
+use super::{Ctx, Usage, print_json, print_summary};
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// Only this mailbox (repeatable)
+    #[arg(long = "mailbox", value_name = "NAME")]
+    pub mailboxes: Vec<String>,
+    /// Fetch and judge, but store nothing and leave the server untouched
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
+    ctx.require_config()?;
+    let mailboxes = ctx.config.select_mailboxes(&a.mailboxes).map_err(Usage)?;
+    if mailboxes.is_empty() {
+        return Err(Usage(format!(
+            "{}: no [[mailbox]] configured",
+            ctx.config_path.display()
+        ))
+        .into());
+    }
+    let mut store = ctx.open_store()?;
+    if a.dry_run {
+        store.begin_dry_run()?;
+    }
+    let (handle, join) = StoreThread::spawn(store)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let opts = SyncOptions { dry_run: a.dry_run };
+    let summary = rt.block_on(sync_run(&ctx.config, &mailboxes, &handle, opts));
+    drop(handle);
+    let mut store = join.join()?;
+    store.finish()?;
+    summary.log(if a.dry_run { "dry run" } else { "sync" });
+    if a.json {
+        print_json(&summary)?;
+    } else {
+        print_summary(&summary);
+    }
+    for e in &summary.totals.errors {
+        eprintln!("mailticket: error: {e}");
+    }
+    Ok(if summary.failed() { 1 } else { 0 })
+}

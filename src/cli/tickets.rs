@@ -1,0 +1,223 @@
+//! `mailticket tickets`, `show` and `quarantine`: reading the store.
+
+use std::path::PathBuf;
+
+use mailticket::store::{MessageRow, TicketRow};
+use mailticket::time::rfc3339;
+use serde_json::{Value, json};
+
+use super::{Ctx, Usage, print_json};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StatusFilter {
+    Open,
+    Closed,
+    All,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TicketsArgs {
+    /// Which tickets
+    #[arg(long, value_enum, default_value_t = StatusFilter::Open)]
+    pub status: StatusFilter,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// Ticket number
+    pub id: i64,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Save the attachments into this folder (names from the mail are made safe)
+    #[arg(long, value_name = "DIR")]
+    pub save_attachments: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QuarantineArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn ticket_json(t: &TicketRow) -> Value {
+    json!({
+        "id": t.id,
+        "subject": t.subject,
+        "status": t.status,
+        "customer": t.customer,
+        "customer_name": t.customer_name,
+        "mailbox": t.mailbox,
+        "created_at": rfc3339(t.created_at),
+        "updated_at": rfc3339(t.updated_at),
+        "messages": t.messages,
+    })
+}
+
+fn message_json(m: &MessageRow) -> Value {
+    json!({
+        "message_id": m.message_id,
+        "direction": m.direction,
+        "from": m.from,
+        "from_name": m.from_name,
+        "to": m.to,
+        "cc": m.cc,
+        "subject": m.subject,
+        "date": rfc3339(m.date),
+        "kind": m.kind,
+        "reasons": m.reasons,
+        "text": m.text,
+        "attachments": m.attachments,
+    })
+}
+
+/// Cuts `s` to `n` characters for a table cell.
+fn cell(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
+    let store = ctx.open_store()?;
+    let status = match a.status {
+        StatusFilter::Open => "open",
+        StatusFilter::Closed => "closed",
+        StatusFilter::All => "all",
+    };
+    let rows = store.tickets(status)?;
+    if a.json {
+        print_json(&rows.iter().map(ticket_json).collect::<Vec<_>>())?;
+        return Ok(0);
+    }
+    println!(
+        "{:>6}  {:<6}  {:<20}  {:>4}  {:<30}  SUBJECT",
+        "ID", "STATUS", "UPDATED", "MSGS", "CUSTOMER"
+    );
+    for t in &rows {
+        println!(
+            "{:>6}  {:<6}  {:<20}  {:>4}  {:<30}  {}",
+            t.id,
+            t.status,
+            rfc3339(t.updated_at),
+            t.messages,
+            cell(&t.customer, 30),
+            cell(&t.subject, 60)
+        );
+    }
+    Ok(0)
+}
+
+pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
+    let store = ctx.open_store()?;
+    let Some((t, messages)) = store.ticket(a.id)? else {
+        return Err(Usage(format!("no ticket {}", a.id)).into());
+    };
+    if let Some(dir) = &a.save_attachments {
+        save_attachments(&store, &messages, dir)?;
+    }
+    if a.json {
+        let mut v = ticket_json(&t);
+        v["messages"] = Value::Array(messages.iter().map(message_json).collect());
+        print_json(&v)?;
+        return Ok(0);
+    }
+    println!("Ticket #{}  [{}]  {}", t.id, t.status, t.subject);
+    println!("Customer: {} <{}>", t.customer_name, t.customer);
+    println!(
+        "Created:  {}   Updated: {}",
+        rfc3339(t.created_at),
+        rfc3339(t.updated_at)
+    );
+    for m in &messages {
+        println!();
+        println!(
+            "── {} {}  {}  from {} ({})",
+            m.direction,
+            rfc3339(m.date),
+            m.subject,
+            m.from,
+            m.kind
+        );
+        if !m.reasons.is_empty() {
+            println!("   reasons: {}", m.reasons.join("; "));
+        }
+        for att in &m.attachments {
+            println!(
+                "   attachment: {} ({}, {} bytes)",
+                att.filename, att.content_type, att.size
+            );
+        }
+        println!();
+        for line in m.text.lines() {
+            println!("   {line}");
+        }
+    }
+    Ok(0)
+}
+
+/// Writes each attachment as DIR/NAME; a name used twice gets a numbered suffix. Names were
+/// made safe when the message was stored, and are checked again here.
+fn save_attachments(
+    store: &mailticket::store::Store,
+    messages: &[MessageRow],
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for m in messages {
+        for att in &m.attachments {
+            let Some(data) = store.blob(&att.sha256)? else {
+                continue;
+            };
+            let name = mailticket::message::safe_filename(&att.filename);
+            let mut path = dir.join(&name);
+            let mut n = 1;
+            while path.exists() {
+                n += 1;
+                path = dir.join(format!("{n}-{name}"));
+            }
+            std::fs::write(&path, data)?;
+            eprintln!("saved {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+pub fn quarantine(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {
+    let store = ctx.open_store()?;
+    let rows = store.quarantined()?;
+    if a.json {
+        let v: Vec<Value> = rows
+            .iter()
+            .map(|q| {
+                json!({"id": q.id, "source": q.source, "uid": q.uid, "error": q.error,
+                       "size": q.size, "received_at": rfc3339(q.received_at)})
+            })
+            .collect();
+        print_json(&v)?;
+        return Ok(0);
+    }
+    println!(
+        "{:>5}  {:<30}  {:>6}  {:>8}  ERROR",
+        "ID", "SOURCE", "UID", "SIZE"
+    );
+    for q in &rows {
+        println!(
+            "{:>5}  {:<30}  {:>6}  {:>8}  {}",
+            q.id,
+            cell(&q.source, 30),
+            q.uid,
+            q.size,
+            q.error
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,323 @@
+//! The TOML configuration: what it may say, its defaults, and its validation.
+//!
+//! Keys are kebab-case and unknown keys are errors, so a typo is reported with the key, the
+//! file and the line instead of being silently ignored. Relative paths inside the file are
+//! taken relative to the file's own folder. Nothing here touches the network.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// The SQLite store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The mailboxes to poll, in order.
+    #[serde(default, rename = "mailbox")]
+    pub mailboxes: Vec<MailboxConfig>,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The database file.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("mailticket.db")
+}
+
+/// How a connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// TLS from the first byte (IMAP 993, SMTP 465).
+    Implicit,
+    /// A plain connection upgraded with STARTTLS; failure to upgrade is an error.
+    Starttls,
+    /// No encryption at all; needs `allow-insecure = true`.
+    None,
+}
+
+/// How we log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMech {
+    /// IMAP `LOGIN`.
+    Login,
+    /// SASL `AUTHENTICATE PLAIN`.
+    Plain,
+}
+
+/// What happens to a message on the server once its ticket is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum After {
+    /// Set `\Seen`.
+    Seen,
+    /// Set `\Deleted` and expunge it.
+    Delete,
+    /// Move it to this folder.
+    Move(String),
+}
+
+/// One `[[mailbox]]`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// A short name, unique among the mailboxes; used by `--mailbox` and in the store.
+    pub name: String,
+    /// The IMAP server's host name (checked against its certificate).
+    pub host: String,
+    /// Defaults to 993 for implicit TLS, 143 otherwise.
+    pub port: Option<u16>,
+    /// `implicit` (default), `starttls` or `none`.
+    #[serde(default = "default_tls")]
+    pub tls: TlsMode,
+    /// An extra PEM trust anchor, beside the system's and the bundled web roots.
+    pub ca_file: Option<PathBuf>,
+    /// Allows `tls = "none"` (plaintext passwords on the wire).
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// The login name.
+    pub username: String,
+    /// The password.
+    pub password: Option<Secret>,
+    /// `login` (default) or `plain`.
+    #[serde(default = "default_auth")]
+    pub auth: AuthMech,
+    /// The folder to read, `INBOX` by default.
+    #[serde(default = "default_folder")]
+    pub folder: String,
+    /// The post-action: `seen` (default), `delete` or `{ move = "Folder" }`.
+    #[serde(default = "default_after")]
+    pub after: After,
+    /// Our own addresses on this mailbox: mail from them is never a customer's.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Seconds any one network operation may take (default 60).
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+}
+
+fn default_tls() -> TlsMode {
+    TlsMode::Implicit
+}
+fn default_auth() -> AuthMech {
+    AuthMech::Login
+}
+fn default_folder() -> String {
+    "INBOX".to_owned()
+}
+fn default_after() -> After {
+    After::Seen
+}
+fn default_timeout() -> u64 {
+    60
+}
+
+impl MailboxConfig {
+    /// The port, from the config or the TLS mode's default.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::Implicit => 993,
+            TlsMode::Starttls | TlsMode::None => 143,
+        })
+    }
+
+    /// The per-operation network timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout.max(1))
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names the file in errors and anchors
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let err = |message: String| Error::Config {
+            path: path.to_owned(),
+            message,
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.store.path = anchor(base, &config.store.path);
+        let mut names = std::collections::HashSet::new();
+        for (i, mb) in config.mailboxes.iter_mut().enumerate() {
+            let at = format!("mailbox #{} ({})", i + 1, mb.name);
+            if mb.name.trim().is_empty() {
+                return Err(err(format!("mailbox #{}: `name` must not be empty", i + 1)));
+            }
+            if !names.insert(mb.name.clone()) {
+                return Err(err(format!("{at}: `name` is used twice")));
+            }
+            if mb.host.trim().is_empty() {
+                return Err(err(format!("{at}: `host` must not be empty")));
+            }
+            if mb.tls == TlsMode::None && !mb.allow_insecure {
+                return Err(err(format!(
+                    "{at}: `tls = \"none\"` sends the password in clear text; \
+                     set `allow-insecure = true` to allow it"
+                )));
+            }
+            if mb.password.is_none() {
+                return Err(err(format!("{at}: `password` is missing")));
+            }
+            if let After::Move(folder) = &mb.after {
+                if folder.trim().is_empty() || *folder == mb.folder {
+                    return Err(err(format!(
+                        "{at}: `after = {{ move = ... }}` needs a folder other than `folder`"
+                    )));
+                }
+            }
+            if let Some(ca) = &mb.ca_file {
+                mb.ca_file = Some(anchor(base, ca));
+            }
+            for a in &mut mb.addresses {
+                *a = a.trim().to_ascii_lowercase();
+            }
+        }
+        Ok(config)
+    }
+
+    /// The mailboxes named in `only`, or all when `only` is empty.
+    pub fn select_mailboxes(&self, only: &[String]) -> Result<Vec<&MailboxConfig>, String> {
+        if only.is_empty() {
+            return Ok(self.mailboxes.iter().collect());
+        }
+        only.iter()
+            .map(|n| {
+                self.mailboxes.iter().find(|m| m.name == *n).ok_or_else(|| {
+                    let known: Vec<&str> = self.mailboxes.iter().map(|m| m.name.as_str()).collect();
+                    format!("no mailbox named {n:?} (configured: {})", known.join(", "))
+                })
+            })
+            .collect()
+    }
+
+    /// Every address configured as ours, on any mailbox.
+    pub fn own_addresses(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .mailboxes
+            .iter()
+            .flat_map(|m| m.addresses.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+fn anchor(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || base.as_os_str().is_empty() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// The fully commented sample that `mailticket init` writes.
+pub const SAMPLE: &str = r#"# mailticket configuration. Keys are kebab-case; an unknown key is an error.
+# Relative paths are taken relative to this file's folder.
+
+[store]
+# The SQLite database that holds tickets, messages and the mailbox cursors.
+path = "mailticket.db"
+
+# One [[mailbox]] table per support mailbox. `mailticket sync` polls them in order.
+[[mailbox]]
+# A short unique name, used by `sync --mailbox NAME` and recorded with each message.
+name = "support"
+# The IMAP server. Outlook 365: outlook.office365.com. Gmail: imap.gmail.com.
+host = "outlook.office365.com"
+# tls: "implicit" (port 993, the default), "starttls" (port 143; refuses to go on if the
+# upgrade fails) or "none" (only together with allow-insecure = true).
+tls = "implicit"
+# port = 993
+# An extra PEM CA certificate to trust, for servers with a private CA.
+# ca-file = "ca.pem"
+username = "support@example.com"
+# The password: a literal string, { env = "VAR" }, { file = "path" } or
+# { command = ["pass", "show", "support-imap"] } (first line of its output).
+password = { env = "SUPPORT_IMAP_PASSWORD" }
+# auth: "login" (IMAP LOGIN, the default) or "plain" (AUTHENTICATE PLAIN).
+auth = "login"
+# The folder to read.
+folder = "INBOX"
+# What to do with a message once its ticket is safely stored:
+#   "seen" (set \Seen, the default), "delete", or { move = "Processed" }.
+after = "seen"
+# Our own addresses: mail from them is never treated as a customer request.
+addresses = ["support@example.com"]
+# Seconds any one network operation may take before the run gives up on this mailbox.
+timeout = 60
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/mailticket/mailticket.toml"))
+    }
+
+    #[test]
+    fn sample_parses_with_defaults() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.store.path, Path::new("/etc/mailticket/mailticket.db"));
+        let mb = &c.mailboxes[0];
+        assert_eq!(mb.port(), 993);
+        assert_eq!(mb.after, After::Seen);
+        assert_eq!(mb.folder, "INBOX");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let e = parse("[store]\npath = \"x.db\"\npaht = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("paht"), "{e}");
+        assert!(e.contains("/etc/mailticket/mailticket.toml"), "{e}");
+    }
+
+    #[test]
+    fn move_after_and_insecure_rules() {
+        let base = "[[mailbox]]\nname='a'\nhost='h'\nusername='u'\npassword='p'\n";
+        let c = parse(&format!("{base}after = {{ move = 'Done' }}\n")).unwrap();
+        assert_eq!(c.mailboxes[0].after, After::Move("Done".into()));
+        let e = parse(&format!("{base}tls = 'none'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allow-insecure"), "{e}");
+        let c = parse(&format!("{base}tls = 'none'\nallow-insecure = true\n")).unwrap();
+        assert_eq!(c.mailboxes[0].port(), 143);
+        let e = parse(&format!("{base}{base}")).unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
+    }
+}

@@ -1,0 +1,285 @@
+//! Opening an authenticated IMAP session: TCP (with keepalive), TLS or STARTTLS (never a
+//! silent downgrade), the greeting, and LOGIN or AUTHENTICATE PLAIN.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_imap::imap_proto::{Response, Status};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::session::Imap;
+use crate::config::{AuthMech, MailboxConfig, TlsMode};
+use crate::error::{Error, Result};
+use crate::secret::Revealed;
+
+/// The byte stream under an IMAP session: TLS, or plain when the config allows it.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plain TCP (`tls = "none"`, or before STARTTLS).
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub(crate) type Client = async_imap::Client<Conn>;
+
+/// Runs `fut` under `limit`, naming the host and the step when it runs out.
+pub(crate) async fn timed<T>(
+    host: &str,
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            host: host.to_owned(),
+            what: what.to_owned(),
+            secs: limit.as_secs(),
+        }),
+    }
+}
+
+pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
+    use async_imap::error::Error as E;
+    let host = host.to_owned();
+    match e {
+        E::Io(e) => Error::Network {
+            host,
+            message: e.to_string(),
+        },
+        E::ConnectionLost => Error::Network {
+            host,
+            message: "connection lost".into(),
+        },
+        E::No(m) => Error::Protocol {
+            host,
+            message: format!("server said NO: {m}"),
+        },
+        E::Bad(m) => Error::Protocol {
+            host,
+            message: format!("server said BAD: {m}"),
+        },
+        other => Error::Protocol {
+            host,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Connects, secures and logs in, as the mailbox's config says.
+pub async fn connect(mb: &MailboxConfig) -> Result<Imap> {
+    let host = mb.host.as_str();
+    let limit = mb.timeout();
+    let password = mb
+        .password
+        .as_ref()
+        .ok_or_else(|| Error::Other(format!("mailbox {}: no password configured", mb.name)))?
+        .resolve(&format!("mailbox {} password", mb.name))?;
+
+    let tcp = timed(host, limit, "connecting", async {
+        let tcp = TcpStream::connect((host, mb.port()))
+            .await
+            .map_err(|e| Error::Network {
+                host: format!("{host}:{}", mb.port()),
+                message: e.to_string(),
+            })?;
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(15));
+        // Keepalive only helps notice a dead peer sooner; failing to set it is not fatal.
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    })
+    .await?;
+
+    let client = match mb.tls {
+        TlsMode::Implicit => {
+            let tls = handshake(mb, tcp).await?;
+            let mut client = Client::new(Conn::Tls(Box::new(tls)));
+            greeting(host, limit, &mut client).await?;
+            client
+        }
+        TlsMode::Starttls => {
+            let mut client = Client::new(Conn::Plain(tcp));
+            greeting(host, limit, &mut client).await?;
+            timed(host, limit, "sending STARTTLS", async {
+                client
+                    .run_command_and_check_ok("STARTTLS", None)
+                    .await
+                    .map_err(|e| Error::Tls {
+                        host: host.to_owned(),
+                        message: format!(
+                            "STARTTLS refused ({e}); not continuing without encryption"
+                        ),
+                    })
+            })
+            .await?;
+            let Conn::Plain(tcp) = client.into_inner() else {
+                return Err(Error::Other("STARTTLS on a TLS stream".into()));
+            };
+            Client::new(Conn::Tls(Box::new(handshake(mb, tcp).await?)))
+        }
+        TlsMode::None => {
+            let mut client = Client::new(Conn::Plain(tcp));
+            greeting(host, limit, &mut client).await?;
+            client
+        }
+    };
+
+    let session = login(mb, client, &password).await?;
+    let mut imap = Imap::new(session, host.to_owned(), limit);
+    imap.load_capabilities().await?;
+    tracing::info!(mailbox = %mb.name, host, tls = ?mb.tls, "connected");
+    Ok(imap)
+}
+
+async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+    let host = mb.host.as_str();
+    let config = crate::tls::client_config(mb.ca_file.as_deref())?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| Error::Tls {
+        host: host.to_owned(),
+        message: format!("not a valid server name: {e}"),
+    })?;
+    timed(host, mb.timeout(), "TLS handshake", async {
+        TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Error::Tls {
+                host: host.to_owned(),
+                message: e.to_string(),
+            })
+    })
+    .await
+}
+
+async fn greeting(host: &str, limit: Duration, client: &mut Client) -> Result<()> {
+    let resp = timed(host, limit, "waiting for the greeting", async {
+        client.read_response().await.map_err(|e| Error::Network {
+            host: host.to_owned(),
+            message: e.to_string(),
+        })
+    })
+    .await?;
+    let Some(resp) = resp else {
+        return Err(Error::Network {
+            host: host.to_owned(),
+            message: "connection closed before the greeting".into(),
+        });
+    };
+    match resp.parsed() {
+        Response::Data {
+            status: Status::Ok | Status::PreAuth,
+            ..
+        } => Ok(()),
+        Response::Data {
+            status: Status::Bye,
+            outcome,
+        } => Err(Error::Network {
+            host: host.to_owned(),
+            message: format!(
+                "server said BYE: {}",
+                outcome.information.as_deref().unwrap_or("")
+            ),
+        }),
+        other => Err(Error::Protocol {
+            host: host.to_owned(),
+            message: format!("unexpected greeting: {other:?}"),
+        }),
+    }
+}
+
+struct PlainAuth<'a> {
+    user: &'a str,
+    pass: &'a str,
+}
+
+impl async_imap::Authenticator for PlainAuth<'_> {
+    type Response = Vec<u8>;
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        let mut r = Vec::with_capacity(self.user.len() + self.pass.len() + 2);
+        r.push(0);
+        r.extend_from_slice(self.user.as_bytes());
+        r.push(0);
+        r.extend_from_slice(self.pass.as_bytes());
+        r
+    }
+}
+
+async fn login(
+    mb: &MailboxConfig,
+    client: Client,
+    password: &Revealed,
+) -> Result<async_imap::Session<Conn>> {
+    let host = mb.host.as_str();
+    let user = mb.username.as_str();
+    let result = timed(host, mb.timeout(), "logging in", async {
+        let r = match mb.auth {
+            AuthMech::Login => client.login(user, password.expose()).await,
+            AuthMech::Plain => {
+                client
+                    .authenticate(
+                        "PLAIN",
+                        PlainAuth {
+                            user,
+                            pass: password.expose(),
+                        },
+                    )
+                    .await
+            }
+        };
+        Ok(r.map_err(|(e, _client)| e))
+    })
+    .await?;
+    result.map_err(|e| match e {
+        async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m) => Error::Auth {
+            host: host.to_owned(),
+            user: user.to_owned(),
+            message: m,
+        },
+        other => imap_err(host, other),
+    })
+}

@@ -1,0 +1,174 @@
+//! Messages from files through the same pipeline as IMAP: single `.eml` files, mbox files
+//! (mboxrd/mboxo) and Maildir folders. One message is in memory at a time.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::classify::Identity;
+use crate::error::{Error, Result};
+use crate::pipeline::process;
+use crate::store::{Origin, Store};
+use crate::summary::{Counts, SourceSummary};
+
+/// Imports every message under `path` (a file, an mbox, or a Maildir / folder of files).
+/// Message-level problems are counted; only a store failure or an unreadable path fails.
+pub fn import_path(store: &mut Store, me: &Identity, path: &Path) -> SourceSummary {
+    let mut counts = Counts::default();
+    let origin = Origin {
+        source: format!("import:{}", path.display()),
+        mailbox: String::new(),
+        imap: None,
+    };
+    let mut each = |raw: &[u8], received: i64| -> Result<()> {
+        counts.fetched += 1;
+        let outcome = process(store, me, raw, &origin, received)?;
+        counts.record(outcome);
+        Ok(())
+    };
+    let r = if path.is_dir() {
+        read_dir(path, &mut each)
+    } else {
+        read_file(path, &mut each)
+    };
+    if let Err(e) = r {
+        tracing::error!(path = %path.display(), error = %e, "import failed");
+        counts.errors.push(e.to_string());
+    }
+    SourceSummary {
+        name: path.display().to_string(),
+        folder: None,
+        counts,
+    }
+}
+
+type Each<'a> = dyn FnMut(&[u8], i64) -> Result<()> + 'a;
+
+fn mtime(p: &Path) -> i64 {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(crate::time::now, |d| {
+            i64::try_from(d.as_secs()).unwrap_or(0)
+        })
+}
+
+/// A Maildir (its `cur` and `new`), or else every regular file in the folder, in name order.
+fn read_dir(dir: &Path, each: &mut Each<'_>) -> Result<()> {
+    let subs: Vec<PathBuf> = ["cur", "new"]
+        .iter()
+        .map(|s| dir.join(s))
+        .filter(|p| p.is_dir())
+        .collect();
+    let folders = if subs.is_empty() {
+        vec![dir.to_owned()]
+    } else {
+        subs
+    };
+    for folder in folders {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .map_err(|e| Error::io(&folder, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            read_file(&f, each)?;
+        }
+    }
+    Ok(())
+}
+
+/// One file: an mbox when it starts with a `From ` line, else one message.
+fn read_file(path: &Path, each: &mut Each<'_>) -> Result<()> {
+    let mut r = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
+    let head = r.fill_buf().map_err(|e| Error::io(path, e))?;
+    if head.starts_with(b"From ") {
+        return read_mbox(path, r, each);
+    }
+    let mut raw = Vec::new();
+    r.read_to_end(&mut raw).map_err(|e| Error::io(path, e))?;
+    each(&raw, mtime(path))
+}
+
+fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()> {
+    let received = mtime(path);
+    let mut msg: Vec<u8> = Vec::new();
+    let mut line = Vec::new();
+    let mut started = false;
+    let mut prev_blank = true;
+    loop {
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        let is_sep = prev_blank && line.starts_with(b"From ");
+        if is_sep {
+            if started {
+                emit(&mut msg, each, received)?;
+            }
+            started = true;
+            prev_blank = false;
+            continue;
+        }
+        let content = line.strip_suffix(b"\n").unwrap_or(&line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        prev_blank = content.is_empty();
+        // mboxrd: ">From " (and ">>From ") lose one '>'.
+        let unquoted = match line.iter().position(|&b| b != b'>') {
+            Some(k) if k > 0 && line.get(k..).is_some_and(|rest| rest.starts_with(b"From ")) => {
+                line.get(1..).unwrap_or(&[])
+            }
+            _ => &line[..],
+        };
+        msg.extend_from_slice(unquoted);
+    }
+    if started {
+        emit(&mut msg, each, received)?;
+    }
+    Ok(())
+}
+
+/// Hands over one mbox message without the blank line that separated it from the next.
+fn emit(msg: &mut Vec<u8>, each: &mut Each<'_>, received: i64) -> Result<()> {
+    if msg.ends_with(b"\r\n") {
+        msg.truncate(msg.len() - 2);
+    } else if msg.ends_with(b"\n") {
+        msg.truncate(msg.len() - 1);
+    }
+    let r = if msg.iter().all(u8::is_ascii_whitespace) {
+        Ok(())
+    } else {
+        each(msg, received)
+    };
+    msg.clear();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_split_and_unquote() {
+        let mbox = "From a@b Mon Jan  1 00:00:00 2025\nSubject: one\n\nhello\n>From the start\n\n\
+                    From c@d Mon Jan  1 00:00:00 2025\nSubject: two\n\nbye\n\n";
+        let mut got: Vec<String> = Vec::new();
+        read_mbox(Path::new("x"), mbox.as_bytes(), &mut |raw, _| {
+            got.push(String::from_utf8(raw.to_vec()).unwrap());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                "Subject: one\n\nhello\nFrom the start\n",
+                "Subject: two\n\nbye\n"
+            ]
+        );
+    }
+}

@@ -1,0 +1,451 @@
+//! Raw bytes to an owned [`ParsedMessage`]: the fields mailticket uses, nothing borrowed.
+//!
+//! Parsing runs inside `catch_unwind`: mail-parser has panicked on malformed input in past
+//! releases, and one bad message must never take a run down. What cannot be parsed becomes a
+//! [`ParseFailure`], which the pipeline quarantines with the raw bytes.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+
+/// A name and an address, the address lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mailbox {
+    /// The display name, possibly empty.
+    pub name: String,
+    /// The address, lower-case.
+    pub address: String,
+}
+
+/// One attachment, decoded.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// A safe file name (see [`safe_filename`]).
+    pub filename: String,
+    /// `type/subtype`, lower-case.
+    pub content_type: String,
+    /// The decoded content.
+    pub data: Vec<u8>,
+}
+
+/// The fields of a message that mailticket stores and judges.
+#[derive(Debug, Clone, Default)]
+pub struct ParsedMessage {
+    /// Message-ID without angle brackets; derived from the content when the message has none.
+    pub message_id: String,
+    /// Whether [`Self::message_id`] was derived rather than read.
+    pub message_id_derived: bool,
+    /// In-Reply-To ids, without angle brackets.
+    pub in_reply_to: Vec<String>,
+    /// References ids, oldest first, without angle brackets.
+    pub references: Vec<String>,
+    /// The decoded subject.
+    pub subject: String,
+    /// From.
+    pub from: Option<Mailbox>,
+    /// Reply-To, when present.
+    pub reply_to: Option<Mailbox>,
+    /// To.
+    pub to: Vec<Mailbox>,
+    /// Cc.
+    pub cc: Vec<Mailbox>,
+    /// The Date header as Unix seconds, when present and valid.
+    pub date: Option<i64>,
+    /// Readable text: the plain parts, or the HTML converted when there is no plain part.
+    pub text: String,
+    /// Attachments with safe names.
+    pub attachments: Vec<Attachment>,
+    /// Top-level header fields: lower-case name, unfolded raw value. For classification.
+    pub headers: Vec<(String, String)>,
+    /// Top-level `type/subtype`, lower-case.
+    pub content_type: String,
+    /// Whether any part is `message/delivery-status`.
+    pub has_delivery_status: bool,
+    /// SHA-256 over the parts that make a message "the same message" wherever it was read
+    /// from: sender, date, subject and the body with line endings normalised.
+    pub fingerprint: [u8; 32],
+}
+
+impl ParsedMessage {
+    /// The first value of the header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of the header `name`.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The address a reply goes to: Reply-To, else From.
+    pub fn reply_address(&self) -> Option<&Mailbox> {
+        self.reply_to.as_ref().or(self.from.as_ref())
+    }
+}
+
+/// Why a message could not be parsed at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseFailure(pub String);
+
+impl std::fmt::Display for ParseFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a message. Never panics.
+pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
+    match catch_unwind(AssertUnwindSafe(|| parse_inner(raw))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(ParseFailure(format!("the MIME parser panicked: {what}")))
+        }
+    }
+}
+
+fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(ParseFailure("empty message".into()));
+    }
+    let msg = MessageParser::default()
+        .parse(raw)
+        .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
+
+    let headers: Vec<(String, String)> = msg
+        .headers_raw()
+        .map(|(n, v)| (n.to_ascii_lowercase(), unfold(v)))
+        .collect();
+    const ESSENTIAL: [&str; 5] = ["from", "sender", "date", "subject", "message-id"];
+    if !headers.iter().any(|(n, _)| ESSENTIAL.contains(&n.as_str())) {
+        return Err(ParseFailure(
+            "no From, Sender, Date, Subject or Message-ID header: not a message".into(),
+        ));
+    }
+
+    let from = first(msg.from()).or_else(|| first(msg.sender()));
+    let subject = msg.subject().unwrap_or("").trim().to_owned();
+    let date = msg
+        .date()
+        .filter(|d| d.is_valid())
+        .map(mail_parser::DateTime::to_timestamp);
+
+    let mut text = String::new();
+    for i in 0..msg.text_body_count() {
+        if let Some(t) = msg.body_text(i) {
+            let t = t.trim();
+            if !t.is_empty() {
+                if !text.is_empty() {
+                    text.push_str("\n\n");
+                }
+                text.push_str(t);
+            }
+        }
+    }
+
+    let mut attachments = Vec::new();
+    for (i, part) in msg.attachments().enumerate() {
+        let content_type = part
+            .content_type()
+            .map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                None => ct.ctype().to_owned(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".to_owned())
+            .to_ascii_lowercase();
+        let fallback = format!("attachment-{}", i + 1);
+        let filename = safe_filename(part.attachment_name().unwrap_or(&fallback));
+        attachments.push(Attachment {
+            filename,
+            content_type,
+            data: part.contents().to_vec(),
+        });
+    }
+
+    let content_type = msg
+        .root_part()
+        .content_type()
+        .map(|ct| match ct.subtype() {
+            Some(sub) => format!("{}/{}", ct.ctype(), sub),
+            None => ct.ctype().to_owned(),
+        })
+        .unwrap_or_else(|| "text/plain".to_owned())
+        .to_ascii_lowercase();
+    let has_delivery_status = msg.parts.iter().any(|p| {
+        p.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("message")
+                && ct.subtype().is_some_and(|s| {
+                    s.eq_ignore_ascii_case("delivery-status")
+                        || s.eq_ignore_ascii_case("global-delivery-status")
+                })
+        })
+    });
+
+    let body_start = usize::try_from(msg.root_part().raw_body_offset()).unwrap_or(0);
+    let body = raw.get(body_start..).unwrap_or(&[]);
+    let fingerprint = fingerprint(
+        from.as_ref().map_or("", |m| m.address.as_str()),
+        date,
+        &subject,
+        body,
+    );
+
+    let (message_id, message_id_derived) = match msg.message_id().map(clean_id) {
+        Some(id) if !id.is_empty() => (id, false),
+        _ => (derived_id(&fingerprint), true),
+    };
+
+    Ok(ParsedMessage {
+        message_id,
+        message_id_derived,
+        in_reply_to: ids(msg.in_reply_to()),
+        references: ids(msg.references()),
+        subject,
+        from,
+        reply_to: first(msg.reply_to()),
+        to: all(msg.to()),
+        cc: all(msg.cc()),
+        date,
+        text,
+        attachments,
+        headers,
+        content_type,
+        has_delivery_status,
+        fingerprint,
+    })
+}
+
+fn to_mailbox(a: &mail_parser::Addr<'_>) -> Option<Mailbox> {
+    let address = a.address()?.trim().to_ascii_lowercase();
+    if address.is_empty() {
+        return None;
+    }
+    Some(Mailbox {
+        name: a.name().unwrap_or("").trim().to_owned(),
+        address,
+    })
+}
+
+fn first(a: Option<&Address<'_>>) -> Option<Mailbox> {
+    a?.iter().find_map(to_mailbox)
+}
+
+fn all(a: Option<&Address<'_>>) -> Vec<Mailbox> {
+    a.map(|a| a.iter().filter_map(to_mailbox).collect())
+        .unwrap_or_default()
+}
+
+fn ids(v: &HeaderValue<'_>) -> Vec<String> {
+    let raw: Vec<String> = match v {
+        HeaderValue::Text(t) => vec![t.to_string()],
+        HeaderValue::TextList(l) => l.iter().map(ToString::to_string).collect(),
+        _ => Vec::new(),
+    };
+    raw.iter()
+        .map(|s| clean_id(s))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A message id without angle brackets or surrounding space.
+pub fn clean_id(id: &str) -> String {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_owned()
+}
+
+fn derived_id(fp: &[u8; 32]) -> String {
+    format!("{}@mailticket.invalid", hex(fp.get(..16).unwrap_or(fp)))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn fingerprint(from: &str, date: Option<i64>, subject: &str, body: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(from.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(date.unwrap_or(0).to_string().as_bytes());
+    ctx.update(b"\0");
+    ctx.update(subject.as_bytes());
+    ctx.update(b"\0");
+    // Line endings and trailing blanks differ between IMAP (CRLF), mbox and Maildir (LF):
+    // hash each line without them, and stop before trailing empty lines.
+    let mut pending_blank = 0usize;
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.trim_ascii_end();
+        if line.is_empty() {
+            pending_blank += 1;
+            continue;
+        }
+        for _ in 0..pending_blank {
+            ctx.update(b"\n");
+        }
+        pending_blank = 0;
+        ctx.update(line);
+        ctx.update(b"\n");
+    }
+    let d = ctx.finish();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Joins folded header lines into one line.
+fn unfold(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, line) in v.split('\n').enumerate() {
+        let line = line.trim_end_matches('\r');
+        if i > 0 {
+            out.push(' ');
+            out.push_str(line.trim_start());
+        } else {
+            out.push_str(line.trim_start());
+        }
+    }
+    out.trim().to_owned()
+}
+
+/// A file name from the wire made safe to create inside a folder: the last path component
+/// only, no control characters, no leading dots, at most 150 bytes; never empty.
+pub fn safe_filename(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let mut s: String = last
+        .chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    s = s.trim().trim_start_matches('.').trim().to_owned();
+    if s.len() > 150 {
+        let mut cut = 150;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    if s.is_empty() {
+        "attachment".to_owned()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIMPLE: &str = "From: Anna <Anna@Example.com>\r\nTo: support@example.com\r\n\
+        Subject: Help\r\nDate: Wed, 1 Jan 2025 00:00:00 +0000\r\nMessage-ID: <a1@example.com>\r\n\
+        In-Reply-To: <p@x>\r\nReferences: <r1@x> <p@x>\r\n\r\nHello\r\n";
+
+    #[test]
+    fn parses_fields() {
+        let m = parse(SIMPLE.as_bytes()).unwrap();
+        assert_eq!(m.message_id, "a1@example.com");
+        assert_eq!(m.from.as_ref().unwrap().address, "anna@example.com");
+        assert_eq!(m.from.as_ref().unwrap().name, "Anna");
+        assert_eq!(m.in_reply_to, ["p@x"]);
+        assert_eq!(m.references, ["r1@x", "p@x"]);
+        assert_eq!(m.date, Some(1_735_689_600));
+        assert_eq!(m.text, "Hello");
+        assert_eq!(m.header("SUBJECT"), Some("Help"));
+    }
+
+    #[test]
+    fn fingerprint_ignores_line_endings() {
+        let a = parse(SIMPLE.as_bytes()).unwrap();
+        let lf = SIMPLE.replace("\r\n", "\n") + "\n\n";
+        let b = parse(lf.as_bytes()).unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        let c = parse(SIMPLE.replace("Hello", "Hullo").as_bytes()).unwrap();
+        assert_ne!(a.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn missing_message_id_is_derived_and_stable() {
+        let raw = SIMPLE.replace("Message-ID: <a1@example.com>\r\n", "");
+        let a = parse(raw.as_bytes()).unwrap();
+        let b = parse(raw.replace("\r\n", "\n").as_bytes()).unwrap();
+        assert!(a.message_id_derived);
+        assert!(a.message_id.ends_with("@mailticket.invalid"));
+        assert_eq!(a.message_id, b.message_id);
+    }
+
+    #[test]
+    fn garbage_fails() {
+        assert!(parse(b"").is_err());
+        assert!(parse(b"\x00\x01\x02\xff\xfe binary junk \x07").is_err());
+        let junk: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert!(parse(&junk).is_err());
+    }
+
+    #[test]
+    fn html_only_becomes_text() {
+        let raw =
+            "From: a@b.c\r\nSubject: x\r\nContent-Type: text/html\r\n\r\n<p>Hello <b>there</b></p>";
+        let m = parse(raw.as_bytes()).unwrap();
+        assert!(m.text.contains("Hello"), "{}", m.text);
+        assert!(!m.text.contains("<b>"), "{}", m.text);
+    }
+
+    #[test]
+    fn filenames_cannot_escape() {
+        assert_eq!(safe_filename("../../etc/passwd"), "passwd");
+        assert_eq!(safe_filename("..\\..\\boot.ini"), "boot.ini");
+        assert_eq!(safe_filename(".."), "attachment");
+        assert_eq!(safe_filename("/"), "attachment");
+        assert_eq!(safe_filename(".bashrc"), "bashrc");
+        assert_eq!(safe_filename("a\u{0}b\nc.txt"), "a_b_c.txt");
+        assert_eq!(safe_filename("C:evil.exe"), "C_evil.exe");
+        assert!(safe_filename(&"é".repeat(200)).len() <= 150);
+    }
+
+    #[test]
+    fn attachment_is_decoded() {
+        let raw = "From: a@b.c\r\nSubject: x\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n\
+            --B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--B\r\n\
+            Content-Type: application/pdf; name=\"../x.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+            aGVsbG8=\r\n--B--\r\n";
+        let m = parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.attachments.len(), 1);
+        assert_eq!(m.attachments[0].filename, "x.pdf");
+        assert_eq!(m.attachments[0].content_type, "application/pdf");
+        assert_eq!(m.attachments[0].data, b"hello");
+        assert_eq!(m.content_type, "multipart/mixed");
+    }
+}

@@ -1,0 +1,170 @@
+//! Schema migrations: an append-only list keyed on `PRAGMA user_version`, applied in one
+//! exclusive transaction. Never edit a released migration; add a new one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// Each entry moves the schema one version up. Index 0 takes version 0 to 1.
+const MIGRATIONS: &[&str] = &[
+    // 1: tickets, messages, the id index, attachments, cursors, quarantine.
+    r#"
+    CREATE TABLE ticket (
+        id            INTEGER PRIMARY KEY,
+        subject       TEXT    NOT NULL DEFAULT '',
+        status        TEXT    NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
+        customer      TEXT    NOT NULL DEFAULT '',
+        customer_name TEXT    NOT NULL DEFAULT '',
+        mailbox       TEXT    NOT NULL DEFAULT '',
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX ticket_status_updated ON ticket (status, updated_at);
+
+    CREATE TABLE message (
+        id            INTEGER PRIMARY KEY,
+        ticket_id     INTEGER NOT NULL REFERENCES ticket (id),
+        direction     TEXT    NOT NULL CHECK (direction IN ('in', 'out')),
+        message_id    TEXT    NOT NULL,
+        fingerprint   BLOB    NOT NULL,
+        in_reply_to   TEXT    NOT NULL DEFAULT '[]',
+        refs          TEXT    NOT NULL DEFAULT '[]',
+        from_addr     TEXT    NOT NULL DEFAULT '',
+        from_name     TEXT    NOT NULL DEFAULT '',
+        reply_to      TEXT    NOT NULL DEFAULT '',
+        to_addrs      TEXT    NOT NULL DEFAULT '[]',
+        cc_addrs      TEXT    NOT NULL DEFAULT '[]',
+        subject       TEXT    NOT NULL DEFAULT '',
+        date          INTEGER NOT NULL,
+        received_at   INTEGER NOT NULL,
+        kind          TEXT    NOT NULL DEFAULT 'normal',
+        reasons       TEXT    NOT NULL DEFAULT '[]',
+        body_text     TEXT    NOT NULL DEFAULT '',
+        source        TEXT    NOT NULL DEFAULT '',
+        size          INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (message_id, fingerprint)
+    ) STRICT;
+    CREATE INDEX message_ticket ON message (ticket_id, date);
+    CREATE INDEX message_from ON message (from_addr);
+
+    CREATE TABLE raw_message (
+        message_id INTEGER PRIMARY KEY REFERENCES message (id),
+        codec      TEXT    NOT NULL,
+        data       BLOB    NOT NULL
+    ) STRICT;
+
+    CREATE TABLE msgid_index (
+        msgid      TEXT    NOT NULL,
+        ticket_id  INTEGER NOT NULL REFERENCES ticket (id),
+        is_message INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (msgid, ticket_id)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE blob (
+        sha256 TEXT    PRIMARY KEY,
+        size   INTEGER NOT NULL,
+        data   BLOB    NOT NULL
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE attachment (
+        id           INTEGER PRIMARY KEY,
+        message_id   INTEGER NOT NULL REFERENCES message (id),
+        filename     TEXT    NOT NULL,
+        content_type TEXT    NOT NULL,
+        size         INTEGER NOT NULL,
+        sha256       TEXT    NOT NULL REFERENCES blob (sha256)
+    ) STRICT;
+    CREATE INDEX attachment_message ON attachment (message_id);
+
+    CREATE TABLE cursor (
+        mailbox       TEXT    NOT NULL,
+        folder        TEXT    NOT NULL,
+        uidvalidity   INTEGER NOT NULL,
+        last_uid      INTEGER NOT NULL DEFAULT 0,
+        backlog_until INTEGER NOT NULL DEFAULT 0,
+        updated_at    INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, folder)
+    ) STRICT;
+
+    CREATE TABLE imap_pending (
+        mailbox     TEXT    NOT NULL,
+        folder      TEXT    NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid         INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, folder, uidvalidity, uid)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE quarantine (
+        id          INTEGER PRIMARY KEY,
+        source      TEXT    NOT NULL,
+        uidvalidity INTEGER NOT NULL DEFAULT 0,
+        uid         INTEGER NOT NULL DEFAULT 0,
+        error       TEXT    NOT NULL,
+        sha256      TEXT    NOT NULL UNIQUE,
+        size        INTEGER NOT NULL,
+        raw         BLOB    NOT NULL,
+        received_at INTEGER NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`LATEST`]; a no-op when it is there already.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > LATEST {
+        return Err(Error::Other(format!(
+            "the database has schema version {version}, newer than this mailticket knows \
+             ({LATEST}): upgrade mailticket"
+        )));
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tracing::debug!(version = i + 1, "migrated store");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate(&mut c).unwrap();
+        let schema = |c: &Connection| -> Vec<String> {
+            let mut s = c
+                .prepare("SELECT sql FROM sqlite_schema ORDER BY name")
+                .unwrap();
+            s.query_map([], |r| r.get::<_, Option<String>>(0))
+                .unwrap()
+                .map(|r| r.unwrap().unwrap_or_default())
+                .collect()
+        };
+        let before = schema(&c);
+        migrate(&mut c).unwrap();
+        assert_eq!(schema(&c), before);
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, LATEST);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.pragma_update(None, "user_version", LATEST + 1).unwrap();
+        assert!(migrate(&mut c).unwrap_err().to_string().contains("newer"));
+    }
+}

@@ -1,0 +1,102 @@
+//! The SQLite store: one file holds tickets, messages (with their raw bytes), attachments,
+//! mailbox cursors and the quarantine.
+//!
+//! Every message is written in ONE transaction together with the cursor advance, so a crash
+//! replays into a no-op. The store is synchronous: async callers run it on its own thread
+//! (see [`crate::pipeline::StoreThread`]). Nothing here talks to the network.
+
+mod migrations;
+mod tickets;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+pub use migrations::LATEST as SCHEMA_VERSION;
+pub use tickets::{
+    AttachmentRow, Cursor, ImapPos, Incoming, MessageRow, Origin, Outcome, QuarantineRow, TicketRow,
+};
+
+use crate::error::{Error, Result};
+
+/// An open store.
+pub struct Store {
+    conn: Connection,
+    dry_run: bool,
+}
+
+impl Store {
+    /// Opens (creating when missing) and migrates the store at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::Other(format!("store {}: {e}", path.display())))?;
+        Store::setup(conn).map_err(|e| Error::Other(format!("store {}: {e}", path.display())))
+    }
+
+    /// An in-memory store, for tests.
+    pub fn open_in_memory() -> Result<Store> {
+        Store::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Store> {
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrations::migrate(&mut conn)?;
+        Ok(Store {
+            conn,
+            dry_run: false,
+        })
+    }
+
+    /// From now on nothing is kept: every write happens inside one outer transaction that
+    /// [`Store::finish`] rolls back.
+    pub fn begin_dry_run(&mut self) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.dry_run = true;
+        Ok(())
+    }
+
+    /// Ends a dry run (rolling everything back); a no-op otherwise.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.dry_run {
+            self.conn.execute_batch("ROLLBACK")?;
+            self.dry_run = false;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in a write transaction (a savepoint during a dry run) and commits it.
+    fn write<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if self.dry_run {
+            let sp = self.conn.savepoint()?;
+            let out = f(&sp)?;
+            sp.commit()?;
+            Ok(out)
+        } else {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        }
+    }
+
+    /// The schema version of the open file.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+}

@@ -1,0 +1,677 @@
+//! Tickets and messages: the per-message transaction, and the queries behind `tickets`,
+//! `show` and `quarantine`.
+
+use std::io::Write as _;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Store;
+use crate::classify::Classification;
+use crate::error::{Error, Result};
+use crate::message::{ParsedMessage, hex, sha256};
+use crate::thread;
+
+/// Where a message came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// `imap:support/INBOX`, `import:PATH` or `ingest`.
+    pub source: String,
+    /// The mailbox name for new tickets (empty for files).
+    pub mailbox: String,
+    /// Set for IMAP: the position whose cursor advances with this message.
+    pub imap: Option<ImapPos>,
+}
+
+/// A message's place in an IMAP folder.
+#[derive(Debug, Clone)]
+pub struct ImapPos {
+    /// Mailbox name from the config.
+    pub mailbox: String,
+    /// Folder.
+    pub folder: String,
+    /// The folder's UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// The message's UID.
+    pub uid: u32,
+}
+
+/// A parsed, classified message on its way into the store.
+pub struct Incoming<'a> {
+    /// The parsed fields.
+    pub parsed: &'a ParsedMessage,
+    /// The verdict.
+    pub class: &'a Classification,
+    /// The exact bytes.
+    pub raw: &'a [u8],
+    /// Where it came from.
+    pub origin: &'a Origin,
+    /// When it arrived (INTERNALDATE, file time, or now).
+    pub received_at: i64,
+}
+
+/// What became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It opened this ticket.
+    Created(i64),
+    /// It was added to this existing ticket.
+    Threaded(i64),
+    /// It was stored before (same Message-ID, same content): nothing written.
+    Duplicate(i64),
+    /// It could not be parsed and sits in the quarantine under this id.
+    Quarantined(i64),
+}
+
+/// A mailbox folder's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The UIDVALIDITY the UIDs belong to.
+    pub uidvalidity: u32,
+    /// Highest UID stored.
+    pub last_uid: u32,
+    /// UIDs up to here existed before the first run: they are taken only while unseen.
+    pub backlog_until: u32,
+}
+
+/// A ticket as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TicketRow {
+    /// Ticket number.
+    pub id: i64,
+    /// Subject without reply prefixes.
+    pub subject: String,
+    /// `open` or `closed`.
+    pub status: String,
+    /// The customer's address.
+    pub customer: String,
+    /// The customer's name.
+    pub customer_name: String,
+    /// The mailbox it came in on.
+    pub mailbox: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Number of messages.
+    pub messages: i64,
+}
+
+/// An attachment as shown.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttachmentRow {
+    /// Safe file name.
+    pub filename: String,
+    /// `type/subtype`.
+    pub content_type: String,
+    /// Bytes.
+    pub size: i64,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// A message as shown.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    /// Row id.
+    pub id: i64,
+    /// Message-ID without brackets.
+    pub message_id: String,
+    /// `in` or `out`.
+    pub direction: String,
+    /// From address.
+    pub from: String,
+    /// From name.
+    pub from_name: String,
+    /// To addresses.
+    pub to: Vec<String>,
+    /// Cc addresses.
+    pub cc: Vec<String>,
+    /// Subject as sent.
+    pub subject: String,
+    /// Unix seconds.
+    pub date: i64,
+    /// Classification kind.
+    pub kind: String,
+    /// Classification reasons.
+    pub reasons: Vec<String>,
+    /// Readable text.
+    pub text: String,
+    /// Attachments.
+    pub attachments: Vec<AttachmentRow>,
+}
+
+/// A quarantined message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantineRow {
+    /// Row id.
+    pub id: i64,
+    /// Where it came from.
+    pub source: String,
+    /// IMAP UID (0 for files).
+    pub uid: i64,
+    /// Why it could not be parsed.
+    pub error: String,
+    /// Bytes.
+    pub size: i64,
+    /// Unix seconds.
+    pub received_at: i64,
+}
+
+fn json_list(v: impl IntoIterator<Item = impl serde::Serialize>) -> String {
+    serde_json::to_string(&v.into_iter().collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+fn from_json_list(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn compress(raw: &[u8]) -> Result<Vec<u8>> {
+    let mut enc = flate2::write::DeflateEncoder::new(
+        Vec::with_capacity(raw.len() / 2),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(raw)
+        .and_then(|()| enc.finish())
+        .map_err(|e| Error::Other(format!("compress: {e}")))
+}
+
+/// Inflates a stored raw message.
+pub fn decompress(codec: &str, data: &[u8]) -> Result<Vec<u8>> {
+    match codec {
+        "deflate" => {
+            let mut out = Vec::with_capacity(data.len() * 2);
+            let mut dec = flate2::write::DeflateDecoder::new(&mut out);
+            dec.write_all(data)
+                .and_then(|()| dec.finish().map(|_| ()))
+                .map_err(|e| Error::Other(format!("inflate: {e}")))?;
+            Ok(out)
+        }
+        "none" => Ok(data.to_vec()),
+        other => Err(Error::Other(format!("unknown codec {other}"))),
+    }
+}
+
+/// Advances the cursor and records the pending post-action, inside the caller's transaction.
+fn advance(c: &Connection, pos: Option<&ImapPos>) -> Result<()> {
+    let Some(p) = pos else { return Ok(()) };
+    let n = c.execute(
+        "UPDATE cursor SET last_uid = max(last_uid, ?4), updated_at = ?5
+         WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
+        params![
+            p.mailbox,
+            p.folder,
+            p.uidvalidity,
+            p.uid,
+            crate::time::now()
+        ],
+    )?;
+    if n != 1 {
+        return Err(Error::Other(format!(
+            "no cursor for {}/{} at UIDVALIDITY {}",
+            p.mailbox, p.folder, p.uidvalidity
+        )));
+    }
+    c.execute(
+        "INSERT OR IGNORE INTO imap_pending (mailbox, folder, uidvalidity, uid) VALUES (?1, ?2, ?3, ?4)",
+        params![p.mailbox, p.folder, p.uidvalidity, p.uid],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Stores one message: threads it, writes its rows and advances the cursor, all in one
+    /// transaction. The same message seen again is a no-op.
+    pub fn ingest(&mut self, m: &Incoming<'_>) -> Result<Outcome> {
+        self.write(|c| ingest_in(c, m))
+    }
+
+    /// Keeps bytes that could not be parsed, and advances the cursor past them.
+    pub fn quarantine(
+        &mut self,
+        raw: &[u8],
+        error: &str,
+        origin: &Origin,
+        received_at: i64,
+    ) -> Result<Outcome> {
+        self.write(|c| {
+            let sha = hex(&sha256(raw));
+            let (uidvalidity, uid) = origin.imap.as_ref().map_or((0, 0), |p| (p.uidvalidity, p.uid));
+            c.execute(
+                "INSERT OR IGNORE INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![origin.source, uidvalidity, uid, error, sha, raw.len() as i64, raw, received_at],
+            )?;
+            let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", [&sha], |r| r.get(0))?;
+            advance(c, origin.imap.as_ref())?;
+            Ok(Outcome::Quarantined(id))
+        })
+    }
+
+    /// The cursor of a mailbox folder.
+    pub fn cursor(&self, mailbox: &str, folder: &str) -> Result<Option<Cursor>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT uidvalidity, last_uid, backlog_until FROM cursor WHERE mailbox = ?1 AND folder = ?2",
+                params![mailbox, folder],
+                |r| Ok(Cursor { uidvalidity: r.get(0)?, last_uid: r.get(1)?, backlog_until: r.get(2)? }),
+            )
+            .optional()?)
+    }
+
+    /// Replaces a folder's cursor (first run, or a new UIDVALIDITY); pending post-actions of
+    /// an older UIDVALIDITY are dropped, their UIDs mean nothing any more.
+    pub fn reset_cursor(&mut self, mailbox: &str, folder: &str, cursor: Cursor) -> Result<()> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO cursor (mailbox, folder, uidvalidity, last_uid, backlog_until, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                   last_uid = excluded.last_uid, backlog_until = excluded.backlog_until,
+                   updated_at = excluded.updated_at",
+                params![mailbox, folder, cursor.uidvalidity, cursor.last_uid, cursor.backlog_until, crate::time::now()],
+            )?;
+            c.execute(
+                "DELETE FROM imap_pending WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity != ?3",
+                params![mailbox, folder, cursor.uidvalidity],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// UIDs whose post-action has not been confirmed yet.
+    pub fn pending(&self, mailbox: &str, folder: &str, uidvalidity: u32) -> Result<Vec<u32>> {
+        let mut s = self.conn.prepare_cached(
+            "SELECT uid FROM imap_pending WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3 ORDER BY uid",
+        )?;
+        let rows = s.query_map(params![mailbox, folder, uidvalidity], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets the pending post-actions of `uids` once the server confirmed them.
+    pub fn clear_pending(
+        &mut self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> Result<()> {
+        self.write(|c| {
+            let mut s = c.prepare_cached(
+                "DELETE FROM imap_pending WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
+            )?;
+            for uid in uids {
+                s.execute(params![mailbox, folder, uidvalidity, uid])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Tickets, newest activity first. `status` is `open`, `closed` or `all`.
+    pub fn tickets(&self, status: &str) -> Result<Vec<TicketRow>> {
+        let mut s = self.conn.prepare(
+            "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
+                    t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
+             FROM ticket t WHERE ?1 = 'all' OR t.status = ?1 ORDER BY t.updated_at DESC, t.id DESC",
+        )?;
+        let rows = s.query_map([status], ticket_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One ticket with its messages, oldest first.
+    pub fn ticket(&self, id: i64) -> Result<Option<(TicketRow, Vec<MessageRow>)>> {
+        let t = self
+            .conn
+            .query_row(
+                "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
+                        t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
+                 FROM ticket t WHERE t.id = ?1",
+                [id],
+                ticket_row,
+            )
+            .optional()?;
+        let Some(t) = t else { return Ok(None) };
+        let mut s = self.conn.prepare(
+            "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, date,
+                    kind, reasons, body_text
+             FROM message WHERE ticket_id = ?1 ORDER BY date, id",
+        )?;
+        let mut messages: Vec<MessageRow> = s
+            .query_map([id], |r| {
+                Ok(MessageRow {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    direction: r.get(2)?,
+                    from: r.get(3)?,
+                    from_name: r.get(4)?,
+                    to: from_json_list(&r.get::<_, String>(5)?),
+                    cc: from_json_list(&r.get::<_, String>(6)?),
+                    subject: r.get(7)?,
+                    date: r.get(8)?,
+                    kind: r.get(9)?,
+                    reasons: from_json_list(&r.get::<_, String>(10)?),
+                    text: r.get(11)?,
+                    attachments: Vec::new(),
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut a = self.conn.prepare_cached(
+            "SELECT filename, content_type, size, sha256 FROM attachment WHERE message_id = ?1 ORDER BY id",
+        )?;
+        for m in &mut messages {
+            m.attachments = a
+                .query_map([m.id], |r| {
+                    Ok(AttachmentRow {
+                        filename: r.get(0)?,
+                        content_type: r.get(1)?,
+                        size: r.get(2)?,
+                        sha256: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(Some((t, messages)))
+    }
+
+    /// The content of a stored attachment.
+    pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT data FROM blob WHERE sha256 = ?1", [sha256], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// The exact bytes of a stored message.
+    pub fn raw(&self, message_row: i64) -> Result<Option<Vec<u8>>> {
+        let row: Option<(String, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT codec, data FROM raw_message WHERE message_id = ?1",
+                [message_row],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(codec, data)| super::tickets::decompress(&codec, &data))
+            .transpose()
+    }
+
+    /// The quarantine, newest first.
+    pub fn quarantined(&self) -> Result<Vec<QuarantineRow>> {
+        let mut s = self.conn.prepare(
+            "SELECT id, source, uid, error, size, received_at FROM quarantine ORDER BY id DESC",
+        )?;
+        let rows = s.query_map([], |r| {
+            Ok(QuarantineRow {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                uid: r.get(2)?,
+                error: r.get(3)?,
+                size: r.get(4)?,
+                received_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn ticket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRow> {
+    Ok(TicketRow {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        status: r.get(2)?,
+        customer: r.get(3)?,
+        customer_name: r.get(4)?,
+        mailbox: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+        messages: r.get(8)?,
+    })
+}
+
+/// Whether `addr` already takes part in ticket `t`: its customer, or the sender of one of
+/// its messages.
+fn takes_part(c: &Connection, t: i64, addr: &str) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM ticket WHERE id = ?1 AND customer = ?2)
+             OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr = ?2)",
+    )?
+    .query_row(params![t, addr], |r| r.get(0))?)
+}
+
+/// Finds the ticket a message belongs to.
+///
+/// 1. A ticket whose messages named this message as their parent (it arrived late).
+/// 2. A ticket holding a message this one points at (In-Reply-To, References). An id that
+///    was only ever referenced, never seen as a message, counts only when the sender takes
+///    part in that ticket: two strangers answering the same unknown mail are two tickets.
+/// 3. The `[#N]` subject tag, when the sender takes part in ticket N.
+///
+/// Among several matches the most recently active one wins.
+fn find_ticket(c: &Connection, p: &ParsedMessage) -> Result<Option<i64>> {
+    let from = p.from.as_ref().map_or("", |m| m.address.as_str());
+    let mut best: Option<(i64, i64)> = None;
+    let mut q = c.prepare_cached(
+        "SELECT ticket_id, updated_at, is_message FROM msgid_index WHERE msgid = ?1",
+    )?;
+    let own = std::iter::once((&p.message_id, true));
+    let parents = thread::parent_ids(p);
+    for (id, is_own) in own.chain(parents.iter().map(|id| (id, false))) {
+        let rows: Vec<(i64, i64, bool)> = q
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (t, at, is_message) in rows {
+            if best.is_some_and(|(_, b)| at <= b) {
+                continue;
+            }
+            if is_own || is_message || (!from.is_empty() && takes_part(c, t, from)?) {
+                best = Some((t, at));
+            }
+        }
+    }
+    if let Some((t, _)) = best {
+        return Ok(Some(t));
+    }
+    match thread::subject_tag(&p.subject) {
+        Some(tag) if !from.is_empty() && takes_part(c, tag, from)? => Ok(Some(tag)),
+        _ => Ok(None),
+    }
+}
+
+fn ingest_in(c: &Connection, m: &Incoming<'_>) -> Result<Outcome> {
+    let p = m.parsed;
+    let dup: Option<i64> = c
+        .prepare_cached("SELECT ticket_id FROM message WHERE message_id = ?1 AND fingerprint = ?2")?
+        .query_row(params![p.message_id, &p.fingerprint[..]], |r| r.get(0))
+        .optional()?;
+    if let Some(ticket) = dup {
+        advance(c, m.origin.imap.as_ref())?;
+        return Ok(Outcome::Duplicate(ticket));
+    }
+
+    let date = p.date.unwrap_or(m.received_at);
+    let is_normal = m.class.kind == crate::classify::Kind::Normal;
+    let (ticket, outcome) = match find_ticket(c, p)? {
+        Some(t) => {
+            c.prepare_cached(
+                "UPDATE ticket SET updated_at = max(updated_at, ?2),
+                   status = CASE WHEN ?3 THEN 'open' ELSE status END WHERE id = ?1",
+            )?
+            .execute(params![t, date, is_normal])?;
+            (t, Outcome::Threaded(t))
+        }
+        None => {
+            let customer = p.reply_address().cloned().unwrap_or_default();
+            let t: i64 = c
+                .prepare_cached(
+                    "INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at)
+                     VALUES (?1, 'open', ?2, ?3, ?4, ?5, ?5) RETURNING id",
+                )?
+                .query_row(
+                    params![thread::normalize_subject(&p.subject), customer.address, customer.name, m.origin.mailbox, date],
+                    |r| r.get(0),
+                )?;
+            (t, Outcome::Created(t))
+        }
+    };
+
+    let from = p.from.clone().unwrap_or_default();
+    let msg_row: i64 = c
+        .prepare_cached(
+            "INSERT INTO message (ticket_id, direction, message_id, fingerprint, in_reply_to, refs, from_addr,
+                from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
+                source, size)
+             VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                ticket,
+                p.message_id,
+                &p.fingerprint[..],
+                json_list(&p.in_reply_to),
+                json_list(&p.references),
+                from.address,
+                from.name,
+                p.reply_to.as_ref().map_or("", |r| r.address.as_str()),
+                json_list(p.to.iter().map(|a| &a.address)),
+                json_list(p.cc.iter().map(|a| &a.address)),
+                p.subject,
+                date,
+                m.received_at,
+                m.class.kind.as_str(),
+                json_list(&m.class.reasons),
+                p.text,
+                m.origin.source,
+                m.raw.len() as i64,
+            ],
+            |r| r.get(0),
+        )?;
+    c.prepare_cached(
+        "INSERT INTO raw_message (message_id, codec, data) VALUES (?1, 'deflate', ?2)",
+    )?
+    .execute(params![msg_row, compress(m.raw)?])?;
+    for a in &p.attachments {
+        let sha = hex(&sha256(&a.data));
+        c.prepare_cached("INSERT OR IGNORE INTO blob (sha256, size, data) VALUES (?1, ?2, ?3)")?
+            .execute(params![sha, a.data.len() as i64, a.data])?;
+        c.prepare_cached(
+            "INSERT INTO attachment (message_id, filename, content_type, size, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![msg_row, a.filename, a.content_type, a.data.len() as i64, sha])?;
+    }
+    let mut idx = c.prepare_cached(
+        "INSERT INTO msgid_index (msgid, ticket_id, is_message, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (msgid, ticket_id) DO UPDATE SET
+           is_message = max(is_message, excluded.is_message),
+           updated_at = max(updated_at, excluded.updated_at)",
+    )?;
+    let now = crate::time::now();
+    idx.execute(params![p.message_id, ticket, true, now])?;
+    for id in p.in_reply_to.iter().chain(p.references.iter()) {
+        idx.execute(params![id, ticket, false, now])?;
+    }
+    advance(c, m.origin.imap.as_ref())?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Identity, classify};
+    use crate::message::parse;
+
+    fn put(s: &mut Store, raw: &str) -> Outcome {
+        let p = parse(raw.as_bytes()).unwrap();
+        let class = classify(&p, &Identity::default());
+        let origin = Origin {
+            source: "test".into(),
+            mailbox: String::new(),
+            imap: None,
+        };
+        s.ingest(&Incoming {
+            parsed: &p,
+            class: &class,
+            raw: raw.as_bytes(),
+            origin: &origin,
+            received_at: 0,
+        })
+        .unwrap()
+    }
+
+    fn msg(id: &str, headers: &str, body: &str) -> String {
+        format!(
+            "From: a@example.com\r\nSubject: Printer\r\nMessage-ID: <{id}>\r\n{headers}\r\n{body}\r\n"
+        )
+    }
+
+    #[test]
+    fn threads_by_ids_and_dedupes() {
+        let mut s = Store::open_in_memory().unwrap();
+        let Outcome::Created(t) = put(&mut s, &msg("1@x", "", "first")) else {
+            panic!()
+        };
+        assert_eq!(
+            put(&mut s, &msg("2@x", "In-Reply-To: <1@x>\r\n", "second")),
+            Outcome::Threaded(t)
+        );
+        assert_eq!(
+            put(&mut s, &msg("3@x", "References: <0@x> <2@x>\r\n", "third")),
+            Outcome::Threaded(t)
+        );
+        assert_eq!(put(&mut s, &msg("1@x", "", "first")), Outcome::Duplicate(t));
+        // Same id, other content: kept, not dropped (it lands in the ticket its id names).
+        assert_eq!(
+            put(&mut s, &msg("1@x", "", "a different message")),
+            Outcome::Threaded(t)
+        );
+        let (row, messages) = s.ticket(t).unwrap().unwrap();
+        assert_eq!(row.messages, 4);
+        assert_eq!(messages.len(), 4);
+        assert!(matches!(put(&mut s, &msg("9@x", "", "other")), Outcome::Created(n) if n != t));
+    }
+
+    #[test]
+    fn subject_tag_needs_a_participant() {
+        let mut s = Store::open_in_memory().unwrap();
+        let Outcome::Created(t) = put(&mut s, &msg("1@x", "", "first")) else {
+            panic!()
+        };
+        let tagged = format!(
+            "From: a@example.com\r\nSubject: Re: [#{t}] Printer\r\nMessage-ID: <5@x>\r\n\r\nhi\r\n"
+        );
+        assert_eq!(put(&mut s, &tagged), Outcome::Threaded(t));
+        let stranger = tagged
+            .replace("a@example.com", "mallory@evil.example")
+            .replace("5@x", "6@x");
+        assert!(matches!(put(&mut s, &stranger), Outcome::Created(n) if n != t));
+    }
+
+    #[test]
+    fn shared_unknown_parent_needs_the_same_sender() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = "From: a@example.com\r\nSubject: Re: news\r\nMessage-ID: <a@x>\r\nIn-Reply-To: <unknown@x>\r\n\r\nhi\r\n";
+        let Outcome::Created(t) = put(&mut s, a) else {
+            panic!()
+        };
+        let b = a
+            .replace("a@example.com", "b@example.com")
+            .replace("<a@x>", "<b@x>");
+        assert!(matches!(put(&mut s, &b), Outcome::Created(n) if n != t));
+        let a2 = a.replace("<a@x>", "<a2@x>");
+        assert_eq!(put(&mut s, &a2), Outcome::Threaded(t));
+        // The parent arrives last and joins its replies' ticket, whoever sent it.
+        let parent =
+            "From: news@example.org\r\nSubject: news\r\nMessage-ID: <unknown@x>\r\n\r\nnews\r\n";
+        assert!(matches!(put(&mut s, parent), Outcome::Threaded(_)));
+    }
+
+    #[test]
+    fn raw_round_trips() {
+        let mut s = Store::open_in_memory().unwrap();
+        let raw = msg("1@x", "", &"line of text\r\n".repeat(100));
+        put(&mut s, &raw);
+        assert_eq!(s.raw(1).unwrap().unwrap(), raw.as_bytes());
+    }
+}

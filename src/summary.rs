@@ -1,0 +1,96 @@
+//! The per-run counts that `sync`, `import` and `ingest` report, at `info` and as JSON.
+
+use serde::Serialize;
+
+use crate::store::Outcome;
+
+/// What one source (a mailbox folder, a file) gave.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// Messages read from the source.
+    pub fetched: u64,
+    /// New tickets.
+    pub created: u64,
+    /// Messages added to existing tickets.
+    pub threaded: u64,
+    /// Messages stored before.
+    pub duplicates: u64,
+    /// Messages that could not be parsed, kept in the quarantine.
+    pub quarantined: u64,
+    /// Acknowledgements queued.
+    pub acks_queued: u64,
+    /// Failures, one line each.
+    pub errors: Vec<String>,
+}
+
+impl Counts {
+    /// Counts one outcome.
+    pub fn record(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Created(_) => self.created += 1,
+            Outcome::Threaded(_) => self.threaded += 1,
+            Outcome::Duplicate(_) => self.duplicates += 1,
+            Outcome::Quarantined(_) => self.quarantined += 1,
+        }
+    }
+
+    fn add(&mut self, o: &Counts) {
+        self.fetched += o.fetched;
+        self.created += o.created;
+        self.threaded += o.threaded;
+        self.duplicates += o.duplicates;
+        self.quarantined += o.quarantined;
+        self.acks_queued += o.acks_queued;
+        self.errors.extend(o.errors.iter().cloned());
+    }
+}
+
+/// One source's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSummary {
+    /// Mailbox name, or the path imported.
+    pub name: String,
+    /// The folder, for mailboxes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    /// Its counts.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// A whole run: totals first, then each source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    /// Sums over all sources.
+    #[serde(flatten)]
+    pub totals: Counts,
+    /// One entry per source, in order.
+    pub mailboxes: Vec<SourceSummary>,
+}
+
+impl RunSummary {
+    /// Adds one source's summary.
+    pub fn push(&mut self, s: SourceSummary) {
+        self.totals.add(&s.counts);
+        self.mailboxes.push(s);
+    }
+
+    /// Whether anything failed.
+    pub fn failed(&self) -> bool {
+        !self.totals.errors.is_empty()
+    }
+
+    /// Logs the totals at `info`.
+    pub fn log(&self, what: &str) {
+        let t = &self.totals;
+        tracing::info!(
+            fetched = t.fetched,
+            created = t.created,
+            threaded = t.threaded,
+            duplicates = t.duplicates,
+            quarantined = t.quarantined,
+            errors = t.errors.len(),
+            "{what} finished"
+        );
+    }
+}

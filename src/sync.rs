@@ -1,0 +1,384 @@
+//! One pass over the configured mailboxes: connect, select, take every UID above the cursor
+//! (the unseen backlog on the first run), and store each message in its own transaction.
+//!
+//! Fetching and storing overlap: while the store thread parses and commits one batch, the
+//! next batch is already on the wire. The bytes in flight are capped, so memory stays flat
+//! whatever the mail size. The post-action (`\Seen`, move, delete) runs only for UIDs whose
+//! transaction has committed, one command per batch.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::classify::Identity;
+use crate::config::{After, Config, MailboxConfig};
+use crate::error::{Error, Result};
+use crate::imap::{self, FetchedMessage, Imap, uid_set};
+use crate::pipeline::{StoreThread, process};
+use crate::store::{Cursor, ImapPos, Origin, Outcome};
+use crate::summary::{RunSummary, SourceSummary};
+
+/// At most this many messages per UID FETCH.
+const BATCH_COUNT: usize = 500;
+/// At most this many bytes (by RFC822.SIZE) per UID FETCH, unless one message is larger.
+const BATCH_BYTES: u64 = 8 << 20;
+/// At most this many fetched bytes wait for the store at once.
+const IN_FLIGHT_BYTES: usize = 16 << 20;
+/// UIDs per post-action or size command, to stay far below servers' line limits.
+const UIDS_PER_COMMAND: usize = 2000;
+
+/// How to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncOptions {
+    /// Work as usual but keep nothing and touch nothing on the server.
+    pub dry_run: bool,
+}
+
+/// Syncs the mailboxes (all, or those named in `only`) one after another. A failing mailbox
+/// is recorded in the summary and the others go on.
+pub async fn run(
+    config: &Config,
+    mailboxes: &[&MailboxConfig],
+    store: &StoreThread,
+    opts: SyncOptions,
+) -> RunSummary {
+    let me = Arc::new(Identity {
+        addresses: config.own_addresses(),
+    });
+    let mut summary = RunSummary::default();
+    for mb in mailboxes {
+        let span = tracing::info_span!("mailbox", mailbox = %mb.name);
+        summary.push(sync_mailbox(mb, store, &me, opts).instrument(span).await);
+    }
+    summary
+}
+
+/// Syncs one mailbox; errors end up in the summary.
+pub async fn sync_mailbox(
+    mb: &MailboxConfig,
+    store: &StoreThread,
+    me: &Arc<Identity>,
+    opts: SyncOptions,
+) -> SourceSummary {
+    let mut s = SourceSummary {
+        name: mb.name.clone(),
+        folder: Some(mb.folder.clone()),
+        counts: Default::default(),
+    };
+    let result = async {
+        let mut imap = imap::connect(mb).await?;
+        let r = sync_session(&mut imap, mb, store, me, opts, &mut s).await;
+        imap.logout().await;
+        r
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "mailbox failed");
+        s.counts.errors.push(format!("mailbox {}: {e}", mb.name));
+    }
+    let c = &s.counts;
+    tracing::info!(
+        fetched = c.fetched,
+        created = c.created,
+        threaded = c.threaded,
+        duplicates = c.duplicates,
+        quarantined = c.quarantined,
+        "mailbox done"
+    );
+    s
+}
+
+/// Picks or renews the cursor for the selected folder.
+async fn cursor_for(
+    imap: &mut Imap,
+    mb: &MailboxConfig,
+    store: &StoreThread,
+    sel: imap::Selected,
+) -> Result<Cursor> {
+    let (name, folder) = (mb.name.clone(), mb.folder.clone());
+    let stored = store.call(move |s| s.cursor(&name, &folder)).await?;
+    if let Some(c) = stored.filter(|c| c.uidvalidity == sel.uidvalidity) {
+        return Ok(c);
+    }
+    let backlog_until = match stored {
+        None => match sel.uidnext {
+            Some(n) => n.saturating_sub(1),
+            None => imap.uid_search("ALL").await?.last().copied().unwrap_or(0),
+        },
+        Some(old) => {
+            tracing::warn!(
+                old = old.uidvalidity,
+                new = sel.uidvalidity,
+                "UIDVALIDITY changed: rescanning the folder; stored messages are skipped as duplicates"
+            );
+            0
+        }
+    };
+    let c = Cursor {
+        uidvalidity: sel.uidvalidity,
+        last_uid: 0,
+        backlog_until,
+    };
+    let (name, folder) = (mb.name.clone(), mb.folder.clone());
+    store
+        .call(move |s| s.reset_cursor(&name, &folder, c))
+        .await?;
+    Ok(c)
+}
+
+/// `(uid, size)` of every message this run must take, sorted.
+async fn candidates(imap: &mut Imap, c: Cursor) -> Result<Vec<(u32, u32)>> {
+    let mut todo = Vec::new();
+    if c.last_uid < c.backlog_until {
+        // Backlog from before the first run: only what nobody has read.
+        let q = format!("UID {}:{} UNSEEN", c.last_uid + 1, c.backlog_until);
+        let unseen = imap.uid_search(&q).await?;
+        for chunk in unseen.chunks(UIDS_PER_COMMAND) {
+            todo.extend(imap.sizes(&uid_set(chunk)).await?);
+        }
+    }
+    let above = c.last_uid.max(c.backlog_until);
+    if above < u32::MAX {
+        // `n:*` always matches the highest UID, even below n: filter it out.
+        let all = imap.sizes(&format!("{}:*", above + 1)).await?;
+        todo.extend(all.into_iter().filter(|(uid, _)| *uid > above));
+    }
+    todo.sort_unstable();
+    todo.dedup_by_key(|p| p.0);
+    Ok(todo)
+}
+
+/// Splits `todo` into fetch batches capped by count and bytes.
+fn batches(todo: &[(u32, u32)]) -> Vec<Vec<u32>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0u64;
+    for &(uid, size) in todo {
+        if !cur.is_empty() && (cur.len() >= BATCH_COUNT || bytes + u64::from(size) > BATCH_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        cur.push(uid);
+        bytes += u64::from(size);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+async fn post_action(imap: &mut Imap, after: &After, uids: &[u32]) -> Result<()> {
+    for chunk in uids.chunks(UIDS_PER_COMMAND) {
+        match after {
+            After::Seen => imap.add_flags(chunk, "\\Seen").await?,
+            After::Delete => imap.delete(chunk).await?,
+            After::Move(folder) => imap.move_to(chunk, folder).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Runs the post-action for committed UIDs and forgets them in the store.
+async fn finish_uids(
+    imap: &mut Imap,
+    mb: &MailboxConfig,
+    store: &StoreThread,
+    uidvalidity: u32,
+    uids: Vec<u32>,
+) -> Result<oneshot::Receiver<Result<()>>> {
+    post_action(imap, &mb.after, &uids).await?;
+    let (name, folder) = (mb.name.clone(), mb.folder.clone());
+    Ok(store.submit(move |s| s.clear_pending(&name, &folder, uidvalidity, &uids)))
+}
+
+type Submitted = (u32, oneshot::Receiver<Option<Result<Outcome>>>);
+
+async fn sync_session(
+    imap: &mut Imap,
+    mb: &MailboxConfig,
+    store: &StoreThread,
+    me: &Arc<Identity>,
+    opts: SyncOptions,
+    summary: &mut SourceSummary,
+) -> Result<()> {
+    let sel = imap.select(&mb.folder).await?;
+    let cursor = cursor_for(imap, mb, store, sel).await?;
+    tracing::debug!(?cursor, exists = sel.exists, "selected");
+
+    if !opts.dry_run {
+        if let After::Move(target) = &mb.after {
+            imap.ensure_folder(target).await?;
+        }
+        // Post-actions that an interrupted run committed but never sent.
+        let (name, folder) = (mb.name.clone(), mb.folder.clone());
+        let uv = cursor.uidvalidity;
+        let left = store.call(move |s| s.pending(&name, &folder, uv)).await?;
+        if !left.is_empty() {
+            tracing::info!(
+                count = left.len(),
+                "finishing post-actions of an interrupted run"
+            );
+            finish_uids(imap, mb, store, uv, left)
+                .await?
+                .await
+                .map_err(|_| stopped())??;
+        }
+    }
+
+    let todo = candidates(imap, cursor).await?;
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let total_bytes: u64 = todo.iter().map(|p| u64::from(p.1)).sum();
+    tracing::info!(messages = todo.len(), bytes = total_bytes, "fetching");
+
+    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
+    let failed = Arc::new(AtomicBool::new(false));
+    let (sub_tx, mut sub_rx) = mpsc::unbounded_channel::<Submitted>();
+    let mut inflight: VecDeque<Submitted> = VecDeque::new();
+    let mut clears = Vec::new();
+    let mut first_error: Option<Error> = None;
+
+    for batch in batches(&todo) {
+        let each = |fm: FetchedMessage| {
+            let (budget, store, me, failed, sub_tx) = (
+                budget.clone(),
+                store.clone(),
+                me.clone(),
+                failed.clone(),
+                sub_tx.clone(),
+            );
+            let origin = Origin {
+                source: format!("imap:{}/{}", mb.name, mb.folder),
+                mailbox: mb.name.clone(),
+                imap: Some(ImapPos {
+                    mailbox: mb.name.clone(),
+                    folder: mb.folder.clone(),
+                    uidvalidity: cursor.uidvalidity,
+                    uid: fm.uid,
+                }),
+            };
+            async move {
+                let want = u32::try_from(fm.bytes.len().clamp(1, IN_FLIGHT_BYTES)).unwrap_or(1);
+                let permit = budget
+                    .acquire_many_owned(want)
+                    .await
+                    .map_err(|_| Error::Other("fetch budget closed".into()))?;
+                let uid = fm.uid;
+                let rx = store.submit(move |s| {
+                    let _permit = permit;
+                    if failed.load(Ordering::SeqCst) {
+                        return None;
+                    }
+                    let received = fm.internal_date.unwrap_or_else(crate::time::now);
+                    let r = process(s, &me, &fm.bytes, &origin, received);
+                    if r.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    Some(r)
+                });
+                let _ = sub_tx.send((uid, rx));
+                Ok(())
+            }
+        };
+        let fetched = imap.fetch_each(&batch, each).await;
+        while let Ok(s) = sub_rx.try_recv() {
+            summary.counts.fetched += 1;
+            inflight.push_back(s);
+        }
+        if let Err(e) = fetched {
+            first_error = Some(e);
+            break;
+        }
+        // Whatever has committed by now gets its post-action, without waiting for the rest.
+        let mut done = Vec::new();
+        while let Some((uid, rx)) = inflight.front_mut() {
+            match rx.try_recv() {
+                Ok(r) => {
+                    let uid = *uid;
+                    inflight.pop_front();
+                    if let Some(e) = settle(r, uid, &mut done, summary) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    inflight.pop_front();
+                    first_error.get_or_insert_with(stopped);
+                }
+            }
+        }
+        if !opts.dry_run && !done.is_empty() {
+            clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, done).await?);
+        }
+        if first_error.is_some() {
+            break;
+        }
+    }
+
+    // Wait for the rest of the store's work, then finish those UIDs too.
+    let mut done = Vec::new();
+    for (uid, rx) in inflight {
+        match rx.await {
+            Ok(r) => {
+                if let Some(e) = settle(r, uid, &mut done, summary) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            Err(_) => {
+                first_error.get_or_insert_with(stopped);
+            }
+        }
+    }
+    if !opts.dry_run && !done.is_empty() {
+        clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, done).await?);
+    }
+    for c in clears {
+        c.await.map_err(|_| stopped())??;
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Books one store result: counts it and remembers its UID for the post-action.
+fn settle(
+    r: Option<Result<Outcome>>,
+    uid: u32,
+    done: &mut Vec<u32>,
+    summary: &mut SourceSummary,
+) -> Option<Error> {
+    match r {
+        Some(Ok(outcome)) => {
+            summary.counts.record(outcome);
+            done.push(uid);
+            None
+        }
+        Some(Err(e)) => Some(e),
+        None => None, // skipped after an earlier failure; the cursor did not move past it
+    }
+}
+
+fn stopped() -> Error {
+    Error::Other("the store thread stopped".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_count_and_bytes() {
+        let todo: Vec<(u32, u32)> = (1..=1200).map(|u| (u, 1000)).collect();
+        let b = batches(&todo);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [500, 500, 200]);
+        let big: Vec<(u32, u32)> = vec![(1, 5 << 20), (2, 5 << 20), (3, 20 << 20), (4, 1)];
+        let b = batches(&big);
+        assert_eq!(b, vec![vec![1], vec![2], vec![3], vec![4]]);
+        assert!(batches(&[]).is_empty());
+    }
+}
