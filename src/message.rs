@@ -17,15 +17,18 @@ pub struct Mailbox {
     pub address: String,
 }
 
-/// One attachment, decoded.
+/// One attachment: what it is, not its content (that stays in the raw message; see
+/// [`extract_attachments`]).
 #[derive(Debug, Clone)]
 pub struct Attachment {
     /// A safe file name (see [`safe_filename`]).
     pub filename: String,
     /// `type/subtype`, lower-case.
     pub content_type: String,
-    /// The decoded content.
-    pub data: Vec<u8>,
+    /// Decoded size in bytes.
+    pub size: usize,
+    /// SHA-256 of the decoded content.
+    pub sha256: [u8; 32],
 }
 
 /// The fields of a message that mailticket stores and judges.
@@ -101,7 +104,21 @@ impl std::fmt::Display for ParseFailure {
 
 /// Parses a message. Never panics.
 pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
-    match catch_unwind(AssertUnwindSafe(|| parse_inner(raw))) {
+    guarded(|| parse_inner(raw))
+}
+
+/// The attachments of `raw` with their decoded content. Never panics.
+pub fn extract_attachments(raw: &[u8]) -> Result<Vec<(Attachment, Vec<u8>)>, ParseFailure> {
+    guarded(|| {
+        let msg = MessageParser::default()
+            .parse(raw)
+            .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
+        Ok(attachments(&msg, true))
+    })
+}
+
+fn guarded<T>(f: impl FnOnce() -> Result<T, ParseFailure>) -> Result<T, ParseFailure> {
+    match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(panic) => {
             let what = panic
@@ -153,24 +170,10 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         }
     }
 
-    let mut attachments = Vec::new();
-    for (i, part) in msg.attachments().enumerate() {
-        let content_type = part
-            .content_type()
-            .map(|ct| match ct.subtype() {
-                Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                None => ct.ctype().to_owned(),
-            })
-            .unwrap_or_else(|| "application/octet-stream".to_owned())
-            .to_ascii_lowercase();
-        let fallback = format!("attachment-{}", i + 1);
-        let filename = safe_filename(part.attachment_name().unwrap_or(&fallback));
-        attachments.push(Attachment {
-            filename,
-            content_type,
-            data: part.contents().to_vec(),
-        });
-    }
+    let attachments = attachments(&msg, false)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
 
     let content_type = msg
         .root_part()
@@ -223,6 +226,32 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         has_delivery_status,
         fingerprint,
     })
+}
+
+/// Every attachment's description, and its content when `with_data`.
+fn attachments(msg: &mail_parser::Message<'_>, with_data: bool) -> Vec<(Attachment, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (i, part) in msg.attachments().enumerate() {
+        let content_type = part
+            .content_type()
+            .map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                None => ct.ctype().to_owned(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".to_owned())
+            .to_ascii_lowercase();
+        let fallback = format!("attachment-{}", i + 1);
+        let filename = safe_filename(part.attachment_name().unwrap_or(&fallback));
+        let data = part.contents();
+        let a = Attachment {
+            filename,
+            content_type,
+            size: data.len(),
+            sha256: sha256(data),
+        };
+        out.push((a, if with_data { data.to_vec() } else { Vec::new() }));
+    }
+    out
 }
 
 fn to_mailbox(a: &mail_parser::Addr<'_>) -> Option<Mailbox> {
@@ -445,7 +474,10 @@ mod tests {
         assert_eq!(m.attachments.len(), 1);
         assert_eq!(m.attachments[0].filename, "x.pdf");
         assert_eq!(m.attachments[0].content_type, "application/pdf");
-        assert_eq!(m.attachments[0].data, b"hello");
+        assert_eq!(m.attachments[0].size, 5);
+        assert_eq!(m.attachments[0].sha256, sha256(b"hello"));
+        let full = extract_attachments(raw.as_bytes()).unwrap();
+        assert_eq!(full[0].1, b"hello");
         assert_eq!(m.content_type, "multipart/mixed");
     }
 }

@@ -1,50 +1,94 @@
 //! One raw message into the store, exactly once: parse, classify, thread, store; or
-//! quarantine what cannot be parsed. Also the store's own thread, so that async code never
-//! waits on SQLite.
+//! quarantine what cannot be parsed.
+//!
+//! The work is split in two so a sync can use every core: [`prepare`] (parse, classify,
+//! compress: CPU only, any thread, any order) and [`commit`] (one SQLite transaction, on the
+//! store's own thread, in UID order). [`process`] does both, for one-off callers.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use crate::classify::{Identity, classify};
+use crate::classify::{Classification, Identity, classify};
 use crate::error::{Error, Result};
-use crate::message;
-use crate::store::{Incoming, Origin, Outcome, Store};
+use crate::message::{self, ParsedMessage};
+use crate::store::{Incoming, Origin, Outcome, Store, pack};
 
-/// Turns `raw` into a ticket or a follow-up, or quarantines it. A message-level problem
-/// never fails: only the store itself can.
-pub fn process(
+/// A message after the CPU work, ready for its transaction.
+pub struct Prepared {
+    /// The exact bytes.
+    pub raw: Vec<u8>,
+    /// What parsing gave.
+    pub body: PreparedBody,
+}
+
+/// The parsed and judged message, or why it cannot be parsed.
+pub enum PreparedBody {
+    /// A message: its fields, verdict and compressed bytes.
+    Message {
+        parsed: Box<ParsedMessage>,
+        class: Classification,
+        packed: Vec<u8>,
+    },
+    /// Not a message: goes to the quarantine.
+    Unparseable(String),
+}
+
+/// Parses, classifies and compresses `raw`. Never panics, never fails: what cannot be
+/// parsed is marked for the quarantine.
+pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
+    let body = match message::parse(&raw) {
+        Err(why) => PreparedBody::Unparseable(why.0),
+        Ok(parsed) => {
+            let class = classify(&parsed, me);
+            match pack(&raw) {
+                Ok(packed) => PreparedBody::Message {
+                    parsed: Box::new(parsed),
+                    class,
+                    packed,
+                },
+                Err(e) => PreparedBody::Unparseable(format!("cannot compress: {e}")),
+            }
+        }
+    };
+    Prepared { raw, body }
+}
+
+/// Stores a prepared message in one transaction (advancing the IMAP cursor when `origin`
+/// has one). Only the store itself can fail.
+pub fn commit(
     store: &mut Store,
-    me: &Identity,
-    raw: &[u8],
+    p: &Prepared,
     origin: &Origin,
     received_at: i64,
 ) -> Result<Outcome> {
-    let parsed = match message::parse(raw) {
-        Ok(p) => p,
-        Err(why) => {
-            tracing::warn!(source = %origin.source, error = %why, "quarantined");
-            return store.quarantine(raw, &why.0, origin, received_at);
+    let (parsed, class, packed) = match &p.body {
+        PreparedBody::Unparseable(why) => {
+            tracing::warn!(source = %origin.source, uid = origin.imap.as_ref().map(|i| i.uid), error = %why, "quarantined");
+            return store.quarantine(&p.raw, why, origin, received_at);
         }
+        PreparedBody::Message {
+            parsed,
+            class,
+            packed,
+        } => (parsed, class, packed),
     };
-    let class = classify(&parsed, me);
-    let stored = catch_unwind(AssertUnwindSafe(|| {
-        store.ingest(&Incoming {
-            parsed: &parsed,
-            class: &class,
-            raw,
-            origin,
-            received_at,
-        })
-    }));
-    let outcome = match stored {
+    let incoming = Incoming {
+        parsed,
+        class,
+        raw: &p.raw,
+        packed,
+        origin,
+        received_at,
+    };
+    let outcome = match catch_unwind(AssertUnwindSafe(|| store.ingest(&incoming))) {
         Ok(r) => r?,
         Err(_) => {
             let why = "storing this message panicked; kept in the quarantine";
             tracing::error!(source = %origin.source, message_id = %parsed.message_id, why);
-            return store.quarantine(raw, why, origin, received_at);
+            return store.quarantine(&p.raw, why, origin, received_at);
         }
     };
     let (what, ticket) = match outcome {
@@ -63,12 +107,68 @@ pub fn process(
     Ok(outcome)
 }
 
-type Job = Box<dyn FnOnce(&mut Store) + Send>;
+/// [`prepare`] then [`commit`], on the calling thread.
+pub fn process(
+    store: &mut Store,
+    me: &Identity,
+    raw: &[u8],
+    origin: &Origin,
+    received_at: i64,
+) -> Result<Outcome> {
+    commit(store, &prepare(me, raw.to_vec()), origin, received_at)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A few threads for [`prepare`], one per core.
+#[derive(Clone)]
+pub struct PrepPool {
+    tx: mpsc::Sender<Job>,
+}
+
+impl PrepPool {
+    /// Starts one thread per available core.
+    pub fn spawn() -> Result<PrepPool> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let n = std::thread::available_parallelism().map_or(2, usize::from);
+        for i in 0..n {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("prepare-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => break,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .map_err(|e| Error::Other(format!("cannot start a worker thread: {e}")))?;
+        }
+        Ok(PrepPool { tx })
+    }
+
+    /// Prepares `raw` on the pool; the result arrives on the receiver.
+    pub fn prepare(&self, me: Arc<Identity>, raw: Vec<u8>) -> oneshot::Receiver<Prepared> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Box::new(move || {
+            let _ = tx.send(prepare(&me, raw));
+        }));
+        rx
+    }
+}
+
+type StoreJob = Box<dyn FnOnce(&mut Store) + Send>;
 
 /// The store on a thread of its own. Jobs run in the order they were submitted.
 #[derive(Clone)]
 pub struct StoreThread {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<StoreJob>,
 }
 
 /// Owns the thread; joining gives the store back.
@@ -77,7 +177,7 @@ pub struct StoreJoin(JoinHandle<Store>);
 impl StoreThread {
     /// Moves `store` onto a new thread.
     pub fn spawn(mut store: Store) -> Result<(StoreThread, StoreJoin)> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<StoreJob>();
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {

@@ -17,7 +17,7 @@ use crate::classify::Identity;
 use crate::config::{After, Config, MailboxConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
-use crate::pipeline::{StoreThread, process};
+use crate::pipeline::{PrepPool, StoreThread, commit};
 use crate::store::{Cursor, ImapPos, Origin, Outcome};
 use crate::summary::{RunSummary, SourceSummary};
 
@@ -26,7 +26,7 @@ const BATCH_COUNT: usize = 500;
 /// At most this many bytes (by RFC822.SIZE) per UID FETCH, unless one message is larger.
 const BATCH_BYTES: u64 = 8 << 20;
 /// At most this many fetched bytes wait for the store at once.
-const IN_FLIGHT_BYTES: usize = 16 << 20;
+const IN_FLIGHT_BYTES: usize = 8 << 20;
 /// UIDs per post-action or size command, to stay far below servers' line limits.
 const UIDS_PER_COMMAND: usize = 2000;
 
@@ -121,6 +121,7 @@ async fn cursor_for(
         uidvalidity: sel.uidvalidity,
         last_uid: 0,
         backlog_until,
+        done_uid: 0,
     };
     let (name, folder) = (mb.name.clone(), mb.folder.clone());
     store
@@ -181,17 +182,43 @@ async fn post_action(imap: &mut Imap, after: &After, uids: &[u32]) -> Result<()>
     Ok(())
 }
 
-/// Runs the post-action for committed UIDs and forgets them in the store.
+/// Runs the post-action for committed UIDs (a prefix of this run's UIDs, in order) and
+/// records that they are done.
 async fn finish_uids(
     imap: &mut Imap,
     mb: &MailboxConfig,
     store: &StoreThread,
     uidvalidity: u32,
-    uids: Vec<u32>,
+    uids: &[u32],
 ) -> Result<oneshot::Receiver<Result<()>>> {
-    post_action(imap, &mb.after, &uids).await?;
+    post_action(imap, &mb.after, uids).await?;
     let (name, folder) = (mb.name.clone(), mb.folder.clone());
-    Ok(store.submit(move |s| s.clear_pending(&name, &folder, uidvalidity, &uids)))
+    let last = uids.iter().copied().max().unwrap_or(0);
+    Ok(store.submit(move |s| s.set_done(&name, &folder, uidvalidity, last)))
+}
+
+/// UIDs that an interrupted run stored but whose post-action was never confirmed: those in
+/// `(done_uid, last_uid]` that this run's rules would have taken.
+async fn unfinished(imap: &mut Imap, c: Cursor) -> Result<Vec<u32>> {
+    let mut uids = Vec::new();
+    if c.done_uid >= c.last_uid {
+        return Ok(uids);
+    }
+    let backlog_end = c.last_uid.min(c.backlog_until);
+    if c.done_uid < backlog_end {
+        // In the backlog only unseen messages were taken, and the post-action has not run on
+        // them yet, so they are still there and unseen.
+        let q = format!("UID {}:{backlog_end} UNSEEN", c.done_uid + 1);
+        uids.extend(imap.uid_search(&q).await?);
+    }
+    let lo = c.done_uid.max(c.backlog_until) + 1;
+    if lo <= c.last_uid {
+        uids.extend(imap.uid_search(&format!("UID {lo}:{}", c.last_uid)).await?);
+    }
+    uids.retain(|&u| u > c.done_uid && u <= c.last_uid);
+    uids.sort_unstable();
+    uids.dedup();
+    Ok(uids)
 }
 
 type Submitted = (u32, oneshot::Receiver<Option<Result<Outcome>>>);
@@ -213,18 +240,20 @@ async fn sync_session(
             imap.ensure_folder(target).await?;
         }
         // Post-actions that an interrupted run committed but never sent.
-        let (name, folder) = (mb.name.clone(), mb.folder.clone());
-        let uv = cursor.uidvalidity;
-        let left = store.call(move |s| s.pending(&name, &folder, uv)).await?;
+        let left = unfinished(imap, cursor).await?;
         if !left.is_empty() {
             tracing::info!(
                 count = left.len(),
                 "finishing post-actions of an interrupted run"
             );
-            finish_uids(imap, mb, store, uv, left)
-                .await?
-                .await
-                .map_err(|_| stopped())??;
+            post_action(imap, &mb.after, &left).await?;
+        }
+        if cursor.done_uid < cursor.last_uid {
+            let (name, folder) = (mb.name.clone(), mb.folder.clone());
+            let (uv, last) = (cursor.uidvalidity, cursor.last_uid);
+            store
+                .call(move |s| s.set_done(&name, &folder, uv, last))
+                .await?;
         }
     }
 
@@ -235,6 +264,7 @@ async fn sync_session(
     let total_bytes: u64 = todo.iter().map(|p| u64::from(p.1)).sum();
     tracing::info!(messages = todo.len(), bytes = total_bytes, "fetching");
 
+    let pool = PrepPool::spawn()?;
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
     let failed = Arc::new(AtomicBool::new(false));
     let (sub_tx, mut sub_rx) = mpsc::unbounded_channel::<Submitted>();
@@ -244,12 +274,13 @@ async fn sync_session(
 
     for batch in batches(&todo) {
         let each = |fm: FetchedMessage| {
-            let (budget, store, me, failed, sub_tx) = (
+            let (budget, store, me, failed, sub_tx, pool) = (
                 budget.clone(),
                 store.clone(),
                 me.clone(),
                 failed.clone(),
                 sub_tx.clone(),
+                pool.clone(),
             );
             let origin = Origin {
                 source: format!("imap:{}/{}", mb.name, mb.folder),
@@ -268,13 +299,17 @@ async fn sync_session(
                     .await
                     .map_err(|_| Error::Other("fetch budget closed".into()))?;
                 let uid = fm.uid;
+                let received = fm.internal_date.unwrap_or_else(crate::time::now);
+                let prepared = pool.prepare(me, fm.bytes);
                 let rx = store.submit(move |s| {
                     let _permit = permit;
                     if failed.load(Ordering::SeqCst) {
                         return None;
                     }
-                    let received = fm.internal_date.unwrap_or_else(crate::time::now);
-                    let r = process(s, &me, &fm.bytes, &origin, received);
+                    let r = match prepared.blocking_recv() {
+                        Ok(p) => commit(s, &p, &origin, received),
+                        Err(_) => Err(Error::Other("a worker thread stopped".into())),
+                    };
                     if r.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
@@ -312,7 +347,7 @@ async fn sync_session(
             }
         }
         if !opts.dry_run && !done.is_empty() {
-            clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, done).await?);
+            clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done).await?);
         }
         if first_error.is_some() {
             break;
@@ -334,7 +369,7 @@ async fn sync_session(
         }
     }
     if !opts.dry_run && !done.is_empty() {
-        clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, done).await?);
+        clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done).await?);
     }
     for c in clears {
         c.await.map_err(|_| stopped())??;

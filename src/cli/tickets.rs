@@ -164,19 +164,22 @@ pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Writes each attachment as DIR/NAME; a name used twice gets a numbered suffix. Names were
-/// made safe when the message was stored, and are checked again here.
+/// Writes each attachment as DIR/NAME; a name used twice gets a numbered suffix. The
+/// content comes from the stored raw message, which is the one copy the store keeps.
 fn save_attachments(
     store: &mailticket::store::Store,
     messages: &[MessageRow],
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    for m in messages {
-        for att in &m.attachments {
-            let Some(data) = store.blob(&att.sha256)? else {
-                continue;
-            };
+    for m in messages.iter().filter(|m| !m.attachments.is_empty()) {
+        let Some(raw) = store.raw(m.id)? else {
+            continue;
+        };
+        let found = mailticket::message::extract_attachments(&raw)
+            .map_err(|e| anyhow::anyhow!("message {}: {e}", m.message_id))?;
+        for (att, data) in &found {
+            // Names were made safe when parsed; the check costs nothing to repeat.
             let name = mailticket::message::safe_filename(&att.filename);
             let mut path = dir.join(&name);
             let mut n = 1;

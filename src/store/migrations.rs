@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 
 /// Each entry moves the schema one version up. Index 0 takes version 0 to 1.
 const MIGRATIONS: &[&str] = &[
-    // 1: tickets, messages, the id index, attachments, cursors, quarantine.
+    // 1: tickets, messages (with their raw bytes), referenced ids, attachments, cursors,
+    // quarantine. Few indexes on purpose: every index is one more page written per message.
     r#"
     CREATE TABLE ticket (
         id            INTEGER PRIMARY KEY,
@@ -19,8 +20,8 @@ const MIGRATIONS: &[&str] = &[
         created_at    INTEGER NOT NULL,
         updated_at    INTEGER NOT NULL
     ) STRICT;
-    CREATE INDEX ticket_status_updated ON ticket (status, updated_at);
 
+    -- raw is the last column: reading the others never touches its overflow pages.
     CREATE TABLE message (
         id            INTEGER PRIMARY KEY,
         ticket_id     INTEGER NOT NULL REFERENCES ticket (id),
@@ -42,29 +43,18 @@ const MIGRATIONS: &[&str] = &[
         body_text     TEXT    NOT NULL DEFAULT '',
         source        TEXT    NOT NULL DEFAULT '',
         size          INTEGER NOT NULL DEFAULT 0,
+        codec         TEXT    NOT NULL DEFAULT 'none',
+        raw           BLOB    NOT NULL,
         UNIQUE (message_id, fingerprint)
     ) STRICT;
     CREATE INDEX message_ticket ON message (ticket_id, date);
-    CREATE INDEX message_from ON message (from_addr);
 
-    CREATE TABLE raw_message (
-        message_id INTEGER PRIMARY KEY REFERENCES message (id),
-        codec      TEXT    NOT NULL,
-        data       BLOB    NOT NULL
-    ) STRICT;
-
-    CREATE TABLE msgid_index (
+    -- Ids that messages point at (In-Reply-To, References): ticket lookup for replies whose
+    -- parent we never saw, and for a parent that arrives after its reply.
+    CREATE TABLE msgid_ref (
         msgid      TEXT    NOT NULL,
         ticket_id  INTEGER NOT NULL REFERENCES ticket (id),
-        is_message INTEGER NOT NULL DEFAULT 0,
-        updated_at INTEGER NOT NULL,
         PRIMARY KEY (msgid, ticket_id)
-    ) STRICT, WITHOUT ROWID;
-
-    CREATE TABLE blob (
-        sha256 TEXT    PRIMARY KEY,
-        size   INTEGER NOT NULL,
-        data   BLOB    NOT NULL
     ) STRICT, WITHOUT ROWID;
 
     CREATE TABLE attachment (
@@ -73,27 +63,21 @@ const MIGRATIONS: &[&str] = &[
         filename     TEXT    NOT NULL,
         content_type TEXT    NOT NULL,
         size         INTEGER NOT NULL,
-        sha256       TEXT    NOT NULL REFERENCES blob (sha256)
+        sha256       TEXT    NOT NULL
     ) STRICT;
     CREATE INDEX attachment_message ON attachment (message_id);
 
+    -- done_uid: every stored UID up to here has had its post-action confirmed.
     CREATE TABLE cursor (
         mailbox       TEXT    NOT NULL,
         folder        TEXT    NOT NULL,
         uidvalidity   INTEGER NOT NULL,
         last_uid      INTEGER NOT NULL DEFAULT 0,
         backlog_until INTEGER NOT NULL DEFAULT 0,
+        done_uid      INTEGER NOT NULL DEFAULT 0,
         updated_at    INTEGER NOT NULL,
         PRIMARY KEY (mailbox, folder)
     ) STRICT;
-
-    CREATE TABLE imap_pending (
-        mailbox     TEXT    NOT NULL,
-        folder      TEXT    NOT NULL,
-        uidvalidity INTEGER NOT NULL,
-        uid         INTEGER NOT NULL,
-        PRIMARY KEY (mailbox, folder, uidvalidity, uid)
-    ) STRICT, WITHOUT ROWID;
 
     CREATE TABLE quarantine (
         id          INTEGER PRIMARY KEY,

@@ -1,8 +1,6 @@
 //! Tickets and messages: the per-message transaction, and the queries behind `tickets`,
 //! `show` and `quarantine`.
 
-use std::io::Write as _;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Store;
@@ -43,6 +41,8 @@ pub struct Incoming<'a> {
     pub class: &'a Classification,
     /// The exact bytes.
     pub raw: &'a [u8],
+    /// The exact bytes, compressed with [`pack`].
+    pub packed: &'a [u8],
     /// Where it came from.
     pub origin: &'a Origin,
     /// When it arrived (INTERNALDATE, file time, or now).
@@ -71,6 +71,8 @@ pub struct Cursor {
     pub last_uid: u32,
     /// UIDs up to here existed before the first run: they are taken only while unseen.
     pub backlog_until: u32,
+    /// Every stored UID up to here has had its post-action confirmed by the server.
+    pub done_uid: u32,
 }
 
 /// A ticket as listed.
@@ -165,56 +167,66 @@ fn from_json_list(s: &str) -> Vec<String> {
     serde_json::from_str(s).unwrap_or_default()
 }
 
-fn compress(raw: &[u8]) -> Result<Vec<u8>> {
-    let mut enc = flate2::write::DeflateEncoder::new(
-        Vec::with_capacity(raw.len() / 2),
-        flate2::Compression::fast(),
-    );
-    enc.write_all(raw)
-        .and_then(|()| enc.finish())
-        .map_err(|e| Error::Other(format!("compress: {e}")))
+/// zstd level for raw messages: level 1 keeps compression well ahead of the network.
+const RAW_ZSTD_LEVEL: i32 = 1;
+
+thread_local! {
+    /// One compression context per thread: a fresh one per message costs more than
+    /// compressing a small message.
+    static PACKER: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-/// Inflates a stored raw message.
-pub fn decompress(codec: &str, data: &[u8]) -> Result<Vec<u8>> {
-    match codec {
-        "deflate" => {
-            let mut out = Vec::with_capacity(data.len() * 2);
-            let mut dec = flate2::write::DeflateDecoder::new(&mut out);
-            dec.write_all(data)
-                .and_then(|()| dec.finish().map(|_| ()))
-                .map_err(|e| Error::Other(format!("inflate: {e}")))?;
-            Ok(out)
+/// Compresses a raw message for the store (CPU only; callable from any thread).
+pub fn pack(raw: &[u8]) -> Result<Vec<u8>> {
+    PACKER.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_none() {
+            *p = Some(
+                zstd::bulk::Compressor::new(RAW_ZSTD_LEVEL)
+                    .map_err(|e| Error::Other(format!("zstd: {e}")))?,
+            );
         }
+        match p.as_mut() {
+            Some(c) => c
+                .compress(raw)
+                .map_err(|e| Error::Other(format!("zstd: {e}"))),
+            None => Err(Error::Other("zstd: no context".into())),
+        }
+    })
+}
+
+/// Restores a stored raw message.
+pub fn decompress(codec: &str, data: &[u8], size: usize) -> Result<Vec<u8>> {
+    match codec {
+        "zstd" => zstd::bulk::decompress(data, size.max(1))
+            .map_err(|e| Error::Other(format!("zstd: {e}"))),
         "none" => Ok(data.to_vec()),
         other => Err(Error::Other(format!("unknown codec {other}"))),
     }
 }
 
-/// Advances the cursor and records the pending post-action, inside the caller's transaction.
+/// Advances the cursor past this message, inside the caller's transaction.
 fn advance(c: &Connection, pos: Option<&ImapPos>) -> Result<()> {
     let Some(p) = pos else { return Ok(()) };
-    let n = c.execute(
-        "UPDATE cursor SET last_uid = max(last_uid, ?4), updated_at = ?5
-         WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
-        params![
+    let n = c
+        .prepare_cached(
+            "UPDATE cursor SET last_uid = max(last_uid, ?4), updated_at = ?5
+             WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
+        )?
+        .execute(params![
             p.mailbox,
             p.folder,
             p.uidvalidity,
             p.uid,
             crate::time::now()
-        ],
-    )?;
+        ])?;
     if n != 1 {
         return Err(Error::Other(format!(
             "no cursor for {}/{} at UIDVALIDITY {}",
             p.mailbox, p.folder, p.uidvalidity
         )));
     }
-    c.execute(
-        "INSERT OR IGNORE INTO imap_pending (mailbox, folder, uidvalidity, uid) VALUES (?1, ?2, ?3, ?4)",
-        params![p.mailbox, p.folder, p.uidvalidity, p.uid],
-    )?;
     Ok(())
 }
 
@@ -252,57 +264,58 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT uidvalidity, last_uid, backlog_until FROM cursor WHERE mailbox = ?1 AND folder = ?2",
+                "SELECT uidvalidity, last_uid, backlog_until, done_uid FROM cursor
+                 WHERE mailbox = ?1 AND folder = ?2",
                 params![mailbox, folder],
-                |r| Ok(Cursor { uidvalidity: r.get(0)?, last_uid: r.get(1)?, backlog_until: r.get(2)? }),
+                |r| {
+                    Ok(Cursor {
+                        uidvalidity: r.get(0)?,
+                        last_uid: r.get(1)?,
+                        backlog_until: r.get(2)?,
+                        done_uid: r.get(3)?,
+                    })
+                },
             )
             .optional()?)
     }
 
-    /// Replaces a folder's cursor (first run, or a new UIDVALIDITY); pending post-actions of
-    /// an older UIDVALIDITY are dropped, their UIDs mean nothing any more.
+    /// Replaces a folder's cursor (first run, or a new UIDVALIDITY).
     pub fn reset_cursor(&mut self, mailbox: &str, folder: &str, cursor: Cursor) -> Result<()> {
         self.write(|c| {
             c.execute(
-                "INSERT INTO cursor (mailbox, folder, uidvalidity, last_uid, backlog_until, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO cursor (mailbox, folder, uidvalidity, last_uid, backlog_until, done_uid, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
                    last_uid = excluded.last_uid, backlog_until = excluded.backlog_until,
-                   updated_at = excluded.updated_at",
-                params![mailbox, folder, cursor.uidvalidity, cursor.last_uid, cursor.backlog_until, crate::time::now()],
-            )?;
-            c.execute(
-                "DELETE FROM imap_pending WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity != ?3",
-                params![mailbox, folder, cursor.uidvalidity],
+                   done_uid = excluded.done_uid, updated_at = excluded.updated_at",
+                params![
+                    mailbox,
+                    folder,
+                    cursor.uidvalidity,
+                    cursor.last_uid,
+                    cursor.backlog_until,
+                    cursor.done_uid,
+                    crate::time::now()
+                ],
             )?;
             Ok(())
         })
     }
 
-    /// UIDs whose post-action has not been confirmed yet.
-    pub fn pending(&self, mailbox: &str, folder: &str, uidvalidity: u32) -> Result<Vec<u32>> {
-        let mut s = self.conn.prepare_cached(
-            "SELECT uid FROM imap_pending WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3 ORDER BY uid",
-        )?;
-        let rows = s.query_map(params![mailbox, folder, uidvalidity], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Forgets the pending post-actions of `uids` once the server confirmed them.
-    pub fn clear_pending(
+    /// Records that the post-action of every stored UID up to `uid` is confirmed.
+    pub fn set_done(
         &mut self,
         mailbox: &str,
         folder: &str,
         uidvalidity: u32,
-        uids: &[u32],
+        uid: u32,
     ) -> Result<()> {
         self.write(|c| {
-            let mut s = c.prepare_cached(
-                "DELETE FROM imap_pending WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
+            c.execute(
+                "UPDATE cursor SET done_uid = max(done_uid, ?4)
+                 WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
+                params![mailbox, folder, uidvalidity, uid],
             )?;
-            for uid in uids {
-                s.execute(params![mailbox, folder, uidvalidity, uid])?;
-            }
             Ok(())
         })
     }
@@ -373,27 +386,17 @@ impl Store {
         Ok(Some((t, messages)))
     }
 
-    /// The content of a stored attachment.
-    pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .conn
-            .query_row("SELECT data FROM blob WHERE sha256 = ?1", [sha256], |r| {
-                r.get(0)
-            })
-            .optional()?)
-    }
-
     /// The exact bytes of a stored message.
     pub fn raw(&self, message_row: i64) -> Result<Option<Vec<u8>>> {
-        let row: Option<(String, Vec<u8>)> = self
+        let row: Option<(String, Vec<u8>, i64)> = self
             .conn
             .query_row(
-                "SELECT codec, data FROM raw_message WHERE message_id = ?1",
+                "SELECT codec, raw, size FROM message WHERE id = ?1",
                 [message_row],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        row.map(|(codec, data)| super::tickets::decompress(&codec, &data))
+        row.map(|(codec, data, size)| decompress(&codec, &data, usize::try_from(size).unwrap_or(0)))
             .transpose()
     }
 
@@ -442,35 +445,57 @@ fn takes_part(c: &Connection, t: i64, addr: &str) -> Result<bool> {
 
 /// Finds the ticket a message belongs to.
 ///
-/// 1. A ticket whose messages named this message as their parent (it arrived late).
-/// 2. A ticket holding a message this one points at (In-Reply-To, References). An id that
-///    was only ever referenced, never seen as a message, counts only when the sender takes
-///    part in that ticket: two strangers answering the same unknown mail are two tickets.
-/// 3. The `[#N]` subject tag, when the sender takes part in ticket N.
+/// 1. A message we hold that this one points at (In-Reply-To, References).
+/// 2. A ticket whose messages named this message as their parent (it arrived late).
+/// 3. A ticket whose messages point at the same id, when we never saw that message itself:
+///    only when the sender takes part in it, so two strangers answering the same unknown
+///    mail stay two tickets.
+/// 4. The `[#N]` subject tag, when the sender takes part in ticket N.
 ///
-/// Among several matches the most recently active one wins.
+/// Among several matches the most recently active ticket wins.
 fn find_ticket(c: &Connection, p: &ParsedMessage) -> Result<Option<i64>> {
     let from = p.from.as_ref().map_or("", |m| m.address.as_str());
-    let mut best: Option<(i64, i64)> = None;
-    let mut q = c.prepare_cached(
-        "SELECT ticket_id, updated_at, is_message FROM msgid_index WHERE msgid = ?1",
-    )?;
-    let own = std::iter::once((&p.message_id, true));
+    let mut found: Vec<i64> = Vec::new();
     let parents = thread::parent_ids(p);
-    for (id, is_own) in own.chain(parents.iter().map(|id| (id, false))) {
-        let rows: Vec<(i64, i64, bool)> = q
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        for (t, at, is_message) in rows {
-            if best.is_some_and(|(_, b)| at <= b) {
-                continue;
+    {
+        let mut held =
+            c.prepare_cached("SELECT DISTINCT ticket_id FROM message WHERE message_id = ?1")?;
+        for id in &parents {
+            for t in held.query_map([id], |r| r.get::<_, i64>(0))? {
+                found.push(t?);
             }
-            if is_own || is_message || (!from.is_empty() && takes_part(c, t, from)?) {
-                best = Some((t, at));
+        }
+        let mut refs = c.prepare_cached("SELECT ticket_id FROM msgid_ref WHERE msgid = ?1")?;
+        for t in refs.query_map([&p.message_id], |r| r.get::<_, i64>(0))? {
+            found.push(t?);
+        }
+        if found.is_empty() && !from.is_empty() {
+            for id in &parents {
+                let ts: Vec<i64> = refs
+                    .query_map([id], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for t in ts {
+                    if takes_part(c, t, from)? {
+                        found.push(t);
+                    }
+                }
             }
         }
     }
-    if let Some((t, _)) = best {
+    if found.len() > 1 {
+        found.sort_unstable();
+        found.dedup();
+        let mut latest = c.prepare_cached("SELECT updated_at FROM ticket WHERE id = ?1")?;
+        let mut best: Option<(i64, i64)> = None;
+        for t in found {
+            let at: i64 = latest.query_row([t], |r| r.get(0))?;
+            if best.is_none_or(|(_, b)| at > b) {
+                best = Some((t, at));
+            }
+        }
+        return Ok(best.map(|(t, _)| t));
+    }
+    if let Some(&t) = found.first() {
         return Ok(Some(t));
     }
     match thread::subject_tag(&p.subject) {
@@ -521,8 +546,9 @@ fn ingest_in(c: &Connection, m: &Incoming<'_>) -> Result<Outcome> {
         .prepare_cached(
             "INSERT INTO message (ticket_id, direction, message_id, fingerprint, in_reply_to, refs, from_addr,
                 from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
-                source, size)
-             VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                source, size, codec, raw)
+             VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                'zstd', ?19)
              RETURNING id",
         )?
         .query_row(
@@ -545,32 +571,27 @@ fn ingest_in(c: &Connection, m: &Incoming<'_>) -> Result<Outcome> {
                 p.text,
                 m.origin.source,
                 m.raw.len() as i64,
+                m.packed,
             ],
             |r| r.get(0),
         )?;
-    c.prepare_cached(
-        "INSERT INTO raw_message (message_id, codec, data) VALUES (?1, 'deflate', ?2)",
-    )?
-    .execute(params![msg_row, compress(m.raw)?])?;
     for a in &p.attachments {
-        let sha = hex(&sha256(&a.data));
-        c.prepare_cached("INSERT OR IGNORE INTO blob (sha256, size, data) VALUES (?1, ?2, ?3)")?
-            .execute(params![sha, a.data.len() as i64, a.data])?;
         c.prepare_cached(
-            "INSERT INTO attachment (message_id, filename, content_type, size, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO attachment (message_id, filename, content_type, size, sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![msg_row, a.filename, a.content_type, a.data.len() as i64, sha])?;
+        .execute(params![
+            msg_row,
+            a.filename,
+            a.content_type,
+            a.size as i64,
+            hex(&a.sha256)
+        ])?;
     }
-    let mut idx = c.prepare_cached(
-        "INSERT INTO msgid_index (msgid, ticket_id, is_message, updated_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (msgid, ticket_id) DO UPDATE SET
-           is_message = max(is_message, excluded.is_message),
-           updated_at = max(updated_at, excluded.updated_at)",
-    )?;
-    let now = crate::time::now();
-    idx.execute(params![p.message_id, ticket, true, now])?;
+    let mut refs =
+        c.prepare_cached("INSERT OR IGNORE INTO msgid_ref (msgid, ticket_id) VALUES (?1, ?2)")?;
     for id in p.in_reply_to.iter().chain(p.references.iter()) {
-        idx.execute(params![id, ticket, false, now])?;
+        refs.execute(params![id, ticket])?;
     }
     advance(c, m.origin.imap.as_ref())?;
     Ok(outcome)
@@ -594,6 +615,7 @@ mod tests {
             parsed: &p,
             class: &class,
             raw: raw.as_bytes(),
+            packed: &pack(raw.as_bytes()).unwrap(),
             origin: &origin,
             received_at: 0,
         })
