@@ -102,8 +102,10 @@ pub fn init_tracing(args: &Args) {
     };
     let filter = EnvFilter::try_from_env("MAILTICKET_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("mailticket={level},warn")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.with_target(false).init(),
