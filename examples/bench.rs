@@ -42,6 +42,26 @@ fn imap_server(root: &Path, dir: &Path, args: &[&str]) -> String {
         .env("IMAPS_PORT", IMAPS_PORT.to_string()))
 }
 
+/// Busy CPU seconds of the whole machine so far (all processes: Dovecot too), from /proc/stat.
+fn busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f.first().unwrap_or(&0.0)
+        + f.get(1).unwrap_or(&0.0)
+        + f.get(2).unwrap_or(&0.0)
+        + f.get(5).unwrap_or(&0.0)
+        + f.get(6).unwrap_or(&0.0);
+    busy / 100.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -58,15 +78,14 @@ fn run_measured(cmd: &mut Command) -> (Duration, u64) {
     let status_path = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0u64;
     loop {
-        if let Ok(s) = std::fs::read_to_string(&status_path) {
-            if let Some(kb) = s
+        if let Ok(s) = std::fs::read_to_string(&status_path)
+            && let Some(kb) = s
                 .lines()
                 .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|n| n.parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
-            }
+        {
+            peak_kb = peak_kb.max(kb);
         }
         if let Some(st) = child.try_wait().expect("wait") {
             assert!(st.success(), "sync failed: {st}");
@@ -152,13 +171,17 @@ fn main() {
         .expect("rt");
 
     let mut floor = Vec::new();
+    let mut floor_cpu = Vec::new();
     let (mut count, mut bytes) = (0, 0);
     for _ in 0..runs {
+        let b0 = busy_seconds();
         let (c, b, dt) = rt.block_on(raw_fetch(&config));
+        floor_cpu.push(busy_seconds() - b0);
         (count, bytes) = (c, b);
         floor.push(dt.as_secs_f64());
     }
     let mut sync = Vec::new();
+    let mut sync_cpu = Vec::new();
     let mut rss = Vec::new();
     for _ in 0..runs {
         imap_server(
@@ -171,12 +194,14 @@ fn main() {
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(work.join(format!("bench.db{ext}")));
         }
+        let b0 = busy_seconds();
         let (dt, peak) = run_measured(
             Command::new(&bin)
                 .arg("--config")
                 .arg(&config_path)
                 .args(["-q", "sync"]),
         );
+        sync_cpu.push(busy_seconds() - b0);
         sync.push(dt.as_secs_f64());
         rss.push(peak as f64);
     }
@@ -205,6 +230,12 @@ fn main() {
         rss.iter().map(|k| (k / 1024.0).round()).collect::<Vec<_>>()
     );
     println!("store size: {:.1} MB", db_size as f64 / 1e6);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!(
+        "machine CPU busy (all processes, {cores} cores): raw fetch {:.1} core-s, sync {:.1} core-s",
+        median(floor_cpu),
+        median(sync_cpu)
+    );
     drop(stop);
 }
 

@@ -189,12 +189,12 @@ impl Config {
             if mb.password.is_none() {
                 return Err(err(format!("{at}: `password` is missing")));
             }
-            if let After::Move(folder) = &mb.after {
-                if folder.trim().is_empty() || *folder == mb.folder {
-                    return Err(err(format!(
-                        "{at}: `after = {{ move = ... }}` needs a folder other than `folder`"
-                    )));
-                }
+            if let After::Move(folder) = &mb.after
+                && (folder.trim().is_empty() || *folder == mb.folder)
+            {
+                return Err(err(format!(
+                    "{at}: `after = {{ move = ... }}` needs a folder other than `folder`"
+                )));
             }
             if let Some(ca) = &mb.ca_file {
                 mb.ca_file = Some(anchor(base, ca));

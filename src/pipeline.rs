@@ -163,7 +163,18 @@ impl PrepPool {
     }
 }
 
-type StoreJob = Box<dyn FnOnce(&mut Store) + Send>;
+/// Hands a grouped job's result over once its group has committed (or failed to).
+type Deliver = Box<dyn FnOnce(Option<&Error>) + Send>;
+
+enum StoreJob {
+    /// Runs on its own.
+    Call(Box<dyn FnOnce(&mut Store) + Send>),
+    /// May share a transaction with the grouped jobs queued right behind it.
+    Grouped(Box<dyn FnOnce(&mut Store) -> Deliver + Send>),
+}
+
+/// At most this many messages share one group commit.
+const GROUP_MAX: usize = 128;
 
 /// The store on a thread of its own. Jobs run in the order they were submitted.
 #[derive(Clone)]
@@ -181,8 +192,16 @@ impl StoreThread {
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut store);
+                let mut next = rx.recv().ok();
+                while let Some(job) = next.take() {
+                    match job {
+                        StoreJob::Call(f) => f(&mut store),
+                        StoreJob::Grouped(first) => {
+                            next = run_group(&mut store, first, &rx);
+                            continue;
+                        }
+                    }
+                    next = rx.recv().ok();
                 }
                 store
             })
@@ -198,9 +217,33 @@ impl StoreThread {
     {
         let (tx, rx) = oneshot::channel();
         // When the thread is gone the job is dropped, and the receiver reports it.
-        let _ = self.tx.send(Box::new(move |s: &mut Store| {
+        let _ = self.tx.send(StoreJob::Call(Box::new(move |s: &mut Store| {
             let _ = tx.send(f(s));
-        }));
+        })));
+        rx
+    }
+
+    /// Queues `f` as a member of a group commit: when several such jobs are waiting, they
+    /// run in one transaction, each inside its own savepoint. The result arrives only after
+    /// that transaction has committed, so a caller never acts on uncommitted data.
+    pub fn submit_grouped<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let _ = self
+            .tx
+            .send(StoreJob::Grouped(Box::new(move |s: &mut Store| {
+                let r = f(s);
+                Box::new(move |commit_error: Option<&Error>| {
+                    let r = match commit_error {
+                        Some(e) if r.is_ok() => Err(Error::Other(format!("commit failed: {e}"))),
+                        _ => r,
+                    };
+                    let _ = tx.send(r);
+                }) as Deliver
+            })));
         rx
     }
 
@@ -214,6 +257,37 @@ impl StoreThread {
             .await
             .map_err(|_| Error::Other("the store thread stopped".into()))?
     }
+}
+
+/// Runs `first` and every grouped job already queued behind it (up to [`GROUP_MAX`]) in one
+/// transaction, then delivers their results. Returns a job that was taken from the queue but
+/// not run: it runs next.
+fn run_group(
+    store: &mut Store,
+    first: Box<dyn FnOnce(&mut Store) -> Deliver + Send>,
+    rx: &mpsc::Receiver<StoreJob>,
+) -> Option<StoreJob> {
+    let mut delivers = Vec::new();
+    let mut leftover = None;
+    // Should BEGIN fail (another writer holds the lock too long), every job below commits
+    // on its own instead.
+    let grouped = store.begin_group().is_ok();
+    delivers.push(first(store));
+    while delivers.len() < GROUP_MAX {
+        match rx.try_recv() {
+            Ok(StoreJob::Grouped(g)) => delivers.push(g(store)),
+            Ok(other) => {
+                leftover = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let outcome = if grouped { store.end_group() } else { Ok(()) };
+    for d in delivers {
+        d(outcome.as_ref().err());
+    }
+    leftover.or_else(|| rx.recv().ok())
 }
 
 impl StoreJoin {

@@ -76,7 +76,7 @@ pub async fn sync_mailbox(
     }
     .await;
     if let Err(e) = result {
-        tracing::error!(error = %e, "mailbox failed");
+        tracing::error!(mailbox = %mb.name, error = %e, "mailbox failed");
         s.counts.errors.push(format!("mailbox {}: {e}", mb.name));
     }
     let c = &s.counts;
@@ -221,7 +221,7 @@ async fn unfinished(imap: &mut Imap, c: Cursor) -> Result<Vec<u32>> {
     Ok(uids)
 }
 
-type Submitted = (u32, oneshot::Receiver<Option<Result<Outcome>>>);
+type Submitted = (u32, oneshot::Receiver<Result<Option<Outcome>>>);
 
 async fn sync_session(
     imap: &mut Imap,
@@ -301,10 +301,10 @@ async fn sync_session(
                 let uid = fm.uid;
                 let received = fm.internal_date.unwrap_or_else(crate::time::now);
                 let prepared = pool.prepare(me, fm.bytes);
-                let rx = store.submit(move |s| {
+                let rx = store.submit_grouped(move |s| {
                     let _permit = permit;
                     if failed.load(Ordering::SeqCst) {
-                        return None;
+                        return Ok(None);
                     }
                     let r = match prepared.blocking_recv() {
                         Ok(p) => commit(s, &p, &origin, received),
@@ -313,7 +313,7 @@ async fn sync_session(
                     if r.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
-                    Some(r)
+                    r.map(Some)
                 });
                 let _ = sub_tx.send((uid, rx));
                 Ok(())
@@ -382,19 +382,19 @@ async fn sync_session(
 
 /// Books one store result: counts it and remembers its UID for the post-action.
 fn settle(
-    r: Option<Result<Outcome>>,
+    r: Result<Option<Outcome>>,
     uid: u32,
     done: &mut Vec<u32>,
     summary: &mut SourceSummary,
 ) -> Option<Error> {
     match r {
-        Some(Ok(outcome)) => {
+        Ok(Some(outcome)) => {
             summary.counts.record(outcome);
             done.push(uid);
             None
         }
-        Some(Err(e)) => Some(e),
-        None => None, // skipped after an earlier failure; the cursor did not move past it
+        Err(e) => Some(e),
+        Ok(None) => None, // skipped after an earlier failure; the cursor did not move past it
     }
 }
 

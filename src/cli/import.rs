@@ -43,9 +43,6 @@ pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
     } else {
         print_summary(&summary);
     }
-    for e in &summary.totals.errors {
-        eprintln!("mailticket: error: {e}");
-    }
     Ok(if summary.failed() { 1 } else { 0 })
 }
 

@@ -48,8 +48,5 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     } else {
         print_summary(&summary);
     }
-    for e in &summary.totals.errors {
-        eprintln!("mailticket: error: {e}");
-    }
     Ok(if summary.failed() { 1 } else { 0 })
 }

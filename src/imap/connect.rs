@@ -82,6 +82,18 @@ pub(crate) async fn timed<T>(
     }
 }
 
+/// The human part of a tagged NO/BAD as async-imap renders it
+/// (`code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")`).
+pub(crate) fn server_text(m: &str) -> String {
+    match m.split_once("info: Some(\"") {
+        Some((_, rest)) => rest
+            .trim_end_matches(')')
+            .trim_end_matches('"')
+            .replace("\\\"", "\""),
+        None => m.to_owned(),
+    }
+}
+
 pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
     use async_imap::error::Error as E;
     let host = host.to_owned();
@@ -96,11 +108,11 @@ pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
         },
         E::No(m) => Error::Protocol {
             host,
-            message: format!("server said NO: {m}"),
+            message: format!("server said NO: {}", server_text(&m)),
         },
         E::Bad(m) => Error::Protocol {
             host,
-            message: format!("server said BAD: {m}"),
+            message: format!("server said BAD: {}", server_text(&m)),
         },
         other => Error::Protocol {
             host,
@@ -185,13 +197,15 @@ async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpSt
         message: format!("not a valid server name: {e}"),
     })?;
     timed(host, mb.timeout(), "TLS handshake", async {
-        TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| Error::Tls {
-                host: host.to_owned(),
-                message: e.to_string(),
-            })
+        TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
+            let mut message = e.to_string();
+            if message.contains("UnknownIssuer") {
+                message.push_str(
+                    " (the certificate is not signed by a trusted CA; for a private CA set ca-file)",
+                );
+            }
+            Error::Tls { host: host.to_owned(), message }
+        })
     })
     .await
 }
@@ -278,7 +292,7 @@ async fn login(
         async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m) => Error::Auth {
             host: host.to_owned(),
             user: user.to_owned(),
-            message: m,
+            message: server_text(&m),
         },
         other => imap_err(host, other),
     })
