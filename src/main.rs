@@ -10,11 +10,17 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     cli::init_tracing(&args);
+    let json_logs = matches!(args.log_format, cli::LogFormat::Json);
     match cli::run(args) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let code = cli::exit_code(&e);
-            eprintln!("mailticket: error: {e:#}");
+            if json_logs {
+                tracing::error!(error = format!("{e:#}"), exit = code, "failed");
+            } else {
+                eprintln!("mailticket: error: {e:#}");
+            }
             ExitCode::from(code)
         }
     }

@@ -64,8 +64,9 @@ pub struct ParsedMessage {
     pub content_type: String,
     /// Whether any part is `message/delivery-status`.
     pub has_delivery_status: bool,
-    /// SHA-256 over the parts that make a message "the same message" wherever it was read
-    /// from: sender, date, subject and the body with line endings normalised.
+    /// SHA-256 over what makes a message "the same message" wherever it was read from and
+    /// however it was encoded on the way: sender, date, subject, the decoded text (line ends
+    /// trimmed) and the attachments' digests.
     pub fingerprint: [u8; 32],
 }
 
@@ -160,6 +161,7 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
     let mut text = String::new();
     for i in 0..msg.text_body_count() {
         if let Some(t) = msg.body_text(i) {
+            let t = t.replace("\r\n", "\n");
             let t = t.trim();
             if !t.is_empty() {
                 if !text.is_empty() {
@@ -170,7 +172,7 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         }
     }
 
-    let attachments = attachments(&msg, false)
+    let attachments: Vec<Attachment> = attachments(&msg, false)
         .into_iter()
         .map(|(a, _)| a)
         .collect();
@@ -194,13 +196,12 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         })
     });
 
-    let body_start = usize::try_from(msg.root_part().raw_body_offset()).unwrap_or(0);
-    let body = raw.get(body_start..).unwrap_or(&[]);
     let fingerprint = fingerprint(
         from.as_ref().map_or("", |m| m.address.as_str()),
         date,
         &subject,
-        body,
+        &text,
+        &attachments,
     );
 
     let (message_id, message_id_derived) = match msg.message_id().map(clean_id) {
@@ -318,29 +319,25 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-fn fingerprint(from: &str, date: Option<i64>, subject: &str, body: &[u8]) -> [u8; 32] {
+fn fingerprint(
+    from: &str,
+    date: Option<i64>,
+    subject: &str,
+    text: &str,
+    attachments: &[Attachment],
+) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(from.as_bytes());
-    ctx.update(b"\0");
-    ctx.update(date.unwrap_or(0).to_string().as_bytes());
-    ctx.update(b"\0");
-    ctx.update(subject.as_bytes());
-    ctx.update(b"\0");
-    // Line endings and trailing blanks differ between IMAP (CRLF), mbox and Maildir (LF):
-    // hash each line without them, and stop before trailing empty lines.
-    let mut pending_blank = 0usize;
-    for line in body.split(|&b| b == b'\n') {
-        let line = line.trim_ascii_end();
-        if line.is_empty() {
-            pending_blank += 1;
-            continue;
-        }
-        for _ in 0..pending_blank {
-            ctx.update(b"\n");
-        }
-        pending_blank = 0;
-        ctx.update(line);
+    for part in [from, &date.unwrap_or(0).to_string(), subject] {
+        ctx.update(part.as_bytes());
+        ctx.update(b"\0");
+    }
+    for line in text.lines() {
+        ctx.update(line.trim_end().as_bytes());
         ctx.update(b"\n");
+    }
+    for a in attachments {
+        ctx.update(b"\0");
+        ctx.update(&a.sha256);
     }
     let d = ctx.finish();
     let mut out = [0u8; 32];

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::classify::{Classification, Identity, classify};
 use crate::error::{Error, Result};
 use crate::message::{self, ParsedMessage};
-use crate::store::{Incoming, Origin, Outcome, Store, pack};
+use crate::store::{Checkpointer, Incoming, Origin, Outcome, Store, pack};
 
 /// A message after the CPU work, ready for its transaction.
 pub struct Prepared {
@@ -174,7 +174,10 @@ enum StoreJob {
 }
 
 /// At most this many messages share one group commit.
-const GROUP_MAX: usize = 128;
+const GROUP_MAX: usize = 64;
+/// A group takes no more queued jobs once it has been open this long, so that even a process
+/// killed every few hundred milliseconds keeps committing progress.
+const GROUP_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The store on a thread of its own. Jobs run in the order they were submitted.
 #[derive(Clone)]
@@ -183,12 +186,13 @@ pub struct StoreThread {
 }
 
 /// Owns the thread; joining gives the store back.
-pub struct StoreJoin(JoinHandle<Store>);
+pub struct StoreJoin(JoinHandle<(Store, Option<Checkpointer>)>);
 
 impl StoreThread {
     /// Moves `store` onto a new thread.
     pub fn spawn(mut store: Store) -> Result<(StoreThread, StoreJoin)> {
         let (tx, rx) = mpsc::channel::<StoreJob>();
+        let checkpointer = store.start_checkpointer()?;
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -203,7 +207,7 @@ impl StoreThread {
                     }
                     next = rx.recv().ok();
                 }
-                store
+                (store, checkpointer)
             })
             .map_err(|e| Error::Other(format!("cannot start the store thread: {e}")))?;
         Ok((StoreThread { tx }, StoreJoin(handle)))
@@ -273,7 +277,8 @@ fn run_group(
     // on its own instead.
     let grouped = store.begin_group().is_ok();
     delivers.push(first(store));
-    while delivers.len() < GROUP_MAX {
+    let opened = std::time::Instant::now();
+    while delivers.len() < GROUP_MAX && opened.elapsed() < GROUP_TIME {
         match rx.try_recv() {
             Ok(StoreJob::Grouped(g)) => delivers.push(g(store)),
             Ok(other) => {
@@ -293,8 +298,11 @@ fn run_group(
 impl StoreJoin {
     /// Waits for every queued job (all senders must be dropped first) and returns the store.
     pub fn join(self) -> Result<Store> {
-        self.0
+        let (mut store, checkpointer) = self
+            .0
             .join()
-            .map_err(|_| Error::Other("the store thread panicked".into()))
+            .map_err(|_| Error::Other("the store thread panicked".into()))?;
+        store.stop_checkpointer(checkpointer)?;
+        Ok(store)
     }
 }

@@ -18,6 +18,7 @@ use crate::config::{After, Config, MailboxConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
 use crate::pipeline::{PrepPool, StoreThread, commit};
+use crate::secret::Revealed;
 use crate::store::{Cursor, ImapPos, Origin, Outcome};
 use crate::summary::{RunSummary, SourceSummary};
 
@@ -41,7 +42,7 @@ pub struct SyncOptions {
 /// is recorded in the summary and the others go on.
 pub async fn run(
     config: &Config,
-    mailboxes: &[&MailboxConfig],
+    mailboxes: &[(&MailboxConfig, Revealed)],
     store: &StoreThread,
     opts: SyncOptions,
 ) -> RunSummary {
@@ -49,16 +50,32 @@ pub async fn run(
         addresses: config.own_addresses(),
     });
     let mut summary = RunSummary::default();
-    for mb in mailboxes {
+    for (mb, password) in mailboxes {
         let span = tracing::info_span!("mailbox", mailbox = %mb.name);
-        summary.push(sync_mailbox(mb, store, &me, opts).instrument(span).await);
+        summary.push(
+            sync_mailbox(mb, password, store, &me, opts)
+                .instrument(span)
+                .await,
+        );
     }
     summary
+}
+
+/// Reads the passwords of `mailboxes` up front: a missing one is a configuration error for
+/// the whole run, found before anything touches the network.
+pub fn with_passwords<'a>(
+    mailboxes: &[&'a MailboxConfig],
+) -> Result<Vec<(&'a MailboxConfig, Revealed)>> {
+    mailboxes
+        .iter()
+        .map(|mb| Ok((*mb, imap::password(mb)?)))
+        .collect()
 }
 
 /// Syncs one mailbox; errors end up in the summary.
 pub async fn sync_mailbox(
     mb: &MailboxConfig,
+    password: &Revealed,
     store: &StoreThread,
     me: &Arc<Identity>,
     opts: SyncOptions,
@@ -69,7 +86,7 @@ pub async fn sync_mailbox(
         counts: Default::default(),
     };
     let result = async {
-        let mut imap = imap::connect(mb).await?;
+        let mut imap = imap::connect(mb, password).await?;
         let r = sync_session(&mut imap, mb, store, me, opts, &mut s).await;
         imap.logout().await;
         r

@@ -41,7 +41,7 @@ pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
     if a.json {
         print_json(&summary)?;
     } else {
-        print_summary(&summary);
+        print_summary(&summary)?;
     }
     Ok(if summary.failed() { 1 } else { 0 })
 }
@@ -57,17 +57,17 @@ const EX_TEMPFAIL: u8 = 75;
 pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
     let mut raw = Vec::new();
     if let Err(e) = std::io::stdin().lock().read_to_end(&mut raw) {
-        eprintln!("mailticket: error: reading standard input: {e}");
+        tracing::error!(error = %e, "reading standard input");
         return EX_TEMPFAIL;
     }
     if raw.iter().all(u8::is_ascii_whitespace) {
-        eprintln!("mailticket: error: standard input is empty: no message");
+        tracing::error!("standard input is empty: no message");
         return EX_DATAERR;
     }
     let mut store = match ctx.open_store() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("mailticket: error: {e:#}");
+            tracing::error!(error = format!("{e:#}"), "cannot open the store");
             return EX_TEMPFAIL;
         }
     };
@@ -80,14 +80,14 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
         imap: None,
     };
     match process(&mut store, &me, &raw, &origin, mailticket::time::now()) {
-        Ok(Outcome::Created(t)) => eprintln!("mailticket: created ticket {t}"),
-        Ok(Outcome::Threaded(t)) => eprintln!("mailticket: added to ticket {t}"),
-        Ok(Outcome::Duplicate(t)) => eprintln!("mailticket: already stored in ticket {t}"),
+        Ok(Outcome::Created(t)) => tracing::info!(ticket = t, "created ticket"),
+        Ok(Outcome::Threaded(t)) => tracing::info!(ticket = t, "added to ticket"),
+        Ok(Outcome::Duplicate(t)) => tracing::info!(ticket = t, "already stored"),
         Ok(Outcome::Quarantined(q)) => {
-            eprintln!("mailticket: not parseable, kept as quarantine {q}")
+            tracing::warn!(quarantine = q, "not parseable, kept in the quarantine")
         }
         Err(e) => {
-            eprintln!("mailticket: error: {e}");
+            tracing::error!(error = %e, "cannot store the message");
             return EX_TEMPFAIL;
         }
     }

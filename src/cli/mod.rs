@@ -1,5 +1,15 @@
 //! Command-line arguments and the glue from each subcommand to the library.
 
+/// `println!` that returns the write error (a closed pipe) instead of panicking.
+macro_rules! outln {
+    () => {
+        std::io::Write::write_all(&mut std::io::stdout().lock(), b"\n")?
+    };
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 mod import;
 mod sync;
 mod tickets;
@@ -80,6 +90,9 @@ impl std::error::Error for Usage {}
 
 /// Exit status for an error: 2 for usage and configuration, 1 for everything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if is_broken_pipe(e) {
+        return 0;
+    }
     for cause in e.chain() {
         if cause.downcast_ref::<Usage>().is_some() {
             return 2;
@@ -89,6 +102,14 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+/// Whether `e` is stdout closed by the reader (`mailticket tickets | head`): not a failure.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 pub fn init_tracing(args: &Args) {
@@ -189,25 +210,31 @@ fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
     }
     std::fs::write(path, mailticket::config::SAMPLE)
         .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("wrote {}", path.display());
+    tracing::info!(path = %path.display(), "wrote a sample config");
     Ok(0)
 }
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// Prints a run summary as a short table on stdout.
-pub fn print_summary(s: &mailticket::summary::RunSummary) {
-    println!(
+pub fn print_summary(s: &mailticket::summary::RunSummary) -> anyhow::Result<()> {
+    outln!(
         "{:<24} {:>8} {:>8} {:>8} {:>10} {:>11} {:>6}",
-        "SOURCE", "FETCHED", "CREATED", "THREADED", "DUPLICATES", "QUARANTINED", "ERRORS"
+        "SOURCE",
+        "FETCHED",
+        "CREATED",
+        "THREADED",
+        "DUPLICATES",
+        "QUARANTINED",
+        "ERRORS"
     );
     for m in &s.mailboxes {
         let c = &m.counts;
-        println!(
+        outln!(
             "{:<24} {:>8} {:>8} {:>8} {:>10} {:>11} {:>6}",
             m.name,
             c.fetched,
@@ -218,4 +245,5 @@ pub fn print_summary(s: &mailticket::summary::RunSummary) {
             c.errors.len()
         );
     }
+    Ok(())
 }

@@ -28,6 +28,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
         ))
         .into());
     }
+    let mailboxes = mailticket::sync::with_passwords(&mailboxes)?;
     let mut store = ctx.open_store()?;
     if a.dry_run {
         store.begin_dry_run()?;
@@ -46,7 +47,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     if a.json {
         print_json(&summary)?;
     } else {
-        print_summary(&summary);
+        print_summary(&summary)?;
     }
     Ok(if summary.failed() { 1 } else { 0 })
 }

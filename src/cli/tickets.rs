@@ -98,12 +98,16 @@ pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
         print_json(&rows.iter().map(ticket_json).collect::<Vec<_>>())?;
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:>6}  {:<6}  {:<20}  {:>4}  {:<30}  SUBJECT",
-        "ID", "STATUS", "UPDATED", "MSGS", "CUSTOMER"
+        "ID",
+        "STATUS",
+        "UPDATED",
+        "MSGS",
+        "CUSTOMER"
     );
     for t in &rows {
-        println!(
+        outln!(
             "{:>6}  {:<6}  {:<20}  {:>4}  {:<30}  {}",
             t.id,
             t.status,
@@ -130,16 +134,16 @@ pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
         print_json(&v)?;
         return Ok(0);
     }
-    println!("Ticket #{}  [{}]  {}", t.id, t.status, t.subject);
-    println!("Customer: {} <{}>", t.customer_name, t.customer);
-    println!(
+    outln!("Ticket #{}  [{}]  {}", t.id, t.status, t.subject);
+    outln!("Customer: {} <{}>", t.customer_name, t.customer);
+    outln!(
         "Created:  {}   Updated: {}",
         rfc3339(t.created_at),
         rfc3339(t.updated_at)
     );
     for m in &messages {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "── {} {}  {}  from {} ({})",
             m.direction,
             rfc3339(m.date),
@@ -148,17 +152,19 @@ pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
             m.kind
         );
         if !m.reasons.is_empty() {
-            println!("   reasons: {}", m.reasons.join("; "));
+            outln!("   reasons: {}", m.reasons.join("; "));
         }
         for att in &m.attachments {
-            println!(
+            outln!(
                 "   attachment: {} ({}, {} bytes)",
-                att.filename, att.content_type, att.size
+                att.filename,
+                att.content_type,
+                att.size
             );
         }
-        println!();
+        outln!();
         for line in m.text.lines() {
-            println!("   {line}");
+            outln!("   {line}");
         }
     }
     Ok(0)
@@ -188,7 +194,7 @@ fn save_attachments(
                 path = dir.join(format!("{n}-{name}"));
             }
             std::fs::write(&path, data)?;
-            eprintln!("saved {}", path.display());
+            tracing::info!(path = %path.display(), "saved attachment");
         }
     }
     Ok(())
@@ -208,12 +214,15 @@ pub fn quarantine(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {
         print_json(&v)?;
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:>5}  {:<30}  {:>6}  {:>8}  ERROR",
-        "ID", "SOURCE", "UID", "SIZE"
+        "ID",
+        "SOURCE",
+        "UID",
+        "SIZE"
     );
     for q in &rows {
-        println!(
+        outln!(
             "{:>5}  {:<30}  {:>6}  {:>8}  {}",
             q.id,
             cell(&q.source, 30),

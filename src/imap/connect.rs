@@ -121,15 +121,23 @@ pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
     }
 }
 
+/// Reads a mailbox's password from wherever the config says it is. A failure is a
+/// configuration error.
+pub fn password(mb: &MailboxConfig) -> Result<Revealed> {
+    let what = format!("mailbox {} password", mb.name);
+    match &mb.password {
+        Some(secret) => secret.resolve(&what),
+        None => Err(Error::Secret {
+            what,
+            message: "not configured".into(),
+        }),
+    }
+}
+
 /// Connects, secures and logs in, as the mailbox's config says.
-pub async fn connect(mb: &MailboxConfig) -> Result<Imap> {
+pub async fn connect(mb: &MailboxConfig, password: &Revealed) -> Result<Imap> {
     let host = mb.host.as_str();
     let limit = mb.timeout();
-    let password = mb
-        .password
-        .as_ref()
-        .ok_or_else(|| Error::Other(format!("mailbox {}: no password configured", mb.name)))?
-        .resolve(&format!("mailbox {} password", mb.name))?;
 
     let tcp = timed(host, limit, "connecting", async {
         let tcp = TcpStream::connect((host, mb.port()))
@@ -182,7 +190,7 @@ pub async fn connect(mb: &MailboxConfig) -> Result<Imap> {
         }
     };
 
-    let session = login(mb, client, &password).await?;
+    let session = login(mb, client, password).await?;
     let mut imap = Imap::new(session, host.to_owned(), limit);
     imap.load_capabilities().await?;
     tracing::info!(mailbox = %mb.name, host, tls = ?mb.tls, "connected");

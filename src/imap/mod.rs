@@ -7,7 +7,7 @@
 mod connect;
 mod session;
 
-pub use connect::connect;
+pub use connect::{connect, password};
 pub use session::{FetchedMessage, Imap, Selected};
 
 /// Formats sorted, deduplicated UIDs as a compact IMAP sequence set (`1:5,7,9:12`).

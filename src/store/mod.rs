@@ -8,7 +8,8 @@
 mod migrations;
 mod tickets;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -20,6 +21,15 @@ pub use tickets::{
 };
 
 use crate::error::{Error, Result};
+
+/// Checkpoint every 64 MiB of WAL instead of SQLite's 4 MiB: fewer, larger checkpoints.
+const WAL_AUTOCHECKPOINT: i64 = 16384;
+
+/// The background checkpoint thread of a [`Store`].
+pub struct Checkpointer {
+    stop: mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<()>,
+}
 
 /// An open store.
 pub struct Store {
@@ -56,8 +66,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Checkpoint every 64 MiB of WAL instead of 4 MiB: fewer, larger checkpoints.
-        conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
         migrations::migrate(&mut conn)?;
         Ok(Store {
             conn,
@@ -122,6 +131,49 @@ impl Store {
             tx.commit()?;
             Ok(out)
         }
+    }
+
+    /// Moves WAL checkpoints (and their fsync) to a thread of their own, so the writer never
+    /// waits for the disk. `None` for an in-memory store. Stop it with
+    /// [`Checkpointer::stop`] before this store is used on its own again.
+    pub fn start_checkpointer(&mut self) -> Result<Option<Checkpointer>> {
+        let Some(path) = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+        else {
+            return Ok(None);
+        };
+        let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        reader.busy_timeout(Duration::from_secs(30))?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Duration::from_millis(250))
+                {
+                    // PASSIVE never blocks the writer; what it cannot copy now it copies later.
+                    if let Err(e) = reader.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                        tracing::debug!(error = %e, "background checkpoint");
+                    }
+                }
+            })
+            .map_err(|e| Error::Other(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Some(Checkpointer { stop, handle }))
+    }
+
+    /// Back to checkpoints by the writer, after [`Store::start_checkpointer`].
+    pub fn stop_checkpointer(&mut self, c: Option<Checkpointer>) -> Result<()> {
+        if let Some(c) = c {
+            drop(c.stop);
+            let _ = c.handle.join();
+            self.conn
+                .pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
+        }
+        Ok(())
     }
 
     /// The schema version of the open file.

@@ -516,6 +516,9 @@ fn ingest_in(c: &Connection, m: &Incoming<'_>) -> Result<Outcome> {
     }
 
     let date = p.date.unwrap_or(m.received_at);
+    // A ticket's times are mailticket's own (when it learnt of it); each message keeps the
+    // date its sender gave it.
+    let now = crate::time::now();
     let is_normal = m.class.kind == crate::classify::Kind::Normal;
     let (ticket, outcome) = match find_ticket(c, p)? {
         Some(t) => {
@@ -523,7 +526,7 @@ fn ingest_in(c: &Connection, m: &Incoming<'_>) -> Result<Outcome> {
                 "UPDATE ticket SET updated_at = max(updated_at, ?2),
                    status = CASE WHEN ?3 THEN 'open' ELSE status END WHERE id = ?1",
             )?
-            .execute(params![t, date, is_normal])?;
+            .execute(params![t, now, is_normal])?;
             (t, Outcome::Threaded(t))
         }
         None => {
@@ -534,7 +537,13 @@ fn ingest_in(c: &Connection, m: &Incoming<'_>) -> Result<Outcome> {
                      VALUES (?1, 'open', ?2, ?3, ?4, ?5, ?5) RETURNING id",
                 )?
                 .query_row(
-                    params![thread::normalize_subject(&p.subject), customer.address, customer.name, m.origin.mailbox, date],
+                    params![
+                        thread::normalize_subject(&p.subject),
+                        customer.address,
+                        customer.name,
+                        m.origin.mailbox,
+                        now
+                    ],
                     |r| r.get(0),
                 )?;
             (t, Outcome::Created(t))

@@ -1,0 +1,824 @@
+//! Shared test plumbing: a real Dovecot per test, a scratch work directory with a config and a
+//! store, and a runner for the built `mailticket` binary.
+//!
+//! Everything a Dovecot instance needs lives under a short directory in /tmp (mode 755): the mail
+//! uid cannot traverse /root, where CI may have cloned the repository. The scripts in
+//! `tests/env/` are always run through `bash`, so no exec bits are assumed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The address of the support mailbox in generated mail.
+pub const SUPPORT_ADDR: &str = "support@example.com";
+/// How long one `mailticket` run may take before the test kills it and fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn env_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/env")
+}
+
+fn script(name: &str) -> PathBuf {
+    env_dir().join(name)
+}
+
+/// A fresh, empty, short directory `/tmp/PREFIX-PID-N` with mode 755.
+fn unique_dir(prefix: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = PathBuf::from(format!("/tmp/{prefix}-{}-{n}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A loopback port that was free a moment ago and that no other test of this process got.
+fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+fn check(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `Message-ID` without its angle brackets.
+pub fn bare_id(id: &str) -> String {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned()
+}
+
+/// One message as Dovecot reports it.
+#[derive(Debug, Clone)]
+pub struct ServerMessage {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    /// Without angle brackets; empty when the message has none.
+    pub message_id: String,
+}
+
+impl ServerMessage {
+    pub fn seen(&self) -> bool {
+        self.flags.iter().any(|f| f == "\\Seen")
+    }
+}
+
+/// A private Dovecot (`tests/env/imap-server`) on two free loopback ports. Dropping it stops the
+/// server and removes its directory.
+pub struct Dovecot {
+    pub dir: PathBuf,
+    pub imap_port: u16,
+    pub imaps_port: u16,
+}
+
+impl Dovecot {
+    pub fn start() -> Dovecot {
+        let mut dc = Dovecot {
+            dir: unique_dir("mtd"),
+            imap_port: 0,
+            imaps_port: 0,
+        };
+        for _ in 0..5 {
+            dc.imap_port = free_port();
+            dc.imaps_port = free_port();
+            // The daemon inherits the script's stdout/stderr: a pipe would never see EOF.
+            let log = dc.dir.join("start.log");
+            let file = std::fs::File::create(&log).unwrap();
+            let status = dc
+                .server(&["start"])
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .status()
+                .unwrap();
+            if status.success() {
+                return dc;
+            }
+            let err = std::fs::read_to_string(&log).unwrap_or_default();
+            // Only a port that someone else took in the meantime is worth another try.
+            assert!(
+                err.contains("already in use"),
+                "imap-server start failed:\n{err}"
+            );
+        }
+        panic!("imap-server start: no free ports after 5 tries");
+    }
+
+    fn server(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script("imap-server"))
+            .arg("-d")
+            .arg(&self.dir)
+            .args(args)
+            .env("IMAP_PORT", self.imap_port.to_string())
+            .env("IMAPS_PORT", self.imaps_port.to_string())
+            .env_remove("IMAP_TESTENV_DIR")
+            .env_remove("IMAP_USERS")
+            .env_remove("IMAP_STRICT_ADDR")
+            .env_remove("IMAP_OAUTH2")
+            .env_remove("IMAP_DEBUG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `doveadm ARGS` against this instance and returns its stdout.
+    pub fn doveadm(&self, args: &[&str]) -> String {
+        let mut full = vec!["doveadm"];
+        full.extend_from_slice(args);
+        check(
+            &format!("doveadm {args:?}"),
+            &self.server(&full).output().unwrap(),
+        )
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.crt")
+    }
+
+    /// Writes `small` ~3 KB and `large` ~200 KB generated unseen messages into support/INBOX.
+    pub fn seed(&self, small: u32, large: u32, seed: u32) {
+        self.seed_user("support", small, large, seed);
+    }
+
+    /// Like [`Dovecot::seed`], into USER's INBOX (`support`, `alice` or `bob`).
+    pub fn seed_user(&self, user: &str, small: u32, large: u32, seed: u32) {
+        let (small, large, seed) = (small.to_string(), large.to_string(), seed.to_string());
+        let args = [
+            "seed", "--user", user, "--small", &small, "--large", &large, "--seed", &seed,
+        ];
+        check("imap-server seed", &self.server(&args).output().unwrap());
+    }
+
+    /// Delivers one message into the support user's FOLDER, `\Seen` if asked.
+    pub fn append(&self, folder: &str, message: &[u8], seen: bool) {
+        let before = self.messages(folder).iter().map(|m| m.uid).max();
+        let mut child = self
+            .server(&["doveadm", "save", "-u", "support", "-m", folder])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        check("doveadm save", &child.wait_with_output().unwrap());
+        if seen {
+            let uid = self.messages(folder).iter().map(|m| m.uid).max();
+            assert!(uid > before, "the saved message got no new UID");
+            self.add_seen(folder, &uid.unwrap().to_string());
+        }
+    }
+
+    /// Sets `\Seen` on a UID set of FOLDER (e.g. "1:3").
+    pub fn add_seen(&self, folder: &str, uids: &str) {
+        let args = [
+            "flags", "add", "-u", "support", "\\Seen", "mailbox", folder, "uid", uids,
+        ];
+        self.doveadm(&args);
+    }
+
+    /// Every message of the support user's FOLDER, in UID order.
+    pub fn messages(&self, folder: &str) -> Vec<ServerMessage> {
+        let out = self.doveadm(&[
+            "fetch",
+            "-u",
+            "support",
+            "uid flags hdr.message-id",
+            "mailbox",
+            folder,
+            "all",
+        ]);
+        // pager format: "field: value" lines, records separated by a form feed line
+        out.split('\x0c')
+            .filter(|rec| !rec.trim().is_empty())
+            .map(|rec| {
+                let fields: BTreeMap<&str, &str> = rec
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim(), v.trim()))
+                    .collect();
+                ServerMessage {
+                    uid: fields["uid"].parse().unwrap(),
+                    flags: fields["flags"]
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
+                    message_id: bare_id(fields.get("hdr.message-id").unwrap_or(&"")),
+                }
+            })
+            .collect()
+    }
+
+    fn status(&self, user: &str, folder: &str, item: &str) -> u64 {
+        let out = self.doveadm(&["-f", "flow", "mailbox", "status", "-u", user, item, folder]);
+        let key = format!("{item}=");
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {item} in {out:?}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Number of messages in FOLDER.
+    pub fn count(&self, folder: &str) -> u64 {
+        self.status("support", folder, "messages")
+    }
+
+    /// Number of messages in FOLDER without `\Seen`.
+    pub fn unseen(&self, folder: &str) -> u64 {
+        self.unseen_of("support", folder)
+    }
+
+    /// Number of messages in USER's FOLDER without `\Seen`.
+    pub fn unseen_of(&self, user: &str, folder: &str) -> u64 {
+        self.status(user, folder, "unseen")
+    }
+
+    pub fn uidvalidity(&self) -> u64 {
+        self.status("support", "INBOX", "uidvalidity")
+    }
+
+    pub fn create_folder(&self, name: &str) {
+        self.doveadm(&["mailbox", "create", "-u", "support", name]);
+    }
+
+    /// Deletes all of support's mail: the next SELECT sees a new UIDVALIDITY.
+    pub fn reset(&self) {
+        let old = self.uidvalidity();
+        check(
+            "imap-server reset",
+            &self.server(&["reset", "support"]).output().unwrap(),
+        );
+        // Dovecot's UIDVALIDITY is the creation time in seconds: a mailbox re-created within
+        // the same second would get the old one back, so bump it explicitly then.
+        if self.uidvalidity() == old {
+            let next = (old + 1).to_string();
+            let args = [
+                "mailbox",
+                "update",
+                "-u",
+                "support",
+                "--uid-validity",
+                &next,
+                "INBOX",
+            ];
+            self.doveadm(&args);
+        }
+        assert_ne!(self.uidvalidity(), old, "reset must give a new UIDVALIDITY");
+    }
+
+    /// The `[[mailbox]]` for this server's support user: implicit TLS trusting the test CA.
+    pub fn mailbox(&self) -> Mailbox {
+        self.mailbox_of("support")
+    }
+
+    /// The `[[mailbox]]` named USER for USER's INBOX (password `USER-pass`).
+    pub fn mailbox_of(&self, user: &str) -> Mailbox {
+        Mailbox {
+            name: user.into(),
+            host: "localhost".into(),
+            port: self.imaps_port,
+            tls: "implicit".into(),
+            ca_file: Some(self.ca_file()),
+            allow_insecure: false,
+            username: user.into(),
+            password: quoted(&format!("{user}-pass")),
+            folder: "INBOX".into(),
+            after: r#""seen""#.into(),
+        }
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- last lines of {}/dovecot.log", self.dir.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = self.server(&["stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One `[[mailbox]]` table of the config.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: String,
+    pub ca_file: Option<PathBuf>,
+    pub allow_insecure: bool,
+    pub username: String,
+    /// A TOML value, written as is: `quoted("pw")`, `{ env = "VAR" }`, ...
+    pub password: String,
+    pub folder: String,
+    /// A TOML value, written as is: `"seen"`, `"delete"`, `{ move = "Processed" }`.
+    pub after: String,
+}
+
+/// S as a TOML basic string (JSON string syntax is a subset of it for what we write).
+pub fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+impl Mailbox {
+    pub fn toml(&self) -> String {
+        let mut t = String::from("[[mailbox]]\n");
+        t += &format!("name = {}\n", quoted(&self.name));
+        t += &format!("host = {}\n", quoted(&self.host));
+        t += &format!("port = {}\n", self.port);
+        t += &format!("tls = {}\n", quoted(&self.tls));
+        if let Some(ca) = &self.ca_file {
+            t += &format!("ca-file = {}\n", quoted(&ca.to_string_lossy()));
+        }
+        if self.allow_insecure {
+            t += "allow-insecure = true\n";
+        }
+        t += &format!("username = {}\n", quoted(&self.username));
+        t += &format!("password = {}\n", self.password);
+        t += &format!("folder = {}\n", quoted(&self.folder));
+        t += &format!("after = {}\n", self.after);
+        t += &format!("addresses = [{}]\n", quoted(SUPPORT_ADDR));
+        t
+    }
+}
+
+/// The exit status and output of one `mailticket` run.
+pub struct Run {
+    pub args: Vec<String>,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mailticket {:?} exited with {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.args, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Run {
+    /// Asserts exit status CODE and returns the run.
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(self.code, Some(code), "unexpected exit status: {self:?}");
+        self
+    }
+
+    pub fn success(self) -> Run {
+        self.code(0)
+    }
+
+    /// stdout as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts that stderr contains every one of NEEDLES (case-insensitive).
+    pub fn stderr_mentions(&self, needles: &[&str]) {
+        let err = self.stderr.to_lowercase();
+        for n in needles {
+            assert!(
+                err.contains(&n.to_lowercase()),
+                "stderr does not mention {n:?}: {self:?}"
+            );
+        }
+    }
+}
+
+/// `mailticket` with a clean environment, nothing else set.
+pub fn mailticket_cmd(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailticket"));
+    cmd.current_dir(cwd)
+        .env_remove("MAILTICKET_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs CMD to completion, feeding it STDIN; kills it and fails after [`RUN_TIMEOUT`].
+pub fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
+    let args = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let writer = child.stdin.take().map(|mut pipe| {
+        let data = stdin.unwrap_or_default().to_vec();
+        // a process that exits without reading all of stdin closes the pipe: not our failure
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let pid = child.id();
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(RUN_TIMEOUT).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    let timed_out = watchdog.join().unwrap();
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    let run = Run {
+        args,
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!timed_out, "killed after {RUN_TIMEOUT:?}: {run:?}");
+    run
+}
+
+/// A scratch directory holding `mailticket.toml` and the store.
+pub struct Workdir {
+    pub dir: PathBuf,
+}
+
+impl Workdir {
+    /// An empty work directory: no config file yet.
+    pub fn new() -> Workdir {
+        Workdir {
+            dir: unique_dir("mtw"),
+        }
+    }
+
+    /// A work directory whose config has these mailboxes.
+    pub fn with(mailboxes: &[Mailbox]) -> Workdir {
+        let wd = Workdir::new();
+        wd.write_config(mailboxes);
+        wd
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("mailticket.toml")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("mailticket.db")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn write_config(&self, mailboxes: &[Mailbox]) {
+        let mut t = format!("[store]\npath = {}\n", quoted(&self.db().to_string_lossy()));
+        for mb in mailboxes {
+            t += "\n";
+            t += &mb.toml();
+        }
+        self.write_raw_config(&t);
+    }
+
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    /// `mailticket --config DIR/mailticket.toml ARGS` (not yet run).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = mailticket_cmd(&self.dir);
+        cmd.arg("--config").arg(self.config()).args(args);
+        cmd
+    }
+
+    /// `mailticket --config DIR/mailticket.toml ARGS`.
+    pub fn mailticket(&self, args: &[&str]) -> Run {
+        run(self.cmd(args), None)
+    }
+
+    /// `mailticket --db DIR/mailticket.db ARGS`, with no config file anywhere.
+    pub fn mailticket_db(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut cmd = mailticket_cmd(&self.dir);
+        cmd.arg("--db").arg(self.db()).args(args);
+        run(cmd, stdin)
+    }
+
+    /// `sync --json`, which must succeed; returns the summary.
+    pub fn sync(&self) -> Value {
+        self.mailticket(&["sync", "--json"]).success().json()
+    }
+
+    /// `tickets --status all --json`, which must succeed.
+    pub fn tickets(&self) -> Vec<Value> {
+        tickets_of(self.mailticket(&["tickets", "--status", "all", "--json"]))
+    }
+
+    /// `show ID --json`, which must succeed.
+    pub fn show(&self, id: u64) -> Value {
+        self.mailticket(&["show", &id.to_string(), "--json"])
+            .success()
+            .json()
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("MAILTICKET_TEST_KEEP").is_some() {
+            eprintln!("MAILTICKET_TEST_KEEP: keeping {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The array a `tickets --json` run printed.
+pub fn tickets_of(run: Run) -> Vec<Value> {
+    let v = run.success().json();
+    v.as_array()
+        .unwrap_or_else(|| panic!("tickets --json is not an array: {v}"))
+        .clone()
+}
+
+/// A ticket's `id`.
+pub fn id_of(ticket: &Value) -> u64 {
+    ticket["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("ticket without numeric id: {ticket}"))
+}
+
+/// The counts of a `sync --json` / `import --json` summary (or one of its `mailboxes`).
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+pub struct Counts {
+    pub fetched: u64,
+    pub created: u64,
+    pub threaded: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+    pub acks_queued: u64,
+}
+
+impl Counts {
+    /// Reads the counts of V, asserting that every field is there and `errors` is an array.
+    pub fn of(v: &Value) -> Counts {
+        let n = |key: &str| {
+            v[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("summary has no numeric {key:?}: {v}"))
+        };
+        assert!(v["errors"].is_array(), "summary has no errors array: {v}");
+        Counts {
+            fetched: n("fetched"),
+            created: n("created"),
+            threaded: n("threaded"),
+            duplicates: n("duplicates"),
+            quarantined: n("quarantined"),
+            acks_queued: n("acks_queued"),
+        }
+    }
+}
+
+/// Asserts a one-mailbox summary: totals and the single `mailboxes` entry both equal EXPECTED,
+/// and no errors were reported.
+pub fn assert_summary(summary: &Value, expected: Counts) {
+    assert_eq!(Counts::of(summary), expected, "totals of {summary}");
+    let boxes = summary["mailboxes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("summary has no mailboxes array: {summary}"));
+    assert_eq!(boxes.len(), 1, "one mailbox expected: {summary}");
+    assert_eq!(
+        Counts::of(&boxes[0]),
+        expected,
+        "mailbox entry of {summary}"
+    );
+    assert_eq!(
+        summary["errors"],
+        Value::Array(vec![]),
+        "errors in {summary}"
+    );
+    assert_eq!(
+        boxes[0]["errors"],
+        Value::Array(vec![]),
+        "errors in {summary}"
+    );
+}
+
+/// `Counts` with only `fetched` and `created` set: the plain "all new" pass.
+pub fn created(n: u64) -> Counts {
+    Counts {
+        fetched: n,
+        created: n,
+        ..Counts::default()
+    }
+}
+
+/// Generated messages (`tests/env/mailgen.py`).
+pub mod mailgen {
+    use super::*;
+
+    fn python(args: &[&str]) -> Vec<u8> {
+        let out = Command::new("python3")
+            .arg(script("mailgen.py"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        check(&format!("mailgen.py {args:?}"), &out);
+        out.stdout
+    }
+
+    /// Message INDEX of SEED (CRLF line ends), exactly as `imap-server seed` would write it
+    /// when INDEX is in the small (or, with LARGE, the large) range.
+    pub fn one(index: u32, seed: u32, large: bool) -> Vec<u8> {
+        let (i, s) = (index.to_string(), seed.to_string());
+        let l = if large { "1" } else { "0" };
+        python(&["one", "--index", &i, "--seed", &s, "--large", l])
+    }
+
+    /// Messages 0..COUNT of SEED, byte for byte what [`one`] gives, from one python3 process
+    /// (each `mailgen.py` start costs ~0.5 s).
+    pub fn many(count: u32, seed: u32) -> Vec<Vec<u8>> {
+        let code = "import sys; sys.path.insert(0, sys.argv[1]); import mailgen\n\
+            out = sys.stdout.buffer\n\
+            for i in range(int(sys.argv[2])):\n\
+            \x20   data = mailgen.message(i, int(sys.argv[3]))[0].replace(b'\\n', b'\\r\\n')\n\
+            \x20   out.write(b'%d\\n' % len(data) + data)\n";
+        let dir = env_dir();
+        let (n, s) = (count.to_string(), seed.to_string());
+        let mut out = python_code(code, &[&dir.to_string_lossy(), &n, &s]);
+        let mut messages = Vec::new();
+        while let Some(nl) = out.iter().position(|&b| b == b'\n') {
+            let len: usize = std::str::from_utf8(&out[..nl]).unwrap().parse().unwrap();
+            messages.push(out[nl + 1..nl + 1 + len].to_vec());
+            out.drain(..nl + 1 + len);
+        }
+        assert_eq!(messages.len(), count as usize);
+        messages
+    }
+
+    fn python_code(code: &str, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        check("python3 -c (mailgen)", &out);
+        out.stdout
+    }
+
+    /// Writes SMALL generated messages of SEED as an mbox file.
+    pub fn mbox(path: &Path, small: u32, seed: u32) {
+        let (p, n, s) = (path.to_string_lossy(), small.to_string(), seed.to_string());
+        python(&["mbox", &p, "--small", &n, "--seed", &s]);
+    }
+
+    /// Writes SMALL generated messages of SEED into the Maildir DIR.
+    pub fn maildir(dir: &Path, small: u32, seed: u32) {
+        let (p, n, s) = (dir.to_string_lossy(), small.to_string(), seed.to_string());
+        python(&["maildir", &p, "--small", &n, "--seed", &s]);
+    }
+}
+
+/// A small deterministic PRNG (splitmix64): reproducible "random" test input without a crate.
+pub struct Prng(u64);
+
+impl Prng {
+    pub fn new(seed: u64) -> Prng {
+        Prng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in LO..=HI.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next_u64() >> 56) as u8).collect()
+    }
+}
+
+/// Spawns `mailticket` without waiting (for the crash test).
+pub fn spawn(mut cmd: Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+impl Workdir {
+    /// The `message_id` of every message of every ticket (`show --json` of each ticket).
+    pub fn ticketed_message_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for t in self.tickets() {
+            let shown = self.show(id_of(&t));
+            let msgs = shown["messages"]
+                .as_array()
+                .unwrap_or_else(|| panic!("show --json has no messages array: {shown}"));
+            for m in msgs {
+                let id = m["message_id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("message without message_id: {m}"));
+                ids.push(id.to_owned());
+            }
+        }
+        ids
+    }
+}
+
+/// A minimal plain-text message to support, CRLF line ends. EXTRA is more header lines,
+/// each ending in "\r\n".
+pub fn simple_mail(from: &str, message_id: &str, subject: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: Support <{SUPPORT_ADDR}>\r\nSubject: {subject}\r\n\
+         Date: Mon, 06 Jan 2025 10:00:00 +0000\r\nMessage-ID: <{message_id}>\r\n{extra}\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Hello,\r\n\r\nplease have a look.\r\n\r\nRegards\r\n"
+    )
+    .into_bytes()
+}
+
+/// Asserts that V is an RFC 3339 date-time string: `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`.
+pub fn assert_rfc3339(v: &Value) {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
+    let b = s.as_bytes();
+    let digits =
+        |mut r: std::ops::Range<usize>| r.all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    let ok_date = b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && (b[10] == b'T' || b[10] == b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    let mut rest = s.get(19..).unwrap_or("");
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        assert!(n > 0, "empty fraction in {s:?}");
+        rest = &frac[n..];
+    }
+    let z = rest.as_bytes();
+    let ok_zone = rest == "Z"
+        || rest == "z"
+        || (z.len() == 6
+            && (z[0] == b'+' || z[0] == b'-')
+            && z[3] == b':'
+            && [z[1], z[2], z[4], z[5]].iter().all(u8::is_ascii_digit));
+    assert!(ok_date && ok_zone, "not an RFC 3339 date-time: {s:?}");
+}

@@ -1,0 +1,154 @@
+//! `import` (mbox, Maildir, .eml) and `ingest` (stdin) go through the same pipeline as `sync`:
+//! the same generated messages give the same tickets as an IMAP sync of them.
+
+use serde_json::Value;
+
+use crate::harness::{Counts, Dovecot, Prng, Workdir, assert_summary, created, mailgen};
+
+const SEED: u32 = 7;
+const N: u32 = 30;
+
+/// What must not depend on where a message came from: subject, customer and message count of
+/// every ticket, sorted.
+fn fingerprint(tickets: &[Value]) -> Vec<(String, String, u64)> {
+    let mut v: Vec<_> = tickets
+        .iter()
+        .map(|t| {
+            let s = |k: &str| {
+                t[k].as_str()
+                    .unwrap_or_else(|| panic!("ticket without string {k}: {t}"))
+                    .to_owned()
+            };
+            let n = t["messages"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("ticket without numeric messages: {t}"));
+            (s("subject"), s("customer"), n)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The tickets an IMAP sync of the N generated messages gives.
+fn synced() -> Vec<(String, String, u64)> {
+    let dc = Dovecot::start();
+    dc.seed(N, 0, SEED);
+    let wd = Workdir::with(&[dc.mailbox()]);
+    assert_summary(&wd.sync(), created(N.into()));
+    let fp = fingerprint(&wd.tickets());
+    assert_eq!(fp.len(), N as usize);
+    fp
+}
+
+/// `tickets` of a store that was filled without any config file.
+fn tickets_by_db(wd: &Workdir) -> Vec<Value> {
+    crate::harness::tickets_of(wd.mailticket_db(&["tickets", "--status", "all", "--json"], None))
+}
+
+/// `import --json PATHS`, which must succeed; checks one summary entry per path.
+fn import(wd: &Workdir, paths: &[String]) -> Value {
+    let mut args = vec!["import", "--json"];
+    args.extend(paths.iter().map(String::as_str));
+    let summary = wd.mailticket_db(&args, None).success().json();
+    let names: Vec<&str> = summary["mailboxes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no mailboxes array: {summary}"))
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or_default())
+        .collect();
+    let expected: Vec<&str> = paths.iter().map(String::as_str).collect();
+    assert_eq!(names, expected, "one summary entry per path: {summary}");
+    assert_eq!(summary["errors"], Value::Array(vec![]), "{summary}");
+    summary
+}
+
+#[test]
+fn import_of_an_mbox_matches_an_imap_sync_and_a_reimport_is_a_no_op() {
+    let expected = synced();
+    let wd = Workdir::new();
+    let mbox = wd.path("support.mbox");
+    mailgen::mbox(&mbox, N, SEED);
+    let path = mbox.to_string_lossy().into_owned();
+
+    assert_summary(&import(&wd, std::slice::from_ref(&path)), created(N.into()));
+    assert_eq!(fingerprint(&tickets_by_db(&wd)), expected);
+
+    let again = Counts {
+        fetched: N.into(),
+        duplicates: N.into(),
+        ..Counts::default()
+    };
+    assert_summary(&import(&wd, &[path]), again);
+    assert_eq!(fingerprint(&tickets_by_db(&wd)), expected);
+}
+
+#[test]
+fn import_of_a_maildir_matches_an_imap_sync() {
+    let expected = synced();
+    let wd = Workdir::new();
+    let maildir = wd.path("Maildir");
+    mailgen::maildir(&maildir, N, SEED);
+    let path = maildir.to_string_lossy().into_owned();
+
+    assert_summary(&import(&wd, &[path]), created(N.into()));
+    assert_eq!(fingerprint(&tickets_by_db(&wd)), expected);
+}
+
+#[test]
+fn import_of_eml_files_matches_an_imap_sync() {
+    let expected = synced();
+    let wd = Workdir::new();
+    let paths: Vec<String> = mailgen::many(N, SEED)
+        .iter()
+        .enumerate()
+        .map(|(i, mail)| {
+            let p = wd.path(&format!("{i:02}.eml"));
+            std::fs::write(&p, mail).unwrap();
+            p.to_string_lossy().into_owned()
+        })
+        .collect();
+
+    let summary = import(&wd, &paths);
+    assert_eq!(Counts::of(&summary), created(N.into()), "{summary}");
+    for entry in summary["mailboxes"].as_array().into_iter().flatten() {
+        assert_eq!(Counts::of(entry), created(1), "{summary}");
+    }
+    assert_eq!(fingerprint(&tickets_by_db(&wd)), expected);
+}
+
+#[test]
+fn ingest_from_stdin_matches_an_imap_sync() {
+    let expected = synced();
+    let wd = Workdir::new();
+    for mail in mailgen::many(N, SEED) {
+        wd.mailticket_db(&["ingest"], Some(&mail)).success();
+    }
+    assert_eq!(fingerprint(&tickets_by_db(&wd)), expected);
+
+    // the same message again is a duplicate, which is fine
+    wd.mailticket_db(&["ingest"], Some(&mailgen::one(0, SEED, false)))
+        .success();
+    assert_eq!(fingerprint(&tickets_by_db(&wd)), expected);
+}
+
+#[test]
+fn ingest_quarantines_garbage_and_reports_a_broken_store_as_temporary() {
+    let wd = Workdir::new();
+    wd.mailticket_db(&["ingest"], Some(&Prng::new(0xBAD).bytes(2048)))
+        .success();
+    let q = wd
+        .mailticket_db(&["quarantine", "--json"], None)
+        .success()
+        .json();
+    assert_eq!(q.as_array().map(Vec::len), Some(1), "{q}");
+    assert!(tickets_by_db(&wd).is_empty());
+
+    // a store that cannot be opened (its "directory" is a file): try again later
+    let file = wd.path("not-a-directory");
+    std::fs::write(&file, b"").unwrap();
+    let mut cmd = crate::harness::mailticket_cmd(&wd.dir);
+    cmd.arg("--db").arg(file.join("store.db")).arg("ingest");
+    let run = crate::harness::run(cmd, Some(&mailgen::one(0, SEED, false)));
+    let run = run.code(75);
+    assert!(!run.stderr.trim().is_empty(), "{run:?}");
+}

@@ -1,0 +1,15 @@
+//! Integration tests: the built `mailticket` binary against a real Dovecot per test.
+//!
+//! Each test starts its own Dovecot (`tests/env/imap-server`) on free loopback ports and its own
+//! work directory, so tests run in parallel. Run them all with `bash scripts/test`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+mod cli;
+mod connect;
+mod crash;
+mod import;
+mod selftest;
+mod sync;
