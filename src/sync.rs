@@ -28,6 +28,9 @@ const BATCH_COUNT: usize = 500;
 const BATCH_BYTES: u64 = 8 << 20;
 /// At most this many fetched bytes wait for the store at once.
 const IN_FLIGHT_BYTES: usize = 8 << 20;
+/// The post-action runs once this many UIDs are committed (and at the end): fewer round
+/// trips in which nothing is fetched.
+const POST_ACTION_EVERY: usize = 2000;
 /// UIDs per post-action or size command, to stay far below servers' line limits.
 const UIDS_PER_COMMAND: usize = 2000;
 
@@ -288,6 +291,8 @@ async fn sync_session(
     let mut inflight: VecDeque<Submitted> = VecDeque::new();
     let mut clears = Vec::new();
     let mut first_error: Option<Error> = None;
+    // Committed UIDs still waiting for their post-action, in UID order.
+    let mut done = Vec::new();
 
     for batch in batches(&todo) {
         let each = |fm: FetchedMessage| {
@@ -345,8 +350,8 @@ async fn sync_session(
             first_error = Some(e);
             break;
         }
-        // Whatever has committed by now gets its post-action, without waiting for the rest.
-        let mut done = Vec::new();
+        // Whatever has committed by now is booked, without waiting for the rest; the
+        // post-action follows once enough UIDs are committed.
         while let Some((uid, rx)) = inflight.front_mut() {
             match rx.try_recv() {
                 Ok(r) => {
@@ -363,8 +368,9 @@ async fn sync_session(
                 }
             }
         }
-        if !opts.dry_run && !done.is_empty() {
+        if !opts.dry_run && done.len() >= POST_ACTION_EVERY {
             clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done).await?);
+            done.clear();
         }
         if first_error.is_some() {
             break;
@@ -372,7 +378,6 @@ async fn sync_session(
     }
 
     // Wait for the rest of the store's work, then finish those UIDs too.
-    let mut done = Vec::new();
     for (uid, rx) in inflight {
         match rx.await {
             Ok(r) => {
