@@ -21,7 +21,124 @@ pub struct Config {
     /// The mailboxes to poll, in order.
     #[serde(default, rename = "mailbox")]
     pub mailboxes: Vec<MailboxConfig>,
+    /// The SMTP server that sends acknowledgements and replies.
+    pub smtp: Option<SmtpConfig>,
+    /// Acknowledgements of new requests.
+    #[serde(default)]
+    pub ack: AckConfig,
 }
+
+/// `[smtp]`: the customer's own SMTP server.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// The server's host name (checked against its certificate).
+    pub host: String,
+    /// Defaults to 465 for implicit TLS, 587 otherwise.
+    pub port: Option<u16>,
+    /// `starttls` (default), `implicit` or `none`.
+    #[serde(default = "default_smtp_tls")]
+    pub tls: TlsMode,
+    /// An extra PEM trust anchor.
+    pub ca_file: Option<PathBuf>,
+    /// Allows `tls = "none"`.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// The login name; no AUTH when absent.
+    pub username: Option<String>,
+    /// The password.
+    pub password: Option<Secret>,
+    /// The From of everything we send, e.g. `Support <support@example.com>`.
+    pub from: String,
+    /// Seconds one whole SMTP conversation may take (default 60).
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+}
+
+impl SmtpConfig {
+    /// The port, from the config or the TLS mode's default.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::Implicit => 465,
+            TlsMode::Starttls | TlsMode::None => 587,
+        })
+    }
+
+    /// The per-conversation timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout.max(1))
+    }
+}
+
+fn default_smtp_tls() -> TlsMode {
+    TlsMode::Starttls
+}
+
+/// `[ack]`: the acknowledgement of a new request.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AckConfig {
+    /// Send acknowledgements at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Subject template.
+    #[serde(default = "default_ack_subject")]
+    pub subject: String,
+    /// Plain-text body template.
+    pub body: Option<String>,
+    /// Plain-text body template from a file (instead of `body`).
+    pub body_file: Option<PathBuf>,
+    /// Optional HTML body template: the mail becomes multipart/alternative.
+    pub html_body: Option<String>,
+    /// At most this many acknowledgements per sender per hour.
+    #[serde(default = "default_per_hour")]
+    pub per_sender_per_hour: u32,
+    /// At most this many acknowledgements per sender per day.
+    #[serde(default = "default_per_day")]
+    pub per_sender_per_day: u32,
+    /// No acknowledgement for mail older than this many hours.
+    #[serde(default = "default_max_age")]
+    pub max_age_hours: u64,
+}
+
+impl Default for AckConfig {
+    fn default() -> Self {
+        AckConfig {
+            enabled: false,
+            subject: default_ack_subject(),
+            body: None,
+            body_file: None,
+            html_body: None,
+            per_sender_per_hour: default_per_hour(),
+            per_sender_per_day: default_per_day(),
+            max_age_hours: default_max_age(),
+        }
+    }
+}
+
+fn default_ack_subject() -> String {
+    "{{ ticket.tag }} {{ ticket.subject }}".to_owned()
+}
+fn default_per_hour() -> u32 {
+    3
+}
+fn default_per_day() -> u32 {
+    10
+}
+fn default_max_age() -> u64 {
+    24
+}
+
+/// The acknowledgement body used when the config gives none.
+pub const DEFAULT_ACK_BODY: &str = "\
+Hello {{ customer.name or customer.email }},
+
+thank you for your message. We have opened ticket {{ ticket.tag }} for it and will get back to you as soon as we can.
+
+Please keep {{ ticket.tag }} in the subject when you write to us about this request.
+
+{{ mailbox.name }}
+";
 
 /// `[store]`
 #[derive(Debug, Deserialize)]
@@ -169,6 +286,45 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         config.store.path = anchor(base, &config.store.path);
         let mut names = std::collections::HashSet::new();
+        if let Some(smtp) = &mut config.smtp {
+            if smtp.tls == TlsMode::None && !smtp.allow_insecure {
+                return Err(err(
+                    "[smtp]: `tls = \"none\"` sends the password in clear text; \
+                     set `allow-insecure = true` to allow it"
+                        .into(),
+                ));
+            }
+            if smtp.username.is_some() != smtp.password.is_some() {
+                return Err(err("[smtp]: `username` and `password` go together".into()));
+            }
+            if crate::outbound::parse_mailbox(&smtp.from).is_none() {
+                return Err(err(format!(
+                    "[smtp]: `from = {:?}` is not an address",
+                    smtp.from
+                )));
+            }
+            if let Some(ca) = &smtp.ca_file {
+                smtp.ca_file = Some(anchor(base, ca));
+            }
+        }
+        if config.ack.enabled && config.smtp.is_none() {
+            return Err(err(
+                "[ack] is enabled but there is no [smtp] to send with".into()
+            ));
+        }
+        if let Some(f) = &config.ack.body_file {
+            if config.ack.body.is_some() {
+                return Err(err("[ack]: give `body` or `body-file`, not both".into()));
+            }
+            let f = anchor(base, f);
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| err(format!("[ack] body-file {}: {e}", f.display())))?;
+            config.ack.body = Some(text);
+        }
+        if config.ack.enabled {
+            crate::outbound::template::AckTemplates::compile(&config.ack)
+                .map_err(|e| err(format!("[ack]: {e}")))?;
+        }
         for (i, mb) in config.mailboxes.iter_mut().enumerate() {
             let at = format!("mailbox #{} ({})", i + 1, mb.name);
             if mb.name.trim().is_empty() {
