@@ -45,10 +45,10 @@ pub struct StatusArgs {
 pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
     let mut store = ctx.open_store()?;
     let mut code = 0;
-    if let Some(id) = a.retry {
-        if !store.outbox_retry(id)? {
-            return Err(Usage(format!("outbox row {id} is not failed, pending or stuck")).into());
-        }
+    if let Some(id) = a.retry
+        && !store.outbox_retry(id)?
+    {
+        return Err(Usage(format!("outbox row {id} is not failed, pending or stuck")).into());
     }
     if a.retry.is_some() || a.send {
         let Some(smtp) = super::smtp(ctx)? else {

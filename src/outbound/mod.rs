@@ -129,12 +129,13 @@ impl AckPlan {
             }
         }
         if let Some(date) = p.date
-            && now - date > self.max_age {
-                why.push(format!(
-                    "message is older than {} hours",
-                    self.max_age / 3600
-                ));
-            }
+            && now - date > self.max_age
+        {
+            why.push(format!(
+                "message is older than {} hours",
+                self.max_age / 3600
+            ));
+        }
         why
     }
 }
