@@ -87,6 +87,10 @@ impl Smtp {
                 resp.code(),
                 resp.message().collect::<Vec<_>>().join(" ")
             )),
+            // 530/534/535/538: our credentials, not this message: keep it for after the fix.
+            Ok(Err(e)) if e.status().is_some_and(|c| c.to_string().starts_with("53")) => {
+                Sent::Later(format!("{}: authentication: {e}", self.host))
+            }
             Ok(Err(e)) if e.is_permanent() => Sent::Refused(format!("{}: {e}", self.host)),
             Ok(Err(e)) => Sent::Later(format!("{}: {e}", self.host)),
         }
