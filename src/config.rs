@@ -96,9 +96,9 @@ pub struct AckConfig {
     /// At most this many acknowledgements per sender per day.
     #[serde(default = "default_per_day")]
     pub per_sender_per_day: u32,
-    /// No acknowledgement for mail older than this many hours.
-    #[serde(default = "default_max_age")]
-    pub max_age_hours: u64,
+    /// No acknowledgement for mail older than this (`"24h"`, `"90m"`, `"2d"`, or seconds).
+    #[serde(default = "default_max_age", deserialize_with = "duration")]
+    pub max_age: u64,
 }
 
 impl Default for AckConfig {
@@ -111,7 +111,7 @@ impl Default for AckConfig {
             html_body: None,
             per_sender_per_hour: default_per_hour(),
             per_sender_per_day: default_per_day(),
-            max_age_hours: default_max_age(),
+            max_age: default_max_age(),
         }
     }
 }
@@ -126,7 +126,40 @@ fn default_per_day() -> u32 {
     10
 }
 fn default_max_age() -> u64 {
-    24
+    24 * 3600
+}
+
+/// A duration in seconds from `90`, `"90s"`, `"15m"`, `"24h"` or `"2d"`.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(n),
+        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{t:?} is not a duration (write e.g. \"90s\", \"15m\", \"24h\" or \"2d\")"
+            ))
+        }),
+    }
+}
+
+/// Parses `90s`, `15m`, `24h`, `2d` (or a bare number of seconds).
+pub fn parse_duration(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t.get(..split)?.parse().ok()?;
+    let unit = match t.get(split..)?.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 /// The acknowledgement body used when the config gives none.
@@ -433,6 +466,36 @@ after = "seen"
 addresses = ["support@example.com"]
 # Seconds any one network operation may take before the run gives up on this mailbox.
 timeout = 60
+
+# The SMTP server that sends acknowledgements and agent replies (the customer's own).
+# [smtp]
+# host = "smtp.office365.com"
+# tls: "starttls" (port 587, the default; refuses to go on without TLS), "implicit" (465),
+# or "none" (only with allow-insecure = true).
+# tls = "starttls"
+# port = 587
+# ca-file = "ca.pem"
+# username = "support@example.com"
+# password = { env = "SMTP_PASSWORD" }
+# from = "Support <support@example.com>"
+# timeout = 60
+
+# Acknowledgements of new requests. Only a normal (human) message that opens a NEW ticket is
+# acknowledged; never an automatic reply, a bounce, a list, a no-reply sender or ourselves.
+# [ack]
+# enabled = true
+# Templates (minijinja): ticket.id, ticket.subject, ticket.tag ("[#42]"), customer.name,
+# customer.email, mailbox.name, mailbox.address, message.date, message.subject. An unknown
+# field or a syntax error stops mailticket at start-up.
+# subject = "{{ ticket.tag }} {{ ticket.subject }}"
+# body = """Hello {{ customer.name or customer.email }},
+#
+# thank you for your message. We have opened ticket {{ ticket.tag }} for it."""
+# body-file = "ack.txt"          # instead of body
+# html-body = "<p>...</p>"       # optional: the mail becomes multipart/alternative
+# per-sender-per-hour = 3
+# per-sender-per-day = 10
+# max-age = "24h"                # no acknowledgement for older mail (a first run's backlog)
 "#;
 
 #[cfg(test)]
@@ -451,6 +514,33 @@ mod tests {
         assert_eq!(mb.port(), 993);
         assert_eq!(mb.after, After::Seen);
         assert_eq!(mb.folder, "INBOX");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(90));
+        assert_eq!(parse_duration("15m"), Some(900));
+        assert_eq!(parse_duration("24h"), Some(86_400));
+        assert_eq!(parse_duration("2d"), Some(172_800));
+        assert_eq!(parse_duration("2 weeks"), None);
+        let e = parse("[ack]\nmax-age = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn ack_needs_smtp_and_valid_templates() {
+        let e = parse("[ack]\nenabled = true\n").unwrap_err().to_string();
+        assert!(e.contains("[smtp]"), "{e}");
+        let smtp = "[smtp]\nhost = 'h'\nfrom = 'a@b.c'\n";
+        assert!(parse(&format!("{smtp}[ack]\nenabled = true\n")).is_ok());
+        let e = parse(&format!(
+            "{smtp}[ack]\nenabled = true\nsubject = '{{{{ ticket.nope }}}}'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[ack]") && e.contains("subject"), "{e}");
     }
 
     #[test]

@@ -90,14 +90,14 @@ impl AckPlan {
         let AckConfig {
             per_sender_per_hour,
             per_sender_per_day,
-            max_age_hours,
+            max_age,
             ..
         } = config.ack;
         Ok(Some(Arc::new(AckPlan {
             templates,
             per_hour: per_sender_per_hour,
             per_day: per_sender_per_day,
-            max_age: i64::try_from(max_age_hours.saturating_mul(3600)).unwrap_or(i64::MAX),
+            max_age: i64::try_from(max_age).unwrap_or(i64::MAX),
             from,
             own: config.own_addresses(),
         })))
@@ -132,8 +132,8 @@ impl AckPlan {
             && now - date > self.max_age
         {
             why.push(format!(
-                "message is older than {} hours",
-                self.max_age / 3600
+                "message is older than ack.max-age ({} s)",
+                self.max_age
             ));
         }
         why
