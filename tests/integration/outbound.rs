@@ -10,7 +10,7 @@ fn setup(dc: &Dovecot, sink: &Sink, ack_extra: &str) -> Workdir {
     let wd = Workdir::with(&[dc.mailbox()]);
     let base = std::fs::read_to_string(wd.config()).unwrap();
     wd.write_raw_config(&format!(
-        "{base}\n{}\n[ack]\nenabled = true\nmax-age = "100000d"\n{ack_extra}",
+        "{base}\n{}\n[ack]\nenabled = true\nmax-age = 8640000000\n{ack_extra}",
         sink.smtp_toml()
     ));
     wd
@@ -382,7 +382,7 @@ fn implicit_tls_works_and_an_untrusted_server_or_a_wrong_password_is_a_clear_err
         )
         .replace("tls = \"starttls\"", "tls = \"implicit\"");
     wd.write_raw_config(&format!(
-        "{base}\n{implicit}\n[ack]\nenabled = true\nmax-age = "100000d"\n"
+        "{base}\n{implicit}\n[ack]\nenabled = true\nmax-age = 8640000000\n"
     ));
     dc.append(
         "INBOX",
@@ -404,7 +404,7 @@ fn implicit_tls_works_and_an_untrusted_server_or_a_wrong_password_is_a_clear_err
         .map(|l| format!("{l}\n"))
         .collect();
     wd.write_raw_config(&format!(
-        "{base}\n{no_ca}\n[ack]\nenabled = true\nmax-age = "100000d"\n"
+        "{base}\n{no_ca}\n[ack]\nenabled = true\nmax-age = 8640000000\n"
     ));
     dc.append(
         "INBOX",
@@ -424,7 +424,7 @@ fn implicit_tls_works_and_an_untrusted_server_or_a_wrong_password_is_a_clear_err
     );
     let bad = implicit.replace("password = \"support-pass\"", "password = \"wrong\"");
     wd.write_raw_config(&format!(
-        "{base}\n{bad}\n[ack]\nenabled = true\nmax-age = "100000d"\n"
+        "{base}\n{bad}\n[ack]\nenabled = true\nmax-age = 8640000000\n"
     ));
     wd.mailticket(&["outbox", "--retry", "2"]).code(1);
     let row = outbox(&wd).into_iter().find(|r| r["id"] == 2).unwrap();
