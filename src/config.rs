@@ -21,7 +21,157 @@ pub struct Config {
     /// The mailboxes to poll, in order.
     #[serde(default, rename = "mailbox")]
     pub mailboxes: Vec<MailboxConfig>,
+    /// The SMTP server that sends acknowledgements and replies.
+    pub smtp: Option<SmtpConfig>,
+    /// Acknowledgements of new requests.
+    #[serde(default)]
+    pub ack: AckConfig,
 }
+
+/// `[smtp]`: the customer's own SMTP server.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// The server's host name (checked against its certificate).
+    pub host: String,
+    /// Defaults to 465 for implicit TLS, 587 otherwise.
+    pub port: Option<u16>,
+    /// `starttls` (default), `implicit` or `none`.
+    #[serde(default = "default_smtp_tls")]
+    pub tls: TlsMode,
+    /// An extra PEM trust anchor.
+    pub ca_file: Option<PathBuf>,
+    /// Allows `tls = "none"`.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// The login name; no AUTH when absent.
+    pub username: Option<String>,
+    /// The password.
+    pub password: Option<Secret>,
+    /// The From of everything we send, e.g. `Support <support@example.com>`.
+    pub from: String,
+    /// Seconds one whole SMTP conversation may take (default 60).
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+}
+
+impl SmtpConfig {
+    /// The port, from the config or the TLS mode's default.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::Implicit => 465,
+            TlsMode::Starttls | TlsMode::None => 587,
+        })
+    }
+
+    /// The per-conversation timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout.max(1))
+    }
+}
+
+fn default_smtp_tls() -> TlsMode {
+    TlsMode::Starttls
+}
+
+/// `[ack]`: the acknowledgement of a new request.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AckConfig {
+    /// Send acknowledgements at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Subject template.
+    #[serde(default = "default_ack_subject")]
+    pub subject: String,
+    /// Plain-text body template.
+    pub body: Option<String>,
+    /// Plain-text body template from a file (instead of `body`).
+    pub body_file: Option<PathBuf>,
+    /// Optional HTML body template: the mail becomes multipart/alternative.
+    pub html_body: Option<String>,
+    /// At most this many acknowledgements per sender per hour.
+    #[serde(default = "default_per_hour")]
+    pub per_sender_per_hour: u32,
+    /// At most this many acknowledgements per sender per day.
+    #[serde(default = "default_per_day")]
+    pub per_sender_per_day: u32,
+    /// No acknowledgement for mail older than this (`"24h"`, `"90m"`, `"2d"`, or seconds).
+    #[serde(default = "default_max_age", deserialize_with = "duration")]
+    pub max_age: u64,
+}
+
+impl Default for AckConfig {
+    fn default() -> Self {
+        AckConfig {
+            enabled: false,
+            subject: default_ack_subject(),
+            body: None,
+            body_file: None,
+            html_body: None,
+            per_sender_per_hour: default_per_hour(),
+            per_sender_per_day: default_per_day(),
+            max_age: default_max_age(),
+        }
+    }
+}
+
+fn default_ack_subject() -> String {
+    "{{ ticket.tag }} {{ ticket.subject }}".to_owned()
+}
+fn default_per_hour() -> u32 {
+    3
+}
+fn default_per_day() -> u32 {
+    10
+}
+fn default_max_age() -> u64 {
+    24 * 3600
+}
+
+/// A duration in seconds from `90`, `"90s"`, `"15m"`, `"24h"` or `"2d"`.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(n),
+        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{t:?} is not a duration (write e.g. \"90s\", \"15m\", \"24h\" or \"2d\")"
+            ))
+        }),
+    }
+}
+
+/// Parses `90s`, `15m`, `24h`, `2d` (or a bare number of seconds).
+pub fn parse_duration(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t.get(..split)?.parse().ok()?;
+    let unit = match t.get(split..)?.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// The acknowledgement body used when the config gives none.
+pub const DEFAULT_ACK_BODY: &str = "\
+Hello {{ customer.name or customer.email }},
+
+thank you for your message. We have opened ticket {{ ticket.tag }} for it and will get back to you as soon as we can.
+
+Please keep {{ ticket.tag }} in the subject when you write to us about this request.
+
+{{ mailbox.name }}
+";
 
 /// `[store]`
 #[derive(Debug, Deserialize)]
@@ -169,6 +319,45 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         config.store.path = anchor(base, &config.store.path);
         let mut names = std::collections::HashSet::new();
+        if let Some(smtp) = &mut config.smtp {
+            if smtp.tls == TlsMode::None && !smtp.allow_insecure {
+                return Err(err(
+                    "[smtp]: `tls = \"none\"` sends the password in clear text; \
+                     set `allow-insecure = true` to allow it"
+                        .into(),
+                ));
+            }
+            if smtp.username.is_some() != smtp.password.is_some() {
+                return Err(err("[smtp]: `username` and `password` go together".into()));
+            }
+            if crate::outbound::parse_mailbox(&smtp.from).is_none() {
+                return Err(err(format!(
+                    "[smtp]: `from = {:?}` is not an address",
+                    smtp.from
+                )));
+            }
+            if let Some(ca) = &smtp.ca_file {
+                smtp.ca_file = Some(anchor(base, ca));
+            }
+        }
+        if config.ack.enabled && config.smtp.is_none() {
+            return Err(err(
+                "[ack] is enabled but there is no [smtp] to send with".into()
+            ));
+        }
+        if let Some(f) = &config.ack.body_file {
+            if config.ack.body.is_some() {
+                return Err(err("[ack]: give `body` or `body-file`, not both".into()));
+            }
+            let f = anchor(base, f);
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| err(format!("[ack] body-file {}: {e}", f.display())))?;
+            config.ack.body = Some(text);
+        }
+        if config.ack.enabled {
+            crate::outbound::template::AckTemplates::compile(&config.ack)
+                .map_err(|e| err(format!("[ack]: {e}")))?;
+        }
         for (i, mb) in config.mailboxes.iter_mut().enumerate() {
             let at = format!("mailbox #{} ({})", i + 1, mb.name);
             if mb.name.trim().is_empty() {
@@ -277,6 +466,36 @@ after = "seen"
 addresses = ["support@example.com"]
 # Seconds any one network operation may take before the run gives up on this mailbox.
 timeout = 60
+
+# The SMTP server that sends acknowledgements and agent replies (the customer's own).
+# [smtp]
+# host = "smtp.office365.com"
+# tls: "starttls" (port 587, the default; refuses to go on without TLS), "implicit" (465),
+# or "none" (only with allow-insecure = true).
+# tls = "starttls"
+# port = 587
+# ca-file = "ca.pem"
+# username = "support@example.com"
+# password = { env = "SMTP_PASSWORD" }
+# from = "Support <support@example.com>"
+# timeout = 60
+
+# Acknowledgements of new requests. Only a normal (human) message that opens a NEW ticket is
+# acknowledged; never an automatic reply, a bounce, a list, a no-reply sender or ourselves.
+# [ack]
+# enabled = true
+# Templates (minijinja): ticket.id, ticket.subject, ticket.tag ("[#42]"), customer.name,
+# customer.email, mailbox.name, mailbox.address, message.date, message.subject. An unknown
+# field or a syntax error stops mailticket at start-up.
+# subject = "{{ ticket.tag }} {{ ticket.subject }}"
+# body = """Hello {{ customer.name or customer.email }},
+#
+# thank you for your message. We have opened ticket {{ ticket.tag }} for it."""
+# body-file = "ack.txt"          # instead of body
+# html-body = "<p>...</p>"       # optional: the mail becomes multipart/alternative
+# per-sender-per-hour = 3
+# per-sender-per-day = 10
+# max-age = "24h"                # no acknowledgement for older mail (a first run's backlog)
 "#;
 
 #[cfg(test)]
@@ -295,6 +514,33 @@ mod tests {
         assert_eq!(mb.port(), 993);
         assert_eq!(mb.after, After::Seen);
         assert_eq!(mb.folder, "INBOX");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(90));
+        assert_eq!(parse_duration("15m"), Some(900));
+        assert_eq!(parse_duration("24h"), Some(86_400));
+        assert_eq!(parse_duration("2d"), Some(172_800));
+        assert_eq!(parse_duration("2 weeks"), None);
+        let e = parse("[ack]\nmax-age = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn ack_needs_smtp_and_valid_templates() {
+        let e = parse("[ack]\nenabled = true\n").unwrap_err().to_string();
+        assert!(e.contains("[smtp]"), "{e}");
+        let smtp = "[smtp]\nhost = 'h'\nfrom = 'a@b.c'\n";
+        assert!(parse(&format!("{smtp}[ack]\nenabled = true\n")).is_ok());
+        let e = parse(&format!(
+            "{smtp}[ack]\nenabled = true\nsubject = '{{{{ ticket.nope }}}}'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[ack]") && e.contains("subject"), "{e}");
     }
 
     #[test]

@@ -7,13 +7,19 @@ use std::path::{Path, PathBuf};
 
 use crate::classify::Identity;
 use crate::error::{Error, Result};
+use crate::outbound::AckPlan;
 use crate::pipeline::process;
 use crate::store::{Origin, Store};
 use crate::summary::{Counts, SourceSummary};
 
 /// Imports every message under `path` (a file, an mbox, or a Maildir / folder of files).
 /// Message-level problems are counted; only a store failure or an unreadable path fails.
-pub fn import_path(store: &mut Store, me: &Identity, path: &Path) -> SourceSummary {
+pub fn import_path(
+    store: &mut Store,
+    me: &Identity,
+    path: &Path,
+    ack: Option<&AckPlan>,
+) -> SourceSummary {
     let mut counts = Counts::default();
     let origin = Origin {
         source: format!("import:{}", path.display()),
@@ -22,7 +28,7 @@ pub fn import_path(store: &mut Store, me: &Identity, path: &Path) -> SourceSumma
     };
     let mut each = |raw: &[u8], received: i64| -> Result<()> {
         counts.fetched += 1;
-        let outcome = process(store, me, raw, &origin, received)?;
+        let outcome = process(store, me, raw, &origin, received, ack)?;
         counts.record(outcome);
         Ok(())
     };

@@ -32,6 +32,7 @@ pub mod error;
 pub mod imap;
 pub mod import;
 pub mod message;
+pub mod outbound;
 pub mod pipeline;
 pub mod secret;
 pub mod store;

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use crate::classify::{Classification, Identity, classify};
 use crate::error::{Error, Result};
 use crate::message::{self, ParsedMessage};
+use crate::outbound::AckPlan;
 use crate::store::{Checkpointer, Incoming, Origin, Outcome, Store, pack};
 
 /// A message after the CPU work, ready for its transaction.
@@ -63,6 +64,7 @@ pub fn commit(
     p: &Prepared,
     origin: &Origin,
     received_at: i64,
+    ack: Option<&AckPlan>,
 ) -> Result<Outcome> {
     let (parsed, class, packed) = match &p.body {
         PreparedBody::Unparseable(why) => {
@@ -82,6 +84,7 @@ pub fn commit(
         packed,
         origin,
         received_at,
+        ack,
     };
     let outcome = match catch_unwind(AssertUnwindSafe(|| store.ingest(&incoming))) {
         Ok(r) => r?,
@@ -114,8 +117,9 @@ pub fn process(
     raw: &[u8],
     origin: &Origin,
     received_at: i64,
+    ack: Option<&AckPlan>,
 ) -> Result<Outcome> {
-    commit(store, &prepare(me, raw.to_vec()), origin, received_at)
+    commit(store, &prepare(me, raw.to_vec()), origin, received_at, ack)
 }
 
 type Job = Box<dyn FnOnce() + Send>;

@@ -66,6 +66,9 @@ pub struct RunSummary {
     pub totals: Counts,
     /// One entry per source, in order.
     pub mailboxes: Vec<SourceSummary>,
+    /// What sending the outbox did, when it was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<crate::outbound::DrainReport>,
 }
 
 impl RunSummary {
@@ -73,6 +76,12 @@ impl RunSummary {
     pub fn push(&mut self, s: SourceSummary) {
         self.totals.add(&s.counts);
         self.mailboxes.push(s);
+    }
+
+    /// Adds what draining the outbox did; its problems count as errors of the run.
+    pub fn push_drain(&mut self, d: crate::outbound::DrainReport) {
+        self.totals.errors.extend(d.errors.iter().cloned());
+        self.outbox = Some(d);
     }
 
     /// Whether anything failed.

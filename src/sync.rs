@@ -35,10 +35,12 @@ const POST_ACTION_EVERY: usize = 2000;
 const UIDS_PER_COMMAND: usize = 2000;
 
 /// How to run.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct SyncOptions {
     /// Work as usual but keep nothing and touch nothing on the server.
     pub dry_run: bool,
+    /// Acknowledge new requests (queued in the outbox with their ticket).
+    pub ack: Option<Arc<crate::outbound::AckPlan>>,
 }
 
 /// Syncs the mailboxes (all, or those named in `only`) one after another. A failing mailbox
@@ -56,7 +58,7 @@ pub async fn run(
     for (mb, password) in mailboxes {
         let span = tracing::info_span!("mailbox", mailbox = %mb.name);
         summary.push(
-            sync_mailbox(mb, password, store, &me, opts)
+            sync_mailbox(mb, password, store, &me, opts.clone())
                 .instrument(span)
                 .await,
         );
@@ -90,7 +92,7 @@ pub async fn sync_mailbox(
     };
     let result = async {
         let mut imap = imap::connect(mb, password).await?;
-        let r = sync_session(&mut imap, mb, store, me, opts, &mut s).await;
+        let r = sync_session(&mut imap, mb, store, me, &opts, &mut s).await;
         imap.logout().await;
         r
     }
@@ -99,6 +101,7 @@ pub async fn sync_mailbox(
         tracing::error!(mailbox = %mb.name, error = %e, "mailbox failed");
         s.counts.errors.push(format!("mailbox {}: {e}", mb.name));
     }
+    s.counts.acks_queued += store.call(|s| Ok(s.take_acks_queued())).await.unwrap_or(0);
     let c = &s.counts;
     tracing::info!(
         fetched = c.fetched,
@@ -248,7 +251,7 @@ async fn sync_session(
     mb: &MailboxConfig,
     store: &StoreThread,
     me: &Arc<Identity>,
-    opts: SyncOptions,
+    opts: &SyncOptions,
     summary: &mut SourceSummary,
 ) -> Result<()> {
     let sel = imap.select(&mb.folder).await?;
@@ -296,6 +299,7 @@ async fn sync_session(
 
     for batch in batches(&todo) {
         let each = |fm: FetchedMessage| {
+            let ack = opts.ack.clone();
             let (budget, store, me, failed, sub_tx, pool) = (
                 budget.clone(),
                 store.clone(),
@@ -329,7 +333,7 @@ async fn sync_session(
                         return Ok(None);
                     }
                     let r = match prepared.blocking_recv() {
-                        Ok(p) => commit(s, &p, &origin, received),
+                        Ok(p) => commit(s, &p, &origin, received, ack.as_deref()),
                         Err(_) => Err(Error::Other("a worker thread stopped".into())),
                     };
                     if r.is_err() {

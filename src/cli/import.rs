@@ -19,6 +19,10 @@ pub struct ImportArgs {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// Acknowledge new requests as `sync` would (off by default: an archive must not mail
+    /// hundreds of customers)
+    #[arg(long)]
+    pub ack: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -29,13 +33,31 @@ pub struct IngestArgs {
 }
 
 pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
+    let (ack, smtp) = if a.ack {
+        let ack = mailticket::outbound::AckPlan::from_config(&ctx.config)?;
+        if ack.is_none() {
+            return Err(super::Usage(format!(
+                "--ack needs [ack] enabled = true and an [smtp] server in {}",
+                ctx.config_path.display()
+            ))
+            .into());
+        }
+        (ack, super::smtp(ctx)?)
+    } else {
+        (None, None)
+    };
     let mut store = ctx.open_store()?;
     let me = Identity {
         addresses: ctx.config.own_addresses(),
     };
     let mut summary = RunSummary::default();
     for p in &a.paths {
-        summary.push(import_path(&mut store, &me, p));
+        summary.push(import_path(&mut store, &me, p, ack.as_deref()));
+    }
+    summary.totals.acks_queued = store.take_acks_queued();
+    if let Some(smtp) = &smtp {
+        let (_store, report) = super::drain_now(store, smtp)?;
+        summary.push_drain(report);
     }
     summary.log("import");
     if a.json {
@@ -79,7 +101,40 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
         mailbox: a.mailbox.clone().unwrap_or_default(),
         imap: None,
     };
-    match process(&mut store, &me, &raw, &origin, mailticket::time::now()) {
+    // An acknowledgement is queued with the ticket and sent right away; if sending fails it
+    // waits in the outbox for the next `sync`, `watch` or `outbox --send`.
+    let (ack, smtp) = match (
+        mailticket::outbound::AckPlan::from_config(&ctx.config),
+        super::smtp(ctx),
+    ) {
+        (Ok(a), Ok(s)) => (a, s),
+        (Err(e), _) => {
+            tracing::error!(error = %e, "acknowledgement settings");
+            return EX_TEMPFAIL;
+        }
+        (_, Err(e)) => {
+            tracing::error!(error = format!("{e:#}"), "[smtp] settings");
+            return EX_TEMPFAIL;
+        }
+    };
+    let outcome = process(
+        &mut store,
+        &me,
+        &raw,
+        &origin,
+        mailticket::time::now(),
+        ack.as_deref(),
+    );
+    if let (Some(smtp), true) = (&smtp, store.take_acks_queued() > 0) {
+        match super::drain_now(store, smtp) {
+            Ok((_, report)) if report.errors.is_empty() => {}
+            Ok((_, report)) => {
+                tracing::warn!(errors = ?report.errors, "acknowledgement not sent yet")
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "acknowledgement not sent yet"),
+        }
+    }
+    match outcome {
         Ok(Outcome::Created(t)) => tracing::info!(ticket = t, "created ticket"),
         Ok(Outcome::Threaded(t)) => tracing::info!(ticket = t, "added to ticket"),
         Ok(Outcome::Duplicate(t)) => tracing::info!(ticket = t, "already stored"),

@@ -11,6 +11,7 @@ macro_rules! outln {
 }
 
 mod import;
+mod outbox;
 mod sync;
 mod tickets;
 
@@ -75,6 +76,14 @@ pub enum Command {
     Show(tickets::ShowArgs),
     /// List messages that could not be parsed
     Quarantine(tickets::QuarantineArgs),
+    /// The outgoing queue and its failures
+    Outbox(outbox::OutboxArgs),
+    /// Queue a threaded reply on a ticket and send it
+    Reply(outbox::ReplyArgs),
+    /// Close a ticket
+    Close(outbox::StatusArgs),
+    /// Reopen a ticket
+    Reopen(outbox::StatusArgs),
 }
 
 /// A usage error: exit status 2.
@@ -196,6 +205,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Tickets(a) => tickets::list(&ctx, &a),
         Command::Show(a) => tickets::show(&ctx, &a),
         Command::Quarantine(a) => tickets::quarantine(&ctx, &a),
+        Command::Outbox(a) => outbox::outbox(&ctx, &a),
+        Command::Reply(a) => outbox::reply(&ctx, &a),
+        Command::Close(a) => outbox::set_status(&ctx, &a, "closed"),
+        Command::Reopen(a) => outbox::set_status(&ctx, &a, "open"),
     }
 }
 
@@ -212,6 +225,34 @@ fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
         .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "wrote a sample config");
     Ok(0)
+}
+
+/// The SMTP server from `[smtp]`, with its password read now (a missing one is a
+/// configuration error, exit 2).
+pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
+    let Some(c) = &ctx.config.smtp else {
+        return Ok(None);
+    };
+    let password = c
+        .password
+        .as_ref()
+        .map(|p| p.resolve("[smtp] password"))
+        .transpose()?;
+    Ok(Some(mailticket::outbound::smtp::Smtp::new(c, password)?))
+}
+
+/// Sends the due outbox rows now, on a store thread of its own; gives the store back.
+pub fn drain_now(
+    store: Store,
+    smtp: &mailticket::outbound::smtp::Smtp,
+) -> anyhow::Result<(Store, mailticket::outbound::DrainReport)> {
+    let (handle, join) = mailticket::pipeline::StoreThread::spawn(store)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(mailticket::outbound::drain(&handle, smtp));
+    drop(handle);
+    Ok((join.join()?, report))
 }
 
 /// Prints `value` as pretty JSON on stdout.

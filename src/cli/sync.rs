@@ -29,6 +29,8 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
         .into());
     }
     let mailboxes = mailticket::sync::with_passwords(&mailboxes)?;
+    let smtp = super::smtp(ctx)?;
+    let ack = mailticket::outbound::AckPlan::from_config(&ctx.config)?;
     let mut store = ctx.open_store()?;
     if a.dry_run {
         store.begin_dry_run()?;
@@ -38,8 +40,14 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let opts = SyncOptions { dry_run: a.dry_run };
-    let summary = rt.block_on(sync_run(&ctx.config, &mailboxes, &handle, opts));
+    let opts = SyncOptions {
+        dry_run: a.dry_run,
+        ack,
+    };
+    let mut summary = rt.block_on(sync_run(&ctx.config, &mailboxes, &handle, opts));
+    if let (Some(smtp), false) = (&smtp, a.dry_run) {
+        summary.push_drain(rt.block_on(mailticket::outbound::drain(&handle, smtp)));
+    }
     drop(handle);
     let mut store = join.join()?;
     store.finish()?;

@@ -91,6 +91,29 @@ const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 2: the outbox. A row is one mail to send (or an acknowledgement we decided not to send:
+    // status 'skipped', with the reason). message_row is the recorded outbound message.
+    r#"
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY,
+        ticket_id       INTEGER NOT NULL REFERENCES ticket (id),
+        message_row     INTEGER REFERENCES message (id),
+        kind            TEXT    NOT NULL CHECK (kind IN ('ack', 'reply')),
+        status          TEXT    NOT NULL
+                        CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'skipped')),
+        mail_from       TEXT    NOT NULL DEFAULT '',
+        rcpt_to         TEXT    NOT NULL DEFAULT '',
+        rcpt_all        TEXT    NOT NULL DEFAULT '[]',
+        reason          TEXT    NOT NULL DEFAULT '',
+        smtp_reply      TEXT    NOT NULL DEFAULT '',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL DEFAULT 0,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+    CREATE INDEX outbox_rcpt ON outbox (rcpt_to, kind, created_at);
+    "#,
 ];
 
 /// The schema version this build writes.

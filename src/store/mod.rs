@@ -6,6 +6,7 @@
 //! (see [`crate::pipeline::StoreThread`]). Nothing here talks to the network.
 
 mod migrations;
+mod outbox;
 mod tickets;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use migrations::LATEST as SCHEMA_VERSION;
+pub use outbox::{OutJob, OutboxRow};
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, Incoming, MessageRow, Origin, Outcome, QuarantineRow,
     TicketRow, decompress, pack,
@@ -38,6 +40,8 @@ pub struct Store {
     dry_run: bool,
     /// Inside a group commit: each write is a savepoint of the group's transaction.
     grouped: bool,
+    /// Acknowledgements queued since the last [`Store::take_acks_queued`].
+    acks_queued: u64,
 }
 
 impl Store {
@@ -72,6 +76,7 @@ impl Store {
             conn,
             dry_run: false,
             grouped: false,
+            acks_queued: 0,
         })
     }
 
@@ -174,6 +179,11 @@ impl Store {
                 .pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
         }
         Ok(())
+    }
+
+    /// How many acknowledgements were queued since the last call.
+    pub fn take_acks_queued(&mut self) -> u64 {
+        std::mem::take(&mut self.acks_queued)
     }
 
     /// The schema version of the open file.

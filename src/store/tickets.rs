@@ -45,6 +45,8 @@ pub struct Incoming<'a> {
     pub packed: &'a [u8],
     /// Where it came from.
     pub origin: &'a Origin,
+    /// Acknowledge it if it opens a new ticket and the policy allows (`None`: never).
+    pub ack: Option<&'a crate::outbound::AckPlan>,
     /// When it arrived (INTERNALDATE, file time, or now).
     pub received_at: i64,
 }
@@ -234,7 +236,24 @@ impl Store {
     /// Stores one message: threads it, writes its rows and advances the cursor, all in one
     /// transaction. The same message seen again is a no-op.
     pub fn ingest(&mut self, m: &Incoming<'_>) -> Result<Outcome> {
-        self.write(|c| ingest_in(c, m))
+        let (outcome, acked) = self.write(|c| {
+            let outcome = ingest_in(c, m)?;
+            let acked = match (outcome, m.ack) {
+                (Outcome::Created(t), Some(plan)) => super::outbox::queue_ack(
+                    c,
+                    plan,
+                    m.parsed,
+                    m.class,
+                    t,
+                    &m.origin.mailbox,
+                    crate::time::now(),
+                )?,
+                _ => false,
+            };
+            Ok((outcome, acked))
+        })?;
+        self.acks_queued += u64::from(acked);
+        Ok(outcome)
     }
 
     /// Keeps bytes that could not be parsed, and advances the cursor past them.
@@ -626,6 +645,7 @@ mod tests {
             raw: raw.as_bytes(),
             packed: &pack(raw.as_bytes()).unwrap(),
             origin: &origin,
+            ack: None,
             received_at: 0,
         })
         .unwrap()

@@ -26,12 +26,12 @@ fn env_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/env")
 }
 
-fn script(name: &str) -> PathBuf {
+pub fn script(name: &str) -> PathBuf {
     env_dir().join(name)
 }
 
 /// A fresh, empty, short directory `/tmp/PREFIX-PID-N` with mode 755.
-fn unique_dir(prefix: &str) -> PathBuf {
+pub fn unique_dir(prefix: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let dir = PathBuf::from(format!("/tmp/{prefix}-{}-{n}", std::process::id()));
@@ -44,7 +44,7 @@ fn unique_dir(prefix: &str) -> PathBuf {
 }
 
 /// A loopback port that was free a moment ago and that no other test of this process got.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     loop {
         let port = TcpListener::bind("127.0.0.1:0")

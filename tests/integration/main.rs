@@ -6,10 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+mod sink;
 
 mod cli;
 mod connect;
 mod crash;
 mod import;
+mod outbound;
 mod selftest;
 mod sync;

@@ -1,0 +1,154 @@
+//! `mailticket outbox`, `reply`, `close` and `reopen`: the outgoing side of a ticket.
+
+use std::path::PathBuf;
+
+use mailticket::time::rfc3339;
+use serde_json::json;
+
+use super::{Ctx, Usage, drain_now, print_json};
+
+#[derive(Debug, clap::Args)]
+pub struct OutboxArgs {
+    /// Put this failed, interrupted or deferred row back in the queue and send it now
+    #[arg(long, value_name = "ID")]
+    pub retry: Option<i64>,
+    /// Send every due row now
+    #[arg(long)]
+    pub send: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("text").required(true).args(["body", "body_file"])))]
+pub struct ReplyArgs {
+    /// Ticket number
+    pub id: i64,
+    /// The reply's text
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Read the reply's text from this file (`-` for standard input)
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+    /// Close the ticket once the reply is queued
+    #[arg(long)]
+    pub close: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Ticket number
+    pub id: i64,
+}
+
+pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
+    let mut store = ctx.open_store()?;
+    let mut code = 0;
+    if let Some(id) = a.retry
+        && !store.outbox_retry(id)?
+    {
+        return Err(Usage(format!("outbox row {id} is not failed, pending or stuck")).into());
+    }
+    if a.retry.is_some() || a.send {
+        let Some(smtp) = super::smtp(ctx)? else {
+            return Err(Usage("no [smtp] configured to send with".into()).into());
+        };
+        let (s, report) = drain_now(store, &smtp)?;
+        store = s;
+        tracing::info!(
+            sent = report.sent,
+            failed = report.failed,
+            deferred = report.deferred,
+            "outbox sent"
+        );
+        if !report.errors.is_empty() {
+            code = 1;
+        }
+    }
+    let rows = store.outbox_list()?;
+    if a.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({"id": r.id, "ticket": r.ticket_id, "kind": r.kind, "status": r.status,
+                       "to": r.to, "reason": r.reason, "smtp_reply": r.smtp_reply,
+                       "attempts": r.attempts, "created_at": rfc3339(r.created_at),
+                       "updated_at": rfc3339(r.updated_at)})
+            })
+            .collect();
+        print_json(&v)?;
+        return Ok(code);
+    }
+    outln!(
+        "{:>5}  {:>6}  {:<5}  {:<8}  {:<30}  DETAIL",
+        "ID",
+        "TICKET",
+        "KIND",
+        "STATUS",
+        "TO"
+    );
+    for r in &rows {
+        let detail = if r.smtp_reply.is_empty() {
+            &r.reason
+        } else {
+            &r.smtp_reply
+        };
+        outln!(
+            "{:>5}  {:>6}  {:<5}  {:<8}  {:<30}  {}",
+            r.id,
+            r.ticket_id,
+            r.kind,
+            r.status,
+            r.to,
+            detail
+        );
+    }
+    Ok(code)
+}
+
+pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
+    let Some(smtp_cfg) = &ctx.config.smtp else {
+        return Err(Usage(format!(
+            "no [smtp] in {} to send with",
+            ctx.config_path.display()
+        ))
+        .into());
+    };
+    let body = match (&a.body, &a.body_file) {
+        (Some(b), _) => b.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+        }
+        (None, None) => return Err(Usage("--body or --body-file".into()).into()),
+    };
+    let from = mailticket::outbound::parse_mailbox(&smtp_cfg.from)
+        .ok_or_else(|| Usage(format!("[smtp] from {:?} is not an address", smtp_cfg.from)))?;
+    let smtp = super::smtp(ctx)?;
+    let mut store = ctx.open_store()?;
+    if store.ticket(a.id)?.is_none() {
+        return Err(Usage(format!("no ticket {}", a.id)).into());
+    }
+    let id = store.queue_reply(a.id, &body, &from, &ctx.config.own_addresses(), a.close)?;
+    tracing::info!(ticket = a.id, outbox = id, "reply queued");
+    let Some(smtp) = smtp else { return Ok(0) };
+    let (_store, report) = drain_now(store, &smtp)?;
+    if report.errors.is_empty() {
+        Ok(0)
+    } else {
+        for e in &report.errors {
+            tracing::error!(error = %e, "sending");
+        }
+        Ok(1)
+    }
+}
+
+pub fn set_status(ctx: &Ctx, a: &StatusArgs, status: &str) -> anyhow::Result<u8> {
+    let mut store = ctx.open_store()?;
+    if !store.set_status(a.id, status)? {
+        return Err(Usage(format!("no ticket {}", a.id)).into());
+    }
+    tracing::info!(ticket = a.id, status, "ticket updated");
+    Ok(0)
+}

@@ -1,0 +1,328 @@
+//! Outbound mail: acknowledgements of new requests and agent replies, through the customer's
+//! own SMTP server, never the engine of a mail loop.
+//!
+//! Everything we send goes through the outbox in the store. An acknowledgement is queued in
+//! the same transaction that creates its ticket; [`drain`] sends the queue: `pending` →
+//! `sending` (committed before SMTP DATA) → `sent` | `failed` (5xx) | back to `pending` with
+//! backoff (4xx, connection, TLS). A row found in `sending` was interrupted after DATA may have
+//! begun: it is reported and never resent on its own (at most once).
+
+pub mod smtp;
+pub mod template;
+
+use std::sync::Arc;
+
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+
+use crate::classify::{Classification, Kind};
+use crate::config::{AckConfig, Config};
+use crate::error::{Error, Result};
+use crate::message::ParsedMessage;
+use crate::pipeline::StoreThread;
+use template::AckTemplates;
+
+/// Parses `Name <addr>` or `addr`.
+pub fn parse_mailbox(s: &str) -> Option<Mailbox> {
+    s.trim().parse::<Mailbox>().ok()
+}
+
+/// A Message-ID of our own domain for a message on ticket `ticket`, without brackets.
+pub fn new_message_id(ticket: i64, domain: &str) -> String {
+    let mut r = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
+    format!("mt.{ticket}.{}@{domain}", crate::message::hex(&r))
+}
+
+/// Local parts that mean "nobody reads replies here".
+const NO_REPLY: &[&str] = &[
+    "noreply",
+    "no-reply",
+    "no_reply",
+    "donotreply",
+    "do-not-reply",
+    "do_not_reply",
+    "mailer-daemon",
+    "postmaster",
+    "bounce",
+    "bounces",
+    "notifications",
+    "notification",
+];
+
+/// Whether `addr` looks like a no-reply address.
+pub fn is_no_reply(addr: &str) -> bool {
+    let local = addr.split('@').next().unwrap_or("").to_ascii_lowercase();
+    NO_REPLY
+        .iter()
+        .any(|n| local == *n || local.starts_with(&format!("{n}+")))
+        || local.starts_with("noreply")
+        || local.starts_with("no-reply")
+}
+
+/// Everything needed to decide on and write an acknowledgement, shared by the pipeline.
+pub struct AckPlan {
+    /// The compiled templates.
+    pub templates: AckTemplates,
+    /// Limits and age.
+    pub per_hour: u32,
+    /// Per-day limit.
+    pub per_day: u32,
+    /// Maximum age of the customer's message, seconds.
+    pub max_age: i64,
+    /// Our From.
+    pub from: Mailbox,
+    /// Our own addresses (never acknowledged).
+    pub own: Vec<String>,
+}
+
+impl AckPlan {
+    /// The plan for `config`, when acknowledgements are enabled.
+    pub fn from_config(config: &Config) -> Result<Option<Arc<AckPlan>>> {
+        let (true, Some(smtp)) = (config.ack.enabled, config.smtp.as_ref()) else {
+            return Ok(None);
+        };
+        let cfg_err = |message: String| Error::Other(format!("[ack]: {message}"));
+        let templates = AckTemplates::compile(&config.ack).map_err(cfg_err)?;
+        let from = parse_mailbox(&smtp.from).ok_or_else(|| {
+            Error::Other(format!("[smtp] from {:?} is not an address", smtp.from))
+        })?;
+        let AckConfig {
+            per_sender_per_hour,
+            per_sender_per_day,
+            max_age,
+            ..
+        } = config.ack;
+        Ok(Some(Arc::new(AckPlan {
+            templates,
+            per_hour: per_sender_per_hour,
+            per_day: per_sender_per_day,
+            max_age: i64::try_from(max_age).unwrap_or(i64::MAX),
+            from,
+            own: config.own_addresses(),
+        })))
+    }
+
+    /// The domain of our From, for Message-IDs.
+    pub fn domain(&self) -> String {
+        self.from.email.domain().to_owned()
+    }
+
+    /// Reasons not to acknowledge this message that need no store: its kind, its sender,
+    /// its age. Empty means "go on and check the rate limits".
+    pub fn blockers(&self, p: &ParsedMessage, class: &Classification, now: i64) -> Vec<String> {
+        let mut why = Vec::new();
+        if class.kind != Kind::Normal {
+            why.push(format!("kind is {}", class.kind.as_str()));
+        }
+        match p.reply_address() {
+            None => why.push("no sender address".to_owned()),
+            Some(to) => {
+                if is_no_reply(&to.address) {
+                    why.push(format!("no-reply sender {}", to.address));
+                }
+                if self.own.contains(&to.address)
+                    || to.address == self.from.email.to_string().to_ascii_lowercase()
+                {
+                    why.push("sender is one of our own addresses".to_owned());
+                }
+            }
+        }
+        if let Some(date) = p.date
+            && now - date > self.max_age
+        {
+            why.push(format!(
+                "message is older than ack.max-age ({} s)",
+                self.max_age
+            ));
+        }
+        why
+    }
+}
+
+/// One mail to compose.
+pub struct Compose<'a> {
+    /// From.
+    pub from: &'a Mailbox,
+    /// To.
+    pub to: &'a [Mailbox],
+    /// Cc.
+    pub cc: &'a [Mailbox],
+    /// Subject.
+    pub subject: &'a str,
+    /// Plain text.
+    pub text: &'a str,
+    /// Optional HTML alternative.
+    pub html: Option<&'a str>,
+    /// Our Message-ID, without brackets.
+    pub message_id: &'a str,
+    /// The message we answer, without brackets.
+    pub in_reply_to: Option<&'a str>,
+    /// Its References plus its own id, oldest first, without brackets.
+    pub references: &'a [String],
+    /// RFC 3834 `Auto-Submitted: auto-replied` (acknowledgements only).
+    pub auto_submitted: bool,
+}
+
+/// Builds the exact bytes to send.
+pub fn compose(c: &Compose<'_>) -> Result<Vec<u8>> {
+    let mut b = lettre::Message::builder()
+        .from(c.from.clone())
+        .subject(c.subject)
+        .message_id(Some(format!("<{}>", c.message_id)))
+        .date_now()
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("X-Auto-Response-Suppress"),
+            "All".to_owned(),
+        ));
+    for to in c.to {
+        b = b.to(to.clone());
+    }
+    for cc in c.cc {
+        b = b.cc(cc.clone());
+    }
+    if let Some(parent) = c.in_reply_to {
+        b = b.in_reply_to(format!("<{parent}>"));
+    }
+    if !c.references.is_empty() {
+        // One header with every id: lettre's setter replaces, so build the whole value.
+        let all: Vec<String> = c.references.iter().map(|r| format!("<{r}>")).collect();
+        b = b.references(all.join(" "));
+    }
+    if c.auto_submitted {
+        b = b.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-replied".to_owned(),
+        ));
+    }
+    let msg = match c.html {
+        Some(html) => b.multipart(MultiPart::alternative_plain_html(
+            c.text.to_owned(),
+            html.to_owned(),
+        )),
+        None => b.singlepart(SinglePart::plain(c.text.to_owned())),
+    }
+    .map_err(|e| Error::Other(format!("composing a message: {e}")))?;
+    Ok(msg.formatted())
+}
+
+/// What one drain of the outbox did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DrainReport {
+    /// Accepted by the server.
+    pub sent: u64,
+    /// Refused for good (5xx).
+    pub failed: u64,
+    /// Put back for a later attempt (4xx, connection, TLS).
+    pub deferred: u64,
+    /// Rows left in `sending` by an interrupted run: not resent.
+    pub stuck: u64,
+    /// One line per problem.
+    pub errors: Vec<String>,
+}
+
+/// Sends every due `pending` row through `smtp`.
+pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
+    let mut report = DrainReport::default();
+    let now = crate::time::now();
+    match store.call(move |s| s.outbox_stuck()).await {
+        Ok(stuck) => {
+            for row in &stuck {
+                tracing::warn!(
+                    outbox = row.id,
+                    ticket = row.ticket_id,
+                    "found in 'sending' after an interruption: not resent; check `mailticket outbox` and use --retry if it never arrived"
+                );
+            }
+            report.stuck = stuck.len() as u64;
+        }
+        Err(e) => report.errors.push(e.to_string()),
+    }
+    loop {
+        let claimed = store.call(move |s| s.outbox_claim_next(now)).await;
+        let job = match claimed {
+            Ok(Some(job)) => job,
+            Ok(None) => break,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                break;
+            }
+        };
+        let id = job.id;
+        let result = smtp.send(&job.mail_from, &job.rcpt, &job.raw).await;
+        let done = match result {
+            smtp::Sent::Accepted(reply) => {
+                report.sent += 1;
+                tracing::info!(outbox = id, ticket = job.ticket_id, "sent");
+                store.call(move |s| s.outbox_sent(id, &reply)).await
+            }
+            smtp::Sent::Refused(reply) => {
+                report.failed += 1;
+                tracing::error!(outbox = id, ticket = job.ticket_id, reply = %reply, "refused by the server");
+                report.errors.push(format!("outbox {id}: refused: {reply}"));
+                store.call(move |s| s.outbox_failed(id, &reply)).await
+            }
+            smtp::Sent::Later(why) => {
+                report.deferred += 1;
+                tracing::warn!(outbox = id, ticket = job.ticket_id, error = %why, "deferred");
+                report.errors.push(format!("outbox {id}: {why}"));
+                store
+                    .call(move |s| s.outbox_retry_later(id, &why, now))
+                    .await
+            }
+        };
+        if let Err(e) = done {
+            report.errors.push(e.to_string());
+            break;
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_reply_addresses() {
+        for a in [
+            "noreply@x.com",
+            "no-reply@x.com",
+            "NoReply-billing@x.com",
+            "mailer-daemon@x",
+            "do-not-reply@x",
+        ] {
+            assert!(is_no_reply(a), "{a}");
+        }
+        for a in ["anna@x.com", "reply@x.com", "nora@x.com"] {
+            assert!(!is_no_reply(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn composed_headers() {
+        let from = parse_mailbox("Support <support@example.com>").unwrap();
+        let to = [parse_mailbox("anna@example.org").unwrap()];
+        let refs = vec!["a@x".to_owned(), "b@x".to_owned()];
+        let raw = compose(&Compose {
+            from: &from,
+            to: &to,
+            cc: &[],
+            subject: "[#1] Printer",
+            text: "Hello",
+            html: None,
+            message_id: "mt.1.abc@example.com",
+            in_reply_to: Some("b@x"),
+            references: &refs,
+            auto_submitted: true,
+        })
+        .unwrap();
+        let m = crate::message::parse(&raw).unwrap();
+        assert_eq!(m.message_id, "mt.1.abc@example.com");
+        assert_eq!(m.in_reply_to, ["b@x"]);
+        assert_eq!(m.references, ["a@x", "b@x"]);
+        assert_eq!(m.header("auto-submitted"), Some("auto-replied"));
+        assert_eq!(m.header("x-auto-response-suppress"), Some("All"));
+        assert_eq!(m.subject, "[#1] Printer");
+    }
+}

@@ -1,0 +1,192 @@
+//! Acknowledgement templates: minijinja with strict undefined values, compiled and test-rendered
+//! when the config is loaded, so a typo or an unknown field is a configuration error at start-up
+//! rather than a surprise at send time.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+
+use crate::config::{AckConfig, DEFAULT_ACK_BODY};
+
+/// The fields a template may use.
+#[derive(Debug, Clone, Serialize)]
+pub struct AckContext {
+    /// `ticket.id`, `ticket.subject`, `ticket.tag` (`[#42]`).
+    pub ticket: TicketFields,
+    /// `customer.name`, `customer.email`.
+    pub customer: CustomerFields,
+    /// `mailbox.name`, `mailbox.address`.
+    pub mailbox: MailboxFields,
+    /// `message.date` (RFC 3339), `message.subject`.
+    pub message: MessageFields,
+}
+
+/// Ticket fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketFields {
+    /// Number.
+    pub id: i64,
+    /// Subject without reply prefixes.
+    pub subject: String,
+    /// `[#ID]`.
+    pub tag: String,
+}
+
+/// Customer fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerFields {
+    /// Display name, possibly empty.
+    pub name: String,
+    /// Address.
+    pub email: String,
+}
+
+/// Mailbox fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailboxFields {
+    /// Config name.
+    pub name: String,
+    /// Our address.
+    pub address: String,
+}
+
+/// Fields of the customer's message.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageFields {
+    /// Its Date, RFC 3339.
+    pub date: String,
+    /// Its subject as sent.
+    pub subject: String,
+}
+
+impl AckContext {
+    /// A context with every field set, for checking templates.
+    pub fn sample() -> AckContext {
+        AckContext {
+            ticket: TicketFields {
+                id: 42,
+                subject: "Printer".into(),
+                tag: "[#42]".into(),
+            },
+            customer: CustomerFields {
+                name: "Anna".into(),
+                email: "anna@example.com".into(),
+            },
+            mailbox: MailboxFields {
+                name: "support".into(),
+                address: "support@example.com".into(),
+            },
+            message: MessageFields {
+                date: "2025-01-01T00:00:00Z".into(),
+                subject: "Printer".into(),
+            },
+        }
+    }
+}
+
+/// The rendered parts of one acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Subject, one line.
+    pub subject: String,
+    /// Plain-text body.
+    pub text: String,
+    /// HTML body, when configured.
+    pub html: Option<String>,
+}
+
+/// The compiled `[ack]` templates.
+pub struct AckTemplates {
+    env: Environment<'static>,
+    has_html: bool,
+}
+
+impl std::fmt::Debug for AckTemplates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckTemplates")
+            .field("has_html", &self.has_html)
+            .finish()
+    }
+}
+
+impl AckTemplates {
+    /// Compiles the templates and renders them once with [`AckContext::sample`].
+    pub fn compile(c: &AckConfig) -> Result<AckTemplates, String> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        let body = c
+            .body
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ACK_BODY.to_owned());
+        env.add_template_owned("subject", c.subject.clone())
+            .map_err(|e| format!("subject: {e}"))?;
+        env.add_template_owned("body", body)
+            .map_err(|e| format!("body: {e}"))?;
+        if let Some(html) = &c.html_body {
+            env.add_template_owned("html", html.clone())
+                .map_err(|e| format!("html-body: {e}"))?;
+        }
+        let t = AckTemplates {
+            env,
+            has_html: c.html_body.is_some(),
+        };
+        t.render(&AckContext::sample())?;
+        Ok(t)
+    }
+
+    /// Renders all parts.
+    pub fn render(&self, ctx: &AckContext) -> Result<Rendered, String> {
+        let get = |name: &str| -> Result<String, String> {
+            self.env
+                .get_template(name)
+                .and_then(|t| t.render(ctx))
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let subject = get("subject")?
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let text = get("body")?;
+        let html = if self.has_html {
+            Some(get("html")?)
+        } else {
+            None
+        };
+        Ok(Rendered {
+            subject,
+            text,
+            html,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(subject: &str, body: Option<&str>) -> AckConfig {
+        AckConfig {
+            subject: subject.into(),
+            body: body.map(Into::into),
+            ..AckConfig::default()
+        }
+    }
+
+    #[test]
+    fn default_templates_render() {
+        let t = AckTemplates::compile(&AckConfig::default()).unwrap();
+        let r = t.render(&AckContext::sample()).unwrap();
+        assert_eq!(r.subject, "[#42] Printer");
+        assert!(r.text.contains("Hello Anna"), "{}", r.text);
+        assert!(r.text.contains("[#42]"));
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_errors_are_caught_early() {
+        let e = AckTemplates::compile(&ack("{{ ticket.number }}", None)).unwrap_err();
+        assert!(e.contains("subject"), "{e}");
+        let e = AckTemplates::compile(&ack("ok", Some("{% if %}"))).unwrap_err();
+        assert!(e.contains("body"), "{e}");
+        let e = AckTemplates::compile(&ack("ok", Some("{{ custmer.name }}"))).unwrap_err();
+        assert!(e.contains("body"), "{e}");
+    }
+}

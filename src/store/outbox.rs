@@ -1,0 +1,501 @@
+//! The outbox: acknowledgements queued with their ticket, agent replies, and the send states
+//! `pending` → `sending` → `sent` | `failed` (or back to `pending` with a later attempt).
+
+use lettre::message::Mailbox;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Store;
+use super::tickets::pack;
+use crate::error::{Error, Result};
+use crate::message::{ParsedMessage, sha256};
+use crate::outbound::template::{
+    AckContext, CustomerFields, MailboxFields, MessageFields, TicketFields,
+};
+use crate::outbound::{AckPlan, Compose, compose, new_message_id, parse_mailbox};
+
+/// A row as `mailticket outbox` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxRow {
+    /// Row id (for `--retry`).
+    pub id: i64,
+    /// The ticket.
+    pub ticket_id: i64,
+    /// `ack` or `reply`.
+    pub kind: String,
+    /// `pending`, `sending`, `sent`, `failed` or `skipped`.
+    pub status: String,
+    /// Main recipient.
+    pub to: String,
+    /// Why it was skipped, or the last error.
+    pub reason: String,
+    /// The server's last reply.
+    pub smtp_reply: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A claimed row, ready to send.
+#[derive(Debug, Clone)]
+pub struct OutJob {
+    /// Row id.
+    pub id: i64,
+    /// The ticket.
+    pub ticket_id: i64,
+    /// Envelope sender.
+    pub mail_from: String,
+    /// Envelope recipients.
+    pub rcpt: Vec<String>,
+    /// The exact bytes.
+    pub raw: Vec<u8>,
+}
+
+/// After this many attempts a deferred row fails for good.
+const MAX_ATTEMPTS: i64 = 12;
+
+/// Seconds to wait before attempt `n` (1-based): 1, 2, 4 … minutes, at most 6 hours.
+fn backoff(attempts: i64) -> i64 {
+    let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
+    (60_i64.saturating_mul(1_i64 << exp.min(16))).min(6 * 3600)
+}
+
+/// Records an outbound message on its ticket and queues it, inside the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+fn record_and_queue(
+    c: &Connection,
+    ticket: i64,
+    kind: &str,
+    from: &Mailbox,
+    to: &[Mailbox],
+    cc: &[Mailbox],
+    subject: &str,
+    text: &str,
+    raw: &[u8],
+    message_id: &str,
+    now: i64,
+) -> Result<i64> {
+    let addr = |m: &Mailbox| m.email.to_string().to_ascii_lowercase();
+    let to_list: Vec<String> = to.iter().map(addr).collect();
+    let cc_list: Vec<String> = cc.iter().map(addr).collect();
+    let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    let message_row: i64 = c
+        .prepare_cached(
+            "INSERT INTO message (ticket_id, direction, message_id, fingerprint, from_addr, from_name,
+                to_addrs, cc_addrs, subject, date, received_at, kind, body_text, source, size, codec, raw)
+             VALUES (?1, 'out', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 'normal', ?10, ?11, ?12, 'zstd', ?13)
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                ticket,
+                message_id,
+                &sha256(raw)[..],
+                addr(from),
+                from.name.clone().unwrap_or_default(),
+                json(&to_list),
+                json(&cc_list),
+                subject,
+                now,
+                text,
+                format!("outbox:{kind}"),
+                raw.len() as i64,
+                pack(raw)?,
+            ],
+            |r| r.get(0),
+        )?;
+    let mut all = to_list.clone();
+    all.extend(cc_list);
+    let id: i64 = c
+        .prepare_cached(
+            "INSERT INTO outbox (ticket_id, message_row, kind, status, mail_from, rcpt_to, rcpt_all,
+                created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7) RETURNING id",
+        )?
+        .query_row(
+            params![
+                ticket,
+                message_row,
+                kind,
+                addr(from),
+                to_list.first().cloned().unwrap_or_default(),
+                json(&all),
+                now
+            ],
+            |r| r.get(0),
+        )?;
+    Ok(id)
+}
+
+fn skip(c: &Connection, ticket: i64, to: &str, reason: &str, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO outbox (ticket_id, kind, status, rcpt_to, reason, created_at, updated_at)
+         VALUES (?1, 'ack', 'skipped', ?2, ?3, ?4, ?4)",
+    )?
+    .execute(params![ticket, to, reason, now])?;
+    tracing::info!(ticket, reason, "no acknowledgement");
+    Ok(())
+}
+
+/// Decides on the acknowledgement of a message that just opened `ticket`, and queues it or
+/// records why not, inside the caller's transaction. Returns whether one was queued.
+pub(super) fn queue_ack(
+    c: &Connection,
+    plan: &AckPlan,
+    p: &ParsedMessage,
+    class: &crate::classify::Classification,
+    ticket: i64,
+    mailbox: &str,
+    now: i64,
+) -> Result<bool> {
+    let customer = p.reply_address().cloned().unwrap_or_default();
+    let mut why = plan.blockers(p, class, now);
+    if why.is_empty() {
+        let count = |secs: i64| -> Result<u32> {
+            Ok(c.prepare_cached(
+                "SELECT count(*) FROM outbox WHERE rcpt_to = ?1 AND kind = 'ack'
+                   AND status IN ('pending', 'sending', 'sent') AND created_at > ?2",
+            )?
+            .query_row(params![customer.address, now - secs], |r| r.get(0))?)
+        };
+        if count(3600)? >= plan.per_hour {
+            why.push(format!(
+                "rate limit: {} acknowledgements to this sender in an hour",
+                plan.per_hour
+            ));
+        } else if count(86_400)? >= plan.per_day {
+            why.push(format!(
+                "rate limit: {} acknowledgements to this sender in a day",
+                plan.per_day
+            ));
+        }
+    }
+    let Some(to) = parse_mailbox(&if customer.name.is_empty() {
+        customer.address.clone()
+    } else {
+        format!(
+            "\"{}\" <{}>",
+            customer.name.replace(['"', '\\'], ""),
+            customer.address
+        )
+    })
+    .or_else(|| parse_mailbox(&customer.address)) else {
+        why.push(format!(
+            "sender address {:?} cannot be written to",
+            customer.address
+        ));
+        skip(c, ticket, &customer.address, &why.join("; "), now)?;
+        return Ok(false);
+    };
+    if !why.is_empty() {
+        skip(c, ticket, &customer.address, &why.join("; "), now)?;
+        return Ok(false);
+    }
+    let subject: String =
+        c.query_row("SELECT subject FROM ticket WHERE id = ?1", [ticket], |r| {
+            r.get(0)
+        })?;
+    let ctx = AckContext {
+        ticket: TicketFields {
+            id: ticket,
+            subject,
+            tag: format!("[#{ticket}]"),
+        },
+        customer: CustomerFields {
+            name: customer.name.clone(),
+            email: customer.address,
+        },
+        mailbox: MailboxFields {
+            name: mailbox.to_owned(),
+            address: plan.from.email.to_string(),
+        },
+        message: MessageFields {
+            date: crate::time::rfc3339(p.date.unwrap_or(now)),
+            subject: p.subject.clone(),
+        },
+    };
+    let rendered = plan
+        .templates
+        .render(&ctx)
+        .map_err(|e| Error::Other(format!("[ack]: {e}")))?;
+    let mut references = p.references.clone();
+    references.push(p.message_id.clone());
+    let message_id = new_message_id(ticket, &plan.domain());
+    let raw = compose(&Compose {
+        from: &plan.from,
+        to: std::slice::from_ref(&to),
+        cc: &[],
+        subject: &rendered.subject,
+        text: &rendered.text,
+        html: rendered.html.as_deref(),
+        message_id: &message_id,
+        in_reply_to: Some(&p.message_id),
+        references: &references,
+        auto_submitted: true,
+    })?;
+    record_and_queue(
+        c,
+        ticket,
+        "ack",
+        &plan.from,
+        &[to],
+        &[],
+        &rendered.subject,
+        &rendered.text,
+        &raw,
+        &message_id,
+        now,
+    )?;
+    Ok(true)
+}
+
+impl Store {
+    /// Queues an agent reply on `ticket`: to the customer (Reply-To or From of the latest
+    /// inbound message), Cc whoever was in Cc minus our own addresses, threaded below that
+    /// message. Optionally closes the ticket in the same transaction.
+    pub fn queue_reply(
+        &mut self,
+        ticket: i64,
+        body: &str,
+        from: &Mailbox,
+        own: &[String],
+        close: bool,
+    ) -> Result<i64> {
+        let now = crate::time::now();
+        self.write(|c| {
+            let t: Option<(String, String, String)> = c
+                .query_row(
+                    "SELECT subject, customer, customer_name FROM ticket WHERE id = ?1",
+                    [ticket],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((subject, customer, customer_name)) = t else {
+                return Err(Error::Other(format!("no ticket {ticket}")));
+            };
+            // The latest message we answer: the newest inbound one, else the newest at all.
+            let last: Option<(String, String, String, String)> = c
+                .query_row(
+                    "SELECT message_id, refs, cc_addrs, reply_to FROM message WHERE ticket_id = ?1
+                     ORDER BY direction = 'in' DESC, date DESC, id DESC LIMIT 1",
+                    [ticket],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let (parent, mut references, cc) = match &last {
+                Some((id, refs, cc, _)) => {
+                    let mut r: Vec<String> = serde_json::from_str(refs).unwrap_or_default();
+                    r.push(id.clone());
+                    let cc: Vec<String> = serde_json::from_str(cc).unwrap_or_default();
+                    (Some(id.clone()), r, cc)
+                }
+                None => (None, Vec::new(), Vec::new()),
+            };
+            references.dedup();
+            let to_addr = last
+                .as_ref()
+                .map(|l| l.3.clone())
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| customer.clone());
+            let to = parse_mailbox(&to_addr).ok_or_else(|| {
+                Error::Other(format!("ticket {ticket}: customer {to_addr:?} is not an address"))
+            })?;
+            let to = if to_addr == customer && !customer_name.is_empty() {
+                Mailbox::new(Some(customer_name), to.email)
+            } else {
+                to
+            };
+            let ours = from.email.to_string().to_ascii_lowercase();
+            let cc: Vec<Mailbox> = cc
+                .iter()
+                .filter(|a| **a != ours && !own.contains(a) && **a != to_addr)
+                .filter_map(|a| parse_mailbox(a))
+                .collect();
+            let subject = format!("Re: [#{ticket}] {subject}");
+            let message_id = new_message_id(ticket, from.email.domain());
+            let raw = compose(&Compose {
+                from,
+                to: std::slice::from_ref(&to),
+                cc: &cc,
+                subject: &subject,
+                text: body,
+                html: None,
+                message_id: &message_id,
+                in_reply_to: parent.as_deref(),
+                references: &references,
+                auto_submitted: false,
+            })?;
+            let id = record_and_queue(
+                c, ticket, "reply", from, &[to], &cc, &subject, body, &raw, &message_id, now,
+            )?;
+            c.execute(
+                "UPDATE ticket SET updated_at = ?2, status = CASE WHEN ?3 THEN 'closed' ELSE status END
+                 WHERE id = ?1",
+                params![ticket, now, close],
+            )?;
+            Ok(id)
+        })
+    }
+
+    /// Sets a ticket's status (`open` / `closed`). False when there is no such ticket.
+    pub fn set_status(&mut self, ticket: i64, status: &str) -> Result<bool> {
+        let now = crate::time::now();
+        self.write(|c| {
+            Ok(c.execute(
+                "UPDATE ticket SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                params![ticket, status, now],
+            )? == 1)
+        })
+    }
+
+    /// Rows left in `sending` by an interrupted run.
+    pub fn outbox_stuck(&self) -> Result<Vec<OutboxRow>> {
+        self.outbox_rows("WHERE status = 'sending'")
+    }
+
+    /// The queue: everything not yet sent first, then the newest.
+    pub fn outbox_list(&self) -> Result<Vec<OutboxRow>> {
+        self.outbox_rows("ORDER BY status = 'sent', status = 'skipped', id DESC LIMIT 500")
+    }
+
+    fn outbox_rows(&self, tail: &str) -> Result<Vec<OutboxRow>> {
+        let mut s = self.conn.prepare(&format!(
+            "SELECT id, ticket_id, kind, status, rcpt_to, reason, smtp_reply, attempts, created_at,
+                    updated_at FROM outbox {tail}"
+        ))?;
+        let rows = s.query_map([], |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                ticket_id: r.get(1)?,
+                kind: r.get(2)?,
+                status: r.get(3)?,
+                to: r.get(4)?,
+                reason: r.get(5)?,
+                smtp_reply: r.get(6)?,
+                attempts: r.get(7)?,
+                created_at: r.get(8)?,
+                updated_at: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Takes the next due `pending` row and commits it as `sending` before anything is sent.
+    pub fn outbox_claim_next(&mut self, now: i64) -> Result<Option<OutJob>> {
+        let row: Option<(i64, i64, Option<i64>, String, String)> = self.write(|c| {
+            let row = c
+                .query_row(
+                    "SELECT id, ticket_id, message_row, mail_from, rcpt_all FROM outbox
+                     WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1",
+                    [now],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            if let Some((id, ..)) = &row {
+                c.execute(
+                    "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2
+                     WHERE id = ?1",
+                    params![id, now],
+                )?;
+            }
+            Ok(row)
+        })?;
+        let Some((id, ticket_id, message_row, mail_from, rcpt)) = row else {
+            return Ok(None);
+        };
+        let raw = match message_row {
+            Some(m) => self.raw(m)?,
+            None => None,
+        };
+        let Some(raw) = raw else {
+            self.outbox_failed(id, "the recorded message is missing")?;
+            return Err(Error::Other(format!(
+                "outbox {id}: the recorded message is missing"
+            )));
+        };
+        let rcpt: Vec<String> = serde_json::from_str(&rcpt).unwrap_or_default();
+        Ok(Some(OutJob {
+            id,
+            ticket_id,
+            mail_from,
+            rcpt,
+            raw,
+        }))
+    }
+
+    /// The server accepted the row.
+    pub fn outbox_sent(&mut self, id: i64, reply: &str) -> Result<()> {
+        self.outbox_set(id, "sent", reply, "", 0)
+    }
+
+    /// The server refused the row for good.
+    pub fn outbox_failed(&mut self, id: i64, reply: &str) -> Result<()> {
+        self.outbox_set(id, "failed", reply, reply, 0)
+    }
+
+    /// A temporary failure: back to `pending` with a later attempt, or `failed` after
+    /// too many.
+    pub fn outbox_retry_later(&mut self, id: i64, why: &str, now: i64) -> Result<()> {
+        let attempts: i64 =
+            self.conn
+                .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+        if attempts >= MAX_ATTEMPTS {
+            return self.outbox_set(
+                id,
+                "failed",
+                "",
+                &format!("gave up after {attempts} attempts: {why}"),
+                0,
+            );
+        }
+        self.outbox_set(id, "pending", "", why, now + backoff(attempts))
+    }
+
+    /// `outbox --retry ID`: a failed, stuck or deferred row goes back to `pending`, due now.
+    pub fn outbox_retry(&mut self, id: i64) -> Result<bool> {
+        let now = crate::time::now();
+        self.write(|c| {
+            Ok(c.execute(
+                "UPDATE outbox SET status = 'pending', next_attempt_at = 0, updated_at = ?2
+                 WHERE id = ?1 AND status IN ('failed', 'sending', 'pending')",
+                params![id, now],
+            )? == 1)
+        })
+    }
+
+    fn outbox_set(
+        &mut self,
+        id: i64,
+        status: &str,
+        reply: &str,
+        reason: &str,
+        next: i64,
+    ) -> Result<()> {
+        let now = crate::time::now();
+        self.write(|c| {
+            c.execute(
+                "UPDATE outbox SET status = ?2, smtp_reply = ?3, reason = ?4, next_attempt_at = ?5,
+                   updated_at = ?6 WHERE id = ?1",
+                params![id, status, reply, reason, next, now],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), 60);
+        assert_eq!(backoff(2), 120);
+        assert_eq!(backoff(3), 240);
+        assert_eq!(backoff(30), 6 * 3600);
+    }
+}

@@ -1,0 +1,503 @@
+//! Acknowledgements and replies through a real SMTP server (tests/env/smtp-sink) on loopback,
+//! with the messages coming in over a real Dovecot.
+
+use crate::harness::{Dovecot, Workdir, id_of, simple_mail};
+use crate::sink::Sink;
+
+/// A work directory whose config has DC's support mailbox, SINK as `[smtp]` and acks on,
+/// plus EXTRA lines in `[ack]`.
+fn setup(dc: &Dovecot, sink: &Sink, ack_extra: &str) -> Workdir {
+    let wd = Workdir::with(&[dc.mailbox()]);
+    let base = std::fs::read_to_string(wd.config()).unwrap();
+    wd.write_raw_config(&format!(
+        "{base}\n{}\n[ack]\nenabled = true\nmax-age = 8640000000\n{ack_extra}",
+        sink.smtp_toml()
+    ));
+    wd
+}
+
+fn outbox(wd: &Workdir) -> Vec<serde_json::Value> {
+    wd.mailticket(&["outbox", "--json"])
+        .success()
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_new_human_request_gets_one_threaded_acknowledgement() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(
+        &dc,
+        &sink,
+        "subject = \"[{{ ticket.id }}] {{ ticket.subject }} for {{ customer.email }}\"\n",
+    );
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "req1@customer.example",
+            "Printer broken",
+            "References: <older@customer.example>\r\n",
+        ),
+        false,
+    );
+    let s = wd.sync();
+    assert_eq!(s["created"], 1);
+    assert_eq!(s["acks_queued"], 1);
+    assert_eq!(s["outbox"]["sent"], 1, "{s}");
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(m.envelope["rcpt_tos"][0], "anna@customer.example");
+    assert_eq!(m.envelope["tls"], "TLSv1.3");
+    assert_eq!(m.envelope["auth_user"], "support");
+    assert_eq!(
+        m.header("Subject").unwrap(),
+        "[1] Printer broken for anna@customer.example"
+    );
+    assert_eq!(m.header("In-Reply-To").unwrap(), "<req1@customer.example>");
+    assert_eq!(
+        m.header("References").unwrap(),
+        "<older@customer.example> <req1@customer.example>"
+    );
+    assert_eq!(m.header("Auto-Submitted").unwrap(), "auto-replied");
+    assert_eq!(m.header("X-Auto-Response-Suppress").unwrap(), "All");
+    assert!(m.header("To").unwrap().contains("anna@customer.example"));
+    let id = m.header("Message-ID").unwrap();
+    assert!(
+        id.starts_with("<mt.1.") && id.ends_with("@example.com>"),
+        "{id}"
+    );
+    // The acknowledgement is recorded on the ticket, under the id it was sent with.
+    let t = wd.show(1);
+    let out: Vec<_> = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "out")
+        .collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(format!("<{}>", out[0]["message_id"].as_str().unwrap()), id);
+    // A second run sends nothing again.
+    let s = wd.sync();
+    assert_eq!(s["outbox"]["sent"], 0);
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[test]
+fn machines_ourselves_and_no_reply_senders_get_no_acknowledgement() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "Carla <carla@partner.example>",
+            "Automatic reply: hello",
+            "Auto-Submitted: auto-replied\r\n",
+        ),
+        (
+            "Dave <dave@partner.example>",
+            "Out of Office: hello",
+            "X-MS-Exchange-Inbox-Rules-Loop: dave@partner.example\r\nX-Auto-Response-Suppress: All\r\n",
+        ),
+        (
+            "List <list@lists.example>",
+            "[list] digest",
+            "List-Id: <users.lists.example>\r\nPrecedence: list\r\n",
+        ),
+        (
+            "MAILER-DAEMON <mailer-daemon@mx.example>",
+            "Undelivered Mail",
+            "Return-Path: <>\r\n",
+        ),
+        ("Shop <noreply@shop.example>", "Your order", ""),
+        ("Support <support@example.com>", "Loop", ""),
+        (
+            "Eve <eve@partner.example>",
+            "Looping",
+            "X-Loop: support@example.com\r\n",
+        ),
+    ];
+    for (i, (from, subject, extra)) in cases.iter().enumerate() {
+        dc.append(
+            "INBOX",
+            &simple_mail(from, &format!("m{i}@x.example"), subject, extra),
+            false,
+        );
+    }
+    let s = wd.sync();
+    assert_eq!(s["fetched"], cases.len());
+    assert_eq!(s["acks_queued"], 0, "{s}");
+    assert!(sink.messages().is_empty());
+    let rows = outbox(&wd);
+    assert_eq!(rows.len(), cases.len());
+    for r in &rows {
+        assert_eq!(r["status"], "skipped", "{r}");
+        assert!(!r["reason"].as_str().unwrap().is_empty(), "{r}");
+    }
+    let reasons: Vec<&str> = rows.iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("no-reply sender noreply@shop.example")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("own address") || r.contains("kind is loop")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn replies_to_an_acknowledgement_thread_and_are_not_acknowledged() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "r1@customer.example",
+            "Printer broken",
+            "",
+        ),
+        false,
+    );
+    wd.sync();
+    let ack_id = sink.messages()[0].header("Message-ID").unwrap();
+    // By In-Reply-To only, and by subject tag only.
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "r2@customer.example",
+            "Re: thanks",
+            &format!("In-Reply-To: {ack_id}\r\n"),
+        ),
+        false,
+    );
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "r3@customer.example",
+            "Re: [#1] Printer broken",
+            "",
+        ),
+        false,
+    );
+    let s = wd.sync();
+    assert_eq!(s["threaded"], 2, "{s}");
+    assert_eq!(s["created"], 0);
+    assert_eq!(s["acks_queued"], 0);
+    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(wd.show(1)["messages"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn acknowledgements_per_sender_are_rate_limited() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "per-sender-per-hour = 2\n");
+    for i in 0..4 {
+        dc.append(
+            "INBOX",
+            &simple_mail(
+                "Bob <bob@customer.example>",
+                &format!("b{i}@customer.example"),
+                &format!("Request {i}"),
+                "",
+            ),
+            false,
+        );
+    }
+    let s = wd.sync();
+    assert_eq!(s["created"], 4);
+    assert_eq!(s["acks_queued"], 2, "{s}");
+    assert_eq!(sink.messages().len(), 2);
+    let skipped: Vec<_> = outbox(&wd)
+        .into_iter()
+        .filter(|r| r["status"] == "skipped")
+        .collect();
+    assert_eq!(skipped.len(), 2);
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit")
+    );
+}
+
+#[test]
+fn old_mail_is_not_acknowledged() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = Workdir::with(&[dc.mailbox()]);
+    let base = std::fs::read_to_string(wd.config()).unwrap();
+    wd.write_raw_config(&format!(
+        "{base}\n{}\n[ack]\nenabled = true\n",
+        sink.smtp_toml()
+    ));
+    // simple_mail is dated 2025: far beyond the default 24 h.
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "old@customer.example",
+            "Old",
+            "",
+        ),
+        false,
+    );
+    let s = wd.sync();
+    assert_eq!(s["acks_queued"], 0);
+    assert!(
+        outbox(&wd)[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("older than ack.max-age (86400 s)")
+    );
+}
+
+#[test]
+fn an_smtp_outage_delays_the_acknowledgement_and_the_next_run_sends_it_once() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    sink.stop();
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "o1@customer.example",
+            "Outage",
+            "",
+        ),
+        false,
+    );
+    let run = wd.mailticket(&["sync", "--json"]).code(1);
+    let s = run.json();
+    assert_eq!(s["created"], 1);
+    assert_eq!(s["outbox"]["deferred"], 1, "{s}");
+    assert!(
+        s["errors"][0].as_str().unwrap().contains("localhost"),
+        "{s}"
+    );
+    assert_eq!(outbox(&wd)[0]["status"], "pending");
+    sink.restart();
+    // The retry is due after a backoff: force it, as an operator would after an outage.
+    wd.mailticket(&["outbox", "--retry", "1"]).success();
+    assert_eq!(sink.messages().len(), 1);
+    let s = wd.sync();
+    assert_eq!(s["outbox"]["sent"], 0);
+    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(outbox(&wd)[0]["status"], "sent");
+}
+
+#[test]
+fn refusals_fail_and_temporary_failures_are_retried() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "R <reject@customer.example>",
+            "x1@customer.example",
+            "One",
+            "",
+        ),
+        false,
+    );
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "T <tempfail@customer.example>",
+            "x2@customer.example",
+            "Two",
+            "",
+        ),
+        false,
+    );
+    wd.mailticket(&["sync", "--json"]).code(1);
+    let rows = outbox(&wd);
+    let by_to = |to: &str| rows.iter().find(|r| r["to"] == to).unwrap().clone();
+    let rejected = by_to("reject@customer.example");
+    assert_eq!(rejected["status"], "failed");
+    assert!(
+        rejected["reason"].as_str().unwrap().contains("550"),
+        "{rejected}"
+    );
+    let deferred = by_to("tempfail@customer.example");
+    assert_eq!(deferred["status"], "pending");
+    assert_eq!(deferred["attempts"], 1);
+    assert!(
+        deferred["reason"].as_str().unwrap().contains("451"),
+        "{deferred}"
+    );
+    assert!(sink.messages().is_empty());
+}
+
+#[test]
+fn a_row_interrupted_while_sending_is_not_resent() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    sink.stop();
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "c1@customer.example",
+            "Crash",
+            "",
+        ),
+        false,
+    );
+    wd.mailticket(&["sync"]).code(1);
+    sink.restart();
+    // As if the process died after DATA began: the row is left in 'sending'.
+    let db = rusqlite::Connection::open(wd.db()).unwrap();
+    db.execute(
+        "UPDATE outbox SET status = 'sending', next_attempt_at = 0",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let s = wd.sync();
+    assert_eq!(s["outbox"]["stuck"], 1, "{s}");
+    assert_eq!(s["outbox"]["sent"], 0);
+    assert!(sink.messages().is_empty());
+    wd.mailticket(&["outbox", "--retry", "1"]).success();
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[test]
+fn implicit_tls_works_and_an_untrusted_server_or_a_wrong_password_is_a_clear_error() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = Workdir::with(&[dc.mailbox()]);
+    let base = std::fs::read_to_string(wd.config()).unwrap();
+    let implicit = sink
+        .smtp_toml()
+        .replace(
+            &format!("port = {}", sink.port),
+            &format!("port = {}", sink.tls_port),
+        )
+        .replace("tls = \"starttls\"", "tls = \"implicit\"");
+    wd.write_raw_config(&format!(
+        "{base}\n{implicit}\n[ack]\nenabled = true\nmax-age = 8640000000\n"
+    ));
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "t1@customer.example",
+            "TLS",
+            "",
+        ),
+        false,
+    );
+    assert_eq!(wd.sync()["outbox"]["sent"], 1);
+    assert_eq!(sink.messages()[0].envelope["tls"], "TLSv1.3");
+
+    // Without the CA the certificate is refused; with a wrong password AUTH is.
+    let no_ca: String = implicit
+        .lines()
+        .filter(|l| !l.starts_with("ca-file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    wd.write_raw_config(&format!(
+        "{base}\n{no_ca}\n[ack]\nenabled = true\nmax-age = 8640000000\n"
+    ));
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "t2@customer.example",
+            "TLS 2",
+            "",
+        ),
+        false,
+    );
+    let run = wd.mailticket(&["sync", "--json"]).code(1);
+    let err = run.json()["errors"][0].as_str().unwrap().to_lowercase();
+    assert!(
+        err.contains("localhost") && err.contains("certificate"),
+        "{err}"
+    );
+    let bad = implicit.replace("password = \"support-pass\"", "password = \"wrong\"");
+    wd.write_raw_config(&format!(
+        "{base}\n{bad}\n[ack]\nenabled = true\nmax-age = 8640000000\n"
+    ));
+    wd.mailticket(&["outbox", "--retry", "2"]).code(1);
+    let row = outbox(&wd).into_iter().find(|r| r["id"] == 2).unwrap();
+    assert_eq!(row["status"], "pending", "{row}");
+    assert!(
+        row["reason"].as_str().unwrap().contains("authentication"),
+        "{row}"
+    );
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[test]
+fn agent_replies_keep_the_thread_across_three_rounds() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    wd.write_raw_config(
+        &std::fs::read_to_string(wd.config())
+            .unwrap()
+            .replace("enabled = true", "enabled = false"),
+    );
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "round0@customer.example",
+            "Printer",
+            "Cc: Carl <carl@customer.example>, support@example.com\r\n",
+        ),
+        false,
+    );
+    wd.sync();
+    let mut chain = vec!["<round0@customer.example>".to_owned()];
+    for round in 1..=3 {
+        wd.mailticket(&["reply", "1", "--body", &format!("Answer {round}")])
+            .success();
+        let sent = sink.messages().pop().unwrap();
+        assert_eq!(sent.header("In-Reply-To").unwrap(), *chain.last().unwrap());
+        assert_eq!(sent.header("References").unwrap(), chain.join(" "));
+        assert!(sent.header("Subject").unwrap().contains("[#1]"));
+        assert_eq!(sent.header("Auto-Submitted"), None);
+        if round == 1 {
+            // Cc of the message answered, minus our own addresses; Cc'd people get it too.
+            let cc = sent.header("Cc").unwrap_or_default();
+            assert!(
+                cc.contains("carl@customer.example") && !cc.contains("support@"),
+                "{cc}"
+            );
+            let rcpt = sent.envelope["rcpt_tos"].to_string();
+            assert!(rcpt.contains("carl@customer.example"), "{rcpt}");
+        }
+        let ours = sent.header("Message-ID").unwrap();
+        chain.push(ours.clone());
+        // The customer answers the reply, as a mail client would.
+        let refs = chain.join(" ");
+        let theirs = format!("round{round}@customer.example");
+        dc.append(
+            "INBOX",
+            &simple_mail(
+                "Anna <anna@customer.example>",
+                &theirs,
+                "Re: [#1] Printer",
+                &format!("In-Reply-To: {ours}\r\nReferences: {refs}\r\n"),
+            ),
+            false,
+        );
+        let s = wd.sync();
+        assert_eq!(s["threaded"], 1, "round {round}: {s}");
+        chain.push(format!("<{theirs}>"));
+    }
+    assert_eq!(id_of(&wd.tickets()[0]), 1);
+    assert_eq!(wd.tickets().len(), 1);
+    wd.mailticket(&["close", "1"]).success();
+    assert_eq!(wd.tickets()[0]["status"], "closed");
+    wd.mailticket(&["reopen", "1"]).success();
+    assert_eq!(wd.tickets()[0]["status"], "open");
+}
