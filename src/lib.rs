@@ -24,13 +24,18 @@
 //! - [`store`]: the SQLite file: migrations, tickets, messages, cursors, quarantine.
 //! - [`pipeline`]: one raw message into the store, exactly once.
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
+//! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
+//!   a cancellation token says stop.
+//! - [`lock`]: one `sync` or `watch` per store at a time.
 //! - [`summary`]: the per-run counts every command reports.
 
+pub mod backoff;
 pub mod classify;
 pub mod config;
 pub mod error;
 pub mod imap;
 pub mod import;
+pub mod lock;
 pub mod message;
 pub mod pipeline;
 pub mod secret;
@@ -40,5 +45,6 @@ pub mod sync;
 pub mod thread;
 pub mod time;
 pub mod tls;
+pub mod watch;
 
 pub use error::{Error, Result};

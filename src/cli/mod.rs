@@ -13,6 +13,7 @@ macro_rules! outln {
 mod import;
 mod sync;
 mod tickets;
+mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +66,8 @@ pub enum Command {
     },
     /// One pass over the configured mailboxes, then exit
     Sync(sync::SyncArgs),
+    /// Watch the mailboxes (IMAP IDLE or polling) until SIGINT/SIGTERM
+    Watch(watch::WatchArgs),
     /// Import .eml files, mbox files and Maildir folders
     Import(import::ImportArgs),
     /// Read one message from standard input (for MTA pipes); exit 0, 65 or 75
@@ -88,7 +91,11 @@ impl std::fmt::Display for Usage {
 }
 impl std::error::Error for Usage {}
 
-/// Exit status for an error: 2 for usage and configuration, 1 for everything else.
+/// Exit status when another run holds the store's lock (sysexits `EX_TEMPFAIL`).
+pub const EXIT_LOCKED: u8 = 75;
+
+/// Exit status for an error: 2 for usage and configuration, 75 for a taken store lock, 1 for
+/// everything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     if is_broken_pipe(e) {
         return 0;
@@ -98,7 +105,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return 2;
         }
         if let Some(err) = cause.downcast_ref::<mailticket::Error>() {
-            return if err.is_config() { 2 } else { 1 };
+            return match err {
+                mailticket::Error::Locked { .. } => EXIT_LOCKED,
+                e if e.is_config() => 2,
+                _ => 1,
+            };
         }
     }
     1
@@ -191,6 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     match args.command {
         Command::Init { .. } => Ok(0),
         Command::Sync(a) => sync::run(&ctx, &a),
+        Command::Watch(a) => watch::run(&ctx, &a),
         Command::Import(a) => import::run_import(&ctx, &a),
         Command::Ingest(a) => Ok(import::run_ingest(&ctx, &a)),
         Command::Tickets(a) => tickets::list(&ctx, &a),

@@ -1,5 +1,6 @@
 //! `mailticket sync`: one pass over the mailboxes.
 
+use mailticket::lock::StoreLock;
 use mailticket::pipeline::StoreThread;
 use mailticket::sync::{SyncOptions, run as sync_run};
 
@@ -29,6 +30,12 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
         .into());
     }
     let mailboxes = mailticket::sync::with_passwords(&mailboxes)?;
+    // A dry run changes nothing, so it may run beside anything.
+    let _lock = if a.dry_run {
+        None
+    } else {
+        Some(StoreLock::acquire(&ctx.db, "sync")?)
+    };
     let mut store = ctx.open_store()?;
     if a.dry_run {
         store.begin_dry_run()?;

@@ -10,10 +10,10 @@ use crate::error::{Error, Result};
 
 /// An authenticated IMAP session with its host name and timeout.
 pub struct Imap {
-    session: async_imap::Session<Conn>,
-    host: String,
-    limit: Duration,
-    caps: Vec<String>,
+    pub(super) session: async_imap::Session<Conn>,
+    pub(super) host: String,
+    pub(super) limit: Duration,
+    pub(super) caps: Vec<String>,
 }
 
 /// What SELECT told us about the folder.
