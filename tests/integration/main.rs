@@ -13,3 +13,4 @@ mod crash;
 mod import;
 mod selftest;
 mod sync;
+mod watch;
