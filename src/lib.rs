@@ -27,11 +27,13 @@
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
 //!   a cancellation token says stop.
 //! - [`lock`]: one `sync` or `watch` per store at a time.
+//! - [`doctor`]: every step of a sync checked for real, with the fix for each failure.
 //! - [`summary`]: the per-run counts every command reports.
 
 pub mod backoff;
 pub mod classify;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod imap;
 pub mod import;

@@ -10,6 +10,7 @@ macro_rules! outln {
     };
 }
 
+mod doctor;
 mod import;
 mod sync;
 mod tickets;
@@ -68,6 +69,8 @@ pub enum Command {
     Sync(sync::SyncArgs),
     /// Watch the mailboxes (IMAP IDLE or polling) until SIGINT/SIGTERM
     Watch(watch::WatchArgs),
+    /// Check config, secrets, store and every mailbox for real, step by step
+    Doctor(doctor::DoctorArgs),
     /// Import .eml files, mbox files and Maildir folders
     Import(import::ImportArgs),
     /// Read one message from standard input (for MTA pipes); exit 0, 65 or 75
@@ -198,9 +201,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if let Command::Init { path, force } = &args.command {
         return init(path.as_deref(), *force);
     }
+    if let Command::Doctor(a) = &args.command {
+        return doctor::run(&args, a);
+    }
     let ctx = Ctx::load(&args)?;
     match args.command {
-        Command::Init { .. } => Ok(0),
+        Command::Init { .. } | Command::Doctor(_) => Ok(0),
         Command::Sync(a) => sync::run(&ctx, &a),
         Command::Watch(a) => watch::run(&ctx, &a),
         Command::Import(a) => import::run_import(&ctx, &a),

@@ -8,7 +8,7 @@ mod connect;
 mod idle;
 mod session;
 
-pub use connect::{connect, password};
+pub use connect::{Client, Conn, authenticate, connect, dial, password, secure};
 pub use idle::Wake;
 pub use session::{FetchedMessage, Imap, Selected};
 

@@ -10,6 +10,7 @@ mod harness;
 mod cli;
 mod connect;
 mod crash;
+mod doctor;
 mod import;
 mod selftest;
 mod sync;
