@@ -233,15 +233,8 @@ async fn watch_session(
         }
         *caught_up = true;
         if s.counts.fetched > 0 {
-            let c = &s.counts;
-            tracing::debug!(
-                fetched = c.fetched,
-                created = c.created,
-                threaded = c.threaded,
-                duplicates = c.duplicates,
-                quarantined = c.quarantined,
-                "caught up"
-            );
+            // each message's decision is logged on its own at info
+            tracing::debug!(fetched = s.counts.fetched, "caught up");
         }
         if stop.is_cancelled() {
             break Ok(());

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use mailticket::config::Config;
+use mailticket::config::{Config, MailboxConfig};
 use mailticket::store::Store;
 
 /// Turns a support mailbox into helpdesk tickets.
@@ -183,6 +183,21 @@ impl Ctx {
 
     pub fn open_store(&self) -> anyhow::Result<Store> {
         Ok(Store::open(&self.db)?)
+    }
+
+    /// The mailboxes named by `--mailbox` (all when none is named); a usage error when there
+    /// are none or a name is unknown. Needs a config file.
+    pub fn chosen_mailboxes(&self, names: &[String]) -> anyhow::Result<Vec<&MailboxConfig>> {
+        self.require_config()?;
+        let chosen = self.config.select_mailboxes(names).map_err(Usage)?;
+        if chosen.is_empty() {
+            return Err(Usage(format!(
+                "{}: no [[mailbox]] configured",
+                self.config_path.display()
+            ))
+            .into());
+        }
+        Ok(chosen)
     }
 
     pub fn require_config(&self) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use mailticket::lock::StoreLock;
 use mailticket::pipeline::StoreThread;
 use mailticket::sync::{SyncOptions, run as sync_run};
 
-use super::{Ctx, Usage, print_json, print_summary};
+use super::{Ctx, print_json, print_summary};
 
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
@@ -20,15 +20,7 @@ pub struct SyncArgs {
 }
 
 pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
-    ctx.require_config()?;
-    let mailboxes = ctx.config.select_mailboxes(&a.mailboxes).map_err(Usage)?;
-    if mailboxes.is_empty() {
-        return Err(Usage(format!(
-            "{}: no [[mailbox]] configured",
-            ctx.config_path.display()
-        ))
-        .into());
-    }
+    let mailboxes = ctx.chosen_mailboxes(&a.mailboxes)?;
     let mailboxes = mailticket::sync::with_passwords(&mailboxes)?;
     // A dry run changes nothing, so it may run beside anything.
     let _lock = if a.dry_run {

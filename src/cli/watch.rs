@@ -9,7 +9,7 @@ use mailticket::lock::StoreLock;
 use mailticket::pipeline::StoreThread;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, Usage};
+use super::Ctx;
 
 /// Exit status after a second signal (128 + SIGINT, as shells report an interrupted job).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -27,15 +27,7 @@ enum End {
 }
 
 pub fn run(ctx: &Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
-    ctx.require_config()?;
-    let chosen = ctx.config.select_mailboxes(&a.mailboxes).map_err(Usage)?;
-    if chosen.is_empty() {
-        return Err(Usage(format!(
-            "{}: no [[mailbox]] configured",
-            ctx.config_path.display()
-        ))
-        .into());
-    }
+    let chosen = ctx.chosen_mailboxes(&a.mailboxes)?;
     let mailboxes: Vec<_> = mailticket::sync::with_passwords(&chosen)?
         .into_iter()
         .map(|(mb, pw)| (mb.clone(), pw))

@@ -122,19 +122,10 @@ impl Dovecot {
         for _ in 0..5 {
             dc.imap_port = free_port();
             dc.imaps_port = free_port();
-            // The daemon inherits the script's stdout/stderr: a pipe would never see EOF.
-            let log = dc.dir.join("start.log");
-            let file = std::fs::File::create(&log).unwrap();
-            let status = dc
-                .server(&["start"])
-                .stdout(file.try_clone().unwrap())
-                .stderr(file)
-                .status()
-                .unwrap();
-            if status.success() {
+            let (started, err) = dc.run_start();
+            if started {
                 return dc;
             }
-            let err = std::fs::read_to_string(&log).unwrap_or_default();
             // Only a port that someone else took in the meantime is worth another try.
             assert!(
                 err.contains("already in use"),
@@ -172,8 +163,9 @@ impl Dovecot {
         );
     }
 
-    /// Starts the server again on the same ports.
-    pub fn restart(&self) {
+    /// `imap-server start`: whether it worked, and what it said.
+    fn run_start(&self) -> (bool, String) {
+        // The daemon inherits the script's stdout/stderr: a pipe would never see EOF.
         let log = self.dir.join("start.log");
         let file = std::fs::File::create(&log).unwrap();
         let status = self
@@ -182,11 +174,16 @@ impl Dovecot {
             .stderr(file)
             .status()
             .unwrap();
-        assert!(
+        (
             status.success(),
-            "imap-server start failed:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    }
+
+    /// Starts the server again on the same ports.
+    pub fn restart(&self) {
+        let (started, err) = self.run_start();
+        assert!(started, "imap-server start failed:\n{err}");
     }
 
     /// Drops every IMAP connection of USER (`doveadm kick`: the client sees `* BYE`).

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Dovecot, Mailbox, Workdir, quoted, simple_mail, spawn, wait_until};
+use crate::harness::{Dovecot, Mailbox, Watcher, Workdir, quoted, simple_mail, spawn, wait_until};
 
 /// The `[watch]` table of these tests: a poll interval far above any latency we accept.
 fn timing(extra: &str) -> String {
@@ -47,12 +47,7 @@ fn ticketed_once(wd: &Workdir) -> BTreeSet<String> {
 
 #[test]
 fn idle_tickets_new_mail_at_once_and_sigterm_while_idle_exits_0() {
-    let dc = Dovecot::start();
-    dc.seed(3, 0, 21);
-    let wd = Workdir::new();
-    wd.write_config_with(&[dc.mailbox()], &timing(""));
-    let mut w = wd.watch(&[]);
-    wd.watch_catch_up(&w, 3);
+    let (dc, wd, mut w) = watching_seeded(3, 21);
 
     // sync during watch: refused with the documented status, nothing touched
     let run = wd.mailticket(&["sync"]).code(75);
@@ -106,12 +101,7 @@ fn kicked_session_reconnects_and_loses_nothing() {
 
 #[test]
 fn server_outage_reconnects_with_backoff_exactly_once() {
-    let dc = Dovecot::start();
-    dc.seed(2, 0, 31);
-    let wd = Workdir::new();
-    wd.write_config_with(&[dc.mailbox()], &timing(""));
-    let mut w = wd.watch(&[]);
-    wd.watch_catch_up(&w, 2);
+    let (dc, wd, mut w) = watching_seeded(2, 31);
 
     // mail that arrives just as the server goes down, and after it is back
     dc.append("INBOX", &mail(30), false);
@@ -280,10 +270,14 @@ fn two_concurrent_syncs_one_works_and_one_reports_the_lock() {
     assert_eq!(dc.unseen("INBOX"), 0);
 }
 
-impl Workdir {
-    /// Waits until a running watch has ticketed N messages and is waiting.
-    fn watch_catch_up(&self, w: &crate::harness::Watcher, n: usize) {
-        w.wait_log("connected", 1, LONG);
-        wait_until(LONG, "the catch-up", || self.ticket_count() == n);
-    }
+/// A Dovecot seeded with N messages and a watch that has ticketed them.
+fn watching_seeded(n: u32, seed: u32) -> (Dovecot, Workdir, Watcher) {
+    let dc = Dovecot::start();
+    dc.seed(n, 0, seed);
+    let wd = Workdir::new();
+    wd.write_config_with(&[dc.mailbox()], &timing(""));
+    let w = wd.watch(&[]);
+    w.wait_log("connected", 1, LONG);
+    wait_until(LONG, "the catch-up", || wd.ticket_count() == n as usize);
+    (dc, wd, w)
 }
