@@ -13,6 +13,12 @@
 //!
 //! Run with `scripts/bench` (it builds in release mode first), or:
 //! `cargo build --release --bins --examples && target/release/examples/bench [SMALL LARGE RUNS]`
+//!
+//! `bench watch [MESSAGES MAILBOXES]` (default 50 100) measures `mailticket watch` instead: the
+//! new-mail → ticket latency of MESSAGES messages appended one by one (p50, p99, max; from the
+//! start of the append, which itself takes ~30 ms of `doveadm save`), then the resident memory
+//! and CPU use of the one process idling on MAILBOXES mailboxes (one Dovecot user each), and
+//! how long a SIGTERM takes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -124,20 +130,16 @@ async fn raw_fetch(config: &Config) -> (usize, u64, Duration) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("watch") {
+        let messages = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
+        let mailboxes = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+        return watch_bench(messages, mailboxes);
+    }
     let small: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let large: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000);
     let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::current_exe().expect("own path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("mailticket");
-    assert!(
-        bin.exists(),
-        "build the binary first: cargo build --release --bins"
-    );
+    let bin = mailticket_bin();
 
     let dir = PathBuf::from(format!("/tmp/mt-bench-{}", std::process::id()));
     imap_server(&root, &dir, &["start"]);
@@ -259,4 +261,217 @@ fn scopeguard(root: &Path, dir: &Path) -> impl Drop {
         }
     }
     Guard(root.to_owned(), dir.to_owned())
+}
+
+fn mailticket_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("mailticket");
+    assert!(
+        bin.exists(),
+        "build the binary first: cargo build --release --bins"
+    );
+    bin
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of a process, in clock ticks (100 per second on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |p| p.1);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // fields after "(comm)": state ppid ... utime is field 14, stime 15 (1-based overall)
+    f.get(10).unwrap_or(&0) + f.get(11).unwrap_or(&0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn watch_bench(messages: usize, mailboxes: usize) {
+    use std::io::{BufRead, Write};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = mailticket_bin();
+    let dir = PathBuf::from(format!("/tmp/mt-benchw-{}", std::process::id()));
+    let mut users = vec!["support:support-pass".to_owned()];
+    users.extend((1..mailboxes).map(|i| format!("u{i:03}:pw{i:03}")));
+    let users = users.join(" ");
+    let server = |args: &[&str]| {
+        sh(Command::new("bash")
+            .arg(root.join("tests/env/imap-server"))
+            .arg("-d")
+            .arg(&dir)
+            .args(args)
+            .env("IMAP_PORT", IMAP_PORT.to_string())
+            .env("IMAPS_PORT", IMAPS_PORT.to_string())
+            .env("IMAP_USERS", &users))
+    };
+    server(&["start"]);
+    let stop = scopeguard(&root, &dir);
+
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let config_path = work.join("mailticket.toml");
+    let mut config = String::from("[store]\npath = \"bench.db\"\n");
+    for entry in users.split_whitespace() {
+        let (user, pass) = entry.split_once(':').expect("user:pass");
+        config += &format!(
+            "[[mailbox]]\nname = \"{user}\"\nhost = \"localhost\"\nport = {IMAPS_PORT}\n\
+             ca-file = \"{}\"\nusername = \"{user}\"\npassword = \"{pass}\"\n",
+            dir.join("tls/ca.crt").display()
+        );
+    }
+    std::fs::write(&config_path, config).expect("write config");
+
+    let mut child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--log-format", "json", "watch"])
+        .current_dir(&work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let now = Instant::now();
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let fields = &v["fields"];
+            let event = match fields["message"].as_str() {
+                Some("connected") => "connected".to_owned(),
+                Some("created") => {
+                    format!("created {}", fields["message_id"].as_str().unwrap_or(""))
+                }
+                Some(m) if v["level"] == "ERROR" || v["level"] == "WARN" => {
+                    eprintln!("watch: {m} {fields}");
+                    continue;
+                }
+                _ => continue,
+            };
+            if tx.send((event, now)).is_err() {
+                break;
+            }
+        }
+    });
+
+    let t0 = Instant::now();
+    let mut connected = 0;
+    while connected < mailboxes {
+        let (event, _) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("all mailboxes connect");
+        if event == "connected" {
+            connected += 1;
+        }
+    }
+    println!(
+        "{mailboxes} mailboxes connected in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut latencies = Vec::new();
+    for i in 0..messages {
+        let id = format!("bench-{i}-{}@example.net", std::process::id());
+        let msg = format!(
+            "From: Customer {i} <c{i}@example.net>\r\nTo: support@example.com\r\n\
+             Subject: Latency {i}\r\nDate: Mon, 06 Jan 2025 10:00:00 +0000\r\n\
+             Message-ID: <{id}>\r\n\r\nHello, number {i}.\r\n"
+        );
+        let sent = Instant::now();
+        let mut save = Command::new("bash")
+            .arg(root.join("tests/env/imap-server"))
+            .arg("-d")
+            .arg(&dir)
+            .args(["doveadm", "save", "-u", "support", "-m", "INBOX"])
+            .env("IMAP_PORT", IMAP_PORT.to_string())
+            .env("IMAPS_PORT", IMAPS_PORT.to_string())
+            .env("IMAP_USERS", &users)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("doveadm save");
+        save.stdin
+            .take()
+            .expect("stdin")
+            .write_all(msg.as_bytes())
+            .expect("write");
+        assert!(save.wait().expect("wait").success());
+        let want = format!("created {id}");
+        loop {
+            let (event, at) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the message becomes a ticket");
+            if event == want {
+                latencies.push(at.duration_since(sent).as_secs_f64());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let mut sorted = latencies.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "new mail -> ticket over {messages} appends: p50 {:.3} s, p99 {:.3} s, max {:.3} s, min {:.3} s   (targets p50 <= 0.8, max <= 2)",
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        sorted.last().copied().unwrap_or(0.0),
+        sorted.first().copied().unwrap_or(0.0),
+    );
+
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_secs = 30;
+    let (c0, w0) = (cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let (c1, wall) = (cpu_ticks(pid), w0.elapsed().as_secs_f64());
+    let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
+    let hwm = proc_field(pid, "status", "VmHWM:").unwrap_or(0);
+    let threads = proc_field(pid, "status", "Threads:").unwrap_or(0);
+    println!(
+        "idle with {mailboxes} mailboxes: RSS {:.1} MB (peak {:.1} MB), {threads} threads, CPU {:.2} s over {wall:.0} s = {:.3} %   (targets <= 150 MB, no measurable CPU)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        (c1 - c0) as f64 / 100.0,
+        (c1 - c0) as f64 / wall,
+    );
+
+    let t = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = child.wait().expect("wait");
+    println!(
+        "SIGTERM -> exit {:?} after {:.2} s ({mailboxes} sessions logged out)",
+        status.code(),
+        t.elapsed().as_secs_f64()
+    );
+    drop(stop);
 }

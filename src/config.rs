@@ -26,6 +26,73 @@ pub struct Config {
     /// Acknowledgements of new requests.
     #[serde(default)]
     pub ack: AckConfig,
+    /// How `watch` waits, reconnects and stops.
+    #[serde(default)]
+    pub watch: WatchConfig,
+}
+
+/// `[watch]`: timings of `mailticket watch`, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Use IMAP IDLE when the server offers it (else poll).
+    pub idle: bool,
+    /// IDLE is ended and re-issued this often (servers drop it after 29 minutes).
+    pub idle_interval: u64,
+    /// Without IDLE, the folder is checked this often.
+    pub poll_interval: u64,
+    /// The first reconnect waits up to this long; each failure doubles it.
+    pub backoff_min: u64,
+    /// Reconnect waits never exceed this; a refused login waits this long every time.
+    pub backoff_max: u64,
+    /// After SIGINT/SIGTERM, sessions get this long to finish and log out.
+    pub shutdown_timeout: u64,
+    /// A `debug` heartbeat line is logged this often.
+    pub heartbeat: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            idle: true,
+            idle_interval: 600,
+            poll_interval: 60,
+            backoff_min: 1,
+            backoff_max: 300,
+            shutdown_timeout: 10,
+            heartbeat: 300,
+        }
+    }
+}
+
+impl WatchConfig {
+    fn secs(s: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(s.max(1))
+    }
+    /// [`WatchConfig::idle_interval`] as a duration (at least 1 s).
+    pub fn idle_interval(&self) -> std::time::Duration {
+        Self::secs(self.idle_interval)
+    }
+    /// [`WatchConfig::poll_interval`] as a duration (at least 1 s).
+    pub fn poll_interval(&self) -> std::time::Duration {
+        Self::secs(self.poll_interval)
+    }
+    /// [`WatchConfig::backoff_min`] as a duration (at least 1 s).
+    pub fn backoff_min(&self) -> std::time::Duration {
+        Self::secs(self.backoff_min)
+    }
+    /// [`WatchConfig::backoff_max`] as a duration (at least `backoff-min`).
+    pub fn backoff_max(&self) -> std::time::Duration {
+        Self::secs(self.backoff_max.max(self.backoff_min))
+    }
+    /// [`WatchConfig::shutdown_timeout`] as a duration (at least 1 s).
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        Self::secs(self.shutdown_timeout)
+    }
+    /// [`WatchConfig::heartbeat`] as a duration (at least 1 s).
+    pub fn heartbeat(&self) -> std::time::Duration {
+        Self::secs(self.heartbeat)
+    }
 }
 
 /// `[smtp]`: the customer's own SMTP server.
@@ -229,7 +296,7 @@ pub enum After {
 }
 
 /// One `[[mailbox]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct MailboxConfig {
     /// A short name, unique among the mailboxes; used by `--mailbox` and in the store.
@@ -464,7 +531,8 @@ folder = "INBOX"
 after = "seen"
 # Our own addresses: mail from them is never treated as a customer request.
 addresses = ["support@example.com"]
-# Seconds any one network operation may take before the run gives up on this mailbox.
+# Seconds any one network operation may take before the run gives up on this mailbox
+# (`watch` then reconnects). Also bounds ending an IDLE, so a dead connection is noticed.
 timeout = 60
 
 # The SMTP server that sends acknowledgements and agent replies (the customer's own).
@@ -496,6 +564,22 @@ timeout = 60
 # per-sender-per-hour = 3
 # per-sender-per-day = 10
 # max-age = "24h"                # no acknowledgement for older mail (a first run's backlog)
+# How `mailticket watch` waits for mail, reconnects and stops. All values are seconds.
+[watch]
+# Wait for new mail with IMAP IDLE when the server offers it; false = always poll.
+idle = true
+# IDLE is ended and re-issued this often (servers drop an IDLE after 29 minutes).
+idle-interval = 600
+# Servers without IDLE are checked this often (a check that runs late is not made up).
+poll-interval = 60
+# Reconnects back off exponentially with full jitter from backoff-min up to backoff-max;
+# a refused login always waits backoff-max, so a wrong password cannot lock the account.
+backoff-min = 1
+backoff-max = 300
+# After SIGINT/SIGTERM, sessions get this long to finish the message in hand and log out.
+shutdown-timeout = 10
+# A heartbeat line is logged at debug level this often.
+heartbeat = 300
 "#;
 
 #[cfg(test)]
@@ -514,6 +598,11 @@ mod tests {
         assert_eq!(mb.port(), 993);
         assert_eq!(mb.after, After::Seen);
         assert_eq!(mb.folder, "INBOX");
+        assert_eq!(c.watch, WatchConfig::default());
+        let c = parse("[watch]\npoll-interval = 5\n").unwrap();
+        assert_eq!(c.watch.poll_interval().as_secs(), 5);
+        assert_eq!(c.watch.idle_interval().as_secs(), 600);
+        assert!(parse("[watch]\npoll = 5\n").is_err());
     }
 
     #[test]

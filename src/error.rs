@@ -1,7 +1,7 @@
 //! The library's one error type, grouped by what the caller does next.
 //!
-//! `Config` errors are the user's to fix (exit 2); everything else is a runtime failure
-//! (exit 1). [`Error::is_transient`] says whether trying again later may help.
+//! `Config` errors are the user's to fix (exit 2); a taken store lock means "try again later"
+//! (exit 75); everything else is a runtime failure (exit 1). [`Error::is_transient`] says whether trying again later may help.
 
 use std::path::PathBuf;
 
@@ -55,6 +55,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Another `sync` or `watch` holds the store's lock: try again later (exit status 75).
+    #[error("another run holds the lock {path} ({holder}); not starting")]
+    Locked { path: PathBuf, holder: String },
+
     /// Anything else that the user should see as it is.
     #[error("{0}")]
     Other(String),
@@ -64,7 +68,7 @@ impl Error {
     /// Whether the same operation may succeed when tried again later, without any change.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Network { .. } | Error::Timeout { .. } => true,
+            Error::Network { .. } | Error::Timeout { .. } | Error::Locked { .. } => true,
             Error::Store(e) => matches!(
                 e.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)

@@ -24,13 +24,20 @@
 //! - [`store`]: the SQLite file: migrations, tickets, messages, cursors, quarantine.
 //! - [`pipeline`]: one raw message into the store, exactly once.
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
+//! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
+//!   a cancellation token says stop.
+//! - [`lock`]: one `sync` or `watch` per store at a time.
+//! - [`doctor`]: every step of a sync checked for real, with the fix for each failure.
 //! - [`summary`]: the per-run counts every command reports.
 
+pub mod backoff;
 pub mod classify;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod imap;
 pub mod import;
+pub mod lock;
 pub mod message;
 pub mod outbound;
 pub mod pipeline;
@@ -41,5 +48,6 @@ pub mod sync;
 pub mod thread;
 pub mod time;
 pub mod tls;
+pub mod watch;
 
 pub use error::{Error, Result};

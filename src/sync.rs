@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::classify::Identity;
@@ -92,7 +93,14 @@ pub async fn sync_mailbox(
     };
     let result = async {
         let mut imap = imap::connect(mb, password).await?;
-        let r = sync_session(&mut imap, mb, store, me, &opts, &mut s).await;
+        let pass = Pass {
+            store,
+            me,
+            pool: None,
+            opts,
+            stop: None,
+        };
+        let r = catch_up(&mut imap, mb, &pass, &mut s).await;
         imap.logout().await;
         r
     }
@@ -246,14 +254,32 @@ async fn unfinished(imap: &mut Imap, c: Cursor) -> Result<Vec<u32>> {
 
 type Submitted = (u32, oneshot::Receiver<Result<Option<Outcome>>>);
 
-async fn sync_session(
+/// What one catch-up pass needs besides the session. `sync` makes one pass per connection;
+/// `watch` makes one per wake-up, on the same connection, with a shared worker pool.
+pub struct Pass<'a> {
+    /// The store's thread.
+    pub store: &'a StoreThread,
+    /// Our own addresses.
+    pub me: &'a Arc<Identity>,
+    /// Parse workers to use; `None` starts some when there is work.
+    pub pool: Option<&'a PrepPool>,
+    /// Dry run or not.
+    pub opts: SyncOptions,
+    /// When cancelled, no new batch is fetched: what is in flight is stored and finished,
+    /// then the pass returns.
+    pub stop: Option<&'a CancellationToken>,
+}
+
+/// Selects the folder and takes every message above the cursor (the unseen backlog on the
+/// first pass), each in its own transaction, then runs the post-action on what committed.
+/// Safe to call again and again on one session: each pass starts from the stored cursor.
+pub async fn catch_up(
     imap: &mut Imap,
     mb: &MailboxConfig,
-    store: &StoreThread,
-    me: &Arc<Identity>,
-    opts: &SyncOptions,
+    pass: &Pass<'_>,
     summary: &mut SourceSummary,
 ) -> Result<()> {
+    let (store, me, opts) = (pass.store, pass.me, &pass.opts);
     let sel = imap.select(&mb.folder).await?;
     let cursor = cursor_for(imap, mb, store, sel).await?;
     tracing::debug!(?cursor, exists = sel.exists, "selected");
@@ -287,7 +313,14 @@ async fn sync_session(
     let total_bytes: u64 = todo.iter().map(|p| u64::from(p.1)).sum();
     tracing::info!(messages = todo.len(), bytes = total_bytes, "fetching");
 
-    let pool = PrepPool::spawn()?;
+    let own_pool;
+    let pool = match pass.pool {
+        Some(p) => p,
+        None => {
+            own_pool = PrepPool::spawn()?;
+            &own_pool
+        }
+    };
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
     let failed = Arc::new(AtomicBool::new(false));
     let (sub_tx, mut sub_rx) = mpsc::unbounded_channel::<Submitted>();
@@ -298,6 +331,10 @@ async fn sync_session(
     let mut done = Vec::new();
 
     for batch in batches(&todo) {
+        if pass.stop.is_some_and(CancellationToken::is_cancelled) {
+            tracing::info!("stopping after the messages in flight");
+            break;
+        }
         let each = |fm: FetchedMessage| {
             let ack = opts.ack.clone();
             let (budget, store, me, failed, sub_tx, pool) = (

@@ -10,16 +10,18 @@ macro_rules! outln {
     };
 }
 
+mod doctor;
 mod import;
 mod outbox;
 mod sync;
 mod tickets;
+mod watch;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use mailticket::config::Config;
+use mailticket::config::{Config, MailboxConfig};
 use mailticket::store::Store;
 
 /// Turns a support mailbox into helpdesk tickets.
@@ -66,6 +68,10 @@ pub enum Command {
     },
     /// One pass over the configured mailboxes, then exit
     Sync(sync::SyncArgs),
+    /// Watch the mailboxes (IMAP IDLE or polling) until SIGINT/SIGTERM
+    Watch(watch::WatchArgs),
+    /// Check config, secrets, store and every mailbox for real, step by step
+    Doctor(doctor::DoctorArgs),
     /// Import .eml files, mbox files and Maildir folders
     Import(import::ImportArgs),
     /// Read one message from standard input (for MTA pipes); exit 0, 65 or 75
@@ -97,7 +103,11 @@ impl std::fmt::Display for Usage {
 }
 impl std::error::Error for Usage {}
 
-/// Exit status for an error: 2 for usage and configuration, 1 for everything else.
+/// Exit status when another run holds the store's lock (sysexits `EX_TEMPFAIL`).
+pub const EXIT_LOCKED: u8 = 75;
+
+/// Exit status for an error: 2 for usage and configuration, 75 for a taken store lock, 1 for
+/// everything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     if is_broken_pipe(e) {
         return 0;
@@ -107,7 +117,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return 2;
         }
         if let Some(err) = cause.downcast_ref::<mailticket::Error>() {
-            return if err.is_config() { 2 } else { 1 };
+            return match err {
+                mailticket::Error::Locked { .. } => EXIT_LOCKED,
+                e if e.is_config() => 2,
+                _ => 1,
+            };
         }
     }
     1
@@ -180,6 +194,21 @@ impl Ctx {
         Ok(Store::open(&self.db)?)
     }
 
+    /// The mailboxes named by `--mailbox` (all when none is named); a usage error when there
+    /// are none or a name is unknown. Needs a config file.
+    pub fn chosen_mailboxes(&self, names: &[String]) -> anyhow::Result<Vec<&MailboxConfig>> {
+        self.require_config()?;
+        let chosen = self.config.select_mailboxes(names).map_err(Usage)?;
+        if chosen.is_empty() {
+            return Err(Usage(format!(
+                "{}: no [[mailbox]] configured",
+                self.config_path.display()
+            ))
+            .into());
+        }
+        Ok(chosen)
+    }
+
     pub fn require_config(&self) -> anyhow::Result<()> {
         if !self.config_found {
             return Err(Usage(format!(
@@ -196,10 +225,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if let Command::Init { path, force } = &args.command {
         return init(path.as_deref(), *force);
     }
+    if let Command::Doctor(a) = &args.command {
+        return doctor::run(&args, a);
+    }
     let ctx = Ctx::load(&args)?;
     match args.command {
-        Command::Init { .. } => Ok(0),
+        Command::Init { .. } | Command::Doctor(_) => Ok(0),
         Command::Sync(a) => sync::run(&ctx, &a),
+        Command::Watch(a) => watch::run(&ctx, &a),
         Command::Import(a) => import::run_import(&ctx, &a),
         Command::Ingest(a) => Ok(import::run_ingest(&ctx, &a)),
         Command::Tickets(a) => tickets::list(&ctx, &a),

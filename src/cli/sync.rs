@@ -1,9 +1,10 @@
 //! `mailticket sync`: one pass over the mailboxes.
 
+use mailticket::lock::StoreLock;
 use mailticket::pipeline::StoreThread;
 use mailticket::sync::{SyncOptions, run as sync_run};
 
-use super::{Ctx, Usage, print_json, print_summary};
+use super::{Ctx, print_json, print_summary};
 
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
@@ -19,18 +20,16 @@ pub struct SyncArgs {
 }
 
 pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
-    ctx.require_config()?;
-    let mailboxes = ctx.config.select_mailboxes(&a.mailboxes).map_err(Usage)?;
-    if mailboxes.is_empty() {
-        return Err(Usage(format!(
-            "{}: no [[mailbox]] configured",
-            ctx.config_path.display()
-        ))
-        .into());
-    }
+    let mailboxes = ctx.chosen_mailboxes(&a.mailboxes)?;
     let mailboxes = mailticket::sync::with_passwords(&mailboxes)?;
     let smtp = super::smtp(ctx)?;
     let ack = mailticket::outbound::AckPlan::from_config(&ctx.config)?;
+    // A dry run changes nothing, so it may run beside anything.
+    let _lock = if a.dry_run {
+        None
+    } else {
+        Some(StoreLock::acquire(&ctx.db, "sync")?)
+    };
     let mut store = ctx.open_store()?;
     if a.dry_run {
         store.begin_dry_run()?;

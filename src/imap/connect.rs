@@ -63,7 +63,8 @@ impl AsyncWrite for Conn {
     }
 }
 
-pub(crate) type Client = async_imap::Client<Conn>;
+/// An IMAP connection before login.
+pub type Client = async_imap::Client<Conn>;
 
 /// Runs `fut` under `limit`, naming the host and the step when it runs out.
 pub(crate) async fn timed<T>(
@@ -134,12 +135,20 @@ pub fn password(mb: &MailboxConfig) -> Result<Revealed> {
     }
 }
 
-/// Connects, secures and logs in, as the mailbox's config says.
+/// Connects, secures and logs in, as the mailbox's config says: [`dial`], [`secure`], then
+/// [`authenticate`] (`doctor` runs the same three steps one by one).
 pub async fn connect(mb: &MailboxConfig, password: &Revealed) -> Result<Imap> {
-    let host = mb.host.as_str();
-    let limit = mb.timeout();
+    let tcp = dial(mb).await?;
+    let client = secure(mb, tcp).await?;
+    let imap = authenticate(mb, client, password).await?;
+    tracing::info!(mailbox = %mb.name, host = %mb.host, tls = ?mb.tls, "connected");
+    Ok(imap)
+}
 
-    let tcp = timed(host, limit, "connecting", async {
+/// Opens the TCP connection (with keepalive) to the mailbox's server.
+pub async fn dial(mb: &MailboxConfig) -> Result<TcpStream> {
+    let host = mb.host.as_str();
+    timed(host, mb.timeout(), "connecting", async {
         let tcp = TcpStream::connect((host, mb.port()))
             .await
             .map_err(|e| Error::Network {
@@ -154,9 +163,15 @@ pub async fn connect(mb: &MailboxConfig, password: &Revealed) -> Result<Imap> {
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     })
-    .await?;
+    .await
+}
 
-    let client = match mb.tls {
+/// Secures `tcp` as configured (TLS with certificate checks, or STARTTLS that must succeed)
+/// and reads the greeting.
+pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
+    let host = mb.host.as_str();
+    let limit = mb.timeout();
+    Ok(match mb.tls {
         TlsMode::Implicit => {
             let tls = handshake(mb, tcp).await?;
             let mut client = Client::new(Conn::Tls(Box::new(tls)));
@@ -188,12 +203,14 @@ pub async fn connect(mb: &MailboxConfig, password: &Revealed) -> Result<Imap> {
             greeting(host, limit, &mut client).await?;
             client
         }
-    };
+    })
+}
 
+/// Logs in and reads the capabilities.
+pub async fn authenticate(mb: &MailboxConfig, client: Client, password: &Revealed) -> Result<Imap> {
     let session = login(mb, client, password).await?;
-    let mut imap = Imap::new(session, host.to_owned(), limit);
+    let mut imap = Imap::new(session, mb.host.clone(), mb.timeout());
     imap.load_capabilities().await?;
-    tracing::info!(mailbox = %mb.name, host, tls = ?mb.tls, "connected");
     Ok(imap)
 }
 

@@ -1,13 +1,15 @@
-//! IMAP: connect (TLS, STARTTLS, login), select, search, fetch and post-actions.
+//! IMAP: connect (TLS, STARTTLS, login), select, search, fetch, post-actions and IDLE.
 //!
 //! This module speaks the protocol and nothing else: it knows UIDs and bytes, not tickets.
 //! Every network await runs under the mailbox's timeout (async-imap has none of its own), and
 //! every error names the host.
 
 mod connect;
+mod idle;
 mod session;
 
-pub use connect::{connect, password};
+pub use connect::{Client, Conn, authenticate, connect, dial, password, secure};
+pub use idle::Wake;
 pub use session::{FetchedMessage, Imap, Selected};
 
 /// Formats sorted, deduplicated UIDs as a compact IMAP sequence set (`1:5,7,9:12`).

@@ -10,10 +10,10 @@ use crate::error::{Error, Result};
 
 /// An authenticated IMAP session with its host name and timeout.
 pub struct Imap {
-    session: async_imap::Session<Conn>,
-    host: String,
-    limit: Duration,
-    caps: Vec<String>,
+    pub(super) session: async_imap::Session<Conn>,
+    pub(super) host: String,
+    pub(super) limit: Duration,
+    pub(super) caps: Vec<String>,
 }
 
 /// What SELECT told us about the folder.
@@ -240,11 +240,10 @@ impl Imap {
         }
     }
 
-    /// Creates `folder` unless it exists.
-    pub async fn ensure_folder(&mut self, folder: &str) -> Result<()> {
+    /// Whether `folder` exists (LIST).
+    pub async fn folder_exists(&mut self, folder: &str) -> Result<bool> {
         let host = self.host.clone();
-        let limit = self.limit;
-        let exists = timed(&self.host, limit, "listing folders", async {
+        timed(&self.host, self.limit, "listing folders", async {
             let stream = self
                 .session
                 .list(Some(""), Some(folder))
@@ -253,8 +252,12 @@ impl Imap {
             let names: Vec<_> = stream.try_collect().await.map_err(|e| imap_err(&host, e))?;
             Ok(!names.is_empty())
         })
-        .await?;
-        if !exists {
+        .await
+    }
+
+    /// Creates `folder` unless it exists.
+    pub async fn ensure_folder(&mut self, folder: &str) -> Result<()> {
+        if !self.folder_exists(folder).await? {
             self.run(&format!("CREATE {}", quote(folder)), "creating a folder")
                 .await?;
             tracing::info!(host = %self.host, folder, "created folder");

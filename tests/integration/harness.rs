@@ -99,31 +99,33 @@ pub struct Dovecot {
     pub dir: PathBuf,
     pub imap_port: u16,
     pub imaps_port: u16,
+    /// Knobs for tests/env/imap-server (`IMAP_CAPABILITY`, ...), kept across restarts.
+    env: Vec<(String, String)>,
 }
 
 impl Dovecot {
     pub fn start() -> Dovecot {
+        Dovecot::start_with(&[])
+    }
+
+    /// Like [`Dovecot::start`], with imap-server knobs such as `("IMAP_AUTH_PENALTY", "0")`.
+    pub fn start_with(env: &[(&str, &str)]) -> Dovecot {
         let mut dc = Dovecot {
             dir: unique_dir("mtd"),
             imap_port: 0,
             imaps_port: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         for _ in 0..5 {
             dc.imap_port = free_port();
             dc.imaps_port = free_port();
-            // The daemon inherits the script's stdout/stderr: a pipe would never see EOF.
-            let log = dc.dir.join("start.log");
-            let file = std::fs::File::create(&log).unwrap();
-            let status = dc
-                .server(&["start"])
-                .stdout(file.try_clone().unwrap())
-                .stderr(file)
-                .status()
-                .unwrap();
-            if status.success() {
+            let (started, err) = dc.run_start();
+            if started {
                 return dc;
             }
-            let err = std::fs::read_to_string(&log).unwrap_or_default();
             // Only a port that someone else took in the meantime is worth another try.
             assert!(
                 err.contains("already in use"),
@@ -146,8 +148,61 @@ impl Dovecot {
             .env_remove("IMAP_STRICT_ADDR")
             .env_remove("IMAP_OAUTH2")
             .env_remove("IMAP_DEBUG")
+            .env_remove("IMAP_CAPABILITY")
+            .env_remove("IMAP_AUTH_PENALTY")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Stops the server; mail, UIDVALIDITY and flags survive until [`Dovecot::restart`].
+    pub fn stop_server(&self) {
+        check(
+            "imap-server stop",
+            &self.server(&["stop"]).output().unwrap(),
+        );
+    }
+
+    /// `imap-server start`: whether it worked, and what it said.
+    fn run_start(&self) -> (bool, String) {
+        // The daemon inherits the script's stdout/stderr: a pipe would never see EOF.
+        let log = self.dir.join("start.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let status = self
+            .server(&["start"])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .status()
+            .unwrap();
+        (
+            status.success(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    }
+
+    /// Starts the server again on the same ports.
+    pub fn restart(&self) {
+        let (started, err) = self.run_start();
+        assert!(started, "imap-server start failed:\n{err}");
+    }
+
+    /// Drops every IMAP connection of USER (`doveadm kick`: the client sees `* BYE`).
+    pub fn kick(&self, user: &str) {
+        check(
+            "imap-server kick",
+            &self.server(&["kick", user]).output().unwrap(),
+        );
+    }
+
+    /// PIDs of USER's `imap` processes.
+    pub fn pids(&self, user: &str) -> Vec<u32> {
+        check(
+            "imap-server pids",
+            &self.server(&["pids", user]).output().unwrap(),
+        )
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
     }
 
     /// Runs `doveadm ARGS` against this instance and returns its stdout.
@@ -514,11 +569,18 @@ impl Workdir {
     }
 
     pub fn write_config(&self, mailboxes: &[Mailbox]) {
+        self.write_config_with(mailboxes, "");
+    }
+
+    /// Like [`Workdir::write_config`], with EXTRA (more TOML tables, e.g. `[watch]`) at the end.
+    pub fn write_config_with(&self, mailboxes: &[Mailbox], extra: &str) {
         let mut t = format!("[store]\npath = {}\n", quoted(&self.db().to_string_lossy()));
         for mb in mailboxes {
             t += "\n";
             t += &mb.toml();
         }
+        t += "\n";
+        t += extra;
         self.write_raw_config(&t);
     }
 
@@ -821,4 +883,121 @@ pub fn assert_rfc3339(v: &Value) {
             && z[3] == b':'
             && [z[1], z[2], z[4], z[5]].iter().all(u8::is_ascii_digit));
     assert!(ok_date && ok_zone, "not an RFC 3339 date-time: {s:?}");
+}
+
+/// Polls COND every 50 ms until it holds; fails with WHAT after LIMIT.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `mailticket watch` running in the background, its stderr in `DIR/watch.log`. Dropping
+/// it kills the process.
+pub struct Watcher {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Workdir {
+    /// Starts `mailticket watch ARGS` in the background.
+    pub fn watch(&self, args: &[&str]) -> Watcher {
+        let log = self.path("watch.log");
+        let mut cmd = self.cmd(&["watch"]);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Watcher {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    /// Number of tickets, of any status.
+    pub fn ticket_count(&self) -> usize {
+        self.tickets().len()
+    }
+}
+
+impl Watcher {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many log lines contain NEEDLE.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until at least N log lines contain NEEDLE.
+    pub fn wait_log(&self, needle: &str, n: usize, limit: Duration) {
+        let t0 = std::time::Instant::now();
+        while self.count(needle) < n {
+            assert!(
+                t0.elapsed() < limit,
+                "no {n}x {needle:?} in the watch log after {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIG (e.g. "TERM") to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code and how long that took. Fails
+    /// after LIMIT.
+    pub fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), t0.elapsed());
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "watch still running after {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then asserts exit status 0 within LIMIT; returns the time it took.
+    pub fn stop(&mut self, limit: Duration) -> Duration {
+        self.signal("TERM");
+        let (code, took) = self.wait_exit(limit);
+        assert_eq!(code, Some(0), "watch exit status:\n{}", self.log());
+        took
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- watch log:\n{}", self.log());
+        }
+    }
 }

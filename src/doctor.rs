@@ -1,0 +1,393 @@
+//! `mailticket doctor`: every step a sync takes, checked for real, one by one, each with
+//! what was found and, when it failed, what to do about it.
+//!
+//! The steps use the same functions as `sync` ([`imap::dial`], [`imap::secure`],
+//! [`imap::authenticate`], [`Imap::select`]), so a green doctor means the next sync gets as
+//! far. Nothing is changed: the store is only read (never created or migrated), folders are
+//! only looked at. A failed step skips the steps of that mailbox that depend on it.
+//! SMTP checks join here once outbound mail exists ([`check`] has a marked place for them).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{After, Config, MailboxConfig, TlsMode};
+use crate::error::Error;
+use crate::imap::{self, Imap};
+use crate::lock::StoreLock;
+use crate::secret::Revealed;
+use crate::store::SCHEMA_VERSION;
+
+/// How a step went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, but worth knowing (a missing capability, a folder sync will create).
+    Warn,
+    /// Broken: sync would fail here.
+    Fail,
+}
+
+/// One checked step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// `config`, `store`, or `mailbox NAME`.
+    pub scope: String,
+    /// What was checked: `secrets`, `dns`, `tcp`, `tls`, `login`, ...
+    pub step: String,
+    /// The verdict.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// What to do, when something is wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// Every step, in order.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+impl Report {
+    /// Whether any step failed.
+    pub fn failed(&self) -> bool {
+        self.steps.iter().any(|s| s.status == Status::Fail)
+    }
+
+    fn push(&mut self, scope: &str, step: &str, status: Status, detail: String, fix: Option<&str>) {
+        self.steps.push(Step {
+            scope: scope.to_owned(),
+            step: step.to_owned(),
+            status,
+            detail,
+            fix: fix.map(str::to_owned),
+        });
+    }
+
+    fn ok(&mut self, scope: &str, step: &str, detail: String) {
+        self.push(scope, step, Status::Ok, detail, None);
+    }
+
+    fn fail(&mut self, scope: &str, step: &str, e: &Error, fix: &str) {
+        self.push(scope, step, Status::Fail, e.to_string(), Some(fix));
+    }
+}
+
+/// Runs every check of `config` with the store at `db`.
+pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
+    let mut r = Report::default();
+    r.ok(
+        "config",
+        "file",
+        format!(
+            "{}: {} mailbox(es)",
+            config_path.display(),
+            config.mailboxes.len()
+        ),
+    );
+    if config.mailboxes.is_empty() {
+        r.push(
+            "config",
+            "mailboxes",
+            Status::Fail,
+            "no [[mailbox]] configured".into(),
+            Some("add a [[mailbox]] table (`mailticket init` writes a commented sample)"),
+        );
+    }
+    check_store(&mut r, db);
+    for mb in &config.mailboxes {
+        let scope = format!("mailbox {}", mb.name);
+        let password = match imap::password(mb) {
+            Ok(p) => {
+                r.ok(&scope, "secret", "password readable".into());
+                p
+            }
+            Err(e) => {
+                r.fail(
+                    &scope,
+                    "secret",
+                    &e,
+                    "set the environment variable, file or command named by `password`",
+                );
+                continue;
+            }
+        };
+        check_mailbox(&mut r, &scope, mb, &password).await;
+    }
+    if let Some(smtp) = &config.smtp {
+        check_smtp(&mut r, smtp).await;
+    }
+    r
+}
+
+fn check_store(r: &mut Report, db: &Path) {
+    if !db.exists() {
+        r.push(
+            "store",
+            "file",
+            Status::Warn,
+            format!("{} does not exist yet", db.display()),
+            Some("nothing to do: the first sync creates it (check that its folder is writable)"),
+        );
+        return;
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let version = rusqlite::Connection::open_with_flags(db, flags)
+        .and_then(|c| c.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0)));
+    match version {
+        Ok(v) if v == SCHEMA_VERSION => {
+            r.ok("store", "schema", format!("{}: version {v}", db.display()))
+        }
+        Ok(v) if v < SCHEMA_VERSION => r.push(
+            "store",
+            "schema",
+            Status::Warn,
+            format!(
+                "{}: version {v}, this mailticket has {SCHEMA_VERSION}",
+                db.display()
+            ),
+            Some("nothing to do: the next sync migrates it"),
+        ),
+        Ok(v) => r.push(
+            "store",
+            "schema",
+            Status::Fail,
+            format!(
+                "{}: version {v}, newer than this mailticket ({SCHEMA_VERSION})",
+                db.display()
+            ),
+            Some("run the newer mailticket that wrote it"),
+        ),
+        Err(e) => r.fail(
+            "store",
+            "schema",
+            &Error::Store(e),
+            "check the path and permissions; restore it from a backup if it is damaged",
+        ),
+    }
+    match StoreLock::acquire(db, "doctor") {
+        Ok(_) => r.ok("store", "lock", "free".into()),
+        Err(Error::Locked { holder, .. }) => r.push(
+            "store",
+            "lock",
+            Status::Warn,
+            format!("held by {holder}"),
+            Some("fine while that watch or sync runs; a sync started now would exit 75"),
+        ),
+        Err(e) => r.fail("store", "lock", &e, "make the database's folder writable"),
+    }
+    let stuck = rusqlite::Connection::open_with_flags(db, flags).and_then(|c| {
+        c.query_row(
+            "SELECT count(*) FROM outbox WHERE status IN ('sending', 'failed')",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+    });
+    match stuck {
+        Ok(0) => r.ok("store", "outbox", "nothing stuck or failed".into()),
+        Ok(n) => r.push(
+            "store",
+            "outbox",
+            Status::Warn,
+            format!("{n} row(s) failed or interrupted while sending"),
+            Some("see `mailticket outbox`; `mailticket outbox --retry ID` sends one again"),
+        ),
+        // A store older than the outbox has none.
+        Err(_) => {}
+    }
+}
+
+async fn check_smtp(r: &mut Report, c: &crate::config::SmtpConfig) {
+    let scope = "smtp";
+    let password = match c
+        .password
+        .as_ref()
+        .map(|p| p.resolve("[smtp] password"))
+        .transpose()
+    {
+        Ok(p) => {
+            r.ok(
+                scope,
+                "secret",
+                if p.is_some() {
+                    "password readable"
+                } else {
+                    "no AUTH"
+                }
+                .into(),
+            );
+            p
+        }
+        Err(e) => {
+            return r.fail(
+                scope,
+                "secret",
+                &e,
+                "set the environment variable, file or command named by [smtp] password",
+            );
+        }
+    };
+    let smtp = match crate::outbound::smtp::Smtp::new(c, password) {
+        Ok(s) => s,
+        Err(e) => return r.fail(scope, "setup", &e, "check [smtp] ca-file"),
+    };
+    match smtp.check().await {
+        Ok(()) => r.ok(
+            scope,
+            "connect",
+            format!("{}:{} ({:?}): TLS, EHLO and AUTH fine", c.host, c.port(), c.tls),
+        ),
+        Err(e) => r.fail(
+            scope,
+            "connect",
+            &e,
+            "check host, port and tls (587 = starttls, 465 = implicit), the CA, username and password",
+        ),
+    }
+}
+
+async fn check_mailbox(r: &mut Report, scope: &str, mb: &MailboxConfig, password: &Revealed) {
+    let limit = mb.timeout();
+    let addr = format!("{}:{}", mb.host, mb.port());
+    match tokio::time::timeout(limit, tokio::net::lookup_host(addr.as_str())).await {
+        Ok(Ok(addrs)) => {
+            let ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            r.ok(scope, "dns", format!("{} -> {}", mb.host, ips.join(", ")));
+        }
+        Ok(Err(e)) => {
+            let e = Error::Network {
+                host: mb.host.clone(),
+                message: e.to_string(),
+            };
+            return r.fail(
+                scope,
+                "dns",
+                &e,
+                "check `host` (a typo?) and this machine's DNS",
+            );
+        }
+        Err(_) => {
+            let e = Error::Timeout {
+                host: mb.host.clone(),
+                what: "resolving".into(),
+                secs: limit.as_secs(),
+            };
+            return r.fail(scope, "dns", &e, "check this machine's DNS resolver");
+        }
+    }
+    let tcp = match imap::dial(mb).await {
+        Ok(t) => {
+            r.ok(scope, "tcp", format!("connected to {addr}"));
+            t
+        }
+        Err(e) => {
+            return r.fail(
+                scope,
+                "tcp",
+                &e,
+                "check `port` and `tls` (993 implicit, 143 starttls) and any firewall on the way",
+            );
+        }
+    };
+    let client = match imap::secure(mb, tcp).await {
+        Ok(c) => {
+            let how = match mb.tls {
+                TlsMode::Implicit => "TLS, certificate verified",
+                TlsMode::Starttls => "STARTTLS, certificate verified",
+                TlsMode::None => "no encryption (allow-insecure)",
+            };
+            r.ok(scope, "tls", format!("{how}; greeting received"));
+            c
+        }
+        Err(e) => {
+            let fix = match e {
+                Error::Tls { .. } => {
+                    "for a private CA set `ca-file`; check that `host` is the name on the certificate and `tls` matches the port"
+                }
+                _ => "check `tls` against the port: implicit TLS on 993, starttls on 143",
+            };
+            return r.fail(scope, "tls", &e, fix);
+        }
+    };
+    let mut imap = match imap::authenticate(mb, client, password).await {
+        Ok(i) => {
+            r.ok(scope, "login", format!("logged in as {}", mb.username));
+            i
+        }
+        Err(e) => {
+            let fix = match e {
+                Error::Auth { .. } => {
+                    "check `username` and the password; Outlook 365 needs IMAP enabled for the mailbox and usually OAuth2"
+                }
+                _ => "the server broke off during login; try again, then look at its logs",
+            };
+            return r.fail(scope, "login", &e, fix);
+        }
+    };
+    check_capabilities(r, scope, &imap);
+    check_folders(r, scope, mb, &mut imap).await;
+    imap.logout().await;
+}
+
+fn check_capabilities(r: &mut Report, scope: &str, imap: &Imap) {
+    let missing: Vec<&str> = ["IDLE", "MOVE", "UIDPLUS"]
+        .into_iter()
+        .filter(|c| !imap.has_capability(c))
+        .collect();
+    if missing.is_empty() {
+        r.ok(scope, "capabilities", "IDLE, MOVE, UIDPLUS".into());
+    } else {
+        let mut notes = Vec::new();
+        if missing.contains(&"IDLE") {
+            notes.push("without IDLE, watch polls every poll-interval");
+        }
+        if missing.contains(&"MOVE") {
+            notes.push("without MOVE, a move is COPY + delete");
+        }
+        if missing.contains(&"UIDPLUS") {
+            notes.push("without UIDPLUS, deleting expunges every \\Deleted message");
+        }
+        r.push(
+            scope,
+            "capabilities",
+            Status::Warn,
+            format!("missing {}", missing.join(", ")),
+            Some(&notes.join("; ")),
+        );
+    }
+}
+
+async fn check_folders(r: &mut Report, scope: &str, mb: &MailboxConfig, imap: &mut Imap) {
+    match imap.select(&mb.folder).await {
+        Ok(sel) => r.ok(
+            scope,
+            "folder",
+            format!("{}: {} messages, UIDVALIDITY {}", mb.folder, sel.exists, sel.uidvalidity),
+        ),
+        Err(e) => r.fail(
+            scope,
+            "folder",
+            &e,
+            "check `folder` (names are case-sensitive except INBOX; shared folders may need a prefix)",
+        ),
+    }
+    if let After::Move(target) = &mb.after {
+        match imap.folder_exists(target).await {
+            Ok(true) => r.ok(scope, "move-target", format!("{target} exists")),
+            Ok(false) => r.push(
+                scope,
+                "move-target",
+                Status::Warn,
+                format!("{target} does not exist"),
+                Some("nothing to do if the account may create folders: sync creates it"),
+            ),
+            Err(e) => r.fail(scope, "move-target", &e, "check `after = { move = ... }`"),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! One worker per store: an advisory lock on `<database>.lock` beside the database.
+//!
+//! `sync` and `watch` take it before they touch a mailbox, so two cron runs (or a cron run
+//! during `watch`) never work the same mailbox at once; the one that finds it taken fails
+//! with [`Error::Locked`] (exit status 75, "try again later"). The lock is the operating
+//! system's (`flock`), so it vanishes with the process, even after `kill -9`; the file
+//! itself stays and only says who held it last. Correctness never depends on it: every
+//! message commits in its own transaction. Readers (`tickets`, `show`) and `import` /
+//! `ingest` do not take it.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A held lock; dropping it releases it.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl StoreLock {
+    /// The lock file of the database at `db`.
+    pub fn path_for(db: &Path) -> PathBuf {
+        let mut name = db.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        db.with_file_name(name)
+    }
+
+    /// Takes the lock of the database at `db` without waiting; `what` (e.g. "sync") is
+    /// written into the file for whoever finds it taken.
+    pub fn acquire(db: &Path, what: &str) -> Result<StoreLock> {
+        let path = Self::path_for(db);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(Error::Locked {
+                    path,
+                    holder: holder.trim().to_owned(),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        let note = format!(
+            "pid {} ({what}) since {}\n",
+            std::process::id(),
+            crate::time::rfc3339(crate::time::now())
+        );
+        // Who holds it is only a hint for the message; failing to write it is harmless.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(note.as_bytes()));
+        Ok(StoreLock { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_taker_is_refused_until_the_first_lets_go() {
+        let dir = std::env::temp_dir().join(format!("mt-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("x.db");
+        let first = StoreLock::acquire(&db, "sync").unwrap();
+        assert_eq!(first.path(), dir.join("x.db.lock"));
+        match StoreLock::acquire(&db, "sync") {
+            Err(Error::Locked { holder, .. }) => {
+                assert!(
+                    holder.contains(&format!("pid {}", std::process::id())),
+                    "{holder}"
+                );
+                assert!(holder.contains("(sync)"), "{holder}");
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(first);
+        StoreLock::acquire(&db, "watch").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,443 @@
+//! `mailticket watch`: every mailbox watched at once, for weeks, until told to stop.
+//!
+//! One task per mailbox, all on one runtime and one store thread. Each task connects,
+//! catches up above its cursor with the same code as `sync` ([`crate::sync::catch_up`]), then
+//! waits: IMAP IDLE when the server has it (re-issued every `idle-interval`), else a poll every
+//! `poll-interval` (late ticks are skipped, not made up). Every wake-up fetches above the
+//! cursor only. A session that ends in an error is dropped and rebuilt after a backoff
+//! ([`crate::backoff`]); a refused login waits the full cap every time. One mailbox's failure
+//! never touches another's task.
+//!
+//! Shutdown is an argument: a [`CancellationToken`]. When it is cancelled, an IDLE ends
+//! with DONE, a catch-up fetches no new batch but stores and finishes what is in flight,
+//! sessions LOG OUT, and [`run`] returns once all tasks are done or `shutdown-timeout` has
+//! passed. Signals are the binary's business (`cli/watch.rs`), not this module's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::classify::Identity;
+use crate::config::{Config, MailboxConfig, WatchConfig};
+use crate::error::{Error, Result};
+use crate::imap::{self, Imap, Wake};
+use crate::pipeline::{PrepPool, StoreThread};
+use crate::secret::Revealed;
+use crate::summary::SourceSummary;
+use crate::sync::{Pass, SyncOptions, catch_up};
+
+/// How a watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Every task finished within the shutdown deadline.
+    pub clean: bool,
+}
+
+/// What every mailbox task shares.
+struct Shared {
+    store: StoreThread,
+    /// Acknowledgements, when enabled.
+    opts: SyncOptions,
+    /// Wakes the outbox task after a pass that created tickets.
+    outbox_due: tokio::sync::Notify,
+    me: Arc<Identity>,
+    pool: PrepPool,
+    timing: WatchConfig,
+    connected: AtomicUsize,
+}
+
+/// Watches `mailboxes` until `stop` is cancelled, then drains the tasks with the
+/// configured deadline. Returns only after `stop` is cancelled.
+pub async fn run(
+    config: &Config,
+    mailboxes: Vec<(MailboxConfig, Revealed)>,
+    store: &StoreThread,
+    outbound: Option<(
+        Arc<crate::outbound::smtp::Smtp>,
+        Option<Arc<crate::outbound::AckPlan>>,
+    )>,
+    stop: CancellationToken,
+) -> Result<Stopped> {
+    let (smtp, ack) = match outbound {
+        Some((smtp, ack)) => (Some(smtp), ack),
+        None => (None, None),
+    };
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        opts: SyncOptions {
+            dry_run: false,
+            ack,
+        },
+        outbox_due: tokio::sync::Notify::new(),
+        me: Arc::new(Identity {
+            addresses: config.own_addresses(),
+        }),
+        pool: PrepPool::spawn()?,
+        timing: config.watch,
+        connected: AtomicUsize::new(0),
+    });
+    let total = mailboxes.len();
+    let tracker = TaskTracker::new();
+    for (i, (mb, password)) in mailboxes.into_iter().enumerate() {
+        let span = tracing::info_span!("mailbox", mailbox = %mb.name);
+        let (shared, stop) = (shared.clone(), stop.clone());
+        let seed = (i as u64) ^ u64::from(std::process::id()) << 20 ^ crate::time::now() as u64;
+        tracker.spawn(
+            async move {
+                let backoff = Backoff::new(
+                    shared.timing.backoff_min(),
+                    shared.timing.backoff_max(),
+                    seed,
+                );
+                supervise(backoff, &stop, || session(&mb, &password, &shared, &stop)).await;
+            }
+            .instrument(span),
+        );
+    }
+    if let Some(smtp) = smtp {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        tracker.spawn(
+            async move { drain_outbox(&shared, &smtp, &stop).await }
+                .instrument(tracing::info_span!("outbox")),
+        );
+    }
+    tracker.close();
+    tracing::info!(
+        mailboxes = total,
+        idle = shared.timing.idle,
+        "watching; stop with SIGINT or SIGTERM"
+    );
+
+    let heartbeat = shared.timing.heartbeat();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(heartbeat) => tracing::debug!(
+                connected = shared.connected.load(Ordering::Relaxed),
+                mailboxes = total,
+                "heartbeat"
+            ),
+        }
+    }
+    let deadline = shared.timing.shutdown_timeout();
+    tracing::info!(deadline_s = deadline.as_secs(), "stopping");
+    let clean = tokio::time::timeout(deadline, tracker.wait()).await.is_ok();
+    if clean {
+        tracing::info!("stopped");
+    } else {
+        tracing::warn!(
+            deadline_s = deadline.as_secs(),
+            "shutdown deadline passed; abandoning the sessions still open (stored messages are safe)"
+        );
+    }
+    Ok(Stopped { clean })
+}
+
+/// How often the outbox is looked at when nothing wakes it (deferred rows come due).
+const OUTBOX_TICK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends the outbox whenever a pass created tickets, and every [`OUTBOX_TICK`] for rows
+/// whose retry came due. A send in progress finishes before a stop is honoured.
+async fn drain_outbox(
+    shared: &Shared,
+    smtp: &crate::outbound::smtp::Smtp,
+    stop: &CancellationToken,
+) {
+    loop {
+        let report = crate::outbound::drain(&shared.store, smtp).await;
+        if report.sent + report.failed + report.deferred > 0 {
+            tracing::info!(
+                sent = report.sent,
+                failed = report.failed,
+                deferred = report.deferred,
+                "outbox"
+            );
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = shared.outbox_due.notified() => {}
+            () = tokio::time::sleep(OUTBOX_TICK) => {}
+        }
+    }
+}
+
+/// How one session ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// The session completed at least one catch-up pass (resets the backoff).
+    pub caught_up: bool,
+    /// Why it ended; `None` when it was asked to stop.
+    pub error: Option<Error>,
+}
+
+/// Runs sessions one after another until one ends without an error (it was told to stop),
+/// waiting between them as `backoff` says. Returns when `stop` is cancelled.
+pub async fn supervise<F, Fut>(mut backoff: Backoff, stop: &CancellationToken, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Ended>,
+{
+    while !stop.is_cancelled() {
+        let ended = session().await;
+        if ended.caught_up {
+            backoff.reset();
+        }
+        let Some(error) = ended.error else { break };
+        if stop.is_cancelled() {
+            break;
+        }
+        let delay = if matches!(error, Error::Auth { .. }) {
+            let d = backoff.at_cap();
+            tracing::error!(
+                error = %error,
+                retry_in_ms = d.as_millis() as u64,
+                "LOGIN REFUSED: fix the username or password; retrying only at the backoff cap so the account is not locked"
+            );
+            d
+        } else {
+            let d = backoff.next_delay();
+            tracing::warn!(error = %error, retry_in_ms = d.as_millis() as u64, "disconnected; reconnecting");
+            d
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => break,
+        }
+    }
+}
+
+/// One connection's life: connect, catch up, then wait and catch up again until an error
+/// or `stop`.
+async fn session(
+    mb: &MailboxConfig,
+    password: &Revealed,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Ended {
+    let mut ended = Ended {
+        caught_up: false,
+        error: None,
+    };
+    let connected = tokio::select! {
+        r = imap::connect(mb, password) => r,
+        () = stop.cancelled() => return ended,
+    };
+    let imap = match connected {
+        Ok(imap) => imap,
+        Err(e) => {
+            ended.error = Some(e);
+            return ended;
+        }
+    };
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let r = watch_session(imap, mb, shared, stop, &mut ended.caught_up).await;
+    shared.connected.fetch_sub(1, Ordering::Relaxed);
+    ended.error = r.err();
+    ended
+}
+
+async fn watch_session(
+    mut imap: Imap,
+    mb: &MailboxConfig,
+    shared: &Shared,
+    stop: &CancellationToken,
+    caught_up: &mut bool,
+) -> Result<()> {
+    let timing = &shared.timing;
+    let idle = timing.idle && imap.has_capability("IDLE");
+    if !idle {
+        tracing::info!(
+            poll_s = timing.poll_interval().as_secs(),
+            "polling (IDLE {})",
+            if timing.idle {
+                "not offered by the server"
+            } else {
+                "switched off"
+            }
+        );
+    }
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + timing.poll_interval(),
+        timing.poll_interval(),
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let pass = Pass {
+        store: &shared.store,
+        me: &shared.me,
+        pool: Some(&shared.pool),
+        opts: shared.opts.clone(),
+        stop: Some(stop),
+    };
+    let result = loop {
+        imap.take_changes();
+        let mut s = SourceSummary {
+            name: mb.name.clone(),
+            folder: Some(mb.folder.clone()),
+            counts: Default::default(),
+        };
+        if let Err(e) = catch_up(&mut imap, mb, &pass, &mut s).await {
+            break Err(e);
+        }
+        *caught_up = true;
+        if s.counts.created > 0 {
+            shared.outbox_due.notify_one();
+        }
+        if s.counts.fetched > 0 {
+            // each message's decision is logged on its own at info
+            tracing::debug!(fetched = s.counts.fetched, "caught up");
+        }
+        if stop.is_cancelled() {
+            break Ok(());
+        }
+        if imap.take_changes() {
+            continue; // mail arrived during the pass
+        }
+        if idle {
+            let (back, wake) = imap.idle(timing.idle_interval(), stop).await?;
+            imap = back;
+            match wake {
+                Wake::Stopped => break Ok(()),
+                Wake::Renew => tracing::debug!("IDLE renewed"),
+                Wake::Changed => tracing::debug!("new mail"),
+            }
+        } else {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => break Ok(()),
+            }
+        }
+    };
+    imap.logout().await;
+    tracing::info!(
+        error = result.as_ref().err().map(tracing::field::display),
+        "disconnected"
+    );
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn net() -> Error {
+        Error::Network {
+            host: "h".into(),
+            message: "down".into(),
+        }
+    }
+
+    fn auth() -> Error {
+        Error::Auth {
+            host: "h".into(),
+            user: "u".into(),
+            message: "no".into(),
+        }
+    }
+
+    /// Runs `supervise` over scripted session outcomes and returns when each session started
+    /// (seconds after the start, on the paused clock).
+    async fn schedule(script: Vec<Ended>, cap: u64) -> Vec<f64> {
+        let start = Instant::now();
+        let stop = CancellationToken::new();
+        let script = Mutex::new(script.into_iter());
+        let starts = Mutex::new(Vec::new());
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(cap), 42);
+        supervise(backoff, &stop, || {
+            starts.lock().unwrap().push(start.elapsed().as_secs_f64());
+            let next = script.lock().unwrap().next();
+            let stop = stop.clone();
+            async move {
+                match next {
+                    Some(e) => e,
+                    None => {
+                        stop.cancel();
+                        Ended {
+                            caught_up: false,
+                            error: None,
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        starts.into_inner().unwrap()
+    }
+
+    fn fail(e: Error, caught_up: bool) -> Ended {
+        Ended {
+            caught_up,
+            error: Some(e),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnects_back_off_exponentially_and_reset_after_work() {
+        let script = (0..9).map(|_| fail(net(), false)).collect();
+        let starts = schedule(script, 300).await;
+        let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        for (i, g) in gaps.iter().enumerate() {
+            let ceiling = f64::from(1u32 << i).min(300.0);
+            assert!(*g <= ceiling + 0.001, "gap {i} = {g} > {ceiling}: {gaps:?}");
+        }
+        // full jitter, but over 9 doublings the total must grow well past the first steps
+        assert!(starts.last().unwrap() > &10.0, "{starts:?}");
+
+        // a session that caught up resets the schedule: the next wait is at most 1 s again
+        let mut script: Vec<Ended> = (0..8).map(|_| fail(net(), false)).collect();
+        script.push(fail(net(), true));
+        let starts = schedule(script, 300).await;
+        let last_gap = starts[9] - starts[8];
+        assert!(last_gap <= 1.001, "{starts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_login_waits_the_cap_every_time() {
+        let script = (0..3).map(|_| fail(auth(), false)).collect();
+        let starts = schedule(script, 300).await;
+        let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps.len(), 3);
+        for g in gaps {
+            assert!((150.0..=300.001).contains(&g), "{g}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_interrupts_a_backoff_wait() {
+        let stop = CancellationToken::new();
+        let backoff = Backoff::new(Duration::from_secs(300), Duration::from_secs(300), 1);
+        let t0 = Instant::now();
+        let canceller = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                stop.cancel();
+            })
+        };
+        supervise(backoff, &stop, || async { fail(auth(), false) }).await;
+        canceller.await.unwrap();
+        assert_eq!(t0.elapsed().as_secs(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_ticks_that_run_late_are_skipped() {
+        let period = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut ticker = tokio::time::interval_at(t0 + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ticker.tick().await;
+        assert_eq!(t0.elapsed().as_secs(), 60);
+        // a pass that took 150 s: the ticks at 120 and 180 are not made up in a burst
+        tokio::time::sleep(Duration::from_secs(150)).await;
+        ticker.tick().await;
+        assert_eq!(t0.elapsed().as_secs(), 210);
+        ticker.tick().await;
+        assert_eq!(t0.elapsed().as_secs(), 240);
+    }
+}
