@@ -501,3 +501,30 @@ fn agent_replies_keep_the_thread_across_three_rounds() {
     wd.mailticket(&["reopen", "1"]).success();
     assert_eq!(wd.tickets()[0]["status"], "open");
 }
+
+#[test]
+fn watch_acknowledges_new_mail_as_it_arrives() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    let w = wd.watch(&[]);
+    w.wait_log("connected", 1, std::time::Duration::from_secs(30));
+    dc.append(
+        "INBOX",
+        &simple_mail(
+            "Anna <anna@customer.example>",
+            "w1@customer.example",
+            "Watch me",
+            "",
+        ),
+        false,
+    );
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the acknowledgement",
+        || sink.messages().len() == 1,
+    );
+    let ack = &sink.messages()[0];
+    assert_eq!(ack.header("In-Reply-To").unwrap(), "<w1@customer.example>");
+    w.signal("TERM");
+    assert_eq!(outbox(&wd)[0]["status"], "sent");
+}
