@@ -5,7 +5,8 @@
 //! [`imap::authenticate`], [`Imap::select`]), so a green doctor means the next sync gets as
 //! far. Nothing is changed: the store is only read (never created or migrated), folders are
 //! only looked at. A failed step skips the steps of that mailbox that depend on it.
-//! SMTP checks join here once outbound mail exists ([`check`] has a marked place for them).
+//! With `[smtp]` configured it also connects to the SMTP server (TLS, EHLO, AUTH) and reports
+//! outbox rows that failed or were interrupted while sending.
 
 use std::path::Path;
 
