@@ -34,6 +34,20 @@ impl Counts {
         }
     }
 
+    /// Logs the counts at `info` with `message`.
+    pub fn log(&self, message: &str) {
+        tracing::info!(
+            fetched = self.fetched,
+            created = self.created,
+            threaded = self.threaded,
+            duplicates = self.duplicates,
+            quarantined = self.quarantined,
+            acks_queued = self.acks_queued,
+            errors = self.errors.len(),
+            "{message}"
+        );
+    }
+
     fn add(&mut self, o: &Counts) {
         self.fetched += o.fetched;
         self.created += o.created;
@@ -91,15 +105,6 @@ impl RunSummary {
 
     /// Logs the totals at `info`.
     pub fn log(&self, what: &str) {
-        let t = &self.totals;
-        tracing::info!(
-            fetched = t.fetched,
-            created = t.created,
-            threaded = t.threaded,
-            duplicates = t.duplicates,
-            quarantined = t.quarantined,
-            errors = t.errors.len(),
-            "{what} finished"
-        );
+        self.totals.log(&format!("{what} finished"));
     }
 }

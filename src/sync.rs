@@ -110,15 +110,7 @@ pub async fn sync_mailbox(
         s.counts.errors.push(format!("mailbox {}: {e}", mb.name));
     }
     s.counts.acks_queued += store.call(|s| Ok(s.take_acks_queued())).await.unwrap_or(0);
-    let c = &s.counts;
-    tracing::info!(
-        fetched = c.fetched,
-        created = c.created,
-        threaded = c.threaded,
-        duplicates = c.duplicates,
-        quarantined = c.quarantined,
-        "mailbox done"
-    );
+    s.counts.log("mailbox done");
     s
 }
 
@@ -221,10 +213,10 @@ async fn finish_uids(
     store: &StoreThread,
     uidvalidity: u32,
     uids: &[u32],
+    last: u32,
 ) -> Result<oneshot::Receiver<Result<()>>> {
     post_action(imap, &mb.after, uids).await?;
     let (name, folder) = (mb.name.clone(), mb.folder.clone());
-    let last = uids.iter().copied().max().unwrap_or(0);
     Ok(store.submit(move |s| s.set_done(&name, &folder, uidvalidity, last)))
 }
 
@@ -252,7 +244,48 @@ async fn unfinished(imap: &mut Imap, c: Cursor) -> Result<Vec<u32>> {
     Ok(uids)
 }
 
-type Submitted = (u32, oneshot::Receiver<Result<Option<Outcome>>>);
+/// A message handed to the store: its UID, how far the cursor moves with it, its result.
+type Submitted = (u32, u32, oneshot::Receiver<Result<Option<Outcome>>>);
+
+/// Which UIDs of the current batch have arrived, so that the cursor only ever moves past a
+/// UID once every candidate below it is stored, even if a server answers a FETCH out of UID
+/// order (RFC 3501 does not promise the order).
+#[derive(Default)]
+struct Frontier {
+    /// Every candidate up to here is settled (stored, or gone from the server).
+    base: u32,
+    batch: Vec<u32>,
+    /// How many of `batch`, from its start, have arrived.
+    prefix: usize,
+    early: std::collections::HashSet<u32>,
+}
+
+impl Frontier {
+    fn start(&mut self, batch: &[u32]) {
+        if let Some(&last) = self.batch.last() {
+            // The previous batch is over: what did not arrive is no longer on the server.
+            self.base = self.base.max(last);
+        }
+        self.batch = batch.to_vec();
+        self.prefix = 0;
+        self.early.clear();
+    }
+
+    /// Records `uid`'s arrival and returns how far the cursor may move with it.
+    fn arrive(&mut self, uid: u32) -> u32 {
+        self.early.insert(uid);
+        while let Some(u) = self.batch.get(self.prefix) {
+            if !self.early.remove(u) {
+                break;
+            }
+            self.prefix += 1;
+        }
+        match self.prefix.checked_sub(1).and_then(|i| self.batch.get(i)) {
+            Some(&u) => u.max(self.base),
+            None => self.base,
+        }
+    }
+}
 
 /// What one catch-up pass needs besides the session. `sync` makes one pass per connection;
 /// `watch` makes one per wake-up, on the same connection, with a shared worker pool.
@@ -329,13 +362,18 @@ pub async fn catch_up(
     let mut first_error: Option<Error> = None;
     // Committed UIDs still waiting for their post-action, in UID order.
     let mut done = Vec::new();
+    // The highest cursor position among them.
+    let mut done_to = 0u32;
+    let mut frontier = Frontier::default();
 
     for batch in batches(&todo) {
         if pass.stop.is_some_and(CancellationToken::is_cancelled) {
             tracing::info!("stopping after the messages in flight");
             break;
         }
+        frontier.start(&batch);
         let each = |fm: FetchedMessage| {
+            let cursor_to = frontier.arrive(fm.uid);
             let ack = opts.ack.clone();
             let (budget, store, me, failed, sub_tx, pool) = (
                 budget.clone(),
@@ -353,6 +391,7 @@ pub async fn catch_up(
                     folder: mb.folder.clone(),
                     uidvalidity: cursor.uidvalidity,
                     uid: fm.uid,
+                    cursor_to,
                 }),
             };
             async move {
@@ -378,7 +417,7 @@ pub async fn catch_up(
                     }
                     r.map(Some)
                 });
-                let _ = sub_tx.send((uid, rx));
+                let _ = sub_tx.send((uid, cursor_to, rx));
                 Ok(())
             }
         };
@@ -393,13 +432,15 @@ pub async fn catch_up(
         }
         // Whatever has committed by now is booked, without waiting for the rest; the
         // post-action follows once enough UIDs are committed.
-        while let Some((uid, rx)) = inflight.front_mut() {
+        while let Some((uid, to, rx)) = inflight.front_mut() {
             match rx.try_recv() {
                 Ok(r) => {
-                    let uid = *uid;
+                    let (uid, to) = (*uid, *to);
                     inflight.pop_front();
                     if let Some(e) = settle(r, uid, &mut done, summary) {
                         first_error.get_or_insert(e);
+                    } else {
+                        done_to = done_to.max(to);
                     }
                 }
                 Err(oneshot::error::TryRecvError::Empty) => break,
@@ -410,7 +451,7 @@ pub async fn catch_up(
             }
         }
         if !opts.dry_run && done.len() >= POST_ACTION_EVERY {
-            clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done).await?);
+            clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await?);
             done.clear();
         }
         if first_error.is_some() {
@@ -419,11 +460,13 @@ pub async fn catch_up(
     }
 
     // Wait for the rest of the store's work, then finish those UIDs too.
-    for (uid, rx) in inflight {
+    for (uid, to, rx) in inflight {
         match rx.await {
             Ok(r) => {
                 if let Some(e) = settle(r, uid, &mut done, summary) {
                     first_error.get_or_insert(e);
+                } else {
+                    done_to = done_to.max(to);
                 }
             }
             Err(_) => {
@@ -432,7 +475,7 @@ pub async fn catch_up(
         }
     }
     if !opts.dry_run && !done.is_empty() {
-        clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done).await?);
+        clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await?);
     }
     for c in clears {
         c.await.map_err(|_| stopped())??;
@@ -468,6 +511,19 @@ fn stopped() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cursor_never_passes_a_uid_that_has_not_arrived() {
+        let mut f = Frontier::default();
+        f.start(&[3, 5, 7, 9]);
+        assert_eq!(f.arrive(3), 3);
+        assert_eq!(f.arrive(7), 3, "5 is still missing");
+        assert_eq!(f.arrive(5), 7);
+        // 9 never arrives (expunged): the next batch starts past it.
+        f.start(&[12, 14]);
+        assert_eq!(f.arrive(14), 9);
+        assert_eq!(f.arrive(12), 14);
+    }
 
     #[test]
     fn batches_respect_count_and_bytes() {

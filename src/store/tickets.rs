@@ -31,6 +31,9 @@ pub struct ImapPos {
     pub uidvalidity: u32,
     /// The message's UID.
     pub uid: u32,
+    /// How far the cursor advances when this message commits: its UID, or less when the
+    /// server sent a batch out of UID order and a lower UID has not been stored yet.
+    pub cursor_to: u32,
 }
 
 /// A parsed, classified message on its way into the store.
@@ -220,7 +223,7 @@ fn advance(c: &Connection, pos: Option<&ImapPos>) -> Result<()> {
             p.mailbox,
             p.folder,
             p.uidvalidity,
-            p.uid,
+            p.cursor_to,
             crate::time::now()
         ])?;
     if n != 1 {
