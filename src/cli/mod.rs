@@ -168,7 +168,9 @@ impl Ctx {
     }
 
     pub fn open_store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.db)?)
+        let mut store = Store::open(&self.db)?;
+        store.set_rules(mailticket::store::Rules::from_config(&self.config));
+        Ok(store)
     }
 
     pub fn require_config(&self) -> anyhow::Result<()> {
