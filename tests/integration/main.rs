@@ -9,6 +9,7 @@ mod harness;
 
 mod cli;
 mod connect;
+mod corpus;
 mod crash;
 mod import;
 mod selftest;
