@@ -495,6 +495,70 @@ mod tests {
     }
 
     #[test]
+    fn subject_shapes_need_another_signal() {
+        let person = |subject: &str, extra: &str| {
+            let raw = format!(
+                "From: Anna <anna@example.com>\r\nSubject: {subject}\r\n{extra}\r\nbody\r\n"
+            );
+            classify(&parse(raw.as_bytes()).unwrap(), &Identity::default())
+        };
+        assert_eq!(person("Out of office, please help", "").kind, Kind::Normal);
+        assert_eq!(person("Automatic reply: x", "").kind, Kind::Normal);
+        assert_eq!(person("Undeliverable: x", "").kind, Kind::Normal);
+        assert_eq!(person("Absenteeism policy", "").kind, Kind::Normal);
+        assert_eq!(
+            person("Automatic reply: x", "X-Auto-Response-Suppress: DR\r\n").kind,
+            Kind::AutoReply
+        );
+        assert_eq!(
+            person("Abwesenheitsnotiz: x", "Precedence: bulk\r\n").kind,
+            Kind::AutoReply
+        );
+        assert_eq!(
+            person("Undeliverable: x", "Return-Path: <>\r\n").kind,
+            Kind::Bounce
+        );
+    }
+
+    #[test]
+    fn null_sender_with_an_auto_reply_signal_is_an_auto_reply() {
+        let c = judge("Return-Path: <>\r\nAuto-Submitted: auto-replied\r\n");
+        assert_eq!(c.kind, Kind::AutoReply, "{c:?}");
+        assert_eq!(judge("Return-Path: <>\r\n").kind, Kind::Bounce);
+        assert_eq!(judge("X-Autoreply: no\r\n").kind, Kind::Normal);
+        assert_eq!(judge("Precedence: special-delivery\r\n").kind, Kind::Normal);
+    }
+
+    #[test]
+    fn no_reply_senders_block_acks_only() {
+        for a in [
+            "noreply@x.example",
+            "no-reply@x.example",
+            "do-not-reply@x.example",
+            "DoNotReply@x.example",
+            "mailer-daemon@x.example",
+            "noreply-billing@x.example",
+            "alerts-noreply@x.example",
+        ] {
+            assert!(is_no_reply(&a.to_ascii_lowercase()), "{a}");
+        }
+        for a in ["anna@x.example", "reply@x.example", "norene@x.example"] {
+            assert!(!is_no_reply(a), "{a}");
+        }
+        let raw = "From: Shop <no-reply@shop.example>\r\nSubject: shipped\r\n\r\nx\r\n";
+        let c = classify(&parse(raw.as_bytes()).unwrap(), &Identity::default());
+        assert_eq!(c.kind, Kind::Normal);
+        assert!(!c.may_ack());
+        assert_eq!(c.blocks_ack, ["no-reply sender: no-reply@shop.example"]);
+        let with_reply_to = raw.replace("Subject", "Reply-To: anna@shop.example\r\nSubject");
+        let c = classify(
+            &parse(with_reply_to.as_bytes()).unwrap(),
+            &Identity::default(),
+        );
+        assert!(c.may_ack(), "{c:?}");
+    }
+
+    #[test]
     fn own_address_is_a_loop() {
         let raw = "From: support@example.com\r\nSubject: x\r\n\r\nbody\r\n";
         let me = Identity {

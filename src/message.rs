@@ -517,8 +517,11 @@ pub fn text_failed_recipients(text: &str) -> Vec<String> {
             continue;
         }
         if after_failed {
-            if line.starts_with([' ', '\t']) && t.contains('@') && !t.contains(' ') {
-                out.push(t.trim_matches(['<', '>']).to_ascii_lowercase());
+            if line.starts_with([' ', '\t']) {
+                // The address, then its indented details (host, SMTP error).
+                if t.contains('@') && !t.contains(char::is_whitespace) {
+                    out.push(t.trim_matches(['<', '>']).to_ascii_lowercase());
+                }
             } else if !t.is_empty() {
                 after_failed = false;
             }
@@ -836,6 +839,58 @@ mod tests {
         assert_eq!(safe_filename("a\u{0}b\nc.txt"), "a_b_c.txt");
         assert_eq!(safe_filename("C:evil.exe"), "C_evil.exe");
         assert!(safe_filename(&"é".repeat(200)).len() <= 150);
+    }
+
+    #[test]
+    fn dsn_fields() {
+        let d = parse_dsn(
+            "Reporting-MTA: dns; mx.example.com\n\nFinal-Recipient: rfc822; <Bob@X.example>\n\
+             Action: Failed\nStatus: 5.1.1 (user unknown)\nDiagnostic-Code: smtp; 550 5.1.1\n  no such user\n\n\
+             Final-Recipient: rfc822; c@x.example\nAction: delayed\nStatus: 4.4.7\n",
+        )
+        .unwrap();
+        assert_eq!(d.reporting_mta, "mx.example.com");
+        assert_eq!(d.recipients.len(), 2);
+        assert_eq!(d.recipients[0].final_recipient, "bob@x.example");
+        assert_eq!(d.recipients[0].action, "failed");
+        assert_eq!(d.recipients[0].status, "5.1.1");
+        assert_eq!(d.recipients[0].diagnostic, "550 5.1.1 no such user");
+        assert!(d.recipients[0].failed() && !d.recipients[1].failed());
+        assert_eq!(parse_dsn("just text"), None);
+    }
+
+    #[test]
+    fn quoted_originals_and_forward_blocks() {
+        let o = quoted_original(
+            "Sorry.\n\n--- Below this line is a copy of the message.\n\nFrom: a@b.example\n\
+             To: c@d.example\nSubject: Hi\nMessage-ID: <m1@b.example>\n\nbody\n",
+        )
+        .unwrap();
+        assert_eq!(o.message_id.as_deref(), Some("m1@b.example"));
+        assert_eq!(o.subject, "Hi");
+        assert_eq!(o.recipients[0].address, "c@d.example");
+        assert_eq!(quoted_original("nothing quoted here"), None);
+        let f = forwarded_sender(
+            "FYI\n\n-----Original Message-----\nFrom: Kim Lee [mailto:Kim@Client.example]\nSent: Monday\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.address.as_str()),
+            ("Kim Lee", "kim@client.example")
+        );
+        let f = forwarded_sender("Begin forwarded message:\n\n> Von: Jo <jo@x.example>\n").unwrap();
+        assert_eq!(f.address, "jo@x.example");
+        assert_eq!(forwarded_sender("From: not a forward <a@b.example>"), None);
+        assert_eq!(mailbox_in("no address"), None);
+        assert_eq!(mailbox_in("(x@y.example)").unwrap().address, "x@y.example");
+    }
+
+    #[test]
+    fn failed_recipients_from_text() {
+        let exim = "The following address(es) failed:\n\n  a@x.example\n    host said 550\n\n  b@x.example\n";
+        assert_eq!(text_failed_recipients(exim), ["a@x.example", "b@x.example"]);
+        let qmail = "<C@Y.example>:\nSorry, no mailbox here by that name.\n";
+        assert_eq!(text_failed_recipients(qmail), ["c@y.example"]);
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn tag_at(s: &str, marker: &str) -> Option<(i64, usize)> {
     }
     let rest = s.get(marker.len()..)?;
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 || digits > 18 || !rest.get(digits..)?.starts_with(']') {
+    if digits == 0 || digits > 19 || !rest.get(digits..)?.starts_with(']') {
         return None;
     }
     let n: i64 = rest.get(..digits)?.parse().ok()?;
@@ -60,66 +60,19 @@ fn tag_number(s: &str, marker: &str) -> Option<i64> {
 }
 
 /// Reply and forward prefixes, lower-case, compared before a `:` or `：`.
+#[rustfmt::skip]
 const PREFIXES: &[&str] = &[
-    // English, and what most clients use.
-    "re",
-    "fw",
-    "fwd",
-    "r", // German, Dutch, Scandinavian, Finnish.
-    "aw",
-    "wg",
-    "antw",
-    "antwort",
-    "doorst",
-    "sv",
-    "vs",
-    "vb",
-    "vl",
-    "fs",
-    "vs",
-    "vast",
-    // French, Spanish, Portuguese, Italian, Romanian, Polish, Czech, Turkish...
-    "tr",
-    "rv",
-    "réf",
-    "ref",
-    "enc",
-    "res",
-    "rif",
-    "i",
-    "odp",
-    "pd",
-    "ynt",
-    "ilt",
-    "İlt",
-    "vá",
-    "atb",
-    "trs",
-    "rép",
-    "rép.", // Greek, Russian, Hebrew.
-    "απ",
-    "σχετ",
-    "πρθ",
-    "παρ",
-    "отв",
-    "пер",
-    "fwd",
-    "השב",
-    "הועבר",
+    // English, and what most clients write.
+    "re", "fw", "fwd", "r",
+    // German, Dutch, Scandinavian, Finnish.
+    "aw", "wg", "antw", "antwort", "doorst", "sv", "vs", "vb", "vl", "fs", "vast",
+    // French, Spanish, Portuguese, Italian, Polish, Czech, Turkish, Lithuanian...
+    "tr", "rv", "réf", "ref", "rép", "enc", "res", "rif", "i", "odp", "pd", "ynt", "ilt", "vá",
+    "atb", "trs",
+    // Greek, Russian, Hebrew.
+    "απ", "σχετ", "πρθ", "παρ", "отв", "пер", "השב", "הועבר",
     // Chinese, Japanese, Korean.
-    "回复",
-    "回覆",
-    "答复",
-    "答覆",
-    "转发",
-    "轉寄",
-    "转寄",
-    "轉發",
-    "転送",
-    "返信",
-    "답장",
-    "전달",
-    "회신",
+    "回复", "回覆", "答复", "答覆", "转发", "轉寄", "转寄", "轉發", "転送", "返信", "답장", "전달", "회신",
 ];
 
 /// Whether `head` (the text before a colon) is a reply or forward prefix: a known word,
@@ -304,6 +257,7 @@ pub fn customer(m: &ParsedMessage, forwarders: &[String]) -> (Mailbox, Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn prefixes_are_stripped() {
@@ -314,6 +268,25 @@ mod tests {
         assert_eq!(normalize_subject("Re: [#12] Order"), "Order");
         assert_eq!(normalize_subject("Meeting: tomorrow"), "Meeting: tomorrow");
         assert_eq!(normalize_subject("  "), "");
+        assert_eq!(
+            normalize_subject("転送: 답장: 전달： 回覆: 答复:Bestellung"),
+            "Bestellung"
+        );
+        assert_eq!(
+            normalize_subject("Antw: Odp: Doorst: WG: VS: TR: RV: x"),
+            "x"
+        );
+        assert_eq!(normalize_subject("re(3): Re^2: RE2: fw: x"), "x");
+        assert_eq!(normalize_subject("TR : Re :  two   spaces"), "two spaces");
+        assert_eq!(
+            normalize_subject("Reply: not a prefix"),
+            "Reply: not a prefix"
+        );
+        assert_eq!(
+            normalize_subject("Re[x]: odd counter"),
+            "Re[x]: odd counter"
+        );
+        assert_eq!(normalize_subject_with("[Ticket#9] AW: x", "ticket#"), "x");
     }
 
     #[test]
@@ -322,6 +295,10 @@ mod tests {
         assert_eq!(subject_tag("[#] x [#7]"), Some(7));
         assert_eq!(subject_tag("[#x]"), None);
         assert_eq!(subject_tag("Order #42"), None);
+        assert_eq!(subject_tag("[#0]"), None);
+        assert_eq!(subject_tag("[#99999999999999999999999]"), None);
+        assert_eq!(subject_tag_with("AW: [Ticket#12] x", "Ticket#"), Some(12));
+        assert_eq!(subject_tag_with("AW: [#12] x", "Ticket#"), None);
     }
 
     #[test]
@@ -333,5 +310,108 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(parent_ids(&m), ["p", "mid", "root"]);
+    }
+
+    #[test]
+    fn keyed_ids_verify_and_forgeries_fail() {
+        let key = [7u8; 32];
+        let id = outbound_id(&key, 42, "Row-17", "support.example.com");
+        assert!(id.starts_with("mt.42.row17."), "{id}");
+        assert!(id.ends_with("@support.example.com"));
+        assert_eq!(verify_own_id(&key, &id), OwnId::Valid(42));
+        assert_eq!(verify_own_id(&key, &id.to_uppercase()), OwnId::Valid(42));
+        assert_eq!(verify_own_id(&[8u8; 32], &id), OwnId::Forged(42));
+        let retargeted = id.replacen("mt.42.", "mt.43.", 1);
+        assert_eq!(verify_own_id(&key, &retargeted), OwnId::Forged(43));
+        assert_eq!(verify_own_id(&key, "abc@example.com"), OwnId::NotOurs);
+        assert_eq!(verify_own_id(&key, "mt.x.1.abcdefgh@e"), OwnId::NotOurs);
+        assert_eq!(verify_own_id(&key, "mt.1.1.short@e"), OwnId::NotOurs);
+        assert_ne!(
+            outbound_id(&key, 42, "1", "d"),
+            outbound_id(&key, 42, "2", "d")
+        );
+    }
+
+    #[test]
+    fn forwarded_customer() {
+        let fwd = vec!["info@example.com".to_owned()];
+        let mut m = ParsedMessage {
+            from: Some(Mailbox {
+                name: "Info".into(),
+                address: "info@example.com".into(),
+            }),
+            headers: vec![("resent-from".into(), "Kim <kim@client.example>".into())],
+            ..Default::default()
+        };
+        let (c, why) = customer(&m, &fwd);
+        assert_eq!(c.address, "kim@client.example");
+        assert!(why.unwrap().contains("resent-from"));
+        m.headers.clear();
+        let (c, why) = customer(&m, &fwd);
+        assert_eq!(c.address, "info@example.com");
+        assert!(why.unwrap().contains("no original sender"));
+        let (c, why) = customer(&m, &[]);
+        assert_eq!((c.address.as_str(), why), ("info@example.com", None));
+    }
+
+    fn prefix() -> impl Strategy<Value = String> {
+        let words = prop::sample::select(PREFIXES.to_vec());
+        let counter = prop::option::of(1u8..30);
+        let colon = prop::sample::select(vec![":", "：", " :"]);
+        let case = any::<bool>();
+        (words, counter, colon, case).prop_map(|(w, n, c, upper)| {
+            let w = if upper {
+                w.to_uppercase()
+            } else {
+                w.to_owned()
+            };
+            match n {
+                Some(n) => format!("{w}[{n}]{c} "),
+                None => format!("{w}{c} "),
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn stripping_any_prefix_chain_gives_the_subject(
+            prefixes in prop::collection::vec(prefix(), 0..6),
+            tag in prop::option::of(1i64..1_000_000),
+            subject in "[A-Za-z0-9][A-Za-z0-9 ,.!?-]{0,40}",
+        ) {
+            let base = normalize_subject(&subject);
+            let mut s: String = prefixes.concat();
+            if let Some(t) = tag {
+                s.push_str(&format!("[#{t}] "));
+            }
+            s.push_str(&subject);
+            prop_assert_eq!(normalize_subject(&s), base);
+        }
+
+        #[test]
+        fn normalising_is_idempotent_and_never_panics(s in "\\PC{0,80}") {
+            let once = normalize_subject(&s);
+            prop_assert!(once.len() <= s.len());
+            prop_assert_eq!(normalize_subject(&once), once);
+        }
+
+        #[test]
+        fn tag_round_trips(n in 1i64..i64::MAX, before in "[^\\[]{0,20}", after in "\\PC{0,20}") {
+            let s = format!("{before}[#{n}]{after}");
+            prop_assert_eq!(subject_tag(&s), Some(n));
+        }
+
+        #[test]
+        fn tag_parser_never_panics(s in "\\PC{0,60}", marker in "[#A-Za-z]{1,4}") {
+            let _ = subject_tag_with(&s, &marker);
+            let _ = normalize_subject_with(&s, &marker);
+        }
+
+        #[test]
+        fn keyed_ids_round_trip(key in prop::collection::vec(any::<u8>(), 1..64),
+                                t in 1i64..i64::MAX, nonce in "[a-z0-9]{1,20}") {
+            let id = outbound_id(&key, t, &nonce, "example.com");
+            prop_assert_eq!(verify_own_id(&key, &id), OwnId::Valid(t));
+        }
     }
 }
