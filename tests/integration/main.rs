@@ -11,6 +11,7 @@ mod cli;
 mod connect;
 mod corpus;
 mod crash;
+mod fuzz;
 mod import;
 mod selftest;
 mod sync;
