@@ -1,7 +1,11 @@
 //! "Is this a person or a machine?" A pure function over a parsed message and our identity.
 //!
 //! Every rule that fires adds a reason; the strongest kind wins (loop > bounce > auto-reply >
-//! list). Only [`Kind::Normal`] mail may ever be answered automatically. No I/O here.
+//! list). Only [`Kind::Normal`] mail may ever be answered automatically, and only when
+//! [`Classification::blocks_ack`] is empty. No I/O here: the two judgements that need history
+//! (our own Message-ID coming back, too many messages from one sender) are made by the store
+//! in the message's transaction and can only raise the kind to [`Kind::Loop`]. The README's
+//! "Classification" section lists every rule.
 
 use crate::message::ParsedMessage;
 

@@ -91,7 +91,8 @@ fn is_prefix(head: &str) -> bool {
         || counter
             .strip_prefix('^')
             .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
-    let word = word.to_lowercase();
+    // Turkish "İ" lower-cases to "i" plus a combining dot.
+    let word = word.to_lowercase().replace('\u{307}', "");
     let bare = word.trim_end_matches(|c: char| c.is_ascii_digit());
     counter_ok
         && !bare.is_empty()
