@@ -2,7 +2,7 @@
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run parse_classify_thread` from the crate root.
 #![no_main]
 
-#[path = "../../tests/fuzz_body.rs"]
+#[path = "../../tests/fuzz/body.rs"]
 mod body;
 
 use std::cell::RefCell;

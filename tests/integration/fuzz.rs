@@ -1,7 +1,7 @@
-//! The fuzz target's body (`tests/fuzz_body.rs`, also run by `cargo fuzz` in `fuzz/`) over a
+//! The fuzz target's body (`tests/fuzz/body.rs`, also run by `cargo fuzz` in `fuzz/`) over a
 //! bounded, seeded stream of mutated corpus samples, so every test run exercises it.
 
-#[path = "../fuzz_body.rs"]
+#[path = "../fuzz/body.rs"]
 mod body;
 
 use std::path::Path;
