@@ -32,6 +32,17 @@ fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
 }
 
+/// The sorted subfolders of `dir`.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
 fn emls(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -187,24 +198,12 @@ fn golden_corpus() {
     let root = corpus_dir();
     let mut runs = 0;
     let mut report = String::new();
-    let mut families: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    families.sort();
-    for family in families {
+    for family in subdirs(&root) {
         let threaded = family.ends_with("threads");
         // (scenario folder, samples that share a store)
         let mut groups: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
         if threaded {
-            let mut dirs: Vec<PathBuf> = std::fs::read_dir(&family)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.is_dir())
-                .collect();
-            dirs.sort();
-            for d in dirs {
+            for d in subdirs(&family) {
                 let e = emls(&d);
                 groups.push((d, e));
             }
