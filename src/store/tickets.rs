@@ -449,6 +449,25 @@ fn takes_part(c: &Connection, t: i64, addr: &str) -> Result<bool> {
     .query_row(params![t, addr], |r| r.get(0))?)
 }
 
+/// [`takes_part`], or was a To/Cc recipient of one of the ticket's inbound messages (a
+/// colleague on a reply-all thread). Only for the sender of a message: a Cc costs nothing to
+/// add, and our own address is a recipient of every inbound message.
+fn sender_takes_part(c: &Connection, t: i64, addr: &str) -> Result<bool> {
+    if addr.is_empty() {
+        return Ok(false);
+    }
+    if takes_part(c, t, addr)? {
+        return Ok(true);
+    }
+    // to_addrs / cc_addrs are JSON arrays of strings: match the quoted address.
+    let quoted = serde_json::to_string(addr).unwrap_or_default();
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND direction = 'in'
+                        AND (instr(to_addrs, ?2) > 0 OR instr(cc_addrs, ?2) > 0))",
+    )?
+    .query_row(params![t, quoted], |r| r.get(0))?)
+}
+
 /// Whether someone from `addr`'s domain takes part in ticket `t`.
 fn domain_takes_part(c: &Connection, t: i64, addr: &str) -> Result<bool> {
     let Some((_, domain)) = addr.rsplit_once('@').filter(|(_, d)| !d.is_empty()) else {
@@ -580,7 +599,7 @@ fn find_ticket(
     let from = p.from_addr();
     for id in &parents {
         let t = newest_ref(id, &|t| {
-            Ok(takes_part(c, t, customer)? || takes_part(c, t, from)?)
+            Ok(sender_takes_part(c, t, customer)? || sender_takes_part(c, t, from)?)
         })?;
         if t.is_some() {
             out.ticket = t;
@@ -594,7 +613,7 @@ fn find_ticket(
             out.reasons.push(format!(
                 "thread: subject tag {shown} ignored: no such ticket"
             ));
-        } else if takes_part(c, tag, customer)? || takes_part(c, tag, from)? {
+        } else if sender_takes_part(c, tag, customer)? || sender_takes_part(c, tag, from)? {
             out.ticket = Some(tag);
             out.reasons
                 .push(format!("thread: subject tag {shown}: sender takes part"));
@@ -693,7 +712,7 @@ fn find_bounce_ticket(
             && ticket_exists(c, tag)?.is_some()
         {
             for w in &who {
-                if takes_part(c, tag, w)? {
+                if sender_takes_part(c, tag, w)? {
                     out.ticket = Some(tag);
                     out.reasons.push(format!(
                         "bounce: subject tag [{marker}{tag}]: {w} takes part"
@@ -1191,6 +1210,26 @@ mod tests {
                 .unwrap()
         );
         assert!(!s.is_undeliverable("b@example.com", now).unwrap());
+    }
+
+    #[test]
+    fn recipients_of_a_ticket_take_part_as_senders_only() {
+        let mut s = Store::open_in_memory().unwrap();
+        let first = "From: a@example.com\r\nTo: support@example.com\r\nCc: colleague@example.com\r\n\
+                     Subject: Re: plan\r\nMessage-ID: <a1@x>\r\nIn-Reply-To: <gone@x>\r\n\r\nhi\r\n";
+        let t = created(put(&mut s, first));
+        // The colleague answers the same (unseen) parent: joins.
+        let colleague = first
+            .replace("From: a@example.com", "From: colleague@example.com")
+            .replace("Cc: colleague@example.com\r\n", "")
+            .replace("<a1@x>", "<c1@x>");
+        assert_eq!(put(&mut s, &colleague), Outcome::Threaded(t));
+        // A stranger who puts our address (a recipient of every message) in Cc does not.
+        let stranger = format!(
+            "From: mallory@evil.example\r\nCc: support@example.com\r\nSubject: [#{t}] x\r\n\
+             Message-ID: <m1@x>\r\n\r\nhi\r\n"
+        );
+        assert_ne!(created(put(&mut s, &stranger)), t);
     }
 
     #[test]
