@@ -464,4 +464,33 @@ mod tests {
         let e = parse(&format!("{base}{base}")).unwrap_err().to_string();
         assert!(e.contains("twice"), "{e}");
     }
+
+    #[test]
+    fn classify_and_threading_sections() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.threading.on_closed, OnClosed::Reopen);
+        assert_eq!(c.threading.tag, "#");
+        assert_eq!(c.classify.loop_messages, 20);
+        let c = parse(
+            "[threading]\non-closed = { new-ticket-after-days = 30 }\ntag = 'Ticket#'\n\
+             forwarders = [' Info@Example.com ']\n[[mailbox]]\nname='a'\nhost='h'\nusername='u'\n\
+             password='p'\naddresses = ['support@example.com', 'info@example.com']\n",
+        )
+        .unwrap();
+        assert_eq!(c.threading.on_closed, OnClosed::NewTicketAfterDays(30));
+        assert_eq!(c.threading.forwarders, ["info@example.com"]);
+        // A forwarding address is never "our own" for loop detection.
+        assert_eq!(c.own_addresses(), ["support@example.com"]);
+        let c = parse("[threading]\non-closed = 'new-ticket'\n").unwrap();
+        assert_eq!(c.threading.on_closed, OnClosed::NewTicket);
+        for bad in [
+            "[threading]\ntag = '[#'\n",
+            "[threading]\ntag = ''\n",
+            "[threading]\ntag = 'T1'\n",
+            "[classify]\nloop-window = 0\n",
+            "[threading]\nreopen = true\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 }
