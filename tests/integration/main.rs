@@ -15,3 +15,4 @@ mod fuzz;
 mod import;
 mod selftest;
 mod sync;
+mod understanding;
