@@ -394,16 +394,17 @@ pub fn classify(m: &ParsedMessage, me: &Identity) -> Classification {
         weak.push(r.clone());
     }
 
-    // Subject shapes count only with another signal.
-    let carries_original = m
+    // Subject shapes count only with another signal. An attached original (message/rfc822,
+    // text/rfc822-headers) is one; an original merely quoted in the text needs one more.
+    let embedded = m
         .original
         .as_ref()
-        .is_some_and(|o| o.source != "quoted text")
-        || m.original.as_ref().is_some_and(|o| o.message_id.is_some());
+        .is_some_and(|o| o.source != "quoted text");
+    let quoted = m.original.as_ref().is_some_and(|o| o.message_id.is_some());
     if let Some(p) = subject_opens_with(&m.subject, NDR_SUBJECTS) {
         let mut support: Vec<String> = weak.clone();
         support.extend(auto.iter().cloned());
-        if carries_original && (!support.is_empty() || daemon.is_some()) {
+        if embedded || (quoted && (!support.is_empty() || daemon.is_some())) {
             support.push(format!(
                 "original message in {}",
                 m.original.as_ref().map_or("", |o| o.source)
@@ -416,7 +417,11 @@ pub fn classify(m: &ParsedMessage, me: &Identity) -> Classification {
             }
         }
     }
+    // Responders answer a person, never with list headers: "Vacation deals" from a list
+    // stays a list.
+    let has_list_headers = LIST_HEADERS.iter().any(|h| m.header(h).is_some());
     if bounce.is_empty()
+        && !has_list_headers
         && let Some(p) = subject_opens_with(&m.subject, OOF_SUBJECTS)
         && !weak.is_empty()
     {
@@ -540,6 +545,8 @@ mod tests {
             person("Undeliverable: x", "Return-Path: <>\r\n").kind,
             Kind::Bounce
         );
+        let list = "Precedence: bulk\r\nList-Unsubscribe: <mailto:u@x.example>\r\n";
+        assert_eq!(person("Vacation deals for May", list).kind, Kind::List);
     }
 
     #[test]
