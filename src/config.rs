@@ -56,10 +56,10 @@ impl Default for ClassifyConfig {
 }
 
 fn default_loop_messages() -> u32 {
-    20
+    30
 }
 fn default_loop_window() -> u64 {
-    600
+    300
 }
 fn default_undeliverable_days() -> u32 {
     7
@@ -398,8 +398,8 @@ timeout = 60
 [classify]
 # More than loop-messages messages from one sender within loop-window seconds (by their Date
 # header) are a mail loop: stored, never answered. 0 turns the rule off.
-loop-messages = 20
-loop-window = 600
+loop-messages = 30
+loop-window = 300
 # Days an address that bounced counts as undeliverable: no acknowledgement goes to it.
 undeliverable-days = 7
 
@@ -470,7 +470,7 @@ mod tests {
         let c = parse(SAMPLE).unwrap();
         assert_eq!(c.threading.on_closed, OnClosed::Reopen);
         assert_eq!(c.threading.tag, "#");
-        assert_eq!(c.classify.loop_messages, 20);
+        assert_eq!(c.classify.loop_messages, 30);
         let c = parse(
             "[threading]\non-closed = { new-ticket-after-days = 30 }\ntag = 'Ticket#'\n\
              forwarders = [' Info@Example.com ']\n[[mailbox]]\nname='a'\nhost='h'\nusername='u'\n\
