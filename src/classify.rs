@@ -396,19 +396,16 @@ pub fn classify(m: &ParsedMessage, me: &Identity) -> Classification {
 
     // Subject shapes count only with another signal. An attached original (message/rfc822,
     // text/rfc822-headers) is one; an original merely quoted in the text needs one more.
-    let embedded = m
-        .original
-        .as_ref()
-        .is_some_and(|o| o.source != "quoted text");
-    let quoted = m.original.as_ref().is_some_and(|o| o.message_id.is_some());
     if let Some(p) = subject_opens_with(&m.subject, NDR_SUBJECTS) {
         let mut support: Vec<String> = weak.clone();
         support.extend(auto.iter().cloned());
-        if embedded || (quoted && (!support.is_empty() || daemon.is_some())) {
-            support.push(format!(
-                "original message in {}",
-                m.original.as_ref().map_or("", |o| o.source)
-            ));
+        let original = m.original_anywhere();
+        let counts = original.as_ref().is_some_and(|o| {
+            o.source != "quoted text"
+                || (o.message_id.is_some() && (!support.is_empty() || daemon.is_some()))
+        });
+        if let Some(o) = original.filter(|_| counts) {
+            support.push(format!("original message in {}", o.source));
         }
         if !support.is_empty() || !bounce.is_empty() {
             bounce.push(format!("subject: non-delivery report ({p})"));

@@ -68,12 +68,10 @@ pub struct ParsedMessage {
     pub report_type: String,
     /// The delivery status notification, when a `message/delivery-status` part parses.
     pub dsn: Option<Dsn>,
-    /// The message a report or a forward carries: an attached `message/rfc822`, a
-    /// `text/rfc822-headers` part, or a header block quoted in the text of a non-standard
-    /// bounce (see [`Original::source`]).
+    /// The message a report or a forward carries as a part: an attached `message/rfc822` or
+    /// a `text/rfc822-headers` part. (A header block quoted in the text of a non-standard
+    /// bounce is found on demand: see [`ParsedMessage::original_anywhere`].)
     pub original: Option<Original>,
-    /// The sender named in a forwarded-message header block in the text, if any.
-    pub forwarded_from: Option<Mailbox>,
     /// SHA-256 over what makes a message "the same message" wherever it was read from and
     /// however it was encoded on the way: sender, date, subject, the decoded text (line ends
     /// trimmed) and the attachments' digests.
@@ -100,6 +98,14 @@ impl ParsedMessage {
     /// The address a reply goes to: Reply-To, else From.
     pub fn reply_address(&self) -> Option<&Mailbox> {
         self.reply_to.as_ref().or(self.from.as_ref())
+    }
+
+    /// The original this message carries: as a part, else quoted in its text. The text is
+    /// searched only when asked (for bounces), never for every message.
+    pub fn original_anywhere(&self) -> Option<Original> {
+        self.original
+            .clone()
+            .or_else(|| quoted_original(&self.text))
     }
 
     /// The sender's address, or "" when there is none.
@@ -304,7 +310,6 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         .find(|p| part_is(p, "message", &["delivery-status", "global-delivery-status"]))
         .and_then(|p| parse_dsn(&String::from_utf8_lossy(p.contents())));
     let original = embedded_original(&msg);
-    let forwarded_from = forwarded_sender(&text);
 
     let fingerprint = fingerprint(
         from.as_ref().map_or("", |m| m.address.as_str()),
@@ -338,7 +343,6 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         report_type,
         dsn,
         original,
-        forwarded_from,
         fingerprint,
     })
 }
@@ -407,29 +411,21 @@ pub fn parse_dsn(body: &str) -> Option<Dsn> {
     (!dsn.recipients.is_empty() || !dsn.reporting_mta.is_empty()).then_some(dsn)
 }
 
-/// The original message carried by `msg`: an attached message, a headers part, or a
-/// header block quoted in the text after one of the markers MTAs use.
+/// The original message carried by `msg` as a part: an attached message or a headers part.
 fn embedded_original(msg: &mail_parser::Message<'_>) -> Option<Original> {
     for p in &msg.parts {
         if let Some(inner) = p.message() {
             return Some(original_of(inner, "message/rfc822"));
         }
     }
-    for p in &msg.parts {
-        if part_is(p, "text", &["rfc822-headers", "global-headers"])
-            && let Some(inner) = MessageParser::default().parse_headers(p.contents())
-        {
-            return Some(original_of(&inner, "text/rfc822-headers"));
+    msg.parts.iter().find_map(|p| {
+        if part_is(p, "text", &["rfc822-headers", "global-headers"]) {
+            let inner = MessageParser::default().parse_headers(p.contents())?;
+            Some(original_of(&inner, "text/rfc822-headers"))
+        } else {
+            None
         }
-    }
-    let mut text = String::new();
-    for i in 0..msg.text_body_count() {
-        if let Some(t) = msg.body_text(i) {
-            text.push_str(&t);
-            text.push('\n');
-        }
-    }
-    quoted_original(&text)
+    })
 }
 
 fn original_of(m: &mail_parser::Message<'_>, source: &'static str) -> Original {

@@ -3,7 +3,7 @@
 //! forwarded request is. The store applies them (see `store::tickets::find_ticket`); nothing
 //! here does I/O.
 
-use crate::message::{Mailbox, ParsedMessage, mailbox_in};
+use crate::message::{Mailbox, ParsedMessage, forwarded_sender, mailbox_in};
 
 /// The ids a reply may point at, most specific first: In-Reply-To, then References newest
 /// first. Duplicates removed.
@@ -229,14 +229,16 @@ pub fn customer(m: &ParsedMessage, forwarders: &[String]) -> (Mailbox, Option<St
     };
     let ours = |mb: &Mailbox| forwarders.contains(&mb.address);
     let header = |h: &str| m.header(h).and_then(mailbox_in);
-    let found = [
-        ("reply-to", m.reply_to.clone()),
-        ("x-original-from", header("x-original-from")),
-        ("resent-from", header("resent-from")),
-        ("forwarded header block", m.forwarded_from.clone()),
-    ]
-    .into_iter()
-    .find_map(|(src, mb)| mb.filter(|mb| !ours(mb)).map(|mb| (src, mb)));
+    // Cheapest first; the text is searched only when the headers name nobody.
+    let sources: [(&str, &dyn Fn() -> Option<Mailbox>); 4] = [
+        ("reply-to", &|| m.reply_to.clone()),
+        ("x-original-from", &|| header("x-original-from")),
+        ("resent-from", &|| header("resent-from")),
+        ("forwarded header block", &|| forwarded_sender(&m.text)),
+    ];
+    let found = sources
+        .into_iter()
+        .find_map(|(src, get)| get().filter(|mb| !ours(mb)).map(|mb| (src, mb)));
     match found {
         Some((src, mb)) => {
             let why = format!(

@@ -680,8 +680,9 @@ fn find_bounce_ticket(
     key: &[u8],
 ) -> Result<Placement> {
     let mut out = Placement::default();
+    let original = p.original_anywhere();
     let mut ids: Vec<String> = Vec::new();
-    if let Some(o) = &p.original {
+    if let Some(o) = &original {
         ids.extend(o.message_id.iter().cloned());
     }
     if let Some(t) = newest_match(c, key, &ids, &mut out.reasons)? {
@@ -690,7 +691,7 @@ fn find_bounce_ticket(
             .push("bounce: original message found by its Message-ID".into());
         return Ok(out);
     }
-    let mut parents: Vec<String> = p.original.iter().flat_map(|o| o.parents.clone()).collect();
+    let mut parents: Vec<String> = original.iter().flat_map(|o| o.parents.clone()).collect();
     parents.extend(thread::parent_ids(p));
     if let Some(t) = newest_match(c, key, &parents, &mut out.reasons)? {
         out.ticket = Some(t);
@@ -701,10 +702,10 @@ fn find_bounce_ticket(
     let marker = &rules.threading.tag;
     let subjects = [
         Some(p.subject.as_str()),
-        p.original.as_ref().map(|o| o.subject.as_str()),
+        original.as_ref().map(|o| o.subject.as_str()),
     ];
     let mut who: Vec<&str> = failed.iter().map(String::as_str).collect();
-    if let Some(o) = &p.original {
+    if let Some(o) = &original {
         who.extend(o.recipients.iter().map(|r| r.address.as_str()));
     }
     for subject in subjects.into_iter().flatten() {

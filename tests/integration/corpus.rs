@@ -144,7 +144,7 @@ impl Scenario {
                     mismatch("failed-count", v, &failed)
                 }
                 "original-id" => {
-                    let got = parsed.original.as_ref().and_then(|o| o.message_id.clone());
+                    let got = parsed.original_anywhere().and_then(|o| o.message_id);
                     if got.as_deref() != Some(v.as_str()) {
                         mismatch("original-id", v, &got);
                     }
