@@ -29,6 +29,104 @@ pub struct Config {
     /// How `watch` waits, reconnects and stops.
     #[serde(default)]
     pub watch: WatchConfig,
+    /// `[classify]`: machine-mail rules that need a setting.
+    #[serde(default)]
+    pub classify: ClassifyConfig,
+    /// `[threading]`: how replies find their ticket.
+    #[serde(default)]
+    pub threading: ThreadingConfig,
+}
+
+/// `[classify]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// More than this many messages from one sender within `loop-window` seconds (by their
+    /// Date) make a mail loop. 0 turns the rule off.
+    #[serde(default = "default_loop_messages")]
+    pub loop_messages: u32,
+    /// The window of `loop-messages`, in seconds.
+    #[serde(default = "default_loop_window")]
+    pub loop_window: u64,
+    /// Days a bounced address counts as undeliverable (no acknowledgements to it).
+    #[serde(default = "default_undeliverable_days")]
+    pub undeliverable_days: u32,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        ClassifyConfig {
+            loop_messages: default_loop_messages(),
+            loop_window: default_loop_window(),
+            undeliverable_days: default_undeliverable_days(),
+        }
+    }
+}
+
+fn default_loop_messages() -> u32 {
+    30
+}
+fn default_loop_window() -> u64 {
+    300
+}
+fn default_undeliverable_days() -> u32 {
+    7
+}
+
+/// What a human reply to a closed ticket does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnClosed {
+    /// Reopen the ticket.
+    Reopen,
+    /// Open a new ticket.
+    NewTicket,
+    /// Reopen within this many days of the ticket's last activity, else a new ticket.
+    NewTicketAfterDays(u32),
+}
+
+/// `[threading]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ThreadingConfig {
+    /// The subject tag marker: `#` means `[#42]`.
+    #[serde(default = "default_tag")]
+    pub tag: String,
+    /// Trust a subject tag also when the sender's domain (not only the sender or a Cc) takes
+    /// part in the ticket.
+    #[serde(default)]
+    pub trust_tag_domain: bool,
+    /// Same normalised subject from the same sender within this many days joins that ticket
+    /// (0, the default, turns the rule off).
+    #[serde(default)]
+    pub subject_days: u32,
+    /// A human reply to a closed ticket: `reopen` (default), `new-ticket`, or
+    /// `{ new-ticket-after-days = N }`.
+    #[serde(default = "default_on_closed")]
+    pub on_closed: OnClosed,
+    /// Our forwarding addresses (a forwarding rule, a distribution group): mail from them
+    /// names its customer in Reply-To, X-Original-From, Resent-From or a forwarded block.
+    #[serde(default)]
+    pub forwarders: Vec<String>,
+}
+
+impl Default for ThreadingConfig {
+    fn default() -> Self {
+        ThreadingConfig {
+            tag: default_tag(),
+            trust_tag_domain: false,
+            subject_days: 0,
+            on_closed: default_on_closed(),
+            forwarders: Vec::new(),
+        }
+    }
+}
+
+fn default_tag() -> String {
+    crate::thread::DEFAULT_TAG.to_owned()
+}
+fn default_on_closed() -> OnClosed {
+    OnClosed::Reopen
 }
 
 /// `[watch]`: timings of `mailticket watch`, in seconds.
@@ -459,6 +557,22 @@ impl Config {
                 *a = a.trim().to_ascii_lowercase();
             }
         }
+        for a in &mut config.threading.forwarders {
+            *a = a.trim().to_ascii_lowercase();
+        }
+        let tag = &config.threading.tag;
+        if tag.is_empty() || tag.contains(['[', ']']) || tag.ends_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(err(format!(
+                "[threading] tag = {tag:?}: needs a non-empty marker without brackets that does \
+                 not end in a digit (the default \"#\" makes tags like [#42])"
+            )));
+        }
+        if config.classify.loop_window == 0 {
+            return Err(err(
+                "[classify] loop-window must be at least 1 second".into()
+            ));
+        }
         Ok(config)
     }
 
@@ -477,12 +591,14 @@ impl Config {
             .collect()
     }
 
-    /// Every address configured as ours, on any mailbox.
+    /// Every address configured as ours, on any mailbox, except our forwarding addresses
+    /// (mail from those is a customer's request passed on, not a loop).
     pub fn own_addresses(&self) -> Vec<String> {
         let mut all: Vec<String> = self
             .mailboxes
             .iter()
             .flat_map(|m| m.addresses.iter().cloned())
+            .filter(|a| !self.threading.forwarders.contains(a))
             .collect();
         all.sort();
         all.dedup();
@@ -499,7 +615,7 @@ fn anchor(base: &Path, p: &Path) -> PathBuf {
 }
 
 /// The fully commented sample that `mailticket init` writes.
-pub const SAMPLE: &str = r#"# mailticket configuration. Keys are kebab-case; an unknown key is an error.
+pub const SAMPLE: &str = r##"# mailticket configuration. Keys are kebab-case; an unknown key is an error.
 # Relative paths are taken relative to this file's folder.
 
 [store]
@@ -581,6 +697,34 @@ shutdown-timeout = 10
 # A heartbeat line is logged at debug level this often.
 heartbeat = 300
 "#;
+# Machine-mail rules that need a setting (the others are fixed; see the README).
+[classify]
+# More than loop-messages messages from one sender within loop-window seconds (by their Date
+# header) are a mail loop: stored, never answered. 0 turns the rule off.
+loop-messages = 30
+loop-window = 300
+# Days an address that bounced counts as undeliverable: no acknowledgement goes to it.
+undeliverable-days = 7
+
+# How replies find their ticket: In-Reply-To / References first, then our own keyed
+# Message-IDs, then the subject tag, then (optionally) the subject.
+[threading]
+# The subject tag marker: "#" makes tags like [#42].
+tag = "#"
+# A tag is trusted when the sender or a Cc already takes part in the ticket; with this, also
+# when someone from the sender's domain does.
+trust-tag-domain = false
+# Same subject (without Re:/Fwd: prefixes) from the same sender within this many days joins
+# that ticket. 0 turns the rule off.
+subject-days = 0
+# A human reply to a closed ticket: "reopen", "new-ticket", or { new-ticket-after-days = 30 }.
+# Automatic replies and bounces never reopen a ticket.
+on-closed = "reopen"
+# Our forwarding addresses (a forwarding rule, a distribution group that rewrites the
+# sender): mail from them is a request passed on, its customer taken from Reply-To,
+# X-Original-From, Resent-From or the forwarded header block.
+forwarders = []
+"##;
 
 #[cfg(test)]
 mod tests {
@@ -654,5 +798,34 @@ mod tests {
         assert_eq!(c.mailboxes[0].port(), 143);
         let e = parse(&format!("{base}{base}")).unwrap_err().to_string();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn classify_and_threading_sections() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.threading.on_closed, OnClosed::Reopen);
+        assert_eq!(c.threading.tag, "#");
+        assert_eq!(c.classify.loop_messages, 30);
+        let c = parse(
+            "[threading]\non-closed = { new-ticket-after-days = 30 }\ntag = 'Ticket#'\n\
+             forwarders = [' Info@Example.com ']\n[[mailbox]]\nname='a'\nhost='h'\nusername='u'\n\
+             password='p'\naddresses = ['support@example.com', 'info@example.com']\n",
+        )
+        .unwrap();
+        assert_eq!(c.threading.on_closed, OnClosed::NewTicketAfterDays(30));
+        assert_eq!(c.threading.forwarders, ["info@example.com"]);
+        // A forwarding address is never "our own" for loop detection.
+        assert_eq!(c.own_addresses(), ["support@example.com"]);
+        let c = parse("[threading]\non-closed = 'new-ticket'\n").unwrap();
+        assert_eq!(c.threading.on_closed, OnClosed::NewTicket);
+        for bad in [
+            "[threading]\ntag = '[#'\n",
+            "[threading]\ntag = ''\n",
+            "[threading]\ntag = 'T1'\n",
+            "[classify]\nloop-window = 0\n",
+            "[threading]\nreopen = true\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

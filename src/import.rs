@@ -60,27 +60,27 @@ fn mtime(p: &Path) -> i64 {
         })
 }
 
-/// A Maildir (its `cur` and `new`), or else every regular file in the folder, in name order.
+/// A Maildir (its `cur` and `new`, and its `.Sub` folders), or else every file in the
+/// folder and its subfolders, in name order. Whatever a file is called, it is read as an mbox
+/// when it starts with a `From ` line and as one message otherwise.
 fn read_dir(dir: &Path, each: &mut Each<'_>) -> Result<()> {
-    let subs: Vec<PathBuf> = ["cur", "new"]
-        .iter()
-        .map(|s| dir.join(s))
-        .filter(|p| p.is_dir())
+    let maildir = ["cur", "new"].iter().any(|s| dir.join(s).is_dir());
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    let folders = if subs.is_empty() {
-        vec![dir.to_owned()]
-    } else {
-        subs
-    };
-    for folder in folders {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
-            .map_err(|e| Error::io(&folder, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        for f in files {
-            read_file(&f, each)?;
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if p.is_dir() {
+            // A Maildir's tmp holds half-delivered files; version-control folders hold no mail.
+            if (maildir && name == "tmp") || matches!(name, ".git" | ".svn" | ".hg") {
+                continue;
+            }
+            read_dir(&p, each)?;
+        } else if p.is_file() && !maildir && !name.starts_with('.') {
+            // A Maildir's own files (dovecot-uidlist, maildirfolder) are not mail.
+            read_file(&p, each)?;
         }
     }
     Ok(())

@@ -20,7 +20,8 @@
 //! - [`imap`]: connect, log in, select, fetch, post-actions. Knows nothing of tickets.
 //! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
 //! - [`classify`]: pure judgement "person or machine?".
-//! - [`thread`]: pure helpers for reply matching (ids, subject tags, reply prefixes).
+//! - [`thread`]: pure helpers for reply matching (ids, subject tags, reply prefixes, keyed
+//!   outbound Message-IDs, the customer of a forwarded request); the store applies them.
 //! - [`store`]: the SQLite file: migrations, tickets, messages, cursors, quarantine.
 //! - [`pipeline`]: one raw message into the store, exactly once.
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.

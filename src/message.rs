@@ -64,6 +64,14 @@ pub struct ParsedMessage {
     pub content_type: String,
     /// Whether any part is `message/delivery-status`.
     pub has_delivery_status: bool,
+    /// `report-type` of a top-level `multipart/report`, lower-case.
+    pub report_type: String,
+    /// The delivery status notification, when a `message/delivery-status` part parses.
+    pub dsn: Option<Dsn>,
+    /// The message a report or a forward carries as a part: an attached `message/rfc822` or
+    /// a `text/rfc822-headers` part. (A header block quoted in the text of a non-standard
+    /// bounce is found on demand: see [`ParsedMessage::original_anywhere`].)
+    pub original: Option<Original>,
     /// SHA-256 over what makes a message "the same message" wherever it was read from and
     /// however it was encoded on the way: sender, date, subject, the decoded text (line ends
     /// trimmed) and the attachments' digests.
@@ -91,6 +99,99 @@ impl ParsedMessage {
     pub fn reply_address(&self) -> Option<&Mailbox> {
         self.reply_to.as_ref().or(self.from.as_ref())
     }
+
+    /// The original this message carries: as a part, else quoted in its text. The text is
+    /// searched only when asked (for bounces), never for every message.
+    pub fn original_anywhere(&self) -> Option<Original> {
+        self.original
+            .clone()
+            .or_else(|| quoted_original(&self.text))
+    }
+
+    /// The sender's address, or "" when there is none.
+    pub fn from_addr(&self) -> &str {
+        self.from.as_ref().map_or("", |m| m.address.as_str())
+    }
+
+    /// Recipients a bounce reports as failed: the DSN's failed recipients, else
+    /// `X-Failed-Recipients`, else addresses named in the text the way Exim and qmail do.
+    /// Lower-case, deduplicated. Meaningful only for a message judged a bounce.
+    pub fn failed_recipients(&self) -> Vec<String> {
+        let mut raw: Vec<String> = Vec::new();
+        if let Some(d) = &self.dsn {
+            raw.extend(
+                d.recipients
+                    .iter()
+                    .filter(|r| r.failed())
+                    .map(|r| r.final_recipient.clone()),
+            );
+        }
+        for v in self.headers_named("x-failed-recipients") {
+            raw.extend(v.split(',').map(str::to_owned));
+        }
+        if raw.is_empty() {
+            raw = text_failed_recipients(&self.text);
+        }
+        let mut out: Vec<String> = Vec::new();
+        for a in raw {
+            let a = a
+                .trim()
+                .trim_matches(['<', '>'])
+                .trim()
+                .to_ascii_lowercase();
+            if a.contains('@') && !a.contains(char::is_whitespace) && !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
+/// A delivery status notification (RFC 3464).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dsn {
+    /// `Reporting-MTA`, without its `dns;` type.
+    pub reporting_mta: String,
+    /// One entry per recipient group.
+    pub recipients: Vec<DsnRecipient>,
+}
+
+/// One recipient of a DSN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DsnRecipient {
+    /// `Final-Recipient` address (or `Original-Recipient` when that is all there is),
+    /// lower-case, without its `rfc822;` type.
+    pub final_recipient: String,
+    /// `Action`, lower-case: failed, delayed, delivered, relayed, expanded.
+    pub action: String,
+    /// `Status`, e.g. `5.1.1`.
+    pub status: String,
+    /// `Diagnostic-Code` without its type, e.g. `550 5.1.1 user unknown`.
+    pub diagnostic: String,
+}
+
+impl DsnRecipient {
+    /// Whether delivery to this recipient failed for good.
+    pub fn failed(&self) -> bool {
+        self.action == "failed" || (self.action.is_empty() && self.status.starts_with('5'))
+    }
+}
+
+/// The original message a bounce (or a forward) carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Original {
+    /// Where it was found: `message/rfc822`, `text/rfc822-headers` or `quoted text`.
+    pub source: &'static str,
+    /// Its Message-ID, without angle brackets.
+    pub message_id: Option<String>,
+    /// Its In-Reply-To and References ids.
+    pub parents: Vec<String>,
+    /// Its subject.
+    pub subject: String,
+    /// Its sender.
+    pub from: Option<Mailbox>,
+    /// Its To and Cc.
+    pub recipients: Vec<Mailbox>,
 }
 
 /// Why a message could not be parsed at all.
@@ -186,15 +287,29 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         })
         .unwrap_or_else(|| "text/plain".to_owned())
         .to_ascii_lowercase();
-    let has_delivery_status = msg.parts.iter().any(|p| {
-        p.content_type().is_some_and(|ct| {
-            ct.ctype().eq_ignore_ascii_case("message")
-                && ct.subtype().is_some_and(|s| {
-                    s.eq_ignore_ascii_case("delivery-status")
-                        || s.eq_ignore_ascii_case("global-delivery-status")
-                })
+    let has_delivery_status = msg
+        .parts
+        .iter()
+        .any(|p| part_is(p, "message", &["delivery-status", "global-delivery-status"]));
+
+    let report_type = msg
+        .root_part()
+        .content_type()
+        .filter(|ct| {
+            ct.ctype().eq_ignore_ascii_case("multipart")
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
         })
-    });
+        .and_then(|ct| ct.attribute("report-type"))
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let dsn = msg
+        .parts
+        .iter()
+        .find(|p| part_is(p, "message", &["delivery-status", "global-delivery-status"]))
+        .and_then(|p| parse_dsn(&String::from_utf8_lossy(p.contents())));
+    let original = embedded_original(&msg);
 
     let fingerprint = fingerprint(
         from.as_ref().map_or("", |m| m.address.as_str()),
@@ -225,7 +340,268 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         headers,
         content_type,
         has_delivery_status,
+        report_type,
+        dsn,
+        original,
         fingerprint,
+    })
+}
+
+/// Whether `p` is `ctype/<one of subtypes>`.
+fn part_is(p: &mail_parser::MessagePart<'_>, ctype: &str, subtypes: &[&str]) -> bool {
+    p.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case(ctype)
+            && ct
+                .subtype()
+                .is_some_and(|s| subtypes.iter().any(|x| s.eq_ignore_ascii_case(x)))
+    })
+}
+
+/// Parses the body of a `message/delivery-status` part: a per-message group, then one group
+/// per recipient, groups separated by blank lines.
+pub fn parse_dsn(body: &str) -> Option<Dsn> {
+    let mut dsn = Dsn::default();
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut groups: Vec<Vec<(String, String)>> = Vec::new();
+    for line in body.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            if !fields.is_empty() {
+                groups.push(std::mem::take(&mut fields));
+            }
+        } else if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = fields.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+        } else if let Some((n, v)) = line.split_once(':') {
+            fields.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    if !fields.is_empty() {
+        groups.push(fields);
+    }
+    // "rfc822; user@example.com" -> "user@example.com"
+    let typed = |v: &str| -> String {
+        v.split_once(';')
+            .map_or(v, |(_, rest)| rest)
+            .trim()
+            .to_owned()
+    };
+    for g in &groups {
+        let get = |name: &str| g.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        if let Some(mta) = get("reporting-mta") {
+            dsn.reporting_mta = typed(mta);
+        }
+        let recipient = get("final-recipient").or_else(|| get("original-recipient"));
+        if let Some(r) = recipient {
+            dsn.recipients.push(DsnRecipient {
+                final_recipient: typed(r).trim_matches(['<', '>']).to_ascii_lowercase(),
+                action: get("action").unwrap_or("").trim().to_ascii_lowercase(),
+                status: get("status")
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+                diagnostic: get("diagnostic-code").map(typed).unwrap_or_default(),
+            });
+        }
+    }
+    (!dsn.recipients.is_empty() || !dsn.reporting_mta.is_empty()).then_some(dsn)
+}
+
+/// The original message carried by `msg` as a part: an attached message or a headers part.
+fn embedded_original(msg: &mail_parser::Message<'_>) -> Option<Original> {
+    for p in &msg.parts {
+        if let Some(inner) = p.message() {
+            return Some(original_of(inner, "message/rfc822"));
+        }
+    }
+    msg.parts.iter().find_map(|p| {
+        if part_is(p, "text", &["rfc822-headers", "global-headers"]) {
+            let inner = MessageParser::default().parse_headers(p.contents())?;
+            Some(original_of(&inner, "text/rfc822-headers"))
+        } else {
+            None
+        }
+    })
+}
+
+fn original_of(m: &mail_parser::Message<'_>, source: &'static str) -> Original {
+    let mut parents = ids(m.in_reply_to());
+    parents.extend(ids(m.references()));
+    let mut recipients = all(m.to());
+    recipients.extend(all(m.cc()));
+    Original {
+        source,
+        message_id: m.message_id().map(clean_id).filter(|s| !s.is_empty()),
+        parents,
+        subject: m.subject().unwrap_or("").trim().to_owned(),
+        from: first(m.from()),
+        recipients,
+    }
+}
+
+/// Lines after which non-standard bounces quote the original message or its headers.
+const QUOTE_MARKERS: &[&str] = &[
+    "below this line is a copy of the message",
+    "this is a copy of the message, including all the headers",
+    "original message headers",
+    "original message follows",
+    "returned message follows",
+    "----- original message -----",
+    "------ original message ------",
+    "the original message was received",
+    "headers of the original message",
+    "----- message header follows -----",
+    "the header of the original message is attached",
+];
+
+/// A header block quoted in the text of a bounce: after a known marker, or else the
+/// paragraph that holds a `Message-ID:` line. `None` when there is no Message-ID or Subject.
+pub fn quoted_original(text: &str) -> Option<Original> {
+    let lower = text.to_ascii_lowercase();
+    let start = QUOTE_MARKERS
+        .iter()
+        .filter_map(|m| lower.find(m).map(|i| i + m.len()))
+        .min()
+        .map(|i| {
+            lower
+                .get(i..)
+                .and_then(|r| r.find('\n'))
+                .map_or(i, |n| i + n + 1)
+        })
+        .or_else(|| {
+            let at = lower.find("\nmessage-id:")?;
+            Some(
+                lower
+                    .get(..at)
+                    .and_then(|b| b.rfind("\n\n"))
+                    .map_or(0, |b| b + 2),
+            )
+        })?;
+    let block: String = text
+        .get(start..)?
+        .trim_start_matches(['\r', '\n', ' '])
+        .lines()
+        .map(|l| l.trim_start_matches('>').trim_start_matches(' '))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let inner = MessageParser::default().parse_headers(block.as_bytes())?;
+    let o = original_of(&inner, "quoted text");
+    (o.message_id.is_some() || !o.subject.is_empty()).then_some(o)
+}
+
+/// Failed addresses named in the text of a bounce without a DSN: Exim lists them indented
+/// after "failed:", qmail as `<user@host>:` lines.
+pub fn text_failed_recipients(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after_failed = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix('<')
+            && let Some((addr, tail)) = rest.split_once(">:")
+            && addr.contains('@')
+            && tail.trim().len() < 200
+        {
+            out.push(addr.to_ascii_lowercase());
+            continue;
+        }
+        if t.to_ascii_lowercase().ends_with("failed:") {
+            after_failed = true;
+            continue;
+        }
+        if after_failed {
+            if line.starts_with([' ', '\t']) {
+                // The address, then its indented details (host, SMTP error).
+                if t.contains('@') && !t.contains(char::is_whitespace) {
+                    out.push(t.trim_matches(['<', '>']).to_ascii_lowercase());
+                }
+            } else if !t.is_empty() {
+                after_failed = false;
+            }
+        }
+    }
+    out
+}
+
+/// Lines that open a forwarded message's header block (Gmail, Thunderbird, Outlook, Apple
+/// Mail, in a few languages).
+const FORWARD_MARKERS: &[&str] = &[
+    "---------- forwarded message",
+    "-------- forwarded message",
+    "-------- original message",
+    "-----original message-----",
+    "begin forwarded message:",
+    "---------- weitergeleitete nachricht",
+    "-------- message transféré",
+    "---------- mensaje reenviado",
+    "-----ursprüngliche nachricht-----",
+    "-----message d'origine-----",
+];
+
+/// Field names that stand for From in forwarded header blocks.
+const FROM_FIELDS: &[&str] = &[
+    "from",
+    "von",
+    "de",
+    "da",
+    "van",
+    "från",
+    "fra",
+    "od",
+    "发件人",
+    "差出人",
+];
+
+/// The sender of a forwarded message quoted in `text`: the first From-like line in the ten
+/// lines after a forward marker. Understands `Name <a@b>`, `Name [mailto:a@b]` and `a@b`.
+pub fn forwarded_sender(text: &str) -> Option<Mailbox> {
+    let lower = text.to_lowercase();
+    let at = FORWARD_MARKERS.iter().filter_map(|m| lower.find(m)).min()?;
+    let block = text.get(at..).or_else(|| lower.get(at..))?;
+    for line in block.lines().skip(1).take(10) {
+        let line = line.trim().trim_start_matches(['>', '*', ' ']);
+        let Some((name, value)) = line.split_once([':', '：']) else {
+            continue;
+        };
+        let name = name.trim().trim_matches('*').trim().to_lowercase();
+        if !FROM_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some(mb) = mailbox_in(value.trim().trim_matches('*')) {
+            return Some(mb);
+        }
+    }
+    None
+}
+
+/// A mailbox in free text: `Name <a@b>`, `Name [mailto:a@b]` or a bare `a@b`.
+pub fn mailbox_in(value: &str) -> Option<Mailbox> {
+    let value = value.trim();
+    let (display, addr) = if let Some((n, rest)) = value.split_once('<') {
+        (n, rest.split('>').next().unwrap_or(""))
+    } else if let Some((n, rest)) = value.split_once("[mailto:") {
+        (n, rest.split(']').next().unwrap_or(""))
+    } else {
+        (
+            "",
+            value
+                .split_whitespace()
+                .find(|w| w.contains('@'))
+                .unwrap_or("")
+                .trim_matches(['(', ')', '"', ',', ';']),
+        )
+    };
+    let addr = addr.trim().to_ascii_lowercase();
+    let (local, domain) = addr.split_once('@')?;
+    if local.is_empty() || domain.is_empty() || addr.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(Mailbox {
+        name: display.trim().trim_matches('"').trim().to_owned(),
+        address: addr,
     })
 }
 
@@ -459,6 +835,58 @@ mod tests {
         assert_eq!(safe_filename("a\u{0}b\nc.txt"), "a_b_c.txt");
         assert_eq!(safe_filename("C:evil.exe"), "C_evil.exe");
         assert!(safe_filename(&"é".repeat(200)).len() <= 150);
+    }
+
+    #[test]
+    fn dsn_fields() {
+        let d = parse_dsn(
+            "Reporting-MTA: dns; mx.example.com\n\nFinal-Recipient: rfc822; <Bob@X.example>\n\
+             Action: Failed\nStatus: 5.1.1 (user unknown)\nDiagnostic-Code: smtp; 550 5.1.1\n  no such user\n\n\
+             Final-Recipient: rfc822; c@x.example\nAction: delayed\nStatus: 4.4.7\n",
+        )
+        .unwrap();
+        assert_eq!(d.reporting_mta, "mx.example.com");
+        assert_eq!(d.recipients.len(), 2);
+        assert_eq!(d.recipients[0].final_recipient, "bob@x.example");
+        assert_eq!(d.recipients[0].action, "failed");
+        assert_eq!(d.recipients[0].status, "5.1.1");
+        assert_eq!(d.recipients[0].diagnostic, "550 5.1.1 no such user");
+        assert!(d.recipients[0].failed() && !d.recipients[1].failed());
+        assert_eq!(parse_dsn("just text"), None);
+    }
+
+    #[test]
+    fn quoted_originals_and_forward_blocks() {
+        let o = quoted_original(
+            "Sorry.\n\n--- Below this line is a copy of the message.\n\nFrom: a@b.example\n\
+             To: c@d.example\nSubject: Hi\nMessage-ID: <m1@b.example>\n\nbody\n",
+        )
+        .unwrap();
+        assert_eq!(o.message_id.as_deref(), Some("m1@b.example"));
+        assert_eq!(o.subject, "Hi");
+        assert_eq!(o.recipients[0].address, "c@d.example");
+        assert_eq!(quoted_original("nothing quoted here"), None);
+        let f = forwarded_sender(
+            "FYI\n\n-----Original Message-----\nFrom: Kim Lee [mailto:Kim@Client.example]\nSent: Monday\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.address.as_str()),
+            ("Kim Lee", "kim@client.example")
+        );
+        let f = forwarded_sender("Begin forwarded message:\n\n> Von: Jo <jo@x.example>\n").unwrap();
+        assert_eq!(f.address, "jo@x.example");
+        assert_eq!(forwarded_sender("From: not a forward <a@b.example>"), None);
+        assert_eq!(mailbox_in("no address"), None);
+        assert_eq!(mailbox_in("(x@y.example)").unwrap().address, "x@y.example");
+    }
+
+    #[test]
+    fn failed_recipients_from_text() {
+        let exim = "The following address(es) failed:\n\n  a@x.example\n    host said 550\n\n  b@x.example\n";
+        assert_eq!(text_failed_recipients(exim), ["a@x.example", "b@x.example"]);
+        let qmail = "<C@Y.example>:\nSorry, no mailbox here by that name.\n";
+        assert_eq!(text_failed_recipients(qmail), ["c@y.example"]);
     }
 
     #[test]

@@ -191,7 +191,9 @@ impl Ctx {
     }
 
     pub fn open_store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.db)?)
+        let mut store = Store::open(&self.db)?;
+        store.set_rules(mailticket::store::Rules::from_config(&self.config));
+        Ok(store)
     }
 
     /// The mailboxes named by `--mailbox` (all when none is named); a usage error when there

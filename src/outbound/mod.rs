@@ -27,39 +27,6 @@ pub fn parse_mailbox(s: &str) -> Option<Mailbox> {
     s.trim().parse::<Mailbox>().ok()
 }
 
-/// A Message-ID of our own domain for a message on ticket `ticket`, without brackets.
-pub fn new_message_id(ticket: i64, domain: &str) -> String {
-    let mut r = [0u8; 6];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
-    format!("mt.{ticket}.{}@{domain}", crate::message::hex(&r))
-}
-
-/// Local parts that mean "nobody reads replies here".
-const NO_REPLY: &[&str] = &[
-    "noreply",
-    "no-reply",
-    "no_reply",
-    "donotreply",
-    "do-not-reply",
-    "do_not_reply",
-    "mailer-daemon",
-    "postmaster",
-    "bounce",
-    "bounces",
-    "notifications",
-    "notification",
-];
-
-/// Whether `addr` looks like a no-reply address.
-pub fn is_no_reply(addr: &str) -> bool {
-    let local = addr.split('@').next().unwrap_or("").to_ascii_lowercase();
-    NO_REPLY
-        .iter()
-        .any(|n| local == *n || local.starts_with(&format!("{n}+")))
-        || local.starts_with("noreply")
-        || local.starts_with("no-reply")
-}
-
 /// Everything needed to decide on and write an acknowledgement, shared by the pipeline.
 pub struct AckPlan {
     /// The compiled templates.
@@ -115,10 +82,15 @@ impl AckPlan {
         if class.kind != Kind::Normal {
             why.push(format!("kind is {}", class.kind.as_str()));
         }
+        for b in &class.blocks_ack {
+            if !why.contains(b) {
+                why.push(b.clone());
+            }
+        }
         match p.reply_address() {
             None => why.push("no sender address".to_owned()),
             Some(to) => {
-                if is_no_reply(&to.address) {
+                if class.blocks_ack.is_empty() && crate::classify::is_no_reply(&to.address) {
                     why.push(format!("no-reply sender {}", to.address));
                 }
                 if self.own.contains(&to.address)
@@ -282,22 +254,6 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn no_reply_addresses() {
-        for a in [
-            "noreply@x.com",
-            "no-reply@x.com",
-            "NoReply-billing@x.com",
-            "mailer-daemon@x",
-            "do-not-reply@x",
-        ] {
-            assert!(is_no_reply(a), "{a}");
-        }
-        for a in ["anna@x.com", "reply@x.com", "nora@x.com"] {
-            assert!(!is_no_reply(a), "{a}");
-        }
-    }
 
     #[test]
     fn composed_headers() {

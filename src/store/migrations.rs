@@ -91,7 +91,29 @@ const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL
     ) STRICT;
     "#,
-    // 2: the outbox. A row is one mail to send (or an acknowledgement we decided not to send:
+    // 2: the key of our keyed outbound Message-IDs (made here, once, by SQLite's CSPRNG);
+    // addresses that bounced, until when; and an index on the sender for the loop-rate rule
+    // and subject matching.
+    r#"
+    CREATE TABLE store_key (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        key        BLOB    NOT NULL,
+        created_at INTEGER NOT NULL DEFAULT (unixepoch())
+    ) STRICT;
+    INSERT INTO store_key (id, key) VALUES (1, randomblob(32));
+
+    CREATE TABLE undeliverable (
+        address    TEXT    PRIMARY KEY,
+        expires_at INTEGER NOT NULL,
+        status     TEXT    NOT NULL DEFAULT '',
+        diagnostic TEXT    NOT NULL DEFAULT '',
+        ticket_id  INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL DEFAULT (unixepoch())
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE INDEX message_sender ON message (from_addr, date);
+    "#,
+    // 3: the outbox. A row is one mail to send (or an acknowledgement we decided not to send:
     // status 'skipped', with the reason). message_row is the recorded outbound message.
     r#"
     CREATE TABLE outbox (

@@ -33,9 +33,32 @@ pub struct Checkpointer {
     handle: std::thread::JoinHandle<()>,
 }
 
+/// The settings the store's judgements follow (threading, loop rate, undeliverable period).
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// `[threading]`.
+    pub threading: crate::config::ThreadingConfig,
+    /// `[classify]`.
+    pub classify: crate::config::ClassifyConfig,
+}
+
+impl Rules {
+    /// The rules a config file asks for.
+    pub fn from_config(c: &crate::config::Config) -> Rules {
+        Rules {
+            threading: c.threading.clone(),
+            classify: c.classify.clone(),
+        }
+    }
+}
+
 /// An open store.
 pub struct Store {
     conn: Connection,
+    /// How to thread and judge.
+    rules: Rules,
+    /// The key of our outbound Message-IDs.
+    key: Vec<u8>,
     /// Everything since `begin_dry_run` is rolled back by `finish`.
     dry_run: bool,
     /// Inside a group commit: each write is a savepoint of the group's transaction.
@@ -72,8 +95,12 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
         migrations::migrate(&mut conn)?;
+        let key: Vec<u8> =
+            conn.query_row("SELECT key FROM store_key WHERE id = 1", [], |r| r.get(0))?;
         Ok(Store {
             conn,
+            rules: Rules::default(),
+            key,
             dry_run: false,
             grouped: false,
             acks_queued: 0,
@@ -184,6 +211,17 @@ impl Store {
     /// How many acknowledgements were queued since the last call.
     pub fn take_acks_queued(&mut self) -> u64 {
         std::mem::take(&mut self.acks_queued)
+    }
+
+    /// Sets the rules for what follows (the defaults until called).
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
+    /// A keyed Message-ID for an outgoing message of `ticket` (see
+    /// [`crate::thread::outbound_id`]); replies to it thread even without its outbound row.
+    pub fn outbound_message_id(&self, ticket: i64, nonce: &str, domain: &str) -> String {
+        crate::thread::outbound_id(&self.key, ticket, nonce, domain)
     }
 
     /// The schema version of the open file.

@@ -11,7 +11,15 @@ use crate::message::{ParsedMessage, sha256};
 use crate::outbound::template::{
     AckContext, CustomerFields, MailboxFields, MessageFields, TicketFields,
 };
-use crate::outbound::{AckPlan, Compose, compose, new_message_id, parse_mailbox};
+use crate::outbound::{AckPlan, Compose, compose, parse_mailbox};
+
+/// Our keyed Message-ID for a new outbound message on `ticket` (see
+/// [`crate::thread::outbound_id`]), with a random nonce so each message's id is unique.
+fn outbound_id(key: &[u8], ticket: i64, domain: &str) -> String {
+    let mut nonce = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
+    crate::thread::outbound_id(key, ticket, &crate::message::hex(&nonce), domain)
+}
 
 /// A row as `mailticket outbox` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -141,6 +149,7 @@ fn skip(c: &Connection, ticket: i64, to: &str, reason: &str, now: i64) -> Result
 
 /// Decides on the acknowledgement of a message that just opened `ticket`, and queues it or
 /// records why not, inside the caller's transaction. Returns whether one was queued.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn queue_ack(
     c: &Connection,
     plan: &AckPlan,
@@ -149,9 +158,21 @@ pub(super) fn queue_ack(
     ticket: i64,
     mailbox: &str,
     now: i64,
+    key: &[u8],
 ) -> Result<bool> {
     let customer = p.reply_address().cloned().unwrap_or_default();
     let mut why = plan.blockers(p, class, now);
+    let undeliverable: bool = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
+        )?
+        .query_row(params![customer.address, now], |r| r.get(0))?;
+    if undeliverable {
+        why.push(format!(
+            "{} bounced recently (undeliverable)",
+            customer.address
+        ));
+    }
     if why.is_empty() {
         let count = |secs: i64| -> Result<u32> {
             Ok(c.prepare_cached(
@@ -222,7 +243,7 @@ pub(super) fn queue_ack(
         .map_err(|e| Error::Other(format!("[ack]: {e}")))?;
     let mut references = p.references.clone();
     references.push(p.message_id.clone());
-    let message_id = new_message_id(ticket, &plan.domain());
+    let message_id = outbound_id(key, ticket, &plan.domain());
     let raw = compose(&Compose {
         from: &plan.from,
         to: std::slice::from_ref(&to),
@@ -264,6 +285,7 @@ impl Store {
         close: bool,
     ) -> Result<i64> {
         let now = crate::time::now();
+        let key = self.key.clone();
         self.write(|c| {
             let t: Option<(String, String, String)> = c
                 .query_row(
@@ -314,7 +336,7 @@ impl Store {
                 .filter_map(|a| parse_mailbox(a))
                 .collect();
             let subject = format!("Re: [#{ticket}] {subject}");
-            let message_id = new_message_id(ticket, from.email.domain());
+            let message_id = outbound_id(&key, ticket, from.email.domain());
             let raw = compose(&Compose {
                 from,
                 to: std::slice::from_ref(&to),
@@ -336,17 +358,6 @@ impl Store {
                 params![ticket, now, close],
             )?;
             Ok(id)
-        })
-    }
-
-    /// Sets a ticket's status (`open` / `closed`). False when there is no such ticket.
-    pub fn set_status(&mut self, ticket: i64, status: &str) -> Result<bool> {
-        let now = crate::time::now();
-        self.write(|c| {
-            Ok(c.execute(
-                "UPDATE ticket SET status = ?2, updated_at = ?3 WHERE id = ?1",
-                params![ticket, status, now],
-            )? == 1)
         })
     }
 

@@ -10,10 +10,13 @@ mod sink;
 
 mod cli;
 mod connect;
+mod corpus;
 mod crash;
 mod doctor;
+mod fuzz;
 mod import;
 mod outbound;
 mod selftest;
 mod sync;
+mod understanding;
 mod watch;

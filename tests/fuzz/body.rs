@@ -1,0 +1,41 @@
+//! The body of the `parse_classify_thread` fuzz target, shared with the bounded random test
+//! in `tests/integration/fuzz.rs`: bytes -> parse -> classify -> thread helpers -> store.
+
+use mailticket::classify::{Identity, Kind, classify};
+use mailticket::message::parse;
+use mailticket::pipeline::process;
+use mailticket::store::{Origin, Outcome, Store};
+use mailticket::thread;
+
+/// Runs one input. Panics only on a real finding.
+pub fn run(store: &mut Store, data: &[u8]) {
+    let me = Identity {
+        addresses: vec!["support@example.com".into()],
+    };
+    if let Ok(p) = parse(data) {
+        let c = classify(&p, &me);
+        if c.kind != Kind::Normal {
+            assert!(!c.reasons.is_empty(), "{:?} without a reason", c.kind);
+        }
+        let n = thread::normalize_subject(&p.subject);
+        assert_eq!(
+            thread::normalize_subject(&n),
+            n,
+            "normalising is idempotent"
+        );
+        let _ = thread::subject_tag(&p.subject);
+        let _ = thread::parent_ids(&p);
+        let _ = thread::customer(&p, &["info@example.com".to_owned()]);
+        let _ = p.failed_recipients();
+    }
+    let origin = Origin {
+        source: "fuzz".into(),
+        mailbox: String::new(),
+        imap: None,
+    };
+    match process(store, &me, data, &origin, 0, None) {
+        Ok(Outcome::Created(_) | Outcome::Threaded(_) | Outcome::Duplicate(_)) => {}
+        Ok(Outcome::Quarantined(_)) => {}
+        Err(e) => panic!("the store refused a message: {e}"),
+    }
+}
