@@ -696,7 +696,7 @@ backoff-max = 300
 shutdown-timeout = 10
 # A heartbeat line is logged at debug level this often.
 heartbeat = 300
-"#;
+
 # Machine-mail rules that need a setting (the others are fixed; see the README).
 [classify]
 # More than loop-messages messages from one sender within loop-window seconds (by their Date
