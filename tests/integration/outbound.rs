@@ -16,6 +16,12 @@ fn setup(dc: &Dovecot, sink: &Sink, ack_extra: &str) -> Workdir {
     wd
 }
 
+/// Appends a plain message from Anna (unseen) with Message-ID ID, SUBJECT and EXTRA headers.
+fn from_anna(dc: &Dovecot, id: &str, subject: &str, extra: &str) {
+    let mail = simple_mail("Anna <anna@customer.example>", id, subject, extra);
+    dc.append("INBOX", &mail, false);
+}
+
 fn outbox(wd: &Workdir) -> Vec<serde_json::Value> {
     wd.mailticket(&["outbox", "--json"])
         .success()
@@ -33,15 +39,11 @@ fn a_new_human_request_gets_one_threaded_acknowledgement() {
         &sink,
         "subject = \"[{{ ticket.id }}] {{ ticket.subject }} for {{ customer.email }}\"\n",
     );
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "req1@customer.example",
-            "Printer broken",
-            "References: <older@customer.example>\r\n",
-        ),
-        false,
+    from_anna(
+        &dc,
+        "req1@customer.example",
+        "Printer broken",
+        "References: <older@customer.example>\r\n",
     );
     let s = wd.sync();
     assert_eq!(s["created"], 1);
@@ -155,39 +157,17 @@ fn machines_ourselves_and_no_reply_senders_get_no_acknowledgement() {
 fn replies_to_an_acknowledgement_thread_and_are_not_acknowledged() {
     let (dc, sink) = (Dovecot::start(), Sink::start());
     let wd = setup(&dc, &sink, "");
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "r1@customer.example",
-            "Printer broken",
-            "",
-        ),
-        false,
-    );
+    from_anna(&dc, "r1@customer.example", "Printer broken", "");
     wd.sync();
     let ack_id = sink.messages()[0].header("Message-ID").unwrap();
     // By In-Reply-To only, and by subject tag only.
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "r2@customer.example",
-            "Re: thanks",
-            &format!("In-Reply-To: {ack_id}\r\n"),
-        ),
-        false,
+    from_anna(
+        &dc,
+        "r2@customer.example",
+        "Re: thanks",
+        &format!("In-Reply-To: {ack_id}\r\n"),
     );
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "r3@customer.example",
-            "Re: [#1] Printer broken",
-            "",
-        ),
-        false,
-    );
+    from_anna(&dc, "r3@customer.example", "Re: [#1] Printer broken", "");
     let s = wd.sync();
     assert_eq!(s["threaded"], 2, "{s}");
     assert_eq!(s["created"], 0);
@@ -239,16 +219,7 @@ fn old_mail_is_not_acknowledged() {
         sink.smtp_toml()
     ));
     // simple_mail is dated 2025: far beyond the default 24 h.
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "old@customer.example",
-            "Old",
-            "",
-        ),
-        false,
-    );
+    from_anna(&dc, "old@customer.example", "Old", "");
     let s = wd.sync();
     assert_eq!(s["acks_queued"], 0);
     assert!(
@@ -264,16 +235,7 @@ fn an_smtp_outage_delays_the_acknowledgement_and_the_next_run_sends_it_once() {
     let (dc, sink) = (Dovecot::start(), Sink::start());
     let wd = setup(&dc, &sink, "");
     sink.stop();
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "o1@customer.example",
-            "Outage",
-            "",
-        ),
-        false,
-    );
+    from_anna(&dc, "o1@customer.example", "Outage", "");
     let run = wd.mailticket(&["sync", "--json"]).code(1);
     let s = run.json();
     assert_eq!(s["created"], 1);
@@ -341,16 +303,7 @@ fn a_row_interrupted_while_sending_is_not_resent() {
     let (dc, sink) = (Dovecot::start(), Sink::start());
     let wd = setup(&dc, &sink, "");
     sink.stop();
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "c1@customer.example",
-            "Crash",
-            "",
-        ),
-        false,
-    );
+    from_anna(&dc, "c1@customer.example", "Crash", "");
     wd.mailticket(&["sync"]).code(1);
     sink.restart();
     // As if the process died after DATA began: the row is left in 'sending'.
@@ -384,16 +337,7 @@ fn implicit_tls_works_and_an_untrusted_server_or_a_wrong_password_is_a_clear_err
     wd.write_raw_config(&format!(
         "{base}\n{implicit}\n[ack]\nenabled = true\nmax-age = 8640000000\n"
     ));
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "t1@customer.example",
-            "TLS",
-            "",
-        ),
-        false,
-    );
+    from_anna(&dc, "t1@customer.example", "TLS", "");
     assert_eq!(wd.sync()["outbox"]["sent"], 1);
     assert_eq!(sink.messages()[0].envelope["tls"], "TLSv1.3");
 
@@ -406,16 +350,7 @@ fn implicit_tls_works_and_an_untrusted_server_or_a_wrong_password_is_a_clear_err
     wd.write_raw_config(&format!(
         "{base}\n{no_ca}\n[ack]\nenabled = true\nmax-age = 8640000000\n"
     ));
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "t2@customer.example",
-            "TLS 2",
-            "",
-        ),
-        false,
-    );
+    from_anna(&dc, "t2@customer.example", "TLS 2", "");
     let run = wd.mailticket(&["sync", "--json"]).code(1);
     let err = run.json()["errors"][0].as_str().unwrap().to_lowercase();
     assert!(
@@ -445,15 +380,11 @@ fn agent_replies_keep_the_thread_across_three_rounds() {
             .unwrap()
             .replace("enabled = true", "enabled = false"),
     );
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "round0@customer.example",
-            "Printer",
-            "Cc: Carl <carl@customer.example>, support@example.com\r\n",
-        ),
-        false,
+    from_anna(
+        &dc,
+        "round0@customer.example",
+        "Printer",
+        "Cc: Carl <carl@customer.example>, support@example.com\r\n",
     );
     wd.sync();
     let mut chain = vec!["<round0@customer.example>".to_owned()];
@@ -480,15 +411,11 @@ fn agent_replies_keep_the_thread_across_three_rounds() {
         // The customer answers the reply, as a mail client would.
         let refs = chain.join(" ");
         let theirs = format!("round{round}@customer.example");
-        dc.append(
-            "INBOX",
-            &simple_mail(
-                "Anna <anna@customer.example>",
-                &theirs,
-                "Re: [#1] Printer",
-                &format!("In-Reply-To: {ours}\r\nReferences: {refs}\r\n"),
-            ),
-            false,
+        from_anna(
+            &dc,
+            &theirs,
+            "Re: [#1] Printer",
+            &format!("In-Reply-To: {ours}\r\nReferences: {refs}\r\n"),
         );
         let s = wd.sync();
         assert_eq!(s["threaded"], 1, "round {round}: {s}");
@@ -508,16 +435,7 @@ fn watch_acknowledges_new_mail_as_it_arrives() {
     let wd = setup(&dc, &sink, "");
     let w = wd.watch(&[]);
     w.wait_log("connected", 1, std::time::Duration::from_secs(30));
-    dc.append(
-        "INBOX",
-        &simple_mail(
-            "Anna <anna@customer.example>",
-            "w1@customer.example",
-            "Watch me",
-            "",
-        ),
-        false,
-    );
+    from_anna(&dc, "w1@customer.example", "Watch me", "");
     crate::harness::wait_until(
         std::time::Duration::from_secs(20),
         "the acknowledgement",
