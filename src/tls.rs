@@ -10,15 +10,24 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::error::{Error, Result};
 
+/// The bundled web roots plus the system's, read once per process (a watch reconnecting 100
+/// mailboxes would otherwise read the system store 100 times).
+fn base_roots() -> &'static RootCertStore {
+    static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // The system store may be absent or partly unreadable; the bundled roots still apply.
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        roots
+    })
+}
+
 /// A client configuration that trusts the usual roots plus `ca_file`.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    // The system store may be absent or partly unreadable; the bundled roots still apply.
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
+    let mut roots = base_roots().clone();
     if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<std::result::Result<_, _>>())
