@@ -105,10 +105,14 @@ fn run_measured(cmd: &mut Command) -> (Duration, u64) {
 async fn raw_fetch(config: &Config) -> (usize, u64, Duration) {
     let mb = &config.mailboxes[0];
     let t0 = Instant::now();
-    let mut imap =
-        mailticket::imap::connect(mb, &mailticket::imap::password(mb).expect("password"))
-            .await
-            .expect("connect");
+    let mut imap = mailticket::imap::connect(
+        mb,
+        &mailticket::oauth2::Credentials::Password(
+            mailticket::imap::password(mb).expect("password"),
+        ),
+    )
+    .await
+    .expect("connect");
     imap.select(&mb.folder).await.expect("select");
     let sizes = imap.sizes("1:*").await.expect("sizes");
     let mut count = 0usize;

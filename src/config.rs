@@ -213,6 +213,11 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     /// The password.
     pub password: Option<Secret>,
+    /// `login` (default: PLAIN or LOGIN with the password), `xoauth2` or `oauthbearer`.
+    pub auth: Option<AuthMech>,
+    /// Where the bearer token comes from; when absent with an OAuth2 `auth`, the token of the
+    /// mailbox with the same `username` is used.
+    pub oauth2: Option<OAuth2Config>,
     /// The From of everything we send, e.g. `Support <support@example.com>`.
     pub from: String,
     /// Seconds one whole SMTP conversation may take (default 60).
@@ -312,6 +317,150 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+/// Microsoft's IMAP and SMTP scopes for a user's token (one token serves both).
+pub const MICROSOFT_USER_SCOPE: &str = "https://outlook.office.com/IMAP.AccessAsUser.All \
+     https://outlook.office.com/SMTP.Send offline_access";
+/// Microsoft's app-only scope: the roles granted to the app (`IMAP.AccessAsApp`,
+/// `SMTP.SendAsApp`).
+pub const MICROSOFT_APP_SCOPE: &str = "https://outlook.office365.com/.default";
+/// Gmail's one scope for IMAP and SMTP.
+pub const GOOGLE_SCOPE: &str = "https://mail.google.com/";
+
+/// Checks an `oauth2` table and fills in what its `provider` implies.
+fn check_oauth2(o: &mut OAuth2Config, base: &Path) -> std::result::Result<(), String> {
+    if let Some(ca) = &o.ca_file {
+        o.ca_file = Some(anchor(base, ca));
+    }
+    if o.timeout == Some(0) {
+        return Err("`timeout` must be at least 1 second".into());
+    }
+    if let Some(cmd) = &o.token_command {
+        if cmd.is_empty() || cmd[0].trim().is_empty() {
+            return Err("`token-command` needs a program".into());
+        }
+        let others = [
+            ("provider", o.provider.is_some()),
+            ("tenant", o.tenant.is_some()),
+            ("flow", o.flow.is_some()),
+            ("token-url", o.token_url.is_some()),
+            ("device-url", o.device_url.is_some()),
+            ("client-id", o.client_id.is_some()),
+            ("client-secret", o.client_secret.is_some()),
+            ("refresh-token", o.refresh_token.is_some()),
+            ("scope", o.scope.is_some()),
+        ];
+        if let Some((key, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "`token-command` stands alone: remove `{key}` (the command does the whole job)"
+            ));
+        }
+        return Ok(());
+    }
+    let flow = *o.flow.get_or_insert(Flow::RefreshToken);
+    match o.provider {
+        Some(Provider::Microsoft) => {
+            let Some(tenant) = o.tenant.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+                return Err(
+                    "`provider = \"microsoft\"` needs `tenant` (the directory id or \
+                            domain, e.g. \"contoso.onmicrosoft.com\")"
+                        .into(),
+                );
+            };
+            let root = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0");
+            o.token_url.get_or_insert_with(|| format!("{root}/token"));
+            o.device_url
+                .get_or_insert_with(|| format!("{root}/devicecode"));
+            o.scope.get_or_insert_with(|| {
+                match flow {
+                    Flow::RefreshToken => MICROSOFT_USER_SCOPE,
+                    Flow::ClientCredentials => MICROSOFT_APP_SCOPE,
+                }
+                .to_owned()
+            });
+        }
+        Some(Provider::Google) => {
+            if flow == Flow::ClientCredentials {
+                return Err("Google has no client-credentials flow for Gmail; use \
+                            `flow = \"refresh-token\"` or `token-command`"
+                    .into());
+            }
+            if o.tenant.is_some() {
+                return Err("`tenant` is for `provider = \"microsoft\"` only".into());
+            }
+            o.token_url
+                .get_or_insert_with(|| "https://oauth2.googleapis.com/token".to_owned());
+            o.device_url
+                .get_or_insert_with(|| "https://oauth2.googleapis.com/device/code".to_owned());
+            o.scope.get_or_insert_with(|| GOOGLE_SCOPE.to_owned());
+        }
+        None => {
+            if o.tenant.is_some() {
+                return Err("`tenant` is for `provider = \"microsoft\"` only".into());
+            }
+        }
+    }
+    for (key, value) in [
+        ("token-url", &o.token_url),
+        ("client-id", &o.client_id),
+        ("scope", &o.scope),
+    ] {
+        if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+            return Err(format!(
+                "`{key}` is missing (or set `provider = \"microsoft\"` / `\"google\"`, or use \
+                 `token-command`)"
+            ));
+        }
+    }
+    for (key, url) in [("token-url", &o.token_url), ("device-url", &o.device_url)] {
+        if let Some(url) = url {
+            check_token_url(url).map_err(|m| format!("`{key} = {url:?}`: {m}"))?;
+        }
+    }
+    match flow {
+        Flow::ClientCredentials => {
+            if o.client_secret.is_none() {
+                return Err("`flow = \"client-credentials\"` needs `client-secret`".into());
+            }
+            if o.refresh_token.is_some() {
+                return Err(
+                    "`refresh-token` is not used by `flow = \"client-credentials\"`".into(),
+                );
+            }
+        }
+        Flow::RefreshToken => {}
+    }
+    Ok(())
+}
+
+/// A token endpoint must be `https://`, except on the loopback interface.
+fn check_token_url(url: &str) -> std::result::Result<(), String> {
+    if let Some(rest) = url.strip_prefix("http://") {
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let loopback = host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| a.is_loopback());
+        return if loopback {
+            Ok(())
+        } else {
+            Err("tokens must not cross the network unencrypted: use https://".into())
+        };
+    }
+    if url.starts_with("https://") && url.len() > "https://".len() {
+        Ok(())
+    } else {
+        Err("not an https:// URL".into())
+    }
+}
+
 /// Parses `90s`, `15m`, `24h`, `2d` (or a bare number of seconds).
 pub fn parse_duration(t: &str) -> Option<u64> {
     let t = t.trim();
@@ -375,10 +524,71 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMech {
-    /// IMAP `LOGIN`.
+    /// IMAP `LOGIN` (SMTP: AUTH PLAIN or LOGIN, whichever the server offers).
     Login,
-    /// SASL `AUTHENTICATE PLAIN`.
+    /// SASL `PLAIN`.
     Plain,
+    /// SASL `XOAUTH2` with an OAuth2 bearer token (Outlook 365, Gmail).
+    Xoauth2,
+    /// SASL `OAUTHBEARER` (RFC 7628) with an OAuth2 bearer token.
+    Oauthbearer,
+}
+
+impl AuthMech {
+    /// Whether this mechanism sends an OAuth2 token instead of a password.
+    pub fn is_oauth2(self) -> bool {
+        matches!(self, AuthMech::Xoauth2 | AuthMech::Oauthbearer)
+    }
+}
+
+/// The well-known token endpoints and scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    /// Microsoft Entra ID (Outlook 365, Exchange Online); needs `tenant`.
+    Microsoft,
+    /// Google (Gmail, Workspace).
+    Google,
+}
+
+/// How an access token is obtained from the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flow {
+    /// A user's (delegated) refresh token, rotated as the server says.
+    RefreshToken,
+    /// The app-only flow: the app's own id and secret, no user.
+    ClientCredentials,
+}
+
+/// `oauth2 = { ... }` of a mailbox or of `[smtp]`: where the bearer token comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// Fills in the token URL and scopes of a well-known provider.
+    pub provider: Option<Provider>,
+    /// The Microsoft tenant (directory id or domain) for `provider = "microsoft"`.
+    pub tenant: Option<String>,
+    /// `refresh-token` (default) or `client-credentials`.
+    pub flow: Option<Flow>,
+    /// The token endpoint.
+    pub token_url: Option<String>,
+    /// The device authorization endpoint, for `mailticket oauth2 login`.
+    pub device_url: Option<String>,
+    /// The app's (client's) id.
+    pub client_id: Option<String>,
+    /// The app's secret; needed by `client-credentials`, optional otherwise.
+    pub client_secret: Option<Secret>,
+    /// The first refresh token; later ones (rotated by the server) live in the store.
+    pub refresh_token: Option<Secret>,
+    /// The scopes to ask for, space-separated.
+    pub scope: Option<String>,
+    /// A program that prints an access token (or a JSON token response) on stdout.
+    pub token_command: Option<Vec<String>>,
+    /// An extra PEM trust anchor for the token endpoint.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds one token request may take (default 30).
+    pub timeout: Option<u64>,
 }
 
 /// What happens to a message on the server once its ticket is committed.
@@ -415,9 +625,11 @@ pub struct MailboxConfig {
     pub username: String,
     /// The password.
     pub password: Option<Secret>,
-    /// `login` (default) or `plain`.
+    /// `login` (default), `plain`, `xoauth2` or `oauthbearer`.
     #[serde(default = "default_auth")]
     pub auth: AuthMech,
+    /// Where the bearer token comes from, for `xoauth2` / `oauthbearer`.
+    pub oauth2: Option<OAuth2Config>,
     /// The folder to read, `INBOX` by default.
     #[serde(default = "default_folder")]
     pub folder: String,
@@ -492,8 +704,31 @@ impl Config {
                         .into(),
                 ));
             }
-            if smtp.username.is_some() != smtp.password.is_some() {
-                return Err(err("[smtp]: `username` and `password` go together".into()));
+            if smtp.auth.is_some_and(AuthMech::is_oauth2) {
+                if smtp.username.is_none() {
+                    return Err(err(
+                        "[smtp]: an OAuth2 `auth` needs `username` (the account the token is for)"
+                            .into(),
+                    ));
+                }
+                if smtp.password.is_some() {
+                    return Err(err(
+                        "[smtp]: `password` is not used with an OAuth2 `auth`; remove it".into(),
+                    ));
+                }
+                if let Some(o) = &mut smtp.oauth2 {
+                    check_oauth2(o, base).map_err(|m| err(format!("[smtp] oauth2: {m}")))?;
+                }
+            } else {
+                if smtp.oauth2.is_some() {
+                    return Err(err(
+                        "[smtp]: `oauth2` needs `auth = \"xoauth2\"` or `auth = \"oauthbearer\"`"
+                            .into(),
+                    ));
+                }
+                if smtp.username.is_some() != smtp.password.is_some() {
+                    return Err(err("[smtp]: `username` and `password` go together".into()));
+                }
             }
             if crate::outbound::parse_mailbox(&smtp.from).is_none() {
                 return Err(err(format!(
@@ -540,8 +775,32 @@ impl Config {
                      set `allow-insecure = true` to allow it"
                 )));
             }
-            if mb.password.is_none() {
-                return Err(err(format!("{at}: `password` is missing")));
+            if mb.auth.is_oauth2() {
+                let Some(o) = &mut mb.oauth2 else {
+                    return Err(err(format!(
+                        "{at}: `auth = \"{}\"` needs `oauth2 = {{ ... }}` (where the token comes from)",
+                        if mb.auth == AuthMech::Xoauth2 {
+                            "xoauth2"
+                        } else {
+                            "oauthbearer"
+                        }
+                    )));
+                };
+                check_oauth2(o, base).map_err(|m| err(format!("{at}: oauth2: {m}")))?;
+                if mb.password.is_some() {
+                    return Err(err(format!(
+                        "{at}: `password` is not used with an OAuth2 `auth`; remove it"
+                    )));
+                }
+            } else {
+                if mb.oauth2.is_some() {
+                    return Err(err(format!(
+                        "{at}: `oauth2` needs `auth = \"xoauth2\"` or `auth = \"oauthbearer\"`"
+                    )));
+                }
+                if mb.password.is_none() {
+                    return Err(err(format!("{at}: `password` is missing")));
+                }
             }
             if let After::Move(folder) = &mb.after
                 && (folder.trim().is_empty() || *folder == mb.folder)
@@ -556,6 +815,17 @@ impl Config {
             for a in &mut mb.addresses {
                 *a = a.trim().to_ascii_lowercase();
             }
+        }
+        if let Some(smtp) = &config.smtp
+            && smtp.auth.is_some_and(AuthMech::is_oauth2)
+            && smtp.oauth2.is_none()
+            && config.smtp_token_mailbox().is_none()
+        {
+            return Err(err(format!(
+                "[smtp]: an OAuth2 `auth` without `oauth2 = {{ ... }}` shares the token of the \
+                 mailbox with the same username, but no OAuth2 mailbox has username {:?}",
+                smtp.username.as_deref().unwrap_or("")
+            )));
         }
         for a in &mut config.threading.forwarders {
             *a = a.trim().to_ascii_lowercase();
@@ -574,6 +844,19 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+
+    /// The OAuth2 mailbox whose token `[smtp]` shares: `[smtp]` has an OAuth2 `auth`, no
+    /// `oauth2` of its own, and the same username (case-insensitive).
+    pub fn smtp_token_mailbox(&self) -> Option<&MailboxConfig> {
+        let smtp = self.smtp.as_ref()?;
+        if !smtp.auth.is_some_and(AuthMech::is_oauth2) || smtp.oauth2.is_some() {
+            return None;
+        }
+        let user = smtp.username.as_deref()?;
+        self.mailboxes
+            .iter()
+            .find(|m| m.oauth2.is_some() && m.username.eq_ignore_ascii_case(user))
     }
 
     /// The mailboxes named in `only`, or all when `only` is empty.

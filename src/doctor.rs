@@ -4,7 +4,8 @@
 //! The steps use the same functions as `sync` ([`imap::dial`], [`imap::secure`],
 //! [`imap::authenticate`], [`Imap::select`]), so a green doctor means the next sync gets as
 //! far. Nothing is changed: the store is only read (never created or migrated), folders are
-//! only looked at. A failed step skips the steps of that mailbox that depend on it.
+//! only looked at; the one exception is OAuth2, whose token table is written when a token is
+//! obtained (a rotated refresh token must be kept). A failed step skips the steps of that mailbox that depend on it.
 //! With `[smtp]` configured it also connects to the SMTP server (TLS, EHLO, AUTH) and reports
 //! outbox rows that failed or were interrupted while sending.
 
@@ -16,7 +17,7 @@ use crate::config::{After, Config, MailboxConfig, TlsMode};
 use crate::error::Error;
 use crate::imap::{self, Imap};
 use crate::lock::StoreLock;
-use crate::secret::Revealed;
+use crate::oauth2::{Credentials, Tokens};
 use crate::store::SCHEMA_VERSION;
 
 /// How a step went.
@@ -103,27 +104,107 @@ pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
     check_store(&mut r, db);
     for mb in &config.mailboxes {
         let scope = format!("mailbox {}", mb.name);
-        let password = match imap::password(mb) {
-            Ok(p) => {
-                r.ok(&scope, "secret", "password readable".into());
-                p
+        let creds = if mb.auth.is_oauth2() {
+            match oauth2_credentials(&mut r, &scope, config, db, mb).await {
+                Some(c) => c,
+                None => continue,
             }
-            Err(e) => {
-                r.fail(
-                    &scope,
-                    "secret",
-                    &e,
-                    "set the environment variable, file or command named by `password`",
-                );
-                continue;
+        } else {
+            match imap::password(mb) {
+                Ok(p) => {
+                    r.ok(&scope, "secret", "password readable".into());
+                    Credentials::Password(p)
+                }
+                Err(e) => {
+                    r.fail(
+                        &scope,
+                        "secret",
+                        &e,
+                        "set the environment variable, file or command named by `password`",
+                    );
+                    continue;
+                }
             }
         };
-        check_mailbox(&mut r, &scope, mb, &password).await;
+        check_mailbox(&mut r, &scope, mb, &creds).await;
     }
     if let Some(smtp) = &config.smtp {
-        check_smtp(&mut r, smtp).await;
+        check_smtp(&mut r, config, db, smtp).await;
     }
     r
+}
+
+/// The OAuth2 steps of a mailbox: its secrets, then a token (from the store while good, else
+/// from the endpoint), with the token's state.
+async fn oauth2_credentials(
+    r: &mut Report,
+    scope: &str,
+    config: &Config,
+    db: &Path,
+    mb: &MailboxConfig,
+) -> Option<Credentials> {
+    let tokens = match Tokens::new(config, db, &[mb], false) {
+        Ok(t) => t,
+        Err(e) => {
+            r.fail(
+                scope,
+                "secret",
+                &e,
+                "set the environment variable, file or command named by oauth2 \
+                 `client-secret` / `refresh-token`",
+            );
+            return None;
+        }
+    };
+    r.ok(scope, "secret", "OAuth2 secrets readable".into());
+    let source = tokens.source_of(&mb.name)?;
+    token_step(r, scope, &source, &mb.name).await?;
+    Some(Credentials::OAuth2(source))
+}
+
+/// Gets a token and reports the source's state: source, expiry, last refresh, scopes.
+async fn token_step(
+    r: &mut Report,
+    scope: &str,
+    source: &crate::oauth2::TokenSource,
+    login_hint: &str,
+) -> Option<()> {
+    let got = source.token().await;
+    let st = source.state();
+    let mut detail = format!("{} from {}", st.source, st.from);
+    if let Some(e) = &st.expires {
+        detail.push_str(&format!("; access token valid until {e}"));
+    }
+    if let Some(t) = &st.last_refresh {
+        detail.push_str(&format!("; last refresh {t} ({} so far)", st.refreshes));
+    }
+    if let Some(s) = &st.scope {
+        detail.push_str(&format!("; scopes: {s}"));
+    }
+    match got {
+        Ok(_) => {
+            r.ok(scope, "oauth2", detail);
+            Some(())
+        }
+        Err(e) => {
+            let relogin = format!(
+                "run `mailticket oauth2 login --mailbox {login_hint}` (or put a new \
+                 refresh-token in the config)"
+            );
+            let fix = match &e {
+                Error::OAuth2 { relogin: true, .. } => relogin.as_str(),
+                Error::OAuth2 { .. } => {
+                    "check client-id, client-secret, scope and tenant against the app registration"
+                }
+                Error::Secret { .. } => "check token-command: run it by hand",
+                _ => {
+                    "the token endpoint could not be reached: check token-url, DNS, proxy and firewall"
+                }
+            };
+            r.fail(scope, "oauth2", &e, fix);
+            None
+        }
+    }
 }
 
 fn check_store(r: &mut Report, db: &Path) {
@@ -204,37 +285,64 @@ fn check_store(r: &mut Report, db: &Path) {
     }
 }
 
-async fn check_smtp(r: &mut Report, c: &crate::config::SmtpConfig) {
+async fn check_smtp(r: &mut Report, config: &Config, db: &Path, c: &crate::config::SmtpConfig) {
     let scope = "smtp";
-    let password = match c
-        .password
-        .as_ref()
-        .map(|p| p.resolve("[smtp] password"))
-        .transpose()
-    {
-        Ok(p) => {
-            r.ok(
-                scope,
-                "secret",
-                if p.is_some() {
-                    "password readable"
-                } else {
-                    "no AUTH"
-                }
-                .into(),
-            );
-            p
+    let creds = if c.auth.is_some_and(crate::config::AuthMech::is_oauth2) {
+        let tokens = match Tokens::new(config, db, &[], true) {
+            Ok(t) => t,
+            Err(e) => {
+                return r.fail(
+                    scope,
+                    "secret",
+                    &e,
+                    "set the environment variable, file or command named by [smtp] oauth2",
+                );
+            }
+        };
+        let creds = match tokens.smtp(config) {
+            Ok(Some(Credentials::OAuth2(s))) => s,
+            Ok(_) => return,
+            Err(e) => return r.fail(scope, "secret", &e, "check [smtp] auth and oauth2"),
+        };
+        r.ok(scope, "secret", "OAuth2 secrets readable".into());
+        let hint = config
+            .smtp_token_mailbox()
+            .map_or("smtp", |m| m.name.as_str());
+        if token_step(r, scope, &creds, hint).await.is_none() {
+            return;
         }
-        Err(e) => {
-            return r.fail(
-                scope,
-                "secret",
-                &e,
-                "set the environment variable, file or command named by [smtp] password",
-            );
+        Some(Credentials::OAuth2(creds))
+    } else {
+        match c
+            .password
+            .as_ref()
+            .map(|p| p.resolve("[smtp] password"))
+            .transpose()
+        {
+            Ok(p) => {
+                r.ok(
+                    scope,
+                    "secret",
+                    if p.is_some() {
+                        "password readable"
+                    } else {
+                        "no AUTH"
+                    }
+                    .into(),
+                );
+                p.map(Credentials::Password)
+            }
+            Err(e) => {
+                return r.fail(
+                    scope,
+                    "secret",
+                    &e,
+                    "set the environment variable, file or command named by [smtp] password",
+                );
+            }
         }
     };
-    let smtp = match crate::outbound::smtp::Smtp::new(c, password) {
+    let smtp = match crate::outbound::smtp::Smtp::new(c, creds) {
         Ok(s) => s,
         Err(e) => return r.fail(scope, "setup", &e, "check [smtp] ca-file"),
     };
@@ -253,7 +361,7 @@ async fn check_smtp(r: &mut Report, c: &crate::config::SmtpConfig) {
     }
 }
 
-async fn check_mailbox(r: &mut Report, scope: &str, mb: &MailboxConfig, password: &Revealed) {
+async fn check_mailbox(r: &mut Report, scope: &str, mb: &MailboxConfig, creds: &Credentials) {
     let limit = mb.timeout();
     let addr = format!("{}:{}", mb.host, mb.port());
     match tokio::time::timeout(limit, tokio::net::lookup_host(addr.as_str())).await {
@@ -316,13 +424,18 @@ async fn check_mailbox(r: &mut Report, scope: &str, mb: &MailboxConfig, password
             return r.fail(scope, "tls", &e, fix);
         }
     };
-    let mut imap = match imap::authenticate(mb, client, password).await {
+    let mut imap = match imap::authenticate(mb, client, creds).await {
         Ok(i) => {
             r.ok(scope, "login", format!("logged in as {}", mb.username));
             i
         }
         Err(e) => {
             let fix = match e {
+                Error::Auth { .. } if mb.auth.is_oauth2() => {
+                    "the token is not accepted for this mailbox: check `username` (for an app-only \
+                     token, the shared mailbox's address), the IMAP scope / IMAP.AccessAsApp role, \
+                     and the app's permission on the mailbox"
+                }
                 Error::Auth { .. } => {
                     "check `username` and the password; Outlook 365 needs IMAP enabled for the mailbox and usually OAuth2"
                 }

@@ -32,6 +32,15 @@ pub enum Error {
         message: String,
     },
 
+    /// OAuth2: the token endpoint refused us for good (a dead refresh token, a wrong client
+    /// secret), or a token could not be had. `relogin`: only `mailticket oauth2 login` helps.
+    #[error("{account}: OAuth2: {message}")]
+    OAuth2 {
+        account: String,
+        message: String,
+        relogin: bool,
+    },
+
     /// The server answered something we cannot work with.
     #[error("{host}: {message}")]
     Protocol { host: String, message: String },

@@ -40,6 +40,7 @@ pub mod imap;
 pub mod import;
 pub mod lock;
 pub mod message;
+pub mod oauth2;
 pub mod outbound;
 pub mod pipeline;
 pub mod secret;

@@ -9,6 +9,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
+    // One crypto provider for every TLS client (IMAP, SMTP, HTTPS): ring. Installing fails
+    // only when one is installed already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     cli::init_tracing(&args);
     let json_logs = matches!(args.log_format, cli::LogFormat::Json);
     match cli::run(args) {

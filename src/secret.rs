@@ -91,10 +91,15 @@ impl Secret {
 }
 
 /// A resolved secret. Its `Debug` is redacted too; read it with [`Revealed::expose`].
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Revealed(String);
 
 impl Revealed {
+    /// Wraps a secret obtained at run time (an access or refresh token).
+    pub fn new(value: String) -> Revealed {
+        Revealed(value)
+    }
+
     /// The secret's text, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0

@@ -18,8 +18,8 @@ use crate::classify::Identity;
 use crate::config::{After, Config, MailboxConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
+use crate::oauth2::{Credentials, Tokens};
 use crate::pipeline::{PrepPool, StoreThread, commit};
-use crate::secret::Revealed;
 use crate::store::{Cursor, ImapPos, Origin, Outcome};
 use crate::summary::{RunSummary, SourceSummary};
 
@@ -48,7 +48,7 @@ pub struct SyncOptions {
 /// is recorded in the summary and the others go on.
 pub async fn run(
     config: &Config,
-    mailboxes: &[(&MailboxConfig, Revealed)],
+    mailboxes: &[(&MailboxConfig, Credentials)],
     store: &StoreThread,
     opts: SyncOptions,
 ) -> RunSummary {
@@ -67,21 +67,22 @@ pub async fn run(
     summary
 }
 
-/// Reads the passwords of `mailboxes` up front: a missing one is a configuration error for
-/// the whole run, found before anything touches the network.
-pub fn with_passwords<'a>(
+/// Reads the passwords (and OAuth2 secrets) of `mailboxes` up front: a missing one is a
+/// configuration error for the whole run, found before anything touches the network.
+pub fn with_credentials<'a>(
     mailboxes: &[&'a MailboxConfig],
-) -> Result<Vec<(&'a MailboxConfig, Revealed)>> {
+    tokens: &Tokens,
+) -> Result<Vec<(&'a MailboxConfig, Credentials)>> {
     mailboxes
         .iter()
-        .map(|mb| Ok((*mb, imap::password(mb)?)))
+        .map(|mb| Ok((*mb, tokens.mailbox(mb)?)))
         .collect()
 }
 
 /// Syncs one mailbox; errors end up in the summary.
 pub async fn sync_mailbox(
     mb: &MailboxConfig,
-    password: &Revealed,
+    creds: &Credentials,
     store: &StoreThread,
     me: &Arc<Identity>,
     opts: SyncOptions,
@@ -92,7 +93,7 @@ pub async fn sync_mailbox(
         counts: Default::default(),
     };
     let result = async {
-        let mut imap = imap::connect(mb, password).await?;
+        let mut imap = imap::connect(mb, creds).await?;
         let pass = Pass {
             store,
             me,

@@ -25,8 +25,8 @@ use crate::classify::Identity;
 use crate::config::{Config, MailboxConfig, WatchConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, Imap, Wake};
+use crate::oauth2::Credentials;
 use crate::pipeline::{PrepPool, StoreThread};
-use crate::secret::Revealed;
 use crate::summary::SourceSummary;
 use crate::sync::{Pass, SyncOptions, catch_up};
 
@@ -54,7 +54,7 @@ struct Shared {
 /// configured deadline. Returns only after `stop` is cancelled.
 pub async fn run(
     config: &Config,
-    mailboxes: Vec<(MailboxConfig, Revealed)>,
+    mailboxes: Vec<(MailboxConfig, Credentials)>,
     store: &StoreThread,
     outbound: Option<(
         Arc<crate::outbound::smtp::Smtp>,
@@ -198,6 +198,22 @@ where
                 "LOGIN REFUSED: fix the username or password; retrying only at the backoff cap so the account is not locked"
             );
             d
+        } else if let Error::OAuth2 { relogin, .. } = &error {
+            let d = backoff.at_cap();
+            if *relogin {
+                tracing::error!(
+                    error = %error,
+                    retry_in_ms = d.as_millis() as u64,
+                    "OAUTH2 SIGN-IN NEEDED: this mailbox is stopped until a new refresh token is stored (the others go on)"
+                );
+            } else {
+                tracing::error!(
+                    error = %error,
+                    retry_in_ms = d.as_millis() as u64,
+                    "OAUTH2 TOKEN REFUSED: fix the oauth2 settings; retrying only at the backoff cap"
+                );
+            }
+            d
         } else {
             let d = backoff.next_delay();
             tracing::warn!(error = %error, retry_in_ms = d.as_millis() as u64, "disconnected; reconnecting");
@@ -214,7 +230,7 @@ where
 /// or `stop`.
 async fn session(
     mb: &MailboxConfig,
-    password: &Revealed,
+    creds: &Credentials,
     shared: &Shared,
     stop: &CancellationToken,
 ) -> Ended {
@@ -223,7 +239,7 @@ async fn session(
         error: None,
     };
     let connected = tokio::select! {
-        r = imap::connect(mb, password) => r,
+        r = imap::connect(mb, creds) => r,
         () = stop.cancelled() => return ended,
     };
     let imap = match connected {

@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod doctor;
 mod import;
+mod oauth2;
 mod outbox;
 mod sync;
 mod tickets;
@@ -90,6 +91,9 @@ pub enum Command {
     Close(outbox::StatusArgs),
     /// Reopen a ticket
     Reopen(outbox::StatusArgs),
+    /// OAuth2 sign-in (device code) and token state
+    #[command(name = "oauth2")]
+    OAuth2(oauth2::OAuth2Args),
 }
 
 /// A usage error: exit status 2.
@@ -144,8 +148,14 @@ pub fn init_tracing(args: &Args) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_env("MAILTICKET_LOG")
+    let mut filter = EnvFilter::try_from_env("MAILTICKET_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("mailticket={level},warn")));
+    // async-imap traces every command it writes, AUTHENTICATE responses (tokens, passwords)
+    // included: capped below trace whatever MAILTICKET_LOG says (a later directive for the
+    // same target replaces the user's).
+    if let Ok(cap) = "async_imap=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -244,6 +254,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Reply(a) => outbox::reply(&ctx, &a),
         Command::Close(a) => outbox::set_status(&ctx, &a, "closed"),
         Command::Reopen(a) => outbox::set_status(&ctx, &a, "open"),
+        Command::OAuth2(a) => oauth2::run(&ctx, &a),
     }
 }
 
@@ -262,18 +273,30 @@ fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The SMTP server from `[smtp]`, with its password read now (a missing one is a
-/// configuration error, exit 2).
+/// The SMTP server from `[smtp]`, with its password (or OAuth2 secrets) read now (a missing
+/// one is a configuration error, exit 2).
 pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
     let Some(c) = &ctx.config.smtp else {
         return Ok(None);
     };
-    let password = c
-        .password
-        .as_ref()
-        .map(|p| p.resolve("[smtp] password"))
-        .transpose()?;
-    Ok(Some(mailticket::outbound::smtp::Smtp::new(c, password)?))
+    if c.auth.is_none_or(|a| !a.is_oauth2()) && c.password.is_none() {
+        return Ok(Some(mailticket::outbound::smtp::Smtp::new(c, None)?));
+    }
+    let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &[], true)?;
+    smtp_with(ctx, &tokens)
+}
+
+/// The SMTP server from `[smtp]`, with credentials from `tokens` (which may share a token
+/// source with a mailbox).
+pub fn smtp_with(
+    ctx: &Ctx,
+    tokens: &mailticket::oauth2::Tokens,
+) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
+    let Some(c) = &ctx.config.smtp else {
+        return Ok(None);
+    };
+    let creds = tokens.smtp(&ctx.config)?;
+    Ok(Some(mailticket::outbound::smtp::Smtp::new(c, creds)?))
 }
 
 /// Sends the due outbox rows now, on a store thread of its own; gives the store back.

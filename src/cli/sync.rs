@@ -21,8 +21,9 @@ pub struct SyncArgs {
 
 pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let mailboxes = ctx.chosen_mailboxes(&a.mailboxes)?;
-    let mailboxes = mailticket::sync::with_passwords(&mailboxes)?;
-    let smtp = super::smtp(ctx)?;
+    let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &mailboxes, true)?;
+    let mailboxes = mailticket::sync::with_credentials(&mailboxes, &tokens)?;
+    let smtp = super::smtp_with(ctx, &tokens)?;
     let ack = mailticket::outbound::AckPlan::from_config(&ctx.config)?;
     // A dry run changes nothing, so it may run beside anything.
     let _lock = if a.dry_run {

@@ -28,11 +28,12 @@ enum End {
 
 pub fn run(ctx: &Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
     let chosen = ctx.chosen_mailboxes(&a.mailboxes)?;
-    let mailboxes: Vec<_> = mailticket::sync::with_passwords(&chosen)?
+    let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &chosen, true)?;
+    let mailboxes: Vec<_> = mailticket::sync::with_credentials(&chosen, &tokens)?
         .into_iter()
-        .map(|(mb, pw)| (mb.clone(), pw))
+        .map(|(mb, creds)| (mb.clone(), creds))
         .collect();
-    let outbound = match super::smtp(ctx)? {
+    let outbound = match super::smtp_with(ctx, &tokens)? {
         Some(smtp) => Some((
             std::sync::Arc::new(smtp),
             mailticket::outbound::AckPlan::from_config(&ctx.config)?,

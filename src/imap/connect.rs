@@ -1,5 +1,6 @@
 //! Opening an authenticated IMAP session: TCP (with keepalive), TLS or STARTTLS (never a
-//! silent downgrade), the greeting, and LOGIN or AUTHENTICATE PLAIN.
+//! silent downgrade), the greeting, and LOGIN, AUTHENTICATE PLAIN, or an OAuth2 bearer token
+//! (XOAUTH2 / OAUTHBEARER) with one renewal when the server refuses it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,6 +15,8 @@ use tokio_rustls::client::TlsStream;
 use super::session::Imap;
 use crate::config::{AuthMech, MailboxConfig, TlsMode};
 use crate::error::{Error, Result};
+use crate::oauth2::Credentials;
+use crate::oauth2::sasl::{self, ServerError};
 use crate::secret::Revealed;
 
 /// The byte stream under an IMAP session: TLS, or plain when the config allows it.
@@ -137,10 +140,10 @@ pub fn password(mb: &MailboxConfig) -> Result<Revealed> {
 
 /// Connects, secures and logs in, as the mailbox's config says: [`dial`], [`secure`], then
 /// [`authenticate`] (`doctor` runs the same three steps one by one).
-pub async fn connect(mb: &MailboxConfig, password: &Revealed) -> Result<Imap> {
+pub async fn connect(mb: &MailboxConfig, creds: &Credentials) -> Result<Imap> {
     let tcp = dial(mb).await?;
     let client = secure(mb, tcp).await?;
-    let imap = authenticate(mb, client, password).await?;
+    let imap = authenticate(mb, client, creds).await?;
     tracing::info!(mailbox = %mb.name, host = %mb.host, tls = ?mb.tls, "connected");
     Ok(imap)
 }
@@ -207,8 +210,11 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
 }
 
 /// Logs in and reads the capabilities.
-pub async fn authenticate(mb: &MailboxConfig, client: Client, password: &Revealed) -> Result<Imap> {
-    let session = login(mb, client, password).await?;
+pub async fn authenticate(mb: &MailboxConfig, client: Client, creds: &Credentials) -> Result<Imap> {
+    let session = match creds {
+        Credentials::Password(password) => login(mb, client, password).await?,
+        Credentials::OAuth2(source) => oauth2_login(mb, client, source).await?,
+    };
     let mut imap = Imap::new(session, mb.host.clone(), mb.timeout());
     imap.load_capabilities().await?;
     Ok(imap)
@@ -298,7 +304,7 @@ async fn login(
     let result = timed(host, mb.timeout(), "logging in", async {
         let r = match mb.auth {
             AuthMech::Login => client.login(user, password.expose()).await,
-            AuthMech::Plain => {
+            AuthMech::Plain | AuthMech::Xoauth2 | AuthMech::Oauthbearer => {
                 client
                     .authenticate(
                         "PLAIN",
@@ -313,12 +319,120 @@ async fn login(
         Ok(r.map_err(|(e, _client)| e))
     })
     .await?;
-    result.map_err(|e| match e {
-        async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m) => Error::Auth {
+    result.map_err(|e| login_err(host, user, e))
+}
+
+/// A failed login: NO / BAD are the server refusing us, except `[UNAVAILABLE]` (its
+/// authentication backend is down: try again later, it says nothing about our credentials).
+fn login_err(host: &str, user: &str, e: async_imap::error::Error) -> Error {
+    match e {
+        async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m) => {
+            let text = server_text(&m);
+            if text.contains("[UNAVAILABLE]") {
+                Error::Network {
+                    host: host.to_owned(),
+                    message: format!("login could not be checked now: {text}"),
+                }
+            } else {
+                Error::Auth {
+                    host: host.to_owned(),
+                    user: user.to_owned(),
+                    message: text,
+                }
+            }
+        }
+        other => imap_err(host, other),
+    }
+}
+
+/// Logs in with a bearer token. A refused token is replaced once (it may have been revoked
+/// or expired early) and tried again on the same connection.
+async fn oauth2_login(
+    mb: &MailboxConfig,
+    client: Client,
+    source: &crate::oauth2::TokenSource,
+) -> Result<async_imap::Session<Conn>> {
+    let host = mb.host.as_str();
+    let user = mb.username.as_str();
+    let mech = sasl::mechanism(mb.auth);
+    let token = source.token().await?;
+    let (client, first) = match try_token(mb, client, &token).await? {
+        Ok(session) => return Ok(session),
+        Err(refused) => refused,
+    };
+    tracing::info!(
+        mailbox = %mb.name,
+        mechanism = mech,
+        server = %first,
+        "the server refused the access token; getting a new one and trying once more"
+    );
+    let token = source.renew(&token).await?;
+    match try_token(mb, client, &token).await? {
+        Ok(session) => Ok(session),
+        Err((_, why)) => Err(Error::Auth {
             host: host.to_owned(),
             user: user.to_owned(),
-            message: server_text(&m),
-        },
-        other => imap_err(host, other),
-    })
+            message: format!(
+                "the {mech} token was refused ({why}); check that the token is for {user} and \
+                 grants IMAP access to this mailbox (scope / mailbox permission)"
+            ),
+        }),
+    }
+}
+
+/// Why a token was refused: the server's error challenge and its final NO.
+struct Refused {
+    challenge: Option<ServerError>,
+    text: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.challenge {
+            Some(c) => write!(f, "{c}; {}", self.text),
+            None => f.write_str(&self.text),
+        }
+    }
+}
+
+/// One AUTHENTICATE with `token`: the session, or the client back with why it was refused.
+/// Errors that are not a refusal (connection lost, timeout, `[UNAVAILABLE]`) end the login.
+async fn try_token(
+    mb: &MailboxConfig,
+    client: Client,
+    token: &Revealed,
+) -> Result<std::result::Result<async_imap::Session<Conn>, (Client, Refused)>> {
+    let host = mb.host.as_str();
+    let mut challenge = None;
+    let auth = sasl::ImapAuth {
+        initial: sasl::initial_response(mb.auth, &mb.username, token, host, mb.port()),
+        mech: mb.auth,
+        steps: 0,
+        error: &mut challenge,
+    };
+    let r = tokio::time::timeout(
+        mb.timeout(),
+        client.authenticate(sasl::mechanism(mb.auth), auth),
+    )
+    .await
+    .map_err(|_| Error::Timeout {
+        host: host.to_owned(),
+        what: "logging in".into(),
+        secs: mb.timeout().as_secs(),
+    })?;
+    match r {
+        Ok(session) => Ok(Ok(session)),
+        Err((async_imap::error::Error::No(m), client)) => {
+            let text = server_text(&m);
+            if text.contains("[UNAVAILABLE]") || text.contains("nsupported") {
+                return Err(login_err(
+                    host,
+                    &mb.username,
+                    async_imap::error::Error::No(m),
+                ));
+            }
+            Ok(Err((client, Refused { challenge, text })))
+        }
+        Err((e, _)) => Err(login_err(host, &mb.username, e)),
+    }
 }

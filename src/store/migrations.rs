@@ -136,6 +136,26 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
     CREATE INDEX outbox_rcpt ON outbox (rcpt_to, kind, created_at);
     "#,
+    // 4: OAuth2 tokens, one row per account ("mailbox:NAME" or "smtp"). The refresh token is
+    // the server's latest (it may rotate on every use); seed_fp is the SHA-256 of the config's
+    // `refresh-token` it descends from (a new one in the config wins), dead_fp that of a
+    // refresh token the server called invalid_grant.
+    r#"
+    CREATE TABLE oauth2_token (
+        account         TEXT    PRIMARY KEY,
+        refresh_token   TEXT,
+        seed_fp         TEXT,
+        access_token    TEXT,
+        access_obtained INTEGER,
+        access_expires  INTEGER,
+        scope           TEXT,
+        last_refresh    INTEGER,
+        refreshes       INTEGER NOT NULL DEFAULT 0,
+        dead_fp         TEXT,
+        last_error      TEXT,
+        updated_at      INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
