@@ -135,8 +135,30 @@ impl Dovecot {
         panic!("imap-server start: no free ports after 5 tries");
     }
 
+    /// A Dovecot with `IMAP_OAUTH2=1` that accepts O's access tokens in AUTHENTICATE XOAUTH2 and
+    /// OAUTHBEARER (local JWT validation with O's key and issuer): user tokens whose `sub` is
+    /// the login name (support, alice, bob) and which have `IMAP.AccessAsUser.All`, and app-only
+    /// (client_credentials) tokens for all three mailboxes. PLAIN/LOGIN work as before; the
+    /// auth penalty is off.
+    pub fn start_oauth2(o: &OAuth2Server) -> Dovecot {
+        Dovecot::start_oauth2_with(o, &[])
+    }
+
+    /// Like [`Dovecot::start_oauth2`], with more knobs, e.g. `("IMAP_OAUTH2_MODE", "introspect")`
+    /// (Dovecot then asks O's /introspect about every token) or `("IMAP_OAUTH2_APP_MAILBOXES",
+    /// "support")`.
+    pub fn start_oauth2_with(o: &OAuth2Server, env: &[(&str, &str)]) -> Dovecot {
+        let mut all = o.env();
+        all.push(("IMAP_OAUTH2".into(), "1".into()));
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Dovecot::start_with(&refs)
+    }
+
     fn server(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("bash");
+        // IMAP_OAUTH2_* and OAUTH2_* (e.g. from a sourced env file) would change the config
+        scrub_env(&mut cmd, &["IMAP_OAUTH2", "OAUTH2_"]);
         cmd.arg(script("imap-server"))
             .arg("-d")
             .arg(&self.dir)
@@ -383,6 +405,321 @@ impl Drop for Dovecot {
             }
         }
         let _ = self.server(&["stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes every variable starting with one of PREFIXES from CMD's environment, so a developer
+/// shell that sourced a test server's `env` file cannot leak into a test.
+pub fn scrub_env(cmd: &mut Command, prefixes: &[&str]) {
+    for (key, _) in std::env::vars_os() {
+        if prefixes
+            .iter()
+            .any(|p| key.to_string_lossy().starts_with(p))
+        {
+            cmd.env_remove(key);
+        }
+    }
+}
+
+/// The KEY=VALUE lines a `tests/env` script prints (`env`, `start`); quotes removed.
+fn parse_env_lines(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect()
+}
+
+/// A private OAuth2 token server (`tests/env/oauth2-server`, Python stdlib) on two free loopback
+/// ports: plain HTTP on `port`, HTTPS on `tls_port` (its own CA: [`OAuth2Server::ca_file`]). It
+/// signs HS256 JWT access tokens with [`OAuth2Server::key_file`]; a Dovecot from
+/// [`Dovecot::start_oauth2`] and a sink from `Sink::start_oauth2` accept them. Dropping it stops
+/// the server and removes its directory.
+pub struct OAuth2Server {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub tls_port: u16,
+    /// Knobs for tests/env/oauth2-server (`OAUTH2_ACCESS_TTL`, ...), kept across restarts.
+    env: Vec<(String, String)>,
+    /// What `oauth2-server start` printed (`OAUTH2_ISSUER`, ...).
+    vars: BTreeMap<String, String>,
+}
+
+impl OAuth2Server {
+    /// The confidential client of the server's default `OAUTH2_CLIENTS`.
+    pub const CLIENT_ID: &str = "connector";
+    pub const CLIENT_SECRET: &str = "connector-secret";
+    /// The public client (no secret) of the default `OAUTH2_CLIENTS`, e.g. for the device flow.
+    pub const PUBLIC_CLIENT_ID: &str = "connector-public";
+    /// What a delegated client asks for (IMAP + SMTP + a refresh token); also the server's
+    /// default scope for minted refresh tokens and device codes.
+    pub const SCOPE_USER: &str = "https://outlook.office.com/IMAP.AccessAsUser.All \
+         https://outlook.office.com/SMTP.Send offline_access";
+    /// What an app-only (client_credentials) client asks for.
+    pub const SCOPE_APP: &str = "https://outlook.office365.com/.default";
+    /// The `grant_type` of RFC 8628 polls.
+    pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+    pub fn start() -> OAuth2Server {
+        OAuth2Server::start_with(&[])
+    }
+
+    /// Like [`OAuth2Server::start`], with oauth2-server knobs such as
+    /// `("OAUTH2_ACCESS_TTL", "5")` or `("OAUTH2_DEVICE_INTERVAL", "0")`.
+    pub fn start_with(env: &[(&str, &str)]) -> OAuth2Server {
+        let mut o = OAuth2Server {
+            dir: unique_dir("mto"),
+            port: 0,
+            tls_port: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            vars: BTreeMap::new(),
+        };
+        for _ in 0..5 {
+            o.port = free_port();
+            o.tls_port = free_port();
+            // the daemon's output goes to DIR/server.log, so pipes are fine here
+            let out = o.script(&["start"]).output().unwrap();
+            if out.status.success() {
+                o.vars = parse_env_lines(&String::from_utf8_lossy(&out.stdout));
+                return o;
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            // Only a port that someone else took in the meantime is worth another try.
+            assert!(err.contains("in use"), "oauth2-server start failed:\n{err}");
+        }
+        panic!("oauth2-server start: no free ports after 5 tries");
+    }
+
+    fn script(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("bash");
+        scrub_env(&mut cmd, &["OAUTH2_"]);
+        cmd.arg(script("oauth2-server"))
+            .arg("-d")
+            .arg(&self.dir)
+            .args(args)
+            .env("OAUTH2_PORT", self.port.to_string())
+            .env("OAUTH2_TLS_PORT", self.tls_port.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `oauth2-server ARGS`, which must succeed; returns its stdout, trimmed.
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.script(args).output().unwrap();
+        check(&format!("oauth2-server {args:?}"), &out)
+            .trim()
+            .to_owned()
+    }
+
+    /// `oauth2-server restart`: same ports, key, refresh tokens, device codes and grants log.
+    pub fn restart(&self) {
+        self.run(&["restart"]);
+    }
+
+    /// The token endpoint over plain HTTP.
+    pub fn token_url(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    /// The token endpoint over HTTPS (trust [`OAuth2Server::ca_file`]).
+    pub fn token_url_https(&self) -> String {
+        format!("https://localhost:{}/token", self.tls_port)
+    }
+
+    /// The RFC 8628 device authorization endpoint over plain HTTP.
+    pub fn device_url(&self) -> String {
+        format!("http://127.0.0.1:{}/devicecode", self.port)
+    }
+
+    /// The CA that signed the HTTPS port's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.crt")
+    }
+
+    /// The HS256 key (one line of base64) that signs every access token.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("jwt.key")
+    }
+
+    /// The `iss` of every access token.
+    pub fn issuer(&self) -> String {
+        self.vars
+            .get("OAUTH2_ISSUER")
+            .unwrap_or_else(|| {
+                panic!(
+                    "oauth2-server start printed no OAUTH2_ISSUER: {:?}",
+                    self.vars
+                )
+            })
+            .clone()
+    }
+
+    /// What imap-server (`IMAP_OAUTH2=1`) and smtp-sink (`SMTP_OAUTH2=1`) read to accept this
+    /// server's tokens: the key file, the issuer, the introspection URL and the CA.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "OAUTH2_JWT_KEY_FILE".into(),
+                self.key_file().to_string_lossy().into_owned(),
+            ),
+            ("OAUTH2_ISSUER".into(), self.issuer()),
+            (
+                "OAUTH2_INTROSPECTION_URL".into(),
+                format!("http://127.0.0.1:{}/introspect", self.port),
+            ),
+            (
+                "OAUTH2_CA_FILE".into(),
+                self.ca_file().to_string_lossy().into_owned(),
+            ),
+        ]
+    }
+
+    /// A fresh refresh token for USER (stands in for the browser consent), for CLIENT_ID
+    /// (default [`OAuth2Server::CLIENT_ID`]) and SCOPE (default [`OAuth2Server::SCOPE_USER`]).
+    pub fn refresh_token(
+        &self,
+        user: &str,
+        client_id: Option<&str>,
+        scope: Option<&str>,
+    ) -> String {
+        let mut args = vec!["refresh-token", user];
+        if client_id.is_some() || scope.is_some() {
+            args.push(client_id.unwrap_or(OAuth2Server::CLIENT_ID));
+        }
+        if let Some(s) = scope {
+            args.push(s);
+        }
+        self.run(&args)
+    }
+
+    /// An access token minted directly for USER (`app:CLIENT_ID` = app-only), with KV such as
+    /// `"ttl=-60"` (expired), `"nbf=30"`, `"scope=..."`, `"iss=..."`, `"bad_signature=1"`.
+    pub fn access_token(&self, user: &str, kv: &[&str]) -> String {
+        let mut args = vec!["access-token", user];
+        args.extend_from_slice(kv);
+        self.run(&args)
+    }
+
+    /// Revokes refresh tokens: KV of `user=U`, `client_id=C`, `refresh_token=T` (none = all).
+    pub fn revoke(&self, kv: &[&str]) {
+        let mut args = vec!["revoke"];
+        args.extend_from_slice(kv);
+        self.run(&args);
+    }
+
+    /// Injects a fault into the token endpoint: MODE `status` (VALUE = HTTP status), `delay`
+    /// (VALUE = seconds), `drop` or `garbage` (VALUE ignored), for COUNT requests (None = until
+    /// [`OAuth2Server::fault_none`]).
+    pub fn fault(&self, mode: &str, value: &str, count: Option<u32>) {
+        self.fault_on("token", mode, value, count);
+    }
+
+    /// Like [`OAuth2Server::fault`], for ENDPOINT `token`, `devicecode`, `introspect` or `all`.
+    pub fn fault_on(&self, endpoint: &str, mode: &str, value: &str, count: Option<u32>) {
+        // empty VALUE/COUNT: the script's defaults (status 500, delay 5 s; until `fault none`)
+        let count = count.map(|c| c.to_string()).unwrap_or_default();
+        self.run(&["fault", mode, value, &count, endpoint]);
+    }
+
+    pub fn fault_none(&self) {
+        self.run(&["fault", "none"]);
+    }
+
+    /// Device flow: USER signs in and consents to the code USER_CODE (the browser step).
+    pub fn approve(&self, user_code: &str, user: &str) {
+        self.run(&["approve", user_code, user]);
+    }
+
+    /// Device flow: the user declines USER_CODE; the next poll gets `access_denied`.
+    pub fn deny(&self, user_code: &str) {
+        self.run(&["deny", user_code]);
+    }
+
+    /// Every line of `DIR/grants.jsonl` so far: one per /token, /devicecode and /introspect
+    /// request, and per minted refresh token or device approval (`endpoint` "admin").
+    pub fn grants(&self) -> Vec<Value> {
+        let path = self.dir.join("grants.jsonl");
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{}: bad line ({e}): {l}", path.display()))
+            })
+            .collect()
+    }
+
+    /// POSTs FORM (urlencoded) to PATH (e.g. "/token", "/devicecode") over plain HTTP; returns
+    /// the status and the JSON body.
+    pub fn post_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("connect to oauth2-server port {}: {e}", self.port));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut raw)
+            .unwrap_or_else(|e| panic!("reading the reply to POST {path}: {e}"));
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP reply to POST {path}: {text:?}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line for POST {path}: {head:?}"));
+        let json = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {status} body is not JSON ({e}): {body:?}"));
+        (status, json)
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of S.
+fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out += &format!("%{b:02X}"),
+        }
+    }
+    out
+}
+
+impl Drop for OAuth2Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("--- last lines of {}/server.log", self.dir.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = self.script(&["stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

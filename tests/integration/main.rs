@@ -15,6 +15,8 @@ mod crash;
 mod doctor;
 mod fuzz;
 mod import;
+mod oauth2;
+mod oauth2_env;
 mod outbound;
 mod selftest;
 mod sync;

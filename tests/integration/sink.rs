@@ -6,12 +6,14 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{free_port, script, unique_dir};
+use crate::harness::{OAuth2Server, free_port, script, unique_dir};
 
 pub struct Sink {
     pub dir: PathBuf,
     pub port: u16,
     pub tls_port: u16,
+    /// Knobs for tests/env/smtp-sink (`SMTP_OAUTH2`, ...), kept across restarts.
+    env: Vec<(String, String)>,
 }
 
 /// One message the sink accepted.
@@ -50,10 +52,24 @@ impl Received {
 
 impl Sink {
     pub fn start() -> Sink {
+        Sink::start_with(Vec::new())
+    }
+
+    /// A sink that also offers AUTH XOAUTH2 and OAUTHBEARER and accepts O's access tokens: user
+    /// tokens whose `sub` is the login name and which have `SMTP.Send`, app-only tokens with
+    /// `SMTP.SendAsApp` (as anyone). The message's `.json` then has `auth_oauth2`.
+    pub fn start_oauth2(o: &OAuth2Server) -> Sink {
+        let mut env = o.env();
+        env.push(("SMTP_OAUTH2".into(), "1".into()));
+        Sink::start_with(env)
+    }
+
+    fn start_with(env: Vec<(String, String)>) -> Sink {
         let mut sink = Sink {
             dir: unique_dir("mts"),
             port: 0,
             tls_port: 0,
+            env,
         };
         for _ in 0..5 {
             sink.port = free_port();
@@ -70,6 +86,8 @@ impl Sink {
 
     fn script(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("bash");
+        // SMTP_OAUTH2_* and OAUTH2_* (e.g. from a sourced env file) would change the sink
+        crate::harness::scrub_env(&mut cmd, &["SMTP_OAUTH2", "OAUTH2_"]);
         cmd.arg(script("smtp-sink"))
             .arg("-d")
             .arg(&self.dir)
@@ -79,6 +97,7 @@ impl Sink {
             .env_remove("SMTP_SINK_DIR")
             .env_remove("SMTP_USERS")
             .env_remove("SMTP_OAUTH2")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         cmd
