@@ -179,7 +179,7 @@ fn rotated_refresh_tokens_are_kept_across_runs_and_the_old_ones_are_dead() {
         );
     }
     // every token but the latest is dead at the server
-    let mut old: Vec<String> = vec![seed.clone()];
+    let mut old: Vec<String> = vec![seed];
     old.extend(
         refreshes[..4]
             .iter()
