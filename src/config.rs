@@ -921,8 +921,20 @@ username = "support@example.com"
 # The password: a literal string, { env = "VAR" }, { file = "path" } or
 # { command = ["pass", "show", "support-imap"] } (first line of its output).
 password = { env = "SUPPORT_IMAP_PASSWORD" }
-# auth: "login" (IMAP LOGIN, the default) or "plain" (AUTHENTICATE PLAIN).
+# auth: "login" (IMAP LOGIN, the default), "plain" (AUTHENTICATE PLAIN), or "xoauth2" /
+# "oauthbearer" with an OAuth2 token instead of the password (Outlook 365 and Gmail).
 auth = "login"
+# With auth = "xoauth2", leave out `password` and say where tokens come from, e.g.
+# Outlook 365, app-only access to a shared mailbox (username = the shared mailbox):
+#   oauth2 = { provider = "microsoft", tenant = "contoso.onmicrosoft.com",
+#              flow = "client-credentials", client-id = "...",
+#              client-secret = { env = "SUPPORT_CLIENT_SECRET" } }
+# a user's sign-in (run `mailticket oauth2 login --mailbox support` once; rotated refresh
+# tokens are kept in the store):
+#   oauth2 = { provider = "microsoft", tenant = "contoso.onmicrosoft.com", client-id = "..." }
+# any other provider: flow, token-url, client-id, client-secret, refresh-token (the first one),
+# scope, device-url, ca-file, timeout; or a program that prints a token:
+#   oauth2 = { token-command = ["oauth2l", "fetch", "--scope", "https://mail.google.com/"] }
 # The folder to read.
 folder = "INBOX"
 # What to do with a message once its ticket is safely stored:
@@ -944,6 +956,9 @@ timeout = 60
 # ca-file = "ca.pem"
 # username = "support@example.com"
 # password = { env = "SMTP_PASSWORD" }
+# OAuth2 instead of the password: auth = "xoauth2" (or "oauthbearer") and no password. Without
+# an oauth2 table of its own, [smtp] shares the token of the mailbox with the same username.
+# auth = "xoauth2"
 # from = "Support <support@example.com>"
 # timeout = 60
 
@@ -1030,6 +1045,119 @@ mod tests {
         assert_eq!(c.watch.poll_interval().as_secs(), 5);
         assert_eq!(c.watch.idle_interval().as_secs(), 600);
         assert!(parse("[watch]\npoll = 5\n").is_err());
+    }
+
+    #[test]
+    fn oauth2_tables_are_checked_and_providers_filled_in() {
+        let mb = |auth: &str, extra: &str| {
+            format!(
+                "[[mailbox]]\nname = 'support'\nhost = 'h'\nusername = 'support@contoso.com'\n\
+                 auth = '{auth}'\n{extra}"
+            )
+        };
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+
+        // Microsoft app-only: token URL and the .default scope filled in
+        let c = parse(&mb(
+            "xoauth2",
+            "oauth2 = { provider = 'microsoft', tenant = 'contoso', flow = 'client-credentials', \
+             client-id = 'app', client-secret = 's' }\n",
+        ))
+        .unwrap();
+        let o = c.mailboxes[0].oauth2.as_ref().unwrap();
+        assert_eq!(
+            o.token_url.as_deref(),
+            Some("https://login.microsoftonline.com/contoso/oauth2/v2.0/token")
+        );
+        assert_eq!(o.scope.as_deref(), Some(MICROSOFT_APP_SCOPE));
+        // delegated: IMAP + SMTP + offline_access, and the device endpoint
+        let c = parse(&mb(
+            "oauthbearer",
+            "oauth2 = { provider = 'microsoft', tenant = 'contoso', client-id = 'app' }\n",
+        ))
+        .unwrap();
+        let o = c.mailboxes[0].oauth2.as_ref().unwrap();
+        assert_eq!(o.flow, Some(Flow::RefreshToken));
+        assert_eq!(o.scope.as_deref(), Some(MICROSOFT_USER_SCOPE));
+        assert!(o.device_url.as_deref().unwrap().ends_with("/devicecode"));
+        let c = parse(&mb(
+            "xoauth2",
+            "oauth2 = { provider = 'google', client-id = 'g' }\n",
+        ))
+        .unwrap();
+        let o = c.mailboxes[0].oauth2.as_ref().unwrap();
+        assert_eq!(o.scope.as_deref(), Some(GOOGLE_SCOPE));
+
+        for (extra, needle) in [
+            ("", "needs `oauth2 = { ... }`"),
+            (
+                "oauth2 = { provider = 'microsoft', client-id = 'a' }\n",
+                "needs `tenant`",
+            ),
+            (
+                "oauth2 = { token-url = 'https://t/token', client-id = 'a' }\n",
+                "`scope` is missing",
+            ),
+            (
+                "oauth2 = { token-url = 'http://login.example.com/token', client-id = 'a', \
+                 scope = 's' }\n",
+                "unencrypted",
+            ),
+            (
+                "oauth2 = { flow = 'client-credentials', token-url = 'https://t/token', \
+                 client-id = 'a', scope = 's' }\n",
+                "needs `client-secret`",
+            ),
+            (
+                "oauth2 = { token-command = ['helper'], client-id = 'a' }\n",
+                "stands alone: remove `client-id`",
+            ),
+            (
+                "oauth2 = { provider = 'google', flow = 'client-credentials', client-id = 'a', \
+                 client-secret = 's' }\n",
+                "no client-credentials flow",
+            ),
+            (
+                "oauth2 = { token-command = ['helper'] }\npassword = 'p'\n",
+                "`password` is not used",
+            ),
+            (
+                "oauth2 = { tokencommand = ['helper'] }\n",
+                "unknown field `tokencommand`",
+            ),
+        ] {
+            let e = err(&mb("xoauth2", extra));
+            assert!(e.contains(needle), "{extra:?}: {e}");
+            assert!(e.contains("/etc/mailticket/mailticket.toml"), "{e}");
+        }
+        // loopback token endpoints may be plain http (local test servers, helpers)
+        assert!(
+            parse(&mb(
+                "xoauth2",
+                "oauth2 = { token-url = 'http://127.0.0.1:8080/token', client-id = 'a', \
+                 scope = 's' }\n"
+            ))
+            .is_ok()
+        );
+        // an oauth2 table with a password auth is a mistake, not ignored
+        let e = err(&mb(
+            "login",
+            "password = 'p'\noauth2 = { token-command = ['x'] }\n",
+        ));
+        assert!(e.contains("`oauth2` needs `auth"), "{e}");
+
+        // [smtp] shares the mailbox token by username, or says why it cannot
+        let smtp = |user: &str| {
+            format!(
+                "{}\n[smtp]\nhost = 's'\nusername = '{user}'\nauth = 'xoauth2'\n\
+                 from = 'support@contoso.com'\n",
+                mb("xoauth2", "oauth2 = { token-command = ['helper'] }\n")
+            )
+        };
+        let c = parse(&smtp("SUPPORT@contoso.com")).unwrap();
+        assert_eq!(c.smtp_token_mailbox().unwrap().name, "support");
+        let e = err(&smtp("other@contoso.com"));
+        assert!(e.contains("no OAuth2 mailbox has username"), "{e}");
     }
 
     #[test]

@@ -526,3 +526,28 @@ fn no_token_or_secret_reaches_the_logs_even_at_trace() {
         "a base64 XOAUTH2 response is in the logs"
     );
 }
+
+#[test]
+fn a_server_that_cannot_check_tokens_now_is_not_a_refused_login() {
+    // Dovecot asks the token server about every token; while that fails it answers
+    // NO [UNAVAILABLE]: a transient error, not "authentication failed"
+    let o = OAuth2Server::start();
+    let dc = Dovecot::start_oauth2_with(&o, &[("IMAP_OAUTH2_MODE", "introspect")]);
+    let wd = workdir(
+        &[oauth_mailbox(&dc, "support", "xoauth2", &app_only(&o))],
+        "",
+    );
+    anna(&dc, "un1@customer.example", "introspection down");
+    o.fault_on("introspect", "status", "500", None);
+    let s = wd.mailticket(&["sync", "--json"]).code(1).json();
+    let e = errors(&s);
+    assert!(
+        e.contains("UNAVAILABLE") && e.contains("could not be checked now"),
+        "{s}"
+    );
+    assert!(!e.contains("authentication failed"), "{s}");
+    // not taken for a refused token: no second token was fetched for a retry
+    assert_eq!(grants(&o, "client_credentials").len(), 1);
+    o.fault_none();
+    assert_eq!(wd.sync()["created"], 1);
+}
