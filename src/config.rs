@@ -1161,6 +1161,13 @@ mod tests {
     }
 
     #[test]
+    fn the_outlook_example_parses() {
+        let c = parse(include_str!("../examples/outlook365-shared.toml")).unwrap();
+        assert_eq!(c.mailboxes[0].auth, AuthMech::Xoauth2);
+        assert_eq!(c.smtp_token_mailbox().unwrap().name, "support");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90"), Some(90));
         assert_eq!(parse_duration("15m"), Some(900));
