@@ -19,6 +19,11 @@
 //! start of the append, which itself takes ~30 ms of `doveadm save`), then the resident memory
 //! and CPU use of the one process idling on MAILBOXES mailboxes (one Dovecot user each), and
 //! how long a SIGTERM takes.
+//!
+//! `bench login [RUNS]` (default 20) measures what OAuth2 costs a cron `sync`: the wall time of
+//! `mailticket sync` of an empty mailbox with a password (LOGIN), with XOAUTH2 and the access
+//! token cached in the store, and with XOAUTH2 and a new client-credentials grant every run
+//! (the token row deleted first), against the local token endpoint (tests/env/oauth2-server).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -139,6 +144,10 @@ fn main() {
         let mailboxes = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
         return watch_bench(messages, mailboxes);
     }
+    if args.first().map(String::as_str) == Some("login") {
+        let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+        return login_bench(runs);
+    }
     let small: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let large: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000);
     let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
@@ -249,22 +258,45 @@ fn main() {
 }
 
 /// Stops the Dovecot and removes its folder when dropped.
-fn scopeguard(root: &Path, dir: &Path) -> impl Drop {
-    struct Guard(PathBuf, PathBuf);
+fn scopeguard(root: &Path, dir: &Path) -> impl Drop + use<> {
+    stop_on_drop(
+        root,
+        "imap-server",
+        dir,
+        &[
+            ("IMAP_PORT", IMAP_PORT.to_string()),
+            ("IMAPS_PORT", IMAPS_PORT.to_string()),
+        ],
+    )
+}
+
+/// Stops the test server SCRIPT (tests/env) running from DIR, and removes DIR, when dropped.
+fn stop_on_drop(
+    root: &Path,
+    script: &str,
+    dir: &Path,
+    env: &[(&str, String)],
+) -> impl Drop + use<> {
+    struct Guard(PathBuf, PathBuf, Vec<(String, String)>);
     impl Drop for Guard {
         fn drop(&mut self) {
             let _ = Command::new("bash")
-                .arg(self.0.join("tests/env/imap-server"))
+                .arg(&self.0)
                 .arg("-d")
                 .arg(&self.1)
                 .arg("stop")
-                .env("IMAP_PORT", IMAP_PORT.to_string())
-                .env("IMAPS_PORT", IMAPS_PORT.to_string())
+                .envs(self.2.iter().map(|(k, v)| (k, v)))
                 .status();
             let _ = std::fs::remove_dir_all(&self.1);
         }
     }
-    Guard(root.to_owned(), dir.to_owned())
+    Guard(
+        root.join("tests/env").join(script),
+        dir.to_owned(),
+        env.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
 }
 
 fn mailticket_bin() -> PathBuf {
@@ -478,4 +510,111 @@ fn watch_bench(messages: usize, mailboxes: usize) {
         t.elapsed().as_secs_f64()
     );
     drop(stop);
+}
+
+fn login_bench(runs: usize) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = mailticket_bin();
+    let dir = PathBuf::from(format!("/tmp/mt-benchl-{}", std::process::id()));
+    let odir = PathBuf::from(format!("/tmp/mt-benchl-{}-oauth2", std::process::id()));
+    let oauth2 = |args: &[&str]| {
+        sh(Command::new("bash")
+            .arg(root.join("tests/env/oauth2-server"))
+            .arg("-d")
+            .arg(&odir)
+            .args(args)
+            .env("OAUTH2_PORT", "24080")
+            .env("OAUTH2_TLS_PORT", "0"))
+    };
+    oauth2(&["start"]);
+    let _stop_oauth2 = stop_on_drop(
+        &root,
+        "oauth2-server",
+        &odir,
+        &[("OAUTH2_PORT", "24080".to_owned())],
+    );
+    let key = odir.join("jwt.key");
+    sh(Command::new("bash")
+        .arg(root.join("tests/env/imap-server"))
+        .arg("-d")
+        .arg(&dir)
+        .arg("start")
+        .env("IMAP_PORT", IMAP_PORT.to_string())
+        .env("IMAPS_PORT", IMAPS_PORT.to_string())
+        .env("IMAP_OAUTH2", "1")
+        .env("OAUTH2_JWT_KEY_FILE", &key));
+    let _stop = scopeguard(&root, &dir);
+
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let mailbox = |auth: &str| {
+        format!(
+            "[store]\npath = \"bench.db\"\n[[mailbox]]\nname = \"support\"\nhost = \"localhost\"\n\
+             port = {IMAPS_PORT}\nca-file = \"{}\"\nusername = \"support\"\n{auth}\n",
+            dir.join("tls/ca.crt").display()
+        )
+    };
+    let password = work.join("password.toml");
+    std::fs::write(&password, mailbox("password = \"support-pass\"")).expect("write");
+    let xoauth2 = work.join("xoauth2.toml");
+    std::fs::write(
+        &xoauth2,
+        mailbox(
+            "auth = \"xoauth2\"\noauth2 = { flow = \"client-credentials\", \
+             token-url = \"http://127.0.0.1:24080/token\", client-id = \"connector\", \
+             client-secret = \"connector-secret\", scope = \"https://outlook.office365.com/.default\" }",
+        ),
+    )
+    .expect("write");
+    let sync = |config: &Path| {
+        let t0 = Instant::now();
+        let st = Command::new(&bin)
+            .arg("--config")
+            .arg(config)
+            .args(["-q", "sync"])
+            .current_dir(&work)
+            .stdout(Stdio::null())
+            .status()
+            .expect("sync");
+        assert!(st.success(), "sync failed");
+        t0.elapsed().as_secs_f64() * 1000.0
+    };
+    let forget_token = || {
+        let db = work.join("bench.db");
+        if db.exists() {
+            rusqlite::Connection::open(&db)
+                .expect("open")
+                .execute("DELETE FROM oauth2_token", [])
+                .expect("delete");
+        }
+    };
+    // warm up: the store exists, the first token is in it
+    sync(&password);
+    sync(&xoauth2);
+    let (mut pw, mut cached, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        pw.push(sync(&password));
+        cached.push(sync(&xoauth2));
+        forget_token();
+        fresh.push(sync(&xoauth2));
+    }
+    let grants = std::fs::read_to_string(odir.join("grants.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("client_credentials"))
+        .count();
+    println!("mailticket sync of an empty mailbox, implicit TLS, median of {runs} runs:");
+    println!(
+        "  password (LOGIN)                       {:7.1} ms",
+        median(pw)
+    );
+    println!(
+        "  XOAUTH2, access token cached in store  {:7.1} ms",
+        median(cached)
+    );
+    println!(
+        "  XOAUTH2, new client-credentials grant  {:7.1} ms",
+        median(fresh)
+    );
+    println!("  token requests made: {grants} (expected {})", runs + 1);
 }

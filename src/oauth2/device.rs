@@ -95,7 +95,7 @@ impl TokenSource {
             expires_in: http::seconds(&start, "expires_in").unwrap_or(900),
             message: http::field(&start, "message").map(str::to_owned),
         };
-        let mut interval = http::seconds(&start, "interval").unwrap_or(5).max(0) as u64;
+        let mut interval = http::seconds(&start, "interval").unwrap_or(5).max(1) as u64;
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(p.expires_in.max(1) as u64);
         prompt(&p);

@@ -77,6 +77,17 @@ fn smtp_oauth(sink: &Sink, auth: &str, oauth2: Option<&str>) -> String {
     t + "\n[ack]\nenabled = true\nmax-age = 8640000000\n"
 }
 
+/// O (started with ENV), its Dovecot, a refresh token for support, and a work directory whose
+/// support mailbox starts from that token, with EXTRA after it.
+fn signed_in(env: &[(&str, &str)], extra: &str) -> (OAuth2Server, Dovecot, String, Workdir) {
+    let o = OAuth2Server::start_with(env);
+    let dc = Dovecot::start_oauth2(&o);
+    let seed = o.refresh_token("support", None, None);
+    let mb = oauth_mailbox(&dc, "support", "xoauth2", &delegated(&o, Some(&seed)));
+    let wd = workdir(&[mb], extra);
+    (o, dc, seed, wd)
+}
+
 fn anna(dc: &Dovecot, id: &str, subject: &str) {
     dc.append(
         "INBOX",
@@ -141,18 +152,7 @@ fn client_credentials_syncs_shared_mailboxes_and_acks_over_smtp() {
 #[test]
 fn rotated_refresh_tokens_are_kept_across_runs_and_the_old_ones_are_dead() {
     // access tokens live 4 s: usable for 3 s, so each run after a pause refreshes
-    let o = OAuth2Server::start_with(&[("OAUTH2_ACCESS_TTL", "4")]);
-    let dc = Dovecot::start_oauth2(&o);
-    let seed = o.refresh_token("support", None, None);
-    let wd = workdir(
-        &[oauth_mailbox(
-            &dc,
-            "support",
-            "xoauth2",
-            &delegated(&o, Some(&seed)),
-        )],
-        "",
-    );
+    let (o, dc, seed, wd) = signed_in(&[("OAUTH2_ACCESS_TTL", "4")], "");
     anna(&dc, "rt0@customer.example", "first");
     assert_eq!(wd.sync()["created"], 1);
     // right away: the stored access token is still good, no refresh
@@ -222,16 +222,8 @@ fn rotated_refresh_tokens_are_kept_across_runs_and_the_old_ones_are_dead() {
 
 #[test]
 fn an_access_token_expiring_mid_watch_is_renewed_on_reconnect() {
-    let o = OAuth2Server::start_with(&[("OAUTH2_ACCESS_TTL", "3")]);
-    let dc = Dovecot::start_oauth2(&o);
-    let seed = o.refresh_token("support", None, None);
-    let wd = workdir(
-        &[oauth_mailbox(
-            &dc,
-            "support",
-            "xoauth2",
-            &delegated(&o, Some(&seed)),
-        )],
+    let (o, dc, _seed, wd) = signed_in(
+        &[("OAUTH2_ACCESS_TTL", "3")],
         "[watch]\nbackoff-min = 1\nbackoff-max = 2\nshutdown-timeout = 10\n",
     );
     let mut w = wd.watch(&[]);
@@ -550,4 +542,32 @@ fn a_server_that_cannot_check_tokens_now_is_not_a_refused_login() {
     assert_eq!(grants(&o, "client_credentials").len(), 1);
     o.fault_none();
     assert_eq!(wd.sync()["created"], 1);
+}
+
+#[test]
+fn a_refused_access_token_is_renewed_once_and_the_login_retried() {
+    let (o, dc, _seed, wd) = signed_in(&[], "");
+    assert_eq!(wd.sync()["created"], 0);
+    assert_eq!(grants(&o, "refresh_token").len(), 1);
+    // the stored access token goes bad before its time (revoked, re-signed keys, ...)
+    let bad = o.access_token("support", &["bad_signature=1"]);
+    let changed = rusqlite::Connection::open(wd.db())
+        .unwrap()
+        .execute(
+            "UPDATE oauth2_token SET access_token = ?1, access_expires = unixepoch() + 3000",
+            [&bad],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    anna(&dc, "rn1@customer.example", "renewed");
+    let mut cmd = wd.cmd(&["-v", "sync", "--json"]);
+    cmd.env_remove("MAILTICKET_LOG");
+    let run = crate::harness::run(cmd, None).code(0);
+    assert_eq!(run.json()["created"], 1, "{run:?}");
+    assert!(
+        run.stderr.contains("refused the access token") && run.stderr.contains("status 401"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(grants(&o, "refresh_token").len(), 2);
 }
