@@ -182,6 +182,21 @@ impl TokenSource {
         })
     }
 
+    /// What makes two sources one: the same endpoint, client and first refresh token.
+    fn grant_identity(&self) -> Option<String> {
+        match &self.method {
+            Method::Endpoint(ep) if ep.flow == Flow::RefreshToken => ep.seed.as_ref().map(|seed| {
+                format!(
+                    "{}|{}|{}",
+                    ep.token_url,
+                    ep.client_id,
+                    sha256_hex(seed.expose())
+                )
+            }),
+            _ => None,
+        }
+    }
+
     /// How messages name the account.
     pub fn label(&self) -> &str {
         &self.label
@@ -591,9 +606,16 @@ impl Tokens {
             None
         };
         let mut sources = HashMap::new();
+        let mut by_grant: HashMap<String, Arc<TokenSource>> = HashMap::new();
         for (key, label, hint, o) in wanted {
             let src = TokenSource::new(&key, &label, &hint, o, store.clone())?;
-            sources.insert(key, Arc::new(src));
+            // Two accounts holding the same rotating refresh token would each spend it and
+            // kill the other's: they share one source (and one store row).
+            let src = match src.grant_identity() {
+                Some(id) => by_grant.entry(id).or_insert_with(|| Arc::new(src)).clone(),
+                None => Arc::new(src),
+            };
+            sources.insert(key, src);
         }
         Ok(Tokens { sources })
     }
@@ -647,6 +669,36 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accounts_with_one_refresh_token_share_one_source() {
+        let dir = std::env::temp_dir().join(format!("mt-share-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = "oauth2 = { token-url = 'http://127.0.0.1:9/t', client-id = 'c', \
+                     scope = 's', refresh-token = 'r1' }";
+        let text = format!(
+            "[[mailbox]]\nname = 'a'\nhost = 'h'\nusername = 'u'\nauth = 'xoauth2'\n{table}\n\
+             [[mailbox]]\nname = 'b'\nhost = 'h'\nusername = 'v'\nauth = 'xoauth2'\n{table}\n\
+             [[mailbox]]\nname = 'c'\nhost = 'h'\nusername = 'w'\nauth = 'xoauth2'\n{}\n\
+             [smtp]\nhost = 'h'\nusername = 'u'\nauth = 'xoauth2'\nfrom = 'x@y.z'\n",
+            table.replace("r1", "r2")
+        );
+        let config = Config::parse(&text, &dir.join("c.toml")).unwrap();
+        let all: Vec<&MailboxConfig> = config.mailboxes.iter().collect();
+        let tokens = Tokens::new(&config, &dir.join("t.db"), &all, true).unwrap();
+        let (a, b, c) = (
+            tokens.source_of("a").unwrap(),
+            tokens.source_of("b").unwrap(),
+            tokens.source_of("c").unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        let Some(Credentials::OAuth2(smtp)) = tokens.smtp(&config).unwrap() else {
+            panic!("smtp has no token source");
+        };
+        assert!(Arc::ptr_eq(&a, &smtp));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn tokens_are_renewed_a_fifth_of_their_life_early() {
