@@ -84,7 +84,16 @@ pub async fn post_form(
             .form(form)
             .send()
             .await
-            .map_err(|e| net(format!("token endpoint: {}", describe(&e))))?;
+            .map_err(|e| {
+                let mut m = describe(&e);
+                if m.contains("UnknownIssuer") {
+                    m.push_str(
+                        " (the certificate is not signed by a trusted CA; for a private CA set \
+                         oauth2 ca-file)",
+                    );
+                }
+                net(format!("token endpoint: {m}"))
+            })?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| {
             net(format!(

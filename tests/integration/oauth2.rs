@@ -571,3 +571,29 @@ fn a_refused_access_token_is_renewed_once_and_the_login_retried() {
     );
     assert_eq!(grants(&o, "refresh_token").len(), 2);
 }
+
+#[test]
+fn the_token_endpoint_certificate_is_verified() {
+    let o = OAuth2Server::start();
+    let dc = Dovecot::start_oauth2(&o);
+    let https = |ca: &str| {
+        app_only(&o).replace(
+            &format!("token-url = {}", quoted(&o.token_url())),
+            &format!("token-url = {}{ca}", quoted(&o.token_url_https())),
+        )
+    };
+    // the server's CA is not trusted: refused, naming the problem
+    let wd = workdir(&[oauth_mailbox(&dc, "support", "xoauth2", &https(""))], "");
+    let s = wd.mailticket(&["sync", "--json"]).code(1).json();
+    assert!(
+        errors(&s).contains("UnknownIssuer") && errors(&s).contains("oauth2 ca-file"),
+        "{s}"
+    );
+    assert_eq!(grants(&o, "client_credentials").len(), 0);
+    // with its CA as ca-file: fine
+    let ca = format!(", ca-file = {}", quoted(&o.ca_file().to_string_lossy()));
+    let wd = workdir(&[oauth_mailbox(&dc, "support", "xoauth2", &https(&ca))], "");
+    anna(&dc, "tls1@customer.example", "over https");
+    assert_eq!(wd.sync()["created"], 1);
+    assert_eq!(grants(&o, "client_credentials").len(), 1);
+}
