@@ -425,7 +425,9 @@ impl TokenSource {
                 token: Revealed::new(token.to_owned()),
                 obtained,
                 expires: http::seconds(&map, "expires_in").map(|s| obtained + s.max(0)),
-                scope: http::field(&map, "scope").map(str::to_owned),
+                scope: http::field(&map, "scope")
+                    .map(str::to_owned)
+                    .or_else(|| jwt_scope(token)),
             },
             refresh: http::field(&map, "refresh_token").map(|s| Revealed::new(s.to_owned())),
         })
@@ -530,6 +532,37 @@ impl TokenSource {
             last_error: row.last_error,
         }
     }
+}
+
+/// The scopes or roles a JWT access token carries (`scp`, `roles`, `scope`), read without
+/// checking its signature: only to show what was granted (Microsoft's client-credentials
+/// replies name no scope, and a missing `IMAP.AccessAsApp` role is the usual fault).
+/// Opaque tokens (Google's) give `None`.
+fn jwt_scope(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
+    let mut names: Vec<String> = Vec::new();
+    for k in ["scp", "roles", "scope"] {
+        match claims.get(k) {
+            Some(serde_json::Value::String(s)) => {
+                names.extend(
+                    s.split([' ', ','])
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+            Some(serde_json::Value::Array(a)) => {
+                names.extend(a.iter().filter_map(|v| v.as_str()).map(str::to_owned));
+            }
+            _ => {}
+        }
+    }
+    names.dedup();
+    (!names.is_empty()).then(|| names.join(" "))
 }
 
 /// The form of a token request.
@@ -698,6 +731,23 @@ mod tests {
         };
         assert!(Arc::ptr_eq(&a, &smtp));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn scopes_are_read_from_jwt_claims() {
+        use base64::Engine;
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let jwt = |claims: &str| format!("{}.{}.sig", b64(r#"{"typ":"JWT"}"#), b64(claims));
+        assert_eq!(
+            jwt_scope(&jwt(r#"{"roles":["IMAP.AccessAsApp","SMTP.SendAsApp"]}"#)).as_deref(),
+            Some("IMAP.AccessAsApp SMTP.SendAsApp")
+        );
+        assert_eq!(
+            jwt_scope(&jwt(r#"{"scp":"IMAP.AccessAsUser.All SMTP.Send"}"#)).as_deref(),
+            Some("IMAP.AccessAsUser.All SMTP.Send")
+        );
+        assert_eq!(jwt_scope(&jwt(r#"{"sub":"x"}"#)), None);
+        assert_eq!(jwt_scope("ya29.opaque-google-token"), None);
     }
 
     #[test]

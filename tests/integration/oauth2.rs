@@ -110,7 +110,8 @@ fn errors(summary: &Value) -> String {
 
 #[test]
 fn client_credentials_syncs_shared_mailboxes_and_acks_over_smtp() {
-    let o = OAuth2Server::start();
+    // Microsoft-sized tokens (~2.4 KB)
+    let o = OAuth2Server::start_with(&[("OAUTH2_ACCESS_PAD", "1500")]);
     let dc = Dovecot::start_oauth2(&o);
     let sink = Sink::start_oauth2(&o);
     // support with XOAUTH2, alice with OAUTHBEARER; [smtp] shares support's token source
@@ -146,6 +147,25 @@ fn client_credentials_syncs_shared_mailboxes_and_acks_over_smtp() {
     anna(&dc, "cc2@customer.example", "VPN still down");
     let s = wd.sync();
     assert_eq!(s["created"], 1, "{s}");
+    assert_eq!(grants(&o, "client_credentials").len(), 2);
+
+    // doctor shows each token's state, and still asks for no new token
+    let doc = wd.mailticket(&["doctor", "--json"]).success().json();
+    let steps = doc["steps"].as_array().unwrap();
+    for scope in ["mailbox support", "mailbox alice", "smtp"] {
+        let step = steps
+            .iter()
+            .find(|s| s["scope"] == scope && s["step"] == "oauth2")
+            .unwrap_or_else(|| panic!("no oauth2 step for {scope}: {doc}"));
+        let detail = step["detail"].as_str().unwrap();
+        assert_eq!(step["status"], "ok", "{step}");
+        assert!(
+            detail.contains("client-credentials")
+                && detail.contains("valid until")
+                && detail.contains("IMAP.AccessAsApp"),
+            "{detail}"
+        );
+    }
     assert_eq!(grants(&o, "client_credentials").len(), 2);
 }
 
