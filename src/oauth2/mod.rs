@@ -561,7 +561,8 @@ fn jwt_scope(token: &str) -> Option<String> {
             _ => {}
         }
     }
-    names.dedup();
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
     (!names.is_empty()).then(|| names.join(" "))
 }
 
@@ -739,7 +740,10 @@ mod tests {
         let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
         let jwt = |claims: &str| format!("{}.{}.sig", b64(r#"{"typ":"JWT"}"#), b64(claims));
         assert_eq!(
-            jwt_scope(&jwt(r#"{"roles":["IMAP.AccessAsApp","SMTP.SendAsApp"]}"#)).as_deref(),
+            jwt_scope(&jwt(
+                r#"{"roles":["IMAP.AccessAsApp","SMTP.SendAsApp"],"scope":"IMAP.AccessAsApp"}"#
+            ))
+            .as_deref(),
             Some("IMAP.AccessAsApp SMTP.SendAsApp")
         );
         assert_eq!(
