@@ -361,16 +361,21 @@ impl TokenSource {
             });
         };
         if row.dead_fp.as_deref() == Some(sha256_hex(&token).as_str()) {
-            return Err(self.dead(row.last_error.as_deref().unwrap_or("invalid_grant")));
+            // the error recorded when the server refused it (nothing was sent since)
+            return Err(match &row.last_error {
+                Some(message) => Error::OAuth2 {
+                    account: self.label.clone(),
+                    message: message.clone(),
+                    relogin: true,
+                },
+                None => self.dead("invalid_grant"),
+            });
         }
         Ok(Revealed::new(token))
     }
 
+    /// The error of a dead refresh token; `why` is the server's `error: description`.
     fn dead(&self, why: &str) -> Error {
-        let why = why
-            .split_once("refresh token revoked or expired (")
-            .and_then(|(_, rest)| rest.split_once(')'))
-            .map_or(why, |(inner, _)| inner);
         Error::OAuth2 {
             account: self.label.clone(),
             message: format!(
