@@ -617,3 +617,44 @@ fn the_token_endpoint_certificate_is_verified() {
     assert_eq!(wd.sync()["created"], 1);
     assert_eq!(grants(&o, "client_credentials").len(), 1);
 }
+
+#[test]
+fn a_refused_smtp_token_is_answered_renewed_and_the_ack_still_sent() {
+    let o = OAuth2Server::start();
+    let dc = Dovecot::start_oauth2(&o);
+    let sink = Sink::start_oauth2(&o);
+    // the mailbox logs in with its password; [smtp] has its own app-only token
+    let wd = workdir(
+        &[dc.mailbox().toml()],
+        &smtp_oauth(&sink, "xoauth2", Some(&app_only(&o))),
+    );
+    anna(&dc, "sm1@customer.example", "first");
+    assert_eq!(wd.sync()["outbox"]["sent"], 1);
+    assert_eq!(grants(&o, "client_credentials").len(), 1);
+    // the stored SMTP token goes bad before its time
+    let bad = o.access_token("app:connector", &["bad_signature=1"]);
+    let changed = rusqlite::Connection::open(wd.db())
+        .unwrap()
+        .execute(
+            "UPDATE oauth2_token SET access_token = ?1 WHERE account = 'smtp'",
+            [&bad],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    anna(&dc, "sm2@customer.example", "second");
+    let mut cmd = wd.cmd(&["-v", "sync", "--json"]);
+    cmd.env_remove("MAILTICKET_LOG");
+    let run = crate::harness::run(cmd, None).code(0);
+    let s = run.json();
+    assert_eq!(s["outbox"]["sent"], 1, "{s}\n{}", run.stderr);
+    // the sink's JSON challenge was decoded and answered before the 535
+    assert!(
+        run.stderr.contains("SMTP server refused the access token")
+            && run.stderr.contains("status 401")
+            && run.stderr.contains("535"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(grants(&o, "client_credentials").len(), 2);
+    assert_eq!(sink.messages().len(), 2);
+}
