@@ -21,13 +21,15 @@ pub fn import_path(
     ack: Option<&AckPlan>,
 ) -> SourceSummary {
     let mut counts = Counts::default();
-    let origin = Origin {
-        source: format!("import:{}", path.display()),
-        mailbox: String::new(),
-        imap: None,
-    };
-    let mut each = |raw: &[u8], received: i64| -> Result<()> {
+    // Each message names the file it came from (in the store and in a quarantine warning),
+    // not just the folder given.
+    let mut each = |raw: &[u8], received: i64, file: &Path| -> Result<()> {
         counts.fetched += 1;
+        let origin = Origin {
+            source: format!("import:{}", file.display()),
+            mailbox: String::new(),
+            imap: None,
+        };
         let outcome = process(store, me, raw, &origin, received, ack)?;
         counts.record(outcome);
         Ok(())
@@ -48,7 +50,7 @@ pub fn import_path(
     }
 }
 
-type Each<'a> = dyn FnMut(&[u8], i64) -> Result<()> + 'a;
+type Each<'a> = dyn FnMut(&[u8], i64, &Path) -> Result<()> + 'a;
 
 fn mtime(p: &Path) -> i64 {
     std::fs::metadata(p)
@@ -95,7 +97,7 @@ fn read_file(path: &Path, each: &mut Each<'_>) -> Result<()> {
     }
     let mut raw = Vec::new();
     r.read_to_end(&mut raw).map_err(|e| Error::io(path, e))?;
-    each(&raw, mtime(path))
+    each(&raw, mtime(path), path)
 }
 
 fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()> {
@@ -115,7 +117,7 @@ fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()
         let is_sep = prev_blank && line.starts_with(b"From ");
         if is_sep {
             if started {
-                emit(&mut msg, each, received)?;
+                emit(&mut msg, each, received, path)?;
             }
             started = true;
             prev_blank = false;
@@ -134,13 +136,13 @@ fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()
         msg.extend_from_slice(unquoted);
     }
     if started {
-        emit(&mut msg, each, received)?;
+        emit(&mut msg, each, received, path)?;
     }
     Ok(())
 }
 
 /// Hands over one mbox message without the blank line that separated it from the next.
-fn emit(msg: &mut Vec<u8>, each: &mut Each<'_>, received: i64) -> Result<()> {
+fn emit(msg: &mut Vec<u8>, each: &mut Each<'_>, received: i64, path: &Path) -> Result<()> {
     if msg.ends_with(b"\r\n") {
         msg.truncate(msg.len() - 2);
     } else if msg.ends_with(b"\n") {
@@ -149,7 +151,7 @@ fn emit(msg: &mut Vec<u8>, each: &mut Each<'_>, received: i64) -> Result<()> {
     let r = if msg.iter().all(u8::is_ascii_whitespace) {
         Ok(())
     } else {
-        each(msg, received)
+        each(msg, received, path)
     };
     msg.clear();
     r
@@ -164,7 +166,7 @@ mod tests {
         let mbox = "From a@b Mon Jan  1 00:00:00 2025\nSubject: one\n\nhello\n>From the start\n\n\
                     From c@d Mon Jan  1 00:00:00 2025\nSubject: two\n\nbye\n\n";
         let mut got: Vec<String> = Vec::new();
-        read_mbox(Path::new("x"), mbox.as_bytes(), &mut |raw, _| {
+        read_mbox(Path::new("x"), mbox.as_bytes(), &mut |raw, _, _| {
             got.push(String::from_utf8(raw.to_vec()).unwrap());
             Ok(())
         })

@@ -152,3 +152,22 @@ fn ingest_quarantines_garbage_and_reports_a_broken_store_as_temporary() {
     let run = run.code(75);
     assert!(!run.stderr.trim().is_empty(), "{run:?}");
 }
+
+#[test]
+fn a_quarantined_import_names_its_file_inside_the_folder() {
+    let wd = Workdir::new();
+    let dir = wd.path("mail");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("good.eml"), mailgen::one(1, SEED, false)).unwrap();
+    std::fs::write(dir.join("sub/broken.eml"), Prng::new(0xBAD).bytes(2048)).unwrap();
+    let run = wd
+        .mailticket_db(&["import", dir.to_str().unwrap()], None)
+        .success();
+    assert!(run.stderr.contains("sub/broken.eml"), "{}", run.stderr);
+    let q = wd
+        .mailticket_db(&["quarantine", "--json"], None)
+        .success()
+        .json();
+    let source = q[0]["source"].as_str().unwrap_or_default();
+    assert!(source.ends_with("mail/sub/broken.eml"), "{q}");
+}
