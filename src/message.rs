@@ -241,9 +241,20 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         .parse(raw)
         .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
 
+    // The raw header values, read leniently: mail-parser's `headers_raw` drops a value that
+    // is not valid UTF-8 (a Latin-1 subject, a broken auto-responder), and the classifier
+    // must still see the header (`Auto-Submitted`, `X-Autoreply`, ...).
+    let raw_all: &[u8] = &msg.raw_message;
     let headers: Vec<(String, String)> = msg
-        .headers_raw()
-        .map(|(n, v)| (n.to_ascii_lowercase(), unfold(v)))
+        .headers()
+        .iter()
+        .filter_map(|h| {
+            let v = raw_all.get(h.offset_start as usize..h.offset_end as usize)?;
+            Some((
+                h.name.as_str().to_ascii_lowercase(),
+                unfold(&String::from_utf8_lossy(v)),
+            ))
+        })
         .collect();
     const ESSENTIAL: [&str; 5] = ["from", "sender", "date", "subject", "message-id"];
     if !headers.iter().any(|(n, _)| ESSENTIAL.contains(&n.as_str())) {
@@ -772,6 +783,15 @@ mod tests {
     const SIMPLE: &str = "From: Anna <Anna@Example.com>\r\nTo: support@example.com\r\n\
         Subject: Help\r\nDate: Wed, 1 Jan 2025 00:00:00 +0000\r\nMessage-ID: <a1@example.com>\r\n\
         In-Reply-To: <p@x>\r\nReferences: <r1@x> <p@x>\r\n\r\nHello\r\n";
+
+    #[test]
+    fn headers_that_are_not_utf8_are_still_seen() {
+        let raw = b"From: bot@example.com\r\nSubject: Abwesenheitsnotiz: M\xfcller\r\n\
+            X-Autoreply: ja \xe4\r\nAuto-Submitted: auto-replied\r\n\r\nweg\r\n";
+        let m = parse(raw).unwrap();
+        assert_eq!(m.header("x-autoreply"), Some("ja \u{fffd}"));
+        assert_eq!(m.header("auto-submitted"), Some("auto-replied"));
+    }
 
     #[test]
     fn parses_fields() {
