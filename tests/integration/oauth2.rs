@@ -88,6 +88,35 @@ fn signed_in(env: &[(&str, &str)], extra: &str) -> (OAuth2Server, Dovecot, Strin
     (o, dc, seed, wd)
 }
 
+/// Runs `mailticket oauth2 login --mailbox MAILBOX`, approves the code it shows as USER
+/// MAILBOX at O, and waits for it to succeed; returns what it printed before and after.
+fn device_login(wd: &Workdir, o: &OAuth2Server, mailbox: &str) -> (String, String) {
+    let mut child = wd
+        .cmd(&["oauth2", "login", "--mailbox", mailbox])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut code = None;
+    let mut shown = String::new();
+    let mut line = String::new();
+    while code.is_none() && out.read_line(&mut line).unwrap() > 0 {
+        shown += &line;
+        if let Some(rest) = line.trim().strip_prefix("Code: ") {
+            code = rest.split_whitespace().next().map(str::to_owned);
+        }
+        line.clear();
+    }
+    let code = code.unwrap_or_else(|| panic!("no code in:\n{shown}"));
+    o.approve(&code, mailbox);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(status.success(), "{shown}{rest}");
+    (shown, rest)
+}
+
 fn anna(dc: &Dovecot, id: &str, subject: &str) {
     dc.append(
         "INBOX",
@@ -322,13 +351,19 @@ fn a_revoked_refresh_token_stops_only_its_mailbox() {
     wait_until(Duration::from_secs(20), "alice's second ticket", || {
         wd.ticket_count() == 2
     });
-    w.stop(Duration::from_secs(10));
     let tried_after = o
         .grants()
         .iter()
         .filter(|g| g["grant_type"] == "refresh_token")
         .count();
     assert_eq!(tried_after, 1, "the dead refresh token was sent again");
+
+    // a sign-in while watch runs: support comes back without a restart
+    device_login(&wd, &o, "support");
+    wait_until(Duration::from_secs(20), "support's ticket", || {
+        wd.ticket_count() == 3
+    });
+    w.stop(Duration::from_secs(10));
 }
 
 #[test]
@@ -416,33 +451,11 @@ fn device_code_login_stores_a_refresh_token_that_sync_uses() {
     let s = wd.mailticket(&["sync", "--json"]).code(1).json();
     assert!(errors(&s).contains("oauth2 login --mailbox support"), "{s}");
 
-    let mut child = wd
-        .cmd(&["oauth2", "login", "--mailbox", "support"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut code = None;
-    let mut shown = String::new();
-    let mut line = String::new();
-    while code.is_none() && out.read_line(&mut line).unwrap() > 0 {
-        shown += &line;
-        if let Some(rest) = line.trim().strip_prefix("Code: ") {
-            code = rest.split_whitespace().next().map(str::to_owned);
-        }
-        line.clear();
-    }
-    let code = code.unwrap_or_else(|| panic!("no code in:\n{shown}"));
+    let (shown, rest) = device_login(&wd, &o, "support");
     assert!(
         shown.contains(&format!("127.0.0.1:{}/device", o.port)),
         "{shown}"
     );
-    o.approve(&code, "support");
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    assert!(status.success(), "{shown}{rest}");
     assert!(rest.contains("refresh token stored"), "{rest}");
 
     anna(&dc, "d1@customer.example", "after sign-in");
