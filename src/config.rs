@@ -326,6 +326,35 @@ pub const MICROSOFT_APP_SCOPE: &str = "https://outlook.office365.com/.default";
 /// Gmail's one scope for IMAP and SMTP.
 pub const GOOGLE_SCOPE: &str = "https://mail.google.com/";
 
+/// The auth keys of a mailbox or `[smtp]` (`at` names it): an OAuth2 `auth` goes without
+/// `password`, and its `oauth2` table (if any) is checked and completed; `oauth2` needs an
+/// OAuth2 `auth`.
+fn check_auth(
+    at: &str,
+    oauth: bool,
+    oauth2: &mut Option<OAuth2Config>,
+    has_password: bool,
+    base: &Path,
+) -> std::result::Result<(), String> {
+    if !oauth {
+        return match oauth2 {
+            Some(_) => Err(format!(
+                "{at}: `oauth2` needs `auth = \"xoauth2\"` or `auth = \"oauthbearer\"`"
+            )),
+            None => Ok(()),
+        };
+    }
+    if let Some(o) = oauth2 {
+        check_oauth2(o, base).map_err(|m| format!("{at}: oauth2: {m}"))?;
+    }
+    if has_password {
+        return Err(format!(
+            "{at}: `password` is not used with an OAuth2 `auth`; remove it"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an `oauth2` table and fills in what its `provider` implies.
 fn check_oauth2(o: &mut OAuth2Config, base: &Path) -> std::result::Result<(), String> {
     if let Some(ca) = &o.ca_file {
@@ -704,31 +733,23 @@ impl Config {
                         .into(),
                 ));
             }
-            if smtp.auth.is_some_and(AuthMech::is_oauth2) {
-                if smtp.username.is_none() {
-                    return Err(err(
-                        "[smtp]: an OAuth2 `auth` needs `username` (the account the token is for)"
-                            .into(),
-                    ));
-                }
-                if smtp.password.is_some() {
-                    return Err(err(
-                        "[smtp]: `password` is not used with an OAuth2 `auth`; remove it".into(),
-                    ));
-                }
-                if let Some(o) = &mut smtp.oauth2 {
-                    check_oauth2(o, base).map_err(|m| err(format!("[smtp] oauth2: {m}")))?;
-                }
-            } else {
-                if smtp.oauth2.is_some() {
-                    return Err(err(
-                        "[smtp]: `oauth2` needs `auth = \"xoauth2\"` or `auth = \"oauthbearer\"`"
-                            .into(),
-                    ));
-                }
-                if smtp.username.is_some() != smtp.password.is_some() {
-                    return Err(err("[smtp]: `username` and `password` go together".into()));
-                }
+            let oauth = smtp.auth.is_some_and(AuthMech::is_oauth2);
+            check_auth(
+                "[smtp]",
+                oauth,
+                &mut smtp.oauth2,
+                smtp.password.is_some(),
+                base,
+            )
+            .map_err(err)?;
+            if oauth && smtp.username.is_none() {
+                return Err(err(
+                    "[smtp]: an OAuth2 `auth` needs `username` (the account the token is for)"
+                        .into(),
+                ));
+            }
+            if !oauth && smtp.username.is_some() != smtp.password.is_some() {
+                return Err(err("[smtp]: `username` and `password` go together".into()));
             }
             if crate::outbound::parse_mailbox(&smtp.from).is_none() {
                 return Err(err(format!(
@@ -775,32 +796,26 @@ impl Config {
                      set `allow-insecure = true` to allow it"
                 )));
             }
-            if mb.auth.is_oauth2() {
-                let Some(o) = &mut mb.oauth2 else {
-                    return Err(err(format!(
-                        "{at}: `auth = \"{}\"` needs `oauth2 = {{ ... }}` (where the token comes from)",
-                        if mb.auth == AuthMech::Xoauth2 {
-                            "xoauth2"
-                        } else {
-                            "oauthbearer"
-                        }
-                    )));
-                };
-                check_oauth2(o, base).map_err(|m| err(format!("{at}: oauth2: {m}")))?;
-                if mb.password.is_some() {
-                    return Err(err(format!(
-                        "{at}: `password` is not used with an OAuth2 `auth`; remove it"
-                    )));
-                }
-            } else {
-                if mb.oauth2.is_some() {
-                    return Err(err(format!(
-                        "{at}: `oauth2` needs `auth = \"xoauth2\"` or `auth = \"oauthbearer\"`"
-                    )));
-                }
-                if mb.password.is_none() {
-                    return Err(err(format!("{at}: `password` is missing")));
-                }
+            check_auth(
+                &at,
+                mb.auth.is_oauth2(),
+                &mut mb.oauth2,
+                mb.password.is_some(),
+                base,
+            )
+            .map_err(err)?;
+            if mb.auth.is_oauth2() && mb.oauth2.is_none() {
+                return Err(err(format!(
+                    "{at}: `auth = \"{}\"` needs `oauth2 = {{ ... }}` (where the token comes from)",
+                    if mb.auth == AuthMech::Xoauth2 {
+                        "xoauth2"
+                    } else {
+                        "oauthbearer"
+                    }
+                )));
+            }
+            if !mb.auth.is_oauth2() && mb.password.is_none() {
+                return Err(err(format!("{at}: `password` is missing")));
             }
             if let After::Move(folder) = &mb.after
                 && (folder.trim().is_empty() || *folder == mb.folder)

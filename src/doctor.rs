@@ -104,27 +104,16 @@ pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
     check_store(&mut r, db);
     for mb in &config.mailboxes {
         let scope = format!("mailbox {}", mb.name);
-        let creds = if mb.auth.is_oauth2() {
-            match oauth2_credentials(&mut r, &scope, config, db, mb).await {
-                Some(c) => c,
-                None => continue,
-            }
+        let got = Tokens::new(config, db, &[mb], false).and_then(|t| t.mailbox(mb));
+        let fix = if mb.auth.is_oauth2() {
+            "set the environment variable, file or command named by oauth2 \
+             `client-secret` / `refresh-token`"
         } else {
-            match imap::password(mb) {
-                Ok(p) => {
-                    r.ok(&scope, "secret", "password readable".into());
-                    Credentials::Password(p)
-                }
-                Err(e) => {
-                    r.fail(
-                        &scope,
-                        "secret",
-                        &e,
-                        "set the environment variable, file or command named by `password`",
-                    );
-                    continue;
-                }
-            }
+            "set the environment variable, file or command named by `password`"
+        };
+        let Some(Some(creds)) = secret_step(&mut r, &scope, got.map(Some), fix, &mb.name).await
+        else {
+            continue;
         };
         check_mailbox(&mut r, &scope, mb, &creds).await;
     }
@@ -134,32 +123,33 @@ pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
     r
 }
 
-/// The OAuth2 steps of a mailbox: its secrets, then a token (from the store while good, else
-/// from the endpoint), with the token's state.
-async fn oauth2_credentials(
+/// The `secret` step: the credentials could be read (`got`), and for OAuth2 the `oauth2`
+/// step (a token, from the store while good, else from the endpoint). `None` when a step
+/// failed; `Some(None)` for no AUTH at all.
+async fn secret_step(
     r: &mut Report,
     scope: &str,
-    config: &Config,
-    db: &Path,
-    mb: &MailboxConfig,
-) -> Option<Credentials> {
-    let tokens = match Tokens::new(config, db, &[mb], false) {
-        Ok(t) => t,
+    got: crate::error::Result<Option<Credentials>>,
+    fix: &str,
+    login_hint: &str,
+) -> Option<Option<Credentials>> {
+    let creds = match got {
+        Ok(c) => c,
         Err(e) => {
-            r.fail(
-                scope,
-                "secret",
-                &e,
-                "set the environment variable, file or command named by oauth2 \
-                 `client-secret` / `refresh-token`",
-            );
+            r.fail(scope, "secret", &e, fix);
             return None;
         }
     };
-    r.ok(scope, "secret", "OAuth2 secrets readable".into());
-    let source = tokens.source_of(&mb.name)?;
-    token_step(r, scope, &source, &mb.name).await?;
-    Some(Credentials::OAuth2(source))
+    let what = match &creds {
+        None => "no AUTH",
+        Some(Credentials::Password(_)) => "password readable",
+        Some(Credentials::OAuth2(_)) => "OAuth2 secrets readable",
+    };
+    r.ok(scope, "secret", what.into());
+    if let Some(Credentials::OAuth2(source)) = &creds {
+        token_step(r, scope, source, login_hint).await?;
+    }
+    Some(creds)
 }
 
 /// Gets a token and reports the source's state: source, expiry, last refresh, scopes.
@@ -287,60 +277,13 @@ fn check_store(r: &mut Report, db: &Path) {
 
 async fn check_smtp(r: &mut Report, config: &Config, db: &Path, c: &crate::config::SmtpConfig) {
     let scope = "smtp";
-    let creds = if c.auth.is_some_and(crate::config::AuthMech::is_oauth2) {
-        let tokens = match Tokens::new(config, db, &[], true) {
-            Ok(t) => t,
-            Err(e) => {
-                return r.fail(
-                    scope,
-                    "secret",
-                    &e,
-                    "set the environment variable, file or command named by [smtp] oauth2",
-                );
-            }
-        };
-        let creds = match tokens.smtp(config) {
-            Ok(Some(Credentials::OAuth2(s))) => s,
-            Ok(_) => return,
-            Err(e) => return r.fail(scope, "secret", &e, "check [smtp] auth and oauth2"),
-        };
-        r.ok(scope, "secret", "OAuth2 secrets readable".into());
-        let hint = config
-            .smtp_token_mailbox()
-            .map_or("smtp", |m| m.name.as_str());
-        if token_step(r, scope, &creds, hint).await.is_none() {
-            return;
-        }
-        Some(Credentials::OAuth2(creds))
-    } else {
-        match c
-            .password
-            .as_ref()
-            .map(|p| p.resolve("[smtp] password"))
-            .transpose()
-        {
-            Ok(p) => {
-                r.ok(
-                    scope,
-                    "secret",
-                    if p.is_some() {
-                        "password readable"
-                    } else {
-                        "no AUTH"
-                    }
-                    .into(),
-                );
-                p.map(Credentials::Password)
-            }
-            Err(e) => {
-                return r.fail(
-                    scope,
-                    "secret",
-                    &e,
-                    "set the environment variable, file or command named by [smtp] password",
-                );
-            }
-        }
+    let got = Tokens::new(config, db, &[], true).and_then(|t| t.smtp(config));
+    let hint = config
+        .smtp_token_mailbox()
+        .map_or("smtp", |m| m.name.as_str());
+    let fix = "set the environment variable, file or command named by [smtp] password or oauth2";
+    let Some(creds) = secret_step(r, scope, got, fix, hint).await else {
+        return;
     };
     let smtp = match crate::outbound::smtp::Smtp::new(c, creds) {
         Ok(s) => s,

@@ -190,34 +190,30 @@ where
         if stop.is_cancelled() {
             break;
         }
-        let delay = if matches!(error, Error::Auth { .. }) {
-            let d = backoff.at_cap();
-            tracing::error!(
-                error = %error,
-                retry_in_ms = d.as_millis() as u64,
-                "LOGIN REFUSED: fix the username or password; retrying only at the backoff cap so the account is not locked"
-            );
-            d
-        } else if let Error::OAuth2 { relogin, .. } = &error {
-            let d = backoff.at_cap();
-            if *relogin {
-                tracing::error!(
-                    error = %error,
-                    retry_in_ms = d.as_millis() as u64,
-                    "OAUTH2 SIGN-IN NEEDED: this mailbox is stopped until a new refresh token is stored (the others go on)"
-                );
-            } else {
-                tracing::error!(
-                    error = %error,
-                    retry_in_ms = d.as_millis() as u64,
-                    "OAUTH2 TOKEN REFUSED: fix the oauth2 settings; retrying only at the backoff cap"
-                );
+        // A refusal waits the cap every time, so a wrong credential cannot lock the account.
+        let refused = match &error {
+            Error::Auth { .. } => Some(
+                "LOGIN REFUSED: fix the username or password; retrying only at the backoff cap so the account is not locked",
+            ),
+            Error::OAuth2 { relogin: true, .. } => Some(
+                "OAUTH2 SIGN-IN NEEDED: this mailbox is stopped until a new refresh token is stored (the others go on)",
+            ),
+            Error::OAuth2 { .. } => Some(
+                "OAUTH2 TOKEN REFUSED: fix the oauth2 settings; retrying only at the backoff cap",
+            ),
+            _ => None,
+        };
+        let delay = match refused {
+            Some(what) => {
+                let d = backoff.at_cap();
+                tracing::error!(error = %error, retry_in_ms = d.as_millis() as u64, "{what}");
+                d
             }
-            d
-        } else {
-            let d = backoff.next_delay();
-            tracing::warn!(error = %error, retry_in_ms = d.as_millis() as u64, "disconnected; reconnecting");
-            d
+            None => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %error, retry_in_ms = d.as_millis() as u64, "disconnected; reconnecting");
+                d
+            }
         };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

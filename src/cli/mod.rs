@@ -276,12 +276,7 @@ fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
 /// The SMTP server from `[smtp]`, with its password (or OAuth2 secrets) read now (a missing
 /// one is a configuration error, exit 2).
 pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
-    let Some(c) = &ctx.config.smtp else {
-        return Ok(None);
-    };
-    if c.auth.is_none_or(|a| !a.is_oauth2()) && c.password.is_none() {
-        return Ok(Some(mailticket::outbound::smtp::Smtp::new(c, None)?));
-    }
+    // Opens the token table only when [smtp] uses an OAuth2 token endpoint.
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &[], true)?;
     smtp_with(ctx, &tokens)
 }

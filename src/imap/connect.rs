@@ -410,27 +410,18 @@ async fn try_token(
         steps: 0,
         error: &mut challenge,
     };
-    let r = tokio::time::timeout(
-        mb.timeout(),
-        client.authenticate(sasl::mechanism(mb.auth), auth),
-    )
-    .await
-    .map_err(|_| Error::Timeout {
-        host: host.to_owned(),
-        what: "logging in".into(),
-        secs: mb.timeout().as_secs(),
-    })?;
+    let r = timed(host, mb.timeout(), "logging in", async {
+        Ok(client.authenticate(sasl::mechanism(mb.auth), auth).await)
+    })
+    .await?;
     match r {
         Ok(session) => Ok(Ok(session)),
-        Err((async_imap::error::Error::No(m), client)) => {
+        // A NO about the token itself; not "unsupported mechanism" nor `[UNAVAILABLE]`
+        // (which `login_err` makes a transient error).
+        Err((async_imap::error::Error::No(m), client))
+            if !m.contains("[UNAVAILABLE]") && !m.contains("nsupported") =>
+        {
             let text = server_text(&m);
-            if text.contains("[UNAVAILABLE]") || text.contains("nsupported") {
-                return Err(login_err(
-                    host,
-                    &mb.username,
-                    async_imap::error::Error::No(m),
-                ));
-            }
             Ok(Err((client, Refused { challenge, text })))
         }
         Err((e, _)) => Err(login_err(host, &mb.username, e)),

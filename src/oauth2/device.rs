@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Endpoint, Method, TokenSource, http, sha256_hex};
+use super::{Endpoint, Method, TokenSource, http, record_grant, sha256_hex};
 use crate::config::Flow;
 use crate::error::{Error, Result};
 use crate::secret::Revealed;
@@ -147,7 +147,7 @@ impl TokenSource {
                 }
                 Err(e) => return Err(e),
             };
-            return self.store_login(ep, store, &map, obtained).await;
+            return self.store_login(ep, store, map, obtained).await;
         }
     }
 
@@ -155,10 +155,11 @@ impl TokenSource {
         &self,
         ep: &Endpoint,
         store: &Arc<super::TokenStore>,
-        map: &serde_json::Map<String, serde_json::Value>,
+        map: serde_json::Map<String, serde_json::Value>,
         obtained: i64,
     ) -> Result<LoggedIn> {
-        let Some(refresh) = http::field(map, "refresh_token") else {
+        let grant = self.read_grant(http::Reply::Ok(map), obtained, &ep.token_url)?;
+        if grant.refresh.is_none() {
             return Err(Error::OAuth2 {
                 account: self.label.clone(),
                 message: "signed in, but the server sent no refresh token (ask for the \
@@ -166,33 +167,27 @@ impl TokenSource {
                     .into(),
                 relogin: false,
             });
+        }
+        let done = LoggedIn {
+            scope: grant.access.scope.clone(),
+            expires_in: grant.access.expires.map(|e| e - obtained),
         };
-        let access = http::field(map, "access_token").map(str::to_owned);
-        let expires_in = http::seconds(map, "expires_in");
-        let scope = http::field(map, "scope").map(str::to_owned);
         let key = self.key.clone();
         let seed_fp = ep.seed.as_ref().map(|s| sha256_hex(s.expose()));
-        let refresh = refresh.to_owned();
         let store2 = store.clone();
-        let scope2 = scope.clone();
         super::blocking(move || {
             let _lock = store2.lock(Duration::from_secs(30))?;
             let mut row = store2.load(&key)?.unwrap_or_default();
-            row.refresh_token = Some(refresh);
+            record_grant(&mut row, &grant, None);
             // The config's refresh-token (if any) stays what it was: this login wins over it
             // until the config gets a new one.
             row.seed_fp = seed_fp;
             row.dead_fp = None;
-            row.access_token = access;
-            row.access_obtained = Some(obtained);
-            row.access_expires = expires_in.map(|s| obtained + s);
-            row.scope = scope2;
             row.last_refresh = Some(obtained);
-            row.last_error = None;
             store2.save(&key, &row)
         })
         .await?;
         *self.cache.lock().await = None;
-        Ok(LoggedIn { scope, expires_in })
+        Ok(done)
     }
 }

@@ -296,23 +296,12 @@ impl TokenSource {
         let result = self.request(ep, &form).await;
         let now = crate::time::now();
         match &result {
-            Ok(a) => {
-                if let Some(new) = &a.refresh {
-                    row.refresh_token = Some(new.expose().to_owned());
-                } else if let Some(old) = &refresh {
-                    row.refresh_token = Some(old.expose().to_owned());
-                }
-                row.access_token = Some(a.access.token.expose().to_owned());
-                row.access_obtained = Some(a.access.obtained);
-                row.access_expires = a.access.expires;
-                if a.access.scope.is_some() {
-                    row.scope.clone_from(&a.access.scope);
-                }
+            Ok(grant) => {
+                record_grant(&mut row, grant, refresh.as_ref());
                 if refresh.is_some() {
                     row.last_refresh = Some(now);
                     row.refreshes += 1;
                 }
-                row.last_error = None;
             }
             Err(Error::OAuth2 {
                 relogin: true,
@@ -586,6 +575,21 @@ fn grant_form<'a>(ep: &'a Endpoint, refresh: Option<&'a Revealed>) -> Vec<(&'a s
     }
     form.push(("scope", ep.scope.as_str()));
     form
+}
+
+/// Writes a successful grant into `row`: the access token, and the refresh token the server
+/// returned (or `kept`, the one presented, when it rotated none).
+fn record_grant(row: &mut TokenRow, grant: &Grant, kept: Option<&Revealed>) {
+    if let Some(r) = grant.refresh.as_ref().or(kept) {
+        row.refresh_token = Some(r.expose().to_owned());
+    }
+    row.access_token = Some(grant.access.token.expose().to_owned());
+    row.access_obtained = Some(grant.access.obtained);
+    row.access_expires = grant.access.expires;
+    if grant.access.scope.is_some() {
+        row.scope.clone_from(&grant.access.scope);
+    }
+    row.last_error = None;
 }
 
 /// A token response.

@@ -125,34 +125,27 @@ impl Smtp {
             Ok(e) => e,
             Err(e) => return Sent::Refused(e),
         };
-        if let Some(o) = &self.oauth2 {
-            let conversation = self.oauth2_conversation(o, Some((&envelope, raw)));
-            return match tokio::time::timeout(self.timeout, conversation).await {
-                Err(_) => Sent::Later(format!(
-                    "{}: no answer within {} s",
-                    self.host,
-                    self.timeout.as_secs()
-                )),
-                Ok(Ok(resp)) => Sent::Accepted(resp),
-                Ok(Err(Failure::Auth(m))) => {
-                    Sent::Later(format!("{}: authentication: {m}", self.host))
-                }
-                Ok(Err(Failure::Token(e))) => Sent::Later(format!("no OAuth2 token for SMTP: {e}")),
-                Ok(Err(Failure::Smtp(e))) => self.classify(&e),
-            };
-        }
-        match tokio::time::timeout(self.timeout, self.transport.send_raw(&envelope, raw)).await {
+        let attempt = async {
+            match &self.oauth2 {
+                Some(o) => self.oauth2_conversation(o, Some((&envelope, raw))).await,
+                None => self
+                    .transport
+                    .send_raw(&envelope, raw)
+                    .await
+                    .map(|r| reply_text(&r))
+                    .map_err(Failure::Smtp),
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
             Err(_) => Sent::Later(format!(
                 "{}: no answer within {} s",
                 self.host,
                 self.timeout.as_secs()
             )),
-            Ok(Ok(resp)) => Sent::Accepted(format!(
-                "{} {}",
-                resp.code(),
-                resp.message().collect::<Vec<_>>().join(" ")
-            )),
-            Ok(Err(e)) => self.classify(&e),
+            Ok(Ok(reply)) => Sent::Accepted(reply),
+            Ok(Err(Failure::Auth(m))) => Sent::Later(format!("{}: authentication: {m}", self.host)),
+            Ok(Err(Failure::Token(e))) => Sent::Later(format!("no OAuth2 token for SMTP: {e}")),
+            Ok(Err(Failure::Smtp(e))) => self.classify(&e),
         }
     }
 
@@ -232,8 +225,7 @@ impl Smtp {
         }
         let reply = match mail {
             Some((envelope, raw)) => {
-                let r = conn.send(envelope, raw).await.map_err(Failure::Smtp)?;
-                format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
+                reply_text(&conn.send(envelope, raw).await.map_err(Failure::Smtp)?)
             }
             None => String::new(),
         };
@@ -278,44 +270,44 @@ impl Smtp {
     /// Connects, says EHLO, starts TLS and authenticates, without sending anything.
     pub async fn check(&self) -> Result<()> {
         let host = self.host.clone();
-        if let Some(o) = &self.oauth2 {
-            return match tokio::time::timeout(self.timeout, self.oauth2_conversation(o, None)).await
-            {
-                Err(_) => Err(Error::Timeout {
-                    host,
+        let net = |message: String| Error::Network {
+            host: host.clone(),
+            message,
+        };
+        let attempt = async {
+            match &self.oauth2 {
+                Some(o) => match self.oauth2_conversation(o, None).await {
+                    Ok(_) => Ok(()),
+                    Err(Failure::Token(e)) => Err(e),
+                    Err(Failure::Auth(message)) => Err(Error::Auth {
+                        host: host.clone(),
+                        user: o.user.clone(),
+                        message,
+                    }),
+                    Err(Failure::Smtp(e)) => Err(net(e.to_string())),
+                },
+                None => match self.transport.test_connection().await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(net("the server did not answer NOOP".into())),
+                    Err(e) => Err(net(e.to_string())),
+                },
+            }
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    host: host.clone(),
                     what: "checking SMTP".into(),
                     secs: self.timeout.as_secs(),
-                }),
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(Failure::Token(e))) => Err(e),
-                Ok(Err(Failure::Auth(message))) => Err(Error::Auth {
-                    host,
-                    user: o.user.clone(),
-                    message,
-                }),
-                Ok(Err(Failure::Smtp(e))) => Err(Error::Network {
-                    host,
-                    message: e.to_string(),
-                }),
-            };
-        }
-        match tokio::time::timeout(self.timeout, self.transport.test_connection()).await {
-            Err(_) => Err(Error::Timeout {
-                host,
-                what: "checking SMTP".into(),
-                secs: self.timeout.as_secs(),
-            }),
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(Error::Network {
-                host,
-                message: "the server did not answer NOOP".into(),
-            }),
-            Ok(Err(e)) => Err(Error::Network {
-                host,
-                message: e.to_string(),
-            }),
-        }
+                })
+            })
     }
+}
+
+/// A reply as we record it: code and text.
+fn reply_text(r: &lettre::transport::smtp::response::Response) -> String {
+    format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
 }
 
 fn envelope(from: &str, rcpt: &[String]) -> std::result::Result<Envelope, String> {

@@ -70,6 +70,19 @@ fn check(what: &str, out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `python3 -c CODE ARGS`, which must succeed; returns its stdout.
+pub fn python_code(code: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    check("python3 -c", &out);
+    out.stdout
+}
+
 /// `Message-ID` without its angle brackets.
 pub fn bare_id(id: &str) -> String {
     id.trim()
@@ -1094,18 +1107,6 @@ pub mod mailgen {
         }
         assert_eq!(messages.len(), count as usize);
         messages
-    }
-
-    fn python_code(code: &str, args: &[&str]) -> Vec<u8> {
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(code)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        check("python3 -c (mailgen)", &out);
-        out.stdout
     }
 
     /// Writes SMALL generated messages of SEED as an mbox file.

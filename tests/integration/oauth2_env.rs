@@ -5,31 +5,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::Value;
 
-use crate::harness::{Dovecot, OAuth2Server};
+use crate::harness::{Dovecot, OAuth2Server, python_code};
 use crate::sink::Sink;
-
-/// Standard base64 with padding (no crate needed for this one use).
-fn b64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 /// `A1 AUTHENTICATE XOAUTH2` (SASL-IR, one write) as USER with TOKEN on Dovecot's plain port
 /// (loopback counts as secured there); returns the tagged reply. A failure's JSON challenge
@@ -44,7 +26,8 @@ fn imap_xoauth2(port: u16, user: &str, token: &str) -> String {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     assert!(line.starts_with("* OK"), "IMAP greeting: {line:?}");
-    let ir = b64(format!("user={user}\x01auth=Bearer {token}\x01\x01").as_bytes());
+    let ir = base64::engine::general_purpose::STANDARD
+        .encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"));
     writer
         .write_all(format!("A1 AUTHENTICATE XOAUTH2 {ir}\r\n").as_bytes())
         .unwrap();
@@ -61,22 +44,11 @@ fn imap_xoauth2(port: u16, user: &str, token: &str) -> String {
     }
 }
 
-/// Runs `python3 -c CODE ARGS`, which must succeed; returns its stdout.
+/// Runs `python3 -c CODE ARGS`, which must succeed; returns its stdout, trimmed.
 fn python(code: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python3 failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    String::from_utf8_lossy(&python_code(code, args))
+        .trim()
+        .to_owned()
 }
 
 /// client_credentials over HTTPS, trusting only the token server's CA; prints the JSON reply.
