@@ -30,8 +30,9 @@ pub fn import_path(
             mailbox: String::new(),
             imap: None,
         };
-        let outcome = process(store, me, raw, &origin, received, ack)?;
-        counts.record(outcome);
+        let stored = process(store, me, raw, &origin, received, ack)?;
+        counts.record(stored.outcome);
+        counts.acks_queued += u64::from(stored.acked);
         Ok(())
     };
     let r = if path.is_dir() {

@@ -338,8 +338,8 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
     Ok(ParsedMessage {
         message_id,
         message_id_derived,
-        in_reply_to: ids(msg.in_reply_to()),
-        references: ids(msg.references()),
+        in_reply_to: capped(ids(msg.in_reply_to())),
+        references: capped(ids(msg.references())),
         subject,
         from,
         reply_to: first(msg.reply_to()),
@@ -440,8 +440,8 @@ fn embedded_original(msg: &mail_parser::Message<'_>) -> Option<Original> {
 }
 
 fn original_of(m: &mail_parser::Message<'_>, source: &'static str) -> Original {
-    let mut parents = ids(m.in_reply_to());
-    parents.extend(ids(m.references()));
+    let mut parents = capped(ids(m.in_reply_to()));
+    parents.extend(capped(ids(m.references())));
     let mut recipients = all(m.to());
     recipients.extend(all(m.cc()));
     Original {
@@ -674,6 +674,19 @@ fn ids(v: &HeaderValue<'_>) -> Vec<String> {
         .collect()
 }
 
+/// At most this many ids of an In-Reply-To or References header are used for threading:
+/// anyone can send a message with hundreds of thousands of them.
+pub const MAX_THREAD_IDS: usize = 200;
+
+/// The first id (the thread's root) and the newest [`MAX_THREAD_IDS`] - 1 (the nearest
+/// ancestors), in order; the raw message keeps the whole header.
+fn capped(mut ids: Vec<String>) -> Vec<String> {
+    if ids.len() > MAX_THREAD_IDS {
+        ids.drain(1..ids.len() - (MAX_THREAD_IDS - 1));
+    }
+    ids
+}
+
 /// A message id without angle brackets or surrounding space.
 pub fn clean_id(id: &str) -> String {
     id.trim()
@@ -804,6 +817,20 @@ mod tests {
         assert_eq!(m.date, Some(1_735_689_600));
         assert_eq!(m.text, "Hello");
         assert_eq!(m.header("SUBJECT"), Some("Help"));
+    }
+
+    #[test]
+    fn a_huge_references_list_keeps_its_root_and_newest_ids() {
+        let refs: Vec<String> = (0..5000).map(|i| format!("<r{i}@x>")).collect();
+        let raw = format!(
+            "From: a@example.com\r\nMessage-ID: <m@x>\r\nReferences: {}\r\n\r\nhi\r\n",
+            refs.join("\r\n ")
+        );
+        let m = parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.references.len(), MAX_THREAD_IDS);
+        assert_eq!(m.references.first().map(String::as_str), Some("r0@x"));
+        assert_eq!(m.references.get(1).map(String::as_str), Some("r4801@x"));
+        assert_eq!(m.references.last().map(String::as_str), Some("r4999@x"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! store's own thread, in UID order). [`process`] does both, for one-off callers.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -57,20 +58,73 @@ pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
     Prepared { raw, body }
 }
 
+/// What a message became, with what its log line needs. The line is written by
+/// [`Stored::log`] once the transaction is known to have committed: a message rolled back
+/// with its group is never reported as created.
+#[derive(Debug)]
+pub struct Stored {
+    /// Where it went.
+    pub outcome: Outcome,
+    /// Whether an acknowledgement was queued with it.
+    pub acked: bool,
+    uid: Option<u32>,
+    message_id: String,
+    kind: &'static str,
+    /// Why it was quarantined.
+    why: Option<String>,
+}
+
+impl Stored {
+    /// The one line per message decision.
+    pub fn log(&self, source: &str) {
+        let (what, ticket) = match self.outcome {
+            Outcome::Created(t) => ("created", t),
+            Outcome::Threaded(t) => ("threaded", t),
+            Outcome::Duplicate(t) => ("duplicate", t),
+            Outcome::Quarantined(id) => {
+                tracing::warn!(
+                    source,
+                    uid = self.uid,
+                    quarantine = id,
+                    error = self.why.as_deref().unwrap_or(""),
+                    "quarantined"
+                );
+                return;
+            }
+        };
+        tracing::info!(
+            uid = self.uid,
+            message_id = %self.message_id,
+            kind = self.kind,
+            ticket,
+            "{what}"
+        );
+    }
+}
+
 /// Stores a prepared message in one transaction (advancing the IMAP cursor when `origin`
-/// has one). Only the store itself can fail.
+/// has one). Only the store itself can fail. Nothing is logged: the caller calls
+/// [`Stored::log`] once the write is committed.
 pub fn commit(
     store: &mut Store,
     p: &Prepared,
     origin: &Origin,
     received_at: i64,
     ack: Option<&AckPlan>,
-) -> Result<Outcome> {
+) -> Result<Stored> {
+    let uid = origin.imap.as_ref().map(|i| i.uid);
+    let quarantine = |store: &mut Store, why: &str| -> Result<Stored> {
+        Ok(Stored {
+            outcome: store.quarantine(&p.raw, why, origin, received_at)?,
+            acked: false,
+            uid,
+            message_id: String::new(),
+            kind: "quarantined",
+            why: Some(why.to_owned()),
+        })
+    };
     let (parsed, class, packed) = match &p.body {
-        PreparedBody::Unparseable(why) => {
-            tracing::warn!(source = %origin.source, uid = origin.imap.as_ref().map(|i| i.uid), error = %why, "quarantined");
-            return store.quarantine(&p.raw, why, origin, received_at);
-        }
+        PreparedBody::Unparseable(why) => return quarantine(store, why),
         PreparedBody::Message {
             parsed,
             class,
@@ -86,28 +140,22 @@ pub fn commit(
         received_at,
         ack,
     };
-    let outcome = match catch_unwind(AssertUnwindSafe(|| store.ingest(&incoming))) {
+    let (outcome, acked) = match catch_unwind(AssertUnwindSafe(|| store.ingest(&incoming))) {
         Ok(r) => r?,
         Err(_) => {
             let why = "storing this message panicked; kept in the quarantine";
             tracing::error!(source = %origin.source, message_id = %parsed.message_id, why);
-            return store.quarantine(&p.raw, why, origin, received_at);
+            return quarantine(store, why);
         }
     };
-    let (what, ticket) = match outcome {
-        Outcome::Created(t) => ("created", t),
-        Outcome::Threaded(t) => ("threaded", t),
-        Outcome::Duplicate(t) => ("duplicate", t),
-        Outcome::Quarantined(t) => ("quarantined", t),
-    };
-    tracing::info!(
-        uid = origin.imap.as_ref().map(|p| p.uid),
-        message_id = %parsed.message_id,
-        kind = class.kind.as_str(),
-        ticket,
-        "{what}"
-    );
-    Ok(outcome)
+    Ok(Stored {
+        outcome,
+        acked,
+        uid,
+        message_id: parsed.message_id.clone(),
+        kind: class.kind.as_str(),
+        why: None,
+    })
 }
 
 /// [`prepare`] then [`commit`], on the calling thread.
@@ -118,8 +166,10 @@ pub fn process(
     origin: &Origin,
     received_at: i64,
     ack: Option<&AckPlan>,
-) -> Result<Outcome> {
-    commit(store, &prepare(me, raw.to_vec()), origin, received_at, ack)
+) -> Result<Stored> {
+    let stored = commit(store, &prepare(me, raw.to_vec()), origin, received_at, ack)?;
+    stored.log(&origin.source);
+    Ok(stored)
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -234,7 +284,16 @@ impl StoreThread {
     /// Queues `f` as a member of a group commit: when several such jobs are waiting, they
     /// run in one transaction, each inside its own savepoint. The result arrives only after
     /// that transaction has committed, so a caller never acts on uncommitted data.
-    pub fn submit_grouped<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
+    ///
+    /// `halt` is shared by the jobs of one pass: it is raised when a job fails or when its
+    /// group fails to commit, and a job that finds it raised does not run (`Ok(None)`). So
+    /// after any failed write nothing later in the pass commits, and the cursor that moves
+    /// with each message never passes one that was not stored.
+    pub fn submit_grouped<T, F>(
+        &self,
+        halt: Arc<AtomicBool>,
+        f: F,
+    ) -> oneshot::Receiver<Result<Option<T>>>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
@@ -243,11 +302,24 @@ impl StoreThread {
         let _ = self
             .tx
             .send(StoreJob::Grouped(Box::new(move |s: &mut Store| {
-                let r = f(s);
+                let r = if halt.load(Ordering::SeqCst) {
+                    Ok(None)
+                } else {
+                    f(s).map(Some)
+                };
+                if r.is_err() {
+                    halt.store(true, Ordering::SeqCst);
+                }
                 Box::new(move |commit_error: Option<&Error>| {
                     let r = match commit_error {
-                        Some(e) if r.is_ok() => Err(Error::Other(format!("commit failed: {e}"))),
-                        _ => r,
+                        Some(e) => {
+                            halt.store(true, Ordering::SeqCst);
+                            match r {
+                                Ok(Some(_)) => Err(Error::Other(format!("commit failed: {e}"))),
+                                other => other,
+                            }
+                        }
+                        None => r,
                     };
                     let _ = tx.send(r);
                 }) as Deliver

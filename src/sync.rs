@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -19,8 +19,8 @@ use crate::config::{After, Config, MailboxConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
 use crate::oauth2::{Credentials, Tokens};
-use crate::pipeline::{PrepPool, StoreThread, commit};
-use crate::store::{Cursor, ImapPos, Origin, Outcome};
+use crate::pipeline::{PrepPool, StoreThread, Stored, commit};
+use crate::store::{Cursor, ImapPos, Origin, Store};
 use crate::summary::{RunSummary, SourceSummary};
 
 /// At most this many messages per UID FETCH.
@@ -110,7 +110,6 @@ pub async fn sync_mailbox(
         tracing::error!(mailbox = %mb.name, error = %e, "mailbox failed");
         s.counts.errors.push(format!("mailbox {}: {e}", mb.name));
     }
-    s.counts.acks_queued += store.call(|s| Ok(s.take_acks_queued())).await.unwrap_or(0);
     s.counts.log("mailbox done");
     s
 }
@@ -195,7 +194,15 @@ fn batches(todo: &[(u32, u32)]) -> Vec<Vec<u32>> {
     out
 }
 
-async fn post_action(imap: &mut Imap, after: &After, uids: &[u32]) -> Result<()> {
+/// Runs the post-action on committed UIDs. The commits are made durable first: once the
+/// server deletes, moves or marks a message seen, a power cut must not take its ticket.
+async fn post_action(
+    imap: &mut Imap,
+    store: &StoreThread,
+    after: &After,
+    uids: &[u32],
+) -> Result<()> {
+    store.call(Store::make_durable).await?;
     for chunk in uids.chunks(UIDS_PER_COMMAND) {
         match after {
             After::Seen => imap.add_flags(chunk, "\\Seen").await?,
@@ -216,7 +223,7 @@ async fn finish_uids(
     uids: &[u32],
     last: u32,
 ) -> Result<oneshot::Receiver<Result<()>>> {
-    post_action(imap, &mb.after, uids).await?;
+    post_action(imap, store, &mb.after, uids).await?;
     let (name, folder) = (mb.name.clone(), mb.folder.clone());
     Ok(store.submit(move |s| s.set_done(&name, &folder, uidvalidity, last)))
 }
@@ -246,7 +253,7 @@ async fn unfinished(imap: &mut Imap, c: Cursor) -> Result<Vec<u32>> {
 }
 
 /// A message handed to the store: its UID, how far the cursor moves with it, its result.
-type Submitted = (u32, u32, oneshot::Receiver<Result<Option<Outcome>>>);
+type Submitted = (u32, u32, oneshot::Receiver<Result<Option<Stored>>>);
 
 /// Which UIDs of the current batch have arrived, so that the cursor only ever moves past a
 /// UID once every candidate below it is stored, even if a server answers a FETCH out of UID
@@ -329,7 +336,7 @@ pub async fn catch_up(
                 count = left.len(),
                 "finishing post-actions of an interrupted run"
             );
-            post_action(imap, &mb.after, &left).await?;
+            post_action(imap, store, &mb.after, &left).await?;
         }
         if cursor.done_uid < cursor.last_uid {
             let (name, folder) = (mb.name.clone(), mb.folder.clone());
@@ -404,19 +411,12 @@ pub async fn catch_up(
                 let uid = fm.uid;
                 let received = fm.internal_date.unwrap_or_else(crate::time::now);
                 let prepared = pool.prepare(me, fm.bytes);
-                let rx = store.submit_grouped(move |s| {
+                let rx = store.submit_grouped(failed, move |s| {
                     let _permit = permit;
-                    if failed.load(Ordering::SeqCst) {
-                        return Ok(None);
-                    }
-                    let r = match prepared.blocking_recv() {
+                    match prepared.blocking_recv() {
                         Ok(p) => commit(s, &p, &origin, received, ack.as_deref()),
                         Err(_) => Err(Error::Other("a worker thread stopped".into())),
-                    };
-                    if r.is_err() {
-                        failed.store(true, Ordering::SeqCst);
                     }
-                    r.map(Some)
                 });
                 let _ = sub_tx.send((uid, cursor_to, rx));
                 Ok(())
@@ -489,14 +489,16 @@ pub async fn catch_up(
 
 /// Books one store result: counts it and remembers its UID for the post-action.
 fn settle(
-    r: Result<Option<Outcome>>,
+    r: Result<Option<Stored>>,
     uid: u32,
     done: &mut Vec<u32>,
     summary: &mut SourceSummary,
 ) -> Option<Error> {
     match r {
-        Ok(Some(outcome)) => {
-            summary.counts.record(outcome);
+        Ok(Some(stored)) => {
+            stored.log(&summary.name);
+            summary.counts.record(stored.outcome);
+            summary.counts.acks_queued += u64::from(stored.acked);
             done.push(uid);
             None
         }

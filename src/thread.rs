@@ -8,13 +8,13 @@ use crate::message::{Mailbox, ParsedMessage, forwarded_sender, mailbox_in};
 /// The ids a reply may point at, most specific first: In-Reply-To, then References newest
 /// first. Duplicates removed.
 pub fn parent_ids(m: &ParsedMessage) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for id in m.in_reply_to.iter().chain(m.references.iter().rev()) {
-        if !out.contains(id) && *id != m.message_id {
-            out.push(id.clone());
-        }
-    }
-    out
+    let mut seen = std::collections::HashSet::new();
+    m.in_reply_to
+        .iter()
+        .chain(m.references.iter().rev())
+        .filter(|id| **id != m.message_id && seen.insert(id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// The default subject tag marker: `[#42]`.

@@ -54,7 +54,6 @@ pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
     for p in &a.paths {
         summary.push(import_path(&mut store, &me, p, ack.as_deref()));
     }
-    summary.totals.acks_queued = store.take_acks_queued();
     if let Some(smtp) = &smtp {
         let (_store, report) = super::drain_now(store, smtp)?;
         summary.push_drain(report);
@@ -117,7 +116,7 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
             return EX_TEMPFAIL;
         }
     };
-    let outcome = process(
+    let stored = process(
         &mut store,
         &me,
         &raw,
@@ -125,7 +124,7 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
         mailticket::time::now(),
         ack.as_deref(),
     );
-    if let (Some(smtp), true) = (&smtp, store.take_acks_queued() > 0) {
+    if let (Some(smtp), true) = (&smtp, stored.as_ref().is_ok_and(|s| s.acked)) {
         match super::drain_now(store, smtp) {
             Ok((_, report)) if report.errors.is_empty() => {}
             Ok((_, report)) => {
@@ -134,7 +133,7 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
             Err(e) => tracing::warn!(error = format!("{e:#}"), "acknowledgement not sent yet"),
         }
     }
-    match outcome {
+    match stored.map(|s| s.outcome) {
         Ok(Outcome::Created(t)) => tracing::info!(ticket = t, "created ticket"),
         Ok(Outcome::Threaded(t)) => tracing::info!(ticket = t, "added to ticket"),
         Ok(Outcome::Duplicate(t)) => tracing::info!(ticket = t, "already stored"),

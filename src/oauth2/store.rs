@@ -55,7 +55,7 @@ impl TokenStore {
             conn: Mutex::new(conn),
             lock_path: PathBuf::from(lock),
         };
-        owner_only(db)?;
+        crate::store::owner_only(db)?;
         Ok(store)
     }
 
@@ -148,26 +148,6 @@ impl TokenStore {
             }
         }
     }
-}
-
-/// Makes the database and its WAL / shared-memory files readable by the owner only.
-fn owner_only(db: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
-        let p = PathBuf::from(p);
-        match std::fs::metadata(&p) {
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| Error::io(&p, e))?;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&p, e)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

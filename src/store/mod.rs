@@ -63,8 +63,10 @@ pub struct Store {
     dry_run: bool,
     /// Inside a group commit: each write is a savepoint of the group's transaction.
     grouped: bool,
-    /// Acknowledgements queued since the last [`Store::take_acks_queued`].
-    acks_queued: u64,
+    /// Why the group's transaction is gone (SQLite rolls a transaction back by itself on some
+    /// errors, e.g. a full disk): nothing more may be written in this group, and
+    /// [`Store::end_group`] reports this cause rather than "no transaction is active".
+    group_lost: Option<String>,
 }
 
 impl Store {
@@ -73,6 +75,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
+        create_owner_only(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -80,7 +83,11 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| Error::Other(format!("store {}: {e}", path.display())))?;
-        Store::setup(conn).map_err(|e| Error::Other(format!("store {}: {e}", path.display())))
+        let store = Store::setup(conn)
+            .map_err(|e| Error::Other(format!("store {}: {e}", path.display())))?;
+        // A store made by an older version, or copied with a wider mode.
+        owner_only(path)?;
+        Ok(store)
     }
 
     /// An in-memory store, for tests.
@@ -103,7 +110,7 @@ impl Store {
             key,
             dry_run: false,
             grouped: false,
-            acks_queued: 0,
+            group_lost: None,
         })
     }
 
@@ -118,8 +125,11 @@ impl Store {
     /// Ends a dry run (rolling everything back); a no-op otherwise.
     pub fn finish(&mut self) -> Result<()> {
         if self.dry_run {
-            self.conn.execute_batch("ROLLBACK")?;
             self.dry_run = false;
+            self.group_lost = None;
+            if !self.conn.is_autocommit() {
+                self.conn.execute_batch("ROLLBACK")?;
+            }
         }
         Ok(())
     }
@@ -132,49 +142,103 @@ impl Store {
         if !self.dry_run && !self.grouped {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.grouped = true;
+            self.group_lost = None;
         }
         Ok(())
     }
 
-    /// Commits a group started by [`Store::begin_group`].
+    /// Commits a group started by [`Store::begin_group`]. An error means that no write of
+    /// the group was kept.
     pub fn end_group(&mut self) -> Result<()> {
-        if self.grouped {
-            self.grouped = false;
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
+        if !self.grouped {
+            return Ok(());
+        }
+        self.grouped = false;
+        if let Some(cause) = self.group_lost.take() {
+            return Err(Error::Other(format!(
+                "the group's transaction was rolled back: {cause}"
+            )));
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                return Err(e.into());
             }
+            return Err(e.into());
         }
         Ok(())
     }
 
     /// Runs `f` in a write transaction (a savepoint inside a dry run or a group) and commits it.
     fn write<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        if self.dry_run || self.grouped {
-            let sp = self.conn.savepoint()?;
-            let out = f(&sp)?;
-            sp.commit()?;
-            Ok(out)
-        } else {
+        if !(self.dry_run || self.grouped) {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
-            Ok(out)
+            return Ok(out);
         }
+        // A savepoint outside a transaction starts one of its own and commits on release:
+        // once SQLite has dropped the outer transaction, a write here would commit alone.
+        if let Some(cause) = &self.group_lost {
+            return Err(Error::Other(format!(
+                "not written: the transaction was rolled back after an earlier error: {cause}"
+            )));
+        }
+        let result = (|| -> Result<T> {
+            let sp = self.conn.savepoint()?;
+            let out = f(&sp)?;
+            sp.commit()?;
+            Ok(out)
+        })();
+        if let Err(e) = &result
+            && self.conn.is_autocommit()
+        {
+            self.group_lost = Some(e.to_string());
+        }
+        result
+    }
+
+    /// Makes every committed transaction durable before something outside the store acts on
+    /// it (the IMAP post-action deletes or moves the message, or marks a backlog message
+    /// seen): the WAL is copied into the database file, and what cannot be copied now (a
+    /// reader holds an old snapshot) is flushed to disk in the WAL itself. Without this, with
+    /// `synchronous = NORMAL`, a power cut could lose commits whose mail the server no longer
+    /// offers.
+    pub fn make_durable(&mut self) -> Result<()> {
+        let Some(path) = self.file().filter(|_| !self.dry_run) else {
+            return Ok(());
+        };
+        let (busy, log, done): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        if busy != 0 || done < log {
+            let mut wal = path.into_os_string();
+            wal.push("-wal");
+            match std::fs::File::open(&wal) {
+                Ok(f) => f.sync_data().map_err(|e| Error::io(&wal, e))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&wal, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The database file's path; `None` in memory.
+    fn file(&self) -> Option<PathBuf> {
+        self.conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
     }
 
     /// Moves WAL checkpoints (and their fsync) to a thread of their own, so the writer never
     /// waits for the disk. `None` for an in-memory store. Stop it with
     /// [`Checkpointer::stop`] before this store is used on its own again.
     pub fn start_checkpointer(&mut self) -> Result<Option<Checkpointer>> {
-        let Some(path) = self
-            .conn
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-        else {
+        let Some(path) = self.file() else {
             return Ok(None);
         };
         let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
@@ -208,11 +272,6 @@ impl Store {
         Ok(())
     }
 
-    /// How many acknowledgements were queued since the last call.
-    pub fn take_acks_queued(&mut self) -> u64 {
-        std::mem::take(&mut self.acks_queued)
-    }
-
     /// Sets the rules for what follows (the defaults until called).
     pub fn set_rules(&mut self, rules: Rules) {
         self.rules = rules;
@@ -230,4 +289,41 @@ impl Store {
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
+}
+
+/// Creates the store file readable by its owner only, before SQLite opens it: the store
+/// holds every message and the key of our Message-IDs. SQLite gives the WAL and
+/// shared-memory files the database file's mode.
+fn create_owner_only(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Makes the database and its WAL / shared-memory files readable by the owner only.
+pub(crate) fn owner_only(db: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| Error::io(&p, e))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&p, e)),
+        }
+    }
+    Ok(())
 }

@@ -238,12 +238,11 @@ fn advance(c: &Connection, pos: Option<&ImapPos>) -> Result<()> {
 impl Store {
     /// Stores one message: threads it, writes its rows and advances the cursor, all in one
     /// transaction. The same message seen again is a no-op.
-    pub fn ingest(&mut self, m: &Incoming<'_>) -> Result<Outcome> {
+    /// The flag says whether an acknowledgement was queued with it.
+    pub fn ingest(&mut self, m: &Incoming<'_>) -> Result<(Outcome, bool)> {
         let rules = self.rules.clone();
         let key = self.key.clone();
-        let (outcome, acked) = self.write(|c| ingest_in(c, m, &rules, &key))?;
-        self.acks_queued += u64::from(acked);
-        Ok(outcome)
+        self.write(|c| ingest_in(c, m, &rules, &key))
     }
 
     /// Keeps bytes that could not be parsed, and advances the cursor past them.
@@ -1018,6 +1017,7 @@ mod tests {
             received_at: 0,
         })
         .unwrap()
+        .0
     }
 
     fn msg(id: &str, headers: &str, body: &str) -> String {
@@ -1050,6 +1050,70 @@ mod tests {
         assert_eq!(row.messages, 4);
         assert_eq!(messages.len(), 4);
         assert!(matches!(put(&mut s, &msg("9@x", "", "other")), Outcome::Created(n) if n != t));
+    }
+
+    #[test]
+    fn once_sqlite_drops_a_groups_transaction_nothing_more_is_written_in_it() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.begin_group().unwrap();
+        put(&mut s, &msg("1@x", "", "first"));
+        // What SQLite does by itself on some errors (a full disk): the whole transaction
+        // is rolled back under the savepoint.
+        let lost = s.write(|c| {
+            c.execute_batch("ROLLBACK")?;
+            Ok(())
+        });
+        assert!(lost.is_err());
+        // A savepoint now would be a transaction of its own and commit on release.
+        let later = s.write(|c| {
+            c.execute_batch("INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at) VALUES ('x', 'open', '', '', '', 0, 0)")?;
+            Ok(())
+        });
+        assert!(later.is_err(), "written outside the group: {later:?}");
+        let end = s.end_group().unwrap_err().to_string();
+        assert!(end.contains("rolled back"), "{end}");
+        assert!(!end.contains("no transaction is active"), "{end}");
+        assert!(s.tickets("all").unwrap().is_empty());
+        // The next group works as usual.
+        s.begin_group().unwrap();
+        assert!(matches!(
+            put(&mut s, &msg("2@x", "", "second")),
+            Outcome::Created(_)
+        ));
+        s.end_group().unwrap();
+        assert_eq!(s.tickets("all").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn made_durable_commits_are_in_the_database_file_itself() {
+        let dir = std::env::temp_dir().join(format!("mt-durable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("t.db");
+        let mut s = Store::open(&db).unwrap();
+        put(&mut s, &msg("1@x", "", "first"));
+        put(&mut s, &msg("2@x", "", "second"));
+        // The main file alone is what a power cut leaves when the WAL was never synced.
+        let tickets_in_main_file = || {
+            let copy = dir.join("copy.db");
+            std::fs::copy(&db, &copy).unwrap();
+            let c = Connection::open(&copy).unwrap();
+            // Without the WAL even the schema may be missing.
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM ticket", [], |r| r.get(0))
+                .unwrap_or(0);
+            drop(c);
+            let _ = std::fs::remove_file(&copy);
+            n
+        };
+        assert_eq!(tickets_in_main_file(), 0, "committed, but only in the WAL");
+        s.make_durable().unwrap();
+        assert_eq!(tickets_in_main_file(), 2);
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&db).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "the store is the owner's only");
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

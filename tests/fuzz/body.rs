@@ -33,7 +33,7 @@ pub fn run(store: &mut Store, data: &[u8]) {
         mailbox: String::new(),
         imap: None,
     };
-    match process(store, &me, data, &origin, 0, None) {
+    match process(store, &me, data, &origin, 0, None).map(|s| s.outcome) {
         Ok(Outcome::Created(_) | Outcome::Threaded(_) | Outcome::Duplicate(_)) => {}
         Ok(Outcome::Quarantined(_)) => {}
         Err(e) => panic!("the store refused a message: {e}"),

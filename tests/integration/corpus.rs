@@ -114,8 +114,9 @@ impl Scenario {
             mailbox: "support".into(),
             imap: None,
         };
-        let outcome =
-            process(&mut self.store, &self.me, raw, &origin, 1_700_000_000, None).unwrap();
+        let outcome = process(&mut self.store, &self.me, raw, &origin, 1_700_000_000, None)
+            .unwrap()
+            .outcome;
         let ticket = match outcome {
             Outcome::Created(t) | Outcome::Threaded(t) => t,
             other => panic!("{name}: stored as {other:?}"),

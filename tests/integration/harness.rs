@@ -1158,7 +1158,7 @@ pub fn spawn(mut cmd: Command) -> Child {
 }
 
 impl Workdir {
-    /// The `message_id` of every message of every ticket (`show --json` of each ticket).
+    /// The `message_id` of every inbound message of every ticket (`show --json` of each ticket).
     pub fn ticketed_message_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();
         for t in self.tickets() {
@@ -1166,7 +1166,7 @@ impl Workdir {
             let msgs = shown["messages"]
                 .as_array()
                 .unwrap_or_else(|| panic!("show --json has no messages array: {shown}"));
-            for m in msgs {
+            for m in msgs.iter().filter(|m| m["direction"] == "in") {
                 let id = m["message_id"]
                     .as_str()
                     .unwrap_or_else(|| panic!("message without message_id: {m}"));

@@ -13,6 +13,7 @@ mod connect;
 mod corpus;
 mod crash;
 mod doctor;
+mod faults;
 mod fuzz;
 mod import;
 mod oauth2;
