@@ -7,19 +7,13 @@ use std::path::{Path, PathBuf};
 
 use crate::classify::Identity;
 use crate::error::{Error, Result};
-use crate::outbound::AckPlan;
-use crate::pipeline::process;
+use crate::pipeline::{Plan, process};
 use crate::store::{Origin, Store};
 use crate::summary::{Counts, SourceSummary};
 
 /// Imports every message under `path` (a file, an mbox, or a Maildir / folder of files).
 /// Message-level problems are counted; only a store failure or an unreadable path fails.
-pub fn import_path(
-    store: &mut Store,
-    me: &Identity,
-    path: &Path,
-    ack: Option<&AckPlan>,
-) -> SourceSummary {
+pub fn import_path(store: &mut Store, me: &Identity, path: &Path, plan: Plan<'_>) -> SourceSummary {
     let mut counts = Counts::default();
     // Each message names the file it came from (in the store and in a quarantine warning),
     // not just the folder given.
@@ -30,7 +24,7 @@ pub fn import_path(
             mailbox: String::new(),
             imap: None,
         };
-        let stored = process(store, me, raw, &origin, received, ack)?;
+        let stored = process(store, me, raw, &origin, received, plan)?;
         counts.record(stored.outcome);
         counts.acks_queued += u64::from(stored.acked);
         Ok(())

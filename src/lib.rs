@@ -7,29 +7,41 @@
 //! moment replays into a no-op.
 //!
 //! ```text
-//! imap::Session ──RawMessage──▶ pipeline ─▶ message::parse ─▶ classify ─▶ thread ─▶ store
-//!   (fetch above cursor,          (store thread: one transaction per message,
-//!    BODY.PEEK[] in batches)       cursor advanced in the same transaction)
-//!        ▲                                                        │
-//!        └──────────── post-action on committed UIDs ◀────────────┘
+//! sync / watch            imap::Imap::fetch_each ──FetchedMessage { uid, bytes }──┐
+//! import / ingest          files, stdin ──────────────────────────── bytes ───────┤
+//!                                                                                 ▼
+//! pipeline::prepare   (any thread)   message::parse ─▶ classify::classify ─▶ store::pack
+//! pipeline::commit    (store thread, ONE transaction per message, store::Tx):
+//!     duplicate? ─▶ classify::with_history ─▶ thread::resolve ─▶ ticket + message rows
+//!     ─▶ cursor advance ─▶ acknowledgement queued in the outbox (or the reason it is not)
+//! sync                after COMMIT (made durable): the IMAP post-action on committed UIDs
+//! outbound::drain     outbox ─▶ SMTP (pending → sending → sent | failed)
 //! ```
+//!
+//! The modules decide (`classify`, `thread`, `outbound`'s ack policy); the store reads what
+//! they ask for and writes what they decided, in the transaction `pipeline` opens.
 //!
 //! Modules, one step each:
 //! - [`config`] and [`secret`]: the TOML file and where passwords come from.
 //! - [`tls`]: certificate trust shared by every outgoing connection.
-//! - [`imap`]: connect, log in, select, fetch, post-actions. Knows nothing of tickets.
+//! - [`imap`]: connect, log in, select, fetch, post-actions, IDLE. Knows nothing of tickets.
+//! - [`oauth2`]: access tokens for XOAUTH2 / OAUTHBEARER, refresh tokens kept in the store.
 //! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
-//! - [`classify`]: pure judgement "person or machine?".
-//! - [`thread`]: pure helpers for reply matching (ids, subject tags, reply prefixes, keyed
-//!   outbound Message-IDs, the customer of a forwarded request); the store applies them.
-//! - [`store`]: the SQLite file: migrations, tickets, messages, cursors, quarantine.
-//! - [`pipeline`]: one raw message into the store, exactly once.
+//! - [`classify`]: pure judgement "person or machine?", and the loop checks on history.
+//! - [`msgid`]: our keyed outbound Message-IDs.
+//! - [`thread`]: which ticket a message joins, the subject tag, reply prefixes, the customer
+//!   of a forwarded request.
+//! - [`pipeline`]: one raw message into the store, exactly once: the decisions in order.
+//! - [`store`]: the SQLite file (migrations, tickets, messages, cursors, quarantine, outbox),
+//!   its worker thread ([`store::StoreThread`]) and the transaction handle ([`store::Tx`]).
+//! - [`outbound`]: acknowledgement policy and templates, composing, the outbox over SMTP.
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
 //!   a cancellation token says stop.
 //! - [`lock`]: one `sync` or `watch` per store at a time.
 //! - [`doctor`]: every step of a sync checked for real, with the fix for each failure.
 //! - [`summary`]: the per-run counts every command reports.
+//! - [`error`]: the one error type; [`time`]: Unix seconds and RFC 3339.
 
 pub mod backoff;
 pub mod classify;
@@ -40,6 +52,7 @@ pub mod imap;
 pub mod import;
 pub mod lock;
 pub mod message;
+pub mod msgid;
 pub mod oauth2;
 pub mod outbound;
 pub mod pipeline;

@@ -1,22 +1,27 @@
-//! One raw message into the store, exactly once: parse, classify, thread, store; or
+//! One raw message into the store, exactly once: parse, classify, thread, record; or
 //! quarantine what cannot be parsed.
 //!
 //! The work is split in two so a sync can use every core: [`prepare`] (parse, classify,
-//! compress: CPU only, any thread, any order) and [`commit`] (one SQLite transaction, on the
-//! store's own thread, in UID order). [`process`] does both, for one-off callers.
+//! compress: CPU only, any thread, any order) and [`commit`] (one transaction, on the store's
+//! own thread, in UID order). [`process`] does both, for one-off callers.
+//!
+//! [`commit`] is where the decisions meet, in ONE transaction: duplicate? → final verdict
+//! ([`crate::classify::with_history`]) → placement ([`crate::thread::resolve`]) → ticket and
+//! message rows → cursor → acknowledgement. The modules decide; the store only reads what they
+//! ask and writes what they decided.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use crate::classify::{Classification, Identity, classify};
+use crate::classify::{self, Classification, Identity, Kind, classify};
+use crate::config::{ClassifyConfig, Config, ThreadingConfig};
 use crate::error::{Error, Result};
 use crate::message::{self, ParsedMessage};
 use crate::outbound::AckPlan;
-use crate::store::{Checkpointer, Incoming, Origin, Outcome, Store, pack};
+use crate::store::{NewMessage, NewTicket, Origin, Outcome, Store, Tx, pack};
+use crate::thread;
 
 /// A message after the CPU work, ready for its transaction.
 pub struct Prepared {
@@ -36,6 +41,34 @@ pub enum PreparedBody {
     },
     /// Not a message: goes to the quarantine.
     Unparseable(String),
+}
+
+/// The settings the decisions follow: `[threading]` and `[classify]`.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// `[threading]`.
+    pub threading: ThreadingConfig,
+    /// `[classify]`.
+    pub classify: ClassifyConfig,
+}
+
+impl Rules {
+    /// The rules a config file asks for.
+    pub fn from_config(c: &Config) -> Rules {
+        Rules {
+            threading: c.threading.clone(),
+            classify: c.classify.clone(),
+        }
+    }
+}
+
+/// What a run asks of each message besides storing it.
+#[derive(Clone, Copy)]
+pub struct Plan<'a> {
+    /// How to thread and judge.
+    pub rules: &'a Rules,
+    /// Acknowledge new requests (`None`: never).
+    pub ack: Option<&'a AckPlan>,
 }
 
 /// Parses, classifies and compresses `raw`. Never panics, never fails: what cannot be
@@ -102,6 +135,16 @@ impl Stored {
     }
 }
 
+/// A parsed message on its way into its transaction.
+struct Incoming<'a> {
+    parsed: &'a ParsedMessage,
+    class: &'a Classification,
+    size: usize,
+    packed: &'a [u8],
+    origin: &'a Origin,
+    received_at: i64,
+}
+
 /// Stores a prepared message in one transaction (advancing the IMAP cursor when `origin`
 /// has one). Only the store itself can fail. Nothing is logged: the caller calls
 /// [`Stored::log`] once the write is committed.
@@ -110,7 +153,7 @@ pub fn commit(
     p: &Prepared,
     origin: &Origin,
     received_at: i64,
-    ack: Option<&AckPlan>,
+    plan: Plan<'_>,
 ) -> Result<Stored> {
     let uid = origin.imap.as_ref().map(|i| i.uid);
     let quarantine = |store: &mut Store, why: &str| -> Result<Stored> {
@@ -131,16 +174,18 @@ pub fn commit(
             packed,
         } => (parsed, class, packed),
     };
-    let incoming = Incoming {
+    let m = Incoming {
         parsed,
         class,
-        raw: &p.raw,
+        size: p.raw.len(),
         packed,
         origin,
         received_at,
-        ack,
     };
-    let (outcome, acked) = match catch_unwind(AssertUnwindSafe(|| store.ingest(&incoming))) {
+    let recorded = catch_unwind(AssertUnwindSafe(|| {
+        store.transaction(|tx| record(tx, &m, plan))
+    }));
+    let (outcome, acked, kind) = match recorded {
         Ok(r) => r?,
         Err(_) => {
             let why = "storing this message panicked; kept in the quarantine";
@@ -153,9 +198,145 @@ pub fn commit(
         acked,
         uid,
         message_id: parsed.message_id.clone(),
-        kind: class.kind.as_str(),
+        kind: kind.as_str(),
         why: None,
     })
+}
+
+/// The decisions and writes of one message, in the caller's transaction: duplicate? →
+/// final verdict → placement → ticket and message rows → cursor → acknowledgement.
+fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, bool, Kind)> {
+    let (p, rules) = (m.parsed, plan.rules);
+    let cursor = m.origin.imap.as_ref();
+    if let Some(t) = tx.duplicate_of(&p.message_id, &p.fingerprint)? {
+        tx.advance(cursor)?;
+        return Ok((Outcome::Duplicate(t), false, m.class.kind));
+    }
+    let recent = classify::rate_question(p, &rules.classify)
+        .map(|q| tx.messages_from_within(q.from, q.date, q.window))
+        .transpose()?;
+    let mut verdict = classify::with_history(m.class, p, tx.key(), recent, &rules.classify);
+    let kind = verdict.kind;
+    // A ticket's times are mailticket's own (when it learnt of it); each message keeps the
+    // date its sender gave it.
+    let now = crate::time::now();
+    let (customer, forwarded) = thread::customer(p, &rules.threading.forwarders);
+    verdict.reasons.extend(forwarded);
+    let failed = if kind == Kind::Bounce {
+        p.failed_recipients()
+    } else {
+        Vec::new()
+    };
+    let placed = thread::resolve(
+        tx,
+        p,
+        kind,
+        &customer.address,
+        &failed,
+        &rules.threading,
+        now,
+    )?;
+    verdict.reasons.extend(placed.reasons);
+    let (ticket, outcome) = match placed.ticket {
+        Some(t) => {
+            tx.touch_ticket(t, now, kind == Kind::Normal)?;
+            (t, Outcome::Threaded(t))
+        }
+        None => {
+            let t = tx.create_ticket(&NewTicket {
+                subject: &thread::normalize_subject_with(&p.subject, &rules.threading.tag),
+                // A bounce we cannot place and mail from ourselves are kept, never worked on.
+                closed: matches!(kind, Kind::Bounce | Kind::Loop),
+                customer: &customer,
+                mailbox: &m.origin.mailbox,
+                now,
+            })?;
+            (t, Outcome::Created(t))
+        }
+    };
+    if kind == Kind::Bounce && placed.ticket.is_some() {
+        mark_undeliverable(
+            tx,
+            p,
+            &failed,
+            ticket,
+            &rules.classify,
+            now,
+            &mut verdict.reasons,
+        )?;
+    }
+    // A bounce we could not place must not pull later mail into its closed ticket.
+    let refs = !(kind == Kind::Bounce && placed.ticket.is_none());
+    write_message(tx, m, ticket, &verdict, refs)?;
+    tx.advance(cursor)?;
+    // The acknowledgement is decided on the final verdict: the history may show a loop that
+    // the message alone did not.
+    let acked = match (outcome, plan.ack) {
+        (Outcome::Created(t), Some(ack)) => {
+            let tag = thread::tag_text(&rules.threading.tag, t);
+            tx.queue_ack(ack, p, &verdict, (t, &tag), &m.origin.mailbox)?
+        }
+        _ => false,
+    };
+    Ok((outcome, acked, kind))
+}
+
+/// The message row, its attachments' index and (with `refs`) the ids it names.
+fn write_message(
+    tx: &Tx<'_>,
+    m: &Incoming<'_>,
+    ticket: i64,
+    verdict: &Classification,
+    refs: bool,
+) -> Result<()> {
+    let p = m.parsed;
+    tx.insert_message(&NewMessage {
+        ticket,
+        parsed: p,
+        kind: verdict.kind,
+        reasons: &verdict.reasons,
+        date: p.date.unwrap_or(m.received_at),
+        received_at: m.received_at,
+        source: &m.origin.source,
+        size: m.size,
+        packed: m.packed,
+    })?;
+    if refs {
+        tx.add_refs(p.in_reply_to.iter().chain(p.references.iter()), ticket)?;
+    }
+    Ok(())
+}
+
+/// Marks the recipients a placed bounce reports as failed undeliverable for
+/// `[classify] undeliverable-days`, with a reason each.
+fn mark_undeliverable(
+    tx: &Tx<'_>,
+    p: &ParsedMessage,
+    failed: &[String],
+    ticket: i64,
+    cfg: &ClassifyConfig,
+    now: i64,
+    reasons: &mut Vec<String>,
+) -> Result<()> {
+    let days = i64::from(cfg.undeliverable_days);
+    if days == 0 {
+        return Ok(());
+    }
+    let expires = now.saturating_add(days * 86_400);
+    for addr in failed {
+        let detail = p
+            .dsn
+            .as_ref()
+            .and_then(|d| d.recipients.iter().find(|r| &r.final_recipient == addr));
+        let status = detail.map_or("", |r| r.status.as_str());
+        let diagnostic = detail.map_or("", |r| r.diagnostic.as_str());
+        tx.mark_undeliverable(addr, expires, (status, diagnostic), ticket, now)?;
+        reasons.push(format!(
+            "bounce: {addr} undeliverable until {}",
+            crate::time::rfc3339(expires)
+        ));
+    }
+    Ok(())
 }
 
 /// [`prepare`] then [`commit`], on the calling thread.
@@ -165,9 +346,9 @@ pub fn process(
     raw: &[u8],
     origin: &Origin,
     received_at: i64,
-    ack: Option<&AckPlan>,
+    plan: Plan<'_>,
 ) -> Result<Stored> {
-    let stored = commit(store, &prepare(me, raw.to_vec()), origin, received_at, ack)?;
+    let stored = commit(store, &prepare(me, raw.to_vec()), origin, received_at, plan)?;
     stored.log(&origin.source);
     Ok(stored)
 }
@@ -217,168 +398,307 @@ impl PrepPool {
     }
 }
 
-/// Hands a grouped job's result over once its group has committed (or failed to).
-type Deliver = Box<dyn FnOnce(Option<&Error>) + Send>;
+#[cfg(test)]
+mod tests {
+    //! The decisions of one message's transaction, through [`process`], on an in-memory store.
 
-enum StoreJob {
-    /// Runs on its own.
-    Call(Box<dyn FnOnce(&mut Store) + Send>),
-    /// May share a transaction with the grouped jobs queued right behind it.
-    Grouped(Box<dyn FnOnce(&mut Store) -> Deliver + Send>),
-}
+    use std::ops::{Deref, DerefMut};
 
-/// At most this many messages share one group commit.
-const GROUP_MAX: usize = 64;
-/// A group takes no more queued jobs once it has been open this long, so that even a process
-/// killed every few hundred milliseconds keeps committing progress.
-const GROUP_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+    use super::*;
 
-/// The store on a thread of its own. Jobs run in the order they were submitted.
-#[derive(Clone)]
-pub struct StoreThread {
-    tx: mpsc::Sender<StoreJob>,
-}
-
-/// Owns the thread; joining gives the store back.
-pub struct StoreJoin(JoinHandle<(Store, Option<Checkpointer>)>);
-
-impl StoreThread {
-    /// Moves `store` onto a new thread.
-    pub fn spawn(mut store: Store) -> Result<(StoreThread, StoreJoin)> {
-        let (tx, rx) = mpsc::channel::<StoreJob>();
-        let checkpointer = store.start_checkpointer()?;
-        let handle = std::thread::Builder::new()
-            .name("store".into())
-            .spawn(move || {
-                let mut next = rx.recv().ok();
-                while let Some(job) = next.take() {
-                    match job {
-                        StoreJob::Call(f) => f(&mut store),
-                        StoreJob::Grouped(first) => {
-                            next = run_group(&mut store, first, &rx);
-                            continue;
-                        }
-                    }
-                    next = rx.recv().ok();
-                }
-                (store, checkpointer)
-            })
-            .map_err(|e| Error::Other(format!("cannot start the store thread: {e}")))?;
-        Ok((StoreThread { tx }, StoreJoin(handle)))
+    /// A store and the rules its messages are processed with.
+    struct TestStore {
+        store: Store,
+        rules: Rules,
     }
 
-    /// Queues `f`; its result arrives on the returned receiver.
-    pub fn submit<R, F>(&self, f: F) -> oneshot::Receiver<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Store) -> R + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        // When the thread is gone the job is dropped, and the receiver reports it.
-        let _ = self.tx.send(StoreJob::Call(Box::new(move |s: &mut Store| {
-            let _ = tx.send(f(s));
-        })));
-        rx
-    }
-
-    /// Queues `f` as a member of a group commit: when several such jobs are waiting, they
-    /// run in one transaction, each inside its own savepoint. The result arrives only after
-    /// that transaction has committed, so a caller never acts on uncommitted data.
-    ///
-    /// `halt` is shared by the jobs of one pass: it is raised when a job fails or when its
-    /// group fails to commit, and a job that finds it raised does not run (`Ok(None)`). So
-    /// after any failed write nothing later in the pass commits, and the cursor that moves
-    /// with each message never passes one that was not stored.
-    pub fn submit_grouped<T, F>(
-        &self,
-        halt: Arc<AtomicBool>,
-        f: F,
-    ) -> oneshot::Receiver<Result<Option<T>>>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let _ = self
-            .tx
-            .send(StoreJob::Grouped(Box::new(move |s: &mut Store| {
-                let r = if halt.load(Ordering::SeqCst) {
-                    Ok(None)
-                } else {
-                    f(s).map(Some)
-                };
-                if r.is_err() {
-                    halt.store(true, Ordering::SeqCst);
-                }
-                Box::new(move |commit_error: Option<&Error>| {
-                    let r = match commit_error {
-                        Some(e) => {
-                            halt.store(true, Ordering::SeqCst);
-                            match r {
-                                Ok(Some(_)) => Err(Error::Other(format!("commit failed: {e}"))),
-                                other => other,
-                            }
-                        }
-                        None => r,
-                    };
-                    let _ = tx.send(r);
-                }) as Deliver
-            })));
-        rx
-    }
-
-    /// Runs `f` on the store and waits for it.
-    pub async fn call<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<R> + Send + 'static,
-    {
-        self.submit(f)
-            .await
-            .map_err(|_| Error::Other("the store thread stopped".into()))?
-    }
-}
-
-/// Runs `first` and every grouped job already queued behind it (up to [`GROUP_MAX`]) in one
-/// transaction, then delivers their results. Returns a job that was taken from the queue but
-/// not run: it runs next.
-fn run_group(
-    store: &mut Store,
-    first: Box<dyn FnOnce(&mut Store) -> Deliver + Send>,
-    rx: &mpsc::Receiver<StoreJob>,
-) -> Option<StoreJob> {
-    let mut delivers = Vec::new();
-    let mut leftover = None;
-    // Should BEGIN fail (another writer holds the lock too long), every job below commits
-    // on its own instead.
-    let grouped = store.begin_group().is_ok();
-    delivers.push(first(store));
-    let opened = std::time::Instant::now();
-    while delivers.len() < GROUP_MAX && opened.elapsed() < GROUP_TIME {
-        match rx.try_recv() {
-            Ok(StoreJob::Grouped(g)) => delivers.push(g(store)),
-            Ok(other) => {
-                leftover = Some(other);
-                break;
+    impl TestStore {
+        fn open() -> TestStore {
+            TestStore {
+                store: Store::open_in_memory().unwrap(),
+                rules: Rules::default(),
             }
-            Err(_) => break,
+        }
+
+        fn set_rules(&mut self, rules: Rules) {
+            self.rules = rules;
         }
     }
-    let outcome = if grouped { store.end_group() } else { Ok(()) };
-    for d in delivers {
-        d(outcome.as_ref().err());
-    }
-    leftover.or_else(|| rx.recv().ok())
-}
 
-impl StoreJoin {
-    /// Waits for every queued job (all senders must be dropped first) and returns the store.
-    pub fn join(self) -> Result<Store> {
-        let (mut store, checkpointer) = self
-            .0
-            .join()
-            .map_err(|_| Error::Other("the store thread panicked".into()))?;
-        store.stop_checkpointer(checkpointer)?;
-        Ok(store)
+    impl Deref for TestStore {
+        type Target = Store;
+        fn deref(&self) -> &Store {
+            &self.store
+        }
+    }
+
+    impl DerefMut for TestStore {
+        fn deref_mut(&mut self) -> &mut Store {
+            &mut self.store
+        }
+    }
+
+    fn put(s: &mut TestStore, raw: &str) -> Outcome {
+        let origin = Origin {
+            source: "test".into(),
+            mailbox: String::new(),
+            imap: None,
+        };
+        let plan = Plan {
+            rules: &s.rules.clone(),
+            ack: None,
+        };
+        process(
+            &mut s.store,
+            &Identity::default(),
+            raw.as_bytes(),
+            &origin,
+            0,
+            plan,
+        )
+        .unwrap()
+        .outcome
+    }
+
+    fn msg(id: &str, headers: &str, body: &str) -> String {
+        format!(
+            "From: a@example.com\r\nSubject: Printer\r\nMessage-ID: <{id}>\r\n{headers}\r\n{body}\r\n"
+        )
+    }
+
+    #[test]
+    fn threads_by_ids_and_dedupes() {
+        let mut s = TestStore::open();
+        let Outcome::Created(t) = put(&mut s, &msg("1@x", "", "first")) else {
+            panic!()
+        };
+        assert_eq!(
+            put(&mut s, &msg("2@x", "In-Reply-To: <1@x>\r\n", "second")),
+            Outcome::Threaded(t)
+        );
+        assert_eq!(
+            put(&mut s, &msg("3@x", "References: <0@x> <2@x>\r\n", "third")),
+            Outcome::Threaded(t)
+        );
+        assert_eq!(put(&mut s, &msg("1@x", "", "first")), Outcome::Duplicate(t));
+        // Same id, other content: kept, not dropped (it lands in the ticket its id names).
+        assert_eq!(
+            put(&mut s, &msg("1@x", "", "a different message")),
+            Outcome::Threaded(t)
+        );
+        let (row, messages) = s.ticket(t).unwrap().unwrap();
+        assert_eq!(row.messages, 4);
+        assert_eq!(messages.len(), 4);
+        assert!(matches!(put(&mut s, &msg("9@x", "", "other")), Outcome::Created(n) if n != t));
+    }
+
+    #[test]
+    fn subject_tag_needs_a_participant() {
+        let mut s = TestStore::open();
+        let Outcome::Created(t) = put(&mut s, &msg("1@x", "", "first")) else {
+            panic!()
+        };
+        let tagged = format!(
+            "From: a@example.com\r\nSubject: Re: [#{t}] Printer\r\nMessage-ID: <5@x>\r\n\r\nhi\r\n"
+        );
+        assert_eq!(put(&mut s, &tagged), Outcome::Threaded(t));
+        let stranger = tagged
+            .replace("a@example.com", "mallory@evil.example")
+            .replace("5@x", "6@x");
+        assert!(matches!(put(&mut s, &stranger), Outcome::Created(n) if n != t));
+    }
+
+    #[test]
+    fn shared_unknown_parent_needs_the_same_sender() {
+        let mut s = TestStore::open();
+        let a = "From: a@example.com\r\nSubject: Re: news\r\nMessage-ID: <a@x>\r\nIn-Reply-To: <unknown@x>\r\n\r\nhi\r\n";
+        let Outcome::Created(t) = put(&mut s, a) else {
+            panic!()
+        };
+        let b = a
+            .replace("a@example.com", "b@example.com")
+            .replace("<a@x>", "<b@x>");
+        assert!(matches!(put(&mut s, &b), Outcome::Created(n) if n != t));
+        let a2 = a.replace("<a@x>", "<a2@x>");
+        assert_eq!(put(&mut s, &a2), Outcome::Threaded(t));
+        // The parent arrives last and joins its replies' ticket, whoever sent it.
+        let parent =
+            "From: news@example.org\r\nSubject: news\r\nMessage-ID: <unknown@x>\r\n\r\nnews\r\n";
+        assert!(matches!(put(&mut s, parent), Outcome::Threaded(_)));
+    }
+
+    /// The kind and reasons stored for the newest message of ticket `t`.
+    fn last(s: &TestStore, t: i64) -> (String, Vec<String>, String) {
+        let (row, msgs) = s.ticket(t).unwrap().unwrap();
+        let m = msgs.last().unwrap();
+        (m.kind.clone(), m.reasons.clone(), row.status)
+    }
+
+    fn created(o: Outcome) -> i64 {
+        match o {
+            Outcome::Created(t) => t,
+            other => panic!("expected a new ticket, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keyed_ids_thread_without_their_row_and_forgeries_do_not() {
+        let mut s = TestStore::open();
+        let t = created(put(&mut s, &msg("1@x", "", "first")));
+        let ours = s.outbound_message_id(t, "5", "example.com");
+        let reply = msg("2@x", &format!("In-Reply-To: <{ours}>\r\n"), "thanks")
+            .replace("a@example.com", "someone.else@example.org");
+        assert_eq!(put(&mut s, &reply), Outcome::Threaded(t));
+        let forged = ours.replace(&format!("mt.{t}.5."), &format!("mt.{t}.6."));
+        let stranger = msg("3@x", &format!("In-Reply-To: <{forged}>\r\n"), "hi")
+            .replace("a@example.com", "mallory@evil.example");
+        let n = created(put(&mut s, &stranger));
+        assert_ne!(n, t);
+        assert!(
+            last(&s, n).1.iter().any(|r| r.contains("forged")),
+            "{:?}",
+            last(&s, n)
+        );
+        // Our own id coming back in is a loop.
+        let back = msg(&s.outbound_message_id(t, "9", "example.com"), "", "echo");
+        let echo = created(put(&mut s, &back));
+        let (kind, reasons, _) = last(&s, echo);
+        assert_eq!(kind, "loop", "{reasons:?}");
+        assert!(reasons[0].starts_with("message-id: generated by this store"));
+    }
+
+    #[test]
+    fn closed_ticket_policies() {
+        use crate::config::OnClosed;
+        let reply =
+            |id: &str, extra: &str| msg(id, &format!("In-Reply-To: <1@x>\r\n{extra}"), "again");
+        for (policy, reopens) in [
+            (OnClosed::Reopen, true),
+            (OnClosed::NewTicket, false),
+            (OnClosed::NewTicketAfterDays(30), true),
+            (OnClosed::NewTicketAfterDays(0), false),
+        ] {
+            let mut s = TestStore::open();
+            let mut rules = Rules::default();
+            rules.threading.on_closed = policy;
+            s.set_rules(rules);
+            let t = created(put(&mut s, &msg("1@x", "", "first")));
+            assert!(s.set_status(t, "closed").unwrap());
+            // An automatic reply never reopens, whatever the policy.
+            assert_eq!(
+                put(&mut s, &reply("oof@x", "Auto-Submitted: auto-replied\r\n")),
+                Outcome::Threaded(t)
+            );
+            assert_eq!(last(&s, t).2, "closed");
+            let o = put(&mut s, &reply("2@x", ""));
+            if reopens {
+                assert_eq!(o, Outcome::Threaded(t), "{policy:?}");
+                assert_eq!(last(&s, t).2, "open");
+            } else {
+                let n = created(o);
+                assert_ne!(n, t, "{policy:?}");
+                assert!(
+                    last(&s, n)
+                        .1
+                        .iter()
+                        .any(|r| r.contains("is closed; new ticket"))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn same_subject_within_days_only_when_enabled() {
+        let first = "From: a@example.com\r\nSubject: VPN down\r\nDate: Mon, 3 Mar 2025 08:00:00 +0000\r\nMessage-ID: <1@x>\r\n\r\nhelp\r\n";
+        let again = first
+            .replace("<1@x>", "<2@x>")
+            .replace("3 Mar", "5 Mar")
+            .replace("VPN down", "Re: VPN down");
+        let mut s = TestStore::open();
+        let t = created(put(&mut s, first));
+        assert_ne!(created(put(&mut s, &again)), t);
+        let mut s = TestStore::open();
+        let mut rules = Rules::default();
+        rules.threading.subject_days = 3;
+        s.set_rules(rules);
+        let t = created(put(&mut s, first));
+        assert_eq!(put(&mut s, &again), Outcome::Threaded(t));
+        let late = again.replace("<2@x>", "<3@x>").replace("5 Mar", "9 Mar");
+        assert_ne!(created(put(&mut s, &late)), t);
+    }
+
+    #[test]
+    fn too_many_messages_from_one_sender_are_a_loop() {
+        let mut s = TestStore::open();
+        let mut rules = Rules::default();
+        rules.classify.loop_messages = 3;
+        rules.classify.loop_window = 60;
+        s.set_rules(rules);
+        let at = |id: u32, sec: u32| {
+            format!(
+                "From: bot@example.org\r\nSubject: n{id}\r\nDate: Mon, 3 Mar 2025 08:00:{sec:02} +0000\r\nMessage-ID: <{id}@x>\r\n\r\nx\r\n"
+            )
+        };
+        for i in 0..3 {
+            let t = created(put(&mut s, &at(i, i)));
+            assert_eq!(last(&s, t).0, "normal");
+        }
+        let t = created(put(&mut s, &at(3, 4)));
+        let (kind, reasons, status) = last(&s, t);
+        assert_eq!(
+            (kind.as_str(), status.as_str()),
+            ("loop", "closed"),
+            "{reasons:?}"
+        );
+        assert!(reasons[0].starts_with("rate: more than 3 messages"));
+    }
+
+    #[test]
+    fn bounce_by_original_id_marks_the_recipient_for_a_while() {
+        let mut s = TestStore::open();
+        let t = created(put(&mut s, &msg("1@x", "", "first")));
+        let ours = s.outbound_message_id(t, "1", "example.com");
+        let bounce = format!(
+            "From: MAILER-DAEMON@mx.example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+             Message-ID: <b1@mx>\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n\
+             --B\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n\
+             Reporting-MTA: dns; mx\r\n\r\nFinal-Recipient: rfc822; A@Example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n\
+             --B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{ours}>\r\nSubject: x\r\n\r\n--B--\r\n"
+        );
+        assert_eq!(put(&mut s, &bounce), Outcome::Threaded(t));
+        let (kind, reasons, status) = last(&s, t);
+        assert_eq!(
+            (kind.as_str(), status.as_str()),
+            ("bounce", "open"),
+            "{reasons:?}"
+        );
+        let now = crate::time::now();
+        assert!(s.is_undeliverable("a@example.com", now).unwrap());
+        assert!(s.is_undeliverable(" A@EXAMPLE.com", now).unwrap());
+        assert!(
+            !s.is_undeliverable("a@example.com", now + 8 * 86_400)
+                .unwrap()
+        );
+        assert!(!s.is_undeliverable("b@example.com", now).unwrap());
+    }
+
+    #[test]
+    fn recipients_of_a_ticket_take_part_as_senders_only() {
+        let mut s = TestStore::open();
+        let first = "From: a@example.com\r\nTo: support@example.com\r\nCc: colleague@example.com\r\n\
+                     Subject: Re: plan\r\nMessage-ID: <a1@x>\r\nIn-Reply-To: <gone@x>\r\n\r\nhi\r\n";
+        let t = created(put(&mut s, first));
+        // The colleague answers the same (unseen) parent: joins.
+        let colleague = first
+            .replace("From: a@example.com", "From: colleague@example.com")
+            .replace("Cc: colleague@example.com\r\n", "")
+            .replace("<a1@x>", "<c1@x>");
+        assert_eq!(put(&mut s, &colleague), Outcome::Threaded(t));
+        // A stranger who puts our address (a recipient of every message) in Cc does not.
+        let stranger = format!(
+            "From: mallory@evil.example\r\nCc: support@example.com\r\nSubject: [#{t}] x\r\n\
+             Message-ID: <m1@x>\r\n\r\nhi\r\n"
+        );
+        assert_ne!(created(put(&mut s, &stranger)), t);
     }
 }

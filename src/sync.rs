@@ -19,8 +19,8 @@ use crate::config::{After, Config, MailboxConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
 use crate::oauth2::{Credentials, Tokens};
-use crate::pipeline::{PrepPool, StoreThread, Stored, commit};
-use crate::store::{Cursor, ImapPos, Origin, Store};
+use crate::pipeline::{Plan, PrepPool, Rules, Stored, commit};
+use crate::store::{Cursor, ImapPos, Origin, Store, StoreThread};
 use crate::summary::{RunSummary, SourceSummary};
 
 /// At most this many messages per UID FETCH.
@@ -42,6 +42,8 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Acknowledge new requests (queued in the outbox with their ticket).
     pub ack: Option<Arc<crate::outbound::AckPlan>>,
+    /// How to thread and judge.
+    pub rules: Arc<Rules>,
 }
 
 /// Syncs the mailboxes (all, or those named in `only`) one after another. A failing mailbox
@@ -382,7 +384,7 @@ pub async fn catch_up(
         frontier.start(&batch);
         let each = |fm: FetchedMessage| {
             let cursor_to = frontier.arrive(fm.uid);
-            let ack = opts.ack.clone();
+            let (ack, rules) = (opts.ack.clone(), opts.rules.clone());
             let (budget, store, me, failed, sub_tx, pool) = (
                 budget.clone(),
                 store.clone(),
@@ -414,7 +416,13 @@ pub async fn catch_up(
                 let rx = store.submit_grouped(failed, move |s| {
                     let _permit = permit;
                     match prepared.blocking_recv() {
-                        Ok(p) => commit(s, &p, &origin, received, ack.as_deref()),
+                        Ok(p) => {
+                            let plan = Plan {
+                                rules: &rules,
+                                ack: ack.as_deref(),
+                            };
+                            commit(s, &p, &origin, received, plan)
+                        }
                         Err(_) => Err(Error::Other("a worker thread stopped".into())),
                     }
                 });

@@ -1,9 +1,15 @@
-//! Pure helpers for threading: which ids a message points at, the `[#N]` subject tag, reply
-//! prefixes in many languages, our keyed outbound Message-IDs, and who the customer of a
-//! forwarded request is. The store applies them (see `store::tickets::find_ticket`); nothing
-//! here does I/O.
+//! Threading: which ticket a message joins ([`resolve`]), decided here and only read from the
+//! store, inside the message's transaction. Also the pure parts: which ids a message points
+//! at, the `[#N]` subject tag (written by [`tag_text`] everywhere), reply prefixes in many
+//! languages, and who the customer of a forwarded request is. Writes nothing: the pipeline
+//! records the placement.
 
+use crate::classify::Kind;
+use crate::config::{OnClosed, ThreadingConfig};
+use crate::error::Result;
 use crate::message::{Mailbox, ParsedMessage, forwarded_sender, mailbox_in};
+use crate::msgid::{OwnId, verify_own_id};
+use crate::store::Tx;
 
 /// The ids a reply may point at, most specific first: In-Reply-To, then References newest
 /// first. Duplicates removed.
@@ -19,6 +25,12 @@ pub fn parent_ids(m: &ParsedMessage) -> Vec<String> {
 
 /// The default subject tag marker: `[#42]`.
 pub const DEFAULT_TAG: &str = "#";
+
+/// The subject tag of ticket `id` with `marker`: `[#42]`, `[Ticket#42]`. Every subject we
+/// write and every reason we record uses this, so what we send is what we match.
+pub fn tag_text(marker: &str, id: i64) -> String {
+    format!("[{marker}{id}]")
+}
 
 /// The ticket number in a `[#123]` tag, if the subject has one.
 pub fn subject_tag(subject: &str) -> Option<i64> {
@@ -135,88 +147,263 @@ pub fn normalize_subject_with(subject: &str, marker: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// What an id says about its origin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OwnId {
-    /// Not in our form.
-    NotOurs,
-    /// Ours, for this ticket, with a valid keyed hash.
-    Valid(i64),
-    /// In our form but the hash does not verify: forged or from another store.
-    Forged(i64),
+/// Where threading put a message, and the notes worth keeping with it.
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// The ticket it joins; `None`: a new ticket.
+    pub ticket: Option<i64>,
+    /// Why (or why a tag or id was not trusted).
+    pub reasons: Vec<String>,
 }
 
-const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-/// Characters of the keyed hash: 40 bits.
-const MAC_LEN: usize = 8;
-
-fn mac(key: &[u8], ticket: i64, nonce: &str) -> String {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let tag = ring::hmac::sign(&k, format!("mt.{ticket}.{nonce}").as_bytes());
-    tag.as_ref()
-        .iter()
-        .take(MAC_LEN)
-        .map(|b| char::from(BASE32[usize::from(b & 31)]))
-        .collect()
-}
-
-/// Our Message-ID for an outgoing message of `ticket` (without angle brackets):
-/// `mt.<ticket>.<nonce>.<keyed hash>@<domain>`. `nonce` makes each id unique (an outbox row
-/// id, a counter); it is reduced to ASCII letters and digits. The hash is an HMAC-SHA256 under
-/// the store's key, so a reply threads by it even if the outbound row is gone, and nobody
-/// without the key can make one that points at a ticket.
-pub fn outbound_id(key: &[u8], ticket: i64, nonce: &str, domain: &str) -> String {
-    let nonce: String = nonce
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(32)
-        .collect::<String>()
-        .to_ascii_lowercase();
-    let nonce = if nonce.is_empty() {
-        "0".to_owned()
+/// Decides which ticket a message joins, reading what it needs in the message's transaction.
+/// `customer` is the message's customer (see [`customer`]); `failed` the recipients a bounce
+/// reports as failed. A closed ticket is reopened or left alone by `[threading] on-closed`.
+pub fn resolve(
+    tx: &Tx<'_>,
+    p: &ParsedMessage,
+    kind: Kind,
+    customer: &str,
+    failed: &[String],
+    cfg: &ThreadingConfig,
+    now: i64,
+) -> Result<Placement> {
+    let mut placed = if kind == Kind::Bounce {
+        find_bounce_ticket(tx, p, failed, cfg)?
     } else {
-        nonce
+        find_ticket(tx, p, customer, cfg)?
     };
-    format!("mt.{ticket}.{nonce}.{}@{domain}", mac(key, ticket, &nonce))
+    if let Some(t) = placed.ticket
+        && kind == Kind::Normal
+        && let Some(state) = tx.ticket_state(t)?.filter(|s| s.closed)
+    {
+        let idle_days = (now - state.updated_at) / 86_400;
+        let reopen = match cfg.on_closed {
+            OnClosed::Reopen => true,
+            OnClosed::NewTicket => false,
+            OnClosed::NewTicketAfterDays(d) => idle_days < i64::from(d),
+        };
+        if reopen {
+            placed
+                .reasons
+                .push(format!("thread: closed ticket {t} reopened"));
+        } else {
+            placed
+                .reasons
+                .push(format!("thread: ticket {t} is closed; new ticket"));
+            placed.ticket = None;
+        }
+    }
+    Ok(placed)
 }
 
-/// Whether `id` is one of ours (see [`outbound_id`]).
-pub fn verify_own_id(key: &[u8], id: &str) -> OwnId {
-    let local = id
-        .rsplit_once('@')
-        .map_or(id, |(l, _)| l)
-        .to_ascii_lowercase();
-    let mut parts = local.split('.');
-    let (Some("mt"), Some(t), Some(nonce), Some(h), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return OwnId::NotOurs;
-    };
-    let Some(ticket) = t
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0 && t.bytes().all(|b| b.is_ascii_digit()))
-    else {
-        return OwnId::NotOurs;
-    };
-    if nonce.is_empty() || h.len() != MAC_LEN {
-        return OwnId::NotOurs;
+/// The ticket of an id: a keyed id of ours (valid ones only; a forged one is noted and
+/// ignored), else the message we hold under that id (inbound or outbound). With the date of
+/// the newest matching message, so the most recent match can win.
+fn ticket_of_id(tx: &Tx<'_>, id: &str, notes: &mut Vec<String>) -> Result<Option<(i64, i64)>> {
+    match verify_own_id(tx.key(), id) {
+        OwnId::Valid(t) => {
+            if tx.ticket_state(t)?.is_some() {
+                return Ok(Some((t, tx.newest_message_date(t)?)));
+            }
+            Ok(None)
+        }
+        OwnId::Forged(t) => {
+            let note = format!("thread: forged mailticket id <{id}> for ticket {t} ignored");
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+            Ok(None)
+        }
+        OwnId::NotOurs => tx.ticket_of_message_id(id),
     }
-    let want = mac(key, ticket, nonce);
-    // Constant time: no early exit on the first differing byte.
-    let diff = want
-        .bytes()
-        .zip(h.bytes())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if diff == 0 {
-        OwnId::Valid(ticket)
+}
+
+/// The most recent of the tickets `ids` lead to.
+fn newest_match(tx: &Tx<'_>, ids: &[String], notes: &mut Vec<String>) -> Result<Option<i64>> {
+    let mut best: Option<(i64, i64)> = None;
+    for id in ids {
+        if let Some((t, at)) = ticket_of_id(tx, id, notes)?
+            && best.is_none_or(|(_, b)| at > b)
+        {
+            best = Some((t, at));
+        }
+    }
+    Ok(best.map(|(t, _)| t))
+}
+
+/// The first of the tickets that named `id` for which `keep` holds.
+fn referring(tx: &Tx<'_>, id: &str, keep: impl Fn(i64) -> Result<bool>) -> Result<Option<i64>> {
+    for t in tx.tickets_referring_to(id)? {
+        if keep(t)? {
+            return Ok(Some(t));
+        }
+    }
+    Ok(None)
+}
+
+/// Finds the ticket a message belongs to, in this order:
+///
+/// 1. In-Reply-To and every References id against every id we know (messages we hold,
+///    inbound or outbound, and our keyed outbound ids even when their row is gone; a forged
+///    keyed id is ignored): the most recent match wins.
+/// 2. A ticket whose messages named this message as their parent (it arrived late).
+/// 3. A ticket whose messages point at the same id, when we never saw that message itself:
+///    only when the customer takes part in it, so two strangers answering the same unknown
+///    mail stay two tickets.
+/// 4. The subject tag, when the customer (or a Cc, or with `trust-tag-domain` the customer's
+///    domain) takes part in that ticket; else the reasons say why it was not trusted.
+/// 5. With `subject-days`: the same normalised subject from the same sender within N days.
+fn find_ticket(
+    tx: &Tx<'_>,
+    p: &ParsedMessage,
+    customer: &str,
+    cfg: &ThreadingConfig,
+) -> Result<Placement> {
+    let mut out = Placement::default();
+    let parents = parent_ids(p);
+    out.ticket = newest_match(tx, &parents, &mut out.reasons)?;
+    if out.ticket.is_none() {
+        out.ticket = referring(tx, &p.message_id, |_| Ok(true))?;
+    }
+    let from = p.from_addr();
+    for id in &parents {
+        if out.ticket.is_some() {
+            break;
+        }
+        out.ticket = referring(tx, id, |t| {
+            Ok(tx.sender_takes_part(t, customer)? || tx.sender_takes_part(t, from)?)
+        })?;
+    }
+    if out.ticket.is_none() {
+        out.ticket = trusted_tag(tx, p, customer, cfg, &mut out.reasons)?;
+    }
+    if out.ticket.is_none() {
+        out.ticket = same_subject(tx, p, cfg, &mut out.reasons)?;
+    }
+    Ok(out)
+}
+
+/// Step 4 of [`find_ticket`]: the subject tag, when someone who takes part sent it.
+fn trusted_tag(
+    tx: &Tx<'_>,
+    p: &ParsedMessage,
+    customer: &str,
+    cfg: &ThreadingConfig,
+    reasons: &mut Vec<String>,
+) -> Result<Option<i64>> {
+    let marker = &cfg.tag;
+    let Some(tag) = subject_tag_with(&p.subject, marker) else {
+        return Ok(None);
+    };
+    let shown = tag_text(marker, tag);
+    let from = p.from_addr();
+    let why = if tx.ticket_state(tag)?.is_none() {
+        reasons.push(format!(
+            "thread: subject tag {shown} ignored: no such ticket"
+        ));
+        return Ok(None);
+    } else if tx.sender_takes_part(tag, customer)? || tx.sender_takes_part(tag, from)? {
+        "sender takes part".to_owned()
+    } else if let Some(cc) =
+        p.cc.iter()
+            .find(|cc| tx.takes_part(tag, &cc.address).unwrap_or(false))
+    {
+        format!("cc {} takes part", cc.address)
+    } else if cfg.trust_tag_domain && tx.domain_takes_part(tag, customer)? {
+        "sender's domain takes part".to_owned()
     } else {
-        OwnId::Forged(ticket)
+        let who = if customer.is_empty() {
+            "the sender"
+        } else {
+            customer
+        };
+        reasons.push(format!(
+            "thread: subject tag {shown} not trusted: {who} takes no part in ticket {tag}"
+        ));
+        return Ok(None);
+    };
+    reasons.push(format!("thread: subject tag {shown}: {why}"));
+    Ok(Some(tag))
+}
+
+/// Step 5 of [`find_ticket`]: with `subject-days`, the same subject from the same sender.
+fn same_subject(
+    tx: &Tx<'_>,
+    p: &ParsedMessage,
+    cfg: &ThreadingConfig,
+    reasons: &mut Vec<String>,
+) -> Result<Option<i64>> {
+    let days = i64::from(cfg.subject_days);
+    let from = p.from_addr();
+    let subject = normalize_subject_with(&p.subject, &cfg.tag);
+    if days == 0 || from.is_empty() || subject.is_empty() {
+        return Ok(None);
     }
+    let date = p.date.unwrap_or_else(crate::time::now);
+    let found = tx.same_subject_from(from, &subject, date, days * 86_400)?;
+    if found.is_some() {
+        reasons.push(format!(
+            "thread: same subject from {from} within {days} days"
+        ));
+    }
+    Ok(found)
+}
+
+/// Finds the ticket of the message a bounce reports on: its embedded original's id, the
+/// original's and the bounce's own In-Reply-To/References, then a subject tag (of the bounce
+/// or of the original) when a failed or original recipient takes part in that ticket.
+fn find_bounce_ticket(
+    tx: &Tx<'_>,
+    p: &ParsedMessage,
+    failed: &[String],
+    cfg: &ThreadingConfig,
+) -> Result<Placement> {
+    let mut out = Placement::default();
+    let original = p.original_anywhere();
+    let ids: Vec<String> = original.iter().flat_map(|o| o.message_id.clone()).collect();
+    if let Some(t) = newest_match(tx, &ids, &mut out.reasons)? {
+        out.ticket = Some(t);
+        out.reasons
+            .push("bounce: original message found by its Message-ID".into());
+        return Ok(out);
+    }
+    let mut parents: Vec<String> = original.iter().flat_map(|o| o.parents.clone()).collect();
+    parents.extend(parent_ids(p));
+    if let Some(t) = newest_match(tx, &parents, &mut out.reasons)? {
+        out.ticket = Some(t);
+        out.reasons
+            .push("bounce: original message found by its references".into());
+        return Ok(out);
+    }
+    let marker = &cfg.tag;
+    let subjects = [
+        Some(p.subject.as_str()),
+        original.as_ref().map(|o| o.subject.as_str()),
+    ];
+    let mut who: Vec<&str> = failed.iter().map(String::as_str).collect();
+    if let Some(o) = &original {
+        who.extend(o.recipients.iter().map(|r| r.address.as_str()));
+    }
+    for subject in subjects.into_iter().flatten() {
+        if let Some(tag) = subject_tag_with(subject, marker)
+            && tx.ticket_state(tag)?.is_some()
+        {
+            for w in &who {
+                if tx.sender_takes_part(tag, w)? {
+                    out.ticket = Some(tag);
+                    out.reasons.push(format!(
+                        "bounce: subject tag {}: {w} takes part",
+                        tag_text(marker, tag)
+                    ));
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    out.reasons
+        .push("bounce: original message unknown; kept as a closed ticket".into());
+    Ok(out)
 }
 
 /// The customer of a message and, when it is not simply the sender, why: mail from one of
@@ -309,26 +496,6 @@ mod tests {
     }
 
     #[test]
-    fn keyed_ids_verify_and_forgeries_fail() {
-        let key = [7u8; 32];
-        let id = outbound_id(&key, 42, "Row-17", "support.example.com");
-        assert!(id.starts_with("mt.42.row17."), "{id}");
-        assert!(id.ends_with("@support.example.com"));
-        assert_eq!(verify_own_id(&key, &id), OwnId::Valid(42));
-        assert_eq!(verify_own_id(&key, &id.to_uppercase()), OwnId::Valid(42));
-        assert_eq!(verify_own_id(&[8u8; 32], &id), OwnId::Forged(42));
-        let retargeted = id.replacen("mt.42.", "mt.43.", 1);
-        assert_eq!(verify_own_id(&key, &retargeted), OwnId::Forged(43));
-        assert_eq!(verify_own_id(&key, "abc@example.com"), OwnId::NotOurs);
-        assert_eq!(verify_own_id(&key, "mt.x.1.abcdefgh@e"), OwnId::NotOurs);
-        assert_eq!(verify_own_id(&key, "mt.1.1.short@e"), OwnId::NotOurs);
-        assert_ne!(
-            outbound_id(&key, 42, "1", "d"),
-            outbound_id(&key, 42, "2", "d")
-        );
-    }
-
-    #[test]
     fn forwarded_customer() {
         let fwd = vec!["info@example.com".to_owned()];
         let mut m = ParsedMessage {
@@ -401,13 +568,6 @@ mod tests {
         fn tag_parser_never_panics(s in "\\PC{0,60}", marker in "[#A-Za-z]{1,4}") {
             let _ = subject_tag_with(&s, &marker);
             let _ = normalize_subject_with(&s, &marker);
-        }
-
-        #[test]
-        fn keyed_ids_round_trip(key in prop::collection::vec(any::<u8>(), 1..64),
-                                t in 1i64..i64::MAX, nonce in "[a-z0-9]{1,20}") {
-            let id = outbound_id(&key, t, &nonce, "example.com");
-            prop_assert_eq!(verify_own_id(&key, &id), OwnId::Valid(t));
         }
     }
 }

@@ -26,7 +26,8 @@ use crate::config::{Config, MailboxConfig, WatchConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, Imap, Wake};
 use crate::oauth2::Credentials;
-use crate::pipeline::{PrepPool, StoreThread};
+use crate::pipeline::{PrepPool, Rules};
+use crate::store::StoreThread;
 use crate::summary::SourceSummary;
 use crate::sync::{Pass, SyncOptions, catch_up};
 
@@ -71,6 +72,7 @@ pub async fn run(
         opts: SyncOptions {
             dry_run: false,
             ack,
+            rules: Arc::new(Rules::from_config(config)),
         },
         outbox_due: tokio::sync::Notify::new(),
         me: Arc::new(Identity {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use mailticket::classify::Identity;
 use mailticket::import::import_path;
-use mailticket::pipeline::process;
+use mailticket::pipeline::{Plan, Rules, process};
 use mailticket::store::{Origin, Outcome};
 use mailticket::summary::RunSummary;
 
@@ -50,9 +50,14 @@ pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
     let me = Identity {
         addresses: ctx.config.own_addresses(),
     };
+    let rules = Rules::from_config(&ctx.config);
     let mut summary = RunSummary::default();
     for p in &a.paths {
-        summary.push(import_path(&mut store, &me, p, ack.as_deref()));
+        let plan = Plan {
+            rules: &rules,
+            ack: ack.as_deref(),
+        };
+        summary.push(import_path(&mut store, &me, p, plan));
     }
     if let Some(smtp) = &smtp {
         let (_store, report) = super::drain_now(store, smtp)?;
@@ -122,7 +127,10 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
         &raw,
         &origin,
         mailticket::time::now(),
-        ack.as_deref(),
+        Plan {
+            rules: &Rules::from_config(&ctx.config),
+            ack: ack.as_deref(),
+        },
     );
     if let (Some(smtp), true) = (&smtp, stored.as_ref().is_ok_and(|s| s.acked)) {
         match super::drain_now(store, smtp) {

@@ -201,9 +201,7 @@ impl Ctx {
     }
 
     pub fn open_store(&self) -> anyhow::Result<Store> {
-        let mut store = Store::open(&self.db)?;
-        store.set_rules(mailticket::store::Rules::from_config(&self.config));
-        Ok(store)
+        Ok(Store::open(&self.db)?)
     }
 
     /// The mailboxes named by `--mailbox` (all when none is named); a usage error when there
@@ -299,7 +297,7 @@ pub fn drain_now(
     store: Store,
     smtp: &mailticket::outbound::smtp::Smtp,
 ) -> anyhow::Result<(Store, mailticket::outbound::DrainReport)> {
-    let (handle, join) = mailticket::pipeline::StoreThread::spawn(store)?;
+    let (handle, join) = mailticket::store::StoreThread::spawn(store)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -130,7 +130,9 @@ pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
     if store.ticket(a.id)?.is_none() {
         return Err(Usage(format!("no ticket {}", a.id)).into());
     }
-    let id = store.queue_reply(a.id, &body, &from, &ctx.config.own_addresses(), a.close)?;
+    let tag = mailticket::thread::tag_text(&ctx.config.threading.tag, a.id);
+    let own = ctx.config.own_addresses();
+    let id = store.queue_reply((a.id, &tag), &body, &from, &own, a.close)?;
     tracing::info!(ticket = a.id, outbox = id, "reply queued");
     let Some(smtp) = smtp else { return Ok(0) };
     let (_store, report) = drain_now(store, &smtp)?;

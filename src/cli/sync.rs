@@ -1,7 +1,10 @@
 //! `mailticket sync`: one pass over the mailboxes.
 
+use std::sync::Arc;
+
 use mailticket::lock::StoreLock;
-use mailticket::pipeline::StoreThread;
+use mailticket::pipeline::Rules;
+use mailticket::store::StoreThread;
 use mailticket::sync::{SyncOptions, run as sync_run};
 
 use super::{Ctx, print_json, print_summary};
@@ -43,6 +46,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let opts = SyncOptions {
         dry_run: a.dry_run,
         ack,
+        rules: Arc::new(Rules::from_config(&ctx.config)),
     };
     let mut summary = rt.block_on(sync_run(&ctx.config, &mailboxes, &handle, opts));
     if let (Some(smtp), false) = (&smtp, a.dry_run) {

@@ -6,7 +6,7 @@
 //! transactions keep the store whole either way.
 
 use mailticket::lock::StoreLock;
-use mailticket::pipeline::StoreThread;
+use mailticket::store::StoreThread;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;

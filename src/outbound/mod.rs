@@ -19,7 +19,7 @@ use crate::classify::{Classification, Kind};
 use crate::config::{AckConfig, Config};
 use crate::error::{Error, Result};
 use crate::message::ParsedMessage;
-use crate::pipeline::StoreThread;
+use crate::store::StoreThread;
 use template::AckTemplates;
 
 /// Parses `Name <addr>` or `addr`.

@@ -3,11 +3,12 @@
 //!
 //! Every message is written in ONE transaction together with the cursor advance, so a crash
 //! replays into a no-op. The store is synchronous: async callers run it on its own thread
-//! (see [`crate::pipeline::StoreThread`]). Nothing here talks to the network.
+//! (see [`StoreThread`]). Nothing here talks to the network.
 
 mod migrations;
 mod outbox;
 mod tickets;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -18,9 +19,10 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use outbox::{OutJob, OutboxRow};
 pub use tickets::{
-    AttachmentRow, Cursor, ImapPos, Incoming, MessageRow, Origin, Outcome, QuarantineRow,
-    TicketRow, decompress, pack,
+    AttachmentRow, Cursor, ImapPos, MessageRow, NewMessage, NewTicket, Origin, Outcome,
+    QuarantineRow, TicketRow, TicketState, decompress, pack,
 };
+pub use worker::{StoreJoin, StoreThread};
 
 use crate::error::{Error, Result};
 
@@ -33,30 +35,17 @@ pub struct Checkpointer {
     handle: std::thread::JoinHandle<()>,
 }
 
-/// The settings the store's judgements follow (threading, loop rate, undeliverable period).
-#[derive(Debug, Clone, Default)]
-pub struct Rules {
-    /// `[threading]`.
-    pub threading: crate::config::ThreadingConfig,
-    /// `[classify]`.
-    pub classify: crate::config::ClassifyConfig,
-}
-
-impl Rules {
-    /// The rules a config file asks for.
-    pub fn from_config(c: &crate::config::Config) -> Rules {
-        Rules {
-            threading: c.threading.clone(),
-            classify: c.classify.clone(),
-        }
-    }
+/// One write transaction, as the pipeline sees it: the reads its decisions need and the
+/// writes that record them (see the methods in `tickets.rs`). Opened by
+/// [`Store::transaction`]; it commits when the closure returns `Ok`.
+pub struct Tx<'a> {
+    c: &'a Connection,
+    key: &'a [u8],
 }
 
 /// An open store.
 pub struct Store {
     conn: Connection,
-    /// How to thread and judge.
-    rules: Rules,
     /// The key of our outbound Message-IDs.
     key: Vec<u8>,
     /// Everything since `begin_dry_run` is rolled back by `finish`.
@@ -106,7 +95,6 @@ impl Store {
             conn.query_row("SELECT key FROM store_key WHERE id = 1", [], |r| r.get(0))?;
         Ok(Store {
             conn,
-            rules: Rules::default(),
             key,
             dry_run: false,
             grouped: false,
@@ -166,6 +154,13 @@ impl Store {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Runs `f` in one write transaction (a savepoint inside a dry run or a group) and
+    /// commits it; an error rolls everything `f` wrote back.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let key = self.key.clone();
+        self.write(|c| f(&Tx { c, key: &key }))
     }
 
     /// Runs `f` in a write transaction (a savepoint inside a dry run or a group) and commits it.
@@ -236,7 +231,7 @@ impl Store {
 
     /// Moves WAL checkpoints (and their fsync) to a thread of their own, so the writer never
     /// waits for the disk. `None` for an in-memory store. Stop it with
-    /// [`Checkpointer::stop`] before this store is used on its own again.
+    /// [`Store::stop_checkpointer`] before this store is used on its own again.
     pub fn start_checkpointer(&mut self) -> Result<Option<Checkpointer>> {
         let Some(path) = self.file() else {
             return Ok(None);
@@ -272,15 +267,10 @@ impl Store {
         Ok(())
     }
 
-    /// Sets the rules for what follows (the defaults until called).
-    pub fn set_rules(&mut self, rules: Rules) {
-        self.rules = rules;
-    }
-
     /// A keyed Message-ID for an outgoing message of `ticket` (see
-    /// [`crate::thread::outbound_id`]); replies to it thread even without its outbound row.
+    /// [`crate::msgid::outbound_id`]); replies to it thread even without its outbound row.
     pub fn outbound_message_id(&self, ticket: i64, nonce: &str, domain: &str) -> String {
-        crate::thread::outbound_id(&self.key, ticket, nonce, domain)
+        crate::msgid::outbound_id(&self.key, ticket, nonce, domain)
     }
 
     /// The schema version of the open file.

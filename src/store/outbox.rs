@@ -14,11 +14,11 @@ use crate::outbound::template::{
 use crate::outbound::{AckPlan, Compose, compose, parse_mailbox};
 
 /// Our keyed Message-ID for a new outbound message on `ticket` (see
-/// [`crate::thread::outbound_id`]), with a random nonce so each message's id is unique.
+/// [`crate::msgid::outbound_id`]), with a random nonce so each message's id is unique.
 fn outbound_id(key: &[u8], ticket: i64, domain: &str) -> String {
     let mut nonce = [0u8; 6];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
-    crate::thread::outbound_id(key, ticket, &crate::message::hex(&nonce), domain)
+    crate::msgid::outbound_id(key, ticket, &crate::message::hex(&nonce), domain)
 }
 
 /// A row as `mailticket outbox` shows it.
@@ -147,15 +147,16 @@ fn skip(c: &Connection, ticket: i64, to: &str, reason: &str, now: i64) -> Result
     Ok(())
 }
 
-/// Decides on the acknowledgement of a message that just opened `ticket`, and queues it or
-/// records why not, inside the caller's transaction. Returns whether one was queued.
+/// Decides on the acknowledgement of a message that just opened `ticket` (whose subject tag
+/// is `tag`), and queues it or records why not, inside the caller's transaction. Returns
+/// whether one was queued.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn queue_ack(
     c: &Connection,
     plan: &AckPlan,
     p: &ParsedMessage,
     class: &crate::classify::Classification,
-    ticket: i64,
+    (ticket, tag): (i64, &str),
     mailbox: &str,
     now: i64,
     key: &[u8],
@@ -222,7 +223,7 @@ pub(super) fn queue_ack(
         ticket: TicketFields {
             id: ticket,
             subject,
-            tag: format!("[#{ticket}]"),
+            tag: tag.to_owned(),
         },
         customer: CustomerFields {
             name: customer.name.clone(),
@@ -273,12 +274,13 @@ pub(super) fn queue_ack(
 }
 
 impl Store {
-    /// Queues an agent reply on `ticket`: to the customer (Reply-To or From of the latest
-    /// inbound message), Cc whoever was in Cc minus our own addresses, threaded below that
-    /// message. Optionally closes the ticket in the same transaction.
+    /// Queues an agent reply on `ticket` (whose subject tag is `tag`): to the customer
+    /// (Reply-To or From of the latest inbound message), Cc whoever was in Cc minus our own
+    /// addresses, threaded below that message. Optionally closes the ticket in the same
+    /// transaction.
     pub fn queue_reply(
         &mut self,
-        ticket: i64,
+        (ticket, tag): (i64, &str),
         body: &str,
         from: &Mailbox,
         own: &[String],
@@ -335,7 +337,7 @@ impl Store {
                 .filter(|a| **a != ours && !own.contains(a) && **a != to_addr)
                 .filter_map(|a| parse_mailbox(a))
                 .collect();
-            let subject = format!("Re: [#{ticket}] {subject}");
+            let subject = format!("Re: {tag} {subject}");
             let message_id = outbound_id(&key, ticket, from.email.domain());
             let raw = compose(&Compose {
                 from,

@@ -3,7 +3,7 @@
 
 use mailticket::classify::{Identity, Kind, classify};
 use mailticket::message::parse;
-use mailticket::pipeline::process;
+use mailticket::pipeline::{Plan, Rules, process};
 use mailticket::store::{Origin, Outcome, Store};
 use mailticket::thread;
 
@@ -33,7 +33,11 @@ pub fn run(store: &mut Store, data: &[u8]) {
         mailbox: String::new(),
         imap: None,
     };
-    match process(store, &me, data, &origin, 0, None).map(|s| s.outcome) {
+    let plan = Plan {
+        rules: &Rules::default(),
+        ack: None,
+    };
+    match process(store, &me, data, &origin, 0, plan).map(|s| s.outcome) {
         Ok(Outcome::Created(_) | Outcome::Threaded(_) | Outcome::Duplicate(_)) => {}
         Ok(Outcome::Quarantined(_)) => {}
         Err(e) => panic!("the store refused a message: {e}"),

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use mailticket::classify::{Identity, classify};
 use mailticket::config::Config;
 use mailticket::message::parse;
-use mailticket::pipeline::process;
-use mailticket::store::{Origin, Outcome, Rules, Store};
+use mailticket::pipeline::{Plan, Rules, process};
+use mailticket::store::{Origin, Outcome, Store};
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
@@ -76,6 +76,7 @@ fn crlf(raw: &[u8]) -> Vec<u8> {
 /// One scenario's store and what its labels stand for.
 struct Scenario {
     store: Store,
+    rules: Rules,
     me: Identity,
     labels: BTreeMap<String, i64>,
 }
@@ -92,10 +93,9 @@ impl Scenario {
         if addresses.is_empty() {
             addresses.push("support@example.com".into());
         }
-        let mut store = Store::open_in_memory().unwrap();
-        store.set_rules(Rules::from_config(&config));
         Scenario {
-            store,
+            store: Store::open_in_memory().unwrap(),
+            rules: Rules::from_config(&config),
             me: Identity { addresses },
             labels: BTreeMap::new(),
         }
@@ -114,7 +114,11 @@ impl Scenario {
             mailbox: "support".into(),
             imap: None,
         };
-        let outcome = process(&mut self.store, &self.me, raw, &origin, 1_700_000_000, None)
+        let plan = Plan {
+            rules: &self.rules,
+            ack: None,
+        };
+        let outcome = process(&mut self.store, &self.me, raw, &origin, 1_700_000_000, plan)
             .unwrap()
             .outcome;
         let ticket = match outcome {

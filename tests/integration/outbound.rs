@@ -446,3 +446,30 @@ fn watch_acknowledges_new_mail_as_it_arrives() {
     w.signal("TERM");
     assert_eq!(outbox(&wd)[0]["status"], "sent");
 }
+
+#[test]
+fn a_configured_tag_marker_is_what_we_write_and_what_we_match() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = Workdir::with(&[dc.mailbox()]);
+    let base = std::fs::read_to_string(wd.config()).unwrap();
+    wd.write_raw_config(&format!(
+        "{base}\n{}\n[ack]\nenabled = true\nmax-age = 8640000000\n\n[threading]\ntag = \"Ticket#\"\n",
+        sink.smtp_toml()
+    ));
+    from_anna(&dc, "t1@customer.example", "Printer", "");
+    assert_eq!(wd.sync()["created"], 1);
+    let ack = &sink.messages()[0];
+    let subject = ack.header("Subject").unwrap();
+    assert!(subject.contains("[Ticket#1]"), "{subject}");
+    assert!(!subject.contains("[#1]"), "{subject}");
+
+    wd.mailticket(&["reply", "1", "--body", "Fixed."]).success();
+    let reply = sink.messages()[1].header("Subject").unwrap();
+    assert_eq!(reply, "Re: [Ticket#1] Printer");
+
+    // The customer writes again with only the tag to go by (a new mail, no In-Reply-To).
+    from_anna(&dc, "t2@customer.example", "Re: [Ticket#1] Printer", "");
+    let s = wd.sync();
+    assert_eq!(s["threaded"], 1, "{s}");
+    assert_eq!(wd.tickets().len(), 1);
+}
