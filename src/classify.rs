@@ -271,208 +271,257 @@ fn daemon_sender(m: &ParsedMessage) -> Option<String> {
     None
 }
 
-/// Judges a message.
+/// Judges a message: every family of signals in turn, then one verdict.
 pub fn classify(m: &ParsedMessage, me: &Identity) -> Classification {
-    let mut auto: Vec<String> = Vec::new();
-    let mut list: Vec<String> = Vec::new();
-    let mut bounce: Vec<String> = Vec::new();
-    let mut looped: Vec<String> = Vec::new();
-    // Signals too weak to decide on their own.
-    let mut weak: Vec<String> = Vec::new();
+    let mut s = Signals::default();
+    s.auto_reply_headers(m);
+    s.list_headers(m);
+    s.delivery_reports(m);
+    s.sender_shape(m);
+    s.subject_shapes(m);
+    s.loops(m, me);
+    s.verdict()
+}
 
-    // RFC 3834. "no" is explicitly a person.
-    if let Some(v) = m.header("auto-submitted") {
-        let word = v
-            .split(['(', ';'])
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if !word.is_empty() && word != "no" {
-            auto.push(format!("auto-submitted: {word}"));
-        }
-    }
-    // Outlook puts X-Auto-Response-Suppress on ordinary meeting and receipt-requesting mail
-    // too; only machines suppress "All", "OOF" or "AutoReply".
-    if let Some(v) = m.header("x-auto-response-suppress") {
-        let strong = v.split([',', ' ']).any(|p| {
-            let p = p.trim();
-            ["all", "oof", "autoreply"]
-                .iter()
-                .any(|s| p.eq_ignore_ascii_case(s))
-        });
-        let r = format!("x-auto-response-suppress: {v}");
-        if strong { auto.push(r) } else { weak.push(r) }
-    }
-    // Exchange stamps the mailbox whose inbox rule acted. A message from that mailbox is the
-    // rule's own reply; from anyone else it is their message, redirected by the rule.
-    if let Some(v) = m.header("x-ms-exchange-inbox-rules-loop") {
-        let by = v.trim().to_ascii_lowercase();
-        let r = format!("x-ms-exchange-inbox-rules-loop: {}", v.trim());
-        if m.from
-            .as_ref()
-            .is_some_and(|f| by.contains(f.address.as_str()))
-            || m.from.is_none()
-        {
-            auto.push(r);
-        } else {
-            weak.push(format!("{r} (redirected by a rule)"));
-        }
-    }
-    for h in AUTO_HEADERS {
-        if let Some(v) = m.header(h) {
-            let lv = v.trim().to_ascii_lowercase();
-            if !matches!(lv.as_str(), "no" | "false" | "0") {
-                auto.push(format!("{h}: {}", v.trim()));
+/// What the rules found, by the kind they point at. Each family of rules adds to it; the
+/// verdict is the strongest kind with a signal.
+#[derive(Debug, Default)]
+struct Signals {
+    auto: Vec<String>,
+    list: Vec<String>,
+    bounce: Vec<String>,
+    looped: Vec<String>,
+    /// Signals too weak to decide on their own.
+    weak: Vec<String>,
+    /// The sender is a mail system: the reason.
+    daemon: Option<String>,
+    /// `Return-Path: <>`.
+    null_sender: bool,
+    /// The sender never reads replies: the reason (blocks an acknowledgement on its own).
+    no_reply: Option<String>,
+}
+
+impl Signals {
+    /// RFC 3834 and the headers responders add (Exchange, Outlook, vacation programs).
+    fn auto_reply_headers(&mut self, m: &ParsedMessage) {
+        // "no" is explicitly a person.
+        if let Some(v) = m.header("auto-submitted") {
+            let word = v
+                .split(['(', ';'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if !word.is_empty() && word != "no" {
+                self.auto.push(format!("auto-submitted: {word}"));
             }
         }
-    }
-    for h in ["precedence", "x-precedence"] {
-        if let Some(v) = m.header(h) {
-            let v = v.trim().to_ascii_lowercase();
-            match v.as_str() {
-                "bulk" | "junk" | "list" => {
-                    list.push(format!("{h}: {v}"));
-                    weak.push(format!("{h}: {v}"));
+        // Outlook puts X-Auto-Response-Suppress on ordinary meeting and receipt-requesting
+        // mail too; only machines suppress "All", "OOF" or "AutoReply".
+        if let Some(v) = m.header("x-auto-response-suppress") {
+            let strong = v.split([',', ' ']).any(|p| {
+                let p = p.trim();
+                ["all", "oof", "autoreply"]
+                    .iter()
+                    .any(|s| p.eq_ignore_ascii_case(s))
+            });
+            let r = format!("x-auto-response-suppress: {v}");
+            if strong {
+                self.auto.push(r)
+            } else {
+                self.weak.push(r)
+            }
+        }
+        // Exchange stamps the mailbox whose inbox rule acted. A message from that mailbox is
+        // the rule's own reply; from anyone else it is their message, redirected by the rule.
+        if let Some(v) = m.header("x-ms-exchange-inbox-rules-loop") {
+            let by = v.trim().to_ascii_lowercase();
+            let r = format!("x-ms-exchange-inbox-rules-loop: {}", v.trim());
+            if m.from
+                .as_ref()
+                .is_none_or(|f| by.contains(f.address.as_str()))
+            {
+                self.auto.push(r);
+            } else {
+                self.weak.push(format!("{r} (redirected by a rule)"));
+            }
+        }
+        for h in AUTO_HEADERS {
+            if let Some(v) = m.header(h) {
+                let lv = v.trim().to_ascii_lowercase();
+                if !matches!(lv.as_str(), "no" | "false" | "0") {
+                    self.auto.push(format!("{h}: {}", v.trim()));
                 }
-                "auto_reply" | "auto-reply" => auto.push(format!("{h}: {v}")),
-                _ => {}
             }
         }
     }
-    for h in LIST_HEADERS {
-        if m.header(h).is_some() {
-            list.push((*h).to_owned());
+
+    /// `Precedence` and the list headers of RFC 2369 / 2919 and list software.
+    fn list_headers(&mut self, m: &ParsedMessage) {
+        for h in ["precedence", "x-precedence"] {
+            if let Some(v) = m.header(h) {
+                let v = v.trim().to_ascii_lowercase();
+                match v.as_str() {
+                    "bulk" | "junk" | "list" => {
+                        self.list.push(format!("{h}: {v}"));
+                        self.weak.push(format!("{h}: {v}"));
+                    }
+                    "auto_reply" | "auto-reply" => self.auto.push(format!("{h}: {v}")),
+                    _ => {}
+                }
+            }
+        }
+        for h in LIST_HEADERS {
+            if m.header(h).is_some() {
+                self.list.push((*h).to_owned());
+            }
         }
     }
 
-    // Delivery reports.
-    if m.content_type == "multipart/report" && m.report_type == "delivery-status" {
-        bounce.push("multipart/report; report-type=delivery-status".into());
-    } else if m.has_delivery_status {
-        bounce.push("message/delivery-status part".into());
-    } else if m.content_type == "multipart/report" && m.report_type == "disposition-notification" {
-        auto.push("multipart/report; report-type=disposition-notification".into());
-    }
-    if let Some(d) = m.dsn.as_ref().filter(|_| !bounce.is_empty()) {
-        for r in d.recipients.iter().take(5) {
-            bounce.push(
-                format!("dsn: action {} {}", r.action, r.status)
-                    .trim()
-                    .to_owned(),
-            );
+    /// Delivery and disposition reports (RFC 3464, RFC 8098) and `X-Failed-Recipients`.
+    fn delivery_reports(&mut self, m: &ParsedMessage) {
+        if m.content_type == "multipart/report" && m.report_type == "delivery-status" {
+            self.bounce
+                .push("multipart/report; report-type=delivery-status".into());
+        } else if m.has_delivery_status {
+            self.bounce.push("message/delivery-status part".into());
+        } else if m.content_type == "multipart/report"
+            && m.report_type == "disposition-notification"
+        {
+            self.auto
+                .push("multipart/report; report-type=disposition-notification".into());
+        }
+        if let Some(d) = m.dsn.as_ref().filter(|_| !self.bounce.is_empty()) {
+            for r in d.recipients.iter().take(5) {
+                let line = format!("dsn: action {} {}", r.action, r.status);
+                self.bounce.push(line.trim().to_owned());
+            }
+        }
+        if m.header("x-failed-recipients").is_some() {
+            self.bounce.push("x-failed-recipients".into());
         }
     }
-    if m.header("x-failed-recipients").is_some() {
-        bounce.push("x-failed-recipients".into());
+
+    /// Who sent it: a mail system, a null return path, a daemon's display name, a no-reply
+    /// address.
+    fn sender_shape(&mut self, m: &ParsedMessage) {
+        self.daemon = daemon_sender(m);
+        if let Some(r) = &self.daemon {
+            if r.contains("exchange system") {
+                self.weak.push(r.clone());
+            } else {
+                self.bounce.push(r.clone());
+            }
+        }
+        self.null_sender = m
+            .header("return-path")
+            .is_some_and(|v| matches!(v.trim(), "<>" | ""));
+        if self.null_sender {
+            self.weak.push("return-path: <>".into());
+        }
+        let from_name = m
+            .from
+            .as_ref()
+            .map(|f| f.name.to_lowercase())
+            .unwrap_or_default();
+        if DAEMON_NAMES.iter().any(|n| from_name.starts_with(n)) {
+            self.weak.push(format!("from name: {from_name}"));
+        }
+        self.no_reply = m
+            .reply_address()
+            .filter(|a| is_no_reply(&a.address))
+            .map(|a| format!("no-reply sender: {}", a.address));
+        if let Some(r) = &self.no_reply {
+            self.weak.push(r.clone());
+        }
     }
-    let daemon = daemon_sender(m);
-    if let Some(r) = &daemon {
-        if r.contains("exchange system") {
-            weak.push(r.clone());
+
+    /// Subject shapes ("Undeliverable", "Out of office"), which count only with another
+    /// signal; and a null return path on its own, last.
+    fn subject_shapes(&mut self, m: &ParsedMessage) {
+        // An attached original (message/rfc822, text/rfc822-headers) supports a non-delivery
+        // subject; an original merely quoted in the text needs one more signal.
+        if let Some(p) = subject_opens_with(&m.subject, NDR_SUBJECTS) {
+            let mut support: Vec<String> = self.weak.clone();
+            support.extend(self.auto.iter().cloned());
+            let original = m.original_anywhere();
+            let counts = original.as_ref().is_some_and(|o| {
+                o.source != "quoted text"
+                    || (o.message_id.is_some() && (!support.is_empty() || self.daemon.is_some()))
+            });
+            if let Some(o) = original.filter(|_| counts) {
+                support.push(format!("original message in {}", o.source));
+            }
+            if !support.is_empty() || !self.bounce.is_empty() {
+                self.bounce
+                    .push(format!("subject: non-delivery report ({p})"));
+                if self.bounce.len() == 1 {
+                    self.bounce.extend(support);
+                }
+            }
+        }
+        // Responders answer a person, never with list headers: "Vacation deals" from a list
+        // stays a list.
+        let has_list_headers = LIST_HEADERS.iter().any(|h| m.header(h).is_some());
+        if self.bounce.is_empty()
+            && !has_list_headers
+            && let Some(p) = subject_opens_with(&m.subject, OOF_SUBJECTS)
+            && !self.weak.is_empty()
+        {
+            self.auto.push(format!("subject: automatic reply ({p})"));
+            self.auto.extend(self.weak.iter().cloned());
+        }
+        // A null return path alone is a bounce we cannot read; with an auto-reply signal it
+        // is what RFC 3834 asks responders to send with.
+        if self.null_sender && self.bounce.is_empty() && self.auto.is_empty() {
+            self.bounce.push("return-path: <>".into());
+        }
+    }
+
+    /// Mail from ourselves, or marked by us with `X-Loop`.
+    fn loops(&mut self, m: &ParsedMessage, me: &Identity) {
+        if let Some(from) = &m.from
+            && me.is_own(&from.address)
+        {
+            self.looped.push("from: own address".into());
+        }
+        for h in ["x-loop", "x-no-loop"] {
+            for v in m.headers_named(h) {
+                let v = v.to_ascii_lowercase();
+                if me.addresses.iter().any(|a| v.contains(a.as_str())) {
+                    self.looped.push(format!("{h}: names us"));
+                }
+            }
+        }
+    }
+
+    /// The strongest kind with a signal (loop > bounce > auto-reply > list), and every rule
+    /// that fired, the deciding kind's first.
+    fn verdict(self) -> Classification {
+        let kind = if !self.looped.is_empty() {
+            Kind::Loop
+        } else if !self.bounce.is_empty() {
+            Kind::Bounce
+        } else if !self.auto.is_empty() {
+            Kind::AutoReply
+        } else if !self.list.is_empty() {
+            Kind::List
         } else {
-            bounce.push(r.clone());
-        }
-    }
-    let null_sender = m.header("return-path").is_some_and(|v| {
-        let v = v.trim();
-        v == "<>" || v.is_empty()
-    });
-    if null_sender {
-        weak.push("return-path: <>".into());
-    }
-    let from_name = m
-        .from
-        .as_ref()
-        .map(|f| f.name.to_lowercase())
-        .unwrap_or_default();
-    if DAEMON_NAMES.iter().any(|n| from_name.starts_with(n)) {
-        weak.push(format!("from name: {from_name}"));
-    }
-    let no_reply = m
-        .reply_address()
-        .filter(|a| is_no_reply(&a.address))
-        .map(|a| format!("no-reply sender: {}", a.address));
-    if let Some(r) = &no_reply {
-        weak.push(r.clone());
-    }
-
-    // Subject shapes count only with another signal. An attached original (message/rfc822,
-    // text/rfc822-headers) is one; an original merely quoted in the text needs one more.
-    if let Some(p) = subject_opens_with(&m.subject, NDR_SUBJECTS) {
-        let mut support: Vec<String> = weak.clone();
-        support.extend(auto.iter().cloned());
-        let original = m.original_anywhere();
-        let counts = original.as_ref().is_some_and(|o| {
-            o.source != "quoted text"
-                || (o.message_id.is_some() && (!support.is_empty() || daemon.is_some()))
-        });
-        if let Some(o) = original.filter(|_| counts) {
-            support.push(format!("original message in {}", o.source));
-        }
-        if !support.is_empty() || !bounce.is_empty() {
-            bounce.push(format!("subject: non-delivery report ({p})"));
-            if bounce.len() == 1 {
-                bounce.extend(support);
+            Kind::Normal
+        };
+        let mut groups = [self.looped, self.bounce, self.auto, self.list];
+        groups.sort_by_key(|g| g.is_empty());
+        let mut reasons: Vec<String> = Vec::new();
+        for r in groups.into_iter().flatten().chain(self.no_reply.clone()) {
+            if !reasons.contains(&r) {
+                reasons.push(r);
             }
         }
-    }
-    // Responders answer a person, never with list headers: "Vacation deals" from a list
-    // stays a list.
-    let has_list_headers = LIST_HEADERS.iter().any(|h| m.header(h).is_some());
-    if bounce.is_empty()
-        && !has_list_headers
-        && let Some(p) = subject_opens_with(&m.subject, OOF_SUBJECTS)
-        && !weak.is_empty()
-    {
-        auto.push(format!("subject: automatic reply ({p})"));
-        auto.extend(weak.iter().cloned());
-    }
-    // A null return path alone is a bounce we cannot read; with an auto-reply signal it is
-    // what RFC 3834 asks responders to send with.
-    if null_sender && bounce.is_empty() && auto.is_empty() {
-        bounce.push("return-path: <>".into());
-    }
-
-    if let Some(from) = &m.from
-        && me.is_own(&from.address)
-    {
-        looped.push("from: own address".into());
-    }
-    for h in ["x-loop", "x-no-loop"] {
-        for v in m.headers_named(h) {
-            let v = v.to_ascii_lowercase();
-            if me.addresses.iter().any(|a| v.contains(a.as_str())) {
-                looped.push(format!("{h}: names us"));
-            }
+        Classification {
+            kind,
+            reasons,
+            blocks_ack: self.no_reply.into_iter().collect(),
         }
-    }
-
-    let kind = if !looped.is_empty() {
-        Kind::Loop
-    } else if !bounce.is_empty() {
-        Kind::Bounce
-    } else if !auto.is_empty() {
-        Kind::AutoReply
-    } else if !list.is_empty() {
-        Kind::List
-    } else {
-        Kind::Normal
-    };
-    // Every rule that fired, the deciding kind's first.
-    let mut groups = [looped, bounce, auto, list];
-    groups.sort_by_key(|g| g.is_empty());
-    let mut reasons: Vec<String> = Vec::new();
-    for r in groups.into_iter().flatten().chain(no_reply.clone()) {
-        if !reasons.contains(&r) {
-            reasons.push(r);
-        }
-    }
-    let blocks_ack: Vec<String> = no_reply.into_iter().collect();
-    Classification {
-        kind,
-        reasons,
-        blocks_ack,
     }
 }
 

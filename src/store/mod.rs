@@ -5,6 +5,7 @@
 //! replays into a no-op. The store is synchronous: async callers run it on its own thread
 //! (see [`StoreThread`]). Nothing here talks to the network.
 
+mod codec;
 mod migrations;
 mod outbox;
 mod tickets;
@@ -16,11 +17,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
+pub use codec::{decompress, pack};
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use outbox::{OutJob, OutboxRow};
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, MessageRow, NewMessage, NewTicket, Origin, Outcome,
-    QuarantineRow, TicketRow, TicketState, decompress, pack,
+    QuarantineRow, TicketRow, TicketState,
 };
 pub use worker::{StoreJoin, StoreThread};
 

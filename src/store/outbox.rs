@@ -5,7 +5,7 @@ use lettre::message::Mailbox;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Store;
-use super::tickets::pack;
+use super::codec::pack;
 use crate::error::{Error, Result};
 use crate::message::{ParsedMessage, sha256};
 use crate::outbound::template::{

@@ -3,6 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::codec::decompress;
 use super::{Store, Tx};
 use crate::classify::{Classification, Kind};
 use crate::error::{Error, Result};
@@ -151,45 +152,6 @@ fn json_list(v: impl IntoIterator<Item = impl serde::Serialize>) -> String {
 
 fn from_json_list(s: &str) -> Vec<String> {
     serde_json::from_str(s).unwrap_or_default()
-}
-
-/// zstd level for raw messages: level 1 keeps compression well ahead of the network.
-const RAW_ZSTD_LEVEL: i32 = 1;
-
-thread_local! {
-    /// One compression context per thread: a fresh one per message costs more than
-    /// compressing a small message.
-    static PACKER: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Compresses a raw message for the store (CPU only; callable from any thread).
-pub fn pack(raw: &[u8]) -> Result<Vec<u8>> {
-    PACKER.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.is_none() {
-            *p = Some(
-                zstd::bulk::Compressor::new(RAW_ZSTD_LEVEL)
-                    .map_err(|e| Error::Other(format!("zstd: {e}")))?,
-            );
-        }
-        match p.as_mut() {
-            Some(c) => c
-                .compress(raw)
-                .map_err(|e| Error::Other(format!("zstd: {e}"))),
-            None => Err(Error::Other("zstd: no context".into())),
-        }
-    })
-}
-
-/// Restores a stored raw message.
-pub fn decompress(codec: &str, data: &[u8], size: usize) -> Result<Vec<u8>> {
-    match codec {
-        "zstd" => zstd::bulk::decompress(data, size.max(1))
-            .map_err(|e| Error::Other(format!("zstd: {e}"))),
-        "none" => Ok(data.to_vec()),
-        other => Err(Error::Other(format!("unknown codec {other}"))),
-    }
 }
 
 /// Advances the cursor past this message, inside the caller's transaction.
