@@ -11,7 +11,7 @@ use crate::message::{ParsedMessage, sha256};
 use crate::outbound::template::{
     AckContext, CustomerFields, MailboxFields, MessageFields, TicketFields,
 };
-use crate::outbound::{AckPlan, Compose, compose, parse_mailbox};
+use crate::outbound::{AckPlan, Compose, compose, parse_mailbox, short_subject};
 
 /// Our keyed Message-ID for a new outbound message on `ticket` (see
 /// [`crate::thread::outbound_id`]), with a random nonce so each message's id is unique.
@@ -221,7 +221,7 @@ pub(super) fn queue_ack(
     let ctx = AckContext {
         ticket: TicketFields {
             id: ticket,
-            subject,
+            subject: short_subject(&subject),
             tag: format!("[#{ticket}]"),
         },
         customer: CustomerFields {
@@ -234,13 +234,14 @@ pub(super) fn queue_ack(
         },
         message: MessageFields {
             date: crate::time::rfc3339(p.date.unwrap_or(now)),
-            subject: p.subject.clone(),
+            subject: short_subject(&p.subject),
         },
     };
-    let rendered = plan
+    let mut rendered = plan
         .templates
         .render(&ctx)
         .map_err(|e| Error::Other(format!("[ack]: {e}")))?;
+    rendered.subject = short_subject(&rendered.subject);
     let mut references = p.references.clone();
     references.push(p.message_id.clone());
     let message_id = outbound_id(key, ticket, &plan.domain());
@@ -335,7 +336,7 @@ impl Store {
                 .filter(|a| **a != ours && !own.contains(a) && **a != to_addr)
                 .filter_map(|a| parse_mailbox(a))
                 .collect();
-            let subject = format!("Re: [#{ticket}] {subject}");
+            let subject = short_subject(&format!("Re: [#{ticket}] {subject}"));
             let message_id = outbound_id(&key, ticket, from.email.domain());
             let raw = compose(&Compose {
                 from,

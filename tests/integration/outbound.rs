@@ -446,3 +446,35 @@ fn watch_acknowledges_new_mail_as_it_arrives() {
     w.signal("TERM");
     assert_eq!(outbox(&wd)[0]["status"], "sent");
 }
+
+#[test]
+fn a_huge_subject_and_a_folded_reference_still_make_a_well_formed_acknowledgement() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    let huge = "Printer ".repeat(1 << 17) + &"x".repeat(1 << 20);
+    from_anna(
+        &dc,
+        "huge@customer.example",
+        &huge,
+        "References: <first@customer.example>\r\n <a-rather-long-message-id-folded@\r\n customer.example>\r\n",
+    );
+    let s = wd.sync();
+    assert_eq!(s["outbox"]["sent"], 1, "{s}");
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    let head = m.raw.split("\r\n\r\n").next().unwrap();
+    for line in head.split("\r\n") {
+        assert!(line.len() <= 998, "a {}-byte header line", line.len());
+        assert!(!line.trim().is_empty(), "an empty header line in {head}");
+    }
+    assert!(m.raw.len() < 20_000, "{} bytes", m.raw.len());
+    let subject = m.header("Subject").unwrap();
+    assert!(subject.starts_with("[#1] Printer Printer"), "{subject}");
+    assert_eq!(
+        m.header("References").unwrap(),
+        "<first@customer.example> <a-rather-long-message-id-folded@customer.example> \
+         <huge@customer.example>"
+    );
+    assert_eq!(m.header("In-Reply-To").unwrap(), "<huge@customer.example>");
+}
