@@ -233,8 +233,11 @@ pub struct DrainReport {
     pub failed: u64,
     /// Put back for a later attempt (4xx, connection, TLS).
     pub deferred: u64,
-    /// Rows left in `sending` by an interrupted run: not resent.
+    /// Rows found in `sending` by an interrupted run (or an earlier uncertain send), whose
+    /// sender is gone: not resent.
     pub stuck: u64,
+    /// Sent, but no answer came after the final dot: left in `sending`, not resent.
+    pub uncertain: u64,
     /// One line per problem.
     pub errors: Vec<String>,
 }
@@ -249,7 +252,8 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
                 tracing::warn!(
                     outbox = row.id,
                     ticket = row.ticket_id,
-                    "found in 'sending' after an interruption: not resent; check `mailticket outbox` and use --retry if it never arrived"
+                    "found in 'sending' after an interruption: not resent; check `mailticket outbox` and use `mailticket outbox --retry {}` if it never arrived",
+                    row.id
                 );
             }
             report.stuck = stuck.len() as u64;
@@ -257,7 +261,9 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
         Err(e) => report.errors.push(e.to_string()),
     }
     loop {
-        let claimed = store.call(move |s| s.outbox_claim_next(now)).await;
+        // The claim outlives any one send: a live process is never taken for a dead one.
+        let lease = i64::try_from(smtp.timeout().as_secs()).unwrap_or(3600) + 60;
+        let claimed = store.call(move |s| s.outbox_claim_next(now, lease)).await;
         let job = match claimed {
             Ok(Some(job)) => job,
             Ok(None) => break,
@@ -279,6 +285,16 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
                 tracing::error!(outbox = id, ticket = job.ticket_id, reply = %reply, "refused by the server");
                 report.errors.push(format!("outbox {id}: refused: {reply}"));
                 store.call(move |s| s.outbox_failed(id, &reply)).await
+            }
+            smtp::Sent::Uncertain(why) => {
+                report.uncertain += 1;
+                tracing::error!(outbox = id, ticket = job.ticket_id, error = %why,
+                    "no answer after the message was sent: it may have been delivered; left in 'sending', not resent");
+                report.errors.push(format!(
+                    "outbox {id}: {why}; it may have been delivered: left in 'sending' \
+                     (check, then `mailticket outbox --retry {id}`)"
+                ));
+                store.call(move |s| s.outbox_uncertain(id, &why)).await
             }
             smtp::Sent::Later(why) => {
                 report.deferred += 1;

@@ -44,6 +44,28 @@ pub struct OutboxRow {
     pub created_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// In `sending` and claimed by a process that is alive, within its claim: being sent
+    /// right now. A `sending` row that is not is stuck (interrupted, or no answer after the
+    /// message went out).
+    pub sending_now: bool,
+}
+
+/// What `outbox --retry ID` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// Back in the queue, due now.
+    Queued,
+    /// No such row, or one that was sent or skipped.
+    NotRetryable,
+    /// Another process is sending it at this moment (its `PID:START`): retrying now could send
+    /// it twice.
+    SendingNow(String),
+}
+
+/// Whether a claim on a `sending` row still holds: its process runs and its lease has not run
+/// out.
+fn claim_holds(claimed_by: &str, claimed_until: i64, now: i64) -> bool {
+    claimed_until > now && crate::lock::process_alive(claimed_by)
 }
 
 /// A claimed row, ready to send.
@@ -362,9 +384,12 @@ impl Store {
         })
     }
 
-    /// Rows left in `sending` by an interrupted run.
+    /// Rows stuck in `sending`: interrupted, or sent without an answer. Not those that a live
+    /// process is sending right now.
     pub fn outbox_stuck(&self) -> Result<Vec<OutboxRow>> {
-        self.outbox_rows("WHERE status = 'sending'")
+        let mut rows = self.outbox_rows("WHERE status = 'sending'")?;
+        rows.retain(|r| !r.sending_now);
+        Ok(rows)
     }
 
     /// The queue: everything not yet sent first, then the newest.
@@ -373,16 +398,21 @@ impl Store {
     }
 
     fn outbox_rows(&self, tail: &str) -> Result<Vec<OutboxRow>> {
+        let now = crate::time::now();
         let mut s = self.conn.prepare(&format!(
             "SELECT id, ticket_id, kind, status, rcpt_to, reason, smtp_reply, attempts, created_at,
-                    updated_at FROM outbox {tail}"
+                    updated_at, claimed_by, claimed_until FROM outbox {tail}"
         ))?;
         let rows = s.query_map([], |r| {
+            let status: String = r.get(3)?;
+            let claimed_by: String = r.get(10)?;
+            let claimed_until: i64 = r.get(11)?;
             Ok(OutboxRow {
+                sending_now: status == "sending" && claim_holds(&claimed_by, claimed_until, now),
                 id: r.get(0)?,
                 ticket_id: r.get(1)?,
                 kind: r.get(2)?,
-                status: r.get(3)?,
+                status,
                 to: r.get(4)?,
                 reason: r.get(5)?,
                 smtp_reply: r.get(6)?,
@@ -394,8 +424,10 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Takes the next due `pending` row and commits it as `sending` before anything is sent.
-    pub fn outbox_claim_next(&mut self, now: i64) -> Result<Option<OutJob>> {
+    /// Takes the next due `pending` row and commits it as `sending`, claimed by this process
+    /// for `lease` seconds (longer than one send may take), before anything is sent.
+    pub fn outbox_claim_next(&mut self, now: i64, lease: i64) -> Result<Option<OutJob>> {
+        let me = crate::lock::process_tag();
         let row: Option<(i64, i64, Option<i64>, String, String)> = self.write(|c| {
             let row = c
                 .query_row(
@@ -407,9 +439,10 @@ impl Store {
                 .optional()?;
             if let Some((id, ..)) = &row {
                 c.execute(
-                    "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2
+                    "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2,
+                       claimed_by = ?3, claimed_until = ?4
                      WHERE id = ?1",
-                    params![id, now],
+                    params![id, now, me, now.saturating_add(lease)],
                 )?;
             }
             Ok(row)
@@ -467,15 +500,46 @@ impl Store {
         self.outbox_set(id, "pending", "", why, now + backoff(attempts))
     }
 
-    /// `outbox --retry ID`: a failed, stuck or deferred row goes back to `pending`, due now.
-    pub fn outbox_retry(&mut self, id: i64) -> Result<bool> {
+    /// The message went out but no answer came (a timeout or a lost connection after the
+    /// final dot): it may have been delivered. The row stays in `sending`, released, so that
+    /// it is reported as stuck and only `outbox --retry` sends it again.
+    pub fn outbox_uncertain(&mut self, id: i64, why: &str) -> Result<()> {
+        let reason = format!(
+            "{why}; it may have been delivered: check with the recipient, then \
+             `mailticket outbox --retry {id}` to send it again"
+        );
+        self.outbox_set(id, "sending", "", &reason, 0)
+    }
+
+    /// `outbox --retry ID`: a failed, stuck or deferred row goes back to `pending`, due now;
+    /// not one that a live process is sending at this moment.
+    pub fn outbox_retry(&mut self, id: i64) -> Result<Retry> {
         let now = crate::time::now();
         self.write(|c| {
-            Ok(c.execute(
-                "UPDATE outbox SET status = 'pending', next_attempt_at = 0, updated_at = ?2
+            let row: Option<(String, String, i64)> = c
+                .query_row(
+                    "SELECT status, claimed_by, claimed_until FROM outbox WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((status, by, until)) = row else {
+                return Ok(Retry::NotRetryable);
+            };
+            if status == "sending" && claim_holds(&by, until, now) {
+                return Ok(Retry::SendingNow(by));
+            }
+            let n = c.execute(
+                "UPDATE outbox SET status = 'pending', next_attempt_at = 0, updated_at = ?2,
+                   claimed_by = '', claimed_until = 0
                  WHERE id = ?1 AND status IN ('failed', 'sending', 'pending')",
                 params![id, now],
-            )? == 1)
+            )?;
+            Ok(if n == 1 {
+                Retry::Queued
+            } else {
+                Retry::NotRetryable
+            })
         })
     }
 
@@ -491,7 +555,7 @@ impl Store {
         self.write(|c| {
             c.execute(
                 "UPDATE outbox SET status = ?2, smtp_reply = ?3, reason = ?4, next_attempt_at = ?5,
-                   updated_at = ?6 WHERE id = ?1",
+                   updated_at = ?6, claimed_by = '', claimed_until = 0 WHERE id = ?1",
                 params![id, status, reply, reason, next, now],
             )?;
             Ok(())
