@@ -3,9 +3,12 @@
 //!
 //! Everything we send goes through the outbox in the store. An acknowledgement is queued in
 //! the same transaction that creates its ticket; [`drain`] sends the queue: `pending` →
-//! `sending` (committed before SMTP DATA) → `sent` | `failed` (5xx) | back to `pending` with
-//! backoff (4xx, connection, TLS). A row found in `sending` was interrupted after DATA may have
-//! begun: it is reported and never resent on its own (at most once).
+//! `sending` (committed before SMTP DATA, claimed by this process) → `sent` | `failed` (5xx) |
+//! back to `pending` with backoff (4xx, connection, TLS, timeout: all before the final dot). A
+//! timeout or lost connection after the final dot leaves the row in `sending` (the server may
+//! have it). A `sending` row whose claimer is gone was interrupted after DATA may have begun:
+//! it is reported and never resent on its own (at most once); one claimed by a live process is
+//! being sent right now and left alone.
 
 pub mod smtp;
 pub mod template;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use migrations::LATEST as SCHEMA_VERSION;
-pub use outbox::{OutJob, OutboxRow, Retry};
+pub use outbox::{OutJob, OutboxRow, Retry, claim_holds};
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, Incoming, MessageRow, Origin, Outcome, QuarantineRow,
     TicketRow, decompress, pack,

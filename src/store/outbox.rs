@@ -1,5 +1,6 @@
 //! The outbox: acknowledgements queued with their ticket, agent replies, and the send states
-//! `pending` → `sending` → `sent` | `failed` (or back to `pending` with a later attempt).
+//! `pending` → `sending` → `sent` | `failed` (or back to `pending` with a later attempt). A
+//! `sending` row records who claimed it and until when: stuck, or being sent right now.
 
 use lettre::message::Mailbox;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -64,7 +65,7 @@ pub enum Retry {
 
 /// Whether a claim on a `sending` row still holds: its process runs and its lease has not run
 /// out.
-fn claim_holds(claimed_by: &str, claimed_until: i64, now: i64) -> bool {
+pub fn claim_holds(claimed_by: &str, claimed_until: i64, now: i64) -> bool {
     claimed_until > now && crate::lock::process_alive(claimed_by)
 }
 
