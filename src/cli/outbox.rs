@@ -74,6 +74,7 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
             sent = report.sent,
             failed = report.failed,
             deferred = report.deferred,
+            uncertain = report.uncertain,
             "outbox sent"
         );
         if !report.errors.is_empty() {
