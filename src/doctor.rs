@@ -254,12 +254,24 @@ fn check_store(r: &mut Report, db: &Path) {
         ),
         Err(e) => r.fail("store", "lock", &e, "make the database's folder writable"),
     }
+    // A row that a live process is sending right now is neither stuck nor failed.
+    let now = crate::time::now();
     let stuck = rusqlite::Connection::open_with_flags(db, flags).and_then(|c| {
-        c.query_row(
-            "SELECT count(*) FROM outbox WHERE status IN ('sending', 'failed')",
-            [],
-            |row| row.get::<_, i64>(0),
-        )
+        let mut s = c.prepare(
+            "SELECT status, claimed_by, claimed_until FROM outbox
+             WHERE status IN ('sending', 'failed')",
+        )?;
+        let rows = s.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        let mut n = 0;
+        for row in rows {
+            let (status, by, until): (String, String, i64) = row?;
+            if status == "failed" || !crate::store::claim_holds(&by, until, now) {
+                n += 1;
+            }
+        }
+        Ok(n)
     });
     match stuck {
         Ok(0) => r.ok("store", "outbox", "nothing stuck or failed".into()),

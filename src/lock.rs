@@ -71,9 +71,62 @@ impl StoreLock {
     }
 }
 
+/// This process as a claimer of work in the store: `PID:START`, where START is the process's
+/// start time in clock ticks since boot (Linux `/proc/self/stat`), so a reused pid is not
+/// mistaken for us. Just `PID` where there is no `/proc`.
+pub fn process_tag() -> String {
+    let pid = std::process::id();
+    match start_time(pid) {
+        Some(start) => format!("{pid}:{start}"),
+        None => pid.to_string(),
+    }
+}
+
+/// Whether the process named by a [`process_tag`] still runs on this machine. An empty or
+/// unreadable tag is not alive; without `/proc` a tag with a pid is taken to be alive (the
+/// caller's lease decides then).
+pub fn process_alive(tag: &str) -> bool {
+    let (pid, start) = match tag.split_once(':') {
+        Some((pid, start)) => (pid, Some(start)),
+        None => (tag, None),
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if !Path::new("/proc/self/stat").exists() {
+        return true;
+    }
+    match (start_time(pid), start) {
+        (None, _) => false,
+        (Some(now), Some(then)) => now.to_string() == then,
+        (Some(_), None) => true,
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: the start time, counted after the command name (which may
+/// hold spaces and parentheses).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_finished_one_or_a_reused_pid_is_not() {
+        let me = process_tag();
+        assert!(process_alive(&me), "{me}");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let tag = format!("{}:{}", child.id(), start_time(child.id()).unwrap_or(1));
+        child.wait().unwrap();
+        assert!(!process_alive(&tag), "{tag}");
+        let pid = std::process::id();
+        assert!(!process_alive(&format!("{pid}:1")), "a reused pid");
+        assert!(!process_alive(""));
+    }
 
     #[test]
     fn second_taker_is_refused_until_the_first_lets_go() {
@@ -93,7 +146,13 @@ mod tests {
             other => panic!("expected Locked, got {other:?}"),
         }
         drop(first);
-        StoreLock::acquire(&db, "watch").unwrap();
+        // A child forked by another test at this moment holds the lock file's descriptor
+        // until its exec closes it: allow it that moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Err(e) = StoreLock::acquire(&db, "watch") {
+            assert!(std::time::Instant::now() < deadline, "{e}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -668,10 +668,7 @@ fn ids(v: &HeaderValue<'_>) -> Vec<String> {
         HeaderValue::TextList(l) => l.iter().map(ToString::to_string).collect(),
         _ => Vec::new(),
     };
-    raw.iter()
-        .map(|s| clean_id(s))
-        .filter(|s| !s.is_empty())
-        .collect()
+    raw.iter().flat_map(|s| clean_ids(s)).collect()
 }
 
 /// At most this many ids of an In-Reply-To or References header are used for threading:
@@ -687,13 +684,34 @@ fn capped(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
-/// A message id without angle brackets or surrounding space.
+/// The ids in one item of a Message-ID list as the parser hands it over (brackets gone):
+/// usually one id, possibly folded across lines (`<long@\r\n example.com>`) or, without
+/// brackets, several separated by space. A fold or space inside an id is removed: ids hold
+/// no white space, and writing one back with its fold would make a malformed header.
+pub fn clean_ids(item: &str) -> Vec<String> {
+    let words: Vec<&str> = item
+        .split(|c: char| c.is_whitespace() || c == '<' || c == '>')
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.len() > 1 && words.iter().all(|w| w.contains('@') && !w.ends_with('@')) {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    } else {
+        Some(words.concat())
+            .filter(|id| !id.is_empty())
+            .into_iter()
+            .collect()
+    }
+}
+
+/// A message id without angle brackets, and without the space or line folds a long one may
+/// have been folded with.
 pub fn clean_id(id: &str) -> String {
     id.trim()
         .trim_start_matches('<')
         .trim_end_matches('>')
-        .trim()
-        .to_owned()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()
 }
 
 fn derived_id(fp: &[u8; 32]) -> String {
@@ -804,6 +822,27 @@ mod tests {
         let m = parse(raw).unwrap();
         assert_eq!(m.header("x-autoreply"), Some("ja \u{fffd}"));
         assert_eq!(m.header("auto-submitted"), Some("auto-replied"));
+    }
+
+    #[test]
+    fn folded_ids_are_unfolded_and_bare_lists_split() {
+        assert_eq!(
+            clean_ids("long-id@\r\n example.com"),
+            ["long-id@example.com"]
+        );
+        assert_eq!(
+            clean_ids("long-id\r\n\t@example.com"),
+            ["long-id@example.com"]
+        );
+        assert_eq!(clean_ids(" a@x  b@y "), ["a@x", "b@y"]);
+        assert_eq!(clean_ids("<a@x>"), ["a@x"]);
+        assert!(clean_ids(" \r\n ").is_empty());
+        let raw = "From: a@b\r\nMessage-ID: <m@x>\r\nIn-Reply-To: <p@\r\n x>\r\n\
+            References: <r1@x>\r\n <a-long-one\r\n @example.com>\r\n\t<p@\r\n x>\r\n\r\nbody\r\n";
+        let m = parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.references, ["r1@x", "a-long-one@example.com", "p@x"]);
+        assert_eq!(m.in_reply_to, ["p@x"]);
+        assert_eq!(clean_id(" <m-long\r\n @x> "), "m-long@x");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! the output of a command. A secret never appears in `Debug` output or in logs.
 
 use std::fmt;
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -49,9 +51,18 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// How long a secret command may run when its section names no `timeout`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Secret {
     /// Reads the secret now. `what` names its use in the error ("mailbox support password").
+    /// A command gets [`COMMAND_TIMEOUT`].
     pub fn resolve(&self, what: &str) -> Result<Revealed> {
+        self.resolve_within(what, COMMAND_TIMEOUT)
+    }
+
+    /// [`Secret::resolve`], killing a command that has not finished within `limit`.
+    pub fn resolve_within(&self, what: &str, limit: Duration) -> Result<Revealed> {
         let err = |message: String| Error::Secret {
             what: what.to_owned(),
             message,
@@ -64,29 +75,78 @@ impl Secret {
                 .map_err(|e| err(format!("{}: {e}", path.display())))?
                 .trim_end_matches(['\r', '\n'])
                 .to_owned(),
-            Secret::Source(SecretSource::Command(argv)) => {
-                let (prog, args) = argv
-                    .split_first()
-                    .ok_or_else(|| err("empty command".to_owned()))?;
-                let out = Command::new(prog)
-                    .args(args)
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .map_err(|e| err(format!("cannot run {prog}: {e}")))?;
-                if !out.status.success() {
-                    return Err(err(format!("{prog} exited with {}", out.status)));
-                }
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned()
-            }
+            Secret::Source(SecretSource::Command(argv)) => run_command(argv, limit).map_err(err)?,
         };
         if value.is_empty() {
             return Err(err("it is empty".to_owned()));
         }
         Ok(Revealed(value))
+    }
+}
+
+/// Runs a secret command and returns the first line of its output; kills it after `limit`,
+/// so a command that hangs (a prompt nobody answers, a dead network share) fails the run
+/// instead of holding it, and cron runs do not pile up behind it.
+fn run_command(argv: &[String], limit: Duration) -> std::result::Result<String, String> {
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| "empty command".to_owned())?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    // Read on a thread of its own: a full pipe must not stall the child, and a grandchild that
+    // keeps the pipe open after the kill must not stall us.
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut s) = stdout {
+            let _ = s.read_to_end(&mut out);
+        }
+        let _ = tx.send(out);
+    });
+    let status = wait_for(&mut child, limit).ok_or_else(|| {
+        format!(
+            "{prog} did not finish within {} s and was killed",
+            limit.as_secs_f64()
+        )
+    })?;
+    let status = status.map_err(|e| format!("waiting for {prog}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{prog} exited with {status}"));
+    }
+    let out = rx
+        .recv_timeout(Duration::from_secs(1))
+        .map_err(|_| format!("{prog} exited but left its output open"))?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned())
+}
+
+/// The child's exit status, or `None` (and the child killed and reaped) after `limit`.
+fn wait_for(
+    child: &mut Child,
+    limit: Duration,
+) -> Option<std::io::Result<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(Ok(status)),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Err(e) => return Some(Err(e)),
+        }
     }
 }
 
@@ -135,5 +195,25 @@ mod tests {
                 .to_string();
         assert!(e.contains("MAILTICKET_TEST_UNSET_VAR"), "{e}");
         assert!(toml::from_str::<T>(r#"s = { nope = "x" }"#).is_err());
+    }
+
+    #[test]
+    fn a_hanging_command_is_killed_after_its_limit() {
+        let t: T = toml::from_str(r#"s = { command = ["sleep", "1000"] }"#).unwrap();
+        let start = Instant::now();
+        let e =
+            t.s.resolve_within("mailbox support password", Duration::from_millis(300))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(e.contains("mailbox support password"), "{e}");
+        assert!(e.contains("did not finish within 0.3 s"), "{e}");
+        let t: T = toml::from_str(r#"s = { command = ["false"] }"#).unwrap();
+        let e = t.s.resolve("x").unwrap_err().to_string();
+        assert!(e.contains("exited with"), "{e}");
     }
 }

@@ -151,11 +151,12 @@ async fn drain_outbox(
 ) {
     loop {
         let report = crate::outbound::drain(&shared.store, smtp).await;
-        if report.sent + report.failed + report.deferred > 0 {
+        if report.sent + report.failed + report.deferred + report.uncertain > 0 {
             tracing::info!(
                 sent = report.sent,
                 failed = report.failed,
                 deferred = report.deferred,
+                uncertain = report.uncertain,
                 "outbox"
             );
         }

@@ -139,8 +139,14 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Crates whose trace output carries what goes over the wire, AUTHENTICATE and LOGIN lines
+/// (passwords, tokens) included: never logged below `debug`, whatever `MAILTICKET_LOG` says.
+const WIRE_LOGGERS: &[&str] = &["async_imap", "imap_proto", "lettre"];
+
 pub fn init_tracing(args: &Args) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt};
     let level = match i16::from(args.verbose) - i16::from(args.quiet) {
         i16::MIN..=-2 => "error",
         -1 => "warn",
@@ -148,22 +154,33 @@ pub fn init_tracing(args: &Args) {
         1 => "debug",
         _ => "trace",
     };
-    let mut filter = EnvFilter::try_from_env("MAILTICKET_LOG")
+    let filter = EnvFilter::try_from_env("MAILTICKET_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("mailticket={level},warn")));
-    // async-imap traces every command it writes, AUTHENTICATE responses (tokens, passwords)
-    // included: capped below trace whatever MAILTICKET_LOG says (a later directive for the
-    // same target replaces the user's).
-    if let Ok(cap) = "async_imap=debug".parse() {
-        filter = filter.add_directive(cap);
-    }
+    // A second filter beside the user's: an event is written only when both let it through,
+    // so no directive of the user's (`async_imap::imap_stream=trace`) can lift this cap.
+    let cap = WIRE_LOGGERS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, name| t.with_target(*name, LevelFilter::DEBUG),
+    );
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(cap);
     match args.log_format {
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_ansi(ansi)
+                    .with_target(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
     }
 }
 

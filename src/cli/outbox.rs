@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use mailticket::store::{OutboxRow, Retry};
 use mailticket::time::rfc3339;
 use serde_json::json;
 
@@ -45,10 +46,23 @@ pub struct StatusArgs {
 pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
     let mut store = ctx.open_store()?;
     let mut code = 0;
-    if let Some(id) = a.retry
-        && !store.outbox_retry(id)?
-    {
-        return Err(Usage(format!("outbox row {id} is not failed, pending or stuck")).into());
+    if let Some(id) = a.retry {
+        match store.outbox_retry(id)? {
+            Retry::Queued => {}
+            Retry::NotRetryable => {
+                return Err(
+                    Usage(format!("outbox row {id} is not failed, pending or stuck")).into(),
+                );
+            }
+            Retry::SendingNow(by) => {
+                let pid = by.split(':').next().unwrap_or(&by);
+                anyhow::bail!(
+                    "outbox row {id} is being sent right now (by process {pid}); not retried, \
+                     which could send it twice: look again with `mailticket outbox` once it \
+                     is done"
+                );
+            }
+        }
     }
     if a.retry.is_some() || a.send {
         let Some(smtp) = super::smtp(ctx)? else {
@@ -60,6 +74,7 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
             sent = report.sent,
             failed = report.failed,
             deferred = report.deferred,
+            uncertain = report.uncertain,
             "outbox sent"
         );
         if !report.errors.is_empty() {
@@ -74,7 +89,8 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
                 json!({"id": r.id, "ticket": r.ticket_id, "kind": r.kind, "status": r.status,
                        "to": r.to, "reason": r.reason, "smtp_reply": r.smtp_reply,
                        "attempts": r.attempts, "created_at": rfc3339(r.created_at),
-                       "updated_at": rfc3339(r.updated_at)})
+                       "updated_at": rfc3339(r.updated_at), "sending_now": r.sending_now,
+                       "detail": detail(r)})
             })
             .collect();
         print_json(&v)?;
@@ -89,11 +105,6 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
         "TO"
     );
     for r in &rows {
-        let detail = if r.smtp_reply.is_empty() {
-            &r.reason
-        } else {
-            &r.smtp_reply
-        };
         outln!(
             "{:>5}  {:>6}  {:<5}  {:<8}  {:<30}  {}",
             r.id,
@@ -101,10 +112,25 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
             r.kind,
             r.status,
             r.to,
-            detail
+            detail(r)
         );
     }
     Ok(code)
+}
+
+/// What a row's DETAIL column says: the server's reply, the reason, or for a row in
+/// `sending` whether it is going out right now or stuck, and how to retry it.
+fn detail(r: &OutboxRow) -> String {
+    match (r.status.as_str(), r.sending_now) {
+        ("sending", true) => "being sent right now".to_owned(),
+        ("sending", false) if r.reason.is_empty() => format!(
+            "interrupted while sending: it may have been delivered; check with the recipient, \
+             then `mailticket outbox --retry {}` to send it again",
+            r.id
+        ),
+        _ if r.smtp_reply.is_empty() => r.reason.clone(),
+        _ => r.smtp_reply.clone(),
+    }
 }
 
 pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {

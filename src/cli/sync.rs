@@ -34,10 +34,14 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     } else {
         Some(StoreLock::acquire(&ctx.db, "sync")?)
     };
-    let mut store = ctx.open_store()?;
-    if a.dry_run {
-        store.begin_dry_run()?;
-    }
+    // A dry run works on a private copy: it never holds the store's write lock.
+    let store = if a.dry_run {
+        let mut copy = mailticket::store::Store::open_copy(&ctx.db)?;
+        copy.begin_dry_run()?;
+        copy
+    } else {
+        ctx.open_store()?
+    };
     let (handle, join) = StoreThread::spawn(store)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

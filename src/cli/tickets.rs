@@ -187,17 +187,48 @@ fn save_attachments(
         for (att, data) in &found {
             // Names were made safe when parsed; the check costs nothing to repeat.
             let name = mailticket::message::safe_filename(&att.filename);
-            let mut path = dir.join(&name);
-            let mut n = 1;
-            while path.exists() {
-                n += 1;
-                path = dir.join(format!("{n}-{name}"));
-            }
-            std::fs::write(&path, data)?;
+            let path = write_new(dir, &name, data)?;
             tracing::info!(path = %path.display(), "saved attachment");
         }
     }
     Ok(())
+}
+
+/// `O_NOFOLLOW` on Linux (x86_64, aarch64 and most others): a final symlink is an error.
+const O_NOFOLLOW: i32 = 0o400_000;
+
+/// Writes `data` to a file in `dir` that did not exist before, named `name`, else `2-name`,
+/// `3-name`, ... The file is created with create-new semantics (`O_CREAT | O_EXCL`, plus
+/// `O_NOFOLLOW`): a name that is taken, by a file or by a link planted there (even one that
+/// points nowhere), is never opened, so nothing is written outside `dir` or over a file.
+fn write_new(dir: &std::path::Path, name: &str, data: &[u8]) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    for n in 1..=1000 {
+        let path = match n {
+            1 => dir.join(name),
+            n => dir.join(format!("{n}-{name}")),
+        };
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(&path);
+        match opened {
+            Ok(mut f) => {
+                f.write_all(data)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "{}: 1000 files named like {name} exist already",
+        dir.display()
+    ))
 }
 
 pub fn quarantine(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {

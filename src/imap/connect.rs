@@ -130,7 +130,7 @@ pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
 pub fn password(mb: &MailboxConfig) -> Result<Revealed> {
     let what = format!("mailbox {} password", mb.name);
     match &mb.password {
-        Some(secret) => secret.resolve(&what),
+        Some(secret) => secret.resolve_within(&what, mb.timeout()),
         None => Err(Error::Secret {
             what,
             message: "not configured".into(),

@@ -160,12 +160,12 @@ impl TokenSource {
                 client_secret: c
                     .client_secret
                     .as_ref()
-                    .map(|s| s.resolve(&format!("{label} oauth2 client-secret")))
+                    .map(|s| s.resolve_within(&format!("{label} oauth2 client-secret"), timeout))
                     .transpose()?,
                 seed: c
                     .refresh_token
                     .as_ref()
-                    .map(|s| s.resolve(&format!("{label} oauth2 refresh-token")))
+                    .map(|s| s.resolve_within(&format!("{label} oauth2 refresh-token"), timeout))
                     .transpose()?,
                 scope: c.scope.clone().unwrap_or_default(),
                 http: http::client(c.ca_file.as_deref())?,
@@ -699,7 +699,10 @@ impl Tokens {
         }
         s.password
             .as_ref()
-            .map(|p| p.resolve("[smtp] password").map(Credentials::Password))
+            .map(|p| {
+                p.resolve_within("[smtp] password", s.timeout())
+                    .map(Credentials::Password)
+            })
             .transpose()
     }
 

@@ -3,9 +3,12 @@
 //!
 //! Everything we send goes through the outbox in the store. An acknowledgement is queued in
 //! the same transaction that creates its ticket; [`drain`] sends the queue: `pending` →
-//! `sending` (committed before SMTP DATA) → `sent` | `failed` (5xx) | back to `pending` with
-//! backoff (4xx, connection, TLS). A row found in `sending` was interrupted after DATA may have
-//! begun: it is reported and never resent on its own (at most once).
+//! `sending` (committed before SMTP DATA, claimed by this process) → `sent` | `failed` (5xx) |
+//! back to `pending` with backoff (4xx, connection, TLS, timeout: all before the final dot). A
+//! timeout or lost connection after the final dot leaves the row in `sending` (the server may
+//! have it). A `sending` row whose claimer is gone was interrupted after DATA may have begun:
+//! it is reported and never resent on its own (at most once); one claimed by a live process is
+//! being sent right now and left alone.
 
 pub mod smtp;
 pub mod template;
@@ -112,6 +115,13 @@ impl AckPlan {
     }
 }
 
+/// The subject we write is cut to this many characters (plus "…"): a customer's 1 MB
+/// subject must not make our mail exceed the 998-byte line limit.
+pub const SUBJECT_CHARS: usize = 200;
+/// At most this many ids go into our References: the first (the thread's root) and the
+/// latest ones (RFC 5322 3.6.4 allows trimming).
+pub const REFERENCES_KEPT: usize = 40;
+
 /// One mail to compose.
 pub struct Compose<'a> {
     /// From.
@@ -136,11 +146,45 @@ pub struct Compose<'a> {
     pub auto_submitted: bool,
 }
 
+/// `subject` cut to [`SUBJECT_CHARS`] characters (on a character boundary, with "…"), on one
+/// line: line breaks and other control characters become spaces.
+pub fn short_subject(subject: &str) -> String {
+    let mut out: String = subject
+        .chars()
+        .take(SUBJECT_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if subject.chars().nth(SUBJECT_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// The ids to write into References: each unfolded and cleaned, empty or absurd ones dropped,
+/// duplicates dropped, and at most [`REFERENCES_KEPT`]: the first plus the latest.
+fn clean_references(refs: &[String]) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in refs.iter().flat_map(|r| crate::message::clean_ids(r)) {
+        if plausible_id(&id) && !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.len() > REFERENCES_KEPT {
+        ids.drain(1..ids.len() + 1 - REFERENCES_KEPT);
+    }
+    ids
+}
+
+/// Whether `id` (brackets gone) can be written into a header as it is.
+fn plausible_id(id: &str) -> bool {
+    id.len() <= 250 && id.contains('@') && !id.chars().any(|c| c.is_control() || c == ' ')
+}
+
 /// Builds the exact bytes to send.
 pub fn compose(c: &Compose<'_>) -> Result<Vec<u8>> {
     let mut b = lettre::Message::builder()
         .from(c.from.clone())
-        .subject(c.subject)
+        .subject(short_subject(c.subject))
         .message_id(Some(format!("<{}>", c.message_id)))
         .date_now()
         .raw_header(HeaderValue::new(
@@ -153,12 +197,17 @@ pub fn compose(c: &Compose<'_>) -> Result<Vec<u8>> {
     for cc in c.cc {
         b = b.cc(cc.clone());
     }
-    if let Some(parent) = c.in_reply_to {
+    let parent = c
+        .in_reply_to
+        .and_then(|p| crate::message::clean_ids(p).into_iter().next())
+        .filter(|p| plausible_id(p));
+    if let Some(parent) = parent {
         b = b.in_reply_to(format!("<{parent}>"));
     }
-    if !c.references.is_empty() {
+    let references = clean_references(c.references);
+    if !references.is_empty() {
         // One header with every id: lettre's setter replaces, so build the whole value.
-        let all: Vec<String> = c.references.iter().map(|r| format!("<{r}>")).collect();
+        let all: Vec<String> = references.iter().map(|r| format!("<{r}>")).collect();
         b = b.references(all.join(" "));
     }
     if c.auto_submitted {
@@ -187,8 +236,11 @@ pub struct DrainReport {
     pub failed: u64,
     /// Put back for a later attempt (4xx, connection, TLS).
     pub deferred: u64,
-    /// Rows left in `sending` by an interrupted run: not resent.
+    /// Rows found in `sending` by an interrupted run (or an earlier uncertain send), whose
+    /// sender is gone: not resent.
     pub stuck: u64,
+    /// Sent, but no answer came after the final dot: left in `sending`, not resent.
+    pub uncertain: u64,
     /// One line per problem.
     pub errors: Vec<String>,
 }
@@ -203,7 +255,8 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
                 tracing::warn!(
                     outbox = row.id,
                     ticket = row.ticket_id,
-                    "found in 'sending' after an interruption: not resent; check `mailticket outbox` and use --retry if it never arrived"
+                    "found in 'sending' after an interruption: not resent; check `mailticket outbox` and use `mailticket outbox --retry {}` if it never arrived",
+                    row.id
                 );
             }
             report.stuck = stuck.len() as u64;
@@ -211,7 +264,9 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
         Err(e) => report.errors.push(e.to_string()),
     }
     loop {
-        let claimed = store.call(move |s| s.outbox_claim_next(now)).await;
+        // The claim outlives any one send: a live process is never taken for a dead one.
+        let lease = i64::try_from(smtp.timeout().as_secs()).unwrap_or(3600) + 60;
+        let claimed = store.call(move |s| s.outbox_claim_next(now, lease)).await;
         let job = match claimed {
             Ok(Some(job)) => job,
             Ok(None) => break,
@@ -233,6 +288,16 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
                 tracing::error!(outbox = id, ticket = job.ticket_id, reply = %reply, "refused by the server");
                 report.errors.push(format!("outbox {id}: refused: {reply}"));
                 store.call(move |s| s.outbox_failed(id, &reply)).await
+            }
+            smtp::Sent::Uncertain(why) => {
+                report.uncertain += 1;
+                tracing::error!(outbox = id, ticket = job.ticket_id, error = %why,
+                    "no answer after the message was sent: it may have been delivered; left in 'sending', not resent");
+                report.errors.push(format!(
+                    "outbox {id}: {why}; it may have been delivered: left in 'sending' \
+                     (check, then `mailticket outbox --retry {id}`)"
+                ));
+                store.call(move |s| s.outbox_uncertain(id, &why)).await
             }
             smtp::Sent::Later(why) => {
                 report.deferred += 1;
@@ -280,5 +345,90 @@ mod tests {
         assert_eq!(m.header("auto-submitted"), Some("auto-replied"));
         assert_eq!(m.header("x-auto-response-suppress"), Some("All"));
         assert_eq!(m.subject, "[#1] Printer");
+    }
+
+    fn compose_with(subject: &str, refs: &[String]) -> Vec<u8> {
+        let from = parse_mailbox("Support <support@example.com>").unwrap();
+        let to = [parse_mailbox("anna@example.org").unwrap()];
+        compose(&Compose {
+            from: &from,
+            to: &to,
+            cc: &[],
+            subject,
+            text: "Hello",
+            html: None,
+            message_id: "mt.1.abc@example.com",
+            in_reply_to: refs.last().map(String::as_str),
+            references: refs,
+            auto_submitted: true,
+        })
+        .unwrap()
+    }
+
+    /// The header block's lines, unfolded nowhere: as they go over the wire.
+    fn header_lines(raw: &[u8]) -> Vec<String> {
+        let text = String::from_utf8_lossy(raw);
+        let head = text.split("\r\n\r\n").next().unwrap().to_owned();
+        head.split("\r\n").map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_huge_subject_is_cut_and_no_header_line_exceeds_998_bytes() {
+        let mb = 1 << 20;
+        for subject in [
+            format!("[#1] {}", "x".repeat(mb)),
+            format!("[#1] {}", "word ".repeat(mb / 5)),
+            format!("[#1] {}", "ü".repeat(mb / 2)),
+            format!("[#1] {}", "回复".repeat(mb / 6)),
+        ] {
+            let raw = compose_with(&subject, &["a@x".to_owned()]);
+            for line in header_lines(&raw) {
+                assert!(line.len() <= 998, "{} bytes: {}", line.len(), &line[..80]);
+            }
+            let m = crate::message::parse(&raw).unwrap();
+            assert!(m.subject.starts_with("[#1] "), "{}", m.subject);
+            assert!(m.subject.ends_with('…'), "{}", m.subject);
+            assert!(
+                m.subject.chars().count() <= SUBJECT_CHARS + 1,
+                "{}",
+                m.subject
+            );
+            assert!(raw.len() < 10_000, "{} bytes", raw.len());
+        }
+    }
+
+    #[test]
+    fn folded_or_odd_references_become_clean_ids() {
+        let mut refs: Vec<String> = (0..5000).map(|i| format!("r{i}@x.example")).collect();
+        refs.insert(1, "folded-very-long-id@\r\n example.com".to_owned());
+        refs.push("p@x".to_owned());
+        let raw = compose_with("[#1] Hello", &refs);
+        for line in header_lines(&raw) {
+            assert!(line.len() <= 998, "{} bytes", line.len());
+            assert!(!line.trim().is_empty(), "an empty header line");
+        }
+        let m = crate::message::parse(&raw).unwrap();
+        assert_eq!(m.in_reply_to, ["p@x"]);
+        assert_eq!(
+            m.references.first().map(String::as_str),
+            Some("r0@x.example")
+        );
+        assert_eq!(m.references.last().map(String::as_str), Some("p@x"));
+        assert!(
+            m.references.len() <= REFERENCES_KEPT,
+            "{}",
+            m.references.len()
+        );
+        for r in &m.references {
+            assert!(!r.contains(char::is_whitespace) && r.contains('@'), "{r:?}");
+        }
+        // The folded id is written whole when it is among those kept.
+        let few = vec![
+            "a@x".to_owned(),
+            "folded-very-long-id@\r\n example.com".to_owned(),
+        ];
+        let m = crate::message::parse(&compose_with("[#1] Hello", &few)).unwrap();
+        assert_eq!(m.references, ["a@x", "folded-very-long-id@example.com"]);
+        assert_eq!(m.in_reply_to, ["folded-very-long-id@example.com"]);
     }
 }

@@ -1,21 +1,26 @@
-//! Talking to the SMTP server with lettre: implicit TLS, STARTTLS (never downgraded) or, only
-//! when allowed, plain; certificates verified (system roots plus `ca-file`); AUTH PLAIN or
-//! LOGIN, or an OAuth2 bearer token (XOAUTH2 / OAUTHBEARER). lettre's own timeout covers the
-//! connection only, so every send runs under ours.
+//! Talking to the SMTP server on lettre's connection type: implicit TLS, STARTTLS (never
+//! downgraded) or, only when allowed, plain; certificates verified (system roots plus
+//! `ca-file`); AUTH PLAIN or LOGIN, or an OAuth2 bearer token (XOAUTH2 / OAUTHBEARER). Every
+//! send runs under our timeout.
 //!
-//! With OAuth2 the conversation is ours, on lettre's connection type: lettre's XOAUTH2
-//! gives up at the server's error challenge instead of answering it, and has no OAUTHBEARER.
-//! A refused token is replaced once and tried again on the same connection.
+//! The conversation is ours, step by step, so that we know whether the message's final dot
+//! went out: a timeout or a lost connection before it means the server has nothing (retry
+//! later); after it the server may have accepted the message ([`Sent::Uncertain`]: never
+//! resent on its own). For OAuth2, lettre's XOAUTH2 gives up at the server's error challenge
+//! instead of answering it, and has no OAUTHBEARER: a refused token is replaced once and tried
+//! again on the same connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials as LettreCredentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
 
 use crate::config::{AuthMech, SmtpConfig, TlsMode};
 use crate::error::{Error, Result};
@@ -23,12 +28,27 @@ use crate::oauth2::sasl::{self, ServerError};
 use crate::oauth2::{Credentials, TokenSource};
 use crate::secret::Revealed;
 
+/// How long a polite QUIT may take once the server has answered the message.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A configured SMTP server.
 pub struct Smtp {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    oauth2: Option<OAuth2Smtp>,
     host: String,
+    port: u16,
+    tls: TlsMode,
+    params: TlsParameters,
+    auth: Auth,
     timeout: Duration,
+}
+
+/// How we authenticate.
+enum Auth {
+    /// Not at all.
+    None,
+    /// AUTH PLAIN or LOGIN with the password.
+    Password(LettreCredentials),
+    /// A bearer token.
+    OAuth2(OAuth2Smtp),
 }
 
 /// What the OAuth2 conversation needs.
@@ -36,16 +56,13 @@ struct OAuth2Smtp {
     source: Arc<TokenSource>,
     user: String,
     mech: AuthMech,
-    port: u16,
-    tls: TlsMode,
-    params: TlsParameters,
 }
 
-/// How an OAuth2 conversation failed.
+/// How a conversation failed.
 enum Failure {
     /// lettre's error: the server's reply, or the connection.
     Smtp(lettre::transport::smtp::Error),
-    /// The server refused our token (twice), or does not offer the mechanism.
+    /// The server refused our token (twice), or does not offer what we need.
     Auth(String),
     /// No token to be had.
     Token(Error),
@@ -58,12 +75,34 @@ pub enum Sent {
     Accepted(String),
     /// 5xx: refused for good, with the reply.
     Refused(String),
-    /// 4xx, connection, TLS or timeout: try again later.
+    /// 4xx, connection, TLS or timeout before the message's final dot: try again later.
     Later(String),
+    /// A timeout or a lost connection after the final dot: the server may have accepted
+    /// the message. Never resent on its own.
+    Uncertain(String),
+}
+
+/// The message's bytes for lettre's `message_iter`, noting when the last of them has been
+/// handed over: the next thing lettre writes is the final dot.
+struct NoteEnd<'a> {
+    raw: Option<&'a [u8]>,
+    dot: &'a AtomicBool,
+}
+
+impl<'a> Iterator for NoteEnd<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let part = self.raw.take();
+        if part.is_none() {
+            self.dot.store(true, Ordering::SeqCst);
+        }
+        part
+    }
 }
 
 impl Smtp {
-    /// Builds the transport; nothing is sent until [`Smtp::send`].
+    /// Reads the settings; nothing is sent until [`Smtp::send`].
     pub fn new(c: &SmtpConfig, creds: Option<Credentials>) -> Result<Smtp> {
         let tls_err = |e: lettre::transport::smtp::Error| Error::Tls {
             host: c.host.clone(),
@@ -75,41 +114,23 @@ impl Smtp {
             params = params.add_root_certificate(Certificate::from_pem(&pem).map_err(tls_err)?);
         }
         let params = params.build_rustls().map_err(tls_err)?;
-        let tls = match c.tls {
-            TlsMode::Implicit => Tls::Wrapper(params.clone()),
-            TlsMode::Starttls => Tls::Required(params.clone()),
-            TlsMode::None => Tls::None,
+        let auth = match (&c.username, creds) {
+            (Some(user), Some(Credentials::Password(pass))) => Auth::Password(
+                LettreCredentials::new(user.clone(), pass.expose().to_owned()),
+            ),
+            (Some(user), Some(Credentials::OAuth2(source))) => Auth::OAuth2(OAuth2Smtp {
+                source,
+                user: user.clone(),
+                mech: c.auth.unwrap_or(AuthMech::Xoauth2),
+            }),
+            _ => Auth::None,
         };
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(c.host.clone())
-            .port(c.port())
-            .tls(tls)
-            .timeout(Some(c.timeout()));
-        let mut oauth2 = None;
-        match (&c.username, creds) {
-            (Some(user), Some(Credentials::Password(pass))) => {
-                b = b
-                    .credentials(LettreCredentials::new(
-                        user.clone(),
-                        pass.expose().to_owned(),
-                    ))
-                    .authentication(vec![Mechanism::Plain, Mechanism::Login]);
-            }
-            (Some(user), Some(Credentials::OAuth2(source))) => {
-                oauth2 = Some(OAuth2Smtp {
-                    source,
-                    user: user.clone(),
-                    mech: c.auth.unwrap_or(AuthMech::Xoauth2),
-                    port: c.port(),
-                    tls: c.tls,
-                    params,
-                });
-            }
-            _ => {}
-        }
         Ok(Smtp {
-            transport: b.build(),
-            oauth2,
             host: c.host.clone(),
+            port: c.port(),
+            tls: c.tls,
+            params,
+            auth,
             timeout: c.timeout(),
         })
     }
@@ -119,30 +140,49 @@ impl Smtp {
         &self.host
     }
 
+    /// How long one whole conversation may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends `raw` to `rcpt`. Never panics; every outcome is a [`Sent`].
     pub async fn send(&self, from: &str, rcpt: &[String], raw: &[u8]) -> Sent {
         let envelope = match envelope(from, rcpt) {
             Ok(e) => e,
             Err(e) => return Sent::Refused(e),
         };
+        let dot = AtomicBool::new(false);
         let attempt = async {
-            match &self.oauth2 {
-                Some(o) => self.oauth2_conversation(o, Some((&envelope, raw))).await,
-                None => self
-                    .transport
-                    .send_raw(&envelope, raw)
-                    .await
-                    .map(|r| reply_text(&r))
-                    .map_err(Failure::Smtp),
+            let mut conn = self.open().await?;
+            let reply = transfer(&mut conn, &envelope, raw, &dot).await;
+            if reply.as_ref().is_err_and(|e| e.status().is_some()) {
+                conn.abort().await;
             }
+            Ok::<_, Failure>((reply.map_err(Failure::Smtp)?, conn))
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        let outcome = tokio::time::timeout(self.timeout, attempt).await;
+        let after_dot = dot.load(Ordering::SeqCst);
+        match outcome {
+            Ok(Ok((reply, mut conn))) => {
+                let _ = tokio::time::timeout(QUIT_TIMEOUT, conn.quit()).await;
+                Sent::Accepted(reply_text(&reply))
+            }
+            Err(_) if after_dot => Sent::Uncertain(format!(
+                "{}: no answer within {} s after the whole message was sent",
+                self.host,
+                self.timeout.as_secs()
+            )),
             Err(_) => Sent::Later(format!(
                 "{}: no answer within {} s",
                 self.host,
                 self.timeout.as_secs()
             )),
-            Ok(Ok(reply)) => Sent::Accepted(reply),
+            Ok(Err(Failure::Smtp(e))) if after_dot && e.status().is_none() => {
+                Sent::Uncertain(format!(
+                    "{}: the connection failed after the whole message was sent: {e}",
+                    self.host
+                ))
+            }
             Ok(Err(Failure::Auth(m))) => Sent::Later(format!("{}: authentication: {m}", self.host)),
             Ok(Err(Failure::Token(e))) => Sent::Later(format!("no OAuth2 token for SMTP: {e}")),
             Ok(Err(Failure::Smtp(e))) => self.classify(&e),
@@ -161,17 +201,12 @@ impl Smtp {
         }
     }
 
-    /// Connects, secures, authenticates with a bearer token and, with `mail`, sends it.
-    /// Returns the server's reply to the message ("" without one).
-    async fn oauth2_conversation(
-        &self,
-        o: &OAuth2Smtp,
-        mail: Option<(&Envelope, &[u8])>,
-    ) -> std::result::Result<String, Failure> {
+    /// Connects, says EHLO, secures the connection as configured and authenticates.
+    async fn open(&self) -> std::result::Result<AsyncSmtpConnection, Failure> {
         let hello = ClientId::default();
-        let wrapper = (o.tls == TlsMode::Implicit).then(|| o.params.clone());
+        let wrapper = (self.tls == TlsMode::Implicit).then(|| self.params.clone());
         let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (self.host.as_str(), o.port),
+            (self.host.as_str(), self.port),
             Some(self.timeout),
             &hello,
             wrapper,
@@ -179,17 +214,41 @@ impl Smtp {
         )
         .await
         .map_err(Failure::Smtp)?;
-        if o.tls == TlsMode::Starttls {
+        if self.tls == TlsMode::Starttls {
             if !conn.can_starttls() {
                 conn.abort().await;
                 return Err(Failure::Auth(
-                    "the server does not offer STARTTLS; not sending a token in clear text".into(),
+                    "the server does not offer STARTTLS; not sending credentials or mail in \
+                     clear text"
+                        .into(),
                 ));
             }
-            conn.starttls(o.params.clone(), &hello)
+            conn.starttls(self.params.clone(), &hello)
                 .await
                 .map_err(Failure::Smtp)?;
         }
+        match &self.auth {
+            Auth::None => {}
+            Auth::Password(creds) => {
+                if let Err(e) = conn
+                    .auth(&[Mechanism::Plain, Mechanism::Login], creds)
+                    .await
+                {
+                    conn.abort().await;
+                    return Err(Failure::Smtp(e));
+                }
+            }
+            Auth::OAuth2(o) => self.oauth2_auth(&mut conn, o).await?,
+        }
+        Ok(conn)
+    }
+
+    /// Authenticates with a bearer token, replacing a refused one once.
+    async fn oauth2_auth(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        o: &OAuth2Smtp,
+    ) -> std::result::Result<(), Failure> {
         if o.mech == AuthMech::Xoauth2
             && !conn
                 .server_info()
@@ -201,7 +260,7 @@ impl Smtp {
             ));
         }
         let token = o.source.token().await.map_err(Failure::Token)?;
-        if let Err(first) = self.auth_once(&mut conn, o, &token).await? {
+        if let Err(first) = self.auth_once(conn, o, &token).await? {
             tracing::info!(
                 server = %first,
                 "the SMTP server refused the access token; getting a new one and trying once more"
@@ -213,7 +272,7 @@ impl Smtp {
                     return Err(Failure::Token(e));
                 }
             };
-            if let Err(why) = self.auth_once(&mut conn, o, &token).await? {
+            if let Err(why) = self.auth_once(conn, o, &token).await? {
                 conn.abort().await;
                 return Err(Failure::Auth(format!(
                     "the {} token was refused ({why}); check that it is for {} and has the \
@@ -223,14 +282,7 @@ impl Smtp {
                 )));
             }
         }
-        let reply = match mail {
-            Some((envelope, raw)) => {
-                reply_text(&conn.send(envelope, raw).await.map_err(Failure::Smtp)?)
-            }
-            None => String::new(),
-        };
-        let _ = conn.quit().await;
-        Ok(reply)
+        Ok(())
     }
 
     /// One AUTH with `token`: Ok(Ok) when accepted, Ok(Err(why)) when refused (the exchange
@@ -242,7 +294,7 @@ impl Smtp {
         token: &Revealed,
     ) -> std::result::Result<std::result::Result<(), String>, Failure> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let ir = sasl::initial_response(o.mech, &o.user, token, &self.host, o.port);
+        let ir = sasl::initial_response(o.mech, &o.user, token, &self.host, self.port);
         let command = format!("AUTH {} {}\r\n", sasl::mechanism(o.mech), b64.encode(ir));
         let refused = |e: &lettre::transport::smtp::Error| {
             e.status().is_some_and(|c| {
@@ -270,27 +322,25 @@ impl Smtp {
     /// Connects, says EHLO, starts TLS and authenticates, without sending anything.
     pub async fn check(&self) -> Result<()> {
         let host = self.host.clone();
-        let net = |message: String| Error::Network {
-            host: host.clone(),
-            message,
-        };
         let attempt = async {
-            match &self.oauth2 {
-                Some(o) => match self.oauth2_conversation(o, None).await {
-                    Ok(_) => Ok(()),
-                    Err(Failure::Token(e)) => Err(e),
-                    Err(Failure::Auth(message)) => Err(Error::Auth {
-                        host: host.clone(),
-                        user: o.user.clone(),
-                        message,
-                    }),
-                    Err(Failure::Smtp(e)) => Err(net(e.to_string())),
-                },
-                None => match self.transport.test_connection().await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(net("the server did not answer NOOP".into())),
-                    Err(e) => Err(net(e.to_string())),
-                },
+            match self.open().await {
+                Ok(mut conn) => {
+                    let _ = conn.quit().await;
+                    Ok(())
+                }
+                Err(Failure::Token(e)) => Err(e),
+                Err(Failure::Auth(message)) => Err(Error::Auth {
+                    host: host.clone(),
+                    user: match &self.auth {
+                        Auth::OAuth2(o) => o.user.clone(),
+                        _ => String::new(),
+                    },
+                    message,
+                }),
+                Err(Failure::Smtp(e)) => Err(Error::Network {
+                    host: host.clone(),
+                    message: e.to_string(),
+                }),
             }
         };
         tokio::time::timeout(self.timeout, attempt)
@@ -305,8 +355,41 @@ impl Smtp {
     }
 }
 
+/// MAIL, RCPT, DATA and the message, each step on its own, so that `dot` tells whether the
+/// message's final dot has gone out (lettre's `send` does the same steps in one call).
+async fn transfer(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    raw: &[u8],
+    dot: &AtomicBool,
+) -> std::result::Result<Response, lettre::transport::smtp::Error> {
+    let mut options = Vec::new();
+    let info = conn.server_info();
+    let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
+    if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+        // Without SMTPUTF8 the server refuses the address: its answer says so.
+        if info.supports_feature(Extension::SmtpUtfEight) {
+            options.push(MailParameter::SmtpUtfEight);
+        }
+    }
+    if !raw.is_ascii() && info.supports_feature(Extension::EightBitMime) {
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(envelope.from().cloned(), options))
+        .await?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), Vec::new())).await?;
+    }
+    conn.command(Data).await?;
+    conn.message_iter(NoteEnd {
+        raw: Some(raw),
+        dot,
+    })
+    .await
+}
+
 /// A reply as we record it: code and text.
-fn reply_text(r: &lettre::transport::smtp::response::Response) -> String {
+fn reply_text(r: &Response) -> String {
     format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
 }
 

@@ -156,6 +156,13 @@ const MIGRATIONS: &[&str] = &[
         updated_at      INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 5 (outbox claims): who is sending an outbox row in 'sending' (`PID:START`, see
+    // `lock::process_tag`) and until when that claim holds. A row whose claimer is gone or
+    // whose claim ran out is stuck; one claimed by a live process is being sent right now.
+    r#"
+    ALTER TABLE outbox ADD COLUMN claimed_by    TEXT    NOT NULL DEFAULT '';
+    ALTER TABLE outbox ADD COLUMN claimed_until INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use codec::{decompress, pack};
 pub use migrations::LATEST as SCHEMA_VERSION;
-pub use outbox::{OutJob, OutboxRow};
+pub use outbox::{OutJob, OutboxRow, Retry, claim_holds};
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, MessageRow, NewMessage, NewTicket, Origin, Outcome,
     QuarantineRow, TicketRow, TicketState,
@@ -43,6 +43,41 @@ pub struct Checkpointer {
 pub struct Tx<'a> {
     c: &'a Connection,
     key: &'a [u8],
+}
+
+/// Copies every table of the attached database `src` into `main` (same schema), in one read
+/// transaction of `src`; `raw` columns are left empty.
+fn copy_tables(conn: &Connection) -> Result<()> {
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    conn.execute_batch("BEGIN")?;
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM src.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in &tables {
+        let columns: Vec<String> = conn
+            .prepare(&format!("PRAGMA src.table_info({})", quote(table)))?
+            .query_map([], |r| r.get(1))?
+            .collect::<rusqlite::Result<_>>()?;
+        let names: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let values: Vec<String> = columns
+            .iter()
+            .map(|c| match c.as_str() {
+                "raw" => "x''".to_owned(),
+                c => quote(c),
+            })
+            .collect();
+        conn.execute_batch(&format!(
+            "DELETE FROM main.{t}; INSERT INTO main.{t} ({}) SELECT {} FROM src.{t};",
+            names.join(", "),
+            values.join(", "),
+            t = quote(table),
+        ))?;
+    }
+    conn.execute_batch("COMMIT")?;
+    Ok(())
 }
 
 /// An open store.
@@ -79,6 +114,24 @@ impl Store {
         // A store made by an older version, or copied with a wider mode.
         owner_only(path)?;
         Ok(store)
+    }
+
+    /// A private in-memory copy of the store at `path` (created or migrated first, as
+    /// [`Store::open`] would), for a dry run: one consistent snapshot read without taking the
+    /// write lock, so nothing beside the dry run ever waits for it, and nothing it does
+    /// reaches the file. The raw messages stay behind (nothing a run decides reads them), so
+    /// the copy costs the store's size without its mail.
+    pub fn open_copy(path: &Path) -> Result<Store> {
+        drop(Store::open(path)?);
+        let mut conn = Connection::open_in_memory()?;
+        migrations::migrate(&mut conn)?;
+        conn.execute(
+            "ATTACH DATABASE ?1 AS src",
+            [path.to_string_lossy().as_ref()],
+        )?;
+        copy_tables(&conn).map_err(|e| Error::Other(format!("store {}: {e}", path.display())))?;
+        conn.execute_batch("DETACH DATABASE src")?;
+        Store::setup(conn)
     }
 
     /// An in-memory store, for tests.
@@ -318,4 +371,36 @@ pub(crate) fn owner_only(db: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_has_the_key_and_schema_and_writes_to_it_stay_in_it() {
+        let dir = std::env::temp_dir().join(format!("mt-copy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("x.db");
+        let real = Store::open(&db).unwrap();
+        let copy = Store::open_copy(&db).unwrap();
+        assert_eq!(copy.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            copy.outbound_message_id(1, "n", "d"),
+            real.outbound_message_id(1, "n", "d")
+        );
+        copy.conn
+            .execute(
+                "INSERT INTO ticket (id, created_at, updated_at) VALUES (7, 1, 1)",
+                [],
+            )
+            .unwrap();
+        let n: i64 = real
+            .conn
+            .query_row("SELECT count(*) FROM ticket", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        drop((real, copy));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

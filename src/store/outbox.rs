@@ -1,5 +1,6 @@
 //! The outbox: acknowledgements queued with their ticket, agent replies, and the send states
-//! `pending` → `sending` → `sent` | `failed` (or back to `pending` with a later attempt).
+//! `pending` → `sending` → `sent` | `failed` (or back to `pending` with a later attempt). A
+//! `sending` row records who claimed it and until when: stuck, or being sent right now.
 
 use lettre::message::Mailbox;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -11,7 +12,7 @@ use crate::message::{ParsedMessage, sha256};
 use crate::outbound::template::{
     AckContext, CustomerFields, MailboxFields, MessageFields, TicketFields,
 };
-use crate::outbound::{AckPlan, Compose, compose, parse_mailbox};
+use crate::outbound::{AckPlan, Compose, compose, parse_mailbox, short_subject};
 
 /// Our keyed Message-ID for a new outbound message on `ticket` (see
 /// [`crate::msgid::outbound_id`]), with a random nonce so each message's id is unique.
@@ -44,6 +45,28 @@ pub struct OutboxRow {
     pub created_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// In `sending` and claimed by a process that is alive, within its claim: being sent
+    /// right now. A `sending` row that is not is stuck (interrupted, or no answer after the
+    /// message went out).
+    pub sending_now: bool,
+}
+
+/// What `outbox --retry ID` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// Back in the queue, due now.
+    Queued,
+    /// No such row, or one that was sent or skipped.
+    NotRetryable,
+    /// Another process is sending it at this moment (its `PID:START`): retrying now could send
+    /// it twice.
+    SendingNow(String),
+}
+
+/// Whether a claim on a `sending` row still holds: its process runs and its lease has not run
+/// out.
+pub fn claim_holds(claimed_by: &str, claimed_until: i64, now: i64) -> bool {
+    claimed_until > now && crate::lock::process_alive(claimed_by)
 }
 
 /// A claimed row, ready to send.
@@ -222,7 +245,7 @@ pub(super) fn queue_ack(
     let ctx = AckContext {
         ticket: TicketFields {
             id: ticket,
-            subject,
+            subject: short_subject(&subject),
             tag: tag.to_owned(),
         },
         customer: CustomerFields {
@@ -235,13 +258,14 @@ pub(super) fn queue_ack(
         },
         message: MessageFields {
             date: crate::time::rfc3339(p.date.unwrap_or(now)),
-            subject: p.subject.clone(),
+            subject: short_subject(&p.subject),
         },
     };
-    let rendered = plan
+    let mut rendered = plan
         .templates
         .render(&ctx)
         .map_err(|e| Error::Other(format!("[ack]: {e}")))?;
+    rendered.subject = short_subject(&rendered.subject);
     let mut references = p.references.clone();
     references.push(p.message_id.clone());
     let message_id = outbound_id(key, ticket, &plan.domain());
@@ -337,7 +361,7 @@ impl Store {
                 .filter(|a| **a != ours && !own.contains(a) && **a != to_addr)
                 .filter_map(|a| parse_mailbox(a))
                 .collect();
-            let subject = format!("Re: {tag} {subject}");
+            let subject = short_subject(&format!("Re: {tag} {subject}"));
             let message_id = outbound_id(&key, ticket, from.email.domain());
             let raw = compose(&Compose {
                 from,
@@ -363,9 +387,12 @@ impl Store {
         })
     }
 
-    /// Rows left in `sending` by an interrupted run.
+    /// Rows stuck in `sending`: interrupted, or sent without an answer. Not those that a live
+    /// process is sending right now.
     pub fn outbox_stuck(&self) -> Result<Vec<OutboxRow>> {
-        self.outbox_rows("WHERE status = 'sending'")
+        let mut rows = self.outbox_rows("WHERE status = 'sending'")?;
+        rows.retain(|r| !r.sending_now);
+        Ok(rows)
     }
 
     /// The queue: everything not yet sent first, then the newest.
@@ -374,16 +401,21 @@ impl Store {
     }
 
     fn outbox_rows(&self, tail: &str) -> Result<Vec<OutboxRow>> {
+        let now = crate::time::now();
         let mut s = self.conn.prepare(&format!(
             "SELECT id, ticket_id, kind, status, rcpt_to, reason, smtp_reply, attempts, created_at,
-                    updated_at FROM outbox {tail}"
+                    updated_at, claimed_by, claimed_until FROM outbox {tail}"
         ))?;
         let rows = s.query_map([], |r| {
+            let status: String = r.get(3)?;
+            let claimed_by: String = r.get(10)?;
+            let claimed_until: i64 = r.get(11)?;
             Ok(OutboxRow {
+                sending_now: status == "sending" && claim_holds(&claimed_by, claimed_until, now),
                 id: r.get(0)?,
                 ticket_id: r.get(1)?,
                 kind: r.get(2)?,
-                status: r.get(3)?,
+                status,
                 to: r.get(4)?,
                 reason: r.get(5)?,
                 smtp_reply: r.get(6)?,
@@ -395,8 +427,10 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Takes the next due `pending` row and commits it as `sending` before anything is sent.
-    pub fn outbox_claim_next(&mut self, now: i64) -> Result<Option<OutJob>> {
+    /// Takes the next due `pending` row and commits it as `sending`, claimed by this process
+    /// for `lease` seconds (longer than one send may take), before anything is sent.
+    pub fn outbox_claim_next(&mut self, now: i64, lease: i64) -> Result<Option<OutJob>> {
+        let me = crate::lock::process_tag();
         let row: Option<(i64, i64, Option<i64>, String, String)> = self.write(|c| {
             let row = c
                 .query_row(
@@ -408,9 +442,10 @@ impl Store {
                 .optional()?;
             if let Some((id, ..)) = &row {
                 c.execute(
-                    "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2
+                    "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2,
+                       claimed_by = ?3, claimed_until = ?4
                      WHERE id = ?1",
-                    params![id, now],
+                    params![id, now, me, now.saturating_add(lease)],
                 )?;
             }
             Ok(row)
@@ -468,15 +503,46 @@ impl Store {
         self.outbox_set(id, "pending", "", why, now + backoff(attempts))
     }
 
-    /// `outbox --retry ID`: a failed, stuck or deferred row goes back to `pending`, due now.
-    pub fn outbox_retry(&mut self, id: i64) -> Result<bool> {
+    /// The message went out but no answer came (a timeout or a lost connection after the
+    /// final dot): it may have been delivered. The row stays in `sending`, released, so that
+    /// it is reported as stuck and only `outbox --retry` sends it again.
+    pub fn outbox_uncertain(&mut self, id: i64, why: &str) -> Result<()> {
+        let reason = format!(
+            "{why}; it may have been delivered: check with the recipient, then \
+             `mailticket outbox --retry {id}` to send it again"
+        );
+        self.outbox_set(id, "sending", "", &reason, 0)
+    }
+
+    /// `outbox --retry ID`: a failed, stuck or deferred row goes back to `pending`, due now;
+    /// not one that a live process is sending at this moment.
+    pub fn outbox_retry(&mut self, id: i64) -> Result<Retry> {
         let now = crate::time::now();
         self.write(|c| {
-            Ok(c.execute(
-                "UPDATE outbox SET status = 'pending', next_attempt_at = 0, updated_at = ?2
+            let row: Option<(String, String, i64)> = c
+                .query_row(
+                    "SELECT status, claimed_by, claimed_until FROM outbox WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((status, by, until)) = row else {
+                return Ok(Retry::NotRetryable);
+            };
+            if status == "sending" && claim_holds(&by, until, now) {
+                return Ok(Retry::SendingNow(by));
+            }
+            let n = c.execute(
+                "UPDATE outbox SET status = 'pending', next_attempt_at = 0, updated_at = ?2,
+                   claimed_by = '', claimed_until = 0
                  WHERE id = ?1 AND status IN ('failed', 'sending', 'pending')",
                 params![id, now],
-            )? == 1)
+            )?;
+            Ok(if n == 1 {
+                Retry::Queued
+            } else {
+                Retry::NotRetryable
+            })
         })
     }
 
@@ -492,7 +558,7 @@ impl Store {
         self.write(|c| {
             c.execute(
                 "UPDATE outbox SET status = ?2, smtp_reply = ?3, reason = ?4, next_attempt_at = ?5,
-                   updated_at = ?6 WHERE id = ?1",
+                   updated_at = ?6, claimed_by = '', claimed_until = 0 WHERE id = ?1",
                 params![id, status, reply, reason, next, now],
             )?;
             Ok(())

@@ -281,3 +281,43 @@ fn show_reports_the_kind_of_machine_mail_with_reasons() {
         );
     }
 }
+
+#[test]
+fn save_attachments_never_follows_a_link_planted_in_the_folder() {
+    let wd = Workdir::new();
+    let mail = b"From: Anna <anna@customer.example>\r\nTo: support@example.com\r\n\
+Subject: Logs\r\nMessage-ID: <att1@customer.example>\r\nDate: Mon, 2 Jun 2025 10:00:00 +0000\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+--b1\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n\
+--b1\r\nContent-Type: text/plain; name=\"report.txt\"\r\n\
+Content-Disposition: attachment; filename=\"report.txt\"\r\n\r\nATTACHED-DATA\r\n\
+--b1\r\nContent-Type: text/plain; name=\"notes.txt\"\r\n\
+Content-Disposition: attachment; filename=\"notes.txt\"\r\n\r\nMORE-DATA\r\n--b1--\r\n";
+    wd.mailticket_db(&["ingest"], Some(mail)).success();
+    let (out, outside) = (wd.path("out"), wd.path("outside"));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    // One link to a file that does not exist yet, one to a file that does.
+    std::os::unix::fs::symlink(outside.join("planted"), out.join("report.txt")).unwrap();
+    std::fs::write(outside.join("precious"), "KEEP").unwrap();
+    std::os::unix::fs::symlink(outside.join("precious"), out.join("notes.txt")).unwrap();
+
+    let out_arg = out.to_string_lossy().into_owned();
+    wd.mailticket_db(&["show", "1", "--save-attachments", &out_arg], None)
+        .success();
+    assert!(
+        !outside.join("planted").exists(),
+        "an attachment was written through the link"
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.join("precious")).unwrap(),
+        "KEEP"
+    );
+    // Both links are untouched, and the attachments are saved beside them.
+    for name in ["report.txt", "notes.txt"] {
+        assert!(out.join(name).is_symlink(), "{name}");
+    }
+    let saved = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    assert!(saved("2-report.txt").contains("ATTACHED-DATA"));
+    assert!(saved("2-notes.txt").contains("MORE-DATA"));
+}

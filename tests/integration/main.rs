@@ -19,6 +19,7 @@ mod import;
 mod oauth2;
 mod oauth2_env;
 mod outbound;
+mod secrets;
 mod selftest;
 mod sync;
 mod understanding;

@@ -473,3 +473,133 @@ fn a_configured_tag_marker_is_what_we_write_and_what_we_match() {
     assert_eq!(s["threaded"], 1, "{s}");
     assert_eq!(wd.tickets().len(), 1);
 }
+
+#[test]
+fn a_huge_subject_and_a_folded_reference_still_make_a_well_formed_acknowledgement() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    let huge = "Printer ".repeat(1 << 17) + &"x".repeat(1 << 20);
+    from_anna(
+        &dc,
+        "huge@customer.example",
+        &huge,
+        "References: <first@customer.example>\r\n <a-rather-long-message-id-folded@\r\n customer.example>\r\n",
+    );
+    let s = wd.sync();
+    assert_eq!(s["outbox"]["sent"], 1, "{s}");
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    let head = m.raw.split("\r\n\r\n").next().unwrap();
+    for line in head.split("\r\n") {
+        assert!(line.len() <= 998, "a {}-byte header line", line.len());
+        assert!(!line.trim().is_empty(), "an empty header line in {head}");
+    }
+    assert!(m.raw.len() < 20_000, "{} bytes", m.raw.len());
+    let subject = m.header("Subject").unwrap();
+    assert!(subject.starts_with("[#1] Printer Printer"), "{subject}");
+    assert_eq!(
+        m.header("References").unwrap(),
+        "<first@customer.example> <a-rather-long-message-id-folded@customer.example> \
+         <huge@customer.example>"
+    );
+    assert_eq!(m.header("In-Reply-To").unwrap(), "<huge@customer.example>");
+}
+
+/// The outbox rows' STATUS by recipient, read straight from the store.
+fn status_of(wd: &Workdir, to: &str) -> Option<String> {
+    let db = rusqlite::Connection::open(wd.db()).ok()?;
+    db.query_row("SELECT status FROM outbox WHERE rcpt_to = ?1", [to], |r| {
+        r.get(0)
+    })
+    .ok()
+}
+
+#[test]
+fn no_answer_after_the_final_dot_leaves_the_ack_in_sending_and_it_is_never_resent() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    // The sink answers a "slow" recipient's message after 5 s and drops the connection of a
+    // "drop" recipient after the message: both after the final dot.
+    let config = std::fs::read_to_string(wd.config()).unwrap();
+    wd.write_raw_config(&config.replace("timeout = 20\n", "timeout = 2\n"));
+    for (who, id) in [("slow", "s1"), ("drop", "d1")] {
+        let from = format!("{who} <{who}@customer.example>");
+        let mail = simple_mail(&from, &format!("{id}@customer.example"), "Hello", "");
+        dc.append("INBOX", &mail, false);
+    }
+    let s = wd.mailticket(&["sync", "--json"]).code(1).json();
+    assert_eq!(s["created"], 2);
+    assert_eq!(s["outbox"]["uncertain"], 2, "{s}");
+    assert_eq!(s["outbox"]["deferred"], 0, "{s}");
+    assert_eq!(sink.messages().len(), 1, "the slow one arrived once");
+    let rows = outbox(&wd);
+    for r in &rows {
+        assert_eq!(r["status"], "sending", "{r}");
+        assert_eq!(r["sending_now"], false, "{r}");
+        let retry = format!("mailticket outbox --retry {}", r["id"]);
+        assert!(r["detail"].as_str().unwrap().contains(&retry), "{r}");
+    }
+    let listing = wd.mailticket(&["outbox"]).success();
+    assert!(
+        listing.stdout.contains("may have been delivered")
+            && listing.stdout.contains("mailticket outbox --retry"),
+        "{listing:?}"
+    );
+    // Neither another send nor another sync sends them again.
+    let again = wd.mailticket(&["outbox", "--send"]).success();
+    again.stderr_mentions(&["found in 'sending'", "--retry"]);
+    let s = wd.sync();
+    assert_eq!(s["outbox"]["stuck"], 2, "{s}");
+    assert_eq!(s["outbox"]["sent"], 0, "{s}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(status_of(&wd, "slow@customer.example").unwrap(), "sending");
+}
+
+#[test]
+fn an_ack_being_sent_right_now_is_neither_reported_stuck_nor_retried() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    from_anna(&dc, "n1@customer.example", "Now", "");
+    let mail = simple_mail(
+        "Slow <slow@customer.example>",
+        "n2@customer.example",
+        "Slow one",
+        "",
+    );
+    dc.append("INBOX", &mail, false);
+    // sync sends the slow one for 5 s; meanwhile another process looks at the outbox.
+    let mut sync = crate::harness::spawn(wd.cmd(&["sync"]));
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the slow acknowledgement in 'sending'",
+        || status_of(&wd, "slow@customer.example").as_deref() == Some("sending"),
+    );
+    let send = wd.mailticket(&["outbox", "--send"]).success();
+    assert!(
+        !send.stderr.contains("found in 'sending'") && !send.stderr.contains("--retry"),
+        "a row being sent was called stuck: {send:?}"
+    );
+    assert!(send.stdout.contains("being sent right now"), "{send:?}");
+    let id = rusqlite::Connection::open(wd.db())
+        .unwrap()
+        .query_row(
+            "SELECT id FROM outbox WHERE rcpt_to = 'slow@customer.example'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+        .to_string();
+    let retry = wd.mailticket(&["outbox", "--retry", &id]).code(1);
+    retry.stderr_mentions(&["being sent right now", "not retried"]);
+    assert!(sync.wait().unwrap().success());
+    assert_eq!(status_of(&wd, "slow@customer.example").unwrap(), "sent");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let to_slow = sink
+        .messages()
+        .iter()
+        .filter(|m| m.envelope["rcpt_tos"][0] == "slow@customer.example")
+        .count();
+    assert_eq!(to_slow, 1, "the acknowledgement went out more than once");
+}

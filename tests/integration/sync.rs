@@ -409,3 +409,70 @@ fn a_subject_tag_threads_only_mail_from_participants() {
     assert_eq!(first["messages"], 2, "{first}");
     assert_eq!(first["subject"], "Invoice wrong", "{first}");
 }
+
+#[test]
+fn a_dry_run_in_progress_blocks_no_writer() {
+    // A server that accepts the connection and never says a word: the dry run waits for its
+    // greeting (up to its timeout) with the store open.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let mb = Mailbox {
+        name: "support".into(),
+        host: "127.0.0.1".into(),
+        port: silent.local_addr().unwrap().port(),
+        tls: "none".into(),
+        ca_file: None,
+        allow_insecure: true,
+        username: "support".into(),
+        password: quoted("support-pass"),
+        folder: "INBOX".into(),
+        after: r#""seen""#.into(),
+    };
+    let wd = Workdir::new();
+    wd.write_config(&[mb]);
+    let config = std::fs::read_to_string(wd.config()).unwrap();
+    wd.write_raw_config(&(config + "timeout = 45\n"));
+    // A store with a ticket in it already, as in real life.
+    let first = simple_mail("Anna <anna@customer.example>", "d0@x", "First", "");
+    wd.mailticket_db(&["ingest"], Some(&first)).success();
+
+    let mut dry = crate::harness::spawn(wd.cmd(&["sync", "--dry-run"]));
+    let mut conn = None;
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the dry run to connect",
+        || {
+            conn = silent.accept().ok();
+            conn.is_some()
+        },
+    );
+    let start = std::time::Instant::now();
+    let mail = simple_mail("Bob <bob@customer.example>", "d1@x", "Beside a dry run", "");
+    let run = wd.mailticket_db(&["ingest"], Some(&mail));
+    let took = start.elapsed();
+    let _ = dry.kill();
+    let _ = dry.wait();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert_eq!(wd.tickets().len(), 2);
+}
+
+#[test]
+fn a_dry_run_judges_against_what_the_store_holds() {
+    let dc = Dovecot::start();
+    let anna = "Anna <anna@customer.example>";
+    dc.append("INBOX", &simple_mail(anna, "q1@x", "Question", ""), false);
+    let wd = Workdir::with(&[dc.mailbox()]);
+    assert_summary(&wd.sync(), created(1));
+    let reply = simple_mail(anna, "q2@x", "Re: Question", "In-Reply-To: <q1@x>\r\n");
+    dc.append("INBOX", &reply, false);
+    let dry = wd
+        .mailticket(&["sync", "--dry-run", "--json"])
+        .success()
+        .json();
+    assert_eq!(dry["threaded"], 1, "{dry}");
+    assert_eq!(dry["created"], 0, "{dry}");
+    assert_eq!(wd.show(1)["messages"].as_array().unwrap().len(), 1);
+    let real = wd.sync();
+    assert_eq!(real["threaded"], 1, "{real}");
+}
