@@ -35,6 +35,13 @@ pub enum PreparedBody {
     },
     /// Not a message: goes to the quarantine.
     Unparseable(String),
+    /// Too large to fetch (`raw` is only its header): goes to the quarantine with its size.
+    TooLarge {
+        /// The message's real size.
+        size: u64,
+        /// Why it was not fetched.
+        why: String,
+    },
 }
 
 /// Parses, classifies and compresses `raw`. Never panics, never fails: what cannot be
@@ -70,6 +77,10 @@ pub fn commit(
         PreparedBody::Unparseable(why) => {
             tracing::warn!(source = %origin.source, uid = origin.imap.as_ref().map(|i| i.uid), error = %why, "quarantined");
             return store.quarantine(&p.raw, why, origin, received_at);
+        }
+        PreparedBody::TooLarge { size, why } => {
+            tracing::warn!(source = %origin.source, uid = origin.imap.as_ref().map(|i| i.uid), size, error = %why, "quarantined");
+            return store.quarantine_sized(&p.raw, *size, why, origin, received_at);
         }
         PreparedBody::Message {
             parsed,

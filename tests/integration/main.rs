@@ -14,6 +14,7 @@ mod corpus;
 mod crash;
 mod doctor;
 mod fuzz;
+mod hostile;
 mod import;
 mod oauth2;
 mod oauth2_env;
