@@ -92,10 +92,22 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let r = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        // Writing to a connection the server has closed: say that, not "Broken pipe".
+        if let Poll::Ready(Err(e)) = &r {
+            use std::io::ErrorKind as K;
+            if matches!(
+                e.kind(),
+                K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted
+            ) {
+                this.watch.eof();
+            }
         }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match &mut self.get_mut().stream {

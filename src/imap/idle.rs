@@ -15,7 +15,7 @@ use async_imap::imap_proto::{MailboxDatum, Response, Status};
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{imap_err, timed};
-use super::guard::Allowance;
+use super::guard::{Allowance, excerpt};
 use super::session::Imap;
 use crate::error::{Error, Result};
 
@@ -91,7 +91,10 @@ impl Imap {
                             ),
                         });
                     }
-                    other => tracing::trace!(?other, "ignored during IDLE"),
+                    other => {
+                        let text = excerpt(format!("{other:?}").as_bytes(), 300);
+                        tracing::trace!(response = %text, "ignored during IDLE");
+                    }
                 },
                 IdleResponse::Timeout | IdleResponse::ManualInterrupt => break Wake::Renew,
             }

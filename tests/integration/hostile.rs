@@ -114,7 +114,10 @@ fn assert_gave_up(m: &Measured, needles: &[&str]) {
         "gave up after {:.1} s, peak RSS {} KiB: {}",
         m.secs,
         m.rss_kb,
-        m.stderr.lines().last().unwrap_or_default()
+        m.stderr
+            .lines()
+            .find(|l| l.contains("mailbox failed"))
+            .unwrap_or_default()
     );
 }
 
@@ -258,6 +261,18 @@ fn an_endless_stream_of_flag_updates_ends_the_fetch() {
 }
 
 #[test]
+fn flag_updates_dripping_in_one_a_second_end_the_fetch_at_its_deadline() {
+    let (_server, wd) = hostile("flags-drip");
+    let m = sync_measured(&wd);
+    assert_gave_up(
+        &m,
+        &["fetching messages", "did not end in the time allowed"],
+    );
+    // The deadline of a three-message FETCH: about twice the timeout.
+    assert!(m.secs < 6.0 * TIMEOUT_SECS as f64, "{m:?}");
+}
+
+#[test]
 fn a_message_resent_endlessly_ends_the_fetch() {
     let (_server, wd) = hostile("resend");
     assert_gave_up(&sync_measured(&wd), &["fetching messages"]);
@@ -319,6 +334,17 @@ fn a_connection_closed_mid_fetch_is_reported_as_such_and_loses_nothing() {
     assert!(!m.stderr.to_lowercase().contains("broken pipe"), "{m:?}");
     // The next (clean) run on the same server takes all three, each once.
     assert_summary(&wd.sync(), created(3));
+}
+
+#[test]
+fn a_connection_closed_after_a_fetch_is_reported_as_such_not_as_a_broken_pipe() {
+    let (_server, wd) = hostile("eof-after-fetch");
+    let m = sync_measured(&wd);
+    assert_gave_up(&m, &["closed the connection", "storing flags"]);
+    assert!(!m.stderr.to_lowercase().contains("broken pipe"), "{m:?}");
+    // Stored before the connection went: the next run only finishes the post-action.
+    assert_summary(&wd.sync(), Counts::default());
+    assert_eq!(wd.tickets().len(), 3);
 }
 
 /// The python3 above reads `ru_maxrss` in KiB on Linux: check the unit once.
