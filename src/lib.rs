@@ -17,7 +17,8 @@
 //! Modules, one step each:
 //! - [`config`] and [`secret`]: the TOML file and where passwords come from.
 //! - [`tls`]: certificate trust shared by every outgoing connection.
-//! - [`imap`]: connect, log in, select, fetch, post-actions. Knows nothing of tickets.
+//! - [`imap`]: connect, log in, select, fetch, post-actions, and bounds on what a server may
+//!   send. Knows nothing of tickets.
 //! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
 //! - [`classify`]: pure judgement "person or machine?".
 //! - [`thread`]: pure helpers for reply matching (ids, subject tags, reply prefixes, keyed
