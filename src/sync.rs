@@ -558,7 +558,8 @@ pub async fn catch_up(
             }
         }
         if !opts.dry_run && done.len() >= POST_ACTION_EVERY {
-            clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await?);
+            let finished = finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await;
+            clears.push(finished.map_err(|e| first_error.take().unwrap_or(e))?);
             done.clear();
         }
         if first_error.is_some() {
@@ -582,7 +583,10 @@ pub async fn catch_up(
         }
     }
     if !opts.dry_run && !done.is_empty() {
-        clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await?);
+        // After a failure the post-action may fail too (the connection is gone): the first
+        // error is the one worth reporting; the next run finishes these UIDs.
+        let finished = finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await;
+        clears.push(finished.map_err(|e| first_error.take().unwrap_or(e))?);
     }
     for c in clears {
         c.await.map_err(|_| stopped())??;

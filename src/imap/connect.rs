@@ -21,7 +21,7 @@ use crate::oauth2::sasl::{self, ServerError};
 use crate::secret::Revealed;
 
 /// The byte stream under an IMAP session: TLS, or plain when the config allows it, with a
-/// [`Watch`] over everything the server sends.
+/// watch over everything the server sends (`guard::Watch`).
 #[derive(Debug)]
 pub struct Conn {
     stream: Stream,

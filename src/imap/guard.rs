@@ -117,6 +117,16 @@ impl Watch {
         self.closed
     }
 
+    /// Refuses whatever comes next: the command in progress failed with part of its answer
+    /// possibly unread, so nothing after it could be trusted.
+    pub fn abandon(&mut self) {
+        self.refused.get_or_insert_with(|| {
+            "an earlier command failed in the middle of its answer; this connection is not used \
+             again"
+                .to_owned()
+        });
+    }
+
     /// Why the stream was refused, if it was.
     pub fn refused(&self) -> Option<&str> {
         self.refused.as_deref()

@@ -96,6 +96,20 @@ impl Imap {
                 message: format!("the server closed the connection while {what}"),
             });
         }
+        if let Err(Error::Timeout { .. }) = &r {
+            watch.abandon();
+        }
+        r
+    }
+
+    /// [`Imap::finish`] for a command whose answer is read response by response: after a
+    /// failure its rest may still be on the way, so the connection is not used again (not
+    /// even for LOGOUT).
+    fn finish_answer<T>(&mut self, r: Result<T>, what: &str) -> Result<T> {
+        let r = self.finish(r, what);
+        if r.is_err() {
+            self.session.get_mut().watch().abandon();
+        }
         r
     }
 
@@ -198,7 +212,7 @@ impl Imap {
         // A generous pace for the whole answer: 1 ms per message on top of the timeout.
         let deadline = Instant::now() + self.limit * 2 + Duration::from_millis(n);
         let r = self.sizes_until(set, deadline).await;
-        self.finish(r, WHAT)
+        self.finish_answer(r, WHAT)
     }
 
     async fn sizes_until(&mut self, set: &str, deadline: Instant) -> Result<Vec<(u32, u32)>> {
@@ -244,7 +258,7 @@ impl Imap {
         let r = self
             .fetch_until(&uids, query, deadline(self.limit, n, total), each)
             .await;
-        self.finish(r, WHAT)
+        self.finish_answer(r, WHAT)
     }
 
     /// The first [`HEAD_BYTES`] of message `uid`, cut after its header, as a
@@ -265,7 +279,7 @@ impl Imap {
                 std::future::ready(Ok(()))
             })
             .await;
-        self.finish(r, WHAT)?;
+        self.finish_answer(r, WHAT)?;
         Ok(got)
     }
 
@@ -393,12 +407,18 @@ impl Imap {
 
     /// Says goodbye; errors are ignored, the connection is dropped either way.
     pub async fn logout(mut self) {
+        let watch = self.session.get_mut().watch();
+        if watch.closed() || watch.refused().is_some() {
+            return;
+        }
+        self.allow(Allowance::small("logging out"));
         let _ = tokio::time::timeout(Duration::from_secs(5), self.session.logout()).await;
     }
 
     async fn run(&mut self, cmd: &str, what: &'static str) -> Result<()> {
         let host = self.host.clone();
-        self.allow(Allowance::small(what));
+        // A post-action's answer may have a line per message (EXPUNGE, FETCH FLAGS).
+        self.allow(Allowance::responses(what, self.exists));
         let r = timed(&self.host, self.limit, what, async {
             self.session
                 .run_command_and_check_ok(cmd)
