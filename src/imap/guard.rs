@@ -52,17 +52,20 @@ impl Allowance {
     }
 
     /// For `n` messages of `total` bytes (by RFC822.SIZE), the largest `largest` bytes: twice
-    /// the bytes (servers' sizes are not always exact) plus room for the rest of each
-    /// response and for unsolicited ones; no literal much larger than the largest message.
+    /// the bytes (servers' sizes are not always exact: Exchange's may be off for converted
+    /// mail) plus room for the rest of each response and for unsolicited ones; no literal
+    /// larger than twice the largest message and a MiB.
     pub fn messages(step: &'static str, n: u64, total: u64, largest: u64) -> Allowance {
+        let literal = largest.saturating_mul(2).saturating_add(1 << 20);
         Allowance {
             step,
             bytes: total
                 .saturating_mul(2)
                 .saturating_add(n.saturating_mul(1024))
-                .saturating_add(1 << 20),
+                .saturating_add(2 << 20)
+                .max(literal),
             lines: 10_000 + n.saturating_mul(4),
-            literal: largest.saturating_add(largest / 8).saturating_add(64 << 10),
+            literal,
         }
     }
 }
