@@ -160,28 +160,31 @@ pub(crate) fn server_text(m: &str) -> String {
 /// How many characters of what a server said an error quotes.
 const SERVER_TEXT: usize = 300;
 
+/// A read or write error under async-imap, as short text.
+fn io_err(host: String, e: &std::io::Error) -> Error {
+    let text = e.to_string();
+    // async-imap's parse error: a nom error (its input as a byte array), then the whole
+    // buffer; only the start of the buffer is worth showing.
+    match text.split_once(" during parsing of ") {
+        Some((_, buffer)) => Error::Protocol {
+            host,
+            message: format!(
+                "the server sent something that is not IMAP: {}",
+                excerpt(buffer.trim_matches('"').as_bytes(), SERVER_TEXT)
+            ),
+        },
+        None => Error::Network {
+            host,
+            message: excerpt(text.as_bytes(), SERVER_TEXT),
+        },
+    }
+}
+
 pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
     use async_imap::error::Error as E;
     let host = host.to_owned();
     match e {
-        E::Io(e) => {
-            let text = e.to_string();
-            // async-imap's parse error: a nom error (its input as a byte array), then the
-            // whole buffer; only the start of the buffer is worth showing.
-            match text.split_once(" during parsing of ") {
-                Some((_, buffer)) => Error::Protocol {
-                    host,
-                    message: format!(
-                        "the server sent something that is not IMAP: {}",
-                        excerpt(buffer.trim_matches('"').as_bytes(), SERVER_TEXT)
-                    ),
-                },
-                None => Error::Network {
-                    host,
-                    message: excerpt(text.as_bytes(), SERVER_TEXT),
-                },
-            }
-        }
+        E::Io(e) => io_err(host, &e),
         E::ConnectionLost => Error::Network {
             host,
             message: "connection lost".into(),
@@ -267,7 +270,8 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
                     .map_err(|e| Error::Tls {
                         host: host.to_owned(),
                         message: format!(
-                            "STARTTLS refused ({e}); not continuing without encryption"
+                            "STARTTLS refused ({}); not continuing without encryption",
+                            excerpt(e.to_string().as_bytes(), SERVER_TEXT)
                         ),
                     })
             })
@@ -319,10 +323,10 @@ async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpSt
 
 async fn greeting(host: &str, limit: Duration, client: &mut Client) -> Result<()> {
     let resp = timed(host, limit, "waiting for the greeting", async {
-        client.read_response().await.map_err(|e| Error::Network {
-            host: host.to_owned(),
-            message: e.to_string(),
-        })
+        client
+            .read_response()
+            .await
+            .map_err(|e| io_err(host.to_owned(), &e))
     })
     .await?;
     let Some(resp) = resp else {
