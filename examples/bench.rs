@@ -118,13 +118,15 @@ async fn raw_fetch(config: &Config) -> (usize, u64, Duration) {
     )
     .await
     .expect("connect");
-    imap.select(&mb.folder).await.expect("select");
-    let sizes = imap.sizes("1:*").await.expect("sizes");
+    let sel = imap.select(&mb.folder).await.expect("select");
+    let sizes = imap
+        .sizes("1:*", u64::from(sel.exists))
+        .await
+        .expect("sizes");
     let mut count = 0usize;
     let mut bytes = 0u64;
     for batch in sizes.chunks(500) {
-        let uids: Vec<u32> = batch.iter().map(|p| p.0).collect();
-        imap.fetch_each(&uids, |m| {
+        imap.fetch_each(batch, |m| {
             count += 1;
             bytes += m.bytes.len() as u64;
             async { Ok(()) }

@@ -671,6 +671,63 @@ pub struct MailboxConfig {
     /// Seconds any one network operation may take (default 60).
     #[serde(default = "default_timeout")]
     pub timeout: u64,
+    /// A message larger than this (by the server's RFC822.SIZE) is not fetched: its header
+    /// goes to the quarantine and the run goes on (default 50 MB).
+    #[serde(default = "default_max_message_size", deserialize_with = "size")]
+    pub max_message_size: u64,
+}
+
+fn default_max_message_size() -> u64 {
+    50_000_000
+}
+
+/// The largest `max-message-size`: what fits the IMAP reader's buffer with room to spare.
+pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 256 << 20;
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    let n = match Raw::deserialize(d)? {
+        Raw::Bytes(n) => n,
+        Raw::Text(t) => parse_size(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{t:?} is not a size (write e.g. \"50 MB\", \"512 KiB\" or a number of bytes)"
+            ))
+        })?,
+    };
+    if !(1024..=MAX_MESSAGE_SIZE_LIMIT).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "{n} bytes is out of range (1 KiB to 256 MiB)"
+        )));
+    }
+    Ok(n)
+}
+
+/// Parses `50 MB`, `1.5MB`, `512 KiB`, `2GB` (or a bare number of bytes). KB, MB, GB are
+/// powers of 1000; KiB, MiB, GiB powers of 1024.
+pub fn parse_size(t: &str) -> Option<u64> {
+    let t = t.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let n: f64 = t.get(..split)?.parse().ok()?;
+    let unit: u64 = match t.get(split..)?.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    let bytes = (n * unit as f64).round();
+    // Whole bytes only, and nothing that does not fit.
+    (0.0..1e18).contains(&bytes).then_some(bytes as u64)
 }
 
 fn default_tls() -> TlsMode {
@@ -960,6 +1017,11 @@ addresses = ["support@example.com"]
 # Seconds any one network operation may take before the run gives up on this mailbox
 # (`watch` then reconnects). Also bounds ending an IDLE, so a dead connection is noticed.
 timeout = 60
+# A message larger than this (by the size the server reports) is never fetched whole: its
+# header is kept in the quarantine (`mailticket quarantine`) marked "too large", the
+# post-action runs on it, and the run goes on with the mail after it. KB/MB/GB are powers of
+# 1000, KiB/MiB/GiB of 1024; at most 256 MiB.
+max-message-size = "50 MB"
 
 # The SMTP server that sends acknowledgements and agent replies (the customer's own).
 # [smtp]
@@ -1180,6 +1242,29 @@ mod tests {
         let c = parse(include_str!("../examples/outlook365-shared.toml")).unwrap();
         assert_eq!(c.mailboxes[0].auth, AuthMech::Xoauth2);
         assert_eq!(c.smtp_token_mailbox().unwrap().name, "support");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("50 MB"), Some(50_000_000));
+        assert_eq!(parse_size("1.5MB"), Some(1_500_000));
+        assert_eq!(parse_size("512 KiB"), Some(524_288));
+        assert_eq!(parse_size("2048"), Some(2048));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+        let mb = "[[mailbox]]\nname = \"s\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\n";
+        let e = parse(&format!("{mb}max-message-size = \"huge\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a size"), "{e}");
+        let e = parse(&format!("{mb}max-message-size = \"2 GB\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out of range"), "{e}");
+        let c = parse(&format!("{mb}max-message-size = \"1 MiB\"\n")).unwrap();
+        assert_eq!(c.mailboxes[0].max_message_size, 1 << 20);
+        let c = parse(mb).unwrap();
+        assert_eq!(c.mailboxes[0].max_message_size, 50_000_000);
     }
 
     #[test]

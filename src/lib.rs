@@ -24,7 +24,8 @@
 //! Modules, one step each:
 //! - [`config`] and [`secret`]: the TOML file and where passwords come from.
 //! - [`tls`]: certificate trust shared by every outgoing connection.
-//! - [`imap`]: connect, log in, select, fetch, post-actions, IDLE. Knows nothing of tickets.
+//! - [`imap`]: connect, log in, select, fetch, post-actions, IDLE, and bounds on what a
+//!   server may send. Knows nothing of tickets.
 //! - [`oauth2`]: access tokens for XOAUTH2 / OAUTHBEARER, refresh tokens kept in the store.
 //! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
 //! - [`classify`]: pure judgement "person or machine?", and the loop checks on history.

@@ -41,6 +41,13 @@ pub enum PreparedBody {
     },
     /// Not a message: goes to the quarantine.
     Unparseable(String),
+    /// Too large to fetch (`raw` is only its header): goes to the quarantine with its size.
+    TooLarge {
+        /// The message's real size.
+        size: u64,
+        /// Why it was not fetched.
+        why: String,
+    },
 }
 
 /// The settings the decisions follow: `[threading]` and `[classify]`.
@@ -156,9 +163,9 @@ pub fn commit(
     plan: Plan<'_>,
 ) -> Result<Stored> {
     let uid = origin.imap.as_ref().map(|i| i.uid);
-    let quarantine = |store: &mut Store, why: &str| -> Result<Stored> {
+    let quarantine = |store: &mut Store, why: &str, size: u64| -> Result<Stored> {
         Ok(Stored {
-            outcome: store.quarantine(&p.raw, why, origin, received_at)?,
+            outcome: store.quarantine_sized(&p.raw, size, why, origin, received_at)?,
             acked: false,
             uid,
             message_id: String::new(),
@@ -167,7 +174,8 @@ pub fn commit(
         })
     };
     let (parsed, class, packed) = match &p.body {
-        PreparedBody::Unparseable(why) => return quarantine(store, why),
+        PreparedBody::Unparseable(why) => return quarantine(store, why, p.raw.len() as u64),
+        PreparedBody::TooLarge { size, why } => return quarantine(store, why, *size),
         PreparedBody::Message {
             parsed,
             class,
@@ -190,7 +198,7 @@ pub fn commit(
         Err(_) => {
             let why = "storing this message panicked; kept in the quarantine";
             tracing::error!(source = %origin.source, message_id = %parsed.message_id, why);
-            return quarantine(store, why);
+            return quarantine(store, why, p.raw.len() as u64);
         }
     };
     Ok(Stored {

@@ -19,7 +19,7 @@ use crate::config::{After, Config, MailboxConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
 use crate::oauth2::{Credentials, Tokens};
-use crate::pipeline::{Plan, PrepPool, Rules, Stored, commit};
+use crate::pipeline::{Plan, PrepPool, Prepared, PreparedBody, Rules, Stored, commit};
 use crate::store::{Cursor, ImapPos, Origin, Store, StoreThread};
 use crate::summary::{RunSummary, SourceSummary};
 
@@ -129,10 +129,13 @@ async fn cursor_for(
         return Ok(c);
     }
     let backlog_until = match stored {
-        None => match sel.uidnext {
-            Some(n) => n.saturating_sub(1),
-            None => imap.uid_search("ALL").await?.last().copied().unwrap_or(0),
-        },
+        // What is there now is the backlog: up to the highest UID present. UIDNEXT alone is
+        // not trusted (a server that said 4294967295 would hide all later mail behind it).
+        None => {
+            let present = imap.uid_search("ALL").await?;
+            let below_next = |u: &&u32| sel.uidnext.is_none_or(|n| **u < n);
+            present.iter().rfind(below_next).copied().unwrap_or(0)
+        }
         Some(old) => {
             tracing::warn!(
                 old = old.uidvalidity,
@@ -155,45 +158,144 @@ async fn cursor_for(
     Ok(c)
 }
 
-/// `(uid, size)` of every message this run must take, sorted.
-async fn candidates(imap: &mut Imap, c: Cursor) -> Result<Vec<(u32, u32)>> {
+/// `(uid, size)` of every message this run must take, sorted. A UID at or above the
+/// folder's UIDNEXT is not a message the server has: it is left out (with a warning), so a
+/// bogus answer cannot move the cursor past mail still to come.
+async fn candidates(imap: &mut Imap, c: Cursor, sel: imap::Selected) -> Result<Vec<(u32, u32)>> {
     let mut todo = Vec::new();
     if c.last_uid < c.backlog_until {
         // Backlog from before the first run: only what nobody has read.
         let q = format!("UID {}:{} UNSEEN", c.last_uid + 1, c.backlog_until);
         let unseen = imap.uid_search(&q).await?;
         for chunk in unseen.chunks(UIDS_PER_COMMAND) {
-            todo.extend(imap.sizes(&uid_set(chunk)).await?);
+            todo.extend(imap.sizes(&uid_set(chunk), chunk.len() as u64).await?);
         }
     }
     let above = c.last_uid.max(c.backlog_until);
     if above < u32::MAX {
         // `n:*` always matches the highest UID, even below n: filter it out.
-        let all = imap.sizes(&format!("{}:*", above + 1)).await?;
+        let all = imap
+            .sizes(&format!("{}:*", above + 1), u64::from(sel.exists))
+            .await?;
         todo.extend(all.into_iter().filter(|(uid, _)| *uid > above));
     }
     todo.sort_unstable();
     todo.dedup_by_key(|p| p.0);
+    if let Some(next) = sel.uidnext {
+        let bogus = todo.iter().filter(|p| p.0 >= next).count();
+        if bogus > 0 {
+            tracing::warn!(
+                uidnext = next,
+                count = bogus,
+                "ignoring UIDs at or above UIDNEXT"
+            );
+            todo.retain(|p| p.0 < next);
+        }
+    }
     Ok(todo)
 }
 
-/// Splits `todo` into fetch batches capped by count and bytes.
-fn batches(todo: &[(u32, u32)]) -> Vec<Vec<u32>> {
+/// Splits `todo` into fetch batches capped by count and bytes; a message over `max` bytes
+/// (whose header alone is fetched) is a batch of its own.
+fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0u64;
     for &(uid, size) in todo {
-        if !cur.is_empty() && (cur.len() >= BATCH_COUNT || bytes + u64::from(size) > BATCH_BYTES) {
+        let alone = u64::from(size) > max;
+        if !cur.is_empty()
+            && (alone || cur.len() >= BATCH_COUNT || bytes + u64::from(size) > BATCH_BYTES)
+        {
             out.push(std::mem::take(&mut cur));
             bytes = 0;
         }
-        cur.push(uid);
+        cur.push((uid, size));
         bytes += u64::from(size);
+        if alone {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
     }
     if !cur.is_empty() {
         out.push(cur);
     }
     out
+}
+
+/// Fetches one batch, handing each message to `each`; of a message over `max` bytes only the
+/// header, for the quarantine. A UID the server leaves out is looked for: one that is gone
+/// (expunged meanwhile) may be passed, one still there is asked for again, twice, and if it
+/// is still left out the run fails, before the cursor can pass it.
+async fn fetch_batch<F, Fut>(
+    imap: &mut Imap,
+    batch: &[(u32, u32)],
+    max: u64,
+    mut each: F,
+) -> Result<()>
+where
+    F: FnMut(FetchedMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut missing = match *batch {
+        [(uid, size)] if u64::from(size) > max => match imap.fetch_head(uid, size).await? {
+            Some(head) => {
+                each(head).await?;
+                Vec::new()
+            }
+            None => vec![uid],
+        },
+        _ => imap.fetch_each(batch, &mut each).await?,
+    };
+    for attempt in 1..=3 {
+        missing = still_there(imap, &missing).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let set = uid_set(&missing);
+        if attempt == 3 || batch.len() == 1 && u64::from(batch[0].1) > max {
+            return Err(Error::Protocol {
+                host: imap.host().to_owned(),
+                message: format!(
+                    "the server leaves UID {set} out of its FETCH answers although UID SEARCH \
+                     finds it; not going past it, so that it is not skipped"
+                ),
+            });
+        }
+        tracing::warn!(uids = %set, attempt, "the server left these out of its answer; asking again");
+        let again: Vec<(u32, u32)> = batch
+            .iter()
+            .filter(|p| missing.binary_search(&p.0).is_ok())
+            .copied()
+            .collect();
+        missing = imap.fetch_each(&again, &mut each).await?;
+    }
+    Ok(())
+}
+
+/// Which of `uids` (sorted) the folder still has.
+async fn still_there(imap: &mut Imap, uids: &[u32]) -> Result<Vec<u32>> {
+    if uids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found = imap.uid_search(&format!("UID {}", uid_set(uids))).await?;
+    Ok(uids
+        .iter()
+        .copied()
+        .filter(|u| found.binary_search(u).is_ok())
+        .collect())
+}
+
+/// A message too large to fetch, `head` its header, ready for the quarantine.
+fn too_large(head: Vec<u8>, size: u64, max: u64) -> oneshot::Receiver<Prepared> {
+    let (tx, rx) = oneshot::channel();
+    let why = format!(
+        "too large: {size} bytes, over max-message-size ({max} bytes); only its header was fetched"
+    );
+    let _ = tx.send(Prepared {
+        raw: head,
+        body: PreparedBody::TooLarge { size, why },
+    });
+    rx
 }
 
 /// Runs the post-action on committed UIDs. The commits are made durable first: once the
@@ -349,7 +451,7 @@ pub async fn catch_up(
         }
     }
 
-    let todo = candidates(imap, cursor).await?;
+    let todo = candidates(imap, cursor, sel).await?;
     if todo.is_empty() {
         return Ok(());
     }
@@ -376,12 +478,13 @@ pub async fn catch_up(
     let mut done_to = 0u32;
     let mut frontier = Frontier::default();
 
-    for batch in batches(&todo) {
+    let max = mb.max_message_size;
+    for batch in batches(&todo, max) {
         if pass.stop.is_some_and(CancellationToken::is_cancelled) {
             tracing::info!("stopping after the messages in flight");
             break;
         }
-        frontier.start(&batch);
+        frontier.start(&batch.iter().map(|p| p.0).collect::<Vec<_>>());
         let each = |fm: FetchedMessage| {
             let cursor_to = frontier.arrive(fm.uid);
             let (ack, rules) = (opts.ack.clone(), opts.rules.clone());
@@ -412,7 +515,10 @@ pub async fn catch_up(
                     .map_err(|_| Error::Other("fetch budget closed".into()))?;
                 let uid = fm.uid;
                 let received = fm.internal_date.unwrap_or_else(crate::time::now);
-                let prepared = pool.prepare(me, fm.bytes);
+                let prepared = match fm.too_large {
+                    None => pool.prepare(me, fm.bytes),
+                    Some(size) => too_large(fm.bytes, size, max),
+                };
                 let rx = store.submit_grouped(failed, move |s| {
                     let _permit = permit;
                     match prepared.blocking_recv() {
@@ -430,7 +536,7 @@ pub async fn catch_up(
                 Ok(())
             }
         };
-        let fetched = imap.fetch_each(&batch, each).await;
+        let fetched = fetch_batch(imap, &batch, max, each).await;
         while let Ok(s) = sub_rx.try_recv() {
             summary.counts.fetched += 1;
             inflight.push_back(s);
@@ -460,7 +566,8 @@ pub async fn catch_up(
             }
         }
         if !opts.dry_run && done.len() >= POST_ACTION_EVERY {
-            clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await?);
+            let finished = finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await;
+            clears.push(finished.map_err(|e| first_error.take().unwrap_or(e))?);
             done.clear();
         }
         if first_error.is_some() {
@@ -484,7 +591,10 @@ pub async fn catch_up(
         }
     }
     if !opts.dry_run && !done.is_empty() {
-        clears.push(finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await?);
+        // After a failure the post-action may fail too (the connection is gone): the first
+        // error is the one worth reporting; the next run finishes these UIDs.
+        let finished = finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await;
+        clears.push(finished.map_err(|e| first_error.take().unwrap_or(e))?);
     }
     for c in clears {
         c.await.map_err(|_| stopped())??;
@@ -539,11 +649,19 @@ mod tests {
     #[test]
     fn batches_respect_count_and_bytes() {
         let todo: Vec<(u32, u32)> = (1..=1200).map(|u| (u, 1000)).collect();
-        let b = batches(&todo);
+        let b = batches(&todo, u64::MAX);
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [500, 500, 200]);
         let big: Vec<(u32, u32)> = vec![(1, 5 << 20), (2, 5 << 20), (3, 20 << 20), (4, 1)];
-        let b = batches(&big);
-        assert_eq!(b, vec![vec![1], vec![2], vec![3], vec![4]]);
-        assert!(batches(&[]).is_empty());
+        let uids = |b: Vec<Vec<(u32, u32)>>| -> Vec<Vec<u32>> {
+            b.iter().map(|v| v.iter().map(|p| p.0).collect()).collect()
+        };
+        assert_eq!(
+            uids(batches(&big, u64::MAX)),
+            [vec![1], vec![2], vec![3], vec![4]]
+        );
+        assert!(batches(&[], u64::MAX).is_empty());
+        // Too large for the config: alone in its batch, whatever its size.
+        let mixed = vec![(1, 10), (2, 2000), (3, 10), (4, 10)];
+        assert_eq!(uids(batches(&mixed, 1000)), [vec![1], vec![2], vec![3, 4]]);
     }
 }

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::guard::{Watch, excerpt};
 use super::session::Imap;
 use crate::config::{AuthMech, MailboxConfig, TlsMode};
 use crate::error::{Error, Result};
@@ -19,13 +20,41 @@ use crate::oauth2::Credentials;
 use crate::oauth2::sasl::{self, ServerError};
 use crate::secret::Revealed;
 
-/// The byte stream under an IMAP session: TLS, or plain when the config allows it.
+/// The byte stream under an IMAP session: TLS, or plain when the config allows it, with a
+/// watch over everything the server sends (`guard::Watch`).
 #[derive(Debug)]
-pub enum Conn {
+pub struct Conn {
+    stream: Stream,
+    watch: Watch,
+}
+
+#[derive(Debug)]
+enum Stream {
     /// Plain TCP (`tls = "none"`, or before STARTTLS).
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn plain(tcp: TcpStream) -> Conn {
+        Conn {
+            stream: Stream::Plain(tcp),
+            watch: Watch::default(),
+        }
+    }
+
+    fn tls(tls: TlsStream<TcpStream>) -> Conn {
+        Conn {
+            stream: Stream::Tls(Box::new(tls)),
+            watch: Watch::default(),
+        }
+    }
+
+    /// The watch over what the server sends.
+    pub(crate) fn watch(&mut self) -> &mut Watch {
+        &mut self.watch
+    }
 }
 
 impl AsyncRead for Conn {
@@ -34,10 +63,26 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        if let Some(why) = this.watch.refused() {
+            return Poll::Ready(Err(std::io::Error::other(why.to_owned())));
         }
+        let before = buf.filled().len();
+        let r = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = r {
+            let new = buf.filled().get(before..).unwrap_or_default();
+            if new.is_empty() {
+                this.watch.eof();
+            } else if let Err(why) = this.watch.see(new) {
+                // Not handed on: async-imap never sees (nor allocates for) refused bytes.
+                buf.set_filled(before);
+                return Poll::Ready(Err(std::io::Error::other(why)));
+            }
+        }
+        r
     }
 }
 
@@ -47,21 +92,33 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        let this = self.get_mut();
+        let r = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        // Writing to a connection the server has closed: say that, not "Broken pipe".
+        if let Poll::Ready(Err(e)) = &r {
+            use std::io::ErrorKind as K;
+            if matches!(
+                e.kind(),
+                K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted
+            ) {
+                this.watch.eof();
+            }
         }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -88,13 +145,38 @@ pub(crate) async fn timed<T>(
 
 /// The human part of a tagged NO/BAD as async-imap renders it
 /// (`code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")`).
+/// At most a few hundred characters of it.
 pub(crate) fn server_text(m: &str) -> String {
-    match m.split_once("info: Some(\"") {
+    let text = match m.split_once("info: Some(\"") {
         Some((_, rest)) => rest
             .trim_end_matches(')')
             .trim_end_matches('"')
             .replace("\\\"", "\""),
         None => m.to_owned(),
+    };
+    excerpt(text.as_bytes(), SERVER_TEXT)
+}
+
+/// How many characters of what a server said an error quotes.
+const SERVER_TEXT: usize = 300;
+
+/// A read or write error under async-imap, as short text.
+fn io_err(host: String, e: &std::io::Error) -> Error {
+    let text = e.to_string();
+    // async-imap's parse error: a nom error (its input as a byte array), then the whole
+    // buffer; only the start of the buffer is worth showing.
+    match text.split_once(" during parsing of ") {
+        Some((_, buffer)) => Error::Protocol {
+            host,
+            message: format!(
+                "the server sent something that is not IMAP: {}",
+                excerpt(buffer.trim_matches('"').as_bytes(), SERVER_TEXT)
+            ),
+        },
+        None => Error::Network {
+            host,
+            message: excerpt(text.as_bytes(), SERVER_TEXT),
+        },
     }
 }
 
@@ -102,10 +184,7 @@ pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
     use async_imap::error::Error as E;
     let host = host.to_owned();
     match e {
-        E::Io(e) => Error::Network {
-            host,
-            message: e.to_string(),
-        },
+        E::Io(e) => io_err(host, &e),
         E::ConnectionLost => Error::Network {
             host,
             message: "connection lost".into(),
@@ -120,7 +199,7 @@ pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
         },
         other => Error::Protocol {
             host,
-            message: other.to_string(),
+            message: excerpt(other.to_string().as_bytes(), SERVER_TEXT),
         },
     }
 }
@@ -177,12 +256,12 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
     Ok(match mb.tls {
         TlsMode::Implicit => {
             let tls = handshake(mb, tcp).await?;
-            let mut client = Client::new(Conn::Tls(Box::new(tls)));
+            let mut client = Client::new(Conn::tls(tls));
             greeting(host, limit, &mut client).await?;
             client
         }
         TlsMode::Starttls => {
-            let mut client = Client::new(Conn::Plain(tcp));
+            let mut client = Client::new(Conn::plain(tcp));
             greeting(host, limit, &mut client).await?;
             timed(host, limit, "sending STARTTLS", async {
                 client
@@ -191,18 +270,19 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
                     .map_err(|e| Error::Tls {
                         host: host.to_owned(),
                         message: format!(
-                            "STARTTLS refused ({e}); not continuing without encryption"
+                            "STARTTLS refused ({}); not continuing without encryption",
+                            excerpt(e.to_string().as_bytes(), SERVER_TEXT)
                         ),
                     })
             })
             .await?;
-            let Conn::Plain(tcp) = client.into_inner() else {
+            let Stream::Plain(tcp) = client.into_inner().stream else {
                 return Err(Error::Other("STARTTLS on a TLS stream".into()));
             };
-            Client::new(Conn::Tls(Box::new(handshake(mb, tcp).await?)))
+            Client::new(Conn::tls(handshake(mb, tcp).await?))
         }
         TlsMode::None => {
-            let mut client = Client::new(Conn::Plain(tcp));
+            let mut client = Client::new(Conn::plain(tcp));
             greeting(host, limit, &mut client).await?;
             client
         }
@@ -243,10 +323,10 @@ async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpSt
 
 async fn greeting(host: &str, limit: Duration, client: &mut Client) -> Result<()> {
     let resp = timed(host, limit, "waiting for the greeting", async {
-        client.read_response().await.map_err(|e| Error::Network {
-            host: host.to_owned(),
-            message: e.to_string(),
-        })
+        client
+            .read_response()
+            .await
+            .map_err(|e| io_err(host.to_owned(), &e))
     })
     .await?;
     let Some(resp) = resp else {
@@ -272,7 +352,10 @@ async fn greeting(host: &str, limit: Duration, client: &mut Client) -> Result<()
         }),
         other => Err(Error::Protocol {
             host: host.to_owned(),
-            message: format!("unexpected greeting: {other:?}"),
+            message: format!(
+                "unexpected greeting: {}",
+                excerpt(format!("{other:?}").as_bytes(), SERVER_TEXT)
+            ),
         }),
     }
 }

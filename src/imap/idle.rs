@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use async_imap::extensions::idle::IdleResponse;
 use async_imap::imap_proto::{MailboxDatum, Response, Status};
-use async_imap::types::UnsolicitedResponse;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{imap_err, timed};
+use super::guard::{Allowance, excerpt};
 use super::session::Imap;
 use crate::error::{Error, Result};
 
@@ -34,28 +34,31 @@ impl Imap {
     /// Drains what the server said on the side during earlier commands; true when any of it
     /// says the folder grew (new mail arrived while we were busy).
     pub fn take_changes(&mut self) -> bool {
-        let mut changed = false;
-        while let Ok(r) = self.session.unsolicited_responses.try_recv() {
-            if matches!(
-                r,
-                UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
-            ) {
-                changed = true;
-            }
-        }
-        changed
+        self.drain_unsolicited();
+        std::mem::take(&mut self.grew)
     }
 
     /// IDLEs on the selected folder until new mail arrives, `renew` has passed, or `stop` is
     /// cancelled; then ends the IDLE with DONE and hands the session back. Any error (the
     /// server said BYE, the connection broke, DONE went unanswered) consumes the session.
     pub async fn idle(self, renew: Duration, stop: &CancellationToken) -> Result<(Imap, Wake)> {
+        let mut imap = self;
+        // Nothing is kept from what comes during IDLE: only a literal's size is bounded.
+        imap.allow(Allowance {
+            step: "idling",
+            bytes: u64::MAX,
+            lines: u64::MAX,
+            literal: 1 << 20,
+        });
+        imap.drain_unsolicited();
         let Imap {
             session,
             host,
             limit,
             caps,
-        } = self;
+            exists,
+            grew,
+        } = imap;
         let mut handle = session.idle();
         timed(&host, limit, "starting IDLE", async {
             handle.init().await.map_err(|e| imap_err(&host, e))
@@ -88,7 +91,10 @@ impl Imap {
                             ),
                         });
                     }
-                    other => tracing::trace!(?other, "ignored during IDLE"),
+                    other => {
+                        let text = excerpt(format!("{other:?}").as_bytes(), 300);
+                        tracing::trace!(response = %text, "ignored during IDLE");
+                    }
                 },
                 IdleResponse::Timeout | IdleResponse::ManualInterrupt => break Wake::Renew,
             }
@@ -102,6 +108,8 @@ impl Imap {
             host,
             limit,
             caps,
+            exists,
+            grew,
         };
         // DONE's reply may carry the RECENT that came with the EXISTS we woke for.
         if imap.take_changes() && wake == Wake::Renew {

@@ -5,12 +5,13 @@
 //! every error names the host.
 
 mod connect;
+mod guard;
 mod idle;
 mod session;
 
 pub use connect::{Client, Conn, authenticate, connect, dial, password, secure};
 pub use idle::Wake;
-pub use session::{FetchedMessage, Imap, Selected};
+pub use session::{FetchedMessage, HEAD_BYTES, Imap, Selected};
 
 /// Formats sorted, deduplicated UIDs as a compact IMAP sequence set (`1:5,7,9:12`).
 pub fn uid_set(uids: &[u32]) -> String {

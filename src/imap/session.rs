@@ -1,12 +1,26 @@
 //! The commands a sync needs, on an authenticated session, each under the timeout.
+//!
+//! Every command also runs under an [`Allowance`] (how many bytes, lines and how large a
+//! literal its answer may have), and a FETCH's answer as a whole under a deadline that grows
+//! with what was asked for: a server that floods, repeats or drips cannot keep a command, or
+//! memory, going for ever. When the server closes the connection, the error says so and
+//! names the step.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
+use async_imap::types::UnsolicitedResponse;
 use futures_util::TryStreamExt;
+use tokio::time::Instant;
 
 use super::connect::{Conn, imap_err, timed};
+use super::guard::Allowance;
 use super::{quote, uid_set};
 use crate::error::{Error, Result};
+
+/// How much of a message's beginning is fetched to keep its headers when the message itself
+/// is too large to fetch.
+pub const HEAD_BYTES: u32 = 64 << 10;
 
 /// An authenticated IMAP session with its host name and timeout.
 pub struct Imap {
@@ -14,6 +28,10 @@ pub struct Imap {
     pub(super) host: String,
     pub(super) limit: Duration,
     pub(super) caps: Vec<String>,
+    /// The selected folder's size, as the server last said: what a SEARCH may return.
+    pub(super) exists: u64,
+    /// The folder grew (EXISTS / RECENT) while we were busy with something else.
+    pub(super) grew: bool,
 }
 
 /// What SELECT told us about the folder.
@@ -34,8 +52,11 @@ pub struct FetchedMessage {
     pub uid: u32,
     /// INTERNALDATE as Unix seconds, when the server sent it.
     pub internal_date: Option<i64>,
-    /// The whole message, as the server stores it.
+    /// The whole message, as the server stores it; for a message too large to fetch
+    /// (`too_large`), only its header.
     pub bytes: Vec<u8>,
+    /// The real size of a message that was too large to fetch whole.
+    pub too_large: Option<u64>,
 }
 
 impl Imap {
@@ -45,6 +66,61 @@ impl Imap {
             host,
             limit,
             caps: Vec::new(),
+            exists: 0,
+            grew: false,
+        }
+    }
+
+    /// Sets what the server may send for the next command.
+    pub(super) fn allow(&mut self, a: Allowance) {
+        self.session.get_mut().watch().begin(a);
+    }
+
+    /// What a command came to, told truthfully: the watch's refusal, or the server having
+    /// closed the connection, say more than what async-imap made of them (an ended stream,
+    /// "Broken pipe" on the next command). Unsolicited responses are dropped here, keeping
+    /// only whether the folder grew, so that they cannot pile up.
+    pub(super) fn finish<T>(&mut self, r: Result<T>, what: &str) -> Result<T> {
+        self.drain_unsolicited();
+        let host = self.host.clone();
+        let watch = self.session.get_mut().watch();
+        if let Some(why) = watch.refused() {
+            return Err(Error::Protocol {
+                host,
+                message: why.to_owned(),
+            });
+        }
+        if watch.closed() {
+            return Err(Error::Network {
+                host,
+                message: format!("the server closed the connection while {what}"),
+            });
+        }
+        if let Err(Error::Timeout { .. }) = &r {
+            watch.abandon();
+        }
+        r
+    }
+
+    /// [`Imap::finish`] for a command whose answer is read response by response: after a
+    /// failure its rest may still be on the way, so the connection is not used again (not
+    /// even for LOGOUT).
+    fn finish_answer<T>(&mut self, r: Result<T>, what: &str) -> Result<T> {
+        let r = self.finish(r, what);
+        if r.is_err() {
+            self.session.get_mut().watch().abandon();
+        }
+        r
+    }
+
+    pub(super) fn drain_unsolicited(&mut self) {
+        while let Ok(r) = self.session.unsolicited_responses.try_recv() {
+            if let UnsolicitedResponse::Exists(n) = r {
+                self.exists = self.exists.max(u64::from(n));
+                self.grew = true;
+            } else if matches!(r, UnsolicitedResponse::Recent(_)) {
+                self.grew = true;
+            }
         }
     }
 
@@ -55,13 +131,15 @@ impl Imap {
 
     pub(crate) async fn load_capabilities(&mut self) -> Result<()> {
         let host = self.host.clone();
+        self.allow(Allowance::small("reading capabilities"));
         let caps = timed(&self.host, self.limit, "reading capabilities", async {
             self.session
                 .capabilities()
                 .await
                 .map_err(|e| imap_err(&host, e))
         })
-        .await?;
+        .await;
+        let caps = self.finish(caps, "reading capabilities")?;
         self.caps = caps
             .iter()
             .map(|c| match c {
@@ -86,6 +164,7 @@ impl Imap {
     /// SELECTs `folder` read-write.
     pub async fn select(&mut self, folder: &str) -> Result<Selected> {
         let host = self.host.clone();
+        self.allow(Allowance::small("selecting the folder"));
         let mb = timed(&self.host, self.limit, "selecting the folder", async {
             self.session.select(folder).await.map_err(|e| match e {
                 async_imap::error::Error::No(m) => Error::Protocol {
@@ -95,7 +174,9 @@ impl Imap {
                 e => imap_err(&host, e),
             })
         })
-        .await?;
+        .await;
+        let mb = self.finish(mb, "selecting the folder")?;
+        self.exists = u64::from(mb.exists);
         let uidvalidity = mb.uid_validity.ok_or_else(|| Error::Protocol {
             host: self.host.clone(),
             message: format!("folder {folder:?} has no UIDVALIDITY"),
@@ -110,22 +191,32 @@ impl Imap {
     /// UID SEARCH; the result is sorted.
     pub async fn uid_search(&mut self, query: &str) -> Result<Vec<u32>> {
         let host = self.host.clone();
+        self.allow(Allowance::responses("searching", self.exists));
         let set = timed(&self.host, self.limit, "searching", async {
             self.session
                 .uid_search(query)
                 .await
                 .map_err(|e| imap_err(&host, e))
         })
-        .await?;
+        .await;
+        let set = self.finish(set, "searching")?;
         let mut v: Vec<u32> = set.into_iter().collect();
         v.sort_unstable();
         Ok(v)
     }
 
-    /// `(uid, RFC822.SIZE)` of the messages in `set`, sorted by UID.
-    pub async fn sizes(&mut self, set: &str) -> Result<Vec<(u32, u32)>> {
-        let host = self.host.clone();
-        let limit = self.limit;
+    /// `(uid, RFC822.SIZE)` of the messages in `set` (at most `n` of them), sorted by UID.
+    pub async fn sizes(&mut self, set: &str, n: u64) -> Result<Vec<(u32, u32)>> {
+        const WHAT: &str = "fetching sizes";
+        self.allow(Allowance::responses(WHAT, n));
+        // A generous pace for the whole answer: 1 ms per message on top of the timeout.
+        let deadline = Instant::now() + self.limit * 2 + Duration::from_millis(n);
+        let r = self.sizes_until(set, deadline).await;
+        self.finish_answer(r, WHAT)
+    }
+
+    async fn sizes_until(&mut self, set: &str, deadline: Instant) -> Result<Vec<(u32, u32)>> {
+        let (host, limit) = (self.host.clone(), self.limit);
         let mut stream = timed(&self.host, limit, "fetching sizes", async {
             self.session
                 .uid_fetch(set, "(UID RFC822.SIZE)")
@@ -135,7 +226,7 @@ impl Imap {
         .await?;
         let mut out = Vec::new();
         loop {
-            let next = timed(&host, limit, "fetching sizes", async {
+            let next = until(&host, limit, deadline, "fetching sizes", async {
                 stream.try_next().await.map_err(|e| imap_err(&host, e))
             })
             .await?;
@@ -149,27 +240,75 @@ impl Imap {
         Ok(out)
     }
 
-    /// Fetches the messages `uids` with `BODY.PEEK[]` (never sets `\Seen`), handing each to
-    /// `each` as it arrives; `each` may wait (for room in the store's queue) before returning.
-    /// Returns the UIDs that the server did not send (expunged meanwhile).
-    pub async fn fetch_each<F, Fut>(&mut self, uids: &[u32], mut each: F) -> Result<Vec<u32>>
+    /// Fetches the messages `batch` (`(uid, RFC822.SIZE)`, sorted) with `BODY.PEEK[]` (never
+    /// sets `\Seen`), handing each to `each` as it arrives; `each` may wait (for room in the
+    /// store's queue) before returning. Returns the UIDs that the server did not send.
+    pub async fn fetch_each<F, Fut>(&mut self, batch: &[(u32, u32)], each: F) -> Result<Vec<u32>>
     where
         F: FnMut(FetchedMessage) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let host = self.host.clone();
-        let limit = self.limit;
+        const WHAT: &str = "fetching messages";
+        let n = batch.len() as u64;
+        let total: u64 = batch.iter().map(|p| u64::from(p.1)).sum();
+        let largest = batch.iter().map(|p| u64::from(p.1)).max().unwrap_or(0);
+        self.allow(Allowance::messages(WHAT, n, total, largest));
+        let uids: Vec<u32> = batch.iter().map(|p| p.0).collect();
+        let query = "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[])";
+        let r = self
+            .fetch_until(&uids, query, deadline(self.limit, n, total), each)
+            .await;
+        self.finish_answer(r, WHAT)
+    }
+
+    /// The first [`HEAD_BYTES`] of message `uid`, cut after its header, as a
+    /// [`FetchedMessage`] marked `too_large` with `size`; `None` when the server has no such
+    /// message (any more).
+    pub async fn fetch_head(&mut self, uid: u32, size: u32) -> Result<Option<FetchedMessage>> {
+        const WHAT: &str = "fetching a header";
+        let head = u64::from(HEAD_BYTES);
+        self.allow(Allowance::messages(WHAT, 1, head, head));
+        let query = format!("(UID INTERNALDATE BODY.PEEK[]<0.{HEAD_BYTES}>)");
+        let mut got = None;
+        let r = self
+            .fetch_until(&[uid], &query, deadline(self.limit, 1, head), |mut m| {
+                let end = m.bytes.windows(4).position(|w| w == b"\r\n\r\n");
+                m.bytes.truncate(end.map_or(m.bytes.len(), |e| e + 4));
+                m.too_large = Some(u64::from(size));
+                got = Some(m);
+                std::future::ready(Ok(()))
+            })
+            .await;
+        self.finish_answer(r, WHAT)?;
+        Ok(got)
+    }
+
+    /// One UID FETCH of `uids` (sorted) for `query`, each body handed to `each`, the whole
+    /// answer before `deadline` (moved on by the time `each` takes). Returns the UIDs of
+    /// `uids` that did not come; what was not asked for, or came twice, is ignored.
+    async fn fetch_until<F, Fut>(
+        &mut self,
+        uids: &[u32],
+        query: &str,
+        mut deadline: Instant,
+        mut each: F,
+    ) -> Result<Vec<u32>>
+    where
+        F: FnMut(FetchedMessage) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let (host, limit) = (self.host.clone(), self.limit);
         let set = uid_set(uids);
         let mut stream = timed(&self.host, limit, "fetching messages", async {
             self.session
-                .uid_fetch(&set, "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[])")
+                .uid_fetch(&set, query)
                 .await
                 .map_err(|e| imap_err(&host, e))
         })
         .await?;
-        let mut got = Vec::with_capacity(uids.len());
+        let mut got = HashSet::with_capacity(uids.len());
         loop {
-            let next = timed(&host, limit, "fetching messages", async {
+            let next = until(&host, limit, deadline, "fetching messages", async {
                 stream.try_next().await.map_err(|e| imap_err(&host, e))
             })
             .await?;
@@ -178,24 +317,23 @@ impl Imap {
             let (Some(uid), Some(body)) = (f.uid, f.body()) else {
                 continue;
             };
-            if uids.binary_search(&uid).is_err() {
+            if uids.binary_search(&uid).is_err() || !got.insert(uid) {
                 continue;
             }
-            got.push(uid);
             let internal_date = f.internal_date().map(|d| d.timestamp());
+            let bytes = body.to_vec();
+            drop(f);
+            let waited = Instant::now();
             each(FetchedMessage {
                 uid,
                 internal_date,
-                bytes: body.to_vec(),
+                bytes,
+                too_large: None,
             })
             .await?;
+            deadline += waited.elapsed();
         }
-        got.sort_unstable();
-        Ok(uids
-            .iter()
-            .copied()
-            .filter(|u| got.binary_search(u).is_err())
-            .collect())
+        Ok(uids.iter().copied().filter(|u| !got.contains(u)).collect())
     }
 
     /// Adds `flags` (e.g. `\Seen`) to the messages in `uids`, in one command.
@@ -243,7 +381,8 @@ impl Imap {
     /// Whether `folder` exists (LIST).
     pub async fn folder_exists(&mut self, folder: &str) -> Result<bool> {
         let host = self.host.clone();
-        timed(&self.host, self.limit, "listing folders", async {
+        self.allow(Allowance::small("listing folders"));
+        let r = timed(&self.host, self.limit, "listing folders", async {
             let stream = self
                 .session
                 .list(Some(""), Some(folder))
@@ -252,7 +391,8 @@ impl Imap {
             let names: Vec<_> = stream.try_collect().await.map_err(|e| imap_err(&host, e))?;
             Ok(!names.is_empty())
         })
-        .await
+        .await;
+        self.finish(r, "listing folders")
     }
 
     /// Creates `folder` unless it exists.
@@ -267,17 +407,58 @@ impl Imap {
 
     /// Says goodbye; errors are ignored, the connection is dropped either way.
     pub async fn logout(mut self) {
+        let watch = self.session.get_mut().watch();
+        if watch.closed() || watch.refused().is_some() {
+            return;
+        }
+        self.allow(Allowance::small("logging out"));
         let _ = tokio::time::timeout(Duration::from_secs(5), self.session.logout()).await;
     }
 
-    async fn run(&mut self, cmd: &str, what: &str) -> Result<()> {
+    async fn run(&mut self, cmd: &str, what: &'static str) -> Result<()> {
         let host = self.host.clone();
-        timed(&self.host, self.limit, what, async {
+        // A post-action's answer may have a line per message (EXPUNGE, FETCH FLAGS).
+        self.allow(Allowance::responses(what, self.exists));
+        let r = timed(&self.host, self.limit, what, async {
             self.session
                 .run_command_and_check_ok(cmd)
                 .await
                 .map_err(|e| imap_err(&host, e))
         })
-        .await
+        .await;
+        self.finish(r, what)
+    }
+}
+
+/// The deadline for the whole answer to a FETCH of `n` messages of `total` bytes: twice the
+/// timeout, plus the time the bytes take at a slow 64 KiB/s, plus 10 ms per message.
+fn deadline(limit: Duration, n: u64, total: u64) -> Instant {
+    Instant::now()
+        + limit * 2
+        + Duration::from_secs(total / (64 << 10))
+        + Duration::from_millis(n.saturating_mul(10))
+}
+
+/// Runs `fut` (the next response of an answer) under `limit` and before `deadline`.
+async fn until<T>(
+    host: &str,
+    limit: Duration,
+    deadline: Instant,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left >= limit {
+        return timed(host, limit, what, fut).await;
+    }
+    match tokio::time::timeout(left, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Protocol {
+            host: host.to_owned(),
+            message: format!(
+                "the server's answer did not end in the time allowed for it while {what}; \
+                 giving up on this connection"
+            ),
+        }),
     }
 }

@@ -187,13 +187,27 @@ impl Store {
         origin: &Origin,
         received_at: i64,
     ) -> Result<Outcome> {
+        self.quarantine_sized(raw, raw.len() as u64, error, origin, received_at)
+    }
+
+    /// Like [`Store::quarantine`], for a message of `size` bytes of which only `raw` (its
+    /// header) was fetched.
+    pub fn quarantine_sized(
+        &mut self,
+        raw: &[u8],
+        size: u64,
+        error: &str,
+        origin: &Origin,
+        received_at: i64,
+    ) -> Result<Outcome> {
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
         self.write(|c| {
             let sha = hex(&sha256(raw));
             let (uidvalidity, uid) = origin.imap.as_ref().map_or((0, 0), |p| (p.uidvalidity, p.uid));
             c.execute(
                 "INSERT OR IGNORE INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![origin.source, uidvalidity, uid, error, sha, raw.len() as i64, raw, received_at],
+                params![origin.source, uidvalidity, uid, error, sha, size, raw, received_at],
             )?;
             let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", [&sha], |r| r.get(0))?;
             advance(c, origin.imap.as_ref())?;

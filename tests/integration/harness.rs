@@ -1339,3 +1339,90 @@ impl Drop for Watcher {
         }
     }
 }
+
+/// A misbehaving IMAP server (`tests/env/hostile-imap`, Python stdlib) on a free loopback
+/// port, plain TCP, in one of its `--mode`s. It keeps its mailbox in memory and takes the
+/// `.eml` files of its spool directory as new mail at every SELECT ([`HostileImap::deliver`]).
+/// It exits by itself after its lifetime; dropping the handle ends it sooner and removes its
+/// directory (`/tmp/mth-PID-N`, which `scripts/test` reaps when a test binary died).
+pub struct HostileImap {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Child,
+}
+
+impl HostileImap {
+    /// Starts the server in MODE with more `hostile-imap` arguments (`--messages 5`, ...).
+    pub fn start(mode: &str, args: &[&str]) -> HostileImap {
+        let dir = unique_dir("mth");
+        let spool = dir.join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.join("server.log")).unwrap();
+            let mut child = Command::new("python3")
+                .arg(script("hostile-imap"))
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--mode",
+                    mode,
+                    "--lifetime",
+                    "150",
+                ])
+                .arg("--spool")
+                .arg(&spool)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            std::fs::write(dir.join("pid"), child.id().to_string()).unwrap();
+            let mut first = String::new();
+            let stdout = child.stdout.take().unwrap();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first);
+            if first.starts_with("listening") {
+                return HostileImap { dir, port, child };
+            }
+            let _ = child.wait();
+            let err = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            assert!(err.contains("in use"), "hostile-imap start failed:\n{err}");
+        }
+        panic!("hostile-imap start: no free port after 5 tries");
+    }
+
+    /// Puts MESSAGE in the spool: the next SELECT gives it the next UID (with `\Seen` when
+    /// SEEN, as if someone had read it before mailticket's next run).
+    pub fn deliver(&self, name: &str, message: &[u8], seen: bool) {
+        let spool = self.dir.join("spool");
+        let file = format!("{name}{}.eml", if seen { ".seen" } else { "" });
+        let tmp = self.dir.join(&file);
+        std::fs::write(&tmp, message).unwrap();
+        std::fs::rename(&tmp, spool.join(file)).unwrap();
+    }
+
+    /// The `[[mailbox]]` for this server: plain TCP to 127.0.0.1 (`allow-insecure`).
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox {
+            name: "support".into(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+            tls: "none".into(),
+            ca_file: None,
+            allow_insecure: true,
+            username: "support".into(),
+            password: quoted("support-pass"),
+            folder: "INBOX".into(),
+            after: r#""seen""#.into(),
+        }
+    }
+}
+
+impl Drop for HostileImap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

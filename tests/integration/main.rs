@@ -15,6 +15,7 @@ mod crash;
 mod doctor;
 mod faults;
 mod fuzz;
+mod hostile;
 mod import;
 mod oauth2;
 mod oauth2_env;
