@@ -19,7 +19,8 @@ use crate::classify::{self, Classification, Identity, Kind, classify};
 use crate::config::{ClassifyConfig, Config, ThreadingConfig};
 use crate::error::{Error, Result};
 use crate::message::{self, ParsedMessage};
-use crate::outbound::AckPlan;
+use crate::outbound::ack::{self, AckDecision, AckHistory, AckTicket};
+use crate::outbound::{AckPlan, new_message_id};
 use crate::store::{NewMessage, NewTicket, Origin, Outcome, Store, Tx, pack};
 use crate::thread;
 
@@ -220,10 +221,7 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
         tx.advance(cursor)?;
         return Ok((Outcome::Duplicate(t), false, m.class.kind));
     }
-    let recent = classify::rate_question(p, &rules.classify)
-        .map(|q| tx.messages_from_within(q.from, q.date, q.window))
-        .transpose()?;
-    let mut verdict = classify::with_history(m.class, p, tx.key(), recent, &rules.classify);
+    let mut verdict = final_verdict(tx, m, &rules.classify)?;
     let kind = verdict.kind;
     // A ticket's times are mailticket's own (when it learnt of it); each message keeps the
     // date its sender gave it.
@@ -245,6 +243,7 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
         now,
     )?;
     verdict.reasons.extend(placed.reasons);
+    let subject = thread::normalize_subject_with(&p.subject, &rules.threading.tag);
     let (ticket, outcome) = match placed.ticket {
         Some(t) => {
             tx.touch_ticket(t, now, kind == Kind::Normal)?;
@@ -252,7 +251,7 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
         }
         None => {
             let t = tx.create_ticket(&NewTicket {
-                subject: &thread::normalize_subject_with(&p.subject, &rules.threading.tag),
+                subject: &subject,
                 // A bounce we cannot place and mail from ourselves are kept, never worked on.
                 closed: matches!(kind, Kind::Bounce | Kind::Loop),
                 customer: &customer,
@@ -282,11 +281,63 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     let acked = match (outcome, plan.ack) {
         (Outcome::Created(t), Some(ack)) => {
             let tag = thread::tag_text(&rules.threading.tag, t);
-            tx.queue_ack(ack, p, &verdict, (t, &tag), &m.origin.mailbox)?
+            let ticket = AckTicket {
+                id: t,
+                subject: &subject,
+                tag: &tag,
+                mailbox: &m.origin.mailbox,
+            };
+            acknowledge(tx, ack, p, &verdict, &ticket, now)?
         }
         _ => false,
     };
     Ok((outcome, acked, kind))
+}
+
+/// Asks the ack policy about a message that opened a ticket, with its sender's history, and
+/// records the answer: the acknowledgement queued, or why not. Whether one was queued.
+fn acknowledge(
+    tx: &Tx<'_>,
+    plan: &AckPlan,
+    p: &ParsedMessage,
+    verdict: &Classification,
+    ticket: &AckTicket<'_>,
+    now: i64,
+) -> Result<bool> {
+    let address = p.reply_address().map_or("", |a| a.address.as_str());
+    let history = AckHistory {
+        undeliverable: tx.is_undeliverable(address, now)?,
+        last_hour: tx.acks_to_since(address, now - 3600)?,
+        last_day: tx.acks_to_since(address, now - 86_400)?,
+    };
+    let message_id = new_message_id(tx.key(), ticket.id, &plan.domain());
+    match ack::decide(plan, p, verdict, &history, ticket, &message_id, now)? {
+        AckDecision::Queue(out) => {
+            tx.record_outgoing(ticket.id, &out, now)?;
+            Ok(true)
+        }
+        AckDecision::Skip { to, reasons } => {
+            let reason = reasons.join("; ");
+            tx.record_skipped_ack(ticket.id, &to, &reason, now)?;
+            tracing::info!(ticket = ticket.id, reason, "no acknowledgement");
+            Ok(false)
+        }
+    }
+}
+
+/// The classifier's verdict with the store's history: our own id coming back, or a sender
+/// who writes too much too fast, makes it a loop.
+fn final_verdict(tx: &Tx<'_>, m: &Incoming<'_>, cfg: &ClassifyConfig) -> Result<Classification> {
+    let recent = classify::rate_question(m.parsed, cfg)
+        .map(|q| tx.messages_from_within(q.from, q.date, q.window))
+        .transpose()?;
+    Ok(classify::with_history(
+        m.class,
+        m.parsed,
+        tx.key(),
+        recent,
+        cfg,
+    ))
 }
 
 /// The message row, its attachments' index and (with `refs`) the ids it names.

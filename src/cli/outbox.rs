@@ -158,7 +158,15 @@ pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
     }
     let tag = mailticket::thread::tag_text(&ctx.config.threading.tag, a.id);
     let own = ctx.config.own_addresses();
-    let id = store.queue_reply((a.id, &tag), &body, &from, &own, a.close)?;
+    let reply = mailticket::outbound::reply::Reply {
+        ticket: a.id,
+        tag: &tag,
+        body: &body,
+        from: &from,
+        own: &own,
+        close: a.close,
+    };
+    let id = mailticket::outbound::reply::queue(&mut store, &reply)?;
     tracing::info!(ticket = a.id, outbox = id, "reply queued");
     let Some(smtp) = smtp else { return Ok(0) };
     let (_store, report) = drain_now(store, &smtp)?;

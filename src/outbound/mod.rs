@@ -10,6 +10,8 @@
 //! it is reported and never resent on its own (at most once); one claimed by a live process is
 //! being sent right now and left alone.
 
+pub mod ack;
+pub mod reply;
 pub mod smtp;
 pub mod template;
 
@@ -28,6 +30,14 @@ use template::AckTemplates;
 /// Parses `Name <addr>` or `addr`.
 pub fn parse_mailbox(s: &str) -> Option<Mailbox> {
     s.trim().parse::<Mailbox>().ok()
+}
+
+/// Our keyed Message-ID for a new outbound message on `ticket` (see
+/// [`crate::msgid::outbound_id`]), with a random nonce so each message's id is unique.
+pub fn new_message_id(key: &[u8], ticket: i64, domain: &str) -> String {
+    let mut nonce = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
+    crate::msgid::outbound_id(key, ticket, &crate::message::hex(&nonce), domain)
 }
 
 /// Everything needed to decide on and write an acknowledgement, shared by the pipeline.

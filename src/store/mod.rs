@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use codec::{decompress, pack};
 pub use migrations::LATEST as SCHEMA_VERSION;
-pub use outbox::{OutJob, OutboxRow, Retry, claim_holds};
+pub use outbox::{OutJob, OutboxKind, OutboxRow, Outgoing, ReplyContext, Retry, claim_holds};
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, MessageRow, NewMessage, NewTicket, Origin, Outcome,
     QuarantineRow, TicketRow, TicketState,

@@ -5,22 +5,10 @@
 use lettre::message::Mailbox;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::Store;
 use super::codec::pack;
+use super::{Store, Tx};
 use crate::error::{Error, Result};
-use crate::message::{ParsedMessage, sha256};
-use crate::outbound::template::{
-    AckContext, CustomerFields, MailboxFields, MessageFields, TicketFields,
-};
-use crate::outbound::{AckPlan, Compose, compose, parse_mailbox, short_subject};
-
-/// Our keyed Message-ID for a new outbound message on `ticket` (see
-/// [`crate::msgid::outbound_id`]), with a random nonce so each message's id is unique.
-fn outbound_id(key: &[u8], ticket: i64, domain: &str) -> String {
-    let mut nonce = [0u8; 6];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
-    crate::msgid::outbound_id(key, ticket, &crate::message::hex(&nonce), domain)
-}
+use crate::message::sha256;
 
 /// A row as `mailticket outbox` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -93,24 +81,51 @@ fn backoff(attempts: i64) -> i64 {
     (60_i64.saturating_mul(1_i64 << exp.min(16))).min(6 * 3600)
 }
 
+/// What an outbox row sends: an acknowledgement or an agent's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// The automatic acknowledgement of a new request.
+    Ack,
+    /// An agent's reply.
+    Reply,
+}
+
+impl OutboxKind {
+    /// The name stored in the `kind` column (checked by the schema) and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Ack => "ack",
+            OutboxKind::Reply => "reply",
+        }
+    }
+}
+
+/// A composed outbound message, as `outbound` decided it: recorded on its ticket and queued.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Ack or reply.
+    pub kind: OutboxKind,
+    /// Our From (also the envelope sender).
+    pub from: Mailbox,
+    /// To.
+    pub to: Vec<Mailbox>,
+    /// Cc.
+    pub cc: Vec<Mailbox>,
+    /// Subject as sent.
+    pub subject: String,
+    /// Plain text as sent.
+    pub text: String,
+    /// The exact bytes.
+    pub raw: Vec<u8>,
+    /// Our Message-ID, without brackets.
+    pub message_id: String,
+}
+
 /// Records an outbound message on its ticket and queues it, inside the caller's transaction.
-#[allow(clippy::too_many_arguments)]
-fn record_and_queue(
-    c: &Connection,
-    ticket: i64,
-    kind: &str,
-    from: &Mailbox,
-    to: &[Mailbox],
-    cc: &[Mailbox],
-    subject: &str,
-    text: &str,
-    raw: &[u8],
-    message_id: &str,
-    now: i64,
-) -> Result<i64> {
+fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Result<i64> {
     let addr = |m: &Mailbox| m.email.to_string().to_ascii_lowercase();
-    let to_list: Vec<String> = to.iter().map(addr).collect();
-    let cc_list: Vec<String> = cc.iter().map(addr).collect();
+    let to_list: Vec<String> = out.to.iter().map(addr).collect();
+    let cc_list: Vec<String> = out.cc.iter().map(addr).collect();
     let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     let message_row: i64 = c
         .prepare_cached(
@@ -122,18 +137,18 @@ fn record_and_queue(
         .query_row(
             params![
                 ticket,
-                message_id,
-                &sha256(raw)[..],
-                addr(from),
-                from.name.clone().unwrap_or_default(),
+                out.message_id,
+                &sha256(&out.raw)[..],
+                addr(&out.from),
+                out.from.name.clone().unwrap_or_default(),
                 json(&to_list),
                 json(&cc_list),
-                subject,
+                out.subject,
                 now,
-                text,
-                format!("outbox:{kind}"),
-                raw.len() as i64,
-                pack(raw)?,
+                out.text,
+                format!("outbox:{}", out.kind.as_str()),
+                out.raw.len() as i64,
+                pack(&out.raw)?,
             ],
             |r| r.get(0),
         )?;
@@ -149,8 +164,8 @@ fn record_and_queue(
             params![
                 ticket,
                 message_row,
-                kind,
-                addr(from),
+                out.kind.as_str(),
+                addr(&out.from),
                 to_list.first().cloned().unwrap_or_default(),
                 json(&all),
                 now
@@ -160,233 +175,121 @@ fn record_and_queue(
     Ok(id)
 }
 
-fn skip(c: &Connection, ticket: i64, to: &str, reason: &str, now: i64) -> Result<()> {
-    c.prepare_cached(
-        "INSERT INTO outbox (ticket_id, kind, status, rcpt_to, reason, created_at, updated_at)
-         VALUES (?1, 'ack', 'skipped', ?2, ?3, ?4, ?4)",
-    )?
-    .execute(params![ticket, to, reason, now])?;
-    tracing::info!(ticket, reason, "no acknowledgement");
-    Ok(())
-}
-
-/// Decides on the acknowledgement of a message that just opened `ticket` (whose subject tag
-/// is `tag`), and queues it or records why not, inside the caller's transaction. Returns
-/// whether one was queued.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn queue_ack(
-    c: &Connection,
-    plan: &AckPlan,
-    p: &ParsedMessage,
-    class: &crate::classify::Classification,
-    (ticket, tag): (i64, &str),
-    mailbox: &str,
-    now: i64,
-    key: &[u8],
-) -> Result<bool> {
-    let customer = p.reply_address().cloned().unwrap_or_default();
-    let mut why = plan.blockers(p, class, now);
-    let undeliverable: bool = c
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
-        )?
-        .query_row(params![customer.address, now], |r| r.get(0))?;
-    if undeliverable {
-        why.push(format!(
-            "{} bounced recently (undeliverable)",
-            customer.address
-        ));
+/// The outbox's part of a message's transaction: what the ack policy asks, and the plain
+/// writes that record what it decided.
+impl Tx<'_> {
+    /// Whether `address` bounced recently enough that nothing automatic may go to it.
+    pub fn is_undeliverable(&self, address: &str, now: i64) -> Result<bool> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
+            )?
+            .query_row(params![address, now], |r| r.get(0))?)
     }
-    if why.is_empty() {
-        let count = |secs: i64| -> Result<u32> {
-            Ok(c.prepare_cached(
+
+    /// Acknowledgements queued, being sent or sent to `address` since `since`.
+    pub fn acks_to_since(&self, address: &str, since: i64) -> Result<u32> {
+        Ok(self
+            .c
+            .prepare_cached(
                 "SELECT count(*) FROM outbox WHERE rcpt_to = ?1 AND kind = 'ack'
                    AND status IN ('pending', 'sending', 'sent') AND created_at > ?2",
             )?
-            .query_row(params![customer.address, now - secs], |r| r.get(0))?)
+            .query_row(params![address, since], |r| r.get(0))?)
+    }
+
+    /// Records `out` on `ticket` and queues it; returns the outbox row.
+    pub fn record_outgoing(&self, ticket: i64, out: &Outgoing, now: i64) -> Result<i64> {
+        record_and_queue(self.c, ticket, out, now)
+    }
+
+    /// Records that `ticket`'s request from `to` is not acknowledged, and why.
+    pub fn record_skipped_ack(&self, ticket: i64, to: &str, reason: &str, now: i64) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO outbox (ticket_id, kind, status, rcpt_to, reason, created_at, updated_at)
+                 VALUES (?1, 'ack', 'skipped', ?2, ?3, ?4, ?4)",
+            )?
+            .execute(params![ticket, to, reason, now])?;
+        Ok(())
+    }
+}
+
+/// What an agent's reply to a ticket is built from.
+#[derive(Debug, Clone)]
+pub struct ReplyContext {
+    /// The ticket's subject.
+    pub subject: String,
+    /// The customer's address and name.
+    pub customer: String,
+    /// ... name.
+    pub customer_name: String,
+    /// The message answered (the newest inbound one, else the newest at all): its id.
+    pub parent: Option<String>,
+    /// Its References (oldest first).
+    pub references: Vec<String>,
+    /// Its Cc addresses.
+    pub cc: Vec<String>,
+    /// Its Reply-To address (empty when none).
+    pub reply_to: String,
+}
+
+impl Tx<'_> {
+    /// What a reply to `ticket` is built from; `None` when there is no such ticket.
+    pub fn reply_context(&self, ticket: i64) -> Result<Option<ReplyContext>> {
+        let t: Option<(String, String, String)> = self
+            .c
+            .query_row(
+                "SELECT subject, customer, customer_name FROM ticket WHERE id = ?1",
+                [ticket],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((subject, customer, customer_name)) = t else {
+            return Ok(None);
         };
-        if count(3600)? >= plan.per_hour {
-            why.push(format!(
-                "rate limit: {} acknowledgements to this sender in an hour",
-                plan.per_hour
-            ));
-        } else if count(86_400)? >= plan.per_day {
-            why.push(format!(
-                "rate limit: {} acknowledgements to this sender in a day",
-                plan.per_day
-            ));
-        }
+        let last: Option<(String, String, String, String)> = self
+            .c
+            .query_row(
+                "SELECT message_id, refs, cc_addrs, reply_to FROM message WHERE ticket_id = ?1
+                 ORDER BY direction = 'in' DESC, date DESC, id DESC LIMIT 1",
+                [ticket],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let (parent, references, cc, reply_to) = match last {
+            Some((id, refs, cc, reply_to)) => (
+                Some(id),
+                serde_json::from_str(&refs).unwrap_or_default(),
+                serde_json::from_str(&cc).unwrap_or_default(),
+                reply_to,
+            ),
+            None => (None, Vec::new(), Vec::new(), String::new()),
+        };
+        Ok(Some(ReplyContext {
+            subject,
+            customer,
+            customer_name,
+            parent,
+            references,
+            cc,
+            reply_to,
+        }))
     }
-    let Some(to) = parse_mailbox(&if customer.name.is_empty() {
-        customer.address.clone()
-    } else {
-        format!(
-            "\"{}\" <{}>",
-            customer.name.replace(['"', '\\'], ""),
-            customer.address
-        )
-    })
-    .or_else(|| parse_mailbox(&customer.address)) else {
-        why.push(format!(
-            "sender address {:?} cannot be written to",
-            customer.address
-        ));
-        skip(c, ticket, &customer.address, &why.join("; "), now)?;
-        return Ok(false);
-    };
-    if !why.is_empty() {
-        skip(c, ticket, &customer.address, &why.join("; "), now)?;
-        return Ok(false);
+
+    /// Records an agent's activity on `ticket` at `now`, closing it when `close`.
+    pub fn answered(&self, ticket: i64, now: i64, close: bool) -> Result<()> {
+        self.c.execute(
+            "UPDATE ticket SET updated_at = ?2, status = CASE WHEN ?3 THEN 'closed' ELSE status END
+             WHERE id = ?1",
+            params![ticket, now, close],
+        )?;
+        Ok(())
     }
-    let subject: String =
-        c.query_row("SELECT subject FROM ticket WHERE id = ?1", [ticket], |r| {
-            r.get(0)
-        })?;
-    let ctx = AckContext {
-        ticket: TicketFields {
-            id: ticket,
-            subject: short_subject(&subject),
-            tag: tag.to_owned(),
-        },
-        customer: CustomerFields {
-            name: customer.name.clone(),
-            email: customer.address,
-        },
-        mailbox: MailboxFields {
-            name: mailbox.to_owned(),
-            address: plan.from.email.to_string(),
-        },
-        message: MessageFields {
-            date: crate::time::rfc3339(p.date.unwrap_or(now)),
-            subject: short_subject(&p.subject),
-        },
-    };
-    let mut rendered = plan
-        .templates
-        .render(&ctx)
-        .map_err(|e| Error::Other(format!("[ack]: {e}")))?;
-    rendered.subject = short_subject(&rendered.subject);
-    let mut references = p.references.clone();
-    references.push(p.message_id.clone());
-    let message_id = outbound_id(key, ticket, &plan.domain());
-    let raw = compose(&Compose {
-        from: &plan.from,
-        to: std::slice::from_ref(&to),
-        cc: &[],
-        subject: &rendered.subject,
-        text: &rendered.text,
-        html: rendered.html.as_deref(),
-        message_id: &message_id,
-        in_reply_to: Some(&p.message_id),
-        references: &references,
-        auto_submitted: true,
-    })?;
-    record_and_queue(
-        c,
-        ticket,
-        "ack",
-        &plan.from,
-        &[to],
-        &[],
-        &rendered.subject,
-        &rendered.text,
-        &raw,
-        &message_id,
-        now,
-    )?;
-    Ok(true)
 }
 
 impl Store {
-    /// Queues an agent reply on `ticket` (whose subject tag is `tag`): to the customer
-    /// (Reply-To or From of the latest inbound message), Cc whoever was in Cc minus our own
-    /// addresses, threaded below that message. Optionally closes the ticket in the same
-    /// transaction.
-    pub fn queue_reply(
-        &mut self,
-        (ticket, tag): (i64, &str),
-        body: &str,
-        from: &Mailbox,
-        own: &[String],
-        close: bool,
-    ) -> Result<i64> {
-        let now = crate::time::now();
-        let key = self.key.clone();
-        self.write(|c| {
-            let t: Option<(String, String, String)> = c
-                .query_row(
-                    "SELECT subject, customer, customer_name FROM ticket WHERE id = ?1",
-                    [ticket],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let Some((subject, customer, customer_name)) = t else {
-                return Err(Error::Other(format!("no ticket {ticket}")));
-            };
-            // The latest message we answer: the newest inbound one, else the newest at all.
-            let last: Option<(String, String, String, String)> = c
-                .query_row(
-                    "SELECT message_id, refs, cc_addrs, reply_to FROM message WHERE ticket_id = ?1
-                     ORDER BY direction = 'in' DESC, date DESC, id DESC LIMIT 1",
-                    [ticket],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()?;
-            let (parent, mut references, cc) = match &last {
-                Some((id, refs, cc, _)) => {
-                    let mut r: Vec<String> = serde_json::from_str(refs).unwrap_or_default();
-                    r.push(id.clone());
-                    let cc: Vec<String> = serde_json::from_str(cc).unwrap_or_default();
-                    (Some(id.clone()), r, cc)
-                }
-                None => (None, Vec::new(), Vec::new()),
-            };
-            references.dedup();
-            let to_addr = last
-                .as_ref()
-                .map(|l| l.3.clone())
-                .filter(|r| !r.is_empty())
-                .unwrap_or_else(|| customer.clone());
-            let to = parse_mailbox(&to_addr).ok_or_else(|| {
-                Error::Other(format!("ticket {ticket}: customer {to_addr:?} is not an address"))
-            })?;
-            let to = if to_addr == customer && !customer_name.is_empty() {
-                Mailbox::new(Some(customer_name), to.email)
-            } else {
-                to
-            };
-            let ours = from.email.to_string().to_ascii_lowercase();
-            let cc: Vec<Mailbox> = cc
-                .iter()
-                .filter(|a| **a != ours && !own.contains(a) && **a != to_addr)
-                .filter_map(|a| parse_mailbox(a))
-                .collect();
-            let subject = short_subject(&format!("Re: {tag} {subject}"));
-            let message_id = outbound_id(&key, ticket, from.email.domain());
-            let raw = compose(&Compose {
-                from,
-                to: std::slice::from_ref(&to),
-                cc: &cc,
-                subject: &subject,
-                text: body,
-                html: None,
-                message_id: &message_id,
-                in_reply_to: parent.as_deref(),
-                references: &references,
-                auto_submitted: false,
-            })?;
-            let id = record_and_queue(
-                c, ticket, "reply", from, &[to], &cc, &subject, body, &raw, &message_id, now,
-            )?;
-            c.execute(
-                "UPDATE ticket SET updated_at = ?2, status = CASE WHEN ?3 THEN 'closed' ELSE status END
-                 WHERE id = ?1",
-                params![ticket, now, close],
-            )?;
-            Ok(id)
-        })
-    }
-
     /// Rows stuck in `sending`: interrupted, or sent without an answer. Not those that a live
     /// process is sending right now.
     pub fn outbox_stuck(&self) -> Result<Vec<OutboxRow>> {

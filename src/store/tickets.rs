@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::decompress;
 use super::{Store, Tx};
-use crate::classify::{Classification, Kind};
+use crate::classify::Kind;
 use crate::error::{Error, Result};
 use crate::message::{Mailbox, ParsedMessage, hex, sha256};
 
@@ -696,21 +696,6 @@ impl Tx<'_> {
     /// Advances the cursor past this message (nothing for files).
     pub fn advance(&self, pos: Option<&ImapPos>) -> Result<()> {
         advance(self.c, pos)
-    }
-
-    /// Queues the acknowledgement of a message that just opened `ticket` (whose subject tag
-    /// is `tag`), or records why not. Returns whether one was queued.
-    pub fn queue_ack(
-        &self,
-        plan: &crate::outbound::AckPlan,
-        p: &ParsedMessage,
-        verdict: &Classification,
-        (ticket, tag): (i64, &str),
-        mailbox: &str,
-    ) -> Result<bool> {
-        let now = crate::time::now();
-        let t = (ticket, tag);
-        super::outbox::queue_ack(self.c, plan, p, verdict, t, mailbox, now, self.key)
     }
 
     /// The store's key for our keyed Message-IDs.

@@ -1,0 +1,95 @@
+//! Agent replies (`mailticket reply`): to the customer (the Reply-To of the message answered,
+//! else the ticket's customer), Cc whoever was in Cc minus our own addresses, threaded below
+//! the newest inbound message, with the ticket's subject tag. Composed here; the store reads
+//! the ticket and records the reply in one transaction.
+
+use lettre::message::Mailbox;
+
+use super::{Compose, compose, new_message_id, parse_mailbox, short_subject};
+use crate::error::{Error, Result};
+use crate::store::{OutboxKind, Outgoing, ReplyContext, Store};
+
+/// An agent's reply to ticket `ticket` (whose subject tag is `tag`).
+pub struct Reply<'a> {
+    /// The ticket.
+    pub ticket: i64,
+    /// Its subject tag ([`crate::thread::tag_text`]).
+    pub tag: &'a str,
+    /// The text.
+    pub body: &'a str,
+    /// Our From.
+    pub from: &'a Mailbox,
+    /// Our own addresses: never in Cc.
+    pub own: &'a [String],
+    /// Close the ticket with it.
+    pub close: bool,
+}
+
+/// Composes the reply and queues it in one transaction (closing the ticket when asked);
+/// returns its outbox row.
+pub fn queue(store: &mut Store, r: &Reply<'_>) -> Result<i64> {
+    let now = crate::time::now();
+    store.transaction(|tx| {
+        let ctx = tx
+            .reply_context(r.ticket)?
+            .ok_or_else(|| Error::Other(format!("no ticket {}", r.ticket)))?;
+        let message_id = new_message_id(tx.key(), r.ticket, r.from.email.domain());
+        let out = compose_reply(&ctx, r, &message_id)?;
+        let id = tx.record_outgoing(r.ticket, &out, now)?;
+        tx.answered(r.ticket, now, r.close)?;
+        Ok(id)
+    })
+}
+
+/// The reply as it is sent.
+fn compose_reply(ctx: &ReplyContext, r: &Reply<'_>, message_id: &str) -> Result<Outgoing> {
+    let mut references = ctx.references.clone();
+    references.extend(ctx.parent.clone());
+    references.dedup();
+    let to_addr = if ctx.reply_to.is_empty() {
+        ctx.customer.clone()
+    } else {
+        ctx.reply_to.clone()
+    };
+    let to = parse_mailbox(&to_addr).ok_or_else(|| {
+        Error::Other(format!(
+            "ticket {}: customer {to_addr:?} is not an address",
+            r.ticket
+        ))
+    })?;
+    let to = if to_addr == ctx.customer && !ctx.customer_name.is_empty() {
+        Mailbox::new(Some(ctx.customer_name.clone()), to.email)
+    } else {
+        to
+    };
+    let ours = r.from.email.to_string().to_ascii_lowercase();
+    let cc: Vec<Mailbox> = ctx
+        .cc
+        .iter()
+        .filter(|a| **a != ours && !r.own.contains(a) && **a != to_addr)
+        .filter_map(|a| parse_mailbox(a))
+        .collect();
+    let subject = short_subject(&format!("Re: {} {}", r.tag, ctx.subject));
+    let raw = compose(&Compose {
+        from: r.from,
+        to: std::slice::from_ref(&to),
+        cc: &cc,
+        subject: &subject,
+        text: r.body,
+        html: None,
+        message_id,
+        in_reply_to: ctx.parent.as_deref(),
+        references: &references,
+        auto_submitted: false,
+    })?;
+    Ok(Outgoing {
+        kind: OutboxKind::Reply,
+        from: r.from.clone(),
+        to: vec![to],
+        cc,
+        subject,
+        text: r.body.to_owned(),
+        raw,
+        message_id: message_id.to_owned(),
+    })
+}
