@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::imap::{self, Imap};
 use crate::lock::StoreLock;
 use crate::oauth2::{Credentials, Tokens};
-use crate::store::SCHEMA_VERSION;
+use crate::store::{OutboxStatus, SCHEMA_VERSION};
 
 /// How a step went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -262,12 +262,12 @@ fn check_store(r: &mut Report, db: &Path) {
              WHERE status IN ('sending', 'failed')",
         )?;
         let rows = s.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+            Ok((row.get::<_, OutboxStatus>(0)?, row.get(1)?, row.get(2)?))
         })?;
         let mut n = 0;
         for row in rows {
-            let (status, by, until): (String, String, i64) = row?;
-            if status == "failed" || !crate::store::claim_holds(&by, until, now) {
+            let (status, by, until): (OutboxStatus, String, i64) = row?;
+            if status == OutboxStatus::Failed || !crate::store::claim_holds(&by, until, now) {
                 n += 1;
             }
         }

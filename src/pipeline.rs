@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::message::{self, ParsedMessage};
 use crate::outbound::ack::{self, AckDecision, AckHistory, AckTicket};
 use crate::outbound::{AckPlan, new_message_id};
-use crate::store::{NewMessage, NewTicket, Origin, Outcome, Store, Tx, pack};
+use crate::store::{NewMessage, NewTicket, Origin, Outcome, Store, TicketStatus, Tx, pack};
 use crate::thread;
 
 /// A message after the CPU work, ready for its transaction.
@@ -253,7 +253,11 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
             let t = tx.create_ticket(&NewTicket {
                 subject: &subject,
                 // A bounce we cannot place and mail from ourselves are kept, never worked on.
-                closed: matches!(kind, Kind::Bounce | Kind::Loop),
+                status: if matches!(kind, Kind::Bounce | Kind::Loop) {
+                    TicketStatus::Closed
+                } else {
+                    TicketStatus::Open
+                },
                 customer: &customer,
                 mailbox: &m.origin.mailbox,
                 now,
@@ -590,7 +594,7 @@ mod tests {
     fn last(s: &TestStore, t: i64) -> (String, Vec<String>, String) {
         let (row, msgs) = s.ticket(t).unwrap().unwrap();
         let m = msgs.last().unwrap();
-        (m.kind.clone(), m.reasons.clone(), row.status)
+        (m.kind.clone(), m.reasons.clone(), row.status.to_string())
     }
 
     fn created(o: Outcome) -> i64 {
@@ -642,7 +646,7 @@ mod tests {
             rules.threading.on_closed = policy;
             s.set_rules(rules);
             let t = created(put(&mut s, &msg("1@x", "", "first")));
-            assert!(s.set_status(t, "closed").unwrap());
+            assert!(s.set_status(t, TicketStatus::Closed).unwrap());
             // An automatic reply never reopens, whatever the policy.
             assert_eq!(
                 put(&mut s, &reply("oof@x", "Auto-Submitted: auto-replied\r\n")),

@@ -9,7 +9,7 @@ use crate::config::{OnClosed, ThreadingConfig};
 use crate::error::Result;
 use crate::message::{Mailbox, ParsedMessage, forwarded_sender, mailbox_in};
 use crate::msgid::{OwnId, verify_own_id};
-use crate::store::Tx;
+use crate::store::{TicketStatus, Tx};
 
 /// The ids a reply may point at, most specific first: In-Reply-To, then References newest
 /// first. Duplicates removed.
@@ -175,7 +175,9 @@ pub fn resolve(
     };
     if let Some(t) = placed.ticket
         && kind == Kind::Normal
-        && let Some(state) = tx.ticket_state(t)?.filter(|s| s.closed)
+        && let Some(state) = tx
+            .ticket_state(t)?
+            .filter(|s| s.status == TicketStatus::Closed)
     {
         let idle_days = (now - state.updated_at) / 86_400;
         let reopen = match cfg.on_closed {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailticket::config::{Config, MailboxConfig};
-use mailticket::store::Store;
+use mailticket::store::{Store, TicketStatus};
 
 /// Turns a support mailbox into helpdesk tickets.
 #[derive(Debug, Parser)]
@@ -267,8 +267,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Quarantine(a) => tickets::quarantine(&ctx, &a),
         Command::Outbox(a) => outbox::outbox(&ctx, &a),
         Command::Reply(a) => outbox::reply(&ctx, &a),
-        Command::Close(a) => outbox::set_status(&ctx, &a, "closed"),
-        Command::Reopen(a) => outbox::set_status(&ctx, &a, "open"),
+        Command::Close(a) => outbox::set_status(&ctx, &a, TicketStatus::Closed),
+        Command::Reopen(a) => outbox::set_status(&ctx, &a, TicketStatus::Open),
         Command::OAuth2(a) => oauth2::run(&ctx, &a),
     }
 }

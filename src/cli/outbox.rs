@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use mailticket::store::{OutboxRow, Retry};
+use mailticket::store::{OutboxRow, OutboxStatus, Retry, TicketStatus};
 use mailticket::time::rfc3339;
 use serde_json::json;
 
@@ -121,9 +121,9 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
 /// What a row's DETAIL column says: the server's reply, the reason, or for a row in
 /// `sending` whether it is going out right now or stuck, and how to retry it.
 fn detail(r: &OutboxRow) -> String {
-    match (r.status.as_str(), r.sending_now) {
-        ("sending", true) => "being sent right now".to_owned(),
-        ("sending", false) if r.reason.is_empty() => format!(
+    match (r.status, r.sending_now) {
+        (OutboxStatus::Sending, true) => "being sent right now".to_owned(),
+        (OutboxStatus::Sending, false) if r.reason.is_empty() => format!(
             "interrupted while sending: it may have been delivered; check with the recipient, \
              then `mailticket outbox --retry {}` to send it again",
             r.id
@@ -180,11 +180,11 @@ pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
     }
 }
 
-pub fn set_status(ctx: &Ctx, a: &StatusArgs, status: &str) -> anyhow::Result<u8> {
+pub fn set_status(ctx: &Ctx, a: &StatusArgs, status: TicketStatus) -> anyhow::Result<u8> {
     let mut store = ctx.open_store()?;
     if !store.set_status(a.id, status)? {
         return Err(Usage(format!("no ticket {}", a.id)).into());
     }
-    tracing::info!(ticket = a.id, status, "ticket updated");
+    tracing::info!(ticket = a.id, status = status.as_str(), "ticket updated");
     Ok(0)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use mailticket::store::{MessageRow, TicketRow};
+use mailticket::store::{MessageRow, TicketRow, TicketStatus};
 use mailticket::time::rfc3339;
 use serde_json::{Value, json};
 
@@ -89,9 +89,9 @@ fn cell(s: &str, n: usize) -> String {
 pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
     let store = ctx.open_store()?;
     let status = match a.status {
-        StatusFilter::Open => "open",
-        StatusFilter::Closed => "closed",
-        StatusFilter::All => "all",
+        StatusFilter::Open => Some(TicketStatus::Open),
+        StatusFilter::Closed => Some(TicketStatus::Closed),
+        StatusFilter::All => None,
     };
     let rows = store.tickets(status)?;
     if a.json {

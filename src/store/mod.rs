@@ -1,11 +1,40 @@
 //! The SQLite store: one file holds tickets, messages (with their raw bytes), attachments,
-//! mailbox cursors and the quarantine.
+//! mailbox cursors, the quarantine and the outbox.
 //!
-//! Every message is written in ONE transaction together with the cursor advance, so a crash
-//! replays into a no-op. The store is synchronous: async callers run it on its own thread
-//! (see [`StoreThread`]). Nothing here talks to the network.
+//! The store decides nothing: `classify`, `thread` and `outbound` decide, `pipeline` opens
+//! the transaction, and the store reads what they ask and writes what they decided. Every
+//! message is written in ONE transaction together with the cursor advance, so a crash replays
+//! into a no-op. The store is synchronous: async callers run it on its own thread
+//! ([`StoreThread`]). Nothing here talks to the network.
+//!
+//! # The surface
+//!
+//! This is the whole interface the rest of the program uses, written down because a second
+//! implementation (PostgreSQL, for many workers) will have to provide exactly this.
+//!
+//! - **Open and run**: [`Store::open`], [`Store::open_copy`] (dry run), [`Store::open_in_memory`];
+//!   [`StoreThread::spawn`] / `submit` / `submit_grouped` (group commit with a halt flag) /
+//!   `call`; [`Store::make_durable`] before a post-action; the dry-run and group brackets.
+//! - **One message's transaction** ([`Store::transaction`] → [`Tx`]), for `pipeline`:
+//!   - reads: `duplicate_of`, `messages_from_within` (loop rate), `ticket_state`,
+//!     `newest_message_date`, `ticket_of_message_id`, `tickets_referring_to`, `takes_part`,
+//!     `sender_takes_part`, `domain_takes_part`, `same_subject_from` (threading),
+//!     `is_undeliverable`, `acks_to_since` (ack policy), `reply_context` (replies), `key`;
+//!   - writes: `create_ticket`, `touch_ticket`, `mark_undeliverable`, `insert_message`,
+//!     `add_refs`, `advance` (the cursor), `record_outgoing`, `record_skipped_ack`, `answered`.
+//! - **Quarantine and cursors**, for `sync`: `quarantine` / `quarantine_sized`, `cursor`,
+//!   `reset_cursor`, `set_done`.
+//! - **The outbox's send states**, for `outbound::drain`: `outbox_claim_next`, `outbox_sent`,
+//!   `outbox_failed`, `outbox_retry_later`, `outbox_uncertain`, `outbox_stuck`.
+//! - **The CLI's reads and edits**: `tickets`, `ticket`, `raw`, `quarantined`, `outbox_list`,
+//!   `outbox_retry`, `set_status`, `schema_version`.
+//!
+//! Values with a closed set of words (ticket status, direction, outbox kind and status) are
+//! enums ([`TicketStatus`], [`Direction`], [`OutboxKind`], [`OutboxStatus`]); the schema's
+//! CHECK constraints hold the same words as a second line of defence.
 
 mod codec;
+mod kinds;
 mod migrations;
 mod outbox;
 mod tickets;
@@ -18,8 +47,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use codec::{decompress, pack};
+pub use kinds::{Direction, OutboxKind, OutboxStatus, TicketStatus};
 pub use migrations::LATEST as SCHEMA_VERSION;
-pub use outbox::{OutJob, OutboxKind, OutboxRow, Outgoing, ReplyContext, Retry, claim_holds};
+pub use outbox::{OutJob, OutboxRow, Outgoing, ReplyContext, Retry, claim_holds};
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, MessageRow, NewMessage, NewTicket, Origin, Outcome,
     QuarantineRow, TicketRow, TicketState,

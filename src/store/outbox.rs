@@ -6,6 +6,7 @@ use lettre::message::Mailbox;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::pack;
+use super::kinds::{OutboxKind, OutboxStatus};
 use super::{Store, Tx};
 use crate::error::{Error, Result};
 use crate::message::sha256;
@@ -17,10 +18,10 @@ pub struct OutboxRow {
     pub id: i64,
     /// The ticket.
     pub ticket_id: i64,
-    /// `ack` or `reply`.
-    pub kind: String,
-    /// `pending`, `sending`, `sent`, `failed` or `skipped`.
-    pub status: String,
+    /// Ack or reply.
+    pub kind: OutboxKind,
+    /// Where it stands.
+    pub status: OutboxStatus,
     /// Main recipient.
     pub to: String,
     /// Why it was skipped, or the last error.
@@ -79,25 +80,6 @@ const MAX_ATTEMPTS: i64 = 12;
 fn backoff(attempts: i64) -> i64 {
     let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
     (60_i64.saturating_mul(1_i64 << exp.min(16))).min(6 * 3600)
-}
-
-/// What an outbox row sends: an acknowledgement or an agent's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboxKind {
-    /// The automatic acknowledgement of a new request.
-    Ack,
-    /// An agent's reply.
-    Reply,
-}
-
-impl OutboxKind {
-    /// The name stored in the `kind` column (checked by the schema) and shown in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutboxKind::Ack => "ack",
-            OutboxKind::Reply => "reply",
-        }
-    }
 }
 
 /// A composed outbound message, as `outbound` decided it: recorded on its ticket and queued.
@@ -310,11 +292,12 @@ impl Store {
                     updated_at, claimed_by, claimed_until FROM outbox {tail}"
         ))?;
         let rows = s.query_map([], |r| {
-            let status: String = r.get(3)?;
+            let status: OutboxStatus = r.get(3)?;
             let claimed_by: String = r.get(10)?;
             let claimed_until: i64 = r.get(11)?;
             Ok(OutboxRow {
-                sending_now: status == "sending" && claim_holds(&claimed_by, claimed_until, now),
+                sending_now: status == OutboxStatus::Sending
+                    && claim_holds(&claimed_by, claimed_until, now),
                 id: r.get(0)?,
                 ticket_id: r.get(1)?,
                 kind: r.get(2)?,
@@ -378,12 +361,12 @@ impl Store {
 
     /// The server accepted the row.
     pub fn outbox_sent(&mut self, id: i64, reply: &str) -> Result<()> {
-        self.outbox_set(id, "sent", reply, "", 0)
+        self.outbox_set(id, OutboxStatus::Sent, reply, "", 0)
     }
 
     /// The server refused the row for good.
     pub fn outbox_failed(&mut self, id: i64, reply: &str) -> Result<()> {
-        self.outbox_set(id, "failed", reply, reply, 0)
+        self.outbox_set(id, OutboxStatus::Failed, reply, reply, 0)
     }
 
     /// A temporary failure: back to `pending` with a later attempt, or `failed` after
@@ -397,13 +380,13 @@ impl Store {
         if attempts >= MAX_ATTEMPTS {
             return self.outbox_set(
                 id,
-                "failed",
+                OutboxStatus::Failed,
                 "",
                 &format!("gave up after {attempts} attempts: {why}"),
                 0,
             );
         }
-        self.outbox_set(id, "pending", "", why, now + backoff(attempts))
+        self.outbox_set(id, OutboxStatus::Pending, "", why, now + backoff(attempts))
     }
 
     /// The message went out but no answer came (a timeout or a lost connection after the
@@ -414,7 +397,7 @@ impl Store {
             "{why}; it may have been delivered: check with the recipient, then \
              `mailticket outbox --retry {id}` to send it again"
         );
-        self.outbox_set(id, "sending", "", &reason, 0)
+        self.outbox_set(id, OutboxStatus::Sending, "", &reason, 0)
     }
 
     /// `outbox --retry ID`: a failed, stuck or deferred row goes back to `pending`, due now;
@@ -422,7 +405,7 @@ impl Store {
     pub fn outbox_retry(&mut self, id: i64) -> Result<Retry> {
         let now = crate::time::now();
         self.write(|c| {
-            let row: Option<(String, String, i64)> = c
+            let row: Option<(OutboxStatus, String, i64)> = c
                 .query_row(
                     "SELECT status, claimed_by, claimed_until FROM outbox WHERE id = ?1",
                     [id],
@@ -432,7 +415,7 @@ impl Store {
             let Some((status, by, until)) = row else {
                 return Ok(Retry::NotRetryable);
             };
-            if status == "sending" && claim_holds(&by, until, now) {
+            if status == OutboxStatus::Sending && claim_holds(&by, until, now) {
                 return Ok(Retry::SendingNow(by));
             }
             let n = c.execute(
@@ -452,7 +435,7 @@ impl Store {
     fn outbox_set(
         &mut self,
         id: i64,
-        status: &str,
+        status: OutboxStatus,
         reply: &str,
         reason: &str,
         next: i64,

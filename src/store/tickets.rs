@@ -4,6 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::decompress;
+use super::kinds::{Direction, TicketStatus};
 use super::{Store, Tx};
 use crate::classify::Kind;
 use crate::error::{Error, Result};
@@ -69,8 +70,8 @@ pub struct TicketRow {
     pub id: i64,
     /// Subject without reply prefixes.
     pub subject: String,
-    /// `open` or `closed`.
-    pub status: String,
+    /// Open or closed.
+    pub status: TicketStatus,
     /// The customer's address.
     pub customer: String,
     /// The customer's name.
@@ -105,8 +106,8 @@ pub struct MessageRow {
     pub id: i64,
     /// Message-ID without brackets.
     pub message_id: String,
-    /// `in` or `out`.
-    pub direction: String,
+    /// In or out.
+    pub direction: Direction,
     /// From address.
     pub from: String,
     /// From name.
@@ -276,12 +277,12 @@ impl Store {
         })
     }
 
-    /// Tickets, newest activity first. `status` is `open`, `closed` or `all`.
-    pub fn tickets(&self, status: &str) -> Result<Vec<TicketRow>> {
+    /// Tickets with `status` (all when `None`), newest activity first.
+    pub fn tickets(&self, status: Option<TicketStatus>) -> Result<Vec<TicketRow>> {
         let mut s = self.conn.prepare(
             "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
                     t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
-             FROM ticket t WHERE ?1 = 'all' OR t.status = ?1 ORDER BY t.updated_at DESC, t.id DESC",
+             FROM ticket t WHERE ?1 IS NULL OR t.status = ?1 ORDER BY t.updated_at DESC, t.id DESC",
         )?;
         let rows = s.query_map([status], ticket_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -392,8 +393,8 @@ fn ticket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRow> {
 /// A ticket's status and last activity, as threading's closed-ticket policy needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TicketState {
-    /// Closed (not open).
-    pub closed: bool,
+    /// Open or closed.
+    pub status: TicketStatus,
     /// Unix seconds.
     pub updated_at: i64,
 }
@@ -403,8 +404,9 @@ pub struct TicketState {
 pub struct NewTicket<'a> {
     /// Subject without reply prefixes or tag.
     pub subject: &'a str,
-    /// Born closed (a bounce we cannot place, mail from ourselves): kept, never worked on.
-    pub closed: bool,
+    /// Open, or born closed (a bounce we cannot place, mail from ourselves: kept, never
+    /// worked on).
+    pub status: TicketStatus,
     /// The customer's address and name.
     pub customer: &'a Mailbox,
     /// The mailbox it came in on (empty for files).
@@ -467,7 +469,7 @@ impl Tx<'_> {
             .prepare_cached("SELECT status, updated_at FROM ticket WHERE id = ?1")?
             .query_row([t], |r| {
                 Ok(TicketState {
-                    closed: r.get::<_, String>(0)? == "closed",
+                    status: r.get(0)?,
                     updated_at: r.get(1)?,
                 })
             })
@@ -587,7 +589,7 @@ impl Tx<'_> {
             .query_row(
                 params![
                     t.subject,
-                    if t.closed { "closed" } else { "open" },
+                    t.status,
                     t.customer.address,
                     t.customer.name,
                     t.mailbox,
@@ -715,11 +717,8 @@ impl Store {
         )?)
     }
 
-    /// Sets a ticket's status (`open` or `closed`). False when there is no such ticket.
-    pub fn set_status(&mut self, ticket: i64, status: &str) -> Result<bool> {
-        if !matches!(status, "open" | "closed") {
-            return Err(Error::Other(format!("unknown ticket status {status:?}")));
-        }
+    /// Sets a ticket's status. False when there is no such ticket.
+    pub fn set_status(&mut self, ticket: i64, status: TicketStatus) -> Result<bool> {
         self.write(|c| {
             Ok(c.execute(
                 "UPDATE ticket SET status = ?2, updated_at = max(updated_at, ?3) WHERE id = ?1",
@@ -777,7 +776,7 @@ mod tests {
         let end = s.end_group().unwrap_err().to_string();
         assert!(end.contains("rolled back"), "{end}");
         assert!(!end.contains("no transaction is active"), "{end}");
-        assert!(s.tickets("all").unwrap().is_empty());
+        assert!(s.tickets(None).unwrap().is_empty());
         // The next group works as usual.
         s.begin_group().unwrap();
         assert!(matches!(
@@ -785,7 +784,7 @@ mod tests {
             Outcome::Created(_)
         ));
         s.end_group().unwrap();
-        assert_eq!(s.tickets("all").unwrap().len(), 1);
+        assert_eq!(s.tickets(None).unwrap().len(), 1);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use mailticket::classify::{Identity, classify};
 use mailticket::config::Config;
 use mailticket::message::parse;
 use mailticket::pipeline::{Plan, Rules, process};
-use mailticket::store::{Origin, Outcome, Store};
+use mailticket::store::{Origin, Outcome, Store, TicketStatus};
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
@@ -171,7 +171,9 @@ impl Scenario {
                     }
                     _ => {}
                 },
-                "status" if row.status != *v => mismatch("ticket status", v, &row.status),
+                "status" if row.status.as_str() != v => {
+                    mismatch("ticket status", v, &row.status.as_str())
+                }
                 "customer" if row.customer != *v => mismatch("customer", v, &row.customer),
                 "subject" if row.subject != *v => mismatch("ticket subject", v, &row.subject),
                 "undeliverable" if !self.store.is_undeliverable(v, now).unwrap() => {
@@ -181,7 +183,7 @@ impl Scenario {
                     mismatch("not undeliverable", v, &true)
                 }
                 "close-after" if v == "yes" => {
-                    assert!(self.store.set_status(ticket, "closed").unwrap());
+                    assert!(self.store.set_status(ticket, TicketStatus::Closed).unwrap());
                 }
                 "kind" | "reason" | "reasons" | "may-ack" | "failed" | "failed-count"
                 | "status" | "customer" | "subject" | "undeliverable" | "not-undeliverable"
