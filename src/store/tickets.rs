@@ -434,7 +434,7 @@ pub struct NewMessage<'a> {
     pub source: &'a str,
     /// The exact bytes' length.
     pub size: usize,
-    /// The exact bytes, compressed with [`pack`].
+    /// The exact bytes, compressed with [`super::pack`].
     pub packed: &'a [u8],
 }
 
