@@ -157,17 +157,22 @@ fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Re
     Ok(id)
 }
 
+/// Whether `address` (any case, any surrounding space) is marked undeliverable at `now`.
+pub(super) fn undeliverable(c: &Connection, address: &str, now: i64) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
+    )?
+    .query_row(params![address.trim().to_ascii_lowercase(), now], |r| {
+        r.get(0)
+    })?)
+}
+
 /// The outbox's part of a message's transaction: what the ack policy asks, and the plain
 /// writes that record what it decided.
 impl Tx<'_> {
     /// Whether `address` bounced recently enough that nothing automatic may go to it.
     pub fn is_undeliverable(&self, address: &str, now: i64) -> Result<bool> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
-            )?
-            .query_row(params![address, now], |r| r.get(0))?)
+        undeliverable(self.c, address, now)
     }
 
     /// Acknowledgements queued, being sent or sent to `address` since `since`.

@@ -710,11 +710,7 @@ impl Store {
     /// Whether `address` bounced recently enough that nothing automatic may go to it at
     /// `now` (Unix seconds).
     pub fn is_undeliverable(&self, address: &str, now: i64) -> Result<bool> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
-            params![address.trim().to_ascii_lowercase(), now],
-            |r| r.get(0),
-        )?)
+        super::outbox::undeliverable(&self.conn, address, now)
     }
 
     /// Sets a ticket's status. False when there is no such ticket.
