@@ -239,7 +239,7 @@ fn check_store(r: &mut Report, db: &Path) {
         Err(e) => r.fail(
             "store",
             "schema",
-            &Error::Store(e),
+            &Error::store("reading the schema version", e),
             "check the path and permissions; restore it from a backup if it is damaged",
         ),
     }

@@ -2,6 +2,11 @@
 //!
 //! `Config` errors are the user's to fix (exit 2); a taken store lock means "try again later"
 //! (exit 75); everything else is a runtime failure (exit 1). [`Error::is_transient`] says whether trying again later may help.
+//!
+//! A variant that wraps a lower error keeps it as its `#[source]` (so `is_transient` can look
+//! at an SQLite code or an I/O kind) and also says it in its own message, so that a log line
+//! or a run summary that prints one error shows the cause. Whoever prints a whole chain
+//! (the binary, with `{:#}`) uses [`chain_text`], which says each cause once.
 
 use std::path::PathBuf;
 
@@ -53,12 +58,49 @@ pub enum Error {
         secs: u64,
     },
 
-    /// The SQLite store failed.
+    /// The SQLite store failed while doing `op` (empty when the caller did not say).
+    #[error("store: {}{source}", if op.is_empty() { String::new() } else { format!("{op}: ") })]
+    Store {
+        op: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The store's schema is not one this build can use.
     #[error("store: {0}")]
-    Store(#[from] rusqlite::Error),
+    Schema(String),
+
+    /// A group commit failed, or SQLite rolled a group's transaction back: nothing of the
+    /// group was kept.
+    #[error("not stored: {0}")]
+    Commit(String),
+
+    /// A stored message could not be packed or unpacked.
+    #[error("stored message: {0}")]
+    Codec(String),
+
+    /// An outgoing message could not be rendered or composed.
+    #[error("composing a message: {0}")]
+    Compose(String),
+
+    /// A CA file named by the config cannot be used (exit status 2).
+    #[error("ca-file {}: {message}", path.display())]
+    CaFile { path: PathBuf, message: String },
+
+    /// A thread could not be started.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A part of this program stopped (a worker thread, a channel): a bug or a dying process.
+    #[error("internal: {0}")]
+    Internal(String),
 
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -78,8 +120,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Network { .. } | Error::Timeout { .. } | Error::Locked { .. } => true,
-            Error::Store(e) => matches!(
-                e.sqlite_error_code(),
+            Error::Store { source, .. } => matches!(
+                source.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
             Error::Io { source, .. } => matches!(
@@ -92,7 +134,27 @@ impl Error {
 
     /// Whether this is the user's configuration to fix (exit status 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, Error::Config { .. } | Error::Secret { .. })
+        matches!(
+            self,
+            Error::Config { .. } | Error::Secret { .. } | Error::CaFile { .. }
+        )
+    }
+
+    /// A store error that says what the store was doing.
+    pub fn store(op: impl Into<String>, source: rusqlite::Error) -> Self {
+        Error::Store {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// This error, saying what the store was doing when it was a store error that did not
+    /// say yet; any other error unchanged.
+    pub fn during(self, op: &str) -> Self {
+        match self {
+            Error::Store { op: o, source } if o.is_empty() => Error::store(op, source),
+            other => other,
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -103,5 +165,56 @@ impl Error {
     }
 }
 
+impl From<rusqlite::Error> for Error {
+    fn from(source: rusqlite::Error) -> Self {
+        Error::store(String::new(), source)
+    }
+}
+
+/// `err` and its causes as one line, each said once: a cause is left out when the text so far
+/// already quotes it, or when it only says the cause before it again in more words
+/// (`Error code 13: database or disk is full` under `database or disk is full`).
+pub fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) && !text.ends_with(&last) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        next = cause.source();
+    }
+    out
+}
+
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let sql = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(13),
+            Some("database or disk is full".into()),
+        );
+        let e = Error::store("inserting a message", sql);
+        let text = chain_text(&e);
+        assert_eq!(text, "store: inserting a message: database or disk is full");
+        let io = Error::io("/x/y", std::io::Error::other("no space"));
+        assert_eq!(chain_text(&io), "/x/y: no space");
+        assert!(
+            !Error::Store {
+                op: String::new(),
+                source: rusqlite::Error::InvalidQuery
+            }
+            .to_string()
+            .contains("store: :")
+        );
+    }
+}

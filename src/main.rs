@@ -19,10 +19,11 @@ fn main() -> ExitCode {
         Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let code = cli::exit_code(&e);
+            let text = mailticket::error::chain_text(e.as_ref());
             if json_logs {
-                tracing::error!(error = format!("{e:#}"), exit = code, "failed");
+                tracing::error!(error = text, exit = code, "failed");
             } else {
-                eprintln!("mailticket: error: {e:#}");
+                eprintln!("mailticket: error: {text}");
             }
             ExitCode::from(code)
         }

@@ -446,7 +446,10 @@ impl PrepPool {
                         }
                     }
                 })
-                .map_err(|e| Error::Other(format!("cannot start a worker thread: {e}")))?;
+                .map_err(|source| Error::Spawn {
+                    what: "a worker thread",
+                    source,
+                })?;
         }
         Ok(PrepPool { tx })
     }

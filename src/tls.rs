@@ -31,24 +31,27 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<std::result::Result<_, _>>())
-            .map_err(|e| Error::Other(format!("ca-file {}: {e}", path.display())))?;
+            .map_err(|e| unusable_ca(path, e))?;
         if certs.is_empty() {
-            return Err(Error::Other(format!(
-                "ca-file {}: no PEM certificate in it",
-                path.display()
-            )));
+            return Err(unusable_ca(path, "no PEM certificate in it"));
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| Error::Other(format!("ca-file {}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| unusable_ca(path, e))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Other(format!("TLS setup: {e}")))?
+        .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// A CA file that cannot be used: the config's to fix.
+fn unusable_ca(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::CaFile {
+        path: path.to_owned(),
+        message: why.to_string(),
+    }
 }

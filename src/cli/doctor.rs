@@ -20,7 +20,7 @@ pub fn run(args: &Args, a: &DoctorArgs) -> anyhow::Result<u8> {
                 scope: "config".into(),
                 step: "file".into(),
                 status: Status::Fail,
-                detail: format!("{e:#}"),
+                detail: mailticket::error::chain_text(e.as_ref()),
                 fix: Some("fix the file as the message says (`mailticket init` writes a commented sample)".into()),
             });
             r

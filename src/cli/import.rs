@@ -93,7 +93,10 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
     let mut store = match ctx.open_store() {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "cannot open the store");
+            tracing::error!(
+                error = mailticket::error::chain_text(e.as_ref()),
+                "cannot open the store"
+            );
             return EX_TEMPFAIL;
         }
     };
@@ -117,7 +120,10 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
             return EX_TEMPFAIL;
         }
         (_, Err(e)) => {
-            tracing::error!(error = format!("{e:#}"), "[smtp] settings");
+            tracing::error!(
+                error = mailticket::error::chain_text(e.as_ref()),
+                "[smtp] settings"
+            );
             return EX_TEMPFAIL;
         }
     };
@@ -138,7 +144,10 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
             Ok((_, report)) => {
                 tracing::warn!(errors = ?report.errors, "acknowledgement not sent yet")
             }
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "acknowledgement not sent yet"),
+            Err(e) => tracing::warn!(
+                error = mailticket::error::chain_text(e.as_ref()),
+                "acknowledgement not sent yet"
+            ),
         }
     }
     match stored.map(|s| s.outcome) {

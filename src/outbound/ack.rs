@@ -99,7 +99,7 @@ pub fn decide(
     let rendered = plan
         .templates
         .render(&ctx)
-        .map_err(|e| Error::Other(format!("[ack]: {e}")))?;
+        .map_err(|e| Error::Compose(format!("[ack] template: {e}")))?;
     let subject = short_subject(&rendered.subject);
     let mut references = p.references.clone();
     references.push(p.message_id.clone());

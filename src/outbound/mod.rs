@@ -233,7 +233,7 @@ pub fn compose(c: &Compose<'_>) -> Result<Vec<u8>> {
         )),
         None => b.singlepart(SinglePart::plain(c.text.to_owned())),
     }
-    .map_err(|e| Error::Other(format!("composing a message: {e}")))?;
+    .map_err(|e| Error::Compose(e.to_string()))?;
     Ok(msg.formatted())
 }
 

@@ -32,7 +32,7 @@ pub fn queue(store: &mut Store, r: &Reply<'_>) -> Result<i64> {
     store.transaction(|tx| {
         let ctx = tx
             .reply_context(r.ticket)?
-            .ok_or_else(|| Error::Other(format!("no ticket {}", r.ticket)))?;
+            .ok_or_else(|| Error::Compose(format!("no ticket {}", r.ticket)))?;
         let message_id = new_message_id(tx.key(), r.ticket, r.from.email.domain());
         let out = compose_reply(&ctx, r, &message_id)?;
         let id = tx.record_outgoing(r.ticket, &out, now)?;
@@ -52,7 +52,7 @@ fn compose_reply(ctx: &ReplyContext, r: &Reply<'_>, message_id: &str) -> Result<
         ctx.reply_to.clone()
     };
     let to = parse_mailbox(&to_addr).ok_or_else(|| {
-        Error::Other(format!(
+        Error::Compose(format!(
             "ticket {}: customer {to_addr:?} is not an address",
             r.ticket
         ))

@@ -110,8 +110,13 @@ impl Smtp {
         };
         let mut params = TlsParameters::builder(c.host.clone());
         if let Some(ca) = &c.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| Error::io(ca, e))?;
-            params = params.add_root_certificate(Certificate::from_pem(&pem).map_err(tls_err)?);
+            let unusable = |message: String| Error::CaFile {
+                path: ca.clone(),
+                message,
+            };
+            let pem = std::fs::read(ca).map_err(|e| unusable(e.to_string()))?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| unusable(e.to_string()))?;
+            params = params.add_root_certificate(cert);
         }
         let params = params.build_rustls().map_err(tls_err)?;
         let auth = match (&c.username, creds) {

@@ -21,14 +21,14 @@ pub fn pack(raw: &[u8]) -> Result<Vec<u8>> {
         if p.is_none() {
             *p = Some(
                 zstd::bulk::Compressor::new(RAW_ZSTD_LEVEL)
-                    .map_err(|e| Error::Other(format!("zstd: {e}")))?,
+                    .map_err(|e| Error::Codec(format!("zstd: {e}")))?,
             );
         }
         match p.as_mut() {
             Some(c) => c
                 .compress(raw)
-                .map_err(|e| Error::Other(format!("zstd: {e}"))),
-            None => Err(Error::Other("zstd: no context".into())),
+                .map_err(|e| Error::Codec(format!("zstd: {e}"))),
+            None => Err(Error::Codec("zstd: no context".into())),
         }
     })
 }
@@ -37,8 +37,8 @@ pub fn pack(raw: &[u8]) -> Result<Vec<u8>> {
 pub fn decompress(codec: &str, data: &[u8], size: usize) -> Result<Vec<u8>> {
     match codec {
         "zstd" => zstd::bulk::decompress(data, size.max(1))
-            .map_err(|e| Error::Other(format!("zstd: {e}"))),
+            .map_err(|e| Error::Codec(format!("zstd: {e}"))),
         "none" => Ok(data.to_vec()),
-        other => Err(Error::Other(format!("unknown codec {other}"))),
+        other => Err(Error::Codec(format!("unknown codec {other}"))),
     }
 }

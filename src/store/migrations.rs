@@ -173,7 +173,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > LATEST {
-        return Err(Error::Other(format!(
+        return Err(Error::Schema(format!(
             "the database has schema version {version}, newer than this mailticket knows \
              ({LATEST}): upgrade mailticket"
         )));

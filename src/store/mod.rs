@@ -138,9 +138,9 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| Error::Other(format!("store {}: {e}", path.display())))?;
-        let store = Store::setup(conn)
-            .map_err(|e| Error::Other(format!("store {}: {e}", path.display())))?;
+        .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
+        let store =
+            Store::setup(conn).map_err(|e| e.during(&format!("opening {}", path.display())))?;
         // A store made by an older version, or copied with a wider mode.
         owner_only(path)?;
         Ok(store)
@@ -159,7 +159,7 @@ impl Store {
             "ATTACH DATABASE ?1 AS src",
             [path.to_string_lossy().as_ref()],
         )?;
-        copy_tables(&conn).map_err(|e| Error::Other(format!("store {}: {e}", path.display())))?;
+        copy_tables(&conn).map_err(|e| e.during(&format!("copying {}", path.display())))?;
         conn.execute_batch("DETACH DATABASE src")?;
         Store::setup(conn)
     }
@@ -228,7 +228,7 @@ impl Store {
         }
         self.grouped = false;
         if let Some(cause) = self.group_lost.take() {
-            return Err(Error::Other(format!(
+            return Err(Error::Commit(format!(
                 "the group's transaction was rolled back: {cause}"
             )));
         }
@@ -261,8 +261,8 @@ impl Store {
         // A savepoint outside a transaction starts one of its own and commits on release:
         // once SQLite has dropped the outer transaction, a write here would commit alone.
         if let Some(cause) = &self.group_lost {
-            return Err(Error::Other(format!(
-                "not written: the transaction was rolled back after an earlier error: {cause}"
+            return Err(Error::Commit(format!(
+                "the transaction was rolled back after an earlier error: {cause}"
             )));
         }
         let result = (|| -> Result<T> {
@@ -337,7 +337,10 @@ impl Store {
                     }
                 }
             })
-            .map_err(|e| Error::Other(format!("cannot start the checkpoint thread: {e}")))?;
+            .map_err(|source| Error::Spawn {
+                what: "the checkpoint thread",
+                source,
+            })?;
         Ok(Some(Checkpointer { stop, handle }))
     }
 

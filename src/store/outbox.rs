@@ -350,7 +350,7 @@ impl Store {
         };
         let Some(raw) = raw else {
             self.outbox_failed(id, "the recorded message is missing")?;
-            return Err(Error::Other(format!(
+            return Err(Error::Internal(format!(
                 "outbox {id}: the recorded message is missing"
             )));
         };

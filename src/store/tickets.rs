@@ -171,7 +171,7 @@ fn advance(c: &Connection, pos: Option<&ImapPos>) -> Result<()> {
             crate::time::now()
         ])?;
     if n != 1 {
-        return Err(Error::Other(format!(
+        return Err(Error::Internal(format!(
             "no cursor for {}/{} at UIDVALIDITY {}",
             p.mailbox, p.folder, p.uidvalidity
         )));

@@ -57,7 +57,10 @@ impl StoreThread {
                 }
                 (store, checkpointer)
             })
-            .map_err(|e| Error::Other(format!("cannot start the store thread: {e}")))?;
+            .map_err(|source| Error::Spawn {
+                what: "the store thread",
+                source,
+            })?;
         Ok((StoreThread { tx }, StoreJoin(handle)))
     }
 
@@ -109,7 +112,7 @@ impl StoreThread {
                         Some(e) => {
                             halt.store(true, Ordering::SeqCst);
                             match r {
-                                Ok(Some(_)) => Err(Error::Other(format!("commit failed: {e}"))),
+                                Ok(Some(_)) => Err(Error::Commit(e.to_string())),
                                 other => other,
                             }
                         }
@@ -129,7 +132,7 @@ impl StoreThread {
     {
         self.submit(f)
             .await
-            .map_err(|_| Error::Other("the store thread stopped".into()))?
+            .map_err(|_| Error::Internal("the store thread stopped".into()))?
     }
 }
 
@@ -171,7 +174,7 @@ impl StoreJoin {
         let (mut store, checkpointer) = self
             .0
             .join()
-            .map_err(|_| Error::Other("the store thread panicked".into()))?;
+            .map_err(|_| Error::Internal("the store thread panicked".into()))?;
         store.stop_checkpointer(checkpointer)?;
         Ok(store)
     }
