@@ -15,6 +15,7 @@
 
 pub mod device;
 pub mod http;
+pub mod provider;
 pub mod sasl;
 pub mod store;
 
