@@ -2,7 +2,10 @@
 //!
 //! Keys are kebab-case and unknown keys are errors, so a typo is reported with the key, the
 //! file and the line instead of being silently ignored. Relative paths inside the file are
-//! taken relative to the file's own folder. Nothing here touches the network.
+//! taken relative to the file's own folder. [`Config::parse`] runs one validator per section.
+//! Nothing here touches the network, and nothing here knows the modules that use the
+//! config: the acknowledgement templates are compiled by `outbound` (`AckPlan::from_config`)
+//! and OAuth2 provider defaults are filled in by `oauth2::provider`, both right after loading.
 
 use std::path::{Path, PathBuf};
 
@@ -324,117 +327,6 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-/// The auth keys of a mailbox or `[smtp]` (`at` names it): an OAuth2 `auth` goes without
-/// `password`, and its `oauth2` table (if any) is checked; `oauth2` needs an OAuth2 `auth`.
-fn check_auth(
-    at: &str,
-    oauth: bool,
-    oauth2: &mut Option<OAuth2Config>,
-    has_password: bool,
-    base: &Path,
-) -> std::result::Result<(), String> {
-    if !oauth {
-        return match oauth2 {
-            Some(_) => Err(format!(
-                "{at}: `oauth2` needs `auth = \"xoauth2\"` or `auth = \"oauthbearer\"`"
-            )),
-            None => Ok(()),
-        };
-    }
-    if let Some(o) = oauth2 {
-        check_oauth2(o, base).map_err(|m| format!("{at}: oauth2: {m}"))?;
-    }
-    if has_password {
-        return Err(format!(
-            "{at}: `password` is not used with an OAuth2 `auth`; remove it"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks what an `oauth2` table says itself: `token-command` alone, token endpoints over
-/// https, what the flow needs; the flow defaults to `refresh-token`. What its `provider`
-/// implies (endpoints, scopes, `tenant`) is filled in and checked by `oauth2::provider`.
-fn check_oauth2(o: &mut OAuth2Config, base: &Path) -> std::result::Result<(), String> {
-    if let Some(ca) = &o.ca_file {
-        o.ca_file = Some(anchor(base, ca));
-    }
-    if o.timeout == Some(0) {
-        return Err("`timeout` must be at least 1 second".into());
-    }
-    if let Some(cmd) = &o.token_command {
-        if cmd.is_empty() || cmd[0].trim().is_empty() {
-            return Err("`token-command` needs a program".into());
-        }
-        let others = [
-            ("provider", o.provider.is_some()),
-            ("tenant", o.tenant.is_some()),
-            ("flow", o.flow.is_some()),
-            ("token-url", o.token_url.is_some()),
-            ("device-url", o.device_url.is_some()),
-            ("client-id", o.client_id.is_some()),
-            ("client-secret", o.client_secret.is_some()),
-            ("refresh-token", o.refresh_token.is_some()),
-            ("scope", o.scope.is_some()),
-        ];
-        if let Some((key, _)) = others.iter().find(|(_, set)| *set) {
-            return Err(format!(
-                "`token-command` stands alone: remove `{key}` (the command does the whole job)"
-            ));
-        }
-        return Ok(());
-    }
-    let flow = *o.flow.get_or_insert(Flow::RefreshToken);
-    for (key, url) in [("token-url", &o.token_url), ("device-url", &o.device_url)] {
-        if let Some(url) = url {
-            check_token_url(url).map_err(|m| format!("`{key} = {url:?}`: {m}"))?;
-        }
-    }
-    match flow {
-        Flow::ClientCredentials => {
-            if o.client_secret.is_none() {
-                return Err("`flow = \"client-credentials\"` needs `client-secret`".into());
-            }
-            if o.refresh_token.is_some() {
-                return Err(
-                    "`refresh-token` is not used by `flow = \"client-credentials\"`".into(),
-                );
-            }
-        }
-        Flow::RefreshToken => {}
-    }
-    Ok(())
-}
-
-/// A token endpoint must be `https://`, except on the loopback interface.
-fn check_token_url(url: &str) -> std::result::Result<(), String> {
-    if let Some(rest) = url.strip_prefix("http://") {
-        let host = rest.split(['/', '?']).next().unwrap_or("");
-        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
-        let loopback = host == "localhost"
-            || host == "[::1]"
-            || host
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|a| a.is_loopback());
-        return if loopback {
-            Ok(())
-        } else {
-            Err("tokens must not cross the network unencrypted: use https://".into())
-        };
-    }
-    if url.starts_with("https://") && url.len() > "https://".len() {
-        Ok(())
-    } else {
-        Err("not an https:// URL".into())
-    }
-}
-
 /// Parses `90s`, `15m`, `24h`, `2d` (or a bare number of seconds).
 pub fn parse_duration(t: &str) -> Option<u64> {
     let t = t.trim();
@@ -722,7 +614,7 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` names the file in errors and anchors
-    /// relative paths. Each section has its own validator, run in file order.
+    /// relative paths. Each section has its own validator; the first problem is returned.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let err = |message: String| Error::Config {
             path: path.to_owned(),
@@ -965,6 +857,117 @@ fn validate_classify(classify: &ClassifyConfig) -> Check {
         return Err("[classify] loop-window must be at least 1 second".into());
     }
     Ok(())
+}
+
+/// The auth keys of a mailbox or `[smtp]` (`at` names it): an OAuth2 `auth` goes without
+/// `password`, and its `oauth2` table (if any) is checked; `oauth2` needs an OAuth2 `auth`.
+fn check_auth(
+    at: &str,
+    oauth: bool,
+    oauth2: &mut Option<OAuth2Config>,
+    has_password: bool,
+    base: &Path,
+) -> Check {
+    if !oauth {
+        return match oauth2 {
+            Some(_) => Err(format!(
+                "{at}: `oauth2` needs `auth = \"xoauth2\"` or `auth = \"oauthbearer\"`"
+            )),
+            None => Ok(()),
+        };
+    }
+    if let Some(o) = oauth2 {
+        check_oauth2(o, base).map_err(|m| format!("{at}: oauth2: {m}"))?;
+    }
+    if has_password {
+        return Err(format!(
+            "{at}: `password` is not used with an OAuth2 `auth`; remove it"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what an `oauth2` table says itself: `token-command` alone, token endpoints over
+/// https, what the flow needs; the flow defaults to `refresh-token`. What its `provider`
+/// implies (endpoints, scopes, `tenant`) is filled in and checked by `oauth2::provider`.
+fn check_oauth2(o: &mut OAuth2Config, base: &Path) -> Check {
+    if let Some(ca) = &o.ca_file {
+        o.ca_file = Some(anchor(base, ca));
+    }
+    if o.timeout == Some(0) {
+        return Err("`timeout` must be at least 1 second".into());
+    }
+    if let Some(cmd) = &o.token_command {
+        if cmd.is_empty() || cmd[0].trim().is_empty() {
+            return Err("`token-command` needs a program".into());
+        }
+        let others = [
+            ("provider", o.provider.is_some()),
+            ("tenant", o.tenant.is_some()),
+            ("flow", o.flow.is_some()),
+            ("token-url", o.token_url.is_some()),
+            ("device-url", o.device_url.is_some()),
+            ("client-id", o.client_id.is_some()),
+            ("client-secret", o.client_secret.is_some()),
+            ("refresh-token", o.refresh_token.is_some()),
+            ("scope", o.scope.is_some()),
+        ];
+        if let Some((key, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "`token-command` stands alone: remove `{key}` (the command does the whole job)"
+            ));
+        }
+        return Ok(());
+    }
+    let flow = *o.flow.get_or_insert(Flow::RefreshToken);
+    for (key, url) in [("token-url", &o.token_url), ("device-url", &o.device_url)] {
+        if let Some(url) = url {
+            check_token_url(url).map_err(|m| format!("`{key} = {url:?}`: {m}"))?;
+        }
+    }
+    match flow {
+        Flow::ClientCredentials => {
+            if o.client_secret.is_none() {
+                return Err("`flow = \"client-credentials\"` needs `client-secret`".into());
+            }
+            if o.refresh_token.is_some() {
+                return Err(
+                    "`refresh-token` is not used by `flow = \"client-credentials\"`".into(),
+                );
+            }
+        }
+        Flow::RefreshToken => {}
+    }
+    Ok(())
+}
+
+/// A token endpoint must be `https://`, except on the loopback interface.
+fn check_token_url(url: &str) -> Check {
+    if let Some(rest) = url.strip_prefix("http://") {
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let loopback = host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| a.is_loopback());
+        return if loopback {
+            Ok(())
+        } else {
+            Err("tokens must not cross the network unencrypted: use https://".into())
+        };
+    }
+    if url.starts_with("https://") && url.len() > "https://".len() {
+        Ok(())
+    } else {
+        Err("not an https:// URL".into())
+    }
 }
 
 /// The fully commented sample that `mailticket init` writes (`mailticket.sample.toml` at the
