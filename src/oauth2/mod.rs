@@ -135,8 +135,8 @@ fn sha256_hex(s: &str) -> String {
 
 impl TokenSource {
     /// A source for the account `key` (`mailbox:support`, `smtp`) from its `oauth2` table
-    /// (checked and completed by the config loader). Secrets are read now: a missing one is a
-    /// configuration error.
+    /// (checked by the config loader, completed by [`provider::complete`]). Secrets are read
+    /// now: a missing one is a configuration error.
     pub fn new(
         key: &str,
         label: &str,
