@@ -252,12 +252,7 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
         None => {
             let t = tx.create_ticket(&NewTicket {
                 subject: &subject,
-                // A bounce we cannot place and mail from ourselves are kept, never worked on.
-                status: if matches!(kind, Kind::Bounce | Kind::Loop) {
-                    TicketStatus::Closed
-                } else {
-                    TicketStatus::Open
-                },
+                status: born(kind),
                 customer: &customer,
                 mailbox: &m.origin.mailbox,
                 now,
@@ -326,6 +321,16 @@ fn acknowledge(
             tracing::info!(ticket = ticket.id, reason, "no acknowledgement");
             Ok(false)
         }
+    }
+}
+
+/// The status of a ticket a message of `kind` opens: a bounce we cannot place and mail from
+/// ourselves are kept, never worked on.
+fn born(kind: Kind) -> TicketStatus {
+    if matches!(kind, Kind::Bounce | Kind::Loop) {
+        TicketStatus::Closed
+    } else {
+        TicketStatus::Open
     }
 }
 

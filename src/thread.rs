@@ -23,8 +23,7 @@ pub fn parent_ids(m: &ParsedMessage) -> Vec<String> {
         .collect()
 }
 
-/// The default subject tag marker: `[#42]`.
-pub const DEFAULT_TAG: &str = "#";
+pub use crate::config::DEFAULT_TAG;
 
 /// The subject tag of ticket `id` with `marker`: `[#42]`, `[Ticket#42]`. Every subject we
 /// write and every reason we record uses this, so what we send is what we match.

@@ -34,7 +34,7 @@ pub struct IngestArgs {
 
 pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
     let (ack, smtp) = if a.ack {
-        let ack = mailticket::outbound::AckPlan::from_config(&ctx.config)?;
+        let ack = ctx.ack.clone();
         if ack.is_none() {
             return Err(super::Usage(format!(
                 "--ack needs [ack] enabled = true and an [smtp] server in {}",
@@ -110,16 +110,9 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
     };
     // An acknowledgement is queued with the ticket and sent right away; if sending fails it
     // waits in the outbox for the next `sync`, `watch` or `outbox --send`.
-    let (ack, smtp) = match (
-        mailticket::outbound::AckPlan::from_config(&ctx.config),
-        super::smtp(ctx),
-    ) {
-        (Ok(a), Ok(s)) => (a, s),
-        (Err(e), _) => {
-            tracing::error!(error = %e, "acknowledgement settings");
-            return EX_TEMPFAIL;
-        }
-        (_, Err(e)) => {
+    let (ack, smtp) = match super::smtp(ctx) {
+        Ok(s) => (ctx.ack.clone(), s),
+        Err(e) => {
             tracing::error!(
                 error = mailticket::error::chain_text(e.as_ref()),
                 "[smtp] settings"

@@ -19,10 +19,12 @@ mod tickets;
 mod watch;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailticket::config::{Config, MailboxConfig};
+use mailticket::outbound::AckPlan;
 use mailticket::store::{Store, TicketStatus};
 
 /// Turns a support mailbox into helpdesk tickets.
@@ -187,14 +189,18 @@ pub fn init_tracing(args: &Args) {
 /// The global options every command needs.
 pub struct Ctx {
     pub config: Config,
+    /// The acknowledgement plan (templates compiled), when `[ack]` is enabled.
+    pub ack: Option<Arc<AckPlan>>,
     pub config_path: PathBuf,
     pub config_found: bool,
     pub db: PathBuf,
 }
 
 impl Ctx {
-    /// Loads the config. A missing file is fine for commands that need no mailbox, unless
-    /// the user named it.
+    /// Loads the config, completes its OAuth2 tables from their providers and compiles the
+    /// acknowledgement templates: every configuration error (exit 2) shows here, before
+    /// anything touches the network. A missing file is fine for commands that need no
+    /// mailbox, unless the user named it.
     fn load(args: &Args) -> anyhow::Result<Ctx> {
         let named = args
             .config
@@ -203,14 +209,17 @@ impl Ctx {
         let path = named
             .clone()
             .unwrap_or_else(|| PathBuf::from("mailticket.toml"));
-        let (config, found) = if named.is_some() || path.exists() {
+        let (mut config, found) = if named.is_some() || path.exists() {
             (Config::load(&path)?, true)
         } else {
             (Config::default(), false)
         };
+        mailticket::oauth2::provider::complete(&mut config)?;
+        let ack = AckPlan::from_config(&config)?;
         let db = args.db.clone().unwrap_or_else(|| config.store.path.clone());
         Ok(Ctx {
             config,
+            ack,
             config_path: path,
             config_found: found,
             db,

@@ -27,7 +27,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &mailboxes, true)?;
     let mailboxes = mailticket::sync::with_credentials(&mailboxes, &tokens)?;
     let smtp = super::smtp_with(ctx, &tokens)?;
-    let ack = mailticket::outbound::AckPlan::from_config(&ctx.config)?;
+    let ack = ctx.ack.clone();
     // A dry run changes nothing, so it may run beside anything.
     let _lock = if a.dry_run {
         None

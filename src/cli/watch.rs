@@ -33,13 +33,8 @@ pub fn run(ctx: &Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
         .into_iter()
         .map(|(mb, creds)| (mb.clone(), creds))
         .collect();
-    let outbound = match super::smtp_with(ctx, &tokens)? {
-        Some(smtp) => Some((
-            std::sync::Arc::new(smtp),
-            mailticket::outbound::AckPlan::from_config(&ctx.config)?,
-        )),
-        None => None,
-    };
+    let outbound =
+        super::smtp_with(ctx, &tokens)?.map(|smtp| (std::sync::Arc::new(smtp), ctx.ack.clone()));
     let lock = StoreLock::acquire(&ctx.db, "watch")?;
     let store = ctx.open_store()?;
     let (handle, join) = StoreThread::spawn(store)?;

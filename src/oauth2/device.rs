@@ -41,22 +41,26 @@ impl TokenSource {
         let ep = match &self.method {
             Method::Endpoint(ep) if ep.flow == Flow::RefreshToken => ep,
             _ => {
-                return Err(Error::Other(format!(
-                    "{}: only `flow = \"refresh-token\"` logs in (client-credentials and \
-                     token-command need no login)",
-                    self.label
-                )));
+                return Err(Error::OAuth2 {
+                    account: self.label.clone(),
+                    message: "only `flow = \"refresh-token\"` logs in (client-credentials and \
+                              token-command need no login)"
+                        .into(),
+                    relogin: false,
+                });
             }
         };
         let Some(device_url) = &ep.device_url else {
-            return Err(Error::Other(format!(
-                "{} oauth2: `device-url` is missing (the device authorization endpoint; \
-                 `provider` fills it in)",
-                self.label
-            )));
+            return Err(Error::OAuth2 {
+                account: self.label.clone(),
+                message: "`device-url` is missing (the device authorization endpoint; \
+                          `provider` fills it in)"
+                    .into(),
+                relogin: false,
+            });
         };
         let Some(store) = &self.store else {
-            return Err(Error::Other("no store for the tokens".into()));
+            return Err(Error::Internal("no store for the tokens".into()));
         };
         let refused = |what: &str, error: &str, description: &str| Error::OAuth2 {
             account: self.label.clone(),

@@ -32,7 +32,7 @@ pub fn client(ca_file: Option<&Path>) -> Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("mailticket/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::Other(format!("HTTP client setup: {e}")))?;
+        .map_err(|e| Error::Internal(format!("HTTP client setup: {e}")))?;
     map.insert(key, c.clone());
     Ok(c)
 }

@@ -15,6 +15,7 @@
 
 pub mod device;
 pub mod http;
+pub mod provider;
 pub mod sasl;
 pub mod store;
 
@@ -134,8 +135,8 @@ fn sha256_hex(s: &str) -> String {
 
 impl TokenSource {
     /// A source for the account `key` (`mailbox:support`, `smtp`) from its `oauth2` table
-    /// (checked and completed by the config loader). Secrets are read now: a missing one is a
-    /// configuration error.
+    /// (checked by the config loader, completed by [`provider::complete`]). Secrets are read
+    /// now: a missing one is a configuration error.
     pub fn new(
         key: &str,
         label: &str,
@@ -150,7 +151,11 @@ impl TokenSource {
                 timeout,
             }
         } else {
-            let missing = |k: &str| Error::Other(format!("{label} oauth2: `{k}` is missing"));
+            let missing = |k: &str| Error::OAuth2 {
+                account: label.to_owned(),
+                message: format!("`{k}` is missing from its oauth2 table"),
+                relogin: false,
+            };
             Method::Endpoint(Box::new(Endpoint {
                 flow: c.flow.unwrap_or(Flow::RefreshToken),
                 provider: c.provider,
@@ -601,7 +606,7 @@ struct Grant {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Other(format!("token store task: {e}")))?
+        .map_err(|e| Error::Internal(format!("token store task: {e}")))?
 }
 
 /// The token sources of a run, one per account; `[smtp]` shares the source of the mailbox
@@ -671,7 +676,7 @@ impl Tokens {
                 .get(&format!("mailbox:{}", mb.name))
                 .cloned()
                 .map(Credentials::OAuth2)
-                .ok_or_else(|| Error::Other(format!("mailbox {}: no token source", mb.name)));
+                .ok_or_else(|| Error::Internal(format!("mailbox {}: no token source", mb.name)));
         }
         crate::imap::password(mb).map(Credentials::Password)
     }
@@ -695,7 +700,7 @@ impl Tokens {
                 .get(&key)
                 .cloned()
                 .map(|s| Some(Credentials::OAuth2(s)))
-                .ok_or_else(|| Error::Other("[smtp]: no token source".into()));
+                .ok_or_else(|| Error::Internal("[smtp]: no token source".into()));
         }
         s.password
             .as_ref()

@@ -46,7 +46,7 @@ impl TokenStore {
         // creates and migrates it when needed
         drop(crate::store::Store::open(db)?);
         let conn = Connection::open(db)
-            .map_err(|e| Error::Other(format!("store {}: {e}", db.display())))?;
+            .map_err(|e| Error::store(format!("opening {} for tokens", db.display()), e))?;
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let mut lock = db.as_os_str().to_owned();

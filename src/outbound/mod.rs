@@ -57,15 +57,23 @@ pub struct AckPlan {
 }
 
 impl AckPlan {
-    /// The plan for `config`, when acknowledgements are enabled.
+    /// The plan for `config`, when acknowledgements are enabled. The templates are compiled
+    /// and test-rendered here, once: a problem is a configuration error naming the file.
     pub fn from_config(config: &Config) -> Result<Option<Arc<AckPlan>>> {
         let (true, Some(smtp)) = (config.ack.enabled, config.smtp.as_ref()) else {
             return Ok(None);
         };
-        let cfg_err = |message: String| Error::Other(format!("[ack]: {message}"));
-        let templates = AckTemplates::compile(&config.ack).map_err(cfg_err)?;
+        let cfg_err = |message: String| Error::Config {
+            path: config.path.clone(),
+            message,
+        };
+        let templates =
+            AckTemplates::compile(&config.ack).map_err(|e| cfg_err(format!("[ack]: {e}")))?;
         let from = parse_mailbox(&smtp.from).ok_or_else(|| {
-            Error::Other(format!("[smtp] from {:?} is not an address", smtp.from))
+            cfg_err(format!(
+                "[smtp]: `from = {:?}` is not an address",
+                smtp.from
+            ))
         })?;
         let AckConfig {
             per_sender_per_hour,

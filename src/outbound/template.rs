@@ -189,4 +189,22 @@ mod tests {
         let e = AckTemplates::compile(&ack("ok", Some("{{ custmer.name }}"))).unwrap_err();
         assert!(e.contains("body"), "{e}");
     }
+
+    #[test]
+    fn a_bad_template_is_a_config_error_naming_the_file() {
+        let path = std::path::Path::new("/etc/mailticket/mailticket.toml");
+        let smtp = "[smtp]\nhost = 'h'\nfrom = 'a@b.c'\n";
+        let config = crate::config::Config::parse(
+            &format!("{smtp}[ack]\nenabled = true\nsubject = '{{{{ ticket.nope }}}}'\n"),
+            path,
+        )
+        .unwrap();
+        let e = crate::outbound::AckPlan::from_config(&config)
+            .err()
+            .unwrap();
+        assert!(e.is_config(), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("[ack]") && e.contains("subject"), "{e}");
+        assert!(e.contains("/etc/mailticket/mailticket.toml"), "{e}");
+    }
 }

@@ -134,6 +134,24 @@ fn an_unknown_config_key_is_a_config_error_naming_key_and_file() {
 }
 
 #[test]
+fn a_bad_ack_template_is_a_config_error_before_any_connection() {
+    // Nothing listens on port 1: a run that got as far as the network would fail otherwise.
+    let wd = Workdir::new();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n[[mailbox]]\nname = 's'\nhost = '127.0.0.1'\nport = 1\n\
+         tls = 'none'\nallow-insecure = true\nusername = 'u'\npassword = 'p'\n\
+         [smtp]\nhost = '127.0.0.1'\nport = 1\ntls = 'none'\nallow-insecure = true\n\
+         from = 'support@example.com'\n[ack]\nenabled = true\n\
+         subject = '{{{{ ticket.nope }}}}'\n",
+        quoted(&wd.db().to_string_lossy())
+    ));
+    for args in [&["sync", "--json"][..], &["watch"], &["tickets", "--json"]] {
+        let run = wd.mailticket(args).code(2);
+        run.stderr_mentions(&["[ack]", "subject", &wd.config().to_string_lossy()]);
+    }
+}
+
+#[test]
 fn init_writes_a_config_that_parses() {
     let wd = Workdir::new();
     let path = wd.path("sample.toml");
