@@ -369,6 +369,12 @@ impl Store {
     }
 }
 
+/// Runs one store operation, naming it in a store error that does not say what it was doing:
+/// "store: inserting a message: database or disk is full".
+pub(crate) fn sql<T>(op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f().map_err(|e| e.during(op))
+}
+
 /// Creates the store file readable by its owner only, before SQLite opens it: the store
 /// holds every message and the key of our Message-IDs. SQLite gives the WAL and
 /// shared-memory files the database file's mode.

@@ -177,13 +177,15 @@ impl Tx<'_> {
 
     /// Acknowledgements queued, being sent or sent to `address` since `since`.
     pub fn acks_to_since(&self, address: &str, since: i64) -> Result<u32> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT count(*) FROM outbox WHERE rcpt_to = ?1 AND kind = 'ack'
-                   AND status IN ('pending', 'sending', 'sent') AND created_at > ?2",
-            )?
-            .query_row(params![address, since], |r| r.get(0))?)
+        crate::store::sql("counting acknowledgements", || {
+            Ok(self
+                .c
+                .prepare_cached(
+                    "SELECT count(*) FROM outbox WHERE rcpt_to = ?1 AND kind = 'ack'
+                       AND status IN ('pending', 'sending', 'sent') AND created_at > ?2",
+                )?
+                .query_row(params![address, since], |r| r.get(0))?)
+        })
     }
 
     /// Records `out` on `ticket` and queues it; returns the outbox row.
@@ -193,13 +195,15 @@ impl Tx<'_> {
 
     /// Records that `ticket`'s request from `to` is not acknowledged, and why.
     pub fn record_skipped_ack(&self, ticket: i64, to: &str, reason: &str, now: i64) -> Result<()> {
-        self.c
-            .prepare_cached(
-                "INSERT INTO outbox (ticket_id, kind, status, rcpt_to, reason, created_at, updated_at)
-                 VALUES (?1, 'ack', 'skipped', ?2, ?3, ?4, ?4)",
-            )?
-            .execute(params![ticket, to, reason, now])?;
-        Ok(())
+        crate::store::sql("recording a skipped acknowledgement", || {
+            self.c
+                .prepare_cached(
+                    "INSERT INTO outbox (ticket_id, kind, status, rcpt_to, reason, created_at, updated_at)
+                     VALUES (?1, 'ack', 'skipped', ?2, ?3, ?4, ?4)",
+                )?
+                .execute(params![ticket, to, reason, now])?;
+            Ok(())
+        })
     }
 }
 
@@ -225,54 +229,58 @@ pub struct ReplyContext {
 impl Tx<'_> {
     /// What a reply to `ticket` is built from; `None` when there is no such ticket.
     pub fn reply_context(&self, ticket: i64) -> Result<Option<ReplyContext>> {
-        let t: Option<(String, String, String)> = self
-            .c
-            .query_row(
-                "SELECT subject, customer, customer_name FROM ticket WHERE id = ?1",
-                [ticket],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((subject, customer, customer_name)) = t else {
-            return Ok(None);
-        };
-        let last: Option<(String, String, String, String)> = self
-            .c
-            .query_row(
-                "SELECT message_id, refs, cc_addrs, reply_to FROM message WHERE ticket_id = ?1
-                 ORDER BY direction = 'in' DESC, date DESC, id DESC LIMIT 1",
-                [ticket],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        let (parent, references, cc, reply_to) = match last {
-            Some((id, refs, cc, reply_to)) => (
-                Some(id),
-                serde_json::from_str(&refs).unwrap_or_default(),
-                serde_json::from_str(&cc).unwrap_or_default(),
+        crate::store::sql("reading what a reply answers", || {
+            let t: Option<(String, String, String)> = self
+                .c
+                .query_row(
+                    "SELECT subject, customer, customer_name FROM ticket WHERE id = ?1",
+                    [ticket],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((subject, customer, customer_name)) = t else {
+                return Ok(None);
+            };
+            let last: Option<(String, String, String, String)> = self
+                .c
+                .query_row(
+                    "SELECT message_id, refs, cc_addrs, reply_to FROM message WHERE ticket_id = ?1
+                     ORDER BY direction = 'in' DESC, date DESC, id DESC LIMIT 1",
+                    [ticket],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let (parent, references, cc, reply_to) = match last {
+                Some((id, refs, cc, reply_to)) => (
+                    Some(id),
+                    serde_json::from_str(&refs).unwrap_or_default(),
+                    serde_json::from_str(&cc).unwrap_or_default(),
+                    reply_to,
+                ),
+                None => (None, Vec::new(), Vec::new(), String::new()),
+            };
+            Ok(Some(ReplyContext {
+                subject,
+                customer,
+                customer_name,
+                parent,
+                references,
+                cc,
                 reply_to,
-            ),
-            None => (None, Vec::new(), Vec::new(), String::new()),
-        };
-        Ok(Some(ReplyContext {
-            subject,
-            customer,
-            customer_name,
-            parent,
-            references,
-            cc,
-            reply_to,
-        }))
+            }))
+        })
     }
 
     /// Records an agent's activity on `ticket` at `now`, closing it when `close`.
     pub fn answered(&self, ticket: i64, now: i64, close: bool) -> Result<()> {
-        self.c.execute(
-            "UPDATE ticket SET updated_at = ?2, status = CASE WHEN ?3 THEN 'closed' ELSE status END
-             WHERE id = ?1",
-            params![ticket, now, close],
-        )?;
-        Ok(())
+        crate::store::sql("updating a ticket", || {
+            self.c.execute(
+                "UPDATE ticket SET updated_at = ?2, status = CASE WHEN ?3 THEN 'closed' ELSE status END
+                 WHERE id = ?1",
+                params![ticket, now, close],
+            )?;
+            Ok(())
+        })
     }
 }
 
@@ -321,47 +329,49 @@ impl Store {
     /// Takes the next due `pending` row and commits it as `sending`, claimed by this process
     /// for `lease` seconds (longer than one send may take), before anything is sent.
     pub fn outbox_claim_next(&mut self, now: i64, lease: i64) -> Result<Option<OutJob>> {
-        let me = crate::lock::process_tag();
-        let row: Option<(i64, i64, Option<i64>, String, String)> = self.write(|c| {
-            let row = c
-                .query_row(
-                    "SELECT id, ticket_id, message_row, mail_from, rcpt_all FROM outbox
-                     WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1",
-                    [now],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?;
-            if let Some((id, ..)) = &row {
-                c.execute(
-                    "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2,
-                       claimed_by = ?3, claimed_until = ?4
-                     WHERE id = ?1",
-                    params![id, now, me, now.saturating_add(lease)],
-                )?;
-            }
-            Ok(row)
-        })?;
-        let Some((id, ticket_id, message_row, mail_from, rcpt)) = row else {
-            return Ok(None);
-        };
-        let raw = match message_row {
-            Some(m) => self.raw(m)?,
-            None => None,
-        };
-        let Some(raw) = raw else {
-            self.outbox_failed(id, "the recorded message is missing")?;
-            return Err(Error::Internal(format!(
-                "outbox {id}: the recorded message is missing"
-            )));
-        };
-        let rcpt: Vec<String> = serde_json::from_str(&rcpt).unwrap_or_default();
-        Ok(Some(OutJob {
-            id,
-            ticket_id,
-            mail_from,
-            rcpt,
-            raw,
-        }))
+        crate::store::sql("claiming an outbox row", || {
+            let me = crate::lock::process_tag();
+            let row: Option<(i64, i64, Option<i64>, String, String)> = self.write(|c| {
+                let row = c
+                    .query_row(
+                        "SELECT id, ticket_id, message_row, mail_from, rcpt_all FROM outbox
+                         WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1",
+                        [now],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    )
+                    .optional()?;
+                if let Some((id, ..)) = &row {
+                    c.execute(
+                        "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2,
+                           claimed_by = ?3, claimed_until = ?4
+                         WHERE id = ?1",
+                        params![id, now, me, now.saturating_add(lease)],
+                    )?;
+                }
+                Ok(row)
+            })?;
+            let Some((id, ticket_id, message_row, mail_from, rcpt)) = row else {
+                return Ok(None);
+            };
+            let raw = match message_row {
+                Some(m) => self.raw(m)?,
+                None => None,
+            };
+            let Some(raw) = raw else {
+                self.outbox_failed(id, "the recorded message is missing")?;
+                return Err(Error::Internal(format!(
+                    "outbox {id}: the recorded message is missing"
+                )));
+            };
+            let rcpt: Vec<String> = serde_json::from_str(&rcpt).unwrap_or_default();
+            Ok(Some(OutJob {
+                id,
+                ticket_id,
+                mail_from,
+                rcpt,
+                raw,
+            }))
+        })
     }
 
     /// The server accepted the row.
@@ -377,21 +387,23 @@ impl Store {
     /// A temporary failure: back to `pending` with a later attempt, or `failed` after
     /// too many.
     pub fn outbox_retry_later(&mut self, id: i64, why: &str, now: i64) -> Result<()> {
-        let attempts: i64 =
-            self.conn
-                .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })?;
-        if attempts >= MAX_ATTEMPTS {
-            return self.outbox_set(
-                id,
-                OutboxStatus::Failed,
-                "",
-                &format!("gave up after {attempts} attempts: {why}"),
-                0,
-            );
-        }
-        self.outbox_set(id, OutboxStatus::Pending, "", why, now + backoff(attempts))
+        crate::store::sql("deferring an outbox row", || {
+            let attempts: i64 =
+                self.conn
+                    .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
+                        r.get(0)
+                    })?;
+            if attempts >= MAX_ATTEMPTS {
+                return self.outbox_set(
+                    id,
+                    OutboxStatus::Failed,
+                    "",
+                    &format!("gave up after {attempts} attempts: {why}"),
+                    0,
+                );
+            }
+            self.outbox_set(id, OutboxStatus::Pending, "", why, now + backoff(attempts))
+        })
     }
 
     /// The message went out but no answer came (a timeout or a lost connection after the
@@ -408,31 +420,33 @@ impl Store {
     /// `outbox --retry ID`: a failed, stuck or deferred row goes back to `pending`, due now;
     /// not one that a live process is sending at this moment.
     pub fn outbox_retry(&mut self, id: i64) -> Result<Retry> {
-        let now = crate::time::now();
-        self.write(|c| {
-            let row: Option<(OutboxStatus, String, i64)> = c
-                .query_row(
-                    "SELECT status, claimed_by, claimed_until FROM outbox WHERE id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let Some((status, by, until)) = row else {
-                return Ok(Retry::NotRetryable);
-            };
-            if status == OutboxStatus::Sending && claim_holds(&by, until, now) {
-                return Ok(Retry::SendingNow(by));
-            }
-            let n = c.execute(
-                "UPDATE outbox SET status = 'pending', next_attempt_at = 0, updated_at = ?2,
-                   claimed_by = '', claimed_until = 0
-                 WHERE id = ?1 AND status IN ('failed', 'sending', 'pending')",
-                params![id, now],
-            )?;
-            Ok(if n == 1 {
-                Retry::Queued
-            } else {
-                Retry::NotRetryable
+        crate::store::sql("requeueing an outbox row", || {
+            let now = crate::time::now();
+            self.write(|c| {
+                let row: Option<(OutboxStatus, String, i64)> = c
+                    .query_row(
+                        "SELECT status, claimed_by, claimed_until FROM outbox WHERE id = ?1",
+                        [id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let Some((status, by, until)) = row else {
+                    return Ok(Retry::NotRetryable);
+                };
+                if status == OutboxStatus::Sending && claim_holds(&by, until, now) {
+                    return Ok(Retry::SendingNow(by));
+                }
+                let n = c.execute(
+                    "UPDATE outbox SET status = 'pending', next_attempt_at = 0, updated_at = ?2,
+                       claimed_by = '', claimed_until = 0
+                     WHERE id = ?1 AND status IN ('failed', 'sending', 'pending')",
+                    params![id, now],
+                )?;
+                Ok(if n == 1 {
+                    Retry::Queued
+                } else {
+                    Retry::NotRetryable
+                })
             })
         })
     }

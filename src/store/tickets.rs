@@ -201,61 +201,67 @@ impl Store {
         origin: &Origin,
         received_at: i64,
     ) -> Result<Outcome> {
-        let size = i64::try_from(size).unwrap_or(i64::MAX);
-        self.write(|c| {
-            let sha = hex(&sha256(raw));
-            let (uidvalidity, uid) = origin.imap.as_ref().map_or((0, 0), |p| (p.uidvalidity, p.uid));
-            c.execute(
-                "INSERT OR IGNORE INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![origin.source, uidvalidity, uid, error, sha, size, raw, received_at],
-            )?;
-            let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", [&sha], |r| r.get(0))?;
-            advance(c, origin.imap.as_ref())?;
-            Ok(Outcome::Quarantined(id))
+        crate::store::sql("quarantining a message", || {
+            let size = i64::try_from(size).unwrap_or(i64::MAX);
+            self.write(|c| {
+                let sha = hex(&sha256(raw));
+                let (uidvalidity, uid) = origin.imap.as_ref().map_or((0, 0), |p| (p.uidvalidity, p.uid));
+                c.execute(
+                    "INSERT OR IGNORE INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![origin.source, uidvalidity, uid, error, sha, size, raw, received_at],
+                )?;
+                let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", [&sha], |r| r.get(0))?;
+                advance(c, origin.imap.as_ref())?;
+                Ok(Outcome::Quarantined(id))
+            })
         })
     }
 
     /// The cursor of a mailbox folder.
     pub fn cursor(&self, mailbox: &str, folder: &str) -> Result<Option<Cursor>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT uidvalidity, last_uid, backlog_until, done_uid FROM cursor
-                 WHERE mailbox = ?1 AND folder = ?2",
-                params![mailbox, folder],
-                |r| {
-                    Ok(Cursor {
-                        uidvalidity: r.get(0)?,
-                        last_uid: r.get(1)?,
-                        backlog_until: r.get(2)?,
-                        done_uid: r.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
+        crate::store::sql("reading the cursor", || {
+            Ok(self
+                .conn
+                .query_row(
+                    "SELECT uidvalidity, last_uid, backlog_until, done_uid FROM cursor
+                     WHERE mailbox = ?1 AND folder = ?2",
+                    params![mailbox, folder],
+                    |r| {
+                        Ok(Cursor {
+                            uidvalidity: r.get(0)?,
+                            last_uid: r.get(1)?,
+                            backlog_until: r.get(2)?,
+                            done_uid: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
     }
 
     /// Replaces a folder's cursor (first run, or a new UIDVALIDITY).
     pub fn reset_cursor(&mut self, mailbox: &str, folder: &str, cursor: Cursor) -> Result<()> {
-        self.write(|c| {
-            c.execute(
-                "INSERT INTO cursor (mailbox, folder, uidvalidity, last_uid, backlog_until, done_uid, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
-                   last_uid = excluded.last_uid, backlog_until = excluded.backlog_until,
-                   done_uid = excluded.done_uid, updated_at = excluded.updated_at",
-                params![
-                    mailbox,
-                    folder,
-                    cursor.uidvalidity,
-                    cursor.last_uid,
-                    cursor.backlog_until,
-                    cursor.done_uid,
-                    crate::time::now()
-                ],
-            )?;
-            Ok(())
+        crate::store::sql("resetting the cursor", || {
+            self.write(|c| {
+                c.execute(
+                    "INSERT INTO cursor (mailbox, folder, uidvalidity, last_uid, backlog_until, done_uid, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                       last_uid = excluded.last_uid, backlog_until = excluded.backlog_until,
+                       done_uid = excluded.done_uid, updated_at = excluded.updated_at",
+                    params![
+                        mailbox,
+                        folder,
+                        cursor.uidvalidity,
+                        cursor.last_uid,
+                        cursor.backlog_until,
+                        cursor.done_uid,
+                        crate::time::now()
+                    ],
+                )?;
+                Ok(())
+            })
         })
     }
 
@@ -267,112 +273,124 @@ impl Store {
         uidvalidity: u32,
         uid: u32,
     ) -> Result<()> {
-        self.write(|c| {
-            c.execute(
-                "UPDATE cursor SET done_uid = max(done_uid, ?4)
-                 WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
-                params![mailbox, folder, uidvalidity, uid],
-            )?;
-            Ok(())
+        crate::store::sql("recording finished post-actions", || {
+            self.write(|c| {
+                c.execute(
+                    "UPDATE cursor SET done_uid = max(done_uid, ?4)
+                     WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
+                    params![mailbox, folder, uidvalidity, uid],
+                )?;
+                Ok(())
+            })
         })
     }
 
     /// Tickets with `status` (all when `None`), newest activity first.
     pub fn tickets(&self, status: Option<TicketStatus>) -> Result<Vec<TicketRow>> {
-        let mut s = self.conn.prepare(
-            "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
-                    t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
-             FROM ticket t WHERE ?1 IS NULL OR t.status = ?1 ORDER BY t.updated_at DESC, t.id DESC",
-        )?;
-        let rows = s.query_map([status], ticket_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        crate::store::sql("listing tickets", || {
+            let mut s = self.conn.prepare(
+                "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
+                        t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
+                 FROM ticket t WHERE ?1 IS NULL OR t.status = ?1 ORDER BY t.updated_at DESC, t.id DESC",
+            )?;
+            let rows = s.query_map([status], ticket_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// One ticket with its messages, oldest first.
     pub fn ticket(&self, id: i64) -> Result<Option<(TicketRow, Vec<MessageRow>)>> {
-        let t = self
-            .conn
-            .query_row(
-                "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
-                        t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
-                 FROM ticket t WHERE t.id = ?1",
-                [id],
-                ticket_row,
-            )
-            .optional()?;
-        let Some(t) = t else { return Ok(None) };
-        let mut s = self.conn.prepare(
-            "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, date,
-                    kind, reasons, body_text
-             FROM message WHERE ticket_id = ?1 ORDER BY date, id",
-        )?;
-        let mut messages: Vec<MessageRow> = s
-            .query_map([id], |r| {
-                Ok(MessageRow {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    direction: r.get(2)?,
-                    from: r.get(3)?,
-                    from_name: r.get(4)?,
-                    to: from_json_list(&r.get::<_, String>(5)?),
-                    cc: from_json_list(&r.get::<_, String>(6)?),
-                    subject: r.get(7)?,
-                    date: r.get(8)?,
-                    kind: r.get(9)?,
-                    reasons: from_json_list(&r.get::<_, String>(10)?),
-                    text: r.get(11)?,
-                    attachments: Vec::new(),
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut a = self.conn.prepare_cached(
-            "SELECT filename, content_type, size, sha256 FROM attachment WHERE message_id = ?1 ORDER BY id",
-        )?;
-        for m in &mut messages {
-            m.attachments = a
-                .query_map([m.id], |r| {
-                    Ok(AttachmentRow {
-                        filename: r.get(0)?,
-                        content_type: r.get(1)?,
-                        size: r.get(2)?,
-                        sha256: r.get(3)?,
+        crate::store::sql("reading a ticket", || {
+            let t = self
+                .conn
+                .query_row(
+                    "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
+                            t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
+                     FROM ticket t WHERE t.id = ?1",
+                    [id],
+                    ticket_row,
+                )
+                .optional()?;
+            let Some(t) = t else { return Ok(None) };
+            let mut s = self.conn.prepare(
+                "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, date,
+                        kind, reasons, body_text
+                 FROM message WHERE ticket_id = ?1 ORDER BY date, id",
+            )?;
+            let mut messages: Vec<MessageRow> = s
+                .query_map([id], |r| {
+                    Ok(MessageRow {
+                        id: r.get(0)?,
+                        message_id: r.get(1)?,
+                        direction: r.get(2)?,
+                        from: r.get(3)?,
+                        from_name: r.get(4)?,
+                        to: from_json_list(&r.get::<_, String>(5)?),
+                        cc: from_json_list(&r.get::<_, String>(6)?),
+                        subject: r.get(7)?,
+                        date: r.get(8)?,
+                        kind: r.get(9)?,
+                        reasons: from_json_list(&r.get::<_, String>(10)?),
+                        text: r.get(11)?,
+                        attachments: Vec::new(),
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-        }
-        Ok(Some((t, messages)))
+            let mut a = self.conn.prepare_cached(
+                "SELECT filename, content_type, size, sha256 FROM attachment WHERE message_id = ?1 ORDER BY id",
+            )?;
+            for m in &mut messages {
+                m.attachments = a
+                    .query_map([m.id], |r| {
+                        Ok(AttachmentRow {
+                            filename: r.get(0)?,
+                            content_type: r.get(1)?,
+                            size: r.get(2)?,
+                            sha256: r.get(3)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
+            Ok(Some((t, messages)))
+        })
     }
 
     /// The exact bytes of a stored message.
     pub fn raw(&self, message_row: i64) -> Result<Option<Vec<u8>>> {
-        let row: Option<(String, Vec<u8>, i64)> = self
-            .conn
-            .query_row(
-                "SELECT codec, raw, size FROM message WHERE id = ?1",
-                [message_row],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        row.map(|(codec, data, size)| decompress(&codec, &data, usize::try_from(size).unwrap_or(0)))
+        crate::store::sql("reading a stored message", || {
+            let row: Option<(String, Vec<u8>, i64)> = self
+                .conn
+                .query_row(
+                    "SELECT codec, raw, size FROM message WHERE id = ?1",
+                    [message_row],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            row.map(|(codec, data, size)| {
+                decompress(&codec, &data, usize::try_from(size).unwrap_or(0))
+            })
             .transpose()
+        })
     }
 
     /// The quarantine, newest first.
     pub fn quarantined(&self) -> Result<Vec<QuarantineRow>> {
-        let mut s = self.conn.prepare(
-            "SELECT id, source, uid, error, size, received_at FROM quarantine ORDER BY id DESC",
-        )?;
-        let rows = s.query_map([], |r| {
-            Ok(QuarantineRow {
-                id: r.get(0)?,
-                source: r.get(1)?,
-                uid: r.get(2)?,
-                error: r.get(3)?,
-                size: r.get(4)?,
-                received_at: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        crate::store::sql("listing the quarantine", || {
+            let mut s = self.conn.prepare(
+                "SELECT id, source, uid, error, size, received_at FROM quarantine ORDER BY id DESC",
+            )?;
+            let rows = s.query_map([], |r| {
+                Ok(QuarantineRow {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    uid: r.get(2)?,
+                    error: r.get(3)?,
+                    size: r.get(4)?,
+                    received_at: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 }
 
@@ -443,119 +461,137 @@ pub struct NewMessage<'a> {
 impl Tx<'_> {
     /// The ticket of a stored message with this Message-ID and content fingerprint.
     pub fn duplicate_of(&self, message_id: &str, fingerprint: &[u8]) -> Result<Option<i64>> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT ticket_id FROM message WHERE message_id = ?1 AND fingerprint = ?2",
-            )?
-            .query_row(params![message_id, fingerprint], |r| r.get(0))
-            .optional()?)
+        crate::store::sql("looking for the same message", || {
+            Ok(self
+                .c
+                .prepare_cached(
+                    "SELECT ticket_id FROM message WHERE message_id = ?1 AND fingerprint = ?2",
+                )?
+                .query_row(params![message_id, fingerprint], |r| r.get(0))
+                .optional()?)
+        })
     }
 
     /// How many stored messages `from` sent in the `window` seconds up to `date`.
     pub fn messages_from_within(&self, from: &str, date: i64, window: i64) -> Result<i64> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT count(*) FROM message WHERE from_addr = ?1 AND date > ?2 - ?3 AND date <= ?2",
-            )?
-            .query_row(params![from, date, window], |r| r.get(0))?)
+        crate::store::sql("counting a sender's messages", || {
+            Ok(self
+                .c
+                .prepare_cached(
+                    "SELECT count(*) FROM message WHERE from_addr = ?1 AND date > ?2 - ?3 AND date <= ?2",
+                )?
+                .query_row(params![from, date, window], |r| r.get(0))?)
+        })
     }
 
     /// A ticket's status and last activity; `None` when there is no such ticket.
     pub fn ticket_state(&self, t: i64) -> Result<Option<TicketState>> {
-        Ok(self
-            .c
-            .prepare_cached("SELECT status, updated_at FROM ticket WHERE id = ?1")?
-            .query_row([t], |r| {
-                Ok(TicketState {
-                    status: r.get(0)?,
-                    updated_at: r.get(1)?,
+        crate::store::sql("reading a ticket's status", || {
+            Ok(self
+                .c
+                .prepare_cached("SELECT status, updated_at FROM ticket WHERE id = ?1")?
+                .query_row([t], |r| {
+                    Ok(TicketState {
+                        status: r.get(0)?,
+                        updated_at: r.get(1)?,
+                    })
                 })
-            })
-            .optional()?)
+                .optional()?)
+        })
     }
 
     /// The date of a ticket's newest message (0 without messages).
     pub fn newest_message_date(&self, t: i64) -> Result<i64> {
-        Ok(self
-            .c
-            .prepare_cached("SELECT coalesce(max(date), 0) FROM message WHERE ticket_id = ?1")?
-            .query_row([t], |r| r.get(0))?)
+        crate::store::sql("reading a ticket's newest message", || {
+            Ok(self
+                .c
+                .prepare_cached("SELECT coalesce(max(date), 0) FROM message WHERE ticket_id = ?1")?
+                .query_row([t], |r| r.get(0))?)
+        })
     }
 
     /// The ticket holding a message (inbound or outbound) with this Message-ID, with that
     /// message's date; the newest when several do.
     pub fn ticket_of_message_id(&self, id: &str) -> Result<Option<(i64, i64)>> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT ticket_id, max(date) FROM message WHERE message_id = ?1
-                 GROUP BY ticket_id ORDER BY max(date) DESC, ticket_id DESC LIMIT 1",
-            )?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+        crate::store::sql("looking up a Message-ID", || {
+            Ok(self
+                .c
+                .prepare_cached(
+                    "SELECT ticket_id, max(date) FROM message WHERE message_id = ?1
+                     GROUP BY ticket_id ORDER BY max(date) DESC, ticket_id DESC LIMIT 1",
+                )?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+        })
     }
 
     /// Tickets whose messages named `id` in In-Reply-To or References, most recently active
     /// first.
     pub fn tickets_referring_to(&self, id: &str) -> Result<Vec<i64>> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT r.ticket_id FROM msgid_ref r JOIN ticket t ON t.id = r.ticket_id
-                 WHERE r.msgid = ?1 ORDER BY t.updated_at DESC, t.id DESC",
-            )?
-            .query_map([id], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?)
+        crate::store::sql("looking up references", || {
+            Ok(self
+                .c
+                .prepare_cached(
+                    "SELECT r.ticket_id FROM msgid_ref r JOIN ticket t ON t.id = r.ticket_id
+                     WHERE r.msgid = ?1 ORDER BY t.updated_at DESC, t.id DESC",
+                )?
+                .query_map([id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// Whether `addr` already takes part in ticket `t`: its customer, or the sender of one of
     /// its inbound messages. (Outbound rows do not count: our own address takes part in every
     /// ticket we answer.)
     pub fn takes_part(&self, t: i64, addr: &str) -> Result<bool> {
-        if addr.is_empty() {
-            return Ok(false);
-        }
-        Ok(self.c.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM ticket WHERE id = ?1 AND customer = ?2)
-                 OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr = ?2 AND direction = 'in')",
-        )?
-        .query_row(params![t, addr], |r| r.get(0))?)
+        crate::store::sql("checking who takes part", || {
+            if addr.is_empty() {
+                return Ok(false);
+            }
+            Ok(self.c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM ticket WHERE id = ?1 AND customer = ?2)
+                     OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr = ?2 AND direction = 'in')",
+            )?
+            .query_row(params![t, addr], |r| r.get(0))?)
+        })
     }
 
     /// [`Tx::takes_part`], or was a To/Cc recipient of one of the ticket's inbound messages
     /// (a colleague on a reply-all thread). Only for the sender of a message: a Cc costs
     /// nothing to add, and our own address is a recipient of every inbound message.
     pub fn sender_takes_part(&self, t: i64, addr: &str) -> Result<bool> {
-        if addr.is_empty() {
-            return Ok(false);
-        }
-        if self.takes_part(t, addr)? {
-            return Ok(true);
-        }
-        // to_addrs / cc_addrs are JSON arrays of strings: match the quoted address.
-        let quoted = serde_json::to_string(addr).unwrap_or_default();
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND direction = 'in'
-                            AND (instr(to_addrs, ?2) > 0 OR instr(cc_addrs, ?2) > 0))",
-            )?
-            .query_row(params![t, quoted], |r| r.get(0))?)
+        crate::store::sql("checking who takes part", || {
+            if addr.is_empty() {
+                return Ok(false);
+            }
+            if self.takes_part(t, addr)? {
+                return Ok(true);
+            }
+            // to_addrs / cc_addrs are JSON arrays of strings: match the quoted address.
+            let quoted = serde_json::to_string(addr).unwrap_or_default();
+            Ok(self
+                .c
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND direction = 'in'
+                                AND (instr(to_addrs, ?2) > 0 OR instr(cc_addrs, ?2) > 0))",
+                )?
+                .query_row(params![t, quoted], |r| r.get(0))?)
+        })
     }
 
     /// Whether someone from `addr`'s domain takes part in ticket `t`.
     pub fn domain_takes_part(&self, t: i64, addr: &str) -> Result<bool> {
-        let Some((_, domain)) = addr.rsplit_once('@').filter(|(_, d)| !d.is_empty()) else {
-            return Ok(false);
-        };
-        let pattern = format!("%@{}", domain.replace(['%', '_'], ""));
-        Ok(self.c.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM ticket WHERE id = ?1 AND customer LIKE ?2)
-                 OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr LIKE ?2 AND direction = 'in')",
-        )?
-        .query_row(params![t, pattern], |r| r.get(0))?)
+        crate::store::sql("checking who takes part", || {
+            let Some((_, domain)) = addr.rsplit_once('@').filter(|(_, d)| !d.is_empty()) else {
+                return Ok(false);
+            };
+            let pattern = format!("%@{}", domain.replace(['%', '_'], ""));
+            Ok(self.c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM ticket WHERE id = ?1 AND customer LIKE ?2)
+                     OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr LIKE ?2 AND direction = 'in')",
+            )?
+            .query_row(params![t, pattern], |r| r.get(0))?)
+        })
     }
 
     /// The ticket of the newest message from `from` within `window` seconds up to `date`
@@ -567,47 +603,53 @@ impl Tx<'_> {
         date: i64,
         window: i64,
     ) -> Result<Option<i64>> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT m.ticket_id FROM message m JOIN ticket t ON t.id = m.ticket_id
-                 WHERE m.from_addr = ?1 AND m.date BETWEEN ?3 - ?4 AND ?3 AND t.subject = ?2
-                 ORDER BY m.date DESC LIMIT 1",
-            )?
-            .query_row(params![from, subject, date, window], |r| r.get(0))
-            .optional()?)
+        crate::store::sql("looking for the same subject", || {
+            Ok(self
+                .c
+                .prepare_cached(
+                    "SELECT m.ticket_id FROM message m JOIN ticket t ON t.id = m.ticket_id
+                     WHERE m.from_addr = ?1 AND m.date BETWEEN ?3 - ?4 AND ?3 AND t.subject = ?2
+                     ORDER BY m.date DESC LIMIT 1",
+                )?
+                .query_row(params![from, subject, date, window], |r| r.get(0))
+                .optional()?)
+        })
     }
 
     /// Writes a new ticket; returns its number.
     pub fn create_ticket(&self, t: &NewTicket<'_>) -> Result<i64> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
-            )?
-            .query_row(
-                params![
-                    t.subject,
-                    t.status,
-                    t.customer.address,
-                    t.customer.name,
-                    t.mailbox,
-                    t.now
-                ],
-                |r| r.get(0),
-            )?)
+        crate::store::sql("creating a ticket", || {
+            Ok(self
+                .c
+                .prepare_cached(
+                    "INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        t.subject,
+                        t.status,
+                        t.customer.address,
+                        t.customer.name,
+                        t.mailbox,
+                        t.now
+                    ],
+                    |r| r.get(0),
+                )?)
+        })
     }
 
     /// Records activity on ticket `t` at `now`, reopening it when `reopen`.
     pub fn touch_ticket(&self, t: i64, now: i64, reopen: bool) -> Result<()> {
-        self.c
-            .prepare_cached(
-                "UPDATE ticket SET updated_at = max(updated_at, ?2),
-                   status = CASE WHEN ?3 THEN 'open' ELSE status END WHERE id = ?1",
-            )?
-            .execute(params![t, now, reopen])?;
-        Ok(())
+        crate::store::sql("updating a ticket", || {
+            self.c
+                .prepare_cached(
+                    "UPDATE ticket SET updated_at = max(updated_at, ?2),
+                       status = CASE WHEN ?3 THEN 'open' ELSE status END WHERE id = ?1",
+                )?
+                .execute(params![t, now, reopen])?;
+            Ok(())
+        })
     }
 
     /// Marks `address` undeliverable until `expires` (or later, if it already is).
@@ -619,80 +661,86 @@ impl Tx<'_> {
         ticket: i64,
         now: i64,
     ) -> Result<()> {
-        self.c.prepare_cached(
-            "INSERT INTO undeliverable (address, expires_at, status, diagnostic, ticket_id, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (address) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
-               status = excluded.status, diagnostic = excluded.diagnostic,
-               ticket_id = excluded.ticket_id, updated_at = excluded.updated_at",
-        )?
-        .execute(params![address, expires, status, diagnostic, ticket, now])?;
-        Ok(())
+        crate::store::sql("marking an address undeliverable", || {
+            self.c.prepare_cached(
+                "INSERT INTO undeliverable (address, expires_at, status, diagnostic, ticket_id, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (address) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
+                   status = excluded.status, diagnostic = excluded.diagnostic,
+                   ticket_id = excluded.ticket_id, updated_at = excluded.updated_at",
+            )?
+            .execute(params![address, expires, status, diagnostic, ticket, now])?;
+            Ok(())
+        })
     }
 
     /// Writes an inbound message and its attachments' index; returns the message row.
     pub fn insert_message(&self, m: &NewMessage<'_>) -> Result<i64> {
-        let p = m.parsed;
-        let from = p.from.clone().unwrap_or_default();
-        let row: i64 = self
-            .c
-            .prepare_cached(
-                "INSERT INTO message (ticket_id, direction, message_id, fingerprint, in_reply_to, refs, from_addr,
-                    from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
-                    source, size, codec, raw)
-                 VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                    'zstd', ?19)
-                 RETURNING id",
-            )?
-            .query_row(
-                params![
-                    m.ticket,
-                    p.message_id,
-                    &p.fingerprint[..],
-                    json_list(&p.in_reply_to),
-                    json_list(&p.references),
-                    from.address,
-                    from.name,
-                    p.reply_to.as_ref().map_or("", |r| r.address.as_str()),
-                    json_list(p.to.iter().map(|a| &a.address)),
-                    json_list(p.cc.iter().map(|a| &a.address)),
-                    p.subject,
-                    m.date,
-                    m.received_at,
-                    m.kind.as_str(),
-                    json_list(m.reasons),
-                    p.text,
-                    m.source,
-                    m.size as i64,
-                    m.packed,
-                ],
-                |r| r.get(0),
+        crate::store::sql("inserting a message", || {
+            let p = m.parsed;
+            let from = p.from.clone().unwrap_or_default();
+            let row: i64 = self
+                .c
+                .prepare_cached(
+                    "INSERT INTO message (ticket_id, direction, message_id, fingerprint, in_reply_to, refs, from_addr,
+                        from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
+                        source, size, codec, raw)
+                     VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                        'zstd', ?19)
+                     RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        m.ticket,
+                        p.message_id,
+                        &p.fingerprint[..],
+                        json_list(&p.in_reply_to),
+                        json_list(&p.references),
+                        from.address,
+                        from.name,
+                        p.reply_to.as_ref().map_or("", |r| r.address.as_str()),
+                        json_list(p.to.iter().map(|a| &a.address)),
+                        json_list(p.cc.iter().map(|a| &a.address)),
+                        p.subject,
+                        m.date,
+                        m.received_at,
+                        m.kind.as_str(),
+                        json_list(m.reasons),
+                        p.text,
+                        m.source,
+                        m.size as i64,
+                        m.packed,
+                    ],
+                    |r| r.get(0),
+                )?;
+            let mut att = self.c.prepare_cached(
+                "INSERT INTO attachment (message_id, filename, content_type, size, sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-        let mut att = self.c.prepare_cached(
-            "INSERT INTO attachment (message_id, filename, content_type, size, sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for a in &p.attachments {
-            att.execute(params![
-                row,
-                a.filename,
-                a.content_type,
-                a.size as i64,
-                hex(&a.sha256)
-            ])?;
-        }
-        Ok(row)
+            for a in &p.attachments {
+                att.execute(params![
+                    row,
+                    a.filename,
+                    a.content_type,
+                    a.size as i64,
+                    hex(&a.sha256)
+                ])?;
+            }
+            Ok(row)
+        })
     }
 
     /// Remembers that ticket `t` named these ids (a parent that arrives late finds it).
     pub fn add_refs<'i>(&self, ids: impl IntoIterator<Item = &'i String>, t: i64) -> Result<()> {
-        let mut refs = self
-            .c
-            .prepare_cached("INSERT OR IGNORE INTO msgid_ref (msgid, ticket_id) VALUES (?1, ?2)")?;
-        for id in ids {
-            refs.execute(params![id, t])?;
-        }
-        Ok(())
+        crate::store::sql("recording references", || {
+            let mut refs = self.c.prepare_cached(
+                "INSERT OR IGNORE INTO msgid_ref (msgid, ticket_id) VALUES (?1, ?2)",
+            )?;
+            for id in ids {
+                refs.execute(params![id, t])?;
+            }
+            Ok(())
+        })
     }
 
     /// Advances the cursor past this message (nothing for files).
@@ -715,11 +763,13 @@ impl Store {
 
     /// Sets a ticket's status. False when there is no such ticket.
     pub fn set_status(&mut self, ticket: i64, status: TicketStatus) -> Result<bool> {
-        self.write(|c| {
-            Ok(c.execute(
-                "UPDATE ticket SET status = ?2, updated_at = max(updated_at, ?3) WHERE id = ?1",
-                params![ticket, status, crate::time::now()],
-            )? == 1)
+        crate::store::sql("setting a ticket's status", || {
+            self.write(|c| {
+                Ok(c.execute(
+                    "UPDATE ticket SET status = ?2, updated_at = max(updated_at, ?3) WHERE id = ?1",
+                    params![ticket, status, crate::time::now()],
+                )? == 1)
+            })
         })
     }
 }
