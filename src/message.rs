@@ -241,21 +241,7 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         .parse(raw)
         .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
 
-    // The raw header values, read leniently: mail-parser's `headers_raw` drops a value that
-    // is not valid UTF-8 (a Latin-1 subject, a broken auto-responder), and the classifier
-    // must still see the header (`Auto-Submitted`, `X-Autoreply`, ...).
-    let raw_all: &[u8] = &msg.raw_message;
-    let headers: Vec<(String, String)> = msg
-        .headers()
-        .iter()
-        .filter_map(|h| {
-            let v = raw_all.get(h.offset_start as usize..h.offset_end as usize)?;
-            Some((
-                h.name.as_str().to_ascii_lowercase(),
-                unfold(&String::from_utf8_lossy(v)),
-            ))
-        })
-        .collect();
+    let headers = lenient_headers(&msg);
     const ESSENTIAL: [&str; 5] = ["from", "sender", "date", "subject", "message-id"];
     if !headers.iter().any(|(n, _)| ESSENTIAL.contains(&n.as_str())) {
         return Err(ParseFailure(
@@ -270,51 +256,18 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         .filter(|d| d.is_valid())
         .map(mail_parser::DateTime::to_timestamp);
 
-    let mut text = String::new();
-    for i in 0..msg.text_body_count() {
-        if let Some(t) = msg.body_text(i) {
-            let t = t.replace("\r\n", "\n");
-            let t = t.trim();
-            if !t.is_empty() {
-                if !text.is_empty() {
-                    text.push_str("\n\n");
-                }
-                text.push_str(t);
-            }
-        }
-    }
+    let text = readable_text(&msg);
 
     let attachments: Vec<Attachment> = attachments(&msg, false)
         .into_iter()
         .map(|(a, _)| a)
         .collect();
 
-    let content_type = msg
-        .root_part()
-        .content_type()
-        .map(|ct| match ct.subtype() {
-            Some(sub) => format!("{}/{}", ct.ctype(), sub),
-            None => ct.ctype().to_owned(),
-        })
-        .unwrap_or_else(|| "text/plain".to_owned())
-        .to_ascii_lowercase();
+    let (content_type, report_type) = root_type(&msg);
     let has_delivery_status = msg
         .parts
         .iter()
         .any(|p| part_is(p, "message", &["delivery-status", "global-delivery-status"]));
-
-    let report_type = msg
-        .root_part()
-        .content_type()
-        .filter(|ct| {
-            ct.ctype().eq_ignore_ascii_case("multipart")
-                && ct
-                    .subtype()
-                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
-        })
-        .and_then(|ct| ct.attribute("report-type"))
-        .unwrap_or("")
-        .to_ascii_lowercase();
     let dsn = msg
         .parts
         .iter()
@@ -356,6 +309,65 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         original,
         fingerprint,
     })
+}
+
+/// The raw header values, lower-case names, read leniently: mail-parser's `headers_raw`
+/// drops a value that is not valid UTF-8 (a Latin-1 subject, a broken auto-responder), and
+/// the classifier must still see the header (`Auto-Submitted`, `X-Autoreply`, ...).
+fn lenient_headers(msg: &mail_parser::Message<'_>) -> Vec<(String, String)> {
+    let raw_all: &[u8] = &msg.raw_message;
+    msg.headers()
+        .iter()
+        .filter_map(|h| {
+            let v = raw_all.get(h.offset_start as usize..h.offset_end as usize)?;
+            Some((
+                h.name.as_str().to_ascii_lowercase(),
+                unfold(&String::from_utf8_lossy(v)),
+            ))
+        })
+        .collect()
+}
+
+/// Every text body, trimmed, with LF line ends, separated by a blank line.
+fn readable_text(msg: &mail_parser::Message<'_>) -> String {
+    let mut text = String::new();
+    for i in 0..msg.text_body_count() {
+        if let Some(t) = msg.body_text(i) {
+            let t = t.replace("\r\n", "\n");
+            let t = t.trim();
+            if !t.is_empty() {
+                if !text.is_empty() {
+                    text.push_str("\n\n");
+                }
+                text.push_str(t);
+            }
+        }
+    }
+    text
+}
+
+/// The root part's `type/subtype` (lower-case, `text/plain` when absent) and, for a
+/// `multipart/report`, its `report-type`.
+fn root_type(msg: &mail_parser::Message<'_>) -> (String, String) {
+    let ct = msg.root_part().content_type();
+    let content_type = ct
+        .map(|ct| match ct.subtype() {
+            Some(sub) => format!("{}/{}", ct.ctype(), sub),
+            None => ct.ctype().to_owned(),
+        })
+        .unwrap_or_else(|| "text/plain".to_owned())
+        .to_ascii_lowercase();
+    let report_type = ct
+        .filter(|ct| {
+            ct.ctype().eq_ignore_ascii_case("multipart")
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+        })
+        .and_then(|ct| ct.attribute("report-type"))
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (content_type, report_type)
 }
 
 /// Whether `p` is `ctype/<one of subtypes>`.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::store::TokenStore;
 use super::{Endpoint, Method, TokenSource, http, record_grant, sha256_hex};
 use crate::config::Flow;
 use crate::error::{Error, Result};
@@ -38,37 +39,51 @@ impl TokenSource {
     /// Runs the device flow; `prompt` shows the user what to do. The refresh token is stored
     /// (and wins over the config's `refresh-token` until that changes).
     pub async fn device_login(&self, prompt: impl FnOnce(&Prompt)) -> Result<LoggedIn> {
+        let (ep, device_url, store) = self.device_setup()?;
+        let (device_code, p, interval) = self.start_device(ep, device_url).await?;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(p.expires_in.max(1) as u64);
+        prompt(&p);
+        let (map, obtained) = self
+            .poll_device(ep, &device_code, interval, deadline)
+            .await?;
+        self.store_login(ep, store, map, obtained).await
+    }
+
+    /// The endpoint, device URL and store a device login needs, or why it cannot run.
+    fn device_setup(&self) -> Result<(&Endpoint, &str, &Arc<TokenStore>)> {
         let ep = match &self.method {
             Method::Endpoint(ep) if ep.flow == Flow::RefreshToken => ep,
             _ => {
-                return Err(Error::OAuth2 {
-                    account: self.label.clone(),
-                    message: "only `flow = \"refresh-token\"` logs in (client-credentials and \
-                              token-command need no login)"
-                        .into(),
-                    relogin: false,
-                });
+                return Err(self.refused(
+                    "only `flow = \"refresh-token\"` logs in (client-credentials and \
+                     token-command need no login)",
+                    "",
+                    "",
+                ));
             }
         };
         let Some(device_url) = &ep.device_url else {
-            return Err(Error::OAuth2 {
-                account: self.label.clone(),
-                message: "`device-url` is missing (the device authorization endpoint; \
-                          `provider` fills it in)"
-                    .into(),
-                relogin: false,
-            });
+            return Err(self.refused(
+                "`device-url` is missing (the device authorization endpoint; `provider` \
+                 fills it in)",
+                "",
+                "",
+            ));
         };
         let Some(store) = &self.store else {
             return Err(Error::Internal("no store for the tokens".into()));
         };
-        let refused = |what: &str, error: &str, description: &str| Error::OAuth2 {
-            account: self.label.clone(),
-            message: format!("{what}: {error} {description}")
-                .trim_end()
-                .to_owned(),
-            relogin: false,
-        };
+        Ok((ep, device_url, store))
+    }
+
+    /// Asks the device endpoint for a code: the device code, what to show the user, and the
+    /// polling interval in seconds.
+    async fn start_device(
+        &self,
+        ep: &Endpoint,
+        device_url: &str,
+    ) -> Result<(Revealed, Prompt, u64)> {
         let mut form = vec![
             ("client_id", ep.client_id.as_str()),
             ("scope", ep.scope.as_str()),
@@ -80,7 +95,7 @@ impl TokenSource {
             http::Reply::Ok(map) => map,
             http::Reply::Refused {
                 error, description, ..
-            } => return Err(refused("the device endpoint refused", &error, &description)),
+            } => return Err(self.refused("the device endpoint refused", &error, &description)),
         };
         let need = |k: &str| {
             http::field(&start, k)
@@ -99,11 +114,19 @@ impl TokenSource {
             expires_in: http::seconds(&start, "expires_in").unwrap_or(900),
             message: http::field(&start, "message").map(str::to_owned),
         };
-        let mut interval = http::seconds(&start, "interval").unwrap_or(5).max(1) as u64;
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(p.expires_in.max(1) as u64);
-        prompt(&p);
+        let interval = http::seconds(&start, "interval").unwrap_or(5).max(1) as u64;
+        Ok((device_code, p, interval))
+    }
 
+    /// Polls the token endpoint until the user signs in (the token response and when it was
+    /// obtained), declines, or the code expires; `slow_down` adds 5 s to the interval.
+    async fn poll_device(
+        &self,
+        ep: &Endpoint,
+        device_code: &Revealed,
+        mut interval: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, i64)> {
         let mut form = vec![
             ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
             ("device_code", device_code.expose()),
@@ -112,46 +135,50 @@ impl TokenSource {
         if let Some(s) = &ep.client_secret {
             form.push(("client_secret", s.expose()));
         }
+        let expired = "the code expired before sign-in";
         loop {
             tokio::time::sleep(Duration::from_secs(interval)).await;
             if tokio::time::Instant::now() >= deadline {
-                return Err(refused(
-                    "the code expired before sign-in",
-                    "expired_token",
-                    "",
-                ));
+                return Err(self.refused(expired, "expired_token", ""));
             }
             let obtained = crate::time::now();
-            let map = match http::post_form(&ep.http, &ep.token_url, &form, ep.timeout).await {
-                Ok(http::Reply::Ok(map)) => map,
-                Ok(http::Reply::Refused {
-                    error, description, ..
-                }) => match error.as_str() {
-                    "authorization_pending" => continue,
-                    "slow_down" => {
-                        interval += 5;
+            let (error, description) =
+                match http::post_form(&ep.http, &ep.token_url, &form, ep.timeout).await {
+                    Ok(http::Reply::Ok(map)) => return Ok((map, obtained)),
+                    Ok(http::Reply::Refused {
+                        error, description, ..
+                    }) => (error, description),
+                    // A network hiccup while waiting: keep polling until the code expires.
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, "polling the token endpoint");
                         continue;
                     }
-                    "access_denied" => {
-                        return Err(refused("sign-in was declined", &error, &description));
-                    }
-                    "expired_token" => {
-                        return Err(refused(
-                            "the code expired before sign-in",
-                            &error,
-                            &description,
-                        ));
-                    }
-                    _ => return Err(refused("the token endpoint refused", &error, &description)),
-                },
-                // A network hiccup while waiting: keep polling until the code expires.
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "polling the token endpoint");
+                    Err(e) => return Err(e),
+                };
+            let what = match error.as_str() {
+                "authorization_pending" => continue,
+                "slow_down" => {
+                    interval += 5;
                     continue;
                 }
-                Err(e) => return Err(e),
+                "access_denied" => "sign-in was declined",
+                "expired_token" => expired,
+                _ => "the token endpoint refused",
             };
-            return self.store_login(ep, store, map, obtained).await;
+            return Err(self.refused(what, &error, &description));
+        }
+    }
+
+    /// The login refused or impossible, for this account: `what`, then the endpoint's error
+    /// code and description when there are any.
+    fn refused(&self, what: &str, error: &str, description: &str) -> Error {
+        Error::OAuth2 {
+            account: self.label.clone(),
+            message: format!("{what}: {error} {description}")
+                .trim_end()
+                .trim_end_matches(':')
+                .to_owned(),
+            relogin: false,
         }
     }
 

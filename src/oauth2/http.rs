@@ -113,8 +113,14 @@ pub async fn post_form(
             });
         }
     };
+    read_reply(status, &body).map_err(net)
+}
+
+/// What the endpoint's status and body say: a token response, an RFC 6749 refusal, or why it
+/// is neither (the error text).
+fn read_reply(status: u16, body: &[u8]) -> std::result::Result<Reply, String> {
     let json: Option<serde_json::Map<String, serde_json::Value>> =
-        serde_json::from_slice(&body).ok();
+        serde_json::from_slice(body).ok();
     match (status, json) {
         (200..=299, Some(map)) => Ok(Reply::Ok(map)),
         (400..=499, Some(map)) if status != 429 && map.contains_key("error") => {
@@ -139,16 +145,14 @@ pub async fn post_form(
             let what = if json.is_some() {
                 "JSON without a token".to_owned()
             } else {
-                let snippet: String = String::from_utf8_lossy(&body)
+                let snippet: String = String::from_utf8_lossy(body)
                     .chars()
                     .take(80)
                     .filter(|c| !c.is_control())
                     .collect();
                 format!("not JSON: {snippet:?}")
             };
-            Err(net(format!(
-                "token endpoint answered HTTP {status} ({what})"
-            )))
+            Err(format!("token endpoint answered HTTP {status} ({what})"))
         }
     }
 }
