@@ -113,7 +113,7 @@ async fn raw_fetch(config: &Config) -> (usize, u64, Duration) {
     let mut imap = mailticket::imap::connect(
         mb,
         &mailticket::oauth2::Credentials::Password(
-            mailticket::imap::password(mb).expect("password"),
+            mailticket::oauth2::mailbox_password(mb).expect("password"),
         ),
     )
     .await

@@ -208,9 +208,31 @@ fn check_store(r: &mut Report, db: &Path) {
         );
         return;
     }
+    check_schema(r, db);
+    match StoreLock::acquire(db, "doctor") {
+        Ok(_) => r.ok("store", "lock", "free".into()),
+        Err(Error::Locked { holder, .. }) => r.push(
+            "store",
+            "lock",
+            Status::Warn,
+            format!("held by {holder}"),
+            Some("fine while that watch or sync runs; a sync started now would exit 75"),
+        ),
+        Err(e) => r.fail("store", "lock", &e, "make the database's folder writable"),
+    }
+    check_outbox(r, db);
+}
+
+/// Opens the store read-only, beside whatever is writing to it.
+fn open_read_only(db: &Path) -> rusqlite::Result<rusqlite::Connection> {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let version = rusqlite::Connection::open_with_flags(db, flags)
+    rusqlite::Connection::open_with_flags(db, flags)
+}
+
+/// The store's schema version against this binary's.
+fn check_schema(r: &mut Report, db: &Path) {
+    let version = open_read_only(db)
         .and_then(|c| c.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0)));
     match version {
         Ok(v) if v == SCHEMA_VERSION => {
@@ -243,20 +265,13 @@ fn check_store(r: &mut Report, db: &Path) {
             "check the path and permissions; restore it from a backup if it is damaged",
         ),
     }
-    match StoreLock::acquire(db, "doctor") {
-        Ok(_) => r.ok("store", "lock", "free".into()),
-        Err(Error::Locked { holder, .. }) => r.push(
-            "store",
-            "lock",
-            Status::Warn,
-            format!("held by {holder}"),
-            Some("fine while that watch or sync runs; a sync started now would exit 75"),
-        ),
-        Err(e) => r.fail("store", "lock", &e, "make the database's folder writable"),
-    }
+}
+
+/// Outbox rows that failed, or were left in `sending` by a process that is gone.
+fn check_outbox(r: &mut Report, db: &Path) {
     // A row that a live process is sending right now is neither stuck nor failed.
     let now = crate::time::now();
-    let stuck = rusqlite::Connection::open_with_flags(db, flags).and_then(|c| {
+    let stuck = open_read_only(db).and_then(|c| {
         let mut s = c.prepare(
             "SELECT status, claimed_by, claimed_until FROM outbox
              WHERE status IN ('sending', 'failed')",
@@ -317,33 +332,9 @@ async fn check_smtp(r: &mut Report, config: &Config, db: &Path, c: &crate::confi
 }
 
 async fn check_mailbox(r: &mut Report, scope: &str, mb: &MailboxConfig, creds: &Credentials) {
-    let limit = mb.timeout();
     let addr = format!("{}:{}", mb.host, mb.port());
-    match tokio::time::timeout(limit, tokio::net::lookup_host(addr.as_str())).await {
-        Ok(Ok(addrs)) => {
-            let ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
-            r.ok(scope, "dns", format!("{} -> {}", mb.host, ips.join(", ")));
-        }
-        Ok(Err(e)) => {
-            let e = Error::Network {
-                host: mb.host.clone(),
-                message: e.to_string(),
-            };
-            return r.fail(
-                scope,
-                "dns",
-                &e,
-                "check `host` (a typo?) and this machine's DNS",
-            );
-        }
-        Err(_) => {
-            let e = Error::Timeout {
-                host: mb.host.clone(),
-                what: "resolving".into(),
-                secs: limit.as_secs(),
-            };
-            return r.fail(scope, "dns", &e, "check this machine's DNS resolver");
-        }
+    if !check_dns(r, scope, mb, &addr).await {
+        return;
     }
     let tcp = match imap::dial(mb).await {
         Ok(t) => {
@@ -402,6 +393,36 @@ async fn check_mailbox(r: &mut Report, scope: &str, mb: &MailboxConfig, creds: &
     check_capabilities(r, scope, &imap);
     check_folders(r, scope, mb, &mut imap).await;
     imap.logout().await;
+}
+
+/// Resolves the mailbox's host; false (reported) when that fails.
+async fn check_dns(r: &mut Report, scope: &str, mb: &MailboxConfig, addr: &str) -> bool {
+    let limit = mb.timeout();
+    match tokio::time::timeout(limit, tokio::net::lookup_host(addr)).await {
+        Ok(Ok(addrs)) => {
+            let ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            r.ok(scope, "dns", format!("{} -> {}", mb.host, ips.join(", ")));
+            true
+        }
+        Ok(Err(e)) => {
+            let e = Error::Network {
+                host: mb.host.clone(),
+                message: e.to_string(),
+            };
+            let fix = "check `host` (a typo?) and this machine's DNS";
+            r.fail(scope, "dns", &e, fix);
+            false
+        }
+        Err(_) => {
+            let e = Error::Timeout {
+                host: mb.host.clone(),
+                what: "resolving".into(),
+                secs: limit.as_secs(),
+            };
+            r.fail(scope, "dns", &e, "check this machine's DNS resolver");
+            false
+        }
+    }
 }
 
 fn check_capabilities(r: &mut Report, scope: &str, imap: &Imap) {

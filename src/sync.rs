@@ -424,204 +424,290 @@ pub async fn catch_up(
     pass: &Pass<'_>,
     summary: &mut SourceSummary,
 ) -> Result<()> {
-    let (store, me, opts) = (pass.store, pass.me, &pass.opts);
     let sel = imap.select(&mb.folder).await?;
-    let cursor = cursor_for(imap, mb, store, sel).await?;
+    let cursor = cursor_for(imap, mb, pass.store, sel).await?;
     tracing::debug!(?cursor, exists = sel.exists, "selected");
-
-    if !opts.dry_run {
-        if let After::Move(target) = &mb.after {
-            imap.ensure_folder(target).await?;
-        }
-        // Post-actions that an interrupted run committed but never sent.
-        let left = unfinished(imap, cursor).await?;
-        if !left.is_empty() {
-            tracing::info!(
-                count = left.len(),
-                "finishing post-actions of an interrupted run"
-            );
-            post_action(imap, store, &mb.after, &left).await?;
-        }
-        if cursor.done_uid < cursor.last_uid {
-            let (name, folder) = (mb.name.clone(), mb.folder.clone());
-            let (uv, last) = (cursor.uidvalidity, cursor.last_uid);
-            store
-                .call(move |s| s.set_done(&name, &folder, uv, last))
-                .await?;
-        }
+    if !pass.opts.dry_run {
+        resume_post_actions(imap, mb, pass.store, cursor).await?;
     }
-
     let todo = candidates(imap, cursor, sel).await?;
     if todo.is_empty() {
         return Ok(());
     }
     let total_bytes: u64 = todo.iter().map(|p| u64::from(p.1)).sum();
     tracing::info!(messages = todo.len(), bytes = total_bytes, "fetching");
-
-    let own_pool;
     let pool = match pass.pool {
-        Some(p) => p,
-        None => {
-            own_pool = PrepPool::spawn()?;
-            &own_pool
-        }
+        Some(p) => p.clone(),
+        None => PrepPool::spawn()?,
     };
-    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
-    let failed = Arc::new(AtomicBool::new(false));
-    let (sub_tx, mut sub_rx) = mpsc::unbounded_channel::<Submitted>();
-    let mut inflight: VecDeque<Submitted> = VecDeque::new();
-    let mut clears = Vec::new();
-    let mut first_error: Option<Error> = None;
-    // Committed UIDs still waiting for their post-action, in UID order.
-    let mut done = Vec::new();
-    // The highest cursor position among them.
-    let mut done_to = 0u32;
-    let mut frontier = Frontier::default();
+    let mut run = CatchUp::new(mb, pass, pool, cursor.uidvalidity, summary);
+    run.fetch_all(imap, &todo).await?;
+    run.finish(imap).await
+}
 
-    let max = mb.max_message_size;
-    for batch in batches(&todo, max) {
-        if pass.stop.is_some_and(CancellationToken::is_cancelled) {
-            tracing::info!("stopping after the messages in flight");
-            break;
+/// Sends the post-actions that an interrupted run committed but never sent, and records
+/// them done. Creates the MOVE target first, if missing.
+async fn resume_post_actions(
+    imap: &mut Imap,
+    mb: &MailboxConfig,
+    store: &StoreThread,
+    cursor: Cursor,
+) -> Result<()> {
+    if let After::Move(target) = &mb.after {
+        imap.ensure_folder(target).await?;
+    }
+    let left = unfinished(imap, cursor).await?;
+    if !left.is_empty() {
+        tracing::info!(
+            count = left.len(),
+            "finishing post-actions of an interrupted run"
+        );
+        post_action(imap, store, &mb.after, &left).await?;
+    }
+    if cursor.done_uid < cursor.last_uid {
+        let (name, folder) = (mb.name.clone(), mb.folder.clone());
+        let (uv, last) = (cursor.uidvalidity, cursor.last_uid);
+        store
+            .call(move |s| s.set_done(&name, &folder, uv, last))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The fetching half of a catch-up pass, once the cursor is known: batches go out on the
+/// wire while the store commits earlier ones; what committed is booked in UID order, and its
+/// post-action sent every [`POST_ACTION_EVERY`] UIDs and at the end.
+///
+/// After the first failure nothing later commits (`halt`, shared with the store's group
+/// commits), no new batch is fetched, and the error that ends the pass is the first one.
+struct CatchUp<'a> {
+    mb: &'a MailboxConfig,
+    store: &'a StoreThread,
+    me: &'a Arc<Identity>,
+    opts: &'a SyncOptions,
+    stop: Option<&'a CancellationToken>,
+    pool: PrepPool,
+    summary: &'a mut SourceSummary,
+    uidvalidity: u32,
+    /// How far the cursor may move with each arriving UID.
+    frontier: Frontier,
+    /// Fetched bytes waiting for the store.
+    budget: Arc<Semaphore>,
+    /// Set by the store after a failed write: later messages are not committed.
+    halt: Arc<AtomicBool>,
+    /// Submissions made during a fetch, collected into `inflight` after it.
+    sub_tx: mpsc::UnboundedSender<Submitted>,
+    sub_rx: mpsc::UnboundedReceiver<Submitted>,
+    /// Messages handed to the store, in UID order, whose result is not booked yet.
+    inflight: VecDeque<Submitted>,
+    /// Committed UIDs still waiting for their post-action, in UID order.
+    done: Vec<u32>,
+    /// The highest cursor position among them.
+    done_to: u32,
+    /// Records of finished post-actions, still being written.
+    clears: Vec<oneshot::Receiver<Result<()>>>,
+    first_error: Option<Error>,
+}
+
+impl<'a> CatchUp<'a> {
+    fn new(
+        mb: &'a MailboxConfig,
+        pass: &'a Pass<'a>,
+        pool: PrepPool,
+        uidvalidity: u32,
+        summary: &'a mut SourceSummary,
+    ) -> Self {
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        CatchUp {
+            mb,
+            store: pass.store,
+            me: pass.me,
+            opts: &pass.opts,
+            stop: pass.stop,
+            pool,
+            summary,
+            uidvalidity,
+            frontier: Frontier::default(),
+            budget: Arc::new(Semaphore::new(IN_FLIGHT_BYTES)),
+            halt: Arc::new(AtomicBool::new(false)),
+            sub_tx,
+            sub_rx,
+            inflight: VecDeque::new(),
+            done: Vec::new(),
+            done_to: 0,
+            clears: Vec::new(),
+            first_error: None,
         }
-        frontier.start(&batch.iter().map(|p| p.0).collect::<Vec<_>>());
-        let each = |fm: FetchedMessage| {
-            let cursor_to = frontier.arrive(fm.uid);
-            let (ack, rules) = (opts.ack.clone(), opts.rules.clone());
-            let (budget, store, me, failed, sub_tx, pool) = (
-                budget.clone(),
-                store.clone(),
-                me.clone(),
-                failed.clone(),
-                sub_tx.clone(),
-                pool.clone(),
-            );
-            let origin = Origin {
-                source: format!("imap:{}/{}", mb.name, mb.folder),
-                mailbox: mb.name.clone(),
-                imap: Some(ImapPos {
-                    mailbox: mb.name.clone(),
-                    folder: mb.folder.clone(),
-                    uidvalidity: cursor.uidvalidity,
-                    uid: fm.uid,
-                    cursor_to,
-                }),
-            };
-            async move {
-                let want = u32::try_from(fm.bytes.len().clamp(1, IN_FLIGHT_BYTES)).unwrap_or(1);
-                let permit = budget
-                    .acquire_many_owned(want)
-                    .await
-                    .map_err(|_| Error::Other("fetch budget closed".into()))?;
-                let uid = fm.uid;
-                let received = fm.internal_date.unwrap_or_else(crate::time::now);
-                let prepared = match fm.too_large {
-                    None => pool.prepare(me, fm.bytes),
-                    Some(size) => too_large(fm.bytes, size, max),
-                };
-                let rx = store.submit_grouped(failed, move |s| {
-                    let _permit = permit;
-                    match prepared.blocking_recv() {
-                        Ok(p) => {
-                            let plan = Plan {
-                                rules: &rules,
-                                ack: ack.as_deref(),
-                            };
-                            commit(s, &p, &origin, received, plan)
-                        }
-                        Err(_) => Err(Error::Other("a worker thread stopped".into())),
-                    }
-                });
-                let _ = sub_tx.send((uid, cursor_to, rx));
-                Ok(())
+    }
+
+    /// Fetches `todo` batch by batch, until the end, a stop, or the first error.
+    async fn fetch_all(&mut self, imap: &mut Imap, todo: &[(u32, u32)]) -> Result<()> {
+        let max = self.mb.max_message_size;
+        for batch in batches(todo, max) {
+            if self.stop.is_some_and(CancellationToken::is_cancelled) {
+                tracing::info!("stopping after the messages in flight");
+                break;
             }
+            self.frontier
+                .start(&batch.iter().map(|p| p.0).collect::<Vec<_>>());
+            let fetched = fetch_batch(imap, &batch, max, |fm| self.submit(fm)).await;
+            self.collect_submitted();
+            if let Err(e) = fetched {
+                self.first_error = Some(e);
+                break;
+            }
+            // Whatever has committed by now is booked, without waiting for the rest; the
+            // post-action follows once enough UIDs are committed.
+            self.settle_ready();
+            if !self.opts.dry_run && self.done.len() >= POST_ACTION_EVERY {
+                self.flush_post_actions(imap).await?;
+            }
+            if self.first_error.is_some() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the rest of the store's work, finishes those UIDs too, and returns the
+    /// first error of the pass.
+    async fn finish(mut self, imap: &mut Imap) -> Result<()> {
+        self.settle_all().await;
+        if !self.opts.dry_run && !self.done.is_empty() {
+            // After a failure the post-action may fail too (the connection is gone): the
+            // first error is the one worth reporting; the next run finishes these UIDs.
+            self.flush_post_actions(imap).await?;
+        }
+        for c in std::mem::take(&mut self.clears) {
+            c.await.map_err(|_| stopped())??;
+        }
+        match self.first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands one fetched message to the parse workers and the store. Runs at once: notes
+    /// its arrival (how far the cursor may move with it) and where it comes from. The
+    /// future it returns waits for room in the byte budget, then submits.
+    fn submit(&mut self, fm: FetchedMessage) -> impl Future<Output = Result<()>> + use<> {
+        let cursor_to = self.frontier.arrive(fm.uid);
+        let (mb, max) = (self.mb, self.mb.max_message_size);
+        let origin = Origin {
+            source: format!("imap:{}/{}", mb.name, mb.folder),
+            mailbox: mb.name.clone(),
+            imap: Some(ImapPos {
+                mailbox: mb.name.clone(),
+                folder: mb.folder.clone(),
+                uidvalidity: self.uidvalidity,
+                uid: fm.uid,
+                cursor_to,
+            }),
         };
-        let fetched = fetch_batch(imap, &batch, max, each).await;
-        while let Ok(s) = sub_rx.try_recv() {
-            summary.counts.fetched += 1;
-            inflight.push_back(s);
+        let (ack, rules) = (self.opts.ack.clone(), self.opts.rules.clone());
+        let (budget, store, me, halt, sub_tx, pool) = (
+            self.budget.clone(),
+            self.store.clone(),
+            self.me.clone(),
+            self.halt.clone(),
+            self.sub_tx.clone(),
+            self.pool.clone(),
+        );
+        async move {
+            let want = u32::try_from(fm.bytes.len().clamp(1, IN_FLIGHT_BYTES)).unwrap_or(1);
+            let permit = budget
+                .acquire_many_owned(want)
+                .await
+                .map_err(|_| Error::Other("fetch budget closed".into()))?;
+            let uid = fm.uid;
+            let received = fm.internal_date.unwrap_or_else(crate::time::now);
+            let prepared = match fm.too_large {
+                None => pool.prepare(me, fm.bytes),
+                Some(size) => too_large(fm.bytes, size, max),
+            };
+            let rx = store.submit_grouped(halt, move |s| {
+                let _permit = permit;
+                match prepared.blocking_recv() {
+                    Ok(p) => {
+                        let plan = Plan {
+                            rules: &rules,
+                            ack: ack.as_deref(),
+                        };
+                        commit(s, &p, &origin, received, plan)
+                    }
+                    Err(_) => Err(Error::Other("a worker thread stopped".into())),
+                }
+            });
+            let _ = sub_tx.send((uid, cursor_to, rx));
+            Ok(())
         }
-        if let Err(e) = fetched {
-            first_error = Some(e);
-            break;
+    }
+
+    /// Moves what the last fetch submitted into the in-flight queue.
+    fn collect_submitted(&mut self) {
+        while let Ok(s) = self.sub_rx.try_recv() {
+            self.summary.counts.fetched += 1;
+            self.inflight.push_back(s);
         }
-        // Whatever has committed by now is booked, without waiting for the rest; the
-        // post-action follows once enough UIDs are committed.
-        while let Some((uid, to, rx)) = inflight.front_mut() {
+    }
+
+    /// Books the results that are in, in order, up to the first still pending.
+    fn settle_ready(&mut self) {
+        while let Some((uid, to, rx)) = self.inflight.front_mut() {
+            let (uid, to) = (*uid, *to);
             match rx.try_recv() {
                 Ok(r) => {
-                    let (uid, to) = (*uid, *to);
-                    inflight.pop_front();
-                    if let Some(e) = settle(r, uid, &mut done, summary) {
-                        first_error.get_or_insert(e);
-                    } else {
-                        done_to = done_to.max(to);
-                    }
+                    self.inflight.pop_front();
+                    self.settle(uid, to, r);
                 }
                 Err(oneshot::error::TryRecvError::Empty) => break,
                 Err(oneshot::error::TryRecvError::Closed) => {
-                    inflight.pop_front();
-                    first_error.get_or_insert_with(stopped);
+                    self.inflight.pop_front();
+                    self.first_error.get_or_insert_with(stopped);
                 }
             }
         }
-        if !opts.dry_run && done.len() >= POST_ACTION_EVERY {
-            let finished = finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await;
-            clears.push(finished.map_err(|e| first_error.take().unwrap_or(e))?);
-            done.clear();
-        }
-        if first_error.is_some() {
-            break;
-        }
     }
 
-    // Wait for the rest of the store's work, then finish those UIDs too.
-    for (uid, to, rx) in inflight {
-        match rx.await {
-            Ok(r) => {
-                if let Some(e) = settle(r, uid, &mut done, summary) {
-                    first_error.get_or_insert(e);
-                } else {
-                    done_to = done_to.max(to);
+    /// Waits for and books every result still in flight.
+    async fn settle_all(&mut self) {
+        while let Some((uid, to, rx)) = self.inflight.pop_front() {
+            match rx.await {
+                Ok(r) => self.settle(uid, to, r),
+                Err(_) => {
+                    self.first_error.get_or_insert_with(stopped);
                 }
             }
-            Err(_) => {
-                first_error.get_or_insert_with(stopped);
-            }
         }
     }
-    if !opts.dry_run && !done.is_empty() {
-        // After a failure the post-action may fail too (the connection is gone): the first
-        // error is the one worth reporting; the next run finishes these UIDs.
-        let finished = finish_uids(imap, mb, store, cursor.uidvalidity, &done, done_to).await;
-        clears.push(finished.map_err(|e| first_error.take().unwrap_or(e))?);
-    }
-    for c in clears {
-        c.await.map_err(|_| stopped())??;
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
 
-/// Books one store result: counts it and remembers its UID for the post-action.
-fn settle(
-    r: Result<Option<Stored>>,
-    uid: u32,
-    done: &mut Vec<u32>,
-    summary: &mut SourceSummary,
-) -> Option<Error> {
-    match r {
-        Ok(Some(stored)) => {
-            stored.log(&summary.name);
-            summary.counts.record(stored.outcome);
-            summary.counts.acks_queued += u64::from(stored.acked);
-            done.push(uid);
-            None
+    /// Books one store result: counts it and remembers its UID for the post-action.
+    fn settle(&mut self, uid: u32, to: u32, r: Result<Option<Stored>>) {
+        match r {
+            Ok(Some(stored)) => {
+                stored.log(&self.summary.name);
+                self.summary.counts.record(stored.outcome);
+                self.summary.counts.acks_queued += u64::from(stored.acked);
+                self.done.push(uid);
+            }
+            Err(e) => {
+                self.first_error.get_or_insert(e);
+                return;
+            }
+            Ok(None) => {} // skipped after an earlier failure; the cursor did not move past it
         }
-        Err(e) => Some(e),
-        Ok(None) => None, // skipped after an earlier failure; the cursor did not move past it
+        self.done_to = self.done_to.max(to);
+    }
+
+    /// Runs the post-action on the committed UIDs booked so far and has them recorded done.
+    /// Its error gives way to an earlier one.
+    async fn flush_post_actions(&mut self, imap: &mut Imap) -> Result<()> {
+        let (mb, store, uv) = (self.mb, self.store, self.uidvalidity);
+        let finished = finish_uids(imap, mb, store, uv, &self.done, self.done_to).await;
+        let clear = finished.map_err(|e| self.first_error.take().unwrap_or(e))?;
+        self.clears.push(clear);
+        self.done.clear();
+        Ok(())
     }
 }
 

@@ -67,38 +67,11 @@ pub async fn run(
         Some((smtp, ack)) => (Some(smtp), ack),
         None => (None, None),
     };
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        opts: SyncOptions {
-            dry_run: false,
-            ack,
-            rules: Arc::new(Rules::from_config(config)),
-        },
-        outbox_due: tokio::sync::Notify::new(),
-        me: Arc::new(Identity {
-            addresses: config.own_addresses(),
-        }),
-        pool: PrepPool::spawn()?,
-        timing: config.watch,
-        connected: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(config, store, ack)?);
     let total = mailboxes.len();
     let tracker = TaskTracker::new();
-    for (i, (mb, password)) in mailboxes.into_iter().enumerate() {
-        let span = tracing::info_span!("mailbox", mailbox = %mb.name);
-        let (shared, stop) = (shared.clone(), stop.clone());
-        let seed = (i as u64) ^ u64::from(std::process::id()) << 20 ^ crate::time::now() as u64;
-        tracker.spawn(
-            async move {
-                let backoff = Backoff::new(
-                    shared.timing.backoff_min(),
-                    shared.timing.backoff_max(),
-                    seed,
-                );
-                supervise(backoff, &stop, || session(&mb, &password, &shared, &stop)).await;
-            }
-            .instrument(span),
-        );
+    for (i, (mb, creds)) in mailboxes.into_iter().enumerate() {
+        spawn_mailbox(&tracker, &shared, &stop, i, mb, creds);
     }
     if let Some(smtp) = smtp {
         let (shared, stop) = (shared.clone(), stop.clone());
@@ -113,7 +86,63 @@ pub async fn run(
         idle = shared.timing.idle,
         "watching; stop with SIGINT or SIGTERM"
     );
+    heartbeat_until(&stop, &shared, total).await;
+    let clean = wind_down(&tracker, shared.timing.shutdown_timeout()).await;
+    Ok(Stopped { clean })
+}
 
+impl Shared {
+    fn new(
+        config: &Config,
+        store: &StoreThread,
+        ack: Option<Arc<crate::outbound::AckPlan>>,
+    ) -> Result<Shared> {
+        Ok(Shared {
+            store: store.clone(),
+            opts: SyncOptions {
+                dry_run: false,
+                ack,
+                rules: Arc::new(Rules::from_config(config)),
+            },
+            outbox_due: tokio::sync::Notify::new(),
+            me: Arc::new(Identity {
+                addresses: config.own_addresses(),
+            }),
+            pool: PrepPool::spawn()?,
+            timing: config.watch,
+            connected: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// Starts the task that keeps mailbox `mb` (the `i`th) watched, session after session,
+/// until `stop`.
+fn spawn_mailbox(
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    i: usize,
+    mb: MailboxConfig,
+    creds: Credentials,
+) {
+    let span = tracing::info_span!("mailbox", mailbox = %mb.name);
+    let (shared, stop) = (shared.clone(), stop.clone());
+    let seed = (i as u64) ^ u64::from(std::process::id()) << 20 ^ crate::time::now() as u64;
+    tracker.spawn(
+        async move {
+            let backoff = Backoff::new(
+                shared.timing.backoff_min(),
+                shared.timing.backoff_max(),
+                seed,
+            );
+            supervise(backoff, &stop, || session(&mb, &creds, &shared, &stop)).await;
+        }
+        .instrument(span),
+    );
+}
+
+/// Logs a heartbeat (how many mailboxes are connected) every `heartbeat` until `stop`.
+async fn heartbeat_until(stop: &CancellationToken, shared: &Shared, total: usize) {
     let heartbeat = shared.timing.heartbeat();
     loop {
         tokio::select! {
@@ -125,7 +154,10 @@ pub async fn run(
             ),
         }
     }
-    let deadline = shared.timing.shutdown_timeout();
+}
+
+/// Waits for every task to end, at most `deadline`; true when they all did.
+async fn wind_down(tracker: &TaskTracker, deadline: std::time::Duration) -> bool {
     tracing::info!(deadline_s = deadline.as_secs(), "stopping");
     let clean = tokio::time::timeout(deadline, tracker.wait()).await.is_ok();
     if clean {
@@ -136,7 +168,7 @@ pub async fn run(
             "shutdown deadline passed; abandoning the sessions still open (stored messages are safe)"
         );
     }
-    Ok(Stopped { clean })
+    clean
 }
 
 /// How often the outbox is looked at when nothing wakes it (deferred rows come due).

@@ -14,9 +14,9 @@ use async_imap::extensions::idle::IdleResponse;
 use async_imap::imap_proto::{MailboxDatum, Response, Status};
 use tokio_util::sync::CancellationToken;
 
-use super::connect::{imap_err, timed};
 use super::guard::{Allowance, excerpt};
 use super::session::Imap;
+use super::wire::{imap_err, timed};
 use crate::error::{Error, Result};
 
 /// Why an IDLE ended.

@@ -13,9 +13,8 @@ use async_imap::types::UnsolicitedResponse;
 use futures_util::TryStreamExt;
 use tokio::time::Instant;
 
-use super::connect::{Conn, imap_err, timed};
 use super::guard::Allowance;
-use super::{quote, uid_set};
+use super::wire::{Conn, imap_err, quote, timed, uid_set};
 use crate::error::{Error, Result};
 
 /// How much of a message's beginning is fetched to keep its headers when the message itself

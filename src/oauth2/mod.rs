@@ -678,7 +678,7 @@ impl Tokens {
                 .map(Credentials::OAuth2)
                 .ok_or_else(|| Error::Internal(format!("mailbox {}: no token source", mb.name)));
         }
-        crate::imap::password(mb).map(Credentials::Password)
+        mailbox_password(mb).map(Credentials::Password)
     }
 
     /// The credentials of `[smtp]`, `None` without AUTH.
@@ -714,6 +714,19 @@ impl Tokens {
     /// The source for `mailbox` (`oauth2 login`, `doctor`).
     pub fn source_of(&self, mailbox: &str) -> Option<Arc<TokenSource>> {
         self.sources.get(&format!("mailbox:{mailbox}")).cloned()
+    }
+}
+
+/// Reads a mailbox's password from wherever the config says it is. A failure is a
+/// configuration error.
+pub fn mailbox_password(mb: &MailboxConfig) -> Result<Revealed> {
+    let what = format!("mailbox {} password", mb.name);
+    match &mb.password {
+        Some(secret) => secret.resolve_within(&what, mb.timeout()),
+        None => Err(Error::Secret {
+            what,
+            message: "not configured".into(),
+        }),
     }
 }
 

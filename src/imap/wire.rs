@@ -1,0 +1,266 @@
+//! What every IMAP step shares: the byte stream under a session ([`Conn`], watched by
+//! [`super::guard`]), the timeout wrapper [`timed`], and the translation of async-imap's
+//! errors into ours with the server's words cut short, and the quoting of sequence sets and
+//! mailbox names. Used by `connect`, `session` and `idle`; it uses none of them.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::guard::{Watch, excerpt};
+use crate::error::{Error, Result};
+
+/// The byte stream under an IMAP session: TLS, or plain when the config allows it, with a
+/// watch over everything the server sends (`guard::Watch`).
+#[derive(Debug)]
+pub struct Conn {
+    stream: Stream,
+    watch: Watch,
+}
+
+#[derive(Debug)]
+enum Stream {
+    /// Plain TCP (`tls = "none"`, or before STARTTLS).
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    pub(super) fn plain(tcp: TcpStream) -> Conn {
+        Conn {
+            stream: Stream::Plain(tcp),
+            watch: Watch::default(),
+        }
+    }
+
+    pub(super) fn tls(tls: TlsStream<TcpStream>) -> Conn {
+        Conn {
+            stream: Stream::Tls(Box::new(tls)),
+            watch: Watch::default(),
+        }
+    }
+
+    /// The TCP stream of a connection that is not (yet) TLS, for STARTTLS.
+    pub(super) fn into_plain(self) -> Option<TcpStream> {
+        match self.stream {
+            Stream::Plain(tcp) => Some(tcp),
+            Stream::Tls(_) => None,
+        }
+    }
+
+    /// The watch over what the server sends.
+    pub(crate) fn watch(&mut self) -> &mut Watch {
+        &mut self.watch
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(why) = this.watch.refused() {
+            return Poll::Ready(Err(std::io::Error::other(why.to_owned())));
+        }
+        let before = buf.filled().len();
+        let r = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = r {
+            let new = buf.filled().get(before..).unwrap_or_default();
+            if new.is_empty() {
+                this.watch.eof();
+            } else if let Err(why) = this.watch.see(new) {
+                // Not handed on: async-imap never sees (nor allocates for) refused bytes.
+                buf.set_filled(before);
+                return Poll::Ready(Err(std::io::Error::other(why)));
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = match &mut this.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        // Writing to a connection the server has closed: say that, not "Broken pipe".
+        if let Poll::Ready(Err(e)) = &r {
+            use std::io::ErrorKind as K;
+            if matches!(
+                e.kind(),
+                K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted
+            ) {
+                this.watch.eof();
+            }
+        }
+        r
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An IMAP connection before login.
+pub type Client = async_imap::Client<Conn>;
+
+/// Runs `fut` under `limit`, naming the host and the step when it runs out.
+pub(crate) async fn timed<T>(
+    host: &str,
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            host: host.to_owned(),
+            what: what.to_owned(),
+            secs: limit.as_secs(),
+        }),
+    }
+}
+
+/// The human part of a tagged NO/BAD as async-imap renders it
+/// (`code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")`).
+/// At most a few hundred characters of it.
+pub(crate) fn server_text(m: &str) -> String {
+    let text = match m.split_once("info: Some(\"") {
+        Some((_, rest)) => rest
+            .trim_end_matches(')')
+            .trim_end_matches('"')
+            .replace("\\\"", "\""),
+        None => m.to_owned(),
+    };
+    excerpt(text.as_bytes(), SERVER_TEXT)
+}
+
+/// How many characters of what a server said an error quotes.
+pub(super) const SERVER_TEXT: usize = 300;
+
+/// A read or write error under async-imap, as short text.
+pub(super) fn io_err(host: String, e: &std::io::Error) -> Error {
+    let text = e.to_string();
+    // async-imap's parse error: a nom error (its input as a byte array), then the whole
+    // buffer; only the start of the buffer is worth showing.
+    match text.split_once(" during parsing of ") {
+        Some((_, buffer)) => Error::Protocol {
+            host,
+            message: format!(
+                "the server sent something that is not IMAP: {}",
+                excerpt(buffer.trim_matches('"').as_bytes(), SERVER_TEXT)
+            ),
+        },
+        None => Error::Network {
+            host,
+            message: excerpt(text.as_bytes(), SERVER_TEXT),
+        },
+    }
+}
+
+/// An async-imap error as ours, naming the host and quoting the server briefly.
+pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
+    use async_imap::error::Error as E;
+    let host = host.to_owned();
+    match e {
+        E::Io(e) => io_err(host, &e),
+        E::ConnectionLost => Error::Network {
+            host,
+            message: "connection lost".into(),
+        },
+        E::No(m) => Error::Protocol {
+            host,
+            message: format!("server said NO: {}", server_text(&m)),
+        },
+        E::Bad(m) => Error::Protocol {
+            host,
+            message: format!("server said BAD: {}", server_text(&m)),
+        },
+        other => Error::Protocol {
+            host,
+            message: excerpt(other.to_string().as_bytes(), SERVER_TEXT),
+        },
+    }
+}
+
+/// Formats sorted, deduplicated UIDs as a compact IMAP sequence set (`1:5,7,9:12`).
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(&start) = uids.get(i) {
+        let mut end = start;
+        while uids.get(i + 1).is_some_and(|&n| n == end.wrapping_add(1)) {
+            end += 1;
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Quotes a mailbox name as an IMAP quoted string.
+pub(super) fn quote(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_compact() {
+        assert_eq!(uid_set(&[]), "");
+        assert_eq!(uid_set(&[7]), "7");
+        assert_eq!(uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(
+            uid_set(&[u32::MAX - 1, u32::MAX]),
+            format!("{}:{}", u32::MAX - 1, u32::MAX)
+        );
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote(r#"a "b"\c"#), r#""a \"b\"\\c""#);
+    }
+}
