@@ -109,10 +109,6 @@ pub enum Error {
     /// Another `sync` or `watch` holds the store's lock: try again later (exit status 75).
     #[error("another run holds the lock {path} ({holder}); not starting")]
     Locked { path: PathBuf, holder: String },
-
-    /// Anything else that the user should see as it is.
-    #[error("{0}")]
-    Other(String),
 }
 
 impl Error {

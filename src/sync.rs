@@ -618,7 +618,7 @@ impl<'a> CatchUp<'a> {
             let permit = budget
                 .acquire_many_owned(want)
                 .await
-                .map_err(|_| Error::Other("fetch budget closed".into()))?;
+                .map_err(|_| Error::Internal("fetch budget closed".into()))?;
             let uid = fm.uid;
             let received = fm.internal_date.unwrap_or_else(crate::time::now);
             let prepared = match fm.too_large {
@@ -635,7 +635,7 @@ impl<'a> CatchUp<'a> {
                         };
                         commit(s, &p, &origin, received, plan)
                     }
-                    Err(_) => Err(Error::Other("a worker thread stopped".into())),
+                    Err(_) => Err(Error::Internal("a worker thread stopped".into())),
                 }
             });
             let _ = sub_tx.send((uid, cursor_to, rx));
@@ -689,14 +689,14 @@ impl<'a> CatchUp<'a> {
                 self.summary.counts.record(stored.outcome);
                 self.summary.counts.acks_queued += u64::from(stored.acked);
                 self.done.push(uid);
+                self.done_to = self.done_to.max(to);
             }
             Err(e) => {
                 self.first_error.get_or_insert(e);
-                return;
             }
-            Ok(None) => {} // skipped after an earlier failure; the cursor did not move past it
+            // Skipped after an earlier failure: neither the cursor nor `done_uid` may pass it.
+            Ok(None) => {}
         }
-        self.done_to = self.done_to.max(to);
     }
 
     /// Runs the post-action on the committed UIDs booked so far and has them recorded done.
@@ -712,7 +712,7 @@ impl<'a> CatchUp<'a> {
 }
 
 fn stopped() -> Error {
-    Error::Other("the store thread stopped".into())
+    Error::Internal("the store thread stopped".into())
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
             })
             .await?;
             let Some(tcp) = client.into_inner().into_plain() else {
-                return Err(Error::Other("STARTTLS on a TLS stream".into()));
+                return Err(Error::Internal("STARTTLS on a TLS stream".into()));
             };
             Client::new(Conn::tls(handshake(mb, tcp).await?))
         }

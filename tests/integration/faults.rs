@@ -137,6 +137,13 @@ fn a_full_disk_stops_the_run_and_the_next_run_stores_every_message_once() {
         passed_over.is_empty(),
         "cursor {cursor} passed UIDs never stored: {passed_over:?}"
     );
+    // Post-actions are recorded as finished only for what was stored: a later run that
+    // stores the rest and is interrupted must still find their post-actions unfinished.
+    let done = count(&db, "SELECT done_uid FROM cursor");
+    assert!(
+        done <= cursor,
+        "done_uid {done} is past the cursor {cursor}"
+    );
 
     disk.grow("64m");
     wd.mailticket(&["sync", "--json"]).success();
