@@ -760,6 +760,22 @@ pub fn quoted(s: &str) -> String {
 }
 
 impl Mailbox {
+    /// The support mailbox over plain TCP on 127.0.0.1:PORT (`allow-insecure`).
+    pub fn plain(port: u16) -> Mailbox {
+        Mailbox {
+            name: "support".into(),
+            host: "127.0.0.1".into(),
+            port,
+            tls: "none".into(),
+            ca_file: None,
+            allow_insecure: true,
+            username: "support".into(),
+            password: quoted("support-pass"),
+            folder: "INBOX".into(),
+            after: r#""seen""#.into(),
+        }
+    }
+
     pub fn toml(&self) -> String {
         let mut t = String::from("[[mailbox]]\n");
         t += &format!("name = {}\n", quoted(&self.name));
@@ -1404,18 +1420,7 @@ impl HostileImap {
 
     /// The `[[mailbox]]` for this server: plain TCP to 127.0.0.1 (`allow-insecure`).
     pub fn mailbox(&self) -> Mailbox {
-        Mailbox {
-            name: "support".into(),
-            host: "127.0.0.1".into(),
-            port: self.port,
-            tls: "none".into(),
-            ca_file: None,
-            allow_insecure: true,
-            username: "support".into(),
-            password: quoted("support-pass"),
-            folder: "INBOX".into(),
-            after: r#""seen""#.into(),
-        }
+        Mailbox::plain(self.port)
     }
 }
 

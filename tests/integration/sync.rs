@@ -416,18 +416,7 @@ fn a_dry_run_in_progress_blocks_no_writer() {
     // greeting (up to its timeout) with the store open.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     silent.set_nonblocking(true).unwrap();
-    let mb = Mailbox {
-        name: "support".into(),
-        host: "127.0.0.1".into(),
-        port: silent.local_addr().unwrap().port(),
-        tls: "none".into(),
-        ca_file: None,
-        allow_insecure: true,
-        username: "support".into(),
-        password: quoted("support-pass"),
-        folder: "INBOX".into(),
-        after: r#""seen""#.into(),
-    };
+    let mb = Mailbox::plain(silent.local_addr().unwrap().port());
     let wd = Workdir::new();
     wd.write_config(&[mb]);
     let config = std::fs::read_to_string(wd.config()).unwrap();
