@@ -66,7 +66,7 @@ pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
     summary.log("import");
     if a.json {
         print_json(&summary)?;
-    } else {
+    } else if !(ctx.quiet && !summary.failed()) {
         print_summary(&summary)?;
     }
     Ok(if summary.failed() { 1 } else { 0 })
@@ -75,7 +75,7 @@ pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
 /// sysexits(3): success, bad input, try again later.
 const EX_OK: u8 = 0;
 const EX_DATAERR: u8 = 65;
-const EX_TEMPFAIL: u8 = 75;
+pub const EX_TEMPFAIL: u8 = 75;
 
 /// Never fails: an MTA only understands the exit status. Trouble on our side (config, store)
 /// is EX_TEMPFAIL so the MTA keeps the message and retries; input with nothing to keep is

@@ -189,6 +189,8 @@ pub fn init_tracing(args: &Args) {
 /// The global options every command needs.
 pub struct Ctx {
     pub config: Config,
+    /// `-q` or more: print nothing on stdout when all went well (cron mails any output).
+    pub quiet: bool,
     /// The acknowledgement plan (templates compiled), when `[ack]` is enabled.
     pub ack: Option<Arc<AckPlan>>,
     pub config_path: PathBuf,
@@ -219,6 +221,7 @@ impl Ctx {
         let db = args.db.clone().unwrap_or_else(|| config.store.path.clone());
         Ok(Ctx {
             config,
+            quiet: args.quiet > 0,
             ack,
             config_path: path,
             config_found: found,
@@ -264,7 +267,19 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if let Command::Doctor(a) = &args.command {
         return doctor::run(&args, a);
     }
-    let ctx = Ctx::load(&args)?;
+    let ctx = match Ctx::load(&args) {
+        Ok(ctx) => ctx,
+        // An MTA only understands sysexits: until the message is stored, trouble on our
+        // side is "try again later", so the MTA keeps the message queued.
+        Err(e) if matches!(args.command, Command::Ingest(_)) => {
+            tracing::error!(
+                error = mailticket::error::chain_text(e.as_ref()),
+                "cannot take the message now; the MTA keeps it and retries"
+            );
+            return Ok(import::EX_TEMPFAIL);
+        }
+        Err(e) => return Err(e),
+    };
     match args.command {
         Command::Init { .. } | Command::Doctor(_) => Ok(0),
         Command::Sync(a) => sync::run(&ctx, &a),

@@ -149,6 +149,9 @@ pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
         }
         (None, None) => return Err(Usage("--body or --body-file".into()).into()),
     };
+    if body.trim().is_empty() {
+        return Err(Usage("the reply is empty: nothing sent".into()).into());
+    }
     let from = mailticket::outbound::parse_mailbox(&smtp_cfg.from)
         .ok_or_else(|| Usage(format!("[smtp] from {:?} is not an address", smtp_cfg.from)))?;
     let smtp = super::smtp(ctx)?;

@@ -339,3 +339,69 @@ Content-Disposition: attachment; filename=\"notes.txt\"\r\n\r\nMORE-DATA\r\n--b1
     assert!(saved("2-report.txt").contains("ATTACHED-DATA"));
     assert!(saved("2-notes.txt").contains("MORE-DATA"));
 }
+
+#[test]
+fn quiet_sync_says_nothing_when_all_is_well_nor_when_another_run_holds_the_lock() {
+    let dc = crate::harness::Dovecot::start();
+    dc.append(
+        "INBOX",
+        &crate::harness::simple_mail(
+            "Anna <anna@customer.example>",
+            "<q1@customer.example>",
+            "Printer",
+            "",
+        ),
+        false,
+    );
+    let wd = Workdir::with(&[dc.mailbox()]);
+    for _ in 0..2 {
+        let run = wd.mailticket(&["-q", "sync"]).success();
+        assert!(run.stdout.is_empty() && run.stderr.is_empty(), "{run:?}");
+    }
+    let held = mailticket::lock::StoreLock::acquire(&wd.db(), "watch").unwrap();
+    let locked = wd.mailticket(&["-q", "sync"]).code(75);
+    assert!(
+        locked.stdout.is_empty() && locked.stderr.is_empty(),
+        "{locked:?}"
+    );
+    let loud = wd.mailticket(&["sync"]).code(75);
+    loud.stderr_mentions(&["lock"]);
+    drop(held);
+    let table = wd.mailticket(&["sync"]).success();
+    assert!(table.stdout.contains("SOURCE"), "{table:?}");
+}
+
+#[test]
+fn ingest_with_a_broken_config_asks_the_mta_to_try_again() {
+    let wd = Workdir::new();
+    wd.write_raw_config("[store]\npath = \"x.db\"\nbogus-key = 1\n");
+    let mail = crate::harness::simple_mail(
+        "Anna <anna@customer.example>",
+        "<i1@customer.example>",
+        "Hi",
+        "",
+    );
+    let run = crate::harness::run(wd.cmd(&["ingest"]), Some(&mail)).code(75);
+    run.stderr_mentions(&["bogus-key"]);
+}
+
+#[test]
+fn an_empty_reply_is_refused_and_nothing_is_sent() {
+    let sink = crate::sink::Sink::start();
+    let wd = Workdir::new();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n\n{}",
+        crate::harness::quoted(&wd.db().to_string_lossy()),
+        sink.smtp_toml()
+    ));
+    let mail = crate::harness::simple_mail(
+        "Anna <anna@customer.example>",
+        "<e1@customer.example>",
+        "Hi",
+        "",
+    );
+    crate::harness::run(wd.cmd(&["ingest"]), Some(&mail)).success();
+    let run = wd.mailticket(&["reply", "1", "--body", "  \n "]).code(2);
+    run.stderr_mentions(&["empty"]);
+    assert!(sink.messages().is_empty());
+}
