@@ -66,7 +66,7 @@ pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
     summary.log("import");
     if a.json {
         print_json(&summary)?;
-    } else if !(ctx.quiet && !summary.failed()) {
+    } else if !ctx.quiet || summary.failed() {
         print_summary(&summary)?;
     }
     Ok(if summary.failed() { 1 } else { 0 })

@@ -62,7 +62,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     summary.log(if a.dry_run { "dry run" } else { "sync" });
     if a.json {
         print_json(&summary)?;
-    } else if !(ctx.quiet && !summary.failed()) {
+    } else if !ctx.quiet || summary.failed() {
         print_summary(&summary)?;
     }
     Ok(if summary.failed() { 1 } else { 0 })
