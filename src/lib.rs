@@ -49,6 +49,7 @@ pub mod classify;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod hooks;
 pub mod imap;
 pub mod import;
 pub mod lock;
@@ -64,6 +65,7 @@ pub mod sync;
 pub mod thread;
 pub mod time;
 pub mod tls;
+pub mod view;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -34,6 +34,7 @@
 //! CHECK constraints hold the same words as a second line of defence.
 
 mod codec;
+mod events;
 mod kinds;
 mod migrations;
 mod outbox;
@@ -41,12 +42,13 @@ mod tickets;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use codec::{decompress, pack};
+pub use events::{EventRow, NewEvent};
 pub use kinds::{Direction, OutboxKind, OutboxStatus, TicketStatus};
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use outbox::{OutJob, OutboxRow, Outgoing, ReplyContext, Retry, claim_holds};
@@ -57,6 +59,7 @@ pub use tickets::{
 pub use worker::{StoreJoin, StoreThread};
 
 use crate::error::{Error, Result};
+use crate::hooks::Route;
 
 /// Checkpoint every 64 MiB of WAL instead of SQLite's 4 MiB: fewer, larger checkpoints.
 const WAL_AUTOCHECKPOINT: i64 = 16384;
@@ -73,6 +76,7 @@ pub struct Checkpointer {
 pub struct Tx<'a> {
     c: &'a Connection,
     key: &'a [u8],
+    routes: &'a [Route],
 }
 
 /// Copies every table of the attached database `src` into `main` (same schema), in one read
@@ -119,6 +123,8 @@ pub struct Store {
     dry_run: bool,
     /// Inside a group commit: each write is a savepoint of the group's transaction.
     grouped: bool,
+    /// The hooks and their filters: an event recorded gets one delivery row per match.
+    routes: Arc<[Route]>,
     /// Why the group's transaction is gone (SQLite rolls a transaction back by itself on some
     /// errors, e.g. a full disk): nothing more may be written in this group, and
     /// [`Store::end_group`] reports this cause rather than "no transaction is active".
@@ -183,8 +189,14 @@ impl Store {
             key,
             dry_run: false,
             grouped: false,
+            routes: Arc::from(Vec::new()),
             group_lost: None,
         })
+    }
+
+    /// The hooks whose filters pick the deliveries of every event recorded from now on.
+    pub fn set_routes(&mut self, routes: Vec<Route>) {
+        self.routes = Arc::from(routes);
     }
 
     /// From now on nothing is kept: every write happens inside one outer transaction that
@@ -245,7 +257,14 @@ impl Store {
     /// commits it; an error rolls everything `f` wrote back.
     pub fn transaction<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
         let key = self.key.clone();
-        self.write(|c| f(&Tx { c, key: &key }))
+        let routes = self.routes.clone();
+        self.write(|c| {
+            f(&Tx {
+                c,
+                key: &key,
+                routes: &routes,
+            })
+        })
     }
 
     /// Runs `f` in a write transaction (a savepoint inside a dry run or a group) and commits it.
