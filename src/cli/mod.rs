@@ -11,6 +11,7 @@ macro_rules! outln {
 }
 
 mod doctor;
+mod events;
 mod import;
 mod oauth2;
 mod outbox;
@@ -93,6 +94,8 @@ pub enum Command {
     Close(outbox::StatusArgs),
     /// Reopen a ticket
     Reopen(outbox::StatusArgs),
+    /// The event log as lines in commit order, resumable with --since
+    Events(events::EventsArgs),
     /// OAuth2 sign-in (device code) and token state
     #[command(name = "oauth2")]
     OAuth2(oauth2::OAuth2Args),
@@ -278,6 +281,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Reply(a) => outbox::reply(&ctx, &a),
         Command::Close(a) => outbox::set_status(&ctx, &a, TicketStatus::Closed),
         Command::Reopen(a) => outbox::set_status(&ctx, &a, TicketStatus::Open),
+        Command::Events(a) => events::run(&ctx, &a),
         Command::OAuth2(a) => oauth2::run(&ctx, &a),
     }
 }

@@ -13,6 +13,7 @@ mod connect;
 mod corpus;
 mod crash;
 mod doctor;
+mod events;
 mod faults;
 mod fuzz;
 mod hostile;
