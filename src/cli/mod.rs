@@ -229,8 +229,11 @@ impl Ctx {
         })
     }
 
+    /// The store, recording a delivery for each configured hook an event matches.
     pub fn open_store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.db)?)
+        let mut store = Store::open(&self.db)?;
+        store.set_routes(mailticket::hooks::deliver::routes(&self.config));
+        Ok(store)
     }
 
     /// The mailboxes named by `--mailbox` (all when none is named); a usage error when there
@@ -334,6 +337,18 @@ pub fn drain_now(
     let report = rt.block_on(mailticket::outbound::drain(&handle, smtp));
     drop(handle);
     Ok((join.join()?, report))
+}
+
+/// One log line for a round of hook deliveries that did anything.
+pub fn log_hooks(r: &mailticket::hooks::deliver::Report) {
+    if r.delivered + r.deferred + r.failed > 0 || !r.errors.is_empty() {
+        tracing::info!(
+            delivered = r.delivered,
+            deferred = r.deferred,
+            failed = r.failed,
+            "hook deliveries"
+        );
+    }
 }
 
 /// Prints `value` as pretty JSON on stdout.

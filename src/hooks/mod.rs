@@ -5,7 +5,10 @@
 //! reply, a status change, an outbox result); so is one delivery row per matching hook. This
 //! module decides; the store only reads and writes the rows it is told to.
 
+pub mod command;
+pub mod deliver;
 pub mod event;
+pub mod webhook;
 
 /// Which events one hook receives: its name and its filters (empty: everything).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -34,6 +34,7 @@
 //! CHECK constraints hold the same words as a second line of defence.
 
 mod codec;
+mod deliveries;
 mod events;
 mod kinds;
 mod migrations;
@@ -48,6 +49,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use codec::{decompress, pack};
+pub use deliveries::{Attempt, DeliveryJob, DeliveryRow, MAX_RESPONSE};
 pub use events::{EventRow, NewEvent};
 pub use kinds::{Direction, OutboxKind, OutboxStatus, TicketStatus};
 pub use migrations::LATEST as SCHEMA_VERSION;
