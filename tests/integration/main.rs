@@ -16,6 +16,7 @@ mod doctor;
 mod events;
 mod faults;
 mod fuzz;
+mod hooks;
 mod hostile;
 mod import;
 mod oauth2;
