@@ -6,6 +6,8 @@
 //! Nothing here touches the network, and nothing here knows the modules that use the
 //! config: the acknowledgement templates are compiled by `outbound` (`AckPlan::from_config`)
 //! and OAuth2 provider defaults are filled in by `oauth2::provider`, both right after loading.
+//! `[[hook]]` borrows two pure facts from `hooks`: the event type names and the form of a
+//! `whsec_` key.
 
 use std::path::{Path, PathBuf};
 

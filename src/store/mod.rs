@@ -1,5 +1,5 @@
 //! The SQLite store: one file holds tickets, messages (with their raw bytes), attachments,
-//! mailbox cursors, the quarantine and the outbox.
+//! mailbox cursors, the quarantine, the outbox, the event log and hook deliveries.
 //!
 //! The store decides nothing: `classify`, `thread` and `outbound` decide, `pipeline` opens
 //! the transaction, and the store reads what they ask and writes what they decided. Every
@@ -21,13 +21,20 @@
 //!     `sender_takes_part`, `domain_takes_part`, `same_subject_from` (threading),
 //!     `is_undeliverable`, `acks_to_since` (ack policy), `reply_context` (replies), `key`;
 //!   - writes: `create_ticket`, `touch_ticket`, `mark_undeliverable`, `insert_message`,
-//!     `add_refs`, `advance` (the cursor), `record_outgoing`, `record_skipped_ack`, `answered`.
+//!     `add_refs`, `advance` (the cursor), `record_outgoing`, `record_skipped_ack`, `answered`;
+//!   - events: `record_event` (the event and one delivery per matching route, see
+//!     [`Store::set_routes`]), with the reads that build them: `ticket_view`, `message_view`,
+//!     `outbox_message`.
 //! - **Quarantine and cursors**, for `sync`: `quarantine` / `quarantine_sized`, `cursor`,
 //!   `reset_cursor`, `set_done`.
 //! - **The outbox's send states**, for `outbound::drain`: `outbox_claim_next`, `outbox_sent`,
 //!   `outbox_failed`, `outbox_retry_later`, `outbox_uncertain`, `outbox_stuck`.
+//! - **Hook deliveries**, for `hooks::deliver`: `set_routes`, `hooks_release_stale`,
+//!   `hooks_claim` (per hook, the oldest undelivered event of each ticket), `hooks_record`,
+//!   `hook_disable`; an outbox result records its `outbound.*` event itself.
 //! - **The CLI's reads and edits**: `tickets`, `ticket`, `raw`, `quarantined`, `outbox_list`,
-//!   `outbox_retry`, `set_status`, `schema_version`.
+//!   `outbox_retry`, `set_status` (with its `ticket.status_changed`), `schema_version`,
+//!   `events_since` (the feed), `hooks_list`, `hooks_disabled`, `hooks_retry`, `hook_enable`.
 //!
 //! Values with a closed set of words (ticket status, direction, outbox kind and status) are
 //! enums ([`TicketStatus`], [`Direction`], [`OutboxKind`], [`OutboxStatus`]); the schema's
