@@ -257,6 +257,16 @@ fn gone_disables_the_hook_and_retry_after_is_honoured() {
     wd.mailticket(&["hooks", "--send"]).code(1);
     let list = wd.mailticket(&["hooks", "--json"]).success().json();
     assert_eq!(list["disabled"][0]["name"], "desk", "{list}");
+    // exit 2: this config has no [[mailbox]], itself a configuration failure
+    let doctor = wd.mailticket(&["doctor", "--json"]).code(2).json();
+    let state = doctor["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scope"] == "hook desk" && s["step"] == "state")
+        .unwrap_or_else(|| panic!("{doctor}"));
+    assert_eq!(state["status"], "fail", "{state}");
+    assert!(state["detail"].as_str().unwrap().contains("410"), "{state}");
     ingest(&wd, &mail("gone-2@example.org", None, "help"));
     wd.mailticket(&["hooks", "--send"]).success();
     assert_eq!(r.requests().len(), 1, "nothing more to a disabled hook");
