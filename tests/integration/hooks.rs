@@ -444,3 +444,64 @@ fn receiver_down_then_up_during_watch_gets_every_event() {
     eprintln!("duplicates after the outage: {dup}");
     drop(w);
 }
+
+#[test]
+fn kill_9_of_watch_during_delivery_loses_nothing_and_resends_with_the_same_id() {
+    let r = Receiver::start();
+    r.fault("slow", None, 0);
+    let dc = Dovecot::start();
+    let wd = Workdir::new();
+    wd.write_config_with(
+        &[dc.mailbox()],
+        &format!(
+            "[watch]\npoll-interval = 60\nbackoff-max = 2\nshutdown-timeout = 10\n\n{}",
+            r.toml("desk", "")
+        ),
+    );
+    for round in 0..20u32 {
+        for n in 0..3 {
+            let id = format!("kill-{round}-{n}@example.net");
+            let from = format!("K <k{round}-{n}@example.net>");
+            let m = simple_mail(&from, &id, &format!("Kill {round} {n}"), "");
+            dc.append("INBOX", &m, false);
+        }
+        let before = r.requests().len();
+        let w = wd.watch(&[]);
+        let t0 = Instant::now();
+        while r.requests().len() == before && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(u64::from(round % 4) * 40));
+        w.signal("KILL");
+        drop(w);
+    }
+    // a last, undisturbed run delivers the rest
+    r.fault("ok", None, 0);
+    let w = wd.watch(&[]);
+    wait_until(LONG, "every event", || {
+        let want: BTreeSet<String> = event_log(&wd).into_iter().map(|e| e.1).collect();
+        let got: BTreeSet<String> = r
+            .delivered()
+            .iter()
+            .map(|q| q["id"].as_str().unwrap().to_owned())
+            .collect();
+        want.len() == 60 && want == got
+    });
+    drop(w);
+    let dup = assert_all_arrived_in_order(&wd, &r);
+    // every duplicate carries its event's id and the same body
+    let mut bodies: BTreeMap<String, Value> = BTreeMap::new();
+    for q in r.delivered() {
+        let mut body: Value = serde_json::from_str(q["body"].as_str().unwrap()).unwrap();
+        body["timestamp"] = Value::Null;
+        let id = q["id"].as_str().unwrap().to_owned();
+        if let Some(first) = bodies.get(&id) {
+            assert_eq!(first, &body, "a duplicate differs");
+        }
+        bodies.insert(id, body);
+    }
+    eprintln!(
+        "kill -9 x20: 60 events, {} requests, {dup} duplicate deliveries",
+        r.requests().len()
+    );
+}
