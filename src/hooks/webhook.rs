@@ -54,7 +54,7 @@ pub async fn post(
         .body(body.to_owned());
     let reply = match tokio::time::timeout(timeout, request.send()).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return failure(&e.without_url().to_string()),
+        Ok(Err(e)) => return failure(&crate::error::chain_text(&e.without_url())),
         Err(_) => return failure(&format!("no answer within {} s", timeout.as_secs())),
     };
     let status = reply.status().as_u16();
