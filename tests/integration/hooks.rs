@@ -505,3 +505,39 @@ fn kill_9_of_watch_during_delivery_loses_nothing_and_resends_with_the_same_id() 
         r.requests().len()
     );
 }
+
+#[test]
+fn a_hung_or_dropped_request_is_retried_with_the_same_id() {
+    let r = Receiver::start();
+    let wd = Workdir::new();
+    config(&wd, &r.toml("desk", ""));
+    ingest(&wd, &mail("hang-1@example.org", None, "help"));
+    r.fault("hang", Some(1), 0);
+    let t0 = Instant::now();
+    wd.mailticket(&["hooks", "--send"]).success();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the timeout (3 s) holds"
+    );
+    let row = |wd: &Workdir| {
+        wd.mailticket(&["hooks", "--json"]).success().json()["deliveries"][0].clone()
+    };
+    let d = row(&wd);
+    assert_eq!(d["status"], "pending", "{d}");
+    let why = d["last_response"].as_str().unwrap();
+    assert!(why.contains("timed out") || why.contains("3 s"), "{d}");
+    r.fault("drop", Some(1), 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    wd.mailticket(&["hooks", "--send"]).success();
+    assert_eq!(row(&wd)["status"], "pending");
+    std::thread::sleep(Duration::from_millis(2100));
+    wd.mailticket(&["hooks", "--send"]).success();
+    assert_eq!(row(&wd)["status"], "delivered");
+    let ids: BTreeSet<String> = r
+        .requests()
+        .iter()
+        .map(|q| q["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(r.requests().len(), 3);
+    assert_eq!(ids.len(), 1, "one webhook-id on every attempt");
+}
