@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod doctor;
 mod events;
+mod export;
 mod hooks;
 mod import;
 mod oauth2;
@@ -97,6 +98,8 @@ pub enum Command {
     Reopen(outbox::StatusArgs),
     /// Hook deliveries and their failures; send, retry, test
     Hooks(hooks::HooksArgs),
+    /// Write stored messages back out (eml, mbox) or tickets as JSON lines
+    Export(export::ExportArgs),
     /// The event log as lines in commit order, resumable with --since
     Events(events::EventsArgs),
     /// OAuth2 sign-in (device code) and token state
@@ -288,6 +291,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Close(a) => outbox::set_status(&ctx, &a, TicketStatus::Closed),
         Command::Reopen(a) => outbox::set_status(&ctx, &a, TicketStatus::Open),
         Command::Events(a) => events::run(&ctx, &a),
+        Command::Export(a) => export::run(&ctx, &a),
         Command::Hooks(a) => hooks::run(&ctx, &a),
         Command::OAuth2(a) => oauth2::run(&ctx, &a),
     }

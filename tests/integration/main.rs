@@ -14,6 +14,7 @@ mod corpus;
 mod crash;
 mod doctor;
 mod events;
+mod export;
 mod faults;
 mod fuzz;
 mod hooks;
