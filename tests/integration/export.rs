@@ -53,24 +53,11 @@ fn export_writes_back_the_served_bytes_and_the_tickets() {
     assert_eq!(lines[0], wd.show(2), "a line is what show --json prints");
 
     let mbox = wd.path("all.mbox");
-    wd.mailticket(&[
-        "export",
-        "--format",
-        "mbox",
-        "--out",
-        &mbox.to_string_lossy(),
-    ])
-    .success();
+    let path = mbox.to_string_lossy().into_owned();
+    let to_mbox = || wd.mailticket(&["export", "--format", "mbox", "--out", &path]);
+    to_mbox().success();
     let code = "import mailbox, sys\nprint(len(mailbox.mbox(sys.argv[1])))\n";
-    let out = crate::harness::python_code(code, &[&mbox.to_string_lossy()]);
+    let out = crate::harness::python_code(code, &[&path]);
     assert_eq!(String::from_utf8_lossy(&out).trim(), "2");
-    // refuses to overwrite
-    wd.mailticket(&[
-        "export",
-        "--format",
-        "mbox",
-        "--out",
-        &mbox.to_string_lossy(),
-    ])
-    .code(1);
+    to_mbox().code(1); // never overwrites
 }
