@@ -40,7 +40,8 @@
 //!   its worker thread ([`store::StoreThread`]) and the transaction handle ([`store::Tx`]).
 //! - [`outbound`]: acknowledgement policy and templates, composing, the outbox over SMTP.
 //! - [`hooks`]: ticket events out: what each event says, which hook takes it, Standard
-//!   Webhooks signatures, command hooks, and the delivery policy (retries, order per ticket).
+//!   Webhooks signatures, command hooks, the delivery policy (retries, order per ticket), and
+//!   when a mailbox counts as failing.
 //! - [`view`]: the JSON shapes of a ticket and a message (`show --json`, events).
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until

@@ -335,6 +335,7 @@ async fn session(
     let imap = match connected {
         Ok(imap) => imap,
         Err(e) => {
+            crate::hooks::health::failed(&shared.store, &mb.name, &e).await;
             ended.error = Some(e);
             return ended;
         }
@@ -343,6 +344,9 @@ async fn session(
     let r = watch_session(imap, mb, shared, stop, &mut ended.caught_up).await;
     shared.connected.fetch_sub(1, Ordering::Relaxed);
     ended.error = r.err();
+    if let Some(e) = &ended.error {
+        crate::hooks::health::failed(&shared.store, &mb.name, e).await;
+    }
     ended
 }
 
@@ -387,6 +391,9 @@ async fn watch_session(
         };
         if let Err(e) = catch_up(&mut imap, mb, &pass, &mut s).await {
             break Err(e);
+        }
+        if !*caught_up {
+            crate::hooks::health::worked(&shared.store, &mb.name).await;
         }
         *caught_up = true;
         shared.wake_after(&s);

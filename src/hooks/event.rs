@@ -19,6 +19,10 @@ pub const MESSAGE_BOUNCED: &str = "message.bounced";
 pub const OUTBOUND_SENT: &str = "outbound.sent";
 /// An acknowledgement or a reply failed for good.
 pub const OUTBOUND_FAILED: &str = "outbound.failed";
+/// A mailbox cannot log in, needs an OAuth2 sign-in, or failed several times in a row.
+pub const MAILBOX_FAILING: &str = "mailbox.failing";
+/// A failing mailbox works again.
+pub const MAILBOX_RECOVERED: &str = "mailbox.recovered";
 /// The signed event `hooks --test NAME` sends (never recorded).
 pub const TEST: &str = "test";
 
@@ -30,6 +34,8 @@ pub const TYPES: &[&str] = &[
     MESSAGE_BOUNCED,
     OUTBOUND_SENT,
     OUTBOUND_FAILED,
+    MAILBOX_FAILING,
+    MAILBOX_RECOVERED,
 ];
 
 /// The largest `data` an event carries, serialized: a message's text is cut to fit.

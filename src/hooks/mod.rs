@@ -8,6 +8,7 @@
 pub mod command;
 pub mod deliver;
 pub mod event;
+pub mod health;
 pub mod webhook;
 
 /// Which events one hook receives: its name and its filters (empty: everything).

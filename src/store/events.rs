@@ -204,6 +204,86 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Counts one more failure of `mailbox` (`why`); when `failing(count)` says so and it was
+    /// not failing yet, records `mailbox.failing`. Returns whether that event was recorded.
+    pub fn mailbox_failed(
+        &mut self,
+        mailbox: &str,
+        why: &str,
+        failing: impl FnOnce(i64) -> bool,
+    ) -> Result<bool> {
+        let routes = self.routes.clone();
+        let now = crate::time::now();
+        crate::store::sql("recording a mailbox failure", || {
+            self.write(|c| {
+                let (failures, was): (i64, bool) = c.query_row(
+                    "INSERT INTO mailbox_health (mailbox, failures, last_error) VALUES (?1, 1, ?2)
+                     ON CONFLICT (mailbox) DO UPDATE SET failures = failures + 1, last_error = ?2
+                     RETURNING failures, failing",
+                    params![mailbox, why],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if was || !failing(failures) {
+                    return Ok(false);
+                }
+                c.execute(
+                    "UPDATE mailbox_health SET failing = 1, since = ?2 WHERE mailbox = ?1",
+                    params![mailbox, now],
+                )?;
+                let data =
+                    serde_json::json!({"mailbox": mailbox, "error": why, "failures": failures});
+                let kind = crate::hooks::event::MAILBOX_FAILING;
+                record(
+                    c,
+                    &routes,
+                    &NewEvent {
+                        kind,
+                        ticket: 0,
+                        mailbox,
+                        data: &data,
+                        now,
+                    },
+                )?;
+                Ok(true)
+            })
+        })
+    }
+
+    /// `mailbox` worked: the count starts again, and a failing mailbox records
+    /// `mailbox.recovered`. Returns whether that event was recorded.
+    pub fn mailbox_worked(&mut self, mailbox: &str) -> Result<bool> {
+        let routes = self.routes.clone();
+        let now = crate::time::now();
+        crate::store::sql("recording a mailbox recovery", || {
+            self.write(|c| {
+                let row: Option<(i64, bool, i64)> = c
+                    .query_row(
+                        "SELECT failures, failing, since FROM mailbox_health WHERE mailbox = ?1",
+                        [mailbox],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let Some((failures, failing, since)) = row.filter(|r| r.0 > 0 || r.1) else {
+                    return Ok(false);
+                };
+                c.execute(
+                    "UPDATE mailbox_health SET failures = 0, failing = 0, since = 0 WHERE mailbox = ?1",
+                    [mailbox],
+                )?;
+                if !failing {
+                    return Ok(false);
+                }
+                let data = serde_json::json!({"mailbox": mailbox, "failures": failures,
+                    "failing_since": crate::time::rfc3339(since)});
+                let kind = crate::hooks::event::MAILBOX_RECOVERED;
+                record(c, &routes, &NewEvent { kind, ticket: 0, mailbox, data: &data, now })?;
+                Ok(true)
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

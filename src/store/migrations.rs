@@ -207,6 +207,17 @@ const MIGRATIONS: &[&str] = &[
         reason      TEXT    NOT NULL DEFAULT ''
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 8 (mailbox health): failed passes or sessions in a row per mailbox, and whether
+    // `mailbox.failing` was announced (since when), so `mailbox.recovered` follows it once.
+    r#"
+    CREATE TABLE mailbox_health (
+        mailbox    TEXT    PRIMARY KEY,
+        failures   INTEGER NOT NULL DEFAULT 0,
+        failing    INTEGER NOT NULL DEFAULT 0,
+        since      INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT    NOT NULL DEFAULT ''
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -32,6 +32,8 @@
 //! - **Hook deliveries**, for `hooks::deliver`: `set_routes`, `hooks_release_stale`,
 //!   `hooks_claim` (per hook, the oldest undelivered event of each ticket), `hooks_record`,
 //!   `hook_disable`; an outbox result records its `outbound.*` event itself.
+//! - **Mailbox health**, for `sync` and `watch` (through `hooks::health`): `mailbox_failed`
+//!   (with the rule that says when it is failing), `mailbox_worked`; each records its event.
 //! - **The CLI's reads and edits**: `tickets`, `ticket`, `raw`, `quarantined`, `outbox_list`,
 //!   `outbox_retry`, `set_status` (with its `ticket.status_changed`), `schema_version`,
 //!   `events_since` (the feed), `hooks_list`, `hooks_disabled`, `hooks_retry`, `hook_enable`.

@@ -88,3 +88,34 @@ fn events_follow_prints_new_events_and_stops_on_sigint() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_refused_login_is_mailbox_failing_once_and_a_good_one_recovered() {
+    let dc = crate::harness::Dovecot::start();
+    let good = dc.mailbox();
+    let mut bad = good.clone();
+    bad.password = crate::harness::quoted("wrong-password");
+    let wd = Workdir::with(std::slice::from_ref(&bad));
+    wd.mailticket(&["sync"]).code(1);
+    wd.mailticket(&["sync"]).code(1);
+    let types = |wd: &Workdir| -> Vec<String> {
+        events(wd, 0)
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(types(&wd), ["mailbox.failing"]);
+    let failing = &events(&wd, 0)[0];
+    assert_eq!(failing["data"]["mailbox"], good.name.as_str());
+    assert!(
+        failing["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("authentication"),
+        "{failing}"
+    );
+    wd.write_config(&[good]);
+    wd.mailticket(&["sync"]).success();
+    wd.mailticket(&["sync"]).success();
+    assert_eq!(types(&wd), ["mailbox.failing", "mailbox.recovered"]);
+}
