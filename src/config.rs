@@ -6,6 +6,8 @@
 //! Nothing here touches the network, and nothing here knows the modules that use the
 //! config: the acknowledgement templates are compiled by `outbound` (`AckPlan::from_config`)
 //! and OAuth2 provider defaults are filled in by `oauth2::provider`, both right after loading.
+//! `[[hook]]` borrows two pure facts from `hooks`: the event type names and the form of a
+//! `whsec_` key.
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +44,53 @@ pub struct Config {
     /// `[threading]`: how replies find their ticket.
     #[serde(default)]
     pub threading: ThreadingConfig,
+    /// `[[hook]]`: where ticket events go (webhooks and commands), in order.
+    #[serde(default, rename = "hook")]
+    pub hooks: Vec<HookConfig>,
+}
+
+/// `[[hook]]`: one receiver of ticket events, a webhook (`url`) or a command.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HookConfig {
+    /// Names the hook in deliveries, logs and `hooks --test NAME`.
+    pub name: String,
+    /// Webhook: POST each event here (Standard Webhooks v1 signatures).
+    pub url: Option<String>,
+    /// Command hook: run this with each event as JSON on stdin.
+    pub command: Option<Vec<String>>,
+    /// The `whsec_...` signing secret of a webhook (literal, `{ env }`, `{ file }`, `{ command }`).
+    pub secret: Option<Secret>,
+    /// Event types this hook takes (default: all).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Mailboxes whose events this hook takes (default: all).
+    #[serde(default)]
+    pub mailboxes: Vec<String>,
+    /// An extra trust anchor for the webhook's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Allow `http://` to a host other than loopback.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// Seconds one attempt may take (`"10s"`, `"1m"`); default 10.
+    #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
+    pub timeout: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    10
+}
+
+impl HookConfig {
+    /// How errors name the `i`th hook (from 0): `[[hook]] #1 (helpdesk)`.
+    pub fn label(&self, i: usize) -> String {
+        format!("[[hook]] #{} ({})", i + 1, self.name)
+    }
+
+    /// How long one attempt may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout.max(1))
+    }
 }
 
 /// `[classify]`
@@ -632,6 +681,8 @@ impl Config {
         config.validate_smtp_token().map_err(err)?;
         validate_threading(&mut config.threading).map_err(err)?;
         validate_classify(&config.classify).map_err(err)?;
+        let names: Vec<&str> = config.mailboxes.iter().map(|m| m.name.as_str()).collect();
+        validate_hooks(&mut config.hooks, &names, base).map_err(err)?;
         Ok(config)
     }
 
@@ -775,6 +826,89 @@ fn validate_ack(ack: &mut AckConfig, has_smtp: bool, base: &Path) -> Check {
         ack.body = Some(text);
     }
     Ok(())
+}
+
+/// Every `[[hook]]`, and that their names are unique.
+fn validate_hooks(hooks: &mut [HookConfig], mailboxes: &[&str], base: &Path) -> Check {
+    let mut names = std::collections::HashSet::new();
+    for (i, h) in hooks.iter_mut().enumerate() {
+        if h.name.trim().is_empty() {
+            return Err(format!("[[hook]] #{}: `name` must not be empty", i + 1));
+        }
+        let at = h.label(i);
+        if !names.insert(h.name.clone()) {
+            return Err(format!("{at}: `name` is used twice"));
+        }
+        validate_hook(h, &at, mailboxes)?;
+        if let Some(ca) = &h.ca_file {
+            h.ca_file = Some(anchor(base, ca));
+        }
+    }
+    Ok(())
+}
+
+/// One `[[hook]]` (`at` names it): a `url` or a `command`, the secret, the filters.
+fn validate_hook(h: &HookConfig, at: &str, mailboxes: &[&str]) -> Check {
+    match (&h.url, &h.command) {
+        (Some(url), None) => check_hook_url(url, h.allow_insecure, at)?,
+        (None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {}
+        (None, Some(_)) => return Err(format!("{at}: `command` must name a program")),
+        _ => return Err(format!("{at}: give `url` or `command`, one of them")),
+    }
+    match (&h.secret, h.url.is_some()) {
+        (None, true) => {
+            return Err(format!(
+                "{at}: a webhook needs `secret` (a whsec_... key: literal, {{ env }}, {{ file }} or {{ command }})"
+            ));
+        }
+        (Some(Secret::Plain(s)), true) if crate::hooks::webhook::signing_key(s).is_none() => {
+            return Err(format!(
+                "{at}: `secret` is not a whsec_... key (\"whsec_\" and base64)"
+            ));
+        }
+        (Some(_), false) => return Err(format!("{at}: `secret` is for webhooks (`url`)")),
+        _ => {}
+    }
+    if let Some(bad) = h
+        .events
+        .iter()
+        .find(|e| !crate::hooks::event::TYPES.contains(&e.as_str()))
+    {
+        return Err(format!(
+            "{at}: `events` names {bad:?}, not an event type (known: {})",
+            crate::hooks::event::TYPES.join(", ")
+        ));
+    }
+    if let Some(bad) = h
+        .mailboxes
+        .iter()
+        .find(|m| !mailboxes.contains(&m.as_str()))
+    {
+        return Err(format!(
+            "{at}: `mailboxes` names {bad:?}, not a configured [[mailbox]]"
+        ));
+    }
+    Ok(())
+}
+
+/// A webhook URL: `https://`, or `http://` to loopback (elsewhere only with `allow-insecure`).
+fn check_hook_url(url: &str, allow_insecure: bool, at: &str) -> Check {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("{at}: `url = {url:?}`: {e}"))?;
+    let host = u.host_str().unwrap_or("");
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allow_insecure => Ok(()),
+        "http" => Err(format!(
+            "{at}: `url = {url:?}` is plain http:// to a host other than loopback: events would \
+             travel unencrypted; use https://, or set `allow-insecure = true`"
+        )),
+        other => Err(format!("{at}: `url` scheme {other:?} is not http or https")),
+    }
 }
 
 /// Every `[[mailbox]]`, and that their names are unique.
@@ -980,6 +1114,42 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("/etc/mailticket/mailticket.toml"))
+    }
+
+    #[test]
+    fn hooks_are_validated_naming_the_hook_and_the_key() {
+        let ok = parse(
+            "[[hook]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+             timeout = \"3s\"\n[[hook]]\nname = \"b\"\ncommand = [\"/bin/true\"]\nevents = [\"ticket.created\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.hooks.len(), 2);
+        assert_eq!(ok.hooks[0].timeout().as_secs(), 3);
+        let err = |t: &str| parse(t).unwrap_err().to_string();
+        let e = err(
+            "[[hook]]\nname = \"far\"\nurl = \"http://example.com/x\"\nsecret = { env = \"X\" }\n",
+        );
+        assert!(
+            e.contains("[[hook]] #1 (far)") && e.contains("allow-insecure"),
+            "{e}"
+        );
+        assert!(e.contains("/etc/mailticket/mailticket.toml"), "{e}");
+        assert!(
+            parse("[[hook]]\nname = \"far\"\nurl = \"http://example.com/x\"\nsecret = { env = \"X\" }\nallow-insecure = true\n")
+                .is_ok()
+        );
+        let e = err("[[hook]]\nname = \"a\"\nurl = \"https://example.com/x\"\n");
+        assert!(e.contains("`secret`"), "{e}");
+        let e =
+            err("[[hook]]\nname = \"a\"\nurl = \"https://example.com/x\"\nsecret = \"hunter2\"\n");
+        assert!(e.contains("whsec_") && !e.contains("hunter2"), "{e}");
+        let e = err("[[hook]]\nname = \"a\"\ncommand = [\"x\"]\nevents = [\"ticket.eaten\"]\n");
+        assert!(e.contains("ticket.eaten"), "{e}");
+        let e = err("[[hook]]\nname = \"a\"\ncommand = [\"x\"]\nurl = \"https://e.com\"\n");
+        assert!(e.contains("one of them"), "{e}");
+        assert!(
+            err("[[hook]]\nname = \"a\"\ncommand = [\"x\"]\nretries = 3\n").contains("retries")
+        );
     }
 
     #[test]

@@ -120,7 +120,135 @@ pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
     if let Some(smtp) = &config.smtp {
         check_smtp(&mut r, config, db, smtp).await;
     }
+    for (i, h) in config.hooks.iter().enumerate() {
+        check_hook(&mut r, i, h, db).await;
+    }
     r
+}
+
+/// One `[[hook]]`: disabled by a 410? deliveries failed or waiting? its secret; for a webhook
+/// one HEAD request (DNS, TCP, TLS and an answer of any status), for a command its program.
+async fn check_hook(r: &mut Report, i: usize, h: &crate::config::HookConfig, db: &Path) {
+    let scope = format!("hook {}", h.name);
+    let state = open_read_only(db).and_then(|c| {
+        let disabled: Option<String> = c
+            .query_row(
+                "SELECT reason FROM hook_state WHERE name = ?1 AND disabled_at > 0",
+                [&h.name],
+                |row| row.get(0),
+            )
+            .ok();
+        let (failed, waiting): (i64, i64) = c.query_row(
+            "SELECT count(*) FILTER (WHERE status = 'failed'),
+                    count(*) FILTER (WHERE status = 'pending' AND attempts > 0)
+             FROM hook_delivery WHERE hook = ?1",
+            [&h.name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok((disabled, failed, waiting))
+    });
+    if let Ok((disabled, failed, waiting)) = state {
+        let enable = format!(
+            "fix the receiver, then `mailticket hooks --enable {}`",
+            h.name
+        );
+        match disabled {
+            Some(why) => r.push(
+                &scope,
+                "state",
+                Status::Fail,
+                format!("DISABLED: {why}"),
+                Some(&enable),
+            ),
+            None => r.ok(&scope, "state", "enabled".into()),
+        }
+        match (failed, waiting) {
+            (0, 0) => r.ok(
+                &scope,
+                "deliveries",
+                "none failed or waiting for a retry".into(),
+            ),
+            (f, w) => r.push(
+                &scope,
+                "deliveries",
+                Status::Warn,
+                format!("{f} failed, {w} waiting for a retry"),
+                Some("see `mailticket hooks`; `mailticket hooks --retry ID` sends one again"),
+            ),
+        }
+    }
+    if let Some(secret) = &h.secret {
+        let what = format!("{} secret", h.label(i));
+        match secret.resolve(&what) {
+            Ok(v) if crate::hooks::webhook::signing_key(v.expose()).is_some() => {
+                r.ok(&scope, "secret", "a whsec_ key".into());
+            }
+            Ok(_) => r.push(
+                &scope,
+                "secret",
+                Status::Fail,
+                "not a whsec_... key".into(),
+                None,
+            ),
+            Err(e) => r.fail(&scope, "secret", &e, "set what `secret` names"),
+        }
+    }
+    match (&h.url, &h.command) {
+        (Some(url), _) => check_hook_url(r, &scope, h, url).await,
+        (_, Some(argv)) => check_hook_command(r, &scope, argv),
+        _ => {}
+    }
+}
+
+async fn check_hook_url(r: &mut Report, scope: &str, h: &crate::config::HookConfig, url: &str) {
+    let client = match crate::oauth2::http::client(h.ca_file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return r.fail(scope, "connect", &e, "check `ca-file`"),
+    };
+    match client.head(url).timeout(h.timeout()).send().await {
+        Ok(a) => r.ok(
+            scope,
+            "connect",
+            format!(
+                "{}: DNS, TCP and TLS fine; HEAD answered {}",
+                crate::oauth2::http::host_of(url),
+                a.status()
+            ),
+        ),
+        Err(e) => {
+            let e = Error::Network {
+                host: crate::oauth2::http::host_of(url),
+                message: e.without_url().to_string(),
+            };
+            r.fail(
+                scope,
+                "connect",
+                &e,
+                "check `url`, the receiver, and `ca-file` for a private CA",
+            );
+        }
+    }
+}
+
+fn check_hook_command(r: &mut Report, scope: &str, argv: &[String]) {
+    let prog = argv.first().map_or("", String::as_str);
+    let found = if prog.contains('/') {
+        Path::new(prog).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+    };
+    if found {
+        r.ok(scope, "command", format!("{prog} found"));
+    } else {
+        r.push(
+            scope,
+            "command",
+            Status::Fail,
+            format!("{prog}: no such program"),
+            Some("check `command`"),
+        );
+    }
 }
 
 /// The `secret` step: the credentials could be read (`got`), and for OAuth2 the `oauth2`

@@ -15,7 +15,9 @@
 //!     duplicate? ─▶ classify::with_history ─▶ thread::resolve ─▶ ticket + message rows
 //!     ─▶ cursor advance ─▶ acknowledgement queued in the outbox (or the reason it is not)
 //! sync                after COMMIT (made durable): the IMAP post-action on committed UIDs
-//! outbound::drain     outbox ─▶ SMTP (pending → sending → sent | failed)
+//!     ─▶ events (ticket.created, ...) and one hook delivery per matching `[[hook]]`
+//! outbound::drain     outbox ─▶ SMTP (pending → sending → sent | failed) ─▶ outbound.* events
+//! hooks::deliver      deliveries ─▶ webhooks / commands (pending → sending → delivered | failed)
 //! ```
 //!
 //! The modules decide (`classify`, `thread`, `outbound`'s ack policy); the store reads what
@@ -33,9 +35,14 @@
 //! - [`thread`]: which ticket a message joins, the subject tag, reply prefixes, the customer
 //!   of a forwarded request.
 //! - [`pipeline`]: one raw message into the store, exactly once: the decisions in order.
-//! - [`store`]: the SQLite file (migrations, tickets, messages, cursors, quarantine, outbox),
+//! - [`store`]: the SQLite file (migrations, tickets, messages, cursors, quarantine, outbox,
+//!   the event log and hook deliveries),
 //!   its worker thread ([`store::StoreThread`]) and the transaction handle ([`store::Tx`]).
 //! - [`outbound`]: acknowledgement policy and templates, composing, the outbox over SMTP.
+//! - [`hooks`]: ticket events out: what each event says, which hook takes it, Standard
+//!   Webhooks signatures, command hooks, the delivery policy (retries, order per ticket), and
+//!   when a mailbox counts as failing.
+//! - [`view`]: the JSON shapes of a ticket and a message (`show --json`, events).
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
 //!   a cancellation token says stop.
@@ -49,6 +56,7 @@ pub mod classify;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod hooks;
 pub mod imap;
 pub mod import;
 pub mod lock;
@@ -64,6 +72,7 @@ pub mod sync;
 pub mod thread;
 pub mod time;
 pub mod tls;
+pub mod view;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -18,10 +18,13 @@ use tokio::sync::oneshot;
 use crate::classify::{self, Classification, Identity, Kind, classify};
 use crate::config::{ClassifyConfig, Config, ThreadingConfig};
 use crate::error::{Error, Result};
+use crate::hooks::event;
 use crate::message::{self, ParsedMessage};
 use crate::outbound::ack::{self, AckDecision, AckHistory, AckTicket};
 use crate::outbound::{AckPlan, new_message_id};
-use crate::store::{NewMessage, NewTicket, Origin, Outcome, Store, TicketStatus, Tx, pack};
+use crate::store::{
+    NewEvent, NewMessage, NewTicket, Origin, Outcome, Store, TicketStatus, Tx, pack,
+};
 use crate::thread;
 
 /// A message after the CPU work, ready for its transaction.
@@ -244,22 +247,14 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     )?;
     verdict.reasons.extend(placed.reasons);
     let subject = thread::normalize_subject_with(&p.subject, &rules.threading.tag);
-    let (ticket, outcome) = match placed.ticket {
-        Some(t) => {
-            tx.touch_ticket(t, now, kind == Kind::Normal)?;
-            (t, Outcome::Threaded(t))
-        }
-        None => {
-            let t = tx.create_ticket(&NewTicket {
-                subject: &subject,
-                status: born(kind),
-                customer: &customer,
-                mailbox: &m.origin.mailbox,
-                now,
-            })?;
-            (t, Outcome::Created(t))
-        }
+    let new = NewTicket {
+        subject: &subject,
+        status: born(kind),
+        customer: &customer,
+        mailbox: &m.origin.mailbox,
+        now,
     };
+    let (ticket, outcome, before) = open_or_touch(tx, placed.ticket, kind, &new)?;
     if kind == Kind::Bounce && placed.ticket.is_some() {
         mark_undeliverable(
             tx,
@@ -273,8 +268,9 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     }
     // A bounce we could not place must not pull later mail into its closed ticket.
     let refs = !(kind == Kind::Bounce && placed.ticket.is_none());
-    write_message(tx, m, ticket, &verdict, refs)?;
+    let row = write_message(tx, m, ticket, &verdict, refs)?;
     tx.advance(cursor)?;
+    announce(tx, p, (outcome, before), row, &failed, now)?;
     // The acknowledgement is decided on the final verdict: the history may show a loop that
     // the message alone did not.
     let acked = match (outcome, plan.ack) {
@@ -291,6 +287,97 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
         _ => false,
     };
     Ok((outcome, acked, kind))
+}
+
+/// Opens the new ticket `new`, or records activity on the existing one (`placed`); returns
+/// the ticket, the outcome and the existing ticket's status before.
+fn open_or_touch(
+    tx: &Tx<'_>,
+    placed: Option<i64>,
+    kind: Kind,
+    new: &NewTicket<'_>,
+) -> Result<(i64, Outcome, Option<TicketStatus>)> {
+    match placed {
+        Some(t) => {
+            let before = tx.ticket_state(t)?.map(|s| s.status);
+            tx.touch_ticket(t, new.now, kind == Kind::Normal)?;
+            Ok((t, Outcome::Threaded(t), before))
+        }
+        None => {
+            let t = tx.create_ticket(new)?;
+            Ok((t, Outcome::Created(t), None))
+        }
+    }
+}
+
+/// Records the events of a stored message, in its transaction: `ticket.created` or
+/// `ticket.message_added`, `ticket.status_changed` (a reopen, or a ticket filed closed) and
+/// `message.bounced` for a placed delivery report.
+fn announce(
+    tx: &Tx<'_>,
+    p: &ParsedMessage,
+    (outcome, before): (Outcome, Option<TicketStatus>),
+    row: i64,
+    failed: &[String],
+    now: i64,
+) -> Result<()> {
+    let (Outcome::Created(t) | Outcome::Threaded(t)) = outcome else {
+        return Ok(());
+    };
+    let (Some(ticket), Some(message)) = (tx.ticket_view(t)?, tx.message_view(row)?) else {
+        return Ok(());
+    };
+    let record = |kind: &str, data: &serde_json::Value| {
+        tx.record_event(&NewEvent {
+            kind,
+            ticket: t,
+            mailbox: &ticket.mailbox,
+            data,
+            now,
+        })
+    };
+    let created = matches!(outcome, Outcome::Created(_));
+    let kind = if created {
+        event::TICKET_CREATED
+    } else {
+        event::MESSAGE_ADDED
+    };
+    record(kind, &event::ticket_message(&ticket, &message))?;
+    let from = before.map(TicketStatus::as_str);
+    if (created && ticket.status == TicketStatus::Closed)
+        || before.is_some_and(|b| b != ticket.status)
+    {
+        let why = if created {
+            "filed closed"
+        } else {
+            "reopened by a new message"
+        };
+        record(
+            event::STATUS_CHANGED,
+            &event::status_changed(&ticket, from, why),
+        )?;
+    }
+    if message.kind == Kind::Bounce.as_str() && !created {
+        let recipients: Vec<event::Bounced> = failed
+            .iter()
+            .map(|addr| {
+                let d = p
+                    .dsn
+                    .as_ref()
+                    .and_then(|d| d.recipients.iter().find(|r| &r.final_recipient == addr));
+                event::Bounced {
+                    recipient: addr.clone(),
+                    status: d.map_or(String::new(), |r| r.status.clone()),
+                    diagnostic: d.map_or(String::new(), |r| r.diagnostic.clone()),
+                }
+            })
+            .collect();
+        record(
+            event::MESSAGE_BOUNCED,
+            &event::bounced(&ticket, &message.message_id, &recipients),
+        )?;
+    }
+    Ok(())
 }
 
 /// Asks the ack policy about a message that opened a ticket, with its sender's history, and
@@ -356,9 +443,9 @@ fn write_message(
     ticket: i64,
     verdict: &Classification,
     refs: bool,
-) -> Result<()> {
+) -> Result<i64> {
     let p = m.parsed;
-    tx.insert_message(&NewMessage {
+    let row = tx.insert_message(&NewMessage {
         ticket,
         parsed: p,
         kind: verdict.kind,
@@ -372,7 +459,7 @@ fn write_message(
     if refs {
         tx.add_refs(p.in_reply_to.iter().chain(p.references.iter()), ticket)?;
     }
-    Ok(())
+    Ok(row)
 }
 
 /// Marks the recipients a placed bounce reports as failed undeliverable for

@@ -108,9 +108,13 @@ pub async fn sync_mailbox(
         r
     }
     .await;
-    if let Err(e) = result {
-        tracing::error!(mailbox = %mb.name, error = %e, "mailbox failed");
-        s.counts.errors.push(format!("mailbox {}: {e}", mb.name));
+    match result {
+        Err(e) => {
+            tracing::error!(mailbox = %mb.name, error = %e, "mailbox failed");
+            s.counts.errors.push(format!("mailbox {}: {e}", mb.name));
+            crate::hooks::health::failed(store, &mb.name, &e).await;
+        }
+        Ok(()) => crate::hooks::health::worked(store, &mb.name).await,
     }
     s.counts.log("mailbox done");
     s

@@ -45,6 +45,8 @@ struct Shared {
     opts: SyncOptions,
     /// Wakes the outbox task after a pass that created tickets.
     outbox_due: tokio::sync::Notify,
+    /// Wakes the hook task after a pass that stored messages, and after the outbox sent.
+    hooks_due: tokio::sync::Notify,
     me: Arc<Identity>,
     pool: PrepPool,
     timing: WatchConfig,
@@ -61,6 +63,7 @@ pub async fn run(
         Arc<crate::outbound::smtp::Smtp>,
         Option<Arc<crate::outbound::AckPlan>>,
     )>,
+    hooks: Vec<Arc<crate::hooks::deliver::Hook>>,
     stop: CancellationToken,
 ) -> Result<Stopped> {
     let (smtp, ack) = match outbound {
@@ -80,6 +83,13 @@ pub async fn run(
                 .instrument(tracing::info_span!("outbox")),
         );
     }
+    if !hooks.is_empty() {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        tracker.spawn(
+            async move { deliver_hooks(&shared, &hooks, &stop).await }
+                .instrument(tracing::info_span!("hooks")),
+        );
+    }
     tracker.close();
     tracing::info!(
         mailboxes = total,
@@ -92,6 +102,17 @@ pub async fn run(
 }
 
 impl Shared {
+    /// Wakes the outbox after a pass that created tickets, the hooks after one that stored
+    /// messages.
+    fn wake_after(&self, pass: &SourceSummary) {
+        if pass.counts.created > 0 {
+            self.outbox_due.notify_one();
+        }
+        if pass.counts.created + pass.counts.threaded > 0 {
+            self.hooks_due.notify_one();
+        }
+    }
+
     fn new(
         config: &Config,
         store: &StoreThread,
@@ -105,6 +126,7 @@ impl Shared {
                 rules: Arc::new(Rules::from_config(config)),
             },
             outbox_due: tokio::sync::Notify::new(),
+            hooks_due: tokio::sync::Notify::new(),
             me: Arc::new(Identity {
                 addresses: config.own_addresses(),
             }),
@@ -191,11 +213,48 @@ async fn drain_outbox(
                 uncertain = report.uncertain,
                 "outbox"
             );
+            shared.hooks_due.notify_one();
         }
         tokio::select! {
             () = stop.cancelled() => return,
             () = shared.outbox_due.notified() => {}
             () = tokio::time::sleep(OUTBOX_TICK) => {}
+        }
+    }
+}
+
+/// How often the hooks are looked at when nothing wakes them (retries come due).
+const HOOKS_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Delivers hook events whenever a pass stored messages, and every [`HOOKS_TICK`] for
+/// retries that came due, until `stop`.
+async fn deliver_hooks(
+    shared: &Shared,
+    hooks: &[Arc<crate::hooks::deliver::Hook>],
+    stop: &CancellationToken,
+) {
+    loop {
+        // A stop does not wait for a slow receiver: a row left in 'sending' is sent again,
+        // with the same event id, by the next run.
+        let r = tokio::select! {
+            r = crate::hooks::deliver::deliver(&shared.store, hooks, None) => r,
+            () = stop.cancelled() => return,
+        };
+        if r.delivered + r.deferred + r.failed > 0 {
+            tracing::debug!(
+                delivered = r.delivered,
+                deferred = r.deferred,
+                failed = r.failed,
+                "hooks"
+            );
+        }
+        for e in &r.errors {
+            tracing::debug!(error = %e, "hooks");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = shared.hooks_due.notified() => {}
+            () = tokio::time::sleep(HOOKS_TICK) => {}
         }
     }
 }
@@ -276,6 +335,7 @@ async fn session(
     let imap = match connected {
         Ok(imap) => imap,
         Err(e) => {
+            crate::hooks::health::failed(&shared.store, &mb.name, &e).await;
             ended.error = Some(e);
             return ended;
         }
@@ -284,6 +344,9 @@ async fn session(
     let r = watch_session(imap, mb, shared, stop, &mut ended.caught_up).await;
     shared.connected.fetch_sub(1, Ordering::Relaxed);
     ended.error = r.err();
+    if let Some(e) = &ended.error {
+        crate::hooks::health::failed(&shared.store, &mb.name, e).await;
+    }
     ended
 }
 
@@ -329,10 +392,11 @@ async fn watch_session(
         if let Err(e) = catch_up(&mut imap, mb, &pass, &mut s).await {
             break Err(e);
         }
-        *caught_up = true;
-        if s.counts.created > 0 {
-            shared.outbox_due.notify_one();
+        if !*caught_up {
+            crate::hooks::health::worked(&shared.store, &mb.name).await;
         }
+        *caught_up = true;
+        shared.wake_after(&s);
         if s.counts.fetched > 0 {
             // each message's decision is logged on its own at info
             tracing::debug!(fetched = s.counts.fetched, "caught up");

@@ -11,6 +11,9 @@ macro_rules! outln {
 }
 
 mod doctor;
+mod events;
+mod export;
+mod hooks;
 mod import;
 mod oauth2;
 mod outbox;
@@ -93,6 +96,12 @@ pub enum Command {
     Close(outbox::StatusArgs),
     /// Reopen a ticket
     Reopen(outbox::StatusArgs),
+    /// Hook deliveries and their failures; send, retry, test
+    Hooks(hooks::HooksArgs),
+    /// Write stored messages back out (eml, mbox) or tickets as JSON lines
+    Export(export::ExportArgs),
+    /// The event log as lines in commit order, resumable with --since
+    Events(events::EventsArgs),
     /// OAuth2 sign-in (device code) and token state
     #[command(name = "oauth2")]
     OAuth2(oauth2::OAuth2Args),
@@ -229,8 +238,11 @@ impl Ctx {
         })
     }
 
+    /// The store, recording a delivery for each configured hook an event matches.
     pub fn open_store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.db)?)
+        let mut store = Store::open(&self.db)?;
+        store.set_routes(mailticket::hooks::deliver::routes(&self.config));
+        Ok(store)
     }
 
     /// The mailboxes named by `--mailbox` (all when none is named); a usage error when there
@@ -293,6 +305,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Reply(a) => outbox::reply(&ctx, &a),
         Command::Close(a) => outbox::set_status(&ctx, &a, TicketStatus::Closed),
         Command::Reopen(a) => outbox::set_status(&ctx, &a, TicketStatus::Open),
+        Command::Events(a) => events::run(&ctx, &a),
+        Command::Export(a) => export::run(&ctx, &a),
+        Command::Hooks(a) => hooks::run(&ctx, &a),
         Command::OAuth2(a) => oauth2::run(&ctx, &a),
     }
 }
@@ -345,6 +360,18 @@ pub fn drain_now(
     let report = rt.block_on(mailticket::outbound::drain(&handle, smtp));
     drop(handle);
     Ok((join.join()?, report))
+}
+
+/// One log line for a round of hook deliveries that did anything.
+pub fn log_hooks(r: &mailticket::hooks::deliver::Report) {
+    if r.delivered + r.deferred + r.failed > 0 || !r.errors.is_empty() {
+        tracing::info!(
+            delivered = r.delivered,
+            deferred = r.deferred,
+            failed = r.failed,
+            "hook deliveries"
+        );
+    }
 }
 
 /// Prints `value` as pretty JSON on stdout.

@@ -9,6 +9,10 @@ use mailticket::sync::{SyncOptions, run as sync_run};
 
 use super::{Ctx, print_json, print_summary};
 
+/// How long `sync` spends on hook deliveries at its end; what is left stays pending for the
+/// next run (or `hooks --send`).
+const HOOKS_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
     /// Only this mailbox (repeatable)
@@ -27,6 +31,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &mailboxes, true)?;
     let mailboxes = mailticket::sync::with_credentials(&mailboxes, &tokens)?;
     let smtp = super::smtp_with(ctx, &tokens)?;
+    let hooks = mailticket::hooks::deliver::resolve(&ctx.config)?;
     let ack = ctx.ack.clone();
     // A dry run changes nothing, so it may run beside anything.
     let _lock = if a.dry_run {
@@ -55,6 +60,15 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let mut summary = rt.block_on(sync_run(&ctx.config, &mailboxes, &handle, opts));
     if let (Some(smtp), false) = (&smtp, a.dry_run) {
         summary.push_drain(rt.block_on(mailticket::outbound::drain(&handle, smtp)));
+    }
+    if !a.dry_run {
+        let deadline = std::time::Instant::now() + HOOKS_BUDGET;
+        let r = rt.block_on(mailticket::hooks::deliver::deliver(
+            &handle,
+            &hooks,
+            Some(deadline),
+        ));
+        super::log_hooks(&r);
     }
     drop(handle);
     let mut store = join.join()?;

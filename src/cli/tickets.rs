@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use mailticket::store::{MessageRow, TicketRow, TicketStatus};
+use mailticket::store::{MessageRow, TicketStatus};
 use mailticket::time::rfc3339;
+use mailticket::view::{message_json, ticket_json};
 use serde_json::{Value, json};
 
 use super::{Ctx, Usage, print_json};
@@ -42,37 +43,6 @@ pub struct QuarantineArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
-}
-
-fn ticket_json(t: &TicketRow) -> Value {
-    json!({
-        "id": t.id,
-        "subject": t.subject,
-        "status": t.status,
-        "customer": t.customer,
-        "customer_name": t.customer_name,
-        "mailbox": t.mailbox,
-        "created_at": rfc3339(t.created_at),
-        "updated_at": rfc3339(t.updated_at),
-        "messages": t.messages,
-    })
-}
-
-fn message_json(m: &MessageRow) -> Value {
-    json!({
-        "message_id": m.message_id,
-        "direction": m.direction,
-        "from": m.from,
-        "from_name": m.from_name,
-        "to": m.to,
-        "cc": m.cc,
-        "subject": m.subject,
-        "date": rfc3339(m.date),
-        "kind": m.kind,
-        "reasons": m.reasons,
-        "text": m.text,
-        "attachments": m.attachments,
-    })
 }
 
 /// Cuts `s` to `n` characters for a table cell.

@@ -35,6 +35,7 @@ pub fn run(ctx: &Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
         .collect();
     let outbound =
         super::smtp_with(ctx, &tokens)?.map(|smtp| (std::sync::Arc::new(smtp), ctx.ack.clone()));
+    let hooks = mailticket::hooks::deliver::resolve(&ctx.config)?;
     let lock = StoreLock::acquire(&ctx.db, "watch")?;
     let store = ctx.open_store()?;
     let (handle, join) = StoreThread::spawn(store)?;
@@ -46,7 +47,7 @@ pub fn run(ctx: &Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
         let stop = CancellationToken::new();
         let second = tokio::spawn(signals(stop.clone()));
         tokio::select! {
-            r = mailticket::watch::run(&ctx.config, mailboxes, &handle, outbound, stop) => End::Finished(r),
+            r = mailticket::watch::run(&ctx.config, mailboxes, &handle, outbound, hooks, stop) => End::Finished(r),
             _ = second => End::Interrupted,
         }
     });

@@ -7,7 +7,8 @@ use lettre::message::Mailbox;
 
 use super::{Compose, compose, new_message_id, parse_mailbox, short_subject};
 use crate::error::{Error, Result};
-use crate::store::{OutboxKind, Outgoing, ReplyContext, Store};
+use crate::hooks::event;
+use crate::store::{NewEvent, OutboxKind, Outgoing, ReplyContext, Store, TicketStatus, Tx};
 
 /// An agent's reply to ticket `ticket` (whose subject tag is `tag`).
 pub struct Reply<'a> {
@@ -35,10 +36,45 @@ pub fn queue(store: &mut Store, r: &Reply<'_>) -> Result<i64> {
             .ok_or_else(|| Error::Compose(format!("no ticket {}", r.ticket)))?;
         let message_id = new_message_id(tx.key(), r.ticket, r.from.email.domain());
         let out = compose_reply(&ctx, r, &message_id)?;
+        let before = tx.ticket_view(r.ticket)?.map(|t| t.status);
         let id = tx.record_outgoing(r.ticket, &out, now)?;
         tx.answered(r.ticket, now, r.close)?;
+        announce(tx, r.ticket, id, before, now)?;
         Ok(id)
     })
+}
+
+/// Records the events of a queued reply: `ticket.message_added` (direction out), and
+/// `ticket.status_changed` when `reply --close` closed an open ticket.
+fn announce(
+    tx: &Tx<'_>,
+    ticket: i64,
+    outbox: i64,
+    before: Option<TicketStatus>,
+    now: i64,
+) -> Result<()> {
+    let Some(t) = tx.ticket_view(ticket)? else {
+        return Ok(());
+    };
+    let record = |kind: &str, data: &serde_json::Value| {
+        tx.record_event(&NewEvent {
+            kind,
+            ticket,
+            mailbox: &t.mailbox,
+            data,
+            now,
+        })
+    };
+    if let Some(row) = tx.outbox_message(outbox)?
+        && let Some(m) = tx.message_view(row)?
+    {
+        record(event::MESSAGE_ADDED, &event::ticket_message(&t, &m))?;
+    }
+    if let Some(b) = before.filter(|b| *b != t.status) {
+        let data = event::status_changed(&t, Some(b.as_str()), "closed with a reply");
+        record(event::STATUS_CHANGED, &data)?;
+    }
+    Ok(())
 }
 
 /// The reply as it is sent.

@@ -163,6 +163,61 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox ADD COLUMN claimed_by    TEXT    NOT NULL DEFAULT '';
     ALTER TABLE outbox ADD COLUMN claimed_until INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6 (events): the append-only event log. id is the feed's cursor (commit order), uid the
+    // event's stable id (`evt_` and 32 hex digits: the webhook-id on every attempt), data
+    // the event's JSON `data`. ticket_id is 0 for an event of no ticket.
+    r#"
+    CREATE TABLE event (
+        id          INTEGER PRIMARY KEY,
+        uid         TEXT    NOT NULL UNIQUE,
+        type        TEXT    NOT NULL,
+        ticket_id   INTEGER NOT NULL DEFAULT 0,
+        mailbox     TEXT    NOT NULL DEFAULT '',
+        created_at  INTEGER NOT NULL,
+        data        TEXT    NOT NULL DEFAULT '{}'
+    ) STRICT;
+    "#,
+    // 7 (hook deliveries): one row per (event, hook), written with the event; the send
+    // states of the outbox, claimed by `PID:START` until claimed_until. hook_state keeps a
+    // hook that answered 410 Gone disabled until the operator enables it again.
+    r#"
+    CREATE TABLE hook_delivery (
+        id              INTEGER PRIMARY KEY,
+        event_id        INTEGER NOT NULL REFERENCES event (id),
+        hook            TEXT    NOT NULL,
+        ticket_id       INTEGER NOT NULL DEFAULT 0,
+        status          TEXT    NOT NULL
+                        CHECK (status IN ('pending', 'sending', 'delivered', 'failed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL DEFAULT 0,
+        last_status     INTEGER NOT NULL DEFAULT 0,
+        last_response   TEXT    NOT NULL DEFAULT '',
+        claimed_by      TEXT    NOT NULL DEFAULT '',
+        claimed_until   INTEGER NOT NULL DEFAULT 0,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        UNIQUE (event_id, hook)
+    ) STRICT;
+    CREATE INDEX hook_delivery_due ON hook_delivery (status, next_attempt_at);
+    CREATE INDEX hook_delivery_order ON hook_delivery (hook, ticket_id, status, event_id);
+
+    CREATE TABLE hook_state (
+        name        TEXT    PRIMARY KEY,
+        disabled_at INTEGER NOT NULL DEFAULT 0,
+        reason      TEXT    NOT NULL DEFAULT ''
+    ) STRICT, WITHOUT ROWID;
+    "#,
+    // 8 (mailbox health): failed passes or sessions in a row per mailbox, and whether
+    // `mailbox.failing` was announced (since when), so `mailbox.recovered` follows it once.
+    r#"
+    CREATE TABLE mailbox_health (
+        mailbox    TEXT    PRIMARY KEY,
+        failures   INTEGER NOT NULL DEFAULT 0,
+        failing    INTEGER NOT NULL DEFAULT 0,
+        since      INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT    NOT NULL DEFAULT ''
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

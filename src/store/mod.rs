@@ -1,5 +1,5 @@
 //! The SQLite store: one file holds tickets, messages (with their raw bytes), attachments,
-//! mailbox cursors, the quarantine and the outbox.
+//! mailbox cursors, the quarantine, the outbox, the event log and hook deliveries.
 //!
 //! The store decides nothing: `classify`, `thread` and `outbound` decide, `pipeline` opens
 //! the transaction, and the store reads what they ask and writes what they decided. Every
@@ -21,19 +21,30 @@
 //!     `sender_takes_part`, `domain_takes_part`, `same_subject_from` (threading),
 //!     `is_undeliverable`, `acks_to_since` (ack policy), `reply_context` (replies), `key`;
 //!   - writes: `create_ticket`, `touch_ticket`, `mark_undeliverable`, `insert_message`,
-//!     `add_refs`, `advance` (the cursor), `record_outgoing`, `record_skipped_ack`, `answered`.
+//!     `add_refs`, `advance` (the cursor), `record_outgoing`, `record_skipped_ack`, `answered`;
+//!   - events: `record_event` (the event and one delivery per matching route, see
+//!     [`Store::set_routes`]), with the reads that build them: `ticket_view`, `message_view`,
+//!     `outbox_message`.
 //! - **Quarantine and cursors**, for `sync`: `quarantine` / `quarantine_sized`, `cursor`,
 //!   `reset_cursor`, `set_done`.
 //! - **The outbox's send states**, for `outbound::drain`: `outbox_claim_next`, `outbox_sent`,
 //!   `outbox_failed`, `outbox_retry_later`, `outbox_uncertain`, `outbox_stuck`.
+//! - **Hook deliveries**, for `hooks::deliver`: `set_routes`, `hooks_release_stale`,
+//!   `hooks_claim` (per hook, the oldest undelivered event of each ticket), `hooks_record`,
+//!   `hook_disable`; an outbox result records its `outbound.*` event itself.
+//! - **Mailbox health**, for `sync` and `watch` (through `hooks::health`): `mailbox_failed`
+//!   (with the rule that says when it is failing), `mailbox_worked`; each records its event.
 //! - **The CLI's reads and edits**: `tickets`, `ticket`, `raw`, `quarantined`, `outbox_list`,
-//!   `outbox_retry`, `set_status`, `schema_version`.
+//!   `outbox_retry`, `set_status` (with its `ticket.status_changed`), `schema_version`,
+//!   `events_since` (the feed), `hooks_list`, `hooks_disabled`, `hooks_retry`, `hook_enable`.
 //!
 //! Values with a closed set of words (ticket status, direction, outbox kind and status) are
 //! enums ([`TicketStatus`], [`Direction`], [`OutboxKind`], [`OutboxStatus`]); the schema's
 //! CHECK constraints hold the same words as a second line of defence.
 
 mod codec;
+mod deliveries;
+mod events;
 mod kinds;
 mod migrations;
 mod outbox;
@@ -41,12 +52,14 @@ mod tickets;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use codec::{decompress, pack};
+pub use deliveries::{Attempt, DeliveryJob, DeliveryRow, MAX_RESPONSE};
+pub use events::{EventRow, NewEvent};
 pub use kinds::{Direction, OutboxKind, OutboxStatus, TicketStatus};
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use outbox::{OutJob, OutboxRow, Outgoing, ReplyContext, Retry, claim_holds};
@@ -57,6 +70,7 @@ pub use tickets::{
 pub use worker::{StoreJoin, StoreThread};
 
 use crate::error::{Error, Result};
+use crate::hooks::Route;
 
 /// Checkpoint every 64 MiB of WAL instead of SQLite's 4 MiB: fewer, larger checkpoints.
 const WAL_AUTOCHECKPOINT: i64 = 16384;
@@ -73,6 +87,7 @@ pub struct Checkpointer {
 pub struct Tx<'a> {
     c: &'a Connection,
     key: &'a [u8],
+    routes: &'a [Route],
 }
 
 /// Copies every table of the attached database `src` into `main` (same schema), in one read
@@ -119,6 +134,8 @@ pub struct Store {
     dry_run: bool,
     /// Inside a group commit: each write is a savepoint of the group's transaction.
     grouped: bool,
+    /// The hooks and their filters: an event recorded gets one delivery row per match.
+    routes: Arc<[Route]>,
     /// Why the group's transaction is gone (SQLite rolls a transaction back by itself on some
     /// errors, e.g. a full disk): nothing more may be written in this group, and
     /// [`Store::end_group`] reports this cause rather than "no transaction is active".
@@ -183,8 +200,14 @@ impl Store {
             key,
             dry_run: false,
             grouped: false,
+            routes: Arc::from(Vec::new()),
             group_lost: None,
         })
+    }
+
+    /// The hooks whose filters pick the deliveries of every event recorded from now on.
+    pub fn set_routes(&mut self, routes: Vec<Route>) {
+        self.routes = Arc::from(routes);
     }
 
     /// From now on nothing is kept: every write happens inside one outer transaction that
@@ -245,7 +268,14 @@ impl Store {
     /// commits it; an error rolls everything `f` wrote back.
     pub fn transaction<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
         let key = self.key.clone();
-        self.write(|c| f(&Tx { c, key: &key }))
+        let routes = self.routes.clone();
+        self.write(|c| {
+            f(&Tx {
+                c,
+                key: &key,
+                routes: &routes,
+            })
+        })
     }
 
     /// Runs `f` in a write transaction (a savepoint inside a dry run or a group) and commits it.

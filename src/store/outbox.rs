@@ -460,13 +460,20 @@ impl Store {
         next: i64,
     ) -> Result<()> {
         let now = crate::time::now();
+        let routes = self.routes.clone();
         self.write(|c| {
             c.execute(
                 "UPDATE outbox SET status = ?2, smtp_reply = ?3, reason = ?4, next_attempt_at = ?5,
                    updated_at = ?6, claimed_by = '', claimed_until = 0 WHERE id = ?1",
                 params![id, status, reply, reason, next, now],
             )?;
-            Ok(())
+            let kind = match status {
+                OutboxStatus::Sent => crate::hooks::event::OUTBOUND_SENT,
+                OutboxStatus::Failed => crate::hooks::event::OUTBOUND_FAILED,
+                _ => return Ok(()),
+            };
+            let detail = if reason.is_empty() { reply } else { reason };
+            super::events::outbox_result(c, &routes, (id, kind), detail, now)
         })
     }
 }

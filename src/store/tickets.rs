@@ -301,57 +301,10 @@ impl Store {
     /// One ticket with its messages, oldest first.
     pub fn ticket(&self, id: i64) -> Result<Option<(TicketRow, Vec<MessageRow>)>> {
         crate::store::sql("reading a ticket", || {
-            let t = self
-                .conn
-                .query_row(
-                    "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
-                            t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
-                     FROM ticket t WHERE t.id = ?1",
-                    [id],
-                    ticket_row,
-                )
-                .optional()?;
-            let Some(t) = t else { return Ok(None) };
-            let mut s = self.conn.prepare(
-                "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, date,
-                        kind, reasons, body_text
-                 FROM message WHERE ticket_id = ?1 ORDER BY date, id",
-            )?;
-            let mut messages: Vec<MessageRow> = s
-                .query_map([id], |r| {
-                    Ok(MessageRow {
-                        id: r.get(0)?,
-                        message_id: r.get(1)?,
-                        direction: r.get(2)?,
-                        from: r.get(3)?,
-                        from_name: r.get(4)?,
-                        to: from_json_list(&r.get::<_, String>(5)?),
-                        cc: from_json_list(&r.get::<_, String>(6)?),
-                        subject: r.get(7)?,
-                        date: r.get(8)?,
-                        kind: r.get(9)?,
-                        reasons: from_json_list(&r.get::<_, String>(10)?),
-                        text: r.get(11)?,
-                        attachments: Vec::new(),
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut a = self.conn.prepare_cached(
-                "SELECT filename, content_type, size, sha256 FROM attachment WHERE message_id = ?1 ORDER BY id",
-            )?;
-            for m in &mut messages {
-                m.attachments = a
-                    .query_map([m.id], |r| {
-                        Ok(AttachmentRow {
-                            filename: r.get(0)?,
-                            content_type: r.get(1)?,
-                            size: r.get(2)?,
-                            sha256: r.get(3)?,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-            }
-            Ok(Some((t, messages)))
+            let Some(t) = ticket_on(&self.conn, id)? else {
+                return Ok(None);
+            };
+            Ok(Some((t, messages_on(&self.conn, "ticket_id", id)?)))
         })
     }
 
@@ -392,6 +345,63 @@ impl Store {
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
+}
+
+/// Ticket `id` as listed, read through `c`.
+pub(super) fn ticket_on(c: &Connection, id: i64) -> Result<Option<TicketRow>> {
+    Ok(c.prepare_cached(
+        "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
+                t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
+         FROM ticket t WHERE t.id = ?1",
+    )?
+    .query_row([id], ticket_row)
+    .optional()?)
+}
+
+/// The messages whose `column` (`ticket_id` or `id`) is `value`, oldest first, with their
+/// attachments' index.
+pub(super) fn messages_on(c: &Connection, column: &str, value: i64) -> Result<Vec<MessageRow>> {
+    let column = if column == "id" { "id" } else { "ticket_id" };
+    let mut s = c.prepare_cached(&format!(
+        "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, date,
+                kind, reasons, body_text
+         FROM message WHERE {column} = ?1 ORDER BY date, id"
+    ))?;
+    let mut messages: Vec<MessageRow> = s
+        .query_map([value], |r| {
+            Ok(MessageRow {
+                id: r.get(0)?,
+                message_id: r.get(1)?,
+                direction: r.get(2)?,
+                from: r.get(3)?,
+                from_name: r.get(4)?,
+                to: from_json_list(&r.get::<_, String>(5)?),
+                cc: from_json_list(&r.get::<_, String>(6)?),
+                subject: r.get(7)?,
+                date: r.get(8)?,
+                kind: r.get(9)?,
+                reasons: from_json_list(&r.get::<_, String>(10)?),
+                text: r.get(11)?,
+                attachments: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut a = c.prepare_cached(
+        "SELECT filename, content_type, size, sha256 FROM attachment WHERE message_id = ?1 ORDER BY id",
+    )?;
+    for m in &mut messages {
+        m.attachments = a
+            .query_map([m.id], |r| {
+                Ok(AttachmentRow {
+                    filename: r.get(0)?,
+                    content_type: r.get(1)?,
+                    size: r.get(2)?,
+                    sha256: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(messages)
 }
 
 fn ticket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRow> {
@@ -759,18 +769,6 @@ impl Store {
     /// `now` (Unix seconds).
     pub fn is_undeliverable(&self, address: &str, now: i64) -> Result<bool> {
         super::outbox::undeliverable(&self.conn, address, now)
-    }
-
-    /// Sets a ticket's status. False when there is no such ticket.
-    pub fn set_status(&mut self, ticket: i64, status: TicketStatus) -> Result<bool> {
-        crate::store::sql("setting a ticket's status", || {
-            self.write(|c| {
-                Ok(c.execute(
-                    "UPDATE ticket SET status = ?2, updated_at = max(updated_at, ?3) WHERE id = ?1",
-                    params![ticket, status, crate::time::now()],
-                )? == 1)
-            })
-        })
     }
 }
 

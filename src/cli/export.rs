@@ -1,0 +1,136 @@
+//! `mailticket export`: the stored messages back out, so nothing is locked inside the store:
+//! `eml` (one file per message, byte for byte), `mbox` (mboxrd: `From ` lines quoted with
+//! `>`, so a reader that unquotes gets the bytes back) or `jsonl` (one ticket per line, as
+//! `show --json` prints it).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use mailticket::store::{MessageRow, Store, TicketRow};
+use mailticket::view::{message_json, ticket_json};
+
+use super::{Ctx, Usage};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// A folder with one .eml file per message (TICKET-ROW.eml), the exact bytes
+    Eml,
+    /// One mbox file (mboxrd)
+    Mbox,
+    /// One JSON line per ticket, as `show --json` prints it
+    Jsonl,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Only this ticket (repeatable; default: every ticket)
+    #[arg(long = "ticket", value_name = "ID")]
+    pub tickets: Vec<i64>,
+    /// What to write
+    #[arg(long, value_enum, default_value_t = Format::Eml)]
+    pub format: Format,
+    /// Where: a folder for eml (created), a file for mbox and jsonl (must not exist)
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+}
+
+pub fn run(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<u8> {
+    let store = ctx.open_store()?;
+    let ids: Vec<i64> = if a.tickets.is_empty() {
+        let mut all: Vec<i64> = store.tickets(None)?.iter().map(|t| t.id).collect();
+        all.sort_unstable();
+        all
+    } else {
+        a.tickets.clone()
+    };
+    let mut out = Output::open(a.format, &a.out)?;
+    let mut messages = 0;
+    for id in ids {
+        let Some((t, rows)) = store.ticket(id)? else {
+            return Err(Usage(format!("no ticket {id}")).into());
+        };
+        messages += rows.len();
+        out.ticket(&store, &t, &rows)?;
+    }
+    out.finish()?;
+    tracing::info!(messages, path = %a.out.display(), "exported");
+    Ok(0)
+}
+
+/// Where the export goes.
+enum Output {
+    Eml(PathBuf),
+    Mbox(std::io::BufWriter<std::fs::File>),
+    Jsonl(std::io::BufWriter<std::fs::File>),
+}
+
+impl Output {
+    fn open(format: Format, path: &Path) -> anyhow::Result<Output> {
+        let file = || -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            Ok(std::io::BufWriter::new(f))
+        };
+        Ok(match format {
+            Format::Eml => {
+                std::fs::create_dir_all(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Output::Eml(path.to_owned())
+            }
+            Format::Mbox => Output::Mbox(file()?),
+            Format::Jsonl => Output::Jsonl(file()?),
+        })
+    }
+
+    fn ticket(&mut self, store: &Store, t: &TicketRow, rows: &[MessageRow]) -> anyhow::Result<()> {
+        if let Output::Jsonl(w) = self {
+            let mut v = ticket_json(t);
+            v["messages"] = serde_json::Value::Array(rows.iter().map(message_json).collect());
+            writeln!(w, "{}", serde_json::to_string(&v)?)?;
+            return Ok(());
+        }
+        for m in rows {
+            let raw = store.raw(m.id)?.ok_or_else(|| {
+                anyhow::anyhow!("message {} of ticket {} has no bytes", m.id, t.id)
+            })?;
+            match self {
+                Output::Eml(dir) => {
+                    let p = dir.join(format!("{}-{}.eml", t.id, m.id));
+                    std::fs::write(&p, &raw).with_context(|| format!("writing {}", p.display()))?;
+                }
+                Output::Mbox(w) => mboxrd(w, &raw, m.date)?,
+                Output::Jsonl(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Output::Mbox(mut w) | Output::Jsonl(mut w) => Ok(w.flush()?),
+            Output::Eml(_) => Ok(()),
+        }
+    }
+}
+
+/// One message in mboxrd form: a `From ` line, every line that starts with `>*From ` given
+/// one more `>`, and a blank line after it.
+fn mboxrd(w: &mut impl Write, raw: &[u8], date: i64) -> anyhow::Result<()> {
+    writeln!(w, "From MAILER-DAEMON {}", mailticket::time::rfc3339(date))?;
+    for line in raw.split_inclusive(|b| *b == b'\n') {
+        let body = line.iter().skip_while(|b| **b == b'>').copied();
+        if body.take(5).eq(b"From ".iter().copied()) {
+            w.write_all(b">")?;
+        }
+        w.write_all(line)?;
+    }
+    if !raw.ends_with(b"\n") {
+        w.write_all(b"\n")?;
+    }
+    w.write_all(b"\n")?;
+    Ok(())
+}

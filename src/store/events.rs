@@ -1,0 +1,356 @@
+//! The event log: events appended in the transaction of what caused them, each with one
+//! delivery row per hook whose filter matches (see [`crate::hooks::Route`]), and the feed
+//! that reads them back in commit order.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::tickets::{messages_on, ticket_on};
+use super::{MessageRow, Store, TicketRow, Tx};
+use crate::error::Result;
+use crate::hooks::Route;
+
+/// An event to record, as its caller decided it.
+#[derive(Debug)]
+pub struct NewEvent<'a> {
+    /// `ticket.created`, ... (see [`crate::hooks::event`]).
+    pub kind: &'a str,
+    /// The ticket it is about (0: none).
+    pub ticket: i64,
+    /// The mailbox it is about (empty: none).
+    pub mailbox: &'a str,
+    /// Its `data`.
+    pub data: &'a Value,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// A recorded event.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// The feed's cursor: commit order.
+    pub id: i64,
+    /// The stable id (`evt_…`).
+    pub uid: String,
+    /// The type.
+    pub kind: String,
+    /// The ticket (0: none).
+    pub ticket_id: i64,
+    /// The mailbox (empty: none).
+    pub mailbox: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// `data` as JSON text.
+    pub data: String,
+}
+
+/// Appends `e` and its deliveries (one per matching route) through `c`; returns its cursor.
+pub(super) fn record(c: &Connection, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> {
+    crate::store::sql("recording an event", || {
+        let id: i64 = c
+            .prepare_cached(
+                "INSERT INTO event (uid, type, ticket_id, mailbox, created_at, data)
+                 VALUES ('evt_' || lower(hex(randomblob(16))), ?1, ?2, ?3, ?4, ?5) RETURNING id",
+            )?
+            .query_row(
+                params![e.kind, e.ticket, e.mailbox, e.now, e.data.to_string()],
+                |r| r.get(0),
+            )?;
+        for route in routes.iter().filter(|r| r.matches(e.kind, e.mailbox)) {
+            c.prepare_cached(
+                "INSERT INTO hook_delivery (event_id, hook, ticket_id, status, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+            )?
+            .execute(params![id, route.name, e.ticket, e.now])?;
+        }
+        Ok(id)
+    })
+}
+
+/// The event reads and writes of a transaction.
+impl Tx<'_> {
+    /// Appends an event (and its deliveries) to the log; returns its cursor.
+    pub fn record_event(&self, e: &NewEvent<'_>) -> Result<i64> {
+        record(self.c, self.routes, e)
+    }
+
+    /// Ticket `t` as listed (what events carry).
+    pub fn ticket_view(&self, t: i64) -> Result<Option<TicketRow>> {
+        crate::store::sql("reading a ticket", || ticket_on(self.c, t))
+    }
+
+    /// The message in row `row` as shown, with its attachments' index.
+    pub fn message_view(&self, row: i64) -> Result<Option<MessageRow>> {
+        crate::store::sql("reading a message", || {
+            Ok(messages_on(self.c, "id", row)?.into_iter().next())
+        })
+    }
+
+    /// The message row recorded with outbox row `id`.
+    pub fn outbox_message(&self, id: i64) -> Result<Option<i64>> {
+        crate::store::sql("reading an outbox row", || {
+            Ok(self
+                .c
+                .query_row("SELECT message_row FROM outbox WHERE id = ?1", [id], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .optional()?
+                .flatten())
+        })
+    }
+}
+
+/// An outbox row's result as an event (`outbound.sent` / `outbound.failed`), through `c`.
+pub(super) fn outbox_result(
+    c: &Connection,
+    routes: &[Route],
+    (id, kind): (i64, &str),
+    detail: &str,
+    now: i64,
+) -> Result<()> {
+    let row: Option<(i64, String, String)> = c
+        .query_row(
+            "SELECT ticket_id, kind, rcpt_to FROM outbox WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((ticket_id, out_kind, to)) = row else {
+        return Ok(());
+    };
+    let ticket = ticket_on(c, ticket_id)?;
+    let result = crate::hooks::event::OutboxResult {
+        id,
+        kind: &out_kind,
+        to: &to,
+        detail,
+    };
+    let data = crate::hooks::event::outbound(ticket.as_ref(), &result);
+    record(
+        c,
+        routes,
+        &NewEvent {
+            kind,
+            ticket: ticket_id,
+            mailbox: ticket.as_ref().map_or("", |t| t.mailbox.as_str()),
+            data: &data,
+            now,
+        },
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Up to `limit` events after cursor `since`, in commit order.
+    pub fn events_since(&self, since: i64, limit: i64) -> Result<Vec<EventRow>> {
+        crate::store::sql("reading the event log", || {
+            let mut s = self.conn.prepare_cached(
+                "SELECT id, uid, type, ticket_id, mailbox, created_at, data FROM event
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = s.query_map(params![since, limit], |r| {
+                Ok(EventRow {
+                    id: r.get(0)?,
+                    uid: r.get(1)?,
+                    kind: r.get(2)?,
+                    ticket_id: r.get(3)?,
+                    mailbox: r.get(4)?,
+                    created_at: r.get(5)?,
+                    data: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Sets a ticket's status and records `ticket.status_changed` when it changed. False when
+    /// there is no such ticket.
+    pub fn set_status(&mut self, ticket: i64, status: super::TicketStatus) -> Result<bool> {
+        let routes = self.routes.clone();
+        crate::store::sql("setting a ticket's status", || {
+            self.write(|c| {
+                let now = crate::time::now();
+                let Some(before) = ticket_on(c, ticket)? else {
+                    return Ok(false);
+                };
+                c.execute(
+                    "UPDATE ticket SET status = ?2, updated_at = max(updated_at, ?3) WHERE id = ?1",
+                    params![ticket, status, now],
+                )?;
+                if before.status != status
+                    && let Some(after) = ticket_on(c, ticket)?
+                {
+                    let why = format!("set {status} by hand");
+                    let data = crate::hooks::event::status_changed(
+                        &after,
+                        Some(before.status.as_str()),
+                        &why,
+                    );
+                    record(
+                        c,
+                        &routes,
+                        &NewEvent {
+                            kind: crate::hooks::event::STATUS_CHANGED,
+                            ticket,
+                            mailbox: &after.mailbox,
+                            data: &data,
+                            now,
+                        },
+                    )?;
+                }
+                Ok(true)
+            })
+        })
+    }
+}
+
+impl Store {
+    /// Counts one more failure of `mailbox` (`why`); when `failing(count)` says so and it was
+    /// not failing yet, records `mailbox.failing`. Returns whether that event was recorded.
+    pub fn mailbox_failed(
+        &mut self,
+        mailbox: &str,
+        why: &str,
+        failing: impl FnOnce(i64) -> bool,
+    ) -> Result<bool> {
+        let routes = self.routes.clone();
+        let now = crate::time::now();
+        crate::store::sql("recording a mailbox failure", || {
+            self.write(|c| {
+                let (failures, was): (i64, bool) = c.query_row(
+                    "INSERT INTO mailbox_health (mailbox, failures, last_error) VALUES (?1, 1, ?2)
+                     ON CONFLICT (mailbox) DO UPDATE SET failures = failures + 1, last_error = ?2
+                     RETURNING failures, failing",
+                    params![mailbox, why],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if was || !failing(failures) {
+                    return Ok(false);
+                }
+                c.execute(
+                    "UPDATE mailbox_health SET failing = 1, since = ?2 WHERE mailbox = ?1",
+                    params![mailbox, now],
+                )?;
+                let data =
+                    serde_json::json!({"mailbox": mailbox, "error": why, "failures": failures});
+                let kind = crate::hooks::event::MAILBOX_FAILING;
+                record(
+                    c,
+                    &routes,
+                    &NewEvent {
+                        kind,
+                        ticket: 0,
+                        mailbox,
+                        data: &data,
+                        now,
+                    },
+                )?;
+                Ok(true)
+            })
+        })
+    }
+
+    /// `mailbox` worked: the count starts again, and a failing mailbox records
+    /// `mailbox.recovered`. Returns whether that event was recorded.
+    pub fn mailbox_worked(&mut self, mailbox: &str) -> Result<bool> {
+        let routes = self.routes.clone();
+        let now = crate::time::now();
+        crate::store::sql("recording a mailbox recovery", || {
+            self.write(|c| {
+                let row: Option<(i64, bool, i64)> = c
+                    .query_row(
+                        "SELECT failures, failing, since FROM mailbox_health WHERE mailbox = ?1",
+                        [mailbox],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let Some((failures, failing, since)) = row.filter(|r| r.0 > 0 || r.1) else {
+                    return Ok(false);
+                };
+                c.execute(
+                    "UPDATE mailbox_health SET failures = 0, failing = 0, since = 0 WHERE mailbox = ?1",
+                    [mailbox],
+                )?;
+                if !failing {
+                    return Ok(false);
+                }
+                let data = serde_json::json!({"mailbox": mailbox, "failures": failures,
+                    "failing_since": crate::time::rfc3339(since)});
+                let kind = crate::hooks::event::MAILBOX_RECOVERED;
+                record(c, &routes, &NewEvent { kind, ticket: 0, mailbox, data: &data, now })?;
+                Ok(true)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Identity;
+    use crate::pipeline::{Plan, Rules, process};
+    use crate::store::{Origin, TicketStatus};
+
+    fn put(s: &mut Store, raw: &str) {
+        let origin = Origin {
+            source: "test".into(),
+            mailbox: "support".into(),
+            imap: None,
+        };
+        let plan = Plan {
+            rules: &Rules::default(),
+            ack: None,
+        };
+        process(s, &Identity::default(), raw.as_bytes(), &origin, 0, plan).unwrap();
+    }
+
+    #[test]
+    fn messages_and_status_changes_are_events_with_deliveries_per_matching_route() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.set_routes(vec![
+            Route {
+                name: "all".into(),
+                ..Route::default()
+            },
+            Route {
+                name: "new".into(),
+                events: vec!["ticket.created".into()],
+                mailboxes: vec![],
+            },
+        ]);
+        put(
+            &mut s,
+            "From: a@example.com\r\nSubject: Printer\r\nMessage-ID: <1@x>\r\n\r\nbroken\r\n",
+        );
+        put(
+            &mut s,
+            "From: a@example.com\r\nSubject: Re: Printer\r\nMessage-ID: <2@x>\r\nIn-Reply-To: <1@x>\r\n\r\nstill\r\n",
+        );
+        put(
+            &mut s,
+            "From: a@example.com\r\nSubject: Re: Printer\r\nMessage-ID: <2@x>\r\nIn-Reply-To: <1@x>\r\n\r\nstill\r\n",
+        );
+        assert!(s.set_status(1, TicketStatus::Closed).unwrap());
+        assert!(s.set_status(1, TicketStatus::Closed).unwrap());
+        let events = s.events_since(0, 100).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "ticket.created",
+                "ticket.message_added",
+                "ticket.status_changed"
+            ]
+        );
+        assert!(events[0].uid.starts_with("evt_") && events[0].uid.len() == 36);
+        let data: Value = serde_json::from_str(&events[0].data).unwrap();
+        assert_eq!(data["message"]["text"].as_str().unwrap().trim(), "broken");
+        assert_eq!(data["ticket"]["id"], 1);
+        assert_eq!(s.events_since(events[1].id, 100).unwrap().len(), 1);
+        let n: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM hook_delivery", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 4);
+    }
+}

@@ -1,0 +1,40 @@
+//! The JSON shapes users and scripts see: a ticket and a message as `show --json` prints
+//! them. Events carry the same shapes, so a receiver parses one format. Pure: no store, no I/O.
+
+use serde_json::{Value, json};
+
+use crate::store::{MessageRow, TicketRow};
+use crate::time::rfc3339;
+
+/// A ticket as `tickets --json` and `show --json` print it (without its messages).
+pub fn ticket_json(t: &TicketRow) -> Value {
+    json!({
+        "id": t.id,
+        "subject": t.subject,
+        "status": t.status,
+        "customer": t.customer,
+        "customer_name": t.customer_name,
+        "mailbox": t.mailbox,
+        "created_at": rfc3339(t.created_at),
+        "updated_at": rfc3339(t.updated_at),
+        "messages": t.messages,
+    })
+}
+
+/// A message as `show --json` prints it: attachments as metadata (name, type, size, sha256).
+pub fn message_json(m: &MessageRow) -> Value {
+    json!({
+        "message_id": m.message_id,
+        "direction": m.direction,
+        "from": m.from,
+        "from_name": m.from_name,
+        "to": m.to,
+        "cc": m.cc,
+        "subject": m.subject,
+        "date": rfc3339(m.date),
+        "kind": m.kind,
+        "reasons": m.reasons,
+        "text": m.text,
+        "attachments": m.attachments,
+    })
+}
