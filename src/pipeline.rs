@@ -246,7 +246,7 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     let subject = thread::normalize_subject_with(&p.subject, &rules.threading.tag);
     let (ticket, outcome) = match placed.ticket {
         Some(t) => {
-            tx.touch_ticket(t, now, kind == Kind::Normal)?;
+            tx.touch_ticket(t, now, kind == Kind::Normal && !placed.copy)?;
             (t, Outcome::Threaded(t))
         }
         None => {
@@ -561,6 +561,31 @@ mod tests {
         assert_eq!(row.messages, 4);
         assert_eq!(messages.len(), 4);
         assert!(matches!(put(&mut s, &msg("9@x", "", "other")), Outcome::Created(n) if n != t));
+    }
+
+    #[test]
+    fn another_copy_of_a_held_id_joins_its_ticket_without_reopening_it() {
+        let mut s = TestStore::open();
+        let t = created(put(&mut s, &msg("post@x", "", "the post")));
+        assert!(s.set_status(t, TicketStatus::Closed).unwrap());
+        // The same post through a second list: its own headers and footer, nothing answers it.
+        let copy = msg(
+            "post@x",
+            "List-Id: <two.lists.example>\r\n",
+            "the post\r\n-- \r\nlist two",
+        );
+        assert_eq!(put(&mut s, &copy), Outcome::Threaded(t));
+        let (row, messages) = s.ticket(t).unwrap().unwrap();
+        assert_eq!(row.status, TicketStatus::Closed);
+        assert_eq!(messages.len(), 2);
+        assert!(
+            messages[1]
+                .reasons
+                .iter()
+                .any(|r| r.contains("another copy of <post@x>")),
+            "{:?}",
+            messages[1].reasons
+        );
     }
 
     #[test]

@@ -153,6 +153,8 @@ pub struct Placement {
     pub ticket: Option<i64>,
     /// Why (or why a tag or id was not trusted).
     pub reasons: Vec<String>,
+    /// It is another copy of a message that ticket already holds (nothing to reopen).
+    pub copy: bool,
 }
 
 /// Decides which ticket a message joins, reading what it needs in the message's transaction.
@@ -167,6 +169,9 @@ pub fn resolve(
     cfg: &ThreadingConfig,
     now: i64,
 ) -> Result<Placement> {
+    if let Some(copy) = same_message(tx, p)? {
+        return Ok(copy);
+    }
     let mut placed = if kind == Kind::Bounce {
         find_bounce_ticket(tx, p, failed, cfg)?
     } else {
@@ -196,6 +201,28 @@ pub fn resolve(
         }
     }
     Ok(placed)
+}
+
+/// Another copy of a message we hold (the same Message-ID with other bytes: one post
+/// delivered through several lists, each adding its own headers and footer): it joins the
+/// ticket that holds that id, whatever that ticket's status, and reopens nothing. The id is
+/// trusted as an In-Reply-To id is (a list may rewrite the sender). Derived ids never match
+/// here: they are made from the content, so the same derived id is a duplicate.
+fn same_message(tx: &Tx<'_>, p: &ParsedMessage) -> Result<Option<Placement>> {
+    if p.message_id_derived {
+        return Ok(None);
+    }
+    let Some((t, _)) = tx.ticket_of_message_id(&p.message_id)? else {
+        return Ok(None);
+    };
+    Ok(Some(Placement {
+        ticket: Some(t),
+        copy: true,
+        reasons: vec![format!(
+            "thread: another copy of <{}> already in ticket {t}",
+            p.message_id
+        )],
+    }))
 }
 
 /// The ticket of an id: a keyed id of ours (valid ones only; a forged one is noted and
