@@ -64,6 +64,8 @@ pub struct ParsedMessage {
     pub content_type: String,
     /// Whether any part is `message/delivery-status`.
     pub has_delivery_status: bool,
+    /// The `type/subtype` of every part (the root first), lower-case.
+    pub part_types: Vec<String>,
     /// `report-type` of a top-level `multipart/report`, lower-case.
     pub report_type: String,
     /// The delivery status notification, when a `message/delivery-status` part parses.
@@ -304,6 +306,7 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         headers,
         content_type,
         has_delivery_status,
+        part_types: part_types(&msg),
         report_type,
         dsn,
         original,
@@ -370,13 +373,7 @@ fn readable_text(msg: &mail_parser::Message<'_>) -> String {
 /// `multipart/report`, its `report-type`.
 fn root_type(msg: &mail_parser::Message<'_>) -> (String, String) {
     let ct = msg.root_part().content_type();
-    let content_type = ct
-        .map(|ct| match ct.subtype() {
-            Some(sub) => format!("{}/{}", ct.ctype(), sub),
-            None => ct.ctype().to_owned(),
-        })
-        .unwrap_or_else(|| "text/plain".to_owned())
-        .to_ascii_lowercase();
+    let content_type = type_of(ct);
     let report_type = ct
         .filter(|ct| {
             ct.ctype().eq_ignore_ascii_case("multipart")
@@ -388,6 +385,24 @@ fn root_type(msg: &mail_parser::Message<'_>) -> (String, String) {
         .unwrap_or("")
         .to_ascii_lowercase();
     (content_type, report_type)
+}
+
+/// The `type/subtype` of every part, lower-case (`text/plain` when a part has none).
+fn part_types(msg: &mail_parser::Message<'_>) -> Vec<String> {
+    msg.parts
+        .iter()
+        .map(|p| type_of(p.content_type()))
+        .collect()
+}
+
+/// `type/subtype`, lower-case; `text/plain` when there is no Content-Type.
+fn type_of(ct: Option<&mail_parser::ContentType<'_>>) -> String {
+    ct.map(|ct| match ct.subtype() {
+        Some(sub) => format!("{}/{}", ct.ctype(), sub),
+        None => ct.ctype().to_owned(),
+    })
+    .unwrap_or_else(|| "text/plain".to_owned())
+    .to_ascii_lowercase()
 }
 
 /// Whether `p` is `ctype/<one of subtypes>`.
