@@ -366,6 +366,7 @@ fn write_message(
         date: p.date.unwrap_or(m.received_at),
         received_at: m.received_at,
         source: &m.origin.source,
+        imap: m.origin.imap.as_ref().map(|i| (i.uidvalidity, i.uid)),
         size: m.size,
         packed: m.packed,
     })?;

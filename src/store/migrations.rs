@@ -163,6 +163,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox ADD COLUMN claimed_by    TEXT    NOT NULL DEFAULT '';
     ALTER TABLE outbox ADD COLUMN claimed_until INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6 (where a message came from): the folder's UIDVALIDITY and the message's UID for mail
+    // read over IMAP (0 for files, stdin, and messages stored before this version); `source`
+    // names the mailbox and folder or the file.
+    r#"
+    ALTER TABLE message ADD COLUMN uidvalidity INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE message ADD COLUMN uid         INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -128,6 +128,12 @@ pub struct MessageRow {
     pub text: String,
     /// Attachments.
     pub attachments: Vec<AttachmentRow>,
+    /// Where it came from: `imap:MAILBOX/FOLDER`, `import:PATH`, `ingest` (see [`Origin`]).
+    pub source: String,
+    /// The folder's UIDVALIDITY and the message's UID, for IMAP (0 otherwise).
+    pub uidvalidity: i64,
+    /// See [`MessageRow::uidvalidity`].
+    pub uid: i64,
 }
 
 /// A quarantined message.
@@ -314,7 +320,7 @@ impl Store {
             let Some(t) = t else { return Ok(None) };
             let mut s = self.conn.prepare(
                 "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, date,
-                        kind, reasons, body_text
+                        kind, reasons, body_text, source, uidvalidity, uid
                  FROM message WHERE ticket_id = ?1 ORDER BY date, id",
             )?;
             let mut messages: Vec<MessageRow> = s
@@ -333,6 +339,9 @@ impl Store {
                         reasons: from_json_list(&r.get::<_, String>(10)?),
                         text: r.get(11)?,
                         attachments: Vec::new(),
+                        source: r.get(12)?,
+                        uidvalidity: r.get(13)?,
+                        uid: r.get(14)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -450,6 +459,8 @@ pub struct NewMessage<'a> {
     pub received_at: i64,
     /// Where it came from.
     pub source: &'a str,
+    /// Its place in an IMAP folder: UIDVALIDITY and UID (none for files and stdin).
+    pub imap: Option<(u32, u32)>,
     /// The exact bytes' length.
     pub size: usize,
     /// The exact bytes, compressed with [`super::pack`].
@@ -684,9 +695,9 @@ impl Tx<'_> {
                 .prepare_cached(
                     "INSERT INTO message (ticket_id, direction, message_id, fingerprint, in_reply_to, refs, from_addr,
                         from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
-                        source, size, codec, raw)
+                        source, size, codec, raw, uidvalidity, uid)
                      VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                        'zstd', ?19)
+                        'zstd', ?19, ?20, ?21)
                      RETURNING id",
                 )?
                 .query_row(
@@ -710,6 +721,8 @@ impl Tx<'_> {
                         m.source,
                         m.size as i64,
                         m.packed,
+                        m.imap.map_or(0, |(v, _)| i64::from(v)),
+                        m.imap.map_or(0, |(_, u)| i64::from(u)),
                     ],
                     |r| r.get(0),
                 )?;

@@ -217,4 +217,12 @@ fn a_letter_quoting_an_mbox_is_one_message_and_a_leading_blank_line_or_bom_is_sk
     assert!(subjects.contains(&"Odd mbox".to_owned()), "{subjects:?}");
     assert!(subjects.contains(&"Quoted mail".to_owned()), "{subjects:?}");
     assert!(subjects.iter().all(|s| !s.is_empty()), "{subjects:?}");
+    // `show --json` names the file a message came from.
+    let shown = wd
+        .mailticket_db(&["show", "1", "--json"], None)
+        .success()
+        .json();
+    let origin = &shown["messages"][0]["origin"];
+    assert_eq!(origin["file"].as_str(), Some(paths[0].as_str()), "{shown}");
+    assert_eq!(origin["source"], format!("import:{}", paths[0]), "{shown}");
 }

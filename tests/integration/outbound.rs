@@ -207,6 +207,17 @@ fn acknowledgements_per_sender_are_rate_limited() {
             .unwrap()
             .contains("rate limit")
     );
+    // A limit that leaves rows out says so (on standard error: the JSON stays an array).
+    let run = wd
+        .mailticket(&["outbox", "--json", "--limit", "3"])
+        .success();
+    assert_eq!(run.json().as_array().map(Vec::len), Some(3), "{run:?}");
+    assert!(run.stderr.contains("--limit 0"), "{}", run.stderr);
+    let all = wd
+        .mailticket(&["outbox", "--json", "--limit", "0"])
+        .success();
+    assert_eq!(all.json().as_array().map(Vec::len), Some(4), "{all:?}");
+    assert!(!all.stderr.contains("--limit 0"), "{}", all.stderr);
 }
 
 #[test]
