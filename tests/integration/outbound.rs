@@ -614,3 +614,40 @@ fn an_ack_being_sent_right_now_is_neither_reported_stuck_nor_retried() {
         .count();
     assert_eq!(to_slow, 1, "the acknowledgement went out more than once");
 }
+
+#[test]
+fn import_with_ack_counts_the_acknowledgements_per_path() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    let human = wd.path("request.eml");
+    std::fs::write(
+        &human,
+        simple_mail(
+            "Anna <anna@customer.example>",
+            "imp1@customer.example",
+            "Printer",
+            "",
+        ),
+    )
+    .unwrap();
+    let machine = wd.path("oof.eml");
+    std::fs::write(
+        &machine,
+        simple_mail(
+            "Bob <bob@customer.example>",
+            "imp2@customer.example",
+            "Auto reply: Printer",
+            "",
+        ),
+    )
+    .unwrap();
+    let (h, m) = (human.to_string_lossy(), machine.to_string_lossy());
+    let s = wd
+        .mailticket(&["import", "--ack", "--json", &h, &m])
+        .success()
+        .json();
+    assert_eq!(s["acks_queued"], 1, "{s}");
+    assert_eq!(s["mailboxes"][0]["acks_queued"], 1, "{s}");
+    assert_eq!(s["mailboxes"][1]["acks_queued"], 0, "{s}");
+    assert_eq!(sink.messages().len(), 1);
+}
