@@ -3,7 +3,7 @@
 //! only withholds the acknowledgement. Called by [`super::classify`] in its order; each adds
 //! to [`Signals`] with a reason per rule.
 
-use super::{Signals, local_part, shapes};
+use super::{NDR_SUBJECTS, Signals, local_part, shapes, subject_opens_with};
 use crate::message::{ParsedMessage, mailbox_in};
 
 impl Signals {
@@ -49,7 +49,17 @@ impl Signals {
     /// attached, with a null return path, or (by its display name) with such text is a bounce;
     /// so is a message without a subject that attaches the original with any of these signs.
     pub(super) fn text_bounces(&mut self, m: &ParsedMessage) {
-        let text = shapes::bounce_text(&m.text).map(|p| format!("text: {p}"));
+        // The text is read only where it can count: a non-delivery subject, a mail system,
+        // a null return path, no subject.
+        let may_count = self.daemon.is_some()
+            || self.daemon_name.is_some()
+            || self.null_sender
+            || m.subject.is_empty()
+            || subject_opens_with(&m.subject, NDR_SUBJECTS).is_some();
+        let text = may_count
+            .then(|| shapes::bounce_text(&m.text))
+            .flatten()
+            .map(|p| format!("text: {p}"));
         if let Some(t) = &text {
             self.weak.push(t.clone());
         }

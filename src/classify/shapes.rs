@@ -157,10 +157,12 @@ const CHALLENGE_ASKS: &[&str] = &[
 /// A challenge-response verification: the text asks the sender to follow a link (or reply)
 /// to be added to an allow list. Needs a link, a list word and an ask.
 pub fn challenge_response(text: &str) -> Option<&'static str> {
-    let lower = opening(text, 3000).to_lowercase();
-    if !lower.contains("http") {
+    let head = opening(text, 3000);
+    // Cheap first: most mail has no link.
+    if !head.contains("http") && !head.contains("HTTP") {
         return None;
     }
+    let lower = head.to_lowercase();
     let list = CHALLENGE_LISTS
         .iter()
         .copied()
@@ -225,7 +227,11 @@ pub fn bulk_header<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'sta
 /// that has both).
 pub fn unsubscribe_link(text: &str) -> bool {
     opening(text, 20_000).lines().any(|l| {
-        let l = l.to_ascii_lowercase();
+        // Cheap first: only a line with a link is lowered.
+        if !l.contains("http") && !l.contains("HTTP") {
+            return false;
+        }
+        let l = l.to_lowercase();
         (l.contains("unsubscribe") || l.contains("abmelden") || l.contains("désabonner"))
             && (l.contains("http://") || l.contains("https://"))
     })

@@ -619,31 +619,28 @@ fn an_ack_being_sent_right_now_is_neither_reported_stuck_nor_retried() {
 fn import_with_ack_counts_the_acknowledgements_per_path() {
     let (dc, sink) = (Dovecot::start(), Sink::start());
     let wd = setup(&dc, &sink, "");
-    let human = wd.path("request.eml");
-    std::fs::write(
-        &human,
-        simple_mail(
+    let mut paths = Vec::new();
+    for (file, from, id, subject) in [
+        (
+            "request.eml",
             "Anna <anna@customer.example>",
             "imp1@customer.example",
             "Printer",
-            "",
         ),
-    )
-    .unwrap();
-    let machine = wd.path("oof.eml");
-    std::fs::write(
-        &machine,
-        simple_mail(
+        (
+            "oof.eml",
             "Bob <bob@customer.example>",
             "imp2@customer.example",
             "Auto reply: Printer",
-            "",
         ),
-    )
-    .unwrap();
-    let (h, m) = (human.to_string_lossy(), machine.to_string_lossy());
+    ] {
+        let p = wd.path(file);
+        std::fs::write(&p, simple_mail(from, id, subject, "")).unwrap();
+        paths.push(p.to_string_lossy().into_owned());
+    }
+    let (h, m) = (&paths[0], &paths[1]);
     let s = wd
-        .mailticket(&["import", "--ack", "--json", &h, &m])
+        .mailticket(&["import", "--ack", "--json", h, m])
         .success()
         .json();
     assert_eq!(s["acks_queued"], 1, "{s}");
