@@ -217,7 +217,8 @@ pub fn commit(
 fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, bool, Kind)> {
     let (p, rules) = (m.parsed, plan.rules);
     let cursor = m.origin.imap.as_ref();
-    if let Some(t) = tx.duplicate_of(&p.message_id, &p.fingerprint)? {
+    let held = tx.held_message(&p.message_id, &p.fingerprint)?;
+    if let Some((t, true)) = held {
         tx.advance(cursor)?;
         return Ok((Outcome::Duplicate(t), false, m.class.kind));
     }
@@ -228,20 +229,19 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     let now = crate::time::now();
     let (customer, forwarded) = thread::customer(p, &rules.threading.forwarders);
     verdict.reasons.extend(forwarded);
-    let failed = if kind == Kind::Bounce {
-        p.failed_recipients()
-    } else {
-        Vec::new()
+    let failed = failed_recipients(p, kind);
+    let placed = match thread::another_copy(held, p) {
+        Some(copy) => copy,
+        None => thread::resolve(
+            tx,
+            p,
+            kind,
+            &customer.address,
+            &failed,
+            &rules.threading,
+            now,
+        )?,
     };
-    let placed = thread::resolve(
-        tx,
-        p,
-        kind,
-        &customer.address,
-        &failed,
-        &rules.threading,
-        now,
-    )?;
     verdict.reasons.extend(placed.reasons);
     let subject = thread::normalize_subject_with(&p.subject, &rules.threading.tag);
     let (ticket, outcome) = match placed.ticket {
@@ -291,6 +291,15 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
         _ => false,
     };
     Ok((outcome, acked, kind))
+}
+
+/// The recipients a bounce reports as failed; none for any other kind.
+fn failed_recipients(p: &ParsedMessage, kind: Kind) -> Vec<String> {
+    if kind == Kind::Bounce {
+        p.failed_recipients()
+    } else {
+        Vec::new()
+    }
 }
 
 /// Asks the ack policy about a message that opened a ticket, with its sender's history, and

@@ -169,9 +169,6 @@ pub fn resolve(
     cfg: &ThreadingConfig,
     now: i64,
 ) -> Result<Placement> {
-    if let Some(copy) = same_message(tx, p)? {
-        return Ok(copy);
-    }
     let mut placed = if kind == Kind::Bounce {
         find_bounce_ticket(tx, p, failed, cfg)?
     } else {
@@ -205,24 +202,20 @@ pub fn resolve(
 
 /// Another copy of a message we hold (the same Message-ID with other bytes: one post
 /// delivered through several lists, each adding its own headers and footer): it joins the
-/// ticket that holds that id, whatever that ticket's status, and reopens nothing. The id is
-/// trusted as an In-Reply-To id is (a list may rewrite the sender). Derived ids never match
-/// here: they are made from the content, so the same derived id is a duplicate.
-fn same_message(tx: &Tx<'_>, p: &ParsedMessage) -> Result<Option<Placement>> {
-    if p.message_id_derived {
-        return Ok(None);
-    }
-    let Some((t, _)) = tx.ticket_of_message_id(&p.message_id)? else {
-        return Ok(None);
-    };
-    Ok(Some(Placement {
+/// ticket that holds it, whatever its status, and reopens nothing. `held` is what the
+/// pipeline's duplicate check found under the id: a ticket, and whether with the same content.
+/// The id is trusted as an In-Reply-To id is (a list may rewrite the sender). A derived id
+/// never counts: it is made from the content, so the same derived id is the same message.
+pub fn another_copy(held: Option<(i64, bool)>, p: &ParsedMessage) -> Option<Placement> {
+    let (t, _) = held.filter(|&(_, same)| !same && !p.message_id_derived)?;
+    Some(Placement {
         ticket: Some(t),
         copy: true,
         reasons: vec![format!(
             "thread: another copy of <{}> already in ticket {t}",
             p.message_id
         )],
-    }))
+    })
 }
 
 /// The ticket of an id: a keyed id of ours (valid ones only; a forged one is noted and

@@ -470,15 +470,24 @@ pub struct NewMessage<'a> {
 /// The reads that threading and the loop checks need, and the plain writes that record what
 /// the pipeline decided. Everything runs inside the transaction of [`Store::transaction`].
 impl Tx<'_> {
-    /// The ticket of a stored message with this Message-ID and content fingerprint.
-    pub fn duplicate_of(&self, message_id: &str, fingerprint: &[u8]) -> Result<Option<i64>> {
+    /// A stored message with this Message-ID: its ticket, and whether it has this content
+    /// fingerprint too (then it is the same message). With several, the same content first,
+    /// then the newest. One indexed lookup answers both questions.
+    pub fn held_message(
+        &self,
+        message_id: &str,
+        fingerprint: &[u8],
+    ) -> Result<Option<(i64, bool)>> {
         crate::store::sql("looking for the same message", || {
             Ok(self
                 .c
                 .prepare_cached(
-                    "SELECT ticket_id FROM message WHERE message_id = ?1 AND fingerprint = ?2",
+                    "SELECT ticket_id, fingerprint = ?2 FROM message WHERE message_id = ?1
+                     ORDER BY fingerprint = ?2 DESC, date DESC, id DESC LIMIT 1",
                 )?
-                .query_row(params![message_id, fingerprint], |r| r.get(0))
+                .query_row(params![message_id, fingerprint], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?)
         })
     }
