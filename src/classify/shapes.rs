@@ -86,16 +86,19 @@ pub fn auto_reply_subject(subject: &str, weak: &[&'static str]) -> Option<String
     })
 }
 
-/// Phrases of delivery-failure text (bounces without a DSN part), in a few languages.
+/// Phrases of mail delivery-failure text (bounces without a DSN part), in a few languages.
+/// Only the mail system's words: "my parcel was not delivered, returned to sender" is a
+/// customer of a shop, not a bounce.
 const BOUNCE_PHRASES: &[&str] = &[
-    "could not be delivered",
-    "couldn't be delivered",
-    "was not delivered",
-    "delivery has failed",
+    "message could not be delivered",
+    "mail could not be delivered",
+    "message couldn't be delivered",
+    "message was not delivered",
+    "delivery has failed to these recipients",
     "delivery to the following recipient",
-    "delivery failed",
+    "could not be delivered to the following",
+    "following addresses had permanent",
     "permanent fatal error",
-    "permanent error",
     "failed permanently",
     "user unknown",
     "unknown user",
@@ -103,12 +106,10 @@ const BOUNCE_PHRASES: &[&str] = &[
     "mailbox unavailable",
     "mailbox not found",
     "recipient address rejected",
-    "returned to sender",
-    "undeliverable to",
-    "unable to deliver",
-    "konnte nicht zugestellt werden",
+    "undeliverable to the following",
+    "die nachricht konnte nicht zugestellt werden",
     "n'a pas pu être remis",
-    "no se pudo entregar",
+    "no se pudo entregar el mensaje",
     "宛先不明",
     "配信できませんでした",
     "送信できませんでした",
@@ -398,6 +399,7 @@ mod tests {
     fn text_detectors() {
         assert!(bounce_text("Your message could not be delivered to x").is_some());
         assert!(bounce_text("Thanks for the quick delivery").is_none());
+        assert!(bounce_text("My parcel was not delivered: returned to sender").is_none());
         let challenge = "I use a spam filter. Click https://cr.example/v?id=1 to be added \
                          to my list of approved senders.";
         assert!(challenge_response(challenge).is_some());
