@@ -230,26 +230,32 @@ pub fn bulk_header<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'sta
     BULK_HEADERS.iter().copied().find(|h| header(h).is_some())
 }
 
-/// An unsubscribe link in the opening of `text` (a URL with "unsubscribe" in it, or a line
-/// that has both).
+/// An unsubscribe link in the opening or the closing of `text` (where mailings put it): a
+/// line with the word and a URL.
 pub fn unsubscribe_link(text: &str) -> bool {
-    let text = opening(text, 20_000);
-    // Cheap first: most mail has none of the words (any case of their first letter).
-    const STEMS: [&str; 6] = [
-        "subscribe",
-        "SUBSCRIBE",
-        "bmelden",
-        "BMELDEN",
-        "abonner",
-        "ABONNER",
-    ];
-    if !STEMS.iter().any(|w| text.contains(w)) {
-        return false;
+    let head = opening(text, 4000);
+    let mut from = text.len().saturating_sub(4000).max(head.len());
+    while !text.is_char_boundary(from) {
+        from += 1;
     }
-    text.lines().any(|l| {
-        let l = l.to_lowercase();
-        (l.contains("unsubscribe") || l.contains("abmelden") || l.contains("désabonner"))
-            && (l.contains("http://") || l.contains("https://"))
+    let tail = text.get(from..).unwrap_or("");
+    [head, tail].iter().any(|part| {
+        // Cheap first: most mail has none of the words (any case of their first letter).
+        [
+            "subscribe",
+            "SUBSCRIBE",
+            "bmelden",
+            "BMELDEN",
+            "abonner",
+            "ABONNER",
+        ]
+        .iter()
+        .any(|w| part.contains(w))
+            && part.lines().any(|l| {
+                let l = l.to_lowercase();
+                (l.contains("unsubscribe") || l.contains("abmelden") || l.contains("désabonner"))
+                    && (l.contains("http://") || l.contains("https://"))
+            })
     })
 }
 
@@ -418,6 +424,12 @@ mod tests {
         assert_eq!(tracker_tag("[JIRA] (ABC-1) Login fails"), Some("[jira]"));
         assert_eq!(tracker_tag("Jira login fails"), None);
         assert!(unsubscribe_link("Unsubscribe: https://x.example/u/1"));
+        let long = format!(
+            "{}\nUnsubscribe: https://x.example/u/1",
+            "text ".repeat(3000)
+        );
+        assert!(unsubscribe_link(&long));
+        assert!(!unsubscribe_link(&format!("ü{}", "x".repeat(5000))));
         assert!(!unsubscribe_link(
             "How do I unsubscribe from your newsletter?"
         ));

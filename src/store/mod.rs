@@ -176,9 +176,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
-        // Storing one message runs some twenty distinct cached statements; rusqlite keeps 16
-        // by default, and a cache smaller than the working set prepares them all anew for
-        // every message.
+        // A message's way through the store (duplicate check, threading, loop checks, the
+        // rows, the acknowledgement) can use more distinct cached statements than rusqlite's
+        // default of 16; a cache smaller than that working set prepares them anew each time.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut conn)?;
         let key: Vec<u8> =
