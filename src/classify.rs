@@ -12,6 +12,9 @@ use crate::config::ClassifyConfig;
 use crate::message::ParsedMessage;
 use crate::msgid::{OwnId, verify_own_id};
 
+mod headerless;
+mod shapes;
+
 /// What kind of sender a message comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -139,7 +142,17 @@ const DAEMON_LOCALS: &[&str] = &[
     "mailerdaemon",
     "mail-daemon",
     "maildaemon",
+];
+
+/// Local parts that mail systems send from, but people too (a postmaster answers mail): weak.
+const WEAK_DAEMON_LOCALS: &[&str] = &[
     "postmaster",
+    "post_master",
+    "post-master",
+    "post.master",
+    "system administrator",
+    "system_administrator",
+    "mail administrator",
 ];
 
 /// Display names mail systems sign bounces with.
@@ -148,6 +161,8 @@ const DAEMON_NAMES: &[&str] = &[
     "mail delivery subsystem",
     "mail delivery service",
     "mail administrator",
+    "system administrator",
+    "mail system",
     "mail router",
     "microsoft outlook",
     "microsoft exchange",
@@ -180,12 +195,21 @@ const NDR_SUBJECTS: &[&str] = &[
     "não entregue",
     "kan niet worden bezorgd",
     "配信不能",
+    "配信エラー",
+    "配送エラー",
+    "送信エラー",
+    "メール配信エラー",
+    "未配達",
+    "不達",
     "无法投递",
+    "退信",
+    "系统退信",
 ];
 
 /// Subject openings of automatic replies (Outlook's "Automatic reply:" in its languages,
 /// Lotus Notes, vacation programs). Weight only together with another signal: a person may
-/// well write "Out of office, please help".
+/// well write "Out of office, please help". Followed by a colon (the machine form), most of
+/// them decide alone: see `shapes::auto_reply_subject`.
 const OOF_SUBJECTS: &[&str] = &[
     "automatic reply",
     "auto reply",
@@ -253,20 +277,27 @@ pub fn is_no_reply(addr: &str) -> bool {
         || local.ends_with("-no-reply")
 }
 
-/// Whether `from` is a mail system (MAILER-DAEMON, postmaster, Exchange's system mailbox):
-/// the reason, if so.
-fn daemon_sender(m: &ParsedMessage) -> Option<String> {
+/// Whether `from` is a mail system (MAILER-DAEMON, postmaster, Exchange's system mailbox, a
+/// gateway's `*_SMTP_Mail_Service`): the reason, and whether it decides alone (a postmaster
+/// or Exchange's system mailbox may be a person or a notice: weak).
+fn daemon_sender(m: &ParsedMessage) -> Option<(String, bool)> {
     let from = m.from.as_ref()?;
-    let local = local_part(&from.address);
+    let local = local_part(&from.address).trim_matches('"');
     if DAEMON_LOCALS.contains(&local) {
-        return Some(format!("from: {local}"));
+        return Some((format!("from: {local}"), true));
+    }
+    if local.len() > "_smtp_mail_service".len() && local.ends_with("_smtp_mail_service") {
+        return Some((format!("from: {local}"), true));
+    }
+    if WEAK_DAEMON_LOCALS.contains(&local) {
+        return Some((format!("from: {local}"), false));
     }
     // Exchange's NDRs come from MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@...
     if let Some(hexpart) = local.strip_prefix("microsoftexchange")
         && hexpart.len() >= 16
         && hexpart.chars().all(|c| c.is_ascii_hexdigit())
     {
-        return Some("from: exchange system mailbox".into());
+        return Some(("from: exchange system mailbox".into(), false));
     }
     None
 }
@@ -277,8 +308,13 @@ pub fn classify(m: &ParsedMessage, me: &Identity) -> Classification {
     s.auto_reply_headers(m);
     s.list_headers(m);
     s.delivery_reports(m);
+    s.feedback_reports(m);
     s.sender_shape(m);
+    s.text_bounces(m);
+    s.list_managers(m);
+    s.challenge_response(m);
     s.subject_shapes(m);
+    s.bulk_evidence(m);
     s.loops(m, me);
     s.verdict()
 }
@@ -295,10 +331,15 @@ struct Signals {
     weak: Vec<String>,
     /// The sender is a mail system: the reason.
     daemon: Option<String>,
+    /// The sender's display name is a mail system's ("Mail Delivery Subsystem"): the reason.
+    daemon_name: Option<String>,
     /// `Return-Path: <>`.
     null_sender: bool,
     /// The sender never reads replies: the reason (blocks an acknowledgement on its own).
     no_reply: Option<String>,
+    /// Evidence that withholds the acknowledgement without making the sender a machine (bulk
+    /// mail, a tracker's notification, a null return path alone): the reasons.
+    blocks: Vec<String>,
 }
 
 impl Signals {
@@ -405,13 +446,13 @@ impl Signals {
     /// Who sent it: a mail system, a null return path, a daemon's display name, a no-reply
     /// address.
     fn sender_shape(&mut self, m: &ParsedMessage) {
-        self.daemon = daemon_sender(m);
-        if let Some(r) = &self.daemon {
-            if r.contains("exchange system") {
-                self.weak.push(r.clone());
-            } else {
+        if let Some((r, strong)) = daemon_sender(m) {
+            if strong {
                 self.bounce.push(r.clone());
+            } else {
+                self.weak.push(r.clone());
             }
+            self.daemon = Some(r);
         }
         self.null_sender = m
             .header("return-path")
@@ -422,10 +463,12 @@ impl Signals {
         let from_name = m
             .from
             .as_ref()
-            .map(|f| f.name.to_lowercase())
+            .map(|f| f.name.trim_matches(['"', ' ']).to_lowercase())
             .unwrap_or_default();
         if DAEMON_NAMES.iter().any(|n| from_name.starts_with(n)) {
-            self.weak.push(format!("from name: {from_name}"));
+            let r = format!("from name: {from_name}");
+            self.weak.push(r.clone());
+            self.daemon_name = Some(r);
         }
         self.no_reply = m
             .reply_address()
@@ -463,18 +506,47 @@ impl Signals {
         // Responders answer a person, never with list headers: "Vacation deals" from a list
         // stays a list.
         let has_list_headers = LIST_HEADERS.iter().any(|h| m.header(h).is_some());
-        if self.bounce.is_empty()
-            && !has_list_headers
-            && let Some(p) = subject_opens_with(&m.subject, OOF_SUBJECTS)
-            && !self.weak.is_empty()
-        {
-            self.auto.push(format!("subject: automatic reply ({p})"));
-            self.auto.extend(self.weak.iter().cloned());
+        if self.bounce.is_empty() && !has_list_headers {
+            if let Some(p) = shapes::auto_reply_subject(&m.subject, OOF_SUBJECTS) {
+                // The machine form `<phrase>: ...` decides alone.
+                self.auto.push(format!("subject: automatic reply ({p})"));
+                self.auto.extend(self.weak.iter().cloned());
+            } else if let Some(p) = subject_opens_with(&m.subject, OOF_SUBJECTS)
+                && !self.weak.is_empty()
+            {
+                self.auto.push(format!("subject: automatic reply ({p})"));
+                self.auto.extend(self.weak.iter().cloned());
+            }
         }
-        // A null return path alone is a bounce we cannot read; with an auto-reply signal it
-        // is what RFC 3834 asks responders to send with.
-        if self.null_sender && self.bounce.is_empty() && self.auto.is_empty() {
-            self.bounce.push("return-path: <>".into());
+        self.null_sender_verdict(m);
+    }
+
+    /// A null return path is weak (spam carries it too): with a second sign of a mail system
+    /// it is a bounce, with an auto-reply signal what RFC 3834 asks responders to send with,
+    /// and alone it only withholds the acknowledgement (there is no one to answer).
+    fn null_sender_verdict(&mut self, m: &ParsedMessage) {
+        if !self.null_sender || !self.bounce.is_empty() || !self.auto.is_empty() {
+            return;
+        }
+        let second = self
+            .daemon
+            .clone()
+            .or_else(|| self.daemon_name.clone())
+            .or_else(|| self.no_reply.clone())
+            .or_else(|| shapes::bounce_text(&m.text).map(|p| format!("text: {p}")))
+            .or_else(|| {
+                m.original
+                    .as_ref()
+                    .map(|o| format!("original message in {}", o.source))
+            });
+        match second {
+            Some(r) => {
+                self.bounce.push("return-path: <>".into());
+                self.bounce.push(r);
+            }
+            None => self
+                .blocks
+                .push("return-path: <> (no one to answer)".into()),
         }
     }
 
@@ -511,8 +583,9 @@ impl Signals {
         };
         let mut groups = [self.looped, self.bounce, self.auto, self.list];
         groups.sort_by_key(|g| g.is_empty());
+        let blocks: Vec<String> = self.no_reply.into_iter().chain(self.blocks).collect();
         let mut reasons: Vec<String> = Vec::new();
-        for r in groups.into_iter().flatten().chain(self.no_reply.clone()) {
+        for r in groups.into_iter().flatten().chain(blocks.iter().cloned()) {
             if !reasons.contains(&r) {
                 reasons.push(r);
             }
@@ -520,7 +593,7 @@ impl Signals {
         Classification {
             kind,
             reasons,
-            blocks_ack: self.no_reply.into_iter().collect(),
+            blocks_ack: blocks,
         }
     }
 }
@@ -616,7 +689,7 @@ mod tests {
         );
         assert_eq!(judge("Precedence: bulk\r\n").kind, Kind::List);
         assert_eq!(judge("List-Id: <x.lists.example>\r\n").kind, Kind::List);
-        assert_eq!(judge("Return-Path: <>\r\n").kind, Kind::Bounce);
+        assert_eq!(judge("Return-Path: <>\r\n").kind, Kind::Normal);
         assert_eq!(judge("X-Loop: support@example.com\r\n").kind, Kind::Loop);
         let c = judge("Auto-Submitted: auto-generated\r\nList-Id: <l>\r\n");
         assert_eq!(c.kind, Kind::AutoReply);
@@ -632,7 +705,12 @@ mod tests {
             classify(&parse(raw.as_bytes()).unwrap(), &Identity::default())
         };
         assert_eq!(person("Out of office, please help", "").kind, Kind::Normal);
-        assert_eq!(person("Automatic reply: x", "").kind, Kind::Normal);
+        assert_eq!(person("Automatic reply settings", "").kind, Kind::Normal);
+        assert_eq!(person("Automatic reply: x", "").kind, Kind::AutoReply);
+        assert_eq!(
+            person("Out of office: x", "List-Id: <l>\r\n").kind,
+            Kind::List
+        );
         assert_eq!(person("Undeliverable: x", "").kind, Kind::Normal);
         assert_eq!(person("Absenteeism policy", "").kind, Kind::Normal);
         assert_eq!(
@@ -655,7 +733,14 @@ mod tests {
     fn null_sender_with_an_auto_reply_signal_is_an_auto_reply() {
         let c = judge("Return-Path: <>\r\nAuto-Submitted: auto-replied\r\n");
         assert_eq!(c.kind, Kind::AutoReply, "{c:?}");
-        assert_eq!(judge("Return-Path: <>\r\n").kind, Kind::Bounce);
+        // A null return path alone withholds the acknowledgement only (spam carries it too).
+        let alone = judge("Return-Path: <>\r\n");
+        assert_eq!(alone.kind, Kind::Normal, "{alone:?}");
+        assert!(!alone.may_ack());
+        let raw = "From: Mail Delivery Subsystem <mailer@mx.example>\r\nReturn-Path: <>\r\n\
+                   Subject: x\r\n\r\nbody\r\n";
+        let c = classify(&parse(raw.as_bytes()).unwrap(), &Identity::default());
+        assert_eq!(c.kind, Kind::Bounce, "{c:?}");
         assert_eq!(judge("X-Autoreply: no\r\n").kind, Kind::Normal);
         // Exchange's rule stamp: the rule's own reply, or a person's mail it redirected.
         let own = judge("X-MS-Exchange-Inbox-Rules-Loop: anna@example.com\r\n");

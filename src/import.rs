@@ -83,22 +83,46 @@ fn read_dir(dir: &Path, each: &mut Each<'_>) -> Result<()> {
     Ok(())
 }
 
-/// One file: an mbox when it starts with a `From ` line, else one message.
+/// One file: an mbox when it starts with a `From ` line, else one message. A file named
+/// `*.eml` is always one message (a `From ` envelope line at its top is dropped), so mail
+/// quoted in its body never becomes a second message.
 fn read_file(path: &Path, each: &mut Each<'_>) -> Result<()> {
     let mut r = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
     let head = r.fill_buf().map_err(|e| Error::io(path, e))?;
-    if head.starts_with(b"From ") {
+    let single = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("eml"));
+    if head.starts_with(b"From ") && !single {
         return read_mbox(path, r, each);
     }
     let mut raw = Vec::new();
     r.read_to_end(&mut raw).map_err(|e| Error::io(path, e))?;
-    each(&raw, mtime(path), path)
+    let body = match raw.iter().position(|&b| b == b'\n') {
+        Some(n) if raw.starts_with(b"From ") => raw.get(n + 1..).unwrap_or(&[]),
+        _ => &raw[..],
+    };
+    each(body, mtime(path), path)
 }
 
+/// Whether `line` may be the first header line of a message: a field name and a colon.
+fn looks_like_header(line: &[u8]) -> bool {
+    let name_end = line.iter().position(|&b| b == b':');
+    name_end.is_some_and(|n| {
+        n > 0
+            && line
+                .get(..n)
+                .is_some_and(|name| name.iter().all(|&b| b.is_ascii_graphic()))
+    })
+}
+
+/// Splits an mbox. A `From ` line after a blank line separates messages only when a header
+/// line follows it: a letter quoting an mbox's `From ` line in its body stays one message.
 fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()> {
     let received = mtime(path);
     let mut msg: Vec<u8> = Vec::new();
     let mut line = Vec::new();
+    // A `From ` line waiting for the next line to say whether it separates messages.
+    let mut pending: Option<Vec<u8>> = None;
     let mut started = false;
     let mut prev_blank = true;
     loop {
@@ -109,31 +133,42 @@ fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()
         if n == 0 {
             break;
         }
-        let is_sep = prev_blank && line.starts_with(b"From ");
-        if is_sep {
-            if started {
-                emit(&mut msg, each, received, path)?;
+        if let Some(sep) = pending.take() {
+            if looks_like_header(&line) || !started {
+                if started {
+                    emit(&mut msg, each, received, path)?;
+                }
+                started = true;
+            } else {
+                msg.extend_from_slice(&sep);
             }
-            started = true;
+        } else if prev_blank && line.starts_with(b"From ") {
+            pending = Some(line.clone());
             prev_blank = false;
             continue;
         }
         let content = line.strip_suffix(b"\n").unwrap_or(&line);
         let content = content.strip_suffix(b"\r").unwrap_or(content);
         prev_blank = content.is_empty();
-        // mboxrd: ">From " (and ">>From ") lose one '>'.
-        let unquoted = match line.iter().position(|&b| b != b'>') {
-            Some(k) if k > 0 && line.get(k..).is_some_and(|rest| rest.starts_with(b"From ")) => {
-                line.get(1..).unwrap_or(&[])
-            }
-            _ => &line[..],
-        };
-        msg.extend_from_slice(unquoted);
+        msg.extend_from_slice(unquote_from(&line));
+    }
+    if let Some(sep) = pending.filter(|_| started) {
+        msg.extend_from_slice(&sep);
     }
     if started {
         emit(&mut msg, each, received, path)?;
     }
     Ok(())
+}
+
+/// mboxrd: `>From ` (and `>>From `) lose one `>`.
+fn unquote_from(line: &[u8]) -> &[u8] {
+    match line.iter().position(|&b| b != b'>') {
+        Some(k) if k > 0 && line.get(k..).is_some_and(|rest| rest.starts_with(b"From ")) => {
+            line.get(1..).unwrap_or(&[])
+        }
+        _ => line,
+    }
 }
 
 /// Hands over one mbox message without the blank line that separated it from the next.
@@ -156,21 +191,40 @@ fn emit(msg: &mut Vec<u8>, each: &mut Each<'_>, received: i64, path: &Path) -> R
 mod tests {
     use super::*;
 
-    #[test]
-    fn mbox_split_and_unquote() {
-        let mbox = "From a@b Mon Jan  1 00:00:00 2025\nSubject: one\n\nhello\n>From the start\n\n\
-                    From c@d Mon Jan  1 00:00:00 2025\nSubject: two\n\nbye\n\n";
+    /// The messages `read_mbox` hands over for `mbox`.
+    fn split(mbox: &str) -> Vec<String> {
         let mut got: Vec<String> = Vec::new();
         read_mbox(Path::new("x"), mbox.as_bytes(), &mut |raw, _, _| {
             got.push(String::from_utf8(raw.to_vec()).unwrap());
             Ok(())
         })
         .unwrap();
+        got
+    }
+
+    #[test]
+    fn mbox_split_and_unquote() {
+        let mbox = "From a@b Mon Jan  1 00:00:00 2025\nSubject: one\n\nhello\n>From the start\n\n\
+                    From c@d Mon Jan  1 00:00:00 2025\nSubject: two\n\nbye\n\n";
         assert_eq!(
-            got,
+            split(mbox),
             [
                 "Subject: one\n\nhello\nFrom the start\n",
                 "Subject: two\n\nbye\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quoted_from_line_in_a_body_is_not_a_separator() {
+        let mbox = "From a@b Mon Jan  1 00:00:00 2025\nSubject: one\n\nmy mbox reads:\n\n\
+                    From c@d Mon Jan  1 00:00:00 2025\nwhich I did not expect\n\n\
+                    From c@d Mon Jan  1 00:00:00 2025\n";
+        assert_eq!(
+            split(mbox),
+            [
+                "Subject: one\n\nmy mbox reads:\n\nFrom c@d Mon Jan  1 00:00:00 2025\n\
+              which I did not expect\n\nFrom c@d Mon Jan  1 00:00:00 2025"
             ]
         );
     }

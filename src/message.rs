@@ -64,6 +64,8 @@ pub struct ParsedMessage {
     pub content_type: String,
     /// Whether any part is `message/delivery-status`.
     pub has_delivery_status: bool,
+    /// The `type/subtype` of every part (the root first), lower-case.
+    pub part_types: Vec<String>,
     /// `report-type` of a top-level `multipart/report`, lower-case.
     pub report_type: String,
     /// The delivery status notification, when a `message/delivery-status` part parses.
@@ -213,7 +215,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
 pub fn extract_attachments(raw: &[u8]) -> Result<Vec<(Attachment, Vec<u8>)>, ParseFailure> {
     guarded(|| {
         let msg = MessageParser::default()
-            .parse(raw)
+            .parse(skip_preamble(raw))
             .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
         Ok(attachments(&msg, true))
     })
@@ -238,7 +240,7 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         return Err(ParseFailure("empty message".into()));
     }
     let msg = MessageParser::default()
-        .parse(raw)
+        .parse(skip_preamble(raw))
         .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
 
     let headers = lenient_headers(&msg);
@@ -304,11 +306,32 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         headers,
         content_type,
         has_delivery_status,
+        part_types: part_types(&msg),
         report_type,
         dsn,
         original,
         fingerprint,
     })
+}
+
+/// `raw` without what some writers put before the first header: a UTF-8 byte order mark and
+/// blank or whitespace-only lines. Only the parse skips them; the stored bytes stay as received.
+pub fn skip_preamble(raw: &[u8]) -> &[u8] {
+    let mut rest = raw;
+    loop {
+        if let Some(r) = rest.strip_prefix(b"\xEF\xBB\xBF") {
+            rest = r;
+            continue;
+        }
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            return rest;
+        };
+        let line = rest.get(..end).unwrap_or(&[]);
+        if !line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+            return rest;
+        }
+        rest = rest.get(end + 1..).unwrap_or(&[]);
+    }
 }
 
 /// The raw header values, lower-case names, read leniently: mail-parser's `headers_raw`
@@ -350,13 +373,7 @@ fn readable_text(msg: &mail_parser::Message<'_>) -> String {
 /// `multipart/report`, its `report-type`.
 fn root_type(msg: &mail_parser::Message<'_>) -> (String, String) {
     let ct = msg.root_part().content_type();
-    let content_type = ct
-        .map(|ct| match ct.subtype() {
-            Some(sub) => format!("{}/{}", ct.ctype(), sub),
-            None => ct.ctype().to_owned(),
-        })
-        .unwrap_or_else(|| "text/plain".to_owned())
-        .to_ascii_lowercase();
+    let content_type = type_of(ct);
     let report_type = ct
         .filter(|ct| {
             ct.ctype().eq_ignore_ascii_case("multipart")
@@ -368,6 +385,24 @@ fn root_type(msg: &mail_parser::Message<'_>) -> (String, String) {
         .unwrap_or("")
         .to_ascii_lowercase();
     (content_type, report_type)
+}
+
+/// The `type/subtype` of every part, lower-case (`text/plain` when a part has none).
+fn part_types(msg: &mail_parser::Message<'_>) -> Vec<String> {
+    msg.parts
+        .iter()
+        .map(|p| type_of(p.content_type()))
+        .collect()
+}
+
+/// `type/subtype`, lower-case; `text/plain` when there is no Content-Type.
+fn type_of(ct: Option<&mail_parser::ContentType<'_>>) -> String {
+    ct.map(|ct| match ct.subtype() {
+        Some(sub) => format!("{}/{}", ct.ctype(), sub),
+        None => ct.ctype().to_owned(),
+    })
+    .unwrap_or_else(|| "text/plain".to_owned())
+    .to_ascii_lowercase()
 }
 
 /// Whether `p` is `ctype/<one of subtypes>`.
@@ -826,6 +861,26 @@ mod tests {
     const SIMPLE: &str = "From: Anna <Anna@Example.com>\r\nTo: support@example.com\r\n\
         Subject: Help\r\nDate: Wed, 1 Jan 2025 00:00:00 +0000\r\nMessage-ID: <a1@example.com>\r\n\
         In-Reply-To: <p@x>\r\nReferences: <r1@x> <p@x>\r\n\r\nHello\r\n";
+
+    #[test]
+    fn blank_lines_and_a_bom_before_the_headers_are_skipped() {
+        for lead in [
+            "\r\n",
+            "\n\n",
+            " \t\r\n",
+            "\u{feff}",
+            "\u{feff}\r\n",
+            "\r\n\u{feff}",
+        ] {
+            let m = parse(format!("{lead}{SIMPLE}").as_bytes()).unwrap();
+            assert_eq!(m.from_addr(), "anna@example.com", "{lead:?}");
+            assert_eq!(m.message_id, "a1@example.com", "{lead:?}");
+            assert_eq!(m.text, "Hello", "{lead:?}");
+        }
+        assert_eq!(skip_preamble(b"x: y\r\n"), b"x: y\r\n");
+        assert_eq!(skip_preamble(b" \r\n \t"), b" \t");
+        assert!(parse(b"\xEF\xBB\xBF\r\n\r\n").is_err());
+    }
 
     #[test]
     fn headers_that_are_not_utf8_are_still_seen() {

@@ -220,7 +220,8 @@ pub fn commit(
 fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, bool, Kind)> {
     let (p, rules) = (m.parsed, plan.rules);
     let cursor = m.origin.imap.as_ref();
-    if let Some(t) = tx.duplicate_of(&p.message_id, &p.fingerprint)? {
+    let held = tx.held_message(&p.message_id, &p.fingerprint)?;
+    if let Some((t, true)) = held {
         tx.advance(cursor)?;
         return Ok((Outcome::Duplicate(t), false, m.class.kind));
     }
@@ -231,20 +232,19 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     let now = crate::time::now();
     let (customer, forwarded) = thread::customer(p, &rules.threading.forwarders);
     verdict.reasons.extend(forwarded);
-    let failed = if kind == Kind::Bounce {
-        p.failed_recipients()
-    } else {
-        Vec::new()
+    let failed = failed_recipients(p, kind);
+    let placed = match thread::another_copy(held, p) {
+        Some(copy) => copy,
+        None => thread::resolve(
+            tx,
+            p,
+            kind,
+            &customer.address,
+            &failed,
+            &rules.threading,
+            now,
+        )?,
     };
-    let placed = thread::resolve(
-        tx,
-        p,
-        kind,
-        &customer.address,
-        &failed,
-        &rules.threading,
-        now,
-    )?;
     verdict.reasons.extend(placed.reasons);
     let subject = thread::normalize_subject_with(&p.subject, &rules.threading.tag);
     let new = NewTicket {
@@ -254,7 +254,9 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
         mailbox: &m.origin.mailbox,
         now,
     };
-    let (ticket, outcome, before) = open_or_touch(tx, placed.ticket, kind, &new)?;
+    // Another copy of a message the ticket holds never reopens it.
+    let reopen = kind == Kind::Normal && !placed.copy;
+    let (ticket, outcome, before) = open_or_touch(tx, placed.ticket, reopen, &new)?;
     if kind == Kind::Bounce && placed.ticket.is_some() {
         mark_undeliverable(
             tx,
@@ -294,13 +296,13 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
 fn open_or_touch(
     tx: &Tx<'_>,
     placed: Option<i64>,
-    kind: Kind,
+    reopen: bool,
     new: &NewTicket<'_>,
 ) -> Result<(i64, Outcome, Option<TicketStatus>)> {
     match placed {
         Some(t) => {
             let before = tx.ticket_state(t)?.map(|s| s.status);
-            tx.touch_ticket(t, new.now, kind == Kind::Normal)?;
+            tx.touch_ticket(t, new.now, reopen)?;
             Ok((t, Outcome::Threaded(t), before))
         }
         None => {
@@ -380,6 +382,15 @@ fn announce(
     Ok(())
 }
 
+/// The recipients a bounce reports as failed; none for any other kind.
+fn failed_recipients(p: &ParsedMessage, kind: Kind) -> Vec<String> {
+    if kind == Kind::Bounce {
+        p.failed_recipients()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Asks the ack policy about a message that opened a ticket, with its sender's history, and
 /// records the answer: the acknowledgement queued, or why not. Whether one was queued.
 fn acknowledge(
@@ -453,6 +464,7 @@ fn write_message(
         date: p.date.unwrap_or(m.received_at),
         received_at: m.received_at,
         source: &m.origin.source,
+        imap: m.origin.imap.as_ref().map(|i| (i.uidvalidity, i.uid)),
         size: m.size,
         packed: m.packed,
     })?;
@@ -648,6 +660,31 @@ mod tests {
         assert_eq!(row.messages, 4);
         assert_eq!(messages.len(), 4);
         assert!(matches!(put(&mut s, &msg("9@x", "", "other")), Outcome::Created(n) if n != t));
+    }
+
+    #[test]
+    fn another_copy_of_a_held_id_joins_its_ticket_without_reopening_it() {
+        let mut s = TestStore::open();
+        let t = created(put(&mut s, &msg("post@x", "", "the post")));
+        assert!(s.set_status(t, TicketStatus::Closed).unwrap());
+        // The same post through a second list: its own headers and footer, nothing answers it.
+        let copy = msg(
+            "post@x",
+            "List-Id: <two.lists.example>\r\n",
+            "the post\r\n-- \r\nlist two",
+        );
+        assert_eq!(put(&mut s, &copy), Outcome::Threaded(t));
+        let (row, messages) = s.ticket(t).unwrap().unwrap();
+        assert_eq!(row.status, TicketStatus::Closed);
+        assert_eq!(messages.len(), 2);
+        assert!(
+            messages[1]
+                .reasons
+                .iter()
+                .any(|r| r.contains("another copy of <post@x>")),
+            "{:?}",
+            messages[1].reasons
+        );
     }
 
     #[test]

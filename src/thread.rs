@@ -153,6 +153,8 @@ pub struct Placement {
     pub ticket: Option<i64>,
     /// Why (or why a tag or id was not trusted).
     pub reasons: Vec<String>,
+    /// It is another copy of a message that ticket already holds (nothing to reopen).
+    pub copy: bool,
 }
 
 /// Decides which ticket a message joins, reading what it needs in the message's transaction.
@@ -196,6 +198,24 @@ pub fn resolve(
         }
     }
     Ok(placed)
+}
+
+/// Another copy of a message we hold (the same Message-ID with other bytes: one post
+/// delivered through several lists, each adding its own headers and footer): it joins the
+/// ticket that holds it, whatever its status, and reopens nothing. `held` is what the
+/// pipeline's duplicate check found under the id: a ticket, and whether with the same content.
+/// The id is trusted as an In-Reply-To id is (a list may rewrite the sender). A derived id
+/// never counts: it is made from the content, so the same derived id is the same message.
+pub fn another_copy(held: Option<(i64, bool)>, p: &ParsedMessage) -> Option<Placement> {
+    let (t, _) = held.filter(|&(_, same)| !same && !p.message_id_derived)?;
+    Some(Placement {
+        ticket: Some(t),
+        copy: true,
+        reasons: vec![format!(
+            "thread: another copy of <{}> already in ticket {t}",
+            p.message_id
+        )],
+    })
 }
 
 /// The ticket of an id: a keyed id of ours (valid ones only; a forged one is noted and

@@ -36,5 +36,24 @@ pub fn message_json(m: &MessageRow) -> Value {
         "reasons": m.reasons,
         "text": m.text,
         "attachments": m.attachments,
+        "origin": origin_json(m),
     })
+}
+
+/// Where a message came from: the IMAP mailbox, folder and UID, the imported file, or the
+/// source as recorded (`ingest`, or empty for our own outbound mail).
+fn origin_json(m: &MessageRow) -> Value {
+    if let Some((mailbox, folder)) = m
+        .source
+        .strip_prefix("imap:")
+        .and_then(|r| r.split_once('/'))
+    {
+        let known = |n: i64| (n > 0).then_some(n);
+        json!({"source": m.source, "mailbox": mailbox, "folder": folder,
+               "uidvalidity": known(m.uidvalidity), "uid": known(m.uid)})
+    } else if let Some(file) = m.source.strip_prefix("import:") {
+        json!({"source": m.source, "file": file})
+    } else {
+        json!({"source": m.source})
+    }
 }

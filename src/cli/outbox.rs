@@ -19,6 +19,10 @@ pub struct OutboxArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+    /// Show at most N rows, unsent first, then the newest (0: all); when rows are left out,
+    /// a line on standard error says how many
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub limit: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,7 +85,21 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
             code = 1;
         }
     }
-    let rows = store.outbox_list()?;
+    list(&store, a)?;
+    Ok(code)
+}
+
+/// Prints the queue, at most `--limit` rows, and says on standard error when rows were left
+/// out.
+fn list(store: &mailticket::store::Store, a: &OutboxArgs) -> anyhow::Result<()> {
+    let (rows, total) = store.outbox_list((a.limit > 0).then_some(a.limit))?;
+    if (rows.len() as u64) < total {
+        tracing::warn!(
+            shown = rows.len(),
+            total,
+            "outbox: rows left out (unsent first, then the newest are shown); `--limit 0` shows all"
+        );
+    }
     if a.json {
         let v: Vec<_> = rows
             .iter()
@@ -94,7 +112,7 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
             })
             .collect();
         print_json(&v)?;
-        return Ok(code);
+        return Ok(());
     }
     outln!(
         "{:>5}  {:>6}  {:<5}  {:<8}  {:<30}  DETAIL",
@@ -115,7 +133,7 @@ pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
             detail(r)
         );
     }
-    Ok(code)
+    Ok(())
 }
 
 /// What a row's DETAIL column says: the server's reply, the reason, or for a row in

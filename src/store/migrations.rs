@@ -218,6 +218,13 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT    NOT NULL DEFAULT ''
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 9 (where a message came from): the folder's UIDVALIDITY and the message's UID for mail
+    // read over IMAP (0 for files, stdin, and messages stored before this version); `source`
+    // names the mailbox and folder or the file.
+    r#"
+    ALTER TABLE message ADD COLUMN uidvalidity INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE message ADD COLUMN uid         INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

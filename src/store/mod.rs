@@ -16,7 +16,7 @@
 //!   [`StoreThread::spawn`] / `submit` / `submit_grouped` (group commit with a halt flag) /
 //!   `call`; [`Store::make_durable`] before a post-action; the dry-run and group brackets.
 //! - **One message's transaction** ([`Store::transaction`] → [`Tx`]), for `pipeline`:
-//!   - reads: `duplicate_of`, `messages_from_within` (loop rate), `ticket_state`,
+//!   - reads: `held_message`, `messages_from_within` (loop rate), `ticket_state`,
 //!     `newest_message_date`, `ticket_of_message_id`, `tickets_referring_to`, `takes_part`,
 //!     `sender_takes_part`, `domain_takes_part`, `same_subject_from` (threading),
 //!     `is_undeliverable`, `acks_to_since` (ack policy), `reply_context` (replies), `key`;
@@ -187,11 +187,16 @@ impl Store {
     }
 
     fn setup(mut conn: Connection) -> Result<Store> {
+        const STATEMENT_CACHE: usize = 64;
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
+        // A message's way through the store (duplicate check, threading, loop checks, the
+        // rows, the acknowledgement) can use more distinct cached statements than rusqlite's
+        // default of 16; a cache smaller than that working set prepares them anew each time.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut conn)?;
         let key: Vec<u8> =
             conn.query_row("SELECT key FROM store_key WHERE id = 1", [], |r| r.get(0))?;

@@ -293,9 +293,19 @@ impl Store {
         Ok(rows)
     }
 
-    /// The queue: everything not yet sent first, then the newest.
-    pub fn outbox_list(&self) -> Result<Vec<OutboxRow>> {
-        self.outbox_rows("ORDER BY status = 'sent', status = 'skipped', id DESC LIMIT 500")
+    /// The queue: everything not yet sent first, then the newest; at most `limit` rows (all
+    /// when `None`), and how many rows there are in all.
+    pub fn outbox_list(&self, limit: Option<u32>) -> Result<(Vec<OutboxRow>, u64)> {
+        let limit = limit.map_or(-1, i64::from);
+        let rows = self.outbox_rows(&format!(
+            "ORDER BY status = 'sent', status = 'skipped', id DESC LIMIT {limit}"
+        ))?;
+        let total: i64 = crate::store::sql("counting outbox rows", || {
+            Ok(self
+                .conn
+                .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+        })?;
+        Ok((rows, u64::try_from(total).unwrap_or(0)))
     }
 
     fn outbox_rows(&self, tail: &str) -> Result<Vec<OutboxRow>> {

@@ -128,6 +128,12 @@ pub struct MessageRow {
     pub text: String,
     /// Attachments.
     pub attachments: Vec<AttachmentRow>,
+    /// Where it came from: `imap:MAILBOX/FOLDER`, `import:PATH`, `ingest` (see [`Origin`]).
+    pub source: String,
+    /// The folder's UIDVALIDITY and the message's UID, for IMAP (0 otherwise).
+    pub uidvalidity: i64,
+    /// See [`MessageRow::uidvalidity`].
+    pub uid: i64,
 }
 
 /// A quarantined message.
@@ -364,7 +370,7 @@ pub(super) fn messages_on(c: &Connection, column: &str, value: i64) -> Result<Ve
     let column = if column == "id" { "id" } else { "ticket_id" };
     let mut s = c.prepare_cached(&format!(
         "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, date,
-                kind, reasons, body_text
+                kind, reasons, body_text, source, uidvalidity, uid
          FROM message WHERE {column} = ?1 ORDER BY date, id"
     ))?;
     let mut messages: Vec<MessageRow> = s
@@ -383,6 +389,9 @@ pub(super) fn messages_on(c: &Connection, column: &str, value: i64) -> Result<Ve
                 reasons: from_json_list(&r.get::<_, String>(10)?),
                 text: r.get(11)?,
                 attachments: Vec::new(),
+                source: r.get(12)?,
+                uidvalidity: r.get(13)?,
+                uid: r.get(14)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -460,6 +469,8 @@ pub struct NewMessage<'a> {
     pub received_at: i64,
     /// Where it came from.
     pub source: &'a str,
+    /// Its place in an IMAP folder: UIDVALIDITY and UID (none for files and stdin).
+    pub imap: Option<(u32, u32)>,
     /// The exact bytes' length.
     pub size: usize,
     /// The exact bytes, compressed with [`super::pack`].
@@ -469,15 +480,24 @@ pub struct NewMessage<'a> {
 /// The reads that threading and the loop checks need, and the plain writes that record what
 /// the pipeline decided. Everything runs inside the transaction of [`Store::transaction`].
 impl Tx<'_> {
-    /// The ticket of a stored message with this Message-ID and content fingerprint.
-    pub fn duplicate_of(&self, message_id: &str, fingerprint: &[u8]) -> Result<Option<i64>> {
+    /// A stored message with this Message-ID: its ticket, and whether it has this content
+    /// fingerprint too (then it is the same message). With several, the same content first,
+    /// then the newest. One indexed lookup answers both questions.
+    pub fn held_message(
+        &self,
+        message_id: &str,
+        fingerprint: &[u8],
+    ) -> Result<Option<(i64, bool)>> {
         crate::store::sql("looking for the same message", || {
             Ok(self
                 .c
                 .prepare_cached(
-                    "SELECT ticket_id FROM message WHERE message_id = ?1 AND fingerprint = ?2",
+                    "SELECT ticket_id, fingerprint = ?2 FROM message WHERE message_id = ?1
+                     ORDER BY fingerprint = ?2 DESC, date DESC, id DESC LIMIT 1",
                 )?
-                .query_row(params![message_id, fingerprint], |r| r.get(0))
+                .query_row(params![message_id, fingerprint], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?)
         })
     }
@@ -694,9 +714,9 @@ impl Tx<'_> {
                 .prepare_cached(
                     "INSERT INTO message (ticket_id, direction, message_id, fingerprint, in_reply_to, refs, from_addr,
                         from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
-                        source, size, codec, raw)
+                        source, size, codec, raw, uidvalidity, uid)
                      VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                        'zstd', ?19)
+                        'zstd', ?19, ?20, ?21)
                      RETURNING id",
                 )?
                 .query_row(
@@ -720,6 +740,8 @@ impl Tx<'_> {
                         m.source,
                         m.size as i64,
                         m.packed,
+                        m.imap.map_or(0, |(v, _)| i64::from(v)),
+                        m.imap.map_or(0, |(_, u)| i64::from(u)),
                     ],
                     |r| r.get(0),
                 )?;

@@ -171,3 +171,58 @@ fn a_quarantined_import_names_its_file_inside_the_folder() {
     let source = q[0]["source"].as_str().unwrap_or_default();
     assert!(source.ends_with("mail/sub/broken.eml"), "{q}");
 }
+
+#[test]
+fn a_letter_quoting_an_mbox_is_one_message_and_a_leading_blank_line_or_bom_is_skipped() {
+    let wd = Workdir::new();
+    let letter = "From anna@client.example Tue Apr  1 09:00:00 2025\n\
+        From: Anna <anna@client.example>\nTo: support@example.com\nSubject: Odd mbox\n\
+        Message-ID: <odd-mbox@client.example>\n\n\
+        Our archive has this line in it:\n\n\
+        From MAILER-DAEMON Tue Apr  1 08:00:00 2025\n\
+        and then nothing. Why?\n";
+    let quoting = "From: Ben <ben@client.example>\nTo: support@example.com\n\
+        Subject: Quoted mail\nMessage-ID: <quoted@client.example>\n\nSee below.\n\n\
+        From carl@client.example Tue Apr  1 07:00:00 2025\nSubject: the original\n\nhi\n";
+    let paths: Vec<String> = [
+        ("letter", letter.as_bytes().to_vec()),
+        (
+            "quoting.eml",
+            format!("From ben Tue Apr  1 09:00:00 2025\n{quoting}").into_bytes(),
+        ),
+        (
+            "blank.eml",
+            [&b"\r\n \r\n"[..], &mailgen::one(1, SEED, false)].concat(),
+        ),
+        (
+            "bom.eml",
+            [&b"\xEF\xBB\xBF"[..], &mailgen::one(2, SEED, false)].concat(),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| {
+        let p = wd.path(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_string_lossy().into_owned()
+    })
+    .collect();
+    let summary = import(&wd, &paths);
+    for entry in summary["mailboxes"].as_array().into_iter().flatten() {
+        assert_eq!(Counts::of(entry), created(1), "{summary}");
+    }
+    let subjects: Vec<String> = tickets_by_db(&wd)
+        .iter()
+        .map(|t| t["subject"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(subjects.contains(&"Odd mbox".to_owned()), "{subjects:?}");
+    assert!(subjects.contains(&"Quoted mail".to_owned()), "{subjects:?}");
+    assert!(subjects.iter().all(|s| !s.is_empty()), "{subjects:?}");
+    // `show --json` names the file a message came from.
+    let shown = wd
+        .mailticket_db(&["show", "1", "--json"], None)
+        .success()
+        .json();
+    let origin = &shown["messages"][0]["origin"];
+    assert_eq!(origin["file"].as_str(), Some(paths[0].as_str()), "{shown}");
+    assert_eq!(origin["source"], format!("import:{}", paths[0]), "{shown}");
+}

@@ -207,6 +207,17 @@ fn acknowledgements_per_sender_are_rate_limited() {
             .unwrap()
             .contains("rate limit")
     );
+    // A limit that leaves rows out says so (on standard error: the JSON stays an array).
+    let run = wd
+        .mailticket(&["outbox", "--json", "--limit", "3"])
+        .success();
+    assert_eq!(run.json().as_array().map(Vec::len), Some(3), "{run:?}");
+    assert!(run.stderr.contains("--limit 0"), "{}", run.stderr);
+    let all = wd
+        .mailticket(&["outbox", "--json", "--limit", "0"])
+        .success();
+    assert_eq!(all.json().as_array().map(Vec::len), Some(4), "{all:?}");
+    assert!(!all.stderr.contains("--limit 0"), "{}", all.stderr);
 }
 
 #[test]
@@ -602,4 +613,38 @@ fn an_ack_being_sent_right_now_is_neither_reported_stuck_nor_retried() {
         .filter(|m| m.envelope["rcpt_tos"][0] == "slow@customer.example")
         .count();
     assert_eq!(to_slow, 1, "the acknowledgement went out more than once");
+}
+
+#[test]
+fn import_with_ack_counts_the_acknowledgements_per_path() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    let mut paths = Vec::new();
+    for (file, from, id, subject) in [
+        (
+            "request.eml",
+            "Anna <anna@customer.example>",
+            "imp1@customer.example",
+            "Printer",
+        ),
+        (
+            "oof.eml",
+            "Bob <bob@customer.example>",
+            "imp2@customer.example",
+            "Auto reply: Printer",
+        ),
+    ] {
+        let p = wd.path(file);
+        std::fs::write(&p, simple_mail(from, id, subject, "")).unwrap();
+        paths.push(p.to_string_lossy().into_owned());
+    }
+    let (h, m) = (&paths[0], &paths[1]);
+    let s = wd
+        .mailticket(&["import", "--ack", "--json", h, m])
+        .success()
+        .json();
+    assert_eq!(s["acks_queued"], 1, "{s}");
+    assert_eq!(s["mailboxes"][0]["acks_queued"], 1, "{s}");
+    assert_eq!(s["mailboxes"][1]["acks_queued"], 0, "{s}");
+    assert_eq!(sink.messages().len(), 1);
 }

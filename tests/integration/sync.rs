@@ -182,6 +182,21 @@ fn replies_by_in_reply_to_and_by_references_join_the_parent_ticket() {
         ],
         "{shown}"
     );
+    // Each message says where it came from: the mailbox, the folder and its UID there.
+    let origins: Vec<&Value> = shown["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| &m["origin"])
+        .collect();
+    for o in &origins {
+        assert_eq!(o["source"], "imap:support/INBOX", "{o}");
+        assert_eq!(o["mailbox"], "support", "{o}");
+        assert_eq!(o["folder"], "INBOX", "{o}");
+        assert!(o["uidvalidity"].as_u64().is_some_and(|v| v > 0), "{o}");
+    }
+    let uids: BTreeSet<u64> = origins.iter().filter_map(|o| o["uid"].as_u64()).collect();
+    assert_eq!(uids.len(), 3, "{shown}");
 }
 
 #[test]
