@@ -861,7 +861,7 @@ fn validate_hook(h: &HookConfig, at: &str, mailboxes: &[&str]) -> Check {
                 "{at}: a webhook needs `secret` (a whsec_... key: literal, {{ env }}, {{ file }} or {{ command }})"
             ));
         }
-        (Some(Secret::Plain(s)), true) if crate::hooks::webhook::signing_key(s).is_none() => {
+        (Some(Secret::Plain(s)), true) if crate::secret::whsec_key(s).is_none() => {
             return Err(format!(
                 "{at}: `secret` is not a whsec_... key (\"whsec_\" and base64)"
             ));
@@ -872,11 +872,11 @@ fn validate_hook(h: &HookConfig, at: &str, mailboxes: &[&str]) -> Check {
     if let Some(bad) = h
         .events
         .iter()
-        .find(|e| !crate::hooks::event::TYPES.contains(&e.as_str()))
+        .find(|e| !crate::event_type::TYPES.contains(&e.as_str()))
     {
         return Err(format!(
             "{at}: `events` names {bad:?}, not an event type (known: {})",
-            crate::hooks::event::TYPES.join(", ")
+            crate::event_type::TYPES.join(", ")
         ));
     }
     if let Some(bad) = h

@@ -180,7 +180,7 @@ async fn check_hook(r: &mut Report, i: usize, h: &crate::config::HookConfig, db:
     if let Some(secret) = &h.secret {
         let what = format!("{} secret", h.label(i));
         match secret.resolve(&what) {
-            Ok(v) if crate::hooks::webhook::signing_key(v.expose()).is_some() => {
+            Ok(v) if crate::secret::whsec_key(v.expose()).is_some() => {
                 r.ok(&scope, "secret", "a whsec_ key".into());
             }
             Ok(_) => r.push(

@@ -36,13 +36,14 @@
 //!   of a forwarded request.
 //! - [`pipeline`]: one raw message into the store, exactly once: the decisions in order.
 //! - [`store`]: the SQLite file (migrations, tickets, messages, cursors, quarantine, outbox,
-//!   the event log and hook deliveries),
+//!   the event log and hook deliveries, the JSON shapes of a ticket and a message in
+//!   [`store::view`] and each event's `data` in [`store::event`]),
 //!   its worker thread ([`store::StoreThread`]) and the transaction handle ([`store::Tx`]).
 //! - [`outbound`]: acknowledgement policy and templates, composing, the outbox over SMTP.
 //! - [`hooks`]: ticket events out: what each event says, which hook takes it, Standard
 //!   Webhooks signatures, command hooks, the delivery policy (retries, order per ticket), and
 //!   when a mailbox counts as failing.
-//! - [`view`]: the JSON shapes of a ticket and a message (`show --json`, events).
+//! - [`event_type`]: the names of ticket events, shared by the store, the config and the hooks.
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
 //!   a cancellation token says stop.
@@ -56,6 +57,7 @@ pub mod classify;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod event_type;
 pub mod hooks;
 pub mod imap;
 pub mod import;
@@ -72,7 +74,6 @@ pub mod sync;
 pub mod thread;
 pub mod time;
 pub mod tls;
-pub mod view;
 pub mod watch;
 
 pub use error::{Error, Result};

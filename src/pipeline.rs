@@ -18,10 +18,10 @@ use tokio::sync::oneshot;
 use crate::classify::{self, Classification, Identity, Kind, classify};
 use crate::config::{ClassifyConfig, Config, ThreadingConfig};
 use crate::error::{Error, Result};
-use crate::hooks::event;
 use crate::message::{self, ParsedMessage};
 use crate::outbound::ack::{self, AckDecision, AckHistory, AckTicket};
 use crate::outbound::{AckPlan, new_message_id};
+use crate::store::event;
 use crate::store::{
     NewEvent, NewMessage, NewTicket, Origin, Outcome, Store, TicketStatus, Tx, pack,
 };
@@ -340,9 +340,9 @@ fn announce(
     };
     let created = matches!(outcome, Outcome::Created(_));
     let kind = if created {
-        event::TICKET_CREATED
+        crate::event_type::TICKET_CREATED
     } else {
-        event::MESSAGE_ADDED
+        crate::event_type::MESSAGE_ADDED
     };
     record(kind, &event::ticket_message(&ticket, &message))?;
     let from = before.map(TicketStatus::as_str);
@@ -355,7 +355,7 @@ fn announce(
             "reopened by a new message"
         };
         record(
-            event::STATUS_CHANGED,
+            crate::event_type::STATUS_CHANGED,
             &event::status_changed(&ticket, from, why),
         )?;
     }
@@ -375,7 +375,7 @@ fn announce(
             })
             .collect();
         record(
-            event::MESSAGE_BOUNCED,
+            crate::event_type::MESSAGE_BOUNCED,
             &event::bounced(&ticket, &message.message_id, &recipients),
         )?;
     }

@@ -172,6 +172,16 @@ impl fmt::Debug for Revealed {
     }
 }
 
+/// The key inside a `whsec_...` secret; `None` when it is not one.
+pub fn whsec_key(secret: &str) -> Option<Vec<u8>> {
+    let b64 = secret.trim().strip_prefix("whsec_")?;
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .filter(|k| !k.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,7 +54,7 @@ fn print_since(store: &Store, mut since: i64, json: bool) -> anyhow::Result<i64>
 }
 
 fn print(e: &EventRow, json: bool) -> anyhow::Result<()> {
-    let mut v = mailticket::hooks::event::wire(&e.uid, &e.kind, e.created_at, &e.data);
+    let mut v = mailticket::store::event::wire(&e.uid, &e.kind, e.created_at, &e.data);
     if json {
         v["cursor"] = e.id.into();
         outln!("{}", serde_json::to_string(&v)?);

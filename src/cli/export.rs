@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use mailticket::store::view::{message_json, ticket_json};
 use mailticket::store::{MessageRow, Store, TicketRow};
-use mailticket::view::{message_json, ticket_json};
 
 use super::{Ctx, Usage};
 

@@ -136,7 +136,7 @@ fn test(ctx: &Ctx, name: &str, as_json: bool) -> anyhow::Result<u8> {
         hook: name.to_owned(),
         attempts: 1,
         uid: format!("evt_test_{now}_{}", std::process::id()),
-        kind: mailticket::hooks::event::TEST.to_owned(),
+        kind: mailticket::event_type::TEST.to_owned(),
         created_at: now,
         data: json!({"hook": name, "message": "a test event from mailticket"}).to_string(),
     };

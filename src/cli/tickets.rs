@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use mailticket::store::view::{message_json, ticket_json};
 use mailticket::store::{MessageRow, TicketStatus};
 use mailticket::time::rfc3339;
-use mailticket::view::{message_json, ticket_json};
 use serde_json::{Value, json};
 
 use super::{Ctx, Usage, print_json};

@@ -65,11 +65,12 @@ pub fn resolve(config: &Config) -> Result<Vec<Arc<Hook>>> {
                 (Some(url), _, Some(secret)) => {
                     let what = format!("{} secret", h.label(i));
                     let revealed = secret.resolve(&what)?;
-                    let key =
-                        webhook::signing_key(revealed.expose()).ok_or_else(|| Error::Secret {
+                    let key = crate::secret::whsec_key(revealed.expose()).ok_or_else(|| {
+                        Error::Secret {
                             what: what.clone(),
                             message: "it is not a whsec_... key (\"whsec_\" and base64)".into(),
-                        })?;
+                        }
+                    })?;
                     let client = crate::oauth2::http::client(h.ca_file.as_deref())?;
                     Target::Webhook {
                         url: url.clone(),
@@ -90,11 +91,11 @@ pub fn resolve(config: &Config) -> Result<Vec<Arc<Hook>>> {
 }
 
 /// The routes of the configured hooks (which events each takes), for the store.
-pub fn routes(config: &Config) -> Vec<super::Route> {
+pub fn routes(config: &Config) -> Vec<crate::store::Route> {
     config
         .hooks
         .iter()
-        .map(|h| super::Route {
+        .map(|h| crate::store::Route {
             name: h.name.clone(),
             events: h.events.clone(),
             mailboxes: h.mailboxes.clone(),
@@ -184,7 +185,8 @@ pub fn judge_command(job: &DeliveryJob, ran: &Ran, now: i64, random: u32) -> Ver
 
 /// Sends one event to `hook` now and judges the answer.
 pub async fn attempt(hook: &Hook, job: &DeliveryJob) -> Verdict {
-    let body = super::event::wire(&job.uid, &job.kind, job.created_at, &job.data).to_string();
+    let body =
+        crate::store::event::wire(&job.uid, &job.kind, job.created_at, &job.data).to_string();
     let random = random_u32();
     match &hook.target {
         Target::Webhook { url, key, client } => {

@@ -10,12 +10,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-/// The key inside a `whsec_...` secret; `None` when it is not one.
-pub fn signing_key(secret: &str) -> Option<Vec<u8>> {
-    let b64 = secret.trim().strip_prefix("whsec_")?;
-    STANDARD.decode(b64).ok().filter(|k| !k.is_empty())
-}
-
 /// The `webhook-signature` header value for one attempt.
 pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
@@ -91,13 +85,13 @@ mod tests {
     #[test]
     fn signature_matches_the_standard_webhooks_example() {
         // The example of the Standard Webhooks specification (and its reference libraries).
-        let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let key = crate::secret::whsec_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let body = r#"{"test": 2432232314}"#;
         assert_eq!(
             signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        assert!(signing_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
-        assert!(signing_key("whsec_!!").is_none());
+        assert!(crate::secret::whsec_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
+        assert!(crate::secret::whsec_key("whsec_!!").is_none());
     }
 }

@@ -7,7 +7,7 @@ use lettre::message::Mailbox;
 
 use super::{Compose, compose, new_message_id, parse_mailbox, short_subject};
 use crate::error::{Error, Result};
-use crate::hooks::event;
+use crate::store::event;
 use crate::store::{NewEvent, OutboxKind, Outgoing, ReplyContext, Store, TicketStatus, Tx};
 
 /// An agent's reply to ticket `ticket` (whose subject tag is `tag`).
@@ -68,11 +68,14 @@ fn announce(
     if let Some(row) = tx.outbox_message(outbox)?
         && let Some(m) = tx.message_view(row)?
     {
-        record(event::MESSAGE_ADDED, &event::ticket_message(&t, &m))?;
+        record(
+            crate::event_type::MESSAGE_ADDED,
+            &event::ticket_message(&t, &m),
+        )?;
     }
     if let Some(b) = before.filter(|b| *b != t.status) {
         let data = event::status_changed(&t, Some(b.as_str()), "closed with a reply");
-        record(event::STATUS_CHANGED, &data)?;
+        record(crate::event_type::STATUS_CHANGED, &data)?;
     }
     Ok(())
 }

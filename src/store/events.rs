@@ -1,5 +1,5 @@
 //! The event log: events appended in the transaction of what caused them, each with one
-//! delivery row per hook whose filter matches (see [`crate::hooks::Route`]), and the feed
+//! delivery row per hook whose filter matches (see [`crate::store::Route`]), and the feed
 //! that reads them back in commit order.
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -8,12 +8,12 @@ use serde_json::Value;
 use super::tickets::{messages_on, ticket_on};
 use super::{MessageRow, Store, TicketRow, Tx};
 use crate::error::Result;
-use crate::hooks::Route;
+use crate::store::Route;
 
 /// An event to record, as its caller decided it.
 #[derive(Debug)]
 pub struct NewEvent<'a> {
-    /// `ticket.created`, ... (see [`crate::hooks::event`]).
+    /// `ticket.created`, ... (see [`crate::event_type`]).
     pub kind: &'a str,
     /// The ticket it is about (0: none).
     pub ticket: i64,
@@ -119,13 +119,13 @@ pub(super) fn outbox_result(
         return Ok(());
     };
     let ticket = ticket_on(c, ticket_id)?;
-    let result = crate::hooks::event::OutboxResult {
+    let result = crate::store::event::OutboxResult {
         id,
         kind: &out_kind,
         to: &to,
         detail,
     };
-    let data = crate::hooks::event::outbound(ticket.as_ref(), &result);
+    let data = crate::store::event::outbound(ticket.as_ref(), &result);
     record(
         c,
         routes,
@@ -181,7 +181,7 @@ impl Store {
                     && let Some(after) = ticket_on(c, ticket)?
                 {
                     let why = format!("set {status} by hand");
-                    let data = crate::hooks::event::status_changed(
+                    let data = crate::store::event::status_changed(
                         &after,
                         Some(before.status.as_str()),
                         &why,
@@ -190,7 +190,7 @@ impl Store {
                         c,
                         &routes,
                         &NewEvent {
-                            kind: crate::hooks::event::STATUS_CHANGED,
+                            kind: crate::event_type::STATUS_CHANGED,
                             ticket,
                             mailbox: &after.mailbox,
                             data: &data,
@@ -233,7 +233,7 @@ impl Store {
                 )?;
                 let data =
                     serde_json::json!({"mailbox": mailbox, "error": why, "failures": failures});
-                let kind = crate::hooks::event::MAILBOX_FAILING;
+                let kind = crate::event_type::MAILBOX_FAILING;
                 record(
                     c,
                     &routes,
@@ -276,7 +276,7 @@ impl Store {
                 }
                 let data = serde_json::json!({"mailbox": mailbox, "failures": failures,
                     "failing_since": crate::time::rfc3339(since)});
-                let kind = crate::hooks::event::MAILBOX_RECOVERED;
+                let kind = crate::event_type::MAILBOX_RECOVERED;
                 record(c, &routes, &NewEvent { kind, ticket: 0, mailbox, data: &data, now })?;
                 Ok(true)
             })

@@ -44,11 +44,13 @@
 
 mod codec;
 mod deliveries;
+pub mod event;
 mod events;
 mod kinds;
 mod migrations;
 mod outbox;
 mod tickets;
+pub mod view;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -70,7 +72,6 @@ pub use tickets::{
 pub use worker::{StoreJoin, StoreThread};
 
 use crate::error::{Error, Result};
-use crate::hooks::Route;
 
 /// Checkpoint every 64 MiB of WAL instead of SQLite's 4 MiB: fewer, larger checkpoints.
 const WAL_AUTOCHECKPOINT: i64 = 16384;
@@ -476,5 +477,46 @@ mod tests {
         assert_eq!(n, 0);
         drop((real, copy));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Which events one hook receives: its name and its filters (empty: everything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The hook's name (`[[hook]] name`).
+    pub name: String,
+    /// Event types it takes; empty takes all.
+    pub events: Vec<String>,
+    /// Mailboxes whose events it takes; empty takes all.
+    pub mailboxes: Vec<String>,
+}
+
+impl Route {
+    /// Whether an event of type `kind` about `mailbox` goes to this hook.
+    pub fn matches(&self, kind: &str, mailbox: &str) -> bool {
+        (self.events.is_empty() || self.events.iter().any(|e| e == kind))
+            && (self.mailboxes.is_empty() || self.mailboxes.iter().any(|m| m == mailbox))
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn empty_filters_take_everything_and_filters_narrow() {
+        let all = Route {
+            name: "a".into(),
+            ..Route::default()
+        };
+        assert!(all.matches("ticket.created", ""));
+        let some = Route {
+            name: "b".into(),
+            events: vec!["ticket.created".into()],
+            mailboxes: vec!["support".into()],
+        };
+        assert!(some.matches("ticket.created", "support"));
+        assert!(!some.matches("ticket.created", "sales"));
+        assert!(!some.matches("outbound.sent", "support"));
     }
 }

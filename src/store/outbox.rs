@@ -157,22 +157,12 @@ fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Re
     Ok(id)
 }
 
-/// Whether `address` (any case, any surrounding space) is marked undeliverable at `now`.
-pub(super) fn undeliverable(c: &Connection, address: &str, now: i64) -> Result<bool> {
-    Ok(c.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
-    )?
-    .query_row(params![address.trim().to_ascii_lowercase(), now], |r| {
-        r.get(0)
-    })?)
-}
-
 /// The outbox's part of a message's transaction: what the ack policy asks, and the plain
 /// writes that record what it decided.
 impl Tx<'_> {
     /// Whether `address` bounced recently enough that nothing automatic may go to it.
     pub fn is_undeliverable(&self, address: &str, now: i64) -> Result<bool> {
-        undeliverable(self.c, address, now)
+        super::tickets::undeliverable(self.c, address, now)
     }
 
     /// Acknowledgements queued, being sent or sent to `address` since `since`.
@@ -478,8 +468,8 @@ impl Store {
                 params![id, status, reply, reason, next, now],
             )?;
             let kind = match status {
-                OutboxStatus::Sent => crate::hooks::event::OUTBOUND_SENT,
-                OutboxStatus::Failed => crate::hooks::event::OUTBOUND_FAILED,
+                OutboxStatus::Sent => crate::event_type::OUTBOUND_SENT,
+                OutboxStatus::Failed => crate::event_type::OUTBOUND_FAILED,
                 _ => return Ok(()),
             };
             let detail = if reason.is_empty() { reply } else { reason };

@@ -413,6 +413,16 @@ pub(super) fn messages_on(c: &Connection, column: &str, value: i64) -> Result<Ve
     Ok(messages)
 }
 
+/// Whether `address` (any case, any surrounding space) is marked undeliverable at `now`.
+pub(super) fn undeliverable(c: &Connection, address: &str, now: i64) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
+    )?
+    .query_row(params![address.trim().to_ascii_lowercase(), now], |r| {
+        r.get(0)
+    })?)
+}
+
 fn ticket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRow> {
     Ok(TicketRow {
         id: r.get(0)?,
@@ -790,7 +800,7 @@ impl Store {
     /// Whether `address` bounced recently enough that nothing automatic may go to it at
     /// `now` (Unix seconds).
     pub fn is_undeliverable(&self, address: &str, now: i64) -> Result<bool> {
-        super::outbox::undeliverable(&self.conn, address, now)
+        undeliverable(&self.conn, address, now)
     }
 }
 

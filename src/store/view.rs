@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::store::{MessageRow, TicketRow};
+use super::{MessageRow, TicketRow};
 use crate::time::rfc3339;
 
 /// A ticket as `tickets --json` and `show --json` print it (without its messages).
