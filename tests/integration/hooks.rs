@@ -388,9 +388,9 @@ fn no_secret_or_signature_in_trace_logs() {
     }
 }
 
-#[test]
-fn receiver_down_then_up_during_watch_gets_every_event() {
-    let mut r = Receiver::start();
+/// A Dovecot and a work directory whose config has its mailbox, `[watch]` timings for tests
+/// and R as the hook `desk`.
+fn watched_by(r: &Receiver) -> (Dovecot, Workdir) {
     let dc = Dovecot::start();
     let wd = Workdir::new();
     wd.write_config_with(
@@ -400,6 +400,13 @@ fn receiver_down_then_up_during_watch_gets_every_event() {
             r.toml("desk", "")
         ),
     );
+    (dc, wd)
+}
+
+#[test]
+fn receiver_down_then_up_during_watch_gets_every_event() {
+    let mut r = Receiver::start();
+    let (dc, wd) = watched_by(&r);
     let w = wd.watch(&[]);
     w.wait_log("connected", 1, LONG);
     // up: latency from the append to the receiver
@@ -449,15 +456,7 @@ fn receiver_down_then_up_during_watch_gets_every_event() {
 fn kill_9_of_watch_during_delivery_loses_nothing_and_resends_with_the_same_id() {
     let r = Receiver::start();
     r.fault("slow", None, 0);
-    let dc = Dovecot::start();
-    let wd = Workdir::new();
-    wd.write_config_with(
-        &[dc.mailbox()],
-        &format!(
-            "[watch]\npoll-interval = 60\nbackoff-max = 2\nshutdown-timeout = 10\n\n{}",
-            r.toml("desk", "")
-        ),
-    );
+    let (dc, wd) = watched_by(&r);
     for round in 0..20u32 {
         for n in 0..3 {
             let id = format!("kill-{round}-{n}@example.net");
