@@ -568,12 +568,47 @@ impl PrepPool {
     }
 }
 
+/// Helpers for tests that need messages in a store.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{Identity, Outcome, Plan, Rules, Store, process};
+    use crate::store::Origin;
+
+    /// Processes `raw` into `store` with `rules` (no acknowledgements); its outcome.
+    pub(crate) fn put_with(store: &mut Store, rules: &Rules, raw: &str) -> Outcome {
+        let origin = Origin {
+            source: "test".into(),
+            mailbox: String::new(),
+            imap: None,
+        };
+        let plan = Plan { rules, ack: None };
+        process(
+            store,
+            &Identity::default(),
+            raw.as_bytes(),
+            &origin,
+            0,
+            plan,
+        )
+        .unwrap()
+        .outcome
+    }
+
+    /// A small message from a@example.com about "Printer".
+    pub(crate) fn msg(id: &str, headers: &str, body: &str) -> String {
+        format!(
+            "From: a@example.com\r\nSubject: Printer\r\nMessage-ID: <{id}>\r\n{headers}\r\n{body}\r\n"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The decisions of one message's transaction, through [`process`], on an in-memory store.
 
     use std::ops::{Deref, DerefMut};
 
+    use super::test_support::msg;
     use super::*;
 
     /// A store and the rules its messages are processed with.
@@ -609,31 +644,8 @@ mod tests {
     }
 
     fn put(s: &mut TestStore, raw: &str) -> Outcome {
-        let origin = Origin {
-            source: "test".into(),
-            mailbox: String::new(),
-            imap: None,
-        };
-        let plan = Plan {
-            rules: &s.rules.clone(),
-            ack: None,
-        };
-        process(
-            &mut s.store,
-            &Identity::default(),
-            raw.as_bytes(),
-            &origin,
-            0,
-            plan,
-        )
-        .unwrap()
-        .outcome
-    }
-
-    fn msg(id: &str, headers: &str, body: &str) -> String {
-        format!(
-            "From: a@example.com\r\nSubject: Printer\r\nMessage-ID: <{id}>\r\n{headers}\r\n{body}\r\n"
-        )
+        let rules = s.rules.clone();
+        test_support::put_with(&mut s.store, &rules, raw)
     }
 
     #[test]

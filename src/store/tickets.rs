@@ -807,28 +807,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::Identity;
-    use crate::pipeline::{Plan, Rules, process};
+    use crate::pipeline::Rules;
+    use crate::pipeline::test_support::{msg, put_with};
 
     fn put(s: &mut Store, raw: &str) -> Outcome {
-        let origin = Origin {
-            source: "test".into(),
-            mailbox: String::new(),
-            imap: None,
-        };
-        let plan = Plan {
-            rules: &Rules::default(),
-            ack: None,
-        };
-        process(s, &Identity::default(), raw.as_bytes(), &origin, 0, plan)
-            .unwrap()
-            .outcome
-    }
-
-    fn msg(id: &str, headers: &str, body: &str) -> String {
-        format!(
-            "From: a@example.com\r\nSubject: Printer\r\nMessage-ID: <{id}>\r\n{headers}\r\n{body}\r\n"
-        )
+        put_with(s, &Rules::default(), raw)
     }
 
     #[test]
