@@ -68,6 +68,7 @@ pub mod oauth2;
 pub mod outbound;
 pub mod pipeline;
 pub mod secret;
+pub mod stages;
 pub mod store;
 pub mod summary;
 pub mod sync;

@@ -277,13 +277,15 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         .and_then(|p| parse_dsn(&String::from_utf8_lossy(p.contents())));
     let original = embedded_original(&msg);
 
-    let fingerprint = fingerprint(
-        from.as_ref().map_or("", |m| m.address.as_str()),
-        date,
-        &subject,
-        &text,
-        &attachments,
-    );
+    let fingerprint = crate::stages::time(crate::stages::Stage::Hash, || {
+        fingerprint(
+            from.as_ref().map_or("", |m| m.address.as_str()),
+            date,
+            &subject,
+            &text,
+            &attachments,
+        )
+    });
 
     let (message_id, message_id_derived) = match msg.message_id().map(clean_id) {
         Some(id) if !id.is_empty() => (id, false),
@@ -778,7 +780,9 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let d = crate::stages::time(crate::stages::Stage::Hash, || {
+        ring::digest::digest(&ring::digest::SHA256, data)
+    });
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::message::{self, ParsedMessage};
 use crate::outbound::ack::{self, AckDecision, AckHistory, AckTicket};
 use crate::outbound::{AckPlan, new_message_id};
+use crate::stages::{self, Stage};
 use crate::store::event;
 use crate::store::{
     NewEvent, NewMessage, NewTicket, Origin, Outcome, Store, TicketStatus, Tx, pack,
@@ -85,11 +86,11 @@ pub struct Plan<'a> {
 /// Parses, classifies and compresses `raw`. Never panics, never fails: what cannot be
 /// parsed is marked for the quarantine.
 pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
-    let body = match message::parse(&raw) {
+    let body = match stages::time(Stage::Parse, || message::parse(&raw)) {
         Err(why) => PreparedBody::Unparseable(why.0),
         Ok(parsed) => {
-            let class = classify(&parsed, me);
-            match pack(&raw) {
+            let class = stages::time(Stage::Classify, || classify(&parsed, me));
+            match stages::time(Stage::Compress, || pack(&raw)) {
                 Ok(packed) => PreparedBody::Message {
                     parsed: Box::new(parsed),
                     class,
@@ -166,6 +167,18 @@ pub fn commit(
     received_at: i64,
     plan: Plan<'_>,
 ) -> Result<Stored> {
+    stages::time(Stage::Store, || {
+        commit_timed(store, p, origin, received_at, plan)
+    })
+}
+
+fn commit_timed(
+    store: &mut Store,
+    p: &Prepared,
+    origin: &Origin,
+    received_at: i64,
+    plan: Plan<'_>,
+) -> Result<Stored> {
     let uid = origin.imap.as_ref().map(|i| i.uid);
     let quarantine = |store: &mut Store, why: &str, size: u64| -> Result<Stored> {
         Ok(Stored {
@@ -225,7 +238,7 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
         tx.advance(cursor)?;
         return Ok((Outcome::Duplicate(t), false, m.class.kind));
     }
-    let mut verdict = final_verdict(tx, m, &rules.classify)?;
+    let mut verdict = stages::time(Stage::Thread, || final_verdict(tx, m, &rules.classify))?;
     let kind = verdict.kind;
     // A ticket's times are mailticket's own (when it learnt of it); each message keeps the
     // date its sender gave it.
@@ -235,15 +248,17 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     let failed = failed_recipients(p, kind);
     let placed = match thread::another_copy(held, p) {
         Some(copy) => copy,
-        None => thread::resolve(
-            tx,
-            p,
-            kind,
-            &customer.address,
-            &failed,
-            &rules.threading,
-            now,
-        )?,
+        None => stages::time(Stage::Thread, || {
+            thread::resolve(
+                tx,
+                p,
+                kind,
+                &customer.address,
+                &failed,
+                &rules.threading,
+                now,
+            )
+        })?,
     };
     verdict.reasons.extend(placed.reasons);
     let subject = thread::normalize_subject_with(&p.subject, &rules.threading.tag);

@@ -74,6 +74,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let mut store = join.join()?;
     store.finish()?;
     summary.log(if a.dry_run { "dry run" } else { "sync" });
+    mailticket::stages::log();
     if a.json {
         print_json(&summary)?;
     } else if !ctx.quiet || summary.failed() {

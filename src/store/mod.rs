@@ -322,6 +322,10 @@ impl Store {
     /// `synchronous = NORMAL`, a power cut could lose commits whose mail the server no longer
     /// offers.
     pub fn make_durable(&mut self) -> Result<()> {
+        crate::stages::time(crate::stages::Stage::Durable, || self.durable())
+    }
+
+    fn durable(&mut self) -> Result<()> {
         let Some(path) = self.file().filter(|_| !self.dry_run) else {
             return Ok(());
         };
@@ -368,7 +372,10 @@ impl Store {
                     stopped.recv_timeout(Duration::from_millis(250))
                 {
                     // PASSIVE never blocks the writer; what it cannot copy now it copies later.
-                    if let Err(e) = reader.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    let done = crate::stages::time(crate::stages::Stage::Checkpoint, || {
+                        reader.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                    });
+                    if let Err(e) = done {
                         tracing::debug!(error = %e, "background checkpoint");
                     }
                 }

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use super::{Checkpointer, Store};
 use crate::error::{Error, Result};
+use crate::stages::{self, Stage};
 
 /// Hands a grouped job's result over once its group has committed (or failed to).
 type Deliver = Box<dyn FnOnce(Option<&Error>) + Send>;
@@ -47,7 +48,7 @@ impl StoreThread {
                 let mut next = rx.recv().ok();
                 while let Some(job) = next.take() {
                     match job {
-                        StoreJob::Call(f) => f(&mut store),
+                        StoreJob::Call(f) => stages::time(Stage::Store, || f(&mut store)),
                         StoreJob::Grouped(first) => {
                             next = run_group(&mut store, first, &rx);
                             continue;
@@ -148,7 +149,7 @@ fn run_group(
     let mut leftover = None;
     // Should BEGIN fail (another writer holds the lock too long), every job below commits
     // on its own instead.
-    let grouped = store.begin_group().is_ok();
+    let grouped = stages::time(Stage::Store, || store.begin_group()).is_ok();
     delivers.push(first(store));
     let opened = std::time::Instant::now();
     while delivers.len() < GROUP_MAX && opened.elapsed() < GROUP_TIME {
@@ -161,7 +162,11 @@ fn run_group(
             Err(_) => break,
         }
     }
-    let outcome = if grouped { store.end_group() } else { Ok(()) };
+    let outcome = if grouped {
+        stages::time(Stage::Store, || store.end_group())
+    } else {
+        Ok(())
+    };
     for d in delivers {
         d(outcome.as_ref().err());
     }
