@@ -263,7 +263,8 @@ pub struct DrainReport {
     pub errors: Vec<String>,
 }
 
-/// Sends every due `pending` row through `smtp`.
+/// Sends every due `pending` row through `smtp`, over one connection kept open for the drain
+/// (a new one after a failure; see [`smtp::Session`]).
 pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
     let mut report = DrainReport::default();
     let now = crate::time::now();
@@ -281,6 +282,8 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
         }
         Err(e) => report.errors.push(e.to_string()),
     }
+    // One connection for the whole drain (see `smtp::Session`).
+    let mut session = smtp.session();
     loop {
         // The claim outlives any one send: a live process is never taken for a dead one.
         let lease = i64::try_from(smtp.timeout().as_secs()).unwrap_or(3600) + 60;
@@ -294,7 +297,7 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
             }
         };
         let id = job.id;
-        let result = smtp.send(&job.mail_from, &job.rcpt, &job.raw).await;
+        let result = session.send(&job.mail_from, &job.rcpt, &job.raw).await;
         let done = match result {
             smtp::Sent::Accepted(reply) => {
                 report.sent += 1;
@@ -331,6 +334,7 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
             break;
         }
     }
+    session.close().await;
     report
 }
 

@@ -31,6 +31,10 @@ use crate::secret::Revealed;
 /// How long a polite QUIT may take once the server has answered the message.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How many messages one connection carries before it is closed and a new one opened: a
+/// long drain does not hold one session for ever (servers limit messages per session).
+const MESSAGES_PER_CONNECTION: usize = 100;
+
 /// A configured SMTP server.
 pub struct Smtp {
     host: String,
@@ -150,47 +154,47 @@ impl Smtp {
         self.timeout
     }
 
-    /// Sends `raw` to `rcpt`. Never panics; every outcome is a [`Sent`].
+    /// Sends `raw` to `rcpt` on a connection of its own. Never panics; every outcome is a
+    /// [`Sent`].
     pub async fn send(&self, from: &str, rcpt: &[String], raw: &[u8]) -> Sent {
-        let envelope = match envelope(from, rcpt) {
-            Ok(e) => e,
-            Err(e) => return Sent::Refused(e),
-        };
-        let dot = AtomicBool::new(false);
-        let attempt = async {
-            let mut conn = self.open().await?;
-            let reply = transfer(&mut conn, &envelope, raw, &dot).await;
-            if reply.as_ref().is_err_and(|e| e.status().is_some()) {
-                conn.abort().await;
-            }
-            Ok::<_, Failure>((reply.map_err(Failure::Smtp)?, conn))
-        };
-        let outcome = tokio::time::timeout(self.timeout, attempt).await;
-        let after_dot = dot.load(Ordering::SeqCst);
-        match outcome {
-            Ok(Ok((reply, mut conn))) => {
-                let _ = tokio::time::timeout(QUIT_TIMEOUT, conn.quit()).await;
-                Sent::Accepted(reply_text(&reply))
-            }
-            Err(_) if after_dot => Sent::Uncertain(format!(
+        let mut session = self.session();
+        let sent = session.send(from, rcpt, raw).await;
+        session.close().await;
+        sent
+    }
+
+    /// A session that keeps one connection open across sends (see [`Session`]).
+    pub fn session(&self) -> Session<'_> {
+        Session {
+            smtp: self,
+            conn: None,
+            carried: 0,
+        }
+    }
+
+    /// What a send that did not get its 2xx means for the message: `failure` is `None` when
+    /// the time ran out; `after_dot`: whether the message's final dot went out.
+    fn failed(&self, failure: Option<Failure>, after_dot: bool) -> Sent {
+        match failure {
+            None if after_dot => Sent::Uncertain(format!(
                 "{}: no answer within {} s after the whole message was sent",
                 self.host,
                 self.timeout.as_secs()
             )),
-            Err(_) => Sent::Later(format!(
+            None => Sent::Later(format!(
                 "{}: no answer within {} s",
                 self.host,
                 self.timeout.as_secs()
             )),
-            Ok(Err(Failure::Smtp(e))) if after_dot && e.status().is_none() => {
+            Some(Failure::Smtp(e)) if after_dot && e.status().is_none() => {
                 Sent::Uncertain(format!(
                     "{}: the connection failed after the whole message was sent: {e}",
                     self.host
                 ))
             }
-            Ok(Err(Failure::Auth(m))) => Sent::Later(format!("{}: authentication: {m}", self.host)),
-            Ok(Err(Failure::Token(e))) => Sent::Later(format!("no OAuth2 token for SMTP: {e}")),
-            Ok(Err(Failure::Smtp(e))) => self.classify(&e),
+            Some(Failure::Auth(m)) => Sent::Later(format!("{}: authentication: {m}", self.host)),
+            Some(Failure::Token(e)) => Sent::Later(format!("no OAuth2 token for SMTP: {e}")),
+            Some(Failure::Smtp(e)) => self.classify(&e),
         }
     }
 
@@ -358,6 +362,106 @@ impl Smtp {
                 })
             })
     }
+}
+
+/// One connection to the server kept open across sends, as an outbox drain makes them: opened
+/// on the first send, used for up to [`MESSAGES_PER_CONNECTION`] messages, dropped after any
+/// send that does not end in a 2xx (the next send opens a new one). A kept connection that the
+/// server closed meanwhile is noticed before anything of the message went out, and the
+/// message goes over a new connection instead. Close it with [`Session::close`].
+pub struct Session<'a> {
+    smtp: &'a Smtp,
+    conn: Option<AsyncSmtpConnection>,
+    /// Messages sent over `conn`.
+    carried: usize,
+}
+
+impl Session<'_> {
+    /// Sends `raw` to `rcpt`. Never panics; every outcome is a [`Sent`].
+    pub async fn send(&mut self, from: &str, rcpt: &[String], raw: &[u8]) -> Sent {
+        let envelope = match envelope(from, rcpt) {
+            Ok(e) => e,
+            Err(e) => return Sent::Refused(e),
+        };
+        if let Some(conn) = self.conn.take() {
+            match self.attempt(Some(conn), &envelope, raw).await {
+                Ok(sent) => return sent,
+                Err(e) => tracing::debug!(
+                    host = %self.smtp.host,
+                    error = %e,
+                    "the kept SMTP connection is gone; opening a new one"
+                ),
+            }
+        }
+        self.carried = 0;
+        self.attempt(None, &envelope, raw)
+            .await
+            .unwrap_or_else(|e| self.smtp.classify(&e))
+    }
+
+    /// One try, on the kept connection `reuse` or on a new one, under the timeout. `Err`
+    /// only when the kept connection failed before the message went out.
+    async fn attempt(
+        &mut self,
+        reuse: Option<AsyncSmtpConnection>,
+        envelope: &Envelope,
+        raw: &[u8],
+    ) -> std::result::Result<Sent, lettre::transport::smtp::Error> {
+        let reused = reuse.is_some();
+        let dot = AtomicBool::new(false);
+        let smtp = self.smtp;
+        let attempt = async {
+            let mut conn = match reuse {
+                Some(conn) => conn,
+                None => smtp.open().await?,
+            };
+            let reply = transfer(&mut conn, envelope, raw, &dot).await;
+            if reply.as_ref().is_err_and(|e| e.status().is_some()) {
+                conn.abort().await;
+            }
+            Ok::<_, Failure>((reply.map_err(Failure::Smtp)?, conn))
+        };
+        let outcome = tokio::time::timeout(smtp.timeout, attempt).await;
+        let after_dot = dot.load(Ordering::SeqCst);
+        match outcome {
+            Ok(Ok((reply, conn))) => {
+                self.keep(conn).await;
+                Ok(Sent::Accepted(reply_text(&reply)))
+            }
+            Ok(Err(Failure::Smtp(e))) if reused && !after_dot && gone(&e) => Err(e),
+            Ok(Err(f)) => Ok(smtp.failed(Some(f), after_dot)),
+            Err(_) => Ok(smtp.failed(None, after_dot)),
+        }
+    }
+
+    /// Keeps `conn` for the next message, or closes it once it has carried its share.
+    async fn keep(&mut self, conn: AsyncSmtpConnection) {
+        self.carried += 1;
+        if self.carried < MESSAGES_PER_CONNECTION {
+            self.conn = Some(conn);
+        } else {
+            self.carried = 0;
+            quit(conn).await;
+        }
+    }
+
+    /// Says goodbye on the kept connection, if any.
+    pub async fn close(mut self) {
+        if let Some(conn) = self.conn.take() {
+            quit(conn).await;
+        }
+    }
+}
+
+/// A polite QUIT, not waited for long.
+async fn quit(mut conn: AsyncSmtpConnection) {
+    let _ = tokio::time::timeout(QUIT_TIMEOUT, conn.quit()).await;
+}
+
+/// Whether `e` says the connection is gone (closed, reset, or the server's 421) rather than
+/// that the server refused something.
+fn gone(e: &lettre::transport::smtp::Error) -> bool {
+    e.status().is_none_or(|c| c.to_string() == "421")
 }
 
 /// MAIL, RCPT, DATA and the message, each step on its own, so that `dot` tells whether the

@@ -648,3 +648,36 @@ fn import_with_ack_counts_the_acknowledgements_per_path() {
     assert_eq!(s["mailboxes"][1]["acks_queued"], 0, "{s}");
     assert_eq!(sink.messages().len(), 1);
 }
+
+#[test]
+fn a_drain_sends_over_one_connection_and_a_dropped_one_is_replaced() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    // The sink drops the connection of a "drop" recipient after its message: that one is
+    // uncertain, and the messages after it go out over a new connection.
+    for (i, who) in ["anna", "bruno", "drop", "chloe", "david"]
+        .iter()
+        .enumerate()
+    {
+        let from = format!("{who} <{who}@customer.example>");
+        let mail = simple_mail(&from, &format!("c{i}@customer.example"), "Hello", "");
+        dc.append("INBOX", &mail, false);
+    }
+    let s = wd.mailticket(&["sync", "--json"]).code(1).json();
+    assert_eq!(s["created"], 5, "{s}");
+    assert_eq!(s["outbox"]["sent"], 4, "{s}");
+    assert_eq!(s["outbox"]["uncertain"], 1, "{s}");
+    let got = sink.messages();
+    let on = |who: &str| {
+        got.iter()
+            .find(|m| m.envelope["rcpt_tos"][0] == format!("{who}@customer.example"))
+            .map(|m| m.envelope["connection"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(got.len(), 4, "the dropped one is not stored");
+    assert_eq!(on("anna"), on("bruno"), "one connection before the drop");
+    assert_eq!(on("chloe"), on("david"), "one connection after it");
+    assert_ne!(on("bruno"), on("chloe"), "a new connection after the drop");
+    assert_eq!(status_of(&wd, "drop@customer.example").unwrap(), "sending");
+    assert_eq!(status_of(&wd, "david@customer.example").unwrap(), "sent");
+}
