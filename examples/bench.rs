@@ -738,6 +738,7 @@ fn acks_bench(n: usize) {
             .args(args)
             .current_dir(&work)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
             .expect("run mailticket")
     };

@@ -10,14 +10,18 @@
 //! instead of answering it, and has no OAUTHBEARER: a refused token is replaced once and tried
 //! again on the same connection.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials as LettreCredentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
@@ -41,6 +45,8 @@ pub struct Smtp {
     port: u16,
     tls: TlsMode,
     params: TlsParameters,
+    /// For implicit TLS, which we set up on our own socket (see [`Smtp::open`]).
+    implicit: Option<Arc<rustls::ClientConfig>>,
     auth: Auth,
     timeout: Duration,
 }
@@ -70,6 +76,8 @@ enum Failure {
     Auth(String),
     /// No token to be had.
     Token(Error),
+    /// Connecting or the implicit TLS handshake failed (before anything was said).
+    Connect(String),
 }
 
 /// What became of one message.
@@ -134,11 +142,16 @@ impl Smtp {
             }),
             _ => Auth::None,
         };
+        let implicit = match c.tls {
+            TlsMode::Implicit => Some(crate::tls::client_config(c.ca_file.as_deref())?),
+            _ => None,
+        };
         Ok(Smtp {
             host: c.host.clone(),
             port: c.port(),
             tls: c.tls,
             params,
+            implicit,
             auth,
             timeout: c.timeout(),
         })
@@ -194,6 +207,7 @@ impl Smtp {
             }
             Some(Failure::Auth(m)) => Sent::Later(format!("{}: authentication: {m}", self.host)),
             Some(Failure::Token(e)) => Sent::Later(format!("no OAuth2 token for SMTP: {e}")),
+            Some(Failure::Connect(m)) => Sent::Later(format!("{}: {m}", self.host)),
             Some(Failure::Smtp(e)) => self.classify(&e),
         }
     }
@@ -213,16 +227,14 @@ impl Smtp {
     /// Connects, says EHLO, secures the connection as configured and authenticates.
     async fn open(&self) -> std::result::Result<AsyncSmtpConnection, Failure> {
         let hello = ClientId::default();
-        let wrapper = (self.tls == TlsMode::Implicit).then(|| self.params.clone());
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (self.host.as_str(), self.port),
-            Some(self.timeout),
-            &hello,
-            wrapper,
-            None,
-        )
-        .await
-        .map_err(Failure::Smtp)?;
+        let tcp = self.connect().await?;
+        let stream: Box<dyn AsyncTokioStream> = match &self.implicit {
+            Some(config) => Box::new(self.handshake(config, tcp).await?),
+            None => Box::new(tcp),
+        };
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &hello)
+            .await
+            .map_err(Failure::Smtp)?;
         if self.tls == TlsMode::Starttls {
             if !conn.can_starttls() {
                 conn.abort().await;
@@ -250,6 +262,33 @@ impl Smtp {
             Auth::OAuth2(o) => self.oauth2_auth(&mut conn, o).await?,
         }
         Ok(conn)
+    }
+
+    /// A TCP connection with Nagle's algorithm off: lettre writes a message's final dot on its
+    /// own, and with Nagle on that small write waits for the server's delayed ACK (40 ms a
+    /// message).
+    async fn connect(&self) -> std::result::Result<tokio::net::TcpStream, Failure> {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| Failure::Connect(format!("connecting to port {}: {e}", self.port)))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| Failure::Connect(format!("setting TCP_NODELAY: {e}")))?;
+        Ok(tcp)
+    }
+
+    /// The implicit TLS handshake, certificates verified against `config`.
+    async fn handshake(
+        &self,
+        config: &Arc<rustls::ClientConfig>,
+        tcp: tokio::net::TcpStream,
+    ) -> std::result::Result<Tls, Failure> {
+        let name = rustls_pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|e| Failure::Connect(format!("not a valid server name: {e}")))?;
+        tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map(Tls)
+            .map_err(|e| Failure::Connect(format!("TLS handshake: {e}")))
     }
 
     /// Authenticates with a bearer token, replacing a refused one once.
@@ -349,6 +388,10 @@ impl Smtp {
                 Err(Failure::Smtp(e)) => Err(Error::Network {
                     host: host.clone(),
                     message: e.to_string(),
+                }),
+                Err(Failure::Connect(message)) => Err(Error::Network {
+                    host: host.clone(),
+                    message,
                 }),
             }
         };
@@ -462,6 +505,44 @@ async fn quit(mut conn: AsyncSmtpConnection) {
 /// that the server refused something.
 fn gone(e: &lettre::transport::smtp::Error) -> bool {
     e.status().is_none_or(|c| c.to_string() == "421")
+}
+
+/// An implicit-TLS stream for lettre, over our own socket.
+#[derive(Debug)]
+struct Tls(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for Tls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Tls {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
 }
 
 /// MAIL, RCPT, DATA and the message, each step on its own, so that `dot` tells whether the
