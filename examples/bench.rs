@@ -120,7 +120,7 @@ fn run_measured(bin: &Path, args: &[&std::ffi::OsStr], scratch: &Path) -> Cost {
     for line in String::from_utf8_lossy(&out.stderr).lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
         let fields = &v["fields"];
-        if fields["message"] == "stage seconds" {
+        if fields["message"] == "stage cpu seconds" {
             for (k, x) in fields.as_object().into_iter().flatten() {
                 if let Some(x) = x.as_f64() {
                     cost.stages.push((k.clone(), x));
@@ -166,13 +166,19 @@ fn print_cost(label: &str, c: &Cost, count: usize, all: &[Cost]) {
         all.iter().map(Cost::cpu).collect::<Vec<_>>(),
         all.iter().map(|c| c.peak_kb / 1024.0).collect::<Vec<_>>()
     );
-    let counted: f64 = c.stages.iter().map(|s| s.1).sum();
-    let mut line = format!(
-        "  stages (busy s, all threads): fetch+TLS and the rest {:.2}",
-        (c.cpu() - counted).max(0.0)
-    );
-    for (k, x) in &c.stages {
-        line += &format!(", {k} {x:.2}");
+    let mut line = "  CPU s per stage:".to_owned();
+    for k in [
+        "fetch_tls",
+        "parse",
+        "hash",
+        "classify",
+        "compress",
+        "thread",
+        "sqlite",
+        "checkpoint",
+    ] {
+        let x = c.stages.iter().find(|s| s.0 == k).map_or(0.0, |s| s.1);
+        line += &format!(" {k} {x:.2}");
     }
     println!("{line}");
 }

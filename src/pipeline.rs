@@ -564,6 +564,7 @@ impl PrepPool {
                             Err(_) => break,
                         }
                     }
+                    stages::worker_done(stages::Worker::Prepare);
                 })
                 .map_err(|source| Error::Spawn {
                     what: "a worker thread",

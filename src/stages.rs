@@ -1,10 +1,8 @@
-//! Where a run's time goes: busy time per stage, summed over every thread, from cheap
-//! counters (`Instant` around each stage: a few tens of nanoseconds per message). `sync`
-//! logs them at its end at debug level (target `mailticket::stages`), for `scripts/bench`.
-//!
-//! The stages run on threads that do nothing else while they are timed (the parse workers,
-//! the store's thread, the checkpoint thread), so busy time is close to CPU time on an idle
-//! machine; under load it also counts the time a thread waited for a core.
+//! Where a run's CPU goes, per stage, for `scripts/bench`: each worker thread (the parse
+//! workers, the store's thread, the checkpoint thread) adds up its own CPU time as it ends,
+//! and cheap counters (`Instant` around each stage: a few tens of nanoseconds per message)
+//! say how a worker's time divides between its stages. `sync` logs the split at its end at
+//! debug level (target `mailticket::stages`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -62,32 +60,60 @@ pub fn seconds() -> Vec<(Stage, f64)> {
         .collect()
 }
 
-/// Logs the seconds counted so far (debug level, target `mailticket::stages`), each stage
-/// without the stages it contains.
+/// A worker thread whose own CPU time is added up when it ends (see [`worker_done`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Worker {
+    /// A parse worker (parse, hash, classify, compress).
+    Prepare,
+    /// The store's thread (SQLite, the decisions in the transaction, making commits durable).
+    Store,
+    /// The checkpoint thread.
+    Checkpoint,
+}
+
+static WORKER_TICKS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// Adds the calling thread's CPU time so far to `w`'s; called by a worker as it ends.
+pub fn worker_done(w: Worker) {
+    if let Some(t) = cpu_ticks("/proc/thread-self/stat") {
+        WORKER_TICKS[w as usize].fetch_add(t, Ordering::Relaxed);
+    }
+}
+
+/// utime + stime of `/proc/.../stat`, in clock ticks (100 a second on Linux).
+fn cpu_ticks(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = f.next()?.parse().ok()?;
+    let sys: u64 = f.next()?.parse().ok()?;
+    Some(user + sys)
+}
+
+/// Logs where the process's CPU time went (debug level, target `mailticket::stages`): each
+/// worker's CPU time (read as it ended) split between its stages in proportion to their busy
+/// time, and the rest of the process (the IMAP session: fetch and TLS) as `fetch_tls`.
 pub fn log() {
-    let s: Vec<f64> = seconds().into_iter().map(|(_, v)| v).collect();
-    let [
-        parse,
-        hash,
-        classify,
-        compress,
-        store,
-        thread,
-        checkpoint,
-        durable,
-    ] = s[..]
-    else {
+    let busy: Vec<f64> = seconds().into_iter().map(|(_, v)| v).collect();
+    let [parse, hash, classify, compress, store, thread, _, durable] = busy[..] else {
         return;
     };
+    let cpu = |t: u64| t as f64 / 100.0;
+    let worker = |w: Worker| cpu(WORKER_TICKS[w as usize].load(Ordering::Relaxed));
+    let total = cpu_ticks("/proc/self/stat").map_or(0.0, cpu);
+    let (prep_cpu, store_cpu) = (worker(Worker::Prepare), worker(Worker::Store));
+    let ckpt_cpu = worker(Worker::Checkpoint);
+    let share = |of: f64, part: f64, whole: f64| if whole > 0.0 { of * part / whole } else { 0.0 };
+    let prep = parse + classify + compress;
     tracing::debug!(
         target: "mailticket::stages",
-        parse = parse - hash,
-        hash,
-        classify,
-        compress,
-        sqlite = store - thread - durable,
-        thread,
-        checkpoint = checkpoint + durable,
-        "stage seconds"
+        fetch_tls = (total - prep_cpu - store_cpu - ckpt_cpu).max(0.0),
+        parse = share(prep_cpu, parse - hash, prep),
+        hash = share(prep_cpu, hash, prep),
+        classify = share(prep_cpu, classify, prep),
+        compress = share(prep_cpu, compress, prep),
+        thread = share(store_cpu, thread, store),
+        sqlite = share(store_cpu, store - thread - durable, store),
+        checkpoint = ckpt_cpu + share(store_cpu, durable, store),
+        "stage cpu seconds"
     );
 }

@@ -379,6 +379,7 @@ impl Store {
                         tracing::debug!(error = %e, "background checkpoint");
                     }
                 }
+                crate::stages::worker_done(crate::stages::Worker::Checkpoint);
             })
             .map_err(|source| Error::Spawn {
                 what: "the checkpoint thread",

@@ -56,6 +56,7 @@ impl StoreThread {
                     }
                     next = rx.recv().ok();
                 }
+                stages::worker_done(stages::Worker::Store);
                 (store, checkpointer)
             })
             .map_err(|source| Error::Spawn {
