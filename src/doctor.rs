@@ -442,13 +442,21 @@ async fn check_smtp(r: &mut Report, config: &Config, db: &Path, c: &crate::confi
     };
     let smtp = match crate::outbound::smtp::Smtp::new(c, creds) {
         Ok(s) => s,
-        Err(e) => return r.fail(scope, "setup", &e, "check [smtp] ca-file"),
+        Err(e) => {
+            return r.fail(
+                scope,
+                "setup",
+                &e,
+                "[smtp] ca-file must name a readable PEM file holding the certificate of the \
+                 CA that signed the server's",
+            );
+        }
     };
     match smtp.check().await {
         Ok(()) => r.ok(
             scope,
             "connect",
-            format!("{}:{} ({:?}): TLS, EHLO and AUTH fine", c.host, c.port(), c.tls),
+            format!("{}:{} (tls = {}): TLS, EHLO and AUTH fine", c.host, c.port(), c.tls),
         ),
         Err(e) => r.fail(
             scope,
@@ -490,6 +498,10 @@ async fn check_mailbox(r: &mut Report, scope: &str, mb: &MailboxConfig, creds: &
         }
         Err(e) => {
             let fix = match e {
+                Error::CaFile { .. } => {
+                    "`ca-file` must name a readable PEM file holding the certificate of the CA \
+                     that signed the server's; remove the key to trust the usual roots only"
+                }
                 Error::Tls { .. } => {
                     "for a private CA set `ca-file`; check that `host` is the name on the certificate and `tls` matches the port"
                 }

@@ -55,3 +55,46 @@ fn unusable_ca(path: &Path, why: impl std::fmt::Display) -> Error {
         message: why.to_string(),
     }
 }
+
+/// Whether the server at `host:port` answers a TLS ClientHello with TLS (a handshake record or
+/// an alert): a port that speaks implicit TLS. Asked when a plain-text greeting is late, so
+/// `tls = "starttls"` pointed at port 993 says so at once instead of waiting out the timeout.
+/// Any doubt (no answer within `limit`, a refused connection) is "no".
+pub async fn speaks_tls(host: &str, port: u16, limit: std::time::Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let config = client_config(None).ok()?;
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned()).ok()?;
+        let mut conn = rustls::ClientConnection::new(config, name).ok()?;
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).ok()?;
+        let mut tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        tcp.write_all(&hello).await.ok()?;
+        let mut first = [0u8; 1];
+        let n = tcp.read(&mut first).await.ok()?;
+        // 0x16: a handshake record (ServerHello); 0x15: an alert.
+        Some(n == 1 && (first == [0x16] || first == [0x15]))
+    };
+    matches!(tokio::time::timeout(limit, probe).await, Ok(Some(true)))
+}
+
+/// Whether a failed TLS handshake failed because the server answered in plain text (an
+/// IMAP `* OK` or SMTP `220` greeting): a STARTTLS or plain port spoken to with implicit TLS.
+pub fn answered_in_plain_text(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && answered_in_plain_text(inner)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}

@@ -57,7 +57,7 @@ fn cell(s: &str, n: usize) -> String {
 }
 
 pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_read()?;
     let status = match a.status {
         StatusFilter::Open => Some(TicketStatus::Open),
         StatusFilter::Closed => Some(TicketStatus::Closed),
@@ -91,7 +91,7 @@ pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
 }
 
 pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_read()?;
     let Some((t, messages)) = store.ticket(a.id)? else {
         return Err(Usage(format!("no ticket {}", a.id)).into());
     };
@@ -202,7 +202,7 @@ fn write_new(dir: &std::path::Path, name: &str, data: &[u8]) -> anyhow::Result<s
 }
 
 pub fn quarantine(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_read()?;
     let rows = store.quarantined()?;
     if a.json {
         let v: Vec<Value> = rows

@@ -62,6 +62,7 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
             client
         }
         TlsMode::Starttls => {
+            expect_plain_text(mb, &tcp).await?;
             let mut client = Client::new(Conn::plain(tcp));
             greeting(host, limit, &mut client).await?;
             timed(host, limit, "sending STARTTLS", async {
@@ -83,6 +84,7 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
             Client::new(Conn::tls(handshake(mb, tcp).await?))
         }
         TlsMode::None => {
+            expect_plain_text(mb, &tcp).await?;
             let mut client = Client::new(Conn::plain(tcp));
             greeting(host, limit, &mut client).await?;
             client
@@ -101,6 +103,33 @@ pub async fn authenticate(mb: &MailboxConfig, client: Client, creds: &Credential
     Ok(imap)
 }
 
+/// How long a plain-text greeting may keep us waiting before we ask whether the port speaks
+/// implicit TLS (a TLS server says nothing until the client's hello).
+const GREETING_PROBE_AFTER: Duration = Duration::from_secs(2);
+
+/// Fails at once, saying so, when the server has not greeted us within
+/// [`GREETING_PROBE_AFTER`] because its port speaks implicit TLS.
+async fn expect_plain_text(mb: &MailboxConfig, tcp: &TcpStream) -> Result<()> {
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(GREETING_PROBE_AFTER, tcp.peek(&mut first))
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    if crate::tls::speaks_tls(&mb.host, mb.port(), mb.timeout().min(GREETING_PROBE_AFTER)).await {
+        return Err(Error::Protocol {
+            host: format!("{}:{}", mb.host, mb.port()),
+            message: format!(
+                "speaks implicit TLS, not plain-text IMAP: set tls = \"implicit\" for this \
+                 port, or keep tls = \"{}\" with the server's plain-text port (usually 143)",
+                mb.tls
+            ),
+        });
+    }
+    Ok(())
+}
+
 async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
     let host = mb.host.as_str();
     let config = crate::tls::client_config(mb.ca_file.as_deref())?;
@@ -110,6 +139,15 @@ async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpSt
     })?;
     timed(host, mb.timeout(), "TLS handshake", async {
         TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
+            if mb.tls == TlsMode::Implicit && crate::tls::answered_in_plain_text(&e) {
+                return Error::Protocol {
+                    host: format!("{host}:{}", mb.port()),
+                    message: "answered in plain text, not TLS: this port wants \
+                              tls = \"starttls\" (or use the server's implicit-TLS port, \
+                              usually 993)"
+                        .into(),
+                };
+            }
             let mut message = e.to_string();
             if message.contains("UnknownIssuer") {
                 message.push_str(
