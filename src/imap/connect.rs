@@ -24,7 +24,7 @@ pub async fn connect(mb: &MailboxConfig, creds: &Credentials) -> Result<Imap> {
     let tcp = dial(mb).await?;
     let client = secure(mb, tcp).await?;
     let imap = authenticate(mb, client, creds).await?;
-    tracing::info!(mailbox = %mb.name, host = %mb.host, tls = ?mb.tls, "connected");
+    tracing::info!(mailbox = %mb.name, host = %mb.host, tls = %mb.tls, "connected");
     Ok(imap)
 }
 
@@ -103,21 +103,23 @@ pub async fn authenticate(mb: &MailboxConfig, client: Client, creds: &Credential
     Ok(imap)
 }
 
-/// How long a plain-text greeting may keep us waiting before we ask whether the port speaks
-/// implicit TLS (a TLS server says nothing until the client's hello).
-const GREETING_PROBE_AFTER: Duration = Duration::from_secs(2);
-
 /// Fails at once, saying so, when the server has not greeted us within
-/// [`GREETING_PROBE_AFTER`] because its port speaks implicit TLS.
+/// [`crate::tls::PROBE_AFTER`] because its port speaks implicit TLS.
 async fn expect_plain_text(mb: &MailboxConfig, tcp: &TcpStream) -> Result<()> {
     let mut first = [0u8; 1];
-    if tokio::time::timeout(GREETING_PROBE_AFTER, tcp.peek(&mut first))
+    if tokio::time::timeout(crate::tls::PROBE_AFTER, tcp.peek(&mut first))
         .await
         .is_ok()
     {
         return Ok(());
     }
-    if crate::tls::speaks_tls(&mb.host, mb.port(), mb.timeout().min(GREETING_PROBE_AFTER)).await {
+    if crate::tls::speaks_tls(
+        &mb.host,
+        mb.port(),
+        mb.timeout().min(crate::tls::PROBE_AFTER),
+    )
+    .await
+    {
         return Err(Error::Protocol {
             host: format!("{}:{}", mb.host, mb.port()),
             message: format!(
@@ -189,12 +191,20 @@ async fn greeting(host: &str, limit: Duration, client: &mut Client) -> Result<()
                 outcome.information.as_deref().unwrap_or("")
             ),
         }),
-        other => Err(Error::Protocol {
+        Response::Data { status, outcome } => Err(Error::Protocol {
             host: host.to_owned(),
             message: format!(
-                "unexpected greeting: {}",
-                excerpt(format!("{other:?}").as_bytes(), SERVER_TEXT)
+                "the server refused the connection in its greeting ({}): {}",
+                if *status == Status::No { "NO" } else { "BAD" },
+                excerpt(
+                    outcome.information.as_deref().unwrap_or("").as_bytes(),
+                    SERVER_TEXT
+                )
             ),
+        }),
+        _ => Err(Error::Protocol {
+            host: host.to_owned(),
+            message: "the server's first line is not an IMAP greeting (`* OK`)".into(),
         }),
     }
 }

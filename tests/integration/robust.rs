@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::harness::{Dovecot, Mailbox, Workdir, mailticket_cmd, quoted, run, simple_mail};
+use crate::sink::Sink;
 
 /// Every command that only reads the store, with its arguments.
 fn reading_commands(out: &Path) -> Vec<Vec<String>> {
@@ -317,4 +318,128 @@ fn implicit_tls_pointed_at_the_plain_text_port_says_so_at_once() {
         ..dc.mailbox()
     }]);
     wd.mailticket(&["sync"]).success();
+}
+
+/// `doctor --json` with only this `[smtp]` table: the SMTP step's error, in under 5 s.
+fn smtp_doctor_error(smtp: &str) -> String {
+    let wd = Workdir::new();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n{smtp}",
+        quoted(&wd.db().to_string_lossy())
+    ));
+    let started = std::time::Instant::now();
+    let r = wd.mailticket(&["doctor", "--json"]);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "took {took:?}: {r:?}"
+    );
+    let v = r.json();
+    let step = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scope"] == "smtp" && s["step"] == "connect")
+        .unwrap_or_else(|| panic!("no smtp connect step: {v}"))
+        .clone();
+    if step["status"] == "ok" {
+        return String::new();
+    }
+    step["detail"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn smtp_with_the_wrong_tls_mode_for_the_port_says_so_at_once() {
+    let sink = Sink::start();
+    let starttls = sink.smtp_toml();
+    let on_tls_port = starttls.replace(
+        &format!("port = {}", sink.port),
+        &format!("port = {}", sink.tls_port),
+    );
+    let e = smtp_doctor_error(&on_tls_port);
+    assert!(
+        e.contains(&format!("localhost:{}: speaks implicit TLS", sink.tls_port))
+            && e.contains("tls = \"implicit\""),
+        "{e}"
+    );
+    let implicit_on_plain_port = starttls.replace("tls = \"starttls\"", "tls = \"implicit\"");
+    let e = smtp_doctor_error(&implicit_on_plain_port);
+    assert!(
+        e.contains(&format!("localhost:{}", sink.port))
+            && e.contains("answered in plain text")
+            && e.contains("tls = \"starttls\""),
+        "{e}"
+    );
+    // The right pairs pass.
+    assert_eq!(smtp_doctor_error(&starttls), "");
+    let implicit = on_tls_port.replace("tls = \"starttls\"", "tls = \"implicit\"");
+    assert_eq!(smtp_doctor_error(&implicit), "");
+}
+
+#[test]
+fn smtp_and_imap_trust_the_same_roots_and_read_ca_file_alike() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    // The system's roots (SSL_CERT_FILE holds the test CAs): no ca-file needed by either.
+    let wd = Workdir::new();
+    let both = wd.path("roots.pem");
+    let pem = [dc.ca_file(), sink.ca_file()]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&both, pem).unwrap();
+    let no_ca = |toml: &str| -> String {
+        toml.lines()
+            .filter(|l| !l.starts_with("ca-file"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let mailbox = no_ca(
+        &Mailbox {
+            ca_file: None,
+            ..dc.mailbox()
+        }
+        .toml(),
+    );
+    let smtp = no_ca(&sink.smtp_toml());
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n{mailbox}\n{smtp}",
+        quoted(&wd.db().to_string_lossy())
+    ));
+    let mut cmd = wd.cmd(&["doctor", "--json"]);
+    cmd.env("SSL_CERT_FILE", &both);
+    let v = run(cmd, None).success().json();
+    assert_eq!(v["ok"], true, "{v}");
+
+    // A ca-file without a certificate is the same error for both.
+    let junk = wd.path("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let junk_line = format!("ca-file = {}\n", quoted(&junk.to_string_lossy()));
+    let smtp = sink.smtp_toml().replace(
+        &format!("ca-file = {}\n", quoted(&sink.ca_file().to_string_lossy())),
+        &junk_line,
+    );
+    let mailbox = Mailbox {
+        ca_file: Some(junk.clone()),
+        ..dc.mailbox()
+    }
+    .toml();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n{mailbox}\n{smtp}",
+        quoted(&wd.db().to_string_lossy())
+    ));
+    let v = wd.mailticket(&["doctor", "--json"]).code(1).json();
+    for scope in ["smtp", "mailbox support"] {
+        let failed = v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["scope"] == scope && s["status"] == "fail")
+            .unwrap_or_else(|| panic!("{scope} did not fail: {v}"));
+        let detail = failed["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("ca-file {}: no PEM certificate", junk.display())),
+            "{scope}: {detail}"
+        );
+    }
 }
