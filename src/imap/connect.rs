@@ -62,9 +62,7 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
             client
         }
         TlsMode::Starttls => {
-            expect_plain_text(mb, &tcp).await?;
-            let mut client = Client::new(Conn::plain(tcp));
-            greeting(host, limit, &mut client).await?;
+            let mut client = plain_greeting(mb, tcp).await?;
             timed(host, limit, "sending STARTTLS", async {
                 client
                     .run_command_and_check_ok("STARTTLS", None)
@@ -83,12 +81,7 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
             };
             Client::new(Conn::tls(handshake(mb, tcp).await?))
         }
-        TlsMode::None => {
-            expect_plain_text(mb, &tcp).await?;
-            let mut client = Client::new(Conn::plain(tcp));
-            greeting(host, limit, &mut client).await?;
-            client
-        }
+        TlsMode::None => plain_greeting(mb, tcp).await?,
     })
 }
 
@@ -101,6 +94,19 @@ pub async fn authenticate(mb: &MailboxConfig, client: Client, creds: &Credential
     let mut imap = Imap::new(session, mb.host.clone(), mb.timeout());
     imap.load_capabilities().await?;
     Ok(imap)
+}
+
+/// The greeting on a plain-text connection, within the mailbox's timeout in all: a port that
+/// speaks implicit TLS is found out after [`crate::tls::PROBE_AFTER`] and said so.
+async fn plain_greeting(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
+    let (host, limit) = (mb.host.as_str(), mb.timeout());
+    timed(host, limit, "waiting for the greeting", async {
+        expect_plain_text(mb, &tcp).await?;
+        let mut client = Client::new(Conn::plain(tcp));
+        greeting(host, limit, &mut client).await?;
+        Ok(client)
+    })
+    .await
 }
 
 /// Fails at once, saying so, when the server has not greeted us within
