@@ -194,20 +194,7 @@ impl Store {
 
     /// [`Store::open_existing`] for a store the caller cannot write.
     fn open_read_only(path: &Path) -> Result<Store> {
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let mode = if Path::new(&wal).exists() {
-            "mode=ro"
-        } else {
-            "immutable=1"
-        };
-        let conn = Connection::open_with_flags(
-            format!("file:{}?{mode}", uri_path(path)),
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_URI
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(30))?;
+        let conn = read_only_connection(path)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version != migrations::LATEST {
             return Err(Error::Schema(format!(
@@ -471,6 +458,30 @@ impl Store {
 /// "store: inserting a message: database or disk is full".
 pub(crate) fn sql<T>(op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     f().map_err(|e| e.during(op))
+}
+
+/// A read-only connection to the existing store at `path` that writes nothing beside it:
+/// when a `-wal` file exists a writer is at work and its WAL is read too (`mode=ro`); when
+/// none exists no connection is open, every commit is in the main file, and that is read as
+/// immutable (a read-only connection to a WAL database would otherwise create `-wal` and
+/// `-shm` files, and leave them behind). For [`Store::open_existing`] and `doctor`.
+pub fn read_only_connection(path: &Path) -> Result<Connection> {
+    check_store_path(path)?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mode = if Path::new(&wal).exists() {
+        "mode=ro"
+    } else {
+        "immutable=1"
+    };
+    let conn = Connection::open_with_flags(
+        format!("file:{}?{mode}", uri_path(path)),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
 }
 
 /// The error for a store path that is a folder.

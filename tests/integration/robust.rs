@@ -76,10 +76,36 @@ fn a_db_that_is_a_folder_says_so() {
         let r = mailticket_with_db(&wd, &dir, &args).code(2);
         r.stderr_mentions(&[&format!("{} is a folder", dir.display()), "mailticket.db"]);
     }
+    // doctor goes on to the store with a config that has no mailbox
+    wd.write_raw_config("[store]\n");
+    let doctor = mailticket_with_db(&wd, &dir, &["doctor".to_owned()]);
+    assert!(
+        doctor
+            .stdout
+            .contains(&format!("{} is a folder", dir.display())),
+        "{doctor:?}"
+    );
     assert!(
         names_in(&dir).is_empty(),
         "nothing was created in the folder"
     );
+}
+
+#[test]
+fn doctor_reads_the_store_without_leaving_wal_files() {
+    let wd = Workdir::new();
+    let dir = wd.path("s");
+    let db = store_with_a_ticket(&wd, &dir);
+    let before = names_in(&dir);
+    assert_eq!(before, ["store.db"]);
+    wd.write_raw_config("[store]\n");
+    let r = mailticket_with_db(&wd, &db, &["doctor".to_owned()]);
+    assert!(r.stdout.contains("schema"), "{r:?}");
+    let after: Vec<String> = names_in(&dir)
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(after, before, "{r:?}");
 }
 
 #[test]
