@@ -14,7 +14,7 @@ pub struct Backoff {
     min: Duration,
     cap: Duration,
     attempt: u32,
-    rng: u64,
+    rng: fastrand::Rng,
 }
 
 impl Backoff {
@@ -24,7 +24,7 @@ impl Backoff {
             min,
             cap: cap.max(min),
             attempt: 0,
-            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+            rng: fastrand::Rng::with_seed(seed),
         }
     }
 
@@ -60,14 +60,8 @@ impl Backoff {
     }
 
     fn jitter(&mut self, up_to: Duration) -> Duration {
-        // splitmix64: good enough to spread reconnects, no dependency.
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
         let millis = u64::try_from(up_to.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(z % millis.saturating_add(1))
+        Duration::from_millis(self.rng.u64(0..=millis))
     }
 }
 

@@ -435,6 +435,17 @@ pub enum TlsMode {
     None,
 }
 
+impl std::fmt::Display for TlsMode {
+    /// The word the config uses.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsMode::Implicit => "implicit",
+            TlsMode::Starttls => "starttls",
+            TlsMode::None => "none",
+        })
+    }
+}
+
 /// How we log in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -336,6 +336,14 @@ fn check_store(r: &mut Report, db: &Path) {
         );
         return;
     }
+    if let Err(e @ Error::StorePath { .. }) = open_read_only(db) {
+        return r.fail(
+            "store",
+            "file",
+            &e,
+            "point --db or [store] path at the database file",
+        );
+    }
     check_schema(r, db);
     match StoreLock::acquire(db, "doctor") {
         Ok(_) => r.ok("store", "lock", "free".into()),
@@ -351,17 +359,17 @@ fn check_store(r: &mut Report, db: &Path) {
     check_outbox(r, db);
 }
 
-/// Opens the store read-only, beside whatever is writing to it.
-fn open_read_only(db: &Path) -> rusqlite::Result<rusqlite::Connection> {
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    rusqlite::Connection::open_with_flags(db, flags)
+/// Opens the store read-only, beside whatever is writing to it, leaving no file behind.
+fn open_read_only(db: &Path) -> crate::error::Result<rusqlite::Connection> {
+    crate::store::read_only_connection(db)
 }
 
 /// The store's schema version against this binary's.
 fn check_schema(r: &mut Report, db: &Path) {
-    let version = open_read_only(db)
-        .and_then(|c| c.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0)));
+    let version = open_read_only(db).and_then(|c| {
+        c.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+            .map_err(|e| Error::store("reading the schema version", e))
+    });
     match version {
         Ok(v) if v == SCHEMA_VERSION => {
             r.ok("store", "schema", format!("{}: version {v}", db.display()))
@@ -389,7 +397,7 @@ fn check_schema(r: &mut Report, db: &Path) {
         Err(e) => r.fail(
             "store",
             "schema",
-            &Error::store("reading the schema version", e),
+            &e,
             "check the path and permissions; restore it from a backup if it is damaged",
         ),
     }
@@ -399,7 +407,7 @@ fn check_schema(r: &mut Report, db: &Path) {
 fn check_outbox(r: &mut Report, db: &Path) {
     // A row that a live process is sending right now is neither stuck nor failed.
     let now = crate::time::now();
-    let stuck = open_read_only(db).and_then(|c| {
+    let count = |c: rusqlite::Connection| -> rusqlite::Result<i64> {
         let mut s = c.prepare(
             "SELECT status, claimed_by, claimed_until FROM outbox
              WHERE status IN ('sending', 'failed')",
@@ -415,10 +423,11 @@ fn check_outbox(r: &mut Report, db: &Path) {
             }
         }
         Ok(n)
-    });
+    };
+    let stuck = open_read_only(db).ok().and_then(|c| count(c).ok());
     match stuck {
-        Ok(0) => r.ok("store", "outbox", "nothing stuck or failed".into()),
-        Ok(n) => r.push(
+        Some(0) => r.ok("store", "outbox", "nothing stuck or failed".into()),
+        Some(n) => r.push(
             "store",
             "outbox",
             Status::Warn,
@@ -426,7 +435,7 @@ fn check_outbox(r: &mut Report, db: &Path) {
             Some("see `mailticket outbox`; `mailticket outbox --retry ID` sends one again"),
         ),
         // A store older than the outbox has none.
-        Err(_) => {}
+        None => {}
     }
 }
 
@@ -442,13 +451,21 @@ async fn check_smtp(r: &mut Report, config: &Config, db: &Path, c: &crate::confi
     };
     let smtp = match crate::outbound::smtp::Smtp::new(c, creds) {
         Ok(s) => s,
-        Err(e) => return r.fail(scope, "setup", &e, "check [smtp] ca-file"),
+        Err(e) => {
+            return r.fail(
+                scope,
+                "setup",
+                &e,
+                "[smtp] ca-file must name a readable PEM file holding the certificate of the \
+                 CA that signed the server's",
+            );
+        }
     };
     match smtp.check().await {
         Ok(()) => r.ok(
             scope,
             "connect",
-            format!("{}:{} ({:?}): TLS, EHLO and AUTH fine", c.host, c.port(), c.tls),
+            format!("{}:{} (tls = {}): TLS, EHLO and AUTH fine", c.host, c.port(), c.tls),
         ),
         Err(e) => r.fail(
             scope,
@@ -490,6 +507,10 @@ async fn check_mailbox(r: &mut Report, scope: &str, mb: &MailboxConfig, creds: &
         }
         Err(e) => {
             let fix = match e {
+                Error::CaFile { .. } => {
+                    "`ca-file` must name a readable PEM file holding the certificate of the CA \
+                     that signed the server's; remove the key to trust the usual roots only"
+                }
                 Error::Tls { .. } => {
                     "for a private CA set `ca-file`; check that `host` is the name on the certificate and `tls` matches the port"
                 }

@@ -70,6 +70,10 @@ pub enum Error {
     #[error("store: {0}")]
     Schema(String),
 
+    /// `--db` (or `[store] path`) names no store: nothing there, or a folder.
+    #[error("{message}")]
+    StorePath { path: PathBuf, message: String },
+
     /// A group commit failed, or SQLite rolled a group's transaction back: nothing of the
     /// group was kept.
     #[error("not stored: {0}")]
@@ -132,7 +136,10 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Error::Config { .. } | Error::Secret { .. } | Error::CaFile { .. }
+            Error::Config { .. }
+                | Error::Secret { .. }
+                | Error::CaFile { .. }
+                | Error::StorePath { .. }
         )
     }
 

@@ -13,8 +13,7 @@ use crate::error::{Error, Result};
 
 /// A secret as written in the config: `"literal"`, `{ env = "VAR" }`, `{ file = "path" }` or
 /// `{ command = ["prog", "arg"] }`.
-#[derive(Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone)]
 pub enum Secret {
     /// The secret itself, written in the config file.
     Plain(String),
@@ -23,8 +22,7 @@ pub enum Secret {
 }
 
 /// The one-key table forms of a secret.
-#[derive(Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Clone)]
 pub enum SecretSource {
     /// An environment variable.
     Env(String),
@@ -32,6 +30,55 @@ pub enum SecretSource {
     File(PathBuf),
     /// A command whose standard output (first line) is the secret.
     Command(Vec<String>),
+}
+
+/// The forms a secret may take, for an error about one that is none of them.
+const FORMS: &str = "a secret is one of: \"the secret itself\", { env = \"VARIABLE\" }, \
+                     { file = \"/path/to/file\" }, { command = [\"program\", \"argument\"] }";
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Secret, D::Error> {
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Reads a secret in one of its four forms, and says which forms there are when it is none.
+struct SecretVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(FORMS)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Secret, E> {
+        Ok(Secret::Plain(v.to_owned()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Secret, A::Error> {
+        use serde::de::Error as _;
+        let Some(key) = map.next_key::<String>()? else {
+            return Err(A::Error::custom(format!("an empty table; {FORMS}")));
+        };
+        let source = match key.as_str() {
+            "env" => SecretSource::Env(map.next_value()?),
+            "file" => SecretSource::File(map.next_value()?),
+            "command" => SecretSource::Command(map.next_value()?),
+            other => {
+                return Err(A::Error::custom(format!("unknown key `{other}`; {FORMS}")));
+            }
+        };
+        if let Some(more) = map.next_key::<String>()? {
+            return Err(A::Error::custom(format!(
+                "`{key}` and `{more}` in one table; {FORMS}"
+            )));
+        }
+        Ok(Secret::Source(source))
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -185,6 +232,51 @@ pub fn whsec_key(secret: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Holder {
+        #[allow(dead_code)]
+        password: Secret,
+    }
+
+    fn read(text: &str) -> std::result::Result<Secret, String> {
+        toml::from_str::<Holder>(text)
+            .map(|h| h.password)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_secret_that_is_none_of_the_forms_lists_them_all() {
+        for (text, says) in [
+            ("password = { evn = 'X' }", "unknown key `evn`"),
+            (
+                "password = { env = 'X', file = 'y' }",
+                "`env` and `file` in one table",
+            ),
+            ("password = {}", "an empty table"),
+            ("password = 5", "invalid type"),
+        ] {
+            let e = read(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+            for form in ["the secret itself", "{ env =", "{ file =", "{ command ="] {
+                assert!(e.contains(form), "{text}: {e}");
+            }
+            assert!(!e.contains("untagged"), "{e}");
+        }
+        assert!(matches!(read("password = 'p'"), Ok(Secret::Plain(p)) if p == "p"));
+        assert!(matches!(
+            read("password = { command = ['a', 'b'] }"),
+            Ok(Secret::Source(SecretSource::Command(c))) if c == ["a", "b"]
+        ));
+        assert!(matches!(
+            read("password = { file = '/f' }"),
+            Ok(Secret::Source(SecretSource::File(_)))
+        ));
+        assert!(matches!(
+            read("password = { env = 'V' }"),
+            Ok(Secret::Source(SecretSource::Env(v))) if v == "V"
+        ));
+    }
 
     #[derive(Deserialize, Debug)]
     struct T {

@@ -26,7 +26,7 @@ pub struct EventsArgs {
 }
 
 pub fn run(ctx: &Ctx, a: &EventsArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_read()?;
     let mut cursor = print_since(&store, a.since, a.json)?;
     if !a.follow {
         return Ok(0);

@@ -36,7 +36,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_read()?;
     let ids: Vec<i64> = if a.tickets.is_empty() {
         let mut all: Vec<i64> = store.tickets(None)?.iter().map(|t| t.id).collect();
         all.sort_unstable();

@@ -32,11 +32,22 @@ pub struct HooksArgs {
     pub json: bool,
 }
 
+impl HooksArgs {
+    /// Only the listing: nothing sent, queued or enabled.
+    pub fn reads_only(&self) -> bool {
+        !self.send && self.retry.is_none() && self.test.is_none() && self.enable.is_none()
+    }
+}
+
 pub fn run(ctx: &Ctx, a: &HooksArgs) -> anyhow::Result<u8> {
     if let Some(name) = &a.test {
         return test(ctx, name, a.json);
     }
-    let mut store = ctx.open_store()?;
+    let mut store = if a.reads_only() {
+        ctx.open_store_read()?
+    } else {
+        ctx.open_store()?
+    };
     if let Some(name) = &a.enable {
         if !store.hook_enable(name)? {
             return Err(Usage(format!("hook {name:?} is not disabled")).into());

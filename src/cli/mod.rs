@@ -107,6 +107,22 @@ pub enum Command {
     OAuth2(oauth2::OAuth2Args),
 }
 
+impl Command {
+    /// Whether the command only reads the store (it must exist, and may be read-only).
+    pub fn reads_only(&self) -> bool {
+        match self {
+            Command::Tickets(_)
+            | Command::Show(_)
+            | Command::Quarantine(_)
+            | Command::Events(_)
+            | Command::Export(_) => true,
+            Command::Outbox(a) => a.reads_only(),
+            Command::Hooks(a) => a.reads_only(),
+            _ => false,
+        }
+    }
+}
+
 /// A usage error: exit status 2.
 #[derive(Debug)]
 pub struct Usage(pub String);
@@ -221,7 +237,18 @@ impl Ctx {
             .clone()
             .unwrap_or_else(|| PathBuf::from("mailticket.toml"));
         let (mut config, found) = if named.is_some() || path.exists() {
-            (Config::load(&path)?, true)
+            match Config::load(&path) {
+                Ok(config) => (config, true),
+                // `--db X tickets` reads X and needs nothing from a config nobody named.
+                Err(e) if named.is_none() && args.db.is_some() && args.command.reads_only() => {
+                    tracing::warn!(
+                        error = mailticket::error::chain_text(&e),
+                        "config ignored: this command reads the store named by --db"
+                    );
+                    (Config::default(), false)
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             (Config::default(), false)
         };
@@ -243,6 +270,12 @@ impl Ctx {
         let mut store = Store::open(&self.db)?;
         store.set_routes(mailticket::hooks::deliver::routes(&self.config));
         Ok(store)
+    }
+
+    /// The existing store, for a command that only reads it: a missing store is an error
+    /// (nothing is created), a read-only one is read without writing to it.
+    pub fn open_store_read(&self) -> anyhow::Result<Store> {
+        Ok(Store::open_existing(&self.db)?)
     }
 
     /// The mailboxes named by `--mailbox` (all when none is named); a usage error when there

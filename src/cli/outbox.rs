@@ -47,8 +47,19 @@ pub struct StatusArgs {
     pub id: i64,
 }
 
+impl OutboxArgs {
+    /// Only the listing: nothing retried or sent.
+    pub fn reads_only(&self) -> bool {
+        self.retry.is_none() && !self.send
+    }
+}
+
 pub fn outbox(ctx: &Ctx, a: &OutboxArgs) -> anyhow::Result<u8> {
-    let mut store = ctx.open_store()?;
+    let mut store = if a.reads_only() {
+        ctx.open_store_read()?
+    } else {
+        ctx.open_store()?
+    };
     let mut code = 0;
     if let Some(id) = a.retry {
         match store.outbox_retry(id)? {

@@ -45,19 +45,37 @@ pub struct QuarantineArgs {
     pub json: bool,
 }
 
-/// Cuts `s` to `n` characters for a table cell.
+/// Cuts `s` to `n` terminal columns for a table cell (a CJK character or an emoji takes two),
+/// ending in "…" when cut.
 fn cell(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if s.width() <= n {
+        return s.to_owned();
     }
+    let mut out = String::new();
+    let mut width = 0;
+    for c in s.chars() {
+        width += c.width().unwrap_or(0);
+        if width > n.saturating_sub(1) {
+            break;
+        }
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// [`cell`], padded with spaces to exactly `n` columns (`{:<n}` pads by characters, which
+/// misaligns wide characters).
+fn padded(s: &str, n: usize) -> String {
+    let mut out = cell(s, n);
+    let width = unicode_width::UnicodeWidthStr::width(out.as_str());
+    out.push_str(&" ".repeat(n.saturating_sub(width)));
+    out
 }
 
 pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_read()?;
     let status = match a.status {
         StatusFilter::Open => Some(TicketStatus::Open),
         StatusFilter::Closed => Some(TicketStatus::Closed),
@@ -78,12 +96,12 @@ pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
     );
     for t in &rows {
         outln!(
-            "{:>6}  {:<6}  {:<20}  {:>4}  {:<30}  {}",
+            "{:>6}  {:<6}  {:<20}  {:>4}  {}  {}",
             t.id,
             t.status,
             rfc3339(t.updated_at),
             t.messages,
-            cell(&t.customer, 30),
+            padded(&t.customer, 30),
             cell(&t.subject, 60)
         );
     }
@@ -91,7 +109,7 @@ pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
 }
 
 pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_read()?;
     let Some((t, messages)) = store.ticket(a.id)? else {
         return Err(Usage(format!("no ticket {}", a.id)).into());
     };
@@ -202,7 +220,7 @@ fn write_new(dir: &std::path::Path, name: &str, data: &[u8]) -> anyhow::Result<s
 }
 
 pub fn quarantine(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_read()?;
     let rows = store.quarantined()?;
     if a.json {
         let v: Vec<Value> = rows
@@ -224,13 +242,37 @@ pub fn quarantine(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {
     );
     for q in &rows {
         outln!(
-            "{:>5}  {:<30}  {:>6}  {:>8}  {}",
+            "{:>5}  {}  {:>6}  {:>8}  {}",
             q.id,
-            cell(&q.source, 30),
+            padded(&q.source, 30),
             q.uid,
             q.size,
             q.error
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicode_width::UnicodeWidthStr;
+
+    #[test]
+    fn cells_are_cut_and_padded_by_terminal_columns() {
+        assert_eq!(cell("short", 10), "short");
+        assert_eq!(cell("abcdefghijkl", 5), "abcd…");
+        // Each of these takes two columns: 4 of them and the "…" fill 9 of 10.
+        let cut = cell("日本語のメールです", 10);
+        assert_eq!(cut, "日本語の…");
+        assert!(cut.width() <= 10);
+        for s in [
+            "日本語のメールです",
+            "Zoë",
+            "📦📦📦📦📦📦📦📦",
+            "plain text that is long",
+        ] {
+            assert_eq!(padded(s, 12).width(), 12, "{s}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub async fn connect(mb: &MailboxConfig, creds: &Credentials) -> Result<Imap> {
     let tcp = dial(mb).await?;
     let client = secure(mb, tcp).await?;
     let imap = authenticate(mb, client, creds).await?;
-    tracing::info!(mailbox = %mb.name, host = %mb.host, tls = ?mb.tls, "connected");
+    tracing::info!(mailbox = %mb.name, host = %mb.host, tls = %mb.tls, "connected");
     Ok(imap)
 }
 
@@ -62,8 +62,7 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
             client
         }
         TlsMode::Starttls => {
-            let mut client = Client::new(Conn::plain(tcp));
-            greeting(host, limit, &mut client).await?;
+            let mut client = plain_greeting(mb, tcp).await?;
             timed(host, limit, "sending STARTTLS", async {
                 client
                     .run_command_and_check_ok("STARTTLS", None)
@@ -82,11 +81,7 @@ pub async fn secure(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
             };
             Client::new(Conn::tls(handshake(mb, tcp).await?))
         }
-        TlsMode::None => {
-            let mut client = Client::new(Conn::plain(tcp));
-            greeting(host, limit, &mut client).await?;
-            client
-        }
+        TlsMode::None => plain_greeting(mb, tcp).await?,
     })
 }
 
@@ -101,6 +96,48 @@ pub async fn authenticate(mb: &MailboxConfig, client: Client, creds: &Credential
     Ok(imap)
 }
 
+/// The greeting on a plain-text connection, within the mailbox's timeout in all: a port that
+/// speaks implicit TLS is found out after [`crate::tls::PROBE_AFTER`] and said so.
+async fn plain_greeting(mb: &MailboxConfig, tcp: TcpStream) -> Result<Client> {
+    let (host, limit) = (mb.host.as_str(), mb.timeout());
+    timed(host, limit, "waiting for the greeting", async {
+        expect_plain_text(mb, &tcp).await?;
+        let mut client = Client::new(Conn::plain(tcp));
+        greeting(host, limit, &mut client).await?;
+        Ok(client)
+    })
+    .await
+}
+
+/// Fails at once, saying so, when the server has not greeted us within
+/// [`crate::tls::PROBE_AFTER`] because its port speaks implicit TLS.
+async fn expect_plain_text(mb: &MailboxConfig, tcp: &TcpStream) -> Result<()> {
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(crate::tls::PROBE_AFTER, tcp.peek(&mut first))
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    if crate::tls::speaks_tls(
+        &mb.host,
+        mb.port(),
+        mb.timeout().min(crate::tls::PROBE_AFTER),
+    )
+    .await
+    {
+        return Err(Error::Protocol {
+            host: format!("{}:{}", mb.host, mb.port()),
+            message: format!(
+                "speaks implicit TLS, not plain-text IMAP: set tls = \"implicit\" for this \
+                 port, or keep tls = \"{}\" with the server's plain-text port (usually 143)",
+                mb.tls
+            ),
+        });
+    }
+    Ok(())
+}
+
 async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
     let host = mb.host.as_str();
     let config = crate::tls::client_config(mb.ca_file.as_deref())?;
@@ -110,6 +147,15 @@ async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpSt
     })?;
     timed(host, mb.timeout(), "TLS handshake", async {
         TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
+            if mb.tls == TlsMode::Implicit && crate::tls::answered_in_plain_text(&e) {
+                return Error::Protocol {
+                    host: format!("{host}:{}", mb.port()),
+                    message: "answered in plain text, not TLS: this port wants \
+                              tls = \"starttls\" (or use the server's implicit-TLS port, \
+                              usually 993)"
+                        .into(),
+                };
+            }
             let mut message = e.to_string();
             if message.contains("UnknownIssuer") {
                 message.push_str(
@@ -151,12 +197,20 @@ async fn greeting(host: &str, limit: Duration, client: &mut Client) -> Result<()
                 outcome.information.as_deref().unwrap_or("")
             ),
         }),
-        other => Err(Error::Protocol {
+        Response::Data { status, outcome } => Err(Error::Protocol {
             host: host.to_owned(),
             message: format!(
-                "unexpected greeting: {}",
-                excerpt(format!("{other:?}").as_bytes(), SERVER_TEXT)
+                "the server refused the connection in its greeting ({}): {}",
+                if *status == Status::No { "NO" } else { "BAD" },
+                excerpt(
+                    outcome.information.as_deref().unwrap_or("").as_bytes(),
+                    SERVER_TEXT
+                )
             ),
+        }),
+        _ => Err(Error::Protocol {
+            host: host.to_owned(),
+            message: "the server's first line is not an IMAP greeting (`* OK`)".into(),
         }),
     }
 }

@@ -168,7 +168,11 @@ impl Imap {
             self.session.select(folder).await.map_err(|e| match e {
                 async_imap::error::Error::No(m) => Error::Protocol {
                     host: host.clone(),
-                    message: format!("cannot select folder {folder:?}: {m}"),
+                    message: format!(
+                        "cannot select folder \"{folder}\": {} (check `folder` in the \
+                         [[mailbox]]; `mailticket doctor` lists the server's folders)",
+                        super::wire::server_text(&m)
+                    ),
                 },
                 e => imap_err(&host, e),
             })

@@ -145,18 +145,40 @@ pub(crate) async fn timed<T>(
     }
 }
 
-/// The human part of a tagged NO/BAD as async-imap renders it
-/// (`code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")`).
-/// At most a few hundred characters of it.
+/// The human part of a tagged NO/BAD as async-imap renders it: `code: None, info:
+/// Some("[AUTHENTICATIONFAILED] Authentication failed.")` for some commands, `outcome: Outcome
+/// { code: None, information: Some("Mailbox doesn't exist: Nope") }` for others; the server's
+/// own text, with none of that Rust around it. At most a few hundred characters of it.
 pub(crate) fn server_text(m: &str) -> String {
-    let text = match m.split_once("info: Some(\"") {
-        Some((_, rest)) => rest
-            .trim_end_matches(')')
-            .trim_end_matches('"')
-            .replace("\\\"", "\""),
+    let quoted = ["information: Some(\"", "info: Some(\""]
+        .iter()
+        .find_map(|k| m.split_once(k).map(|(_, rest)| rest));
+    let text = match quoted {
+        Some(rest) => debug_string(rest),
+        None if m.contains(": None") && m.contains("info") => "(the server gave no reason)".into(),
         None => m.to_owned(),
     };
     excerpt(text.as_bytes(), SERVER_TEXT)
+}
+
+/// The string that a `Debug`-quoted string starting right after its opening quote holds.
+fn debug_string(rest: &str) -> String {
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// How many characters of what a server said an error quotes.
@@ -247,6 +269,27 @@ pub(super) fn quote(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_text_is_what_the_server_said_without_rust_around_it() {
+        assert_eq!(
+            server_text(
+                "outcome: Outcome { code: None, information: Some(\"Mailbox doesn't exist: \\\"Nope\\\"\") }"
+            ),
+            "Mailbox doesn't exist: \"Nope\""
+        );
+        assert_eq!(
+            server_text(
+                "code: None, info: Some(\"[AUTHENTICATIONFAILED] Authentication failed.\")"
+            ),
+            "[AUTHENTICATIONFAILED] Authentication failed."
+        );
+        assert_eq!(
+            server_text("outcome: Outcome { code: None, information: None }"),
+            "(the server gave no reason)"
+        );
+        assert_eq!(server_text("plain words"), "plain words");
+    }
 
     #[test]
     fn uid_sets_are_compact() {

@@ -19,9 +19,7 @@ use std::time::Duration;
 use base64::Engine;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials as LettreCredentials, Mechanism};
-use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
-};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
@@ -78,6 +76,8 @@ enum Failure {
     Token(Error),
     /// Connecting or the implicit TLS handshake failed (before anything was said).
     Connect(String),
+    /// `tls` does not match what the port speaks.
+    Mode(String),
 }
 
 /// What became of one message.
@@ -116,21 +116,8 @@ impl<'a> Iterator for NoteEnd<'a> {
 impl Smtp {
     /// Reads the settings; nothing is sent until [`Smtp::send`].
     pub fn new(c: &SmtpConfig, creds: Option<Credentials>) -> Result<Smtp> {
-        let tls_err = |e: lettre::transport::smtp::Error| Error::Tls {
-            host: c.host.clone(),
-            message: e.to_string(),
-        };
-        let mut params = TlsParameters::builder(c.host.clone());
-        if let Some(ca) = &c.ca_file {
-            let unusable = |message: String| Error::CaFile {
-                path: ca.clone(),
-                message,
-            };
-            let pem = std::fs::read(ca).map_err(|e| unusable(e.to_string()))?;
-            let cert = Certificate::from_pem(&pem).map_err(|e| unusable(e.to_string()))?;
-            params = params.add_root_certificate(cert);
-        }
-        let params = params.build_rustls().map_err(tls_err)?;
+        // One trust policy for IMAP and SMTP: the bundled web roots, the system's, ca-file.
+        let params = crate::tls::smtp_parameters(&c.host, c.ca_file.as_deref())?;
         let auth = match (&c.username, creds) {
             (Some(user), Some(Credentials::Password(pass))) => Auth::Password(
                 LettreCredentials::new(user.clone(), pass.expose().to_owned()),
@@ -208,6 +195,7 @@ impl Smtp {
             Some(Failure::Auth(m)) => Sent::Later(format!("{}: authentication: {m}", self.host)),
             Some(Failure::Token(e)) => Sent::Later(format!("no OAuth2 token for SMTP: {e}")),
             Some(Failure::Connect(m)) => Sent::Later(format!("{}: {m}", self.host)),
+            Some(Failure::Mode(m)) => Sent::Later(format!("{}:{}: {m}", self.host, self.port)),
             Some(Failure::Smtp(e)) => self.classify(&e),
         }
     }
@@ -232,9 +220,7 @@ impl Smtp {
             Some(config) => Box::new(self.handshake(config, tcp).await?),
             None => Box::new(tcp),
         };
-        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &hello)
-            .await
-            .map_err(Failure::Smtp)?;
+        let mut conn = self.greeting(stream, &hello).await?;
         if self.tls == TlsMode::Starttls {
             if !conn.can_starttls() {
                 conn.abort().await;
@@ -288,7 +274,44 @@ impl Smtp {
             .connect(name, tcp)
             .await
             .map(Tls)
-            .map_err(|e| Failure::Connect(format!("TLS handshake: {e}")))
+            .map_err(|e| {
+                if crate::tls::answered_in_plain_text(&e) {
+                    Failure::Mode(
+                        "answered in plain text, not TLS: this port wants tls = \"starttls\" \
+                         (or use the server's implicit-TLS port, usually 465)"
+                            .into(),
+                    )
+                } else {
+                    Failure::Connect(format!("TLS handshake: {e}"))
+                }
+            })
+    }
+
+    /// Reads the greeting and says EHLO. A `tls` that does not match the port fails at once,
+    /// saying so: a plain-text greeting late because the port waits for a TLS hello.
+    async fn greeting(
+        &self,
+        stream: Box<dyn AsyncTokioStream>,
+        hello: &ClientId,
+    ) -> std::result::Result<AsyncSmtpConnection, Failure> {
+        let connect = AsyncSmtpConnection::connect_with_transport(stream, hello);
+        if self.implicit.is_some() {
+            return connect.await.map_err(Failure::Smtp);
+        }
+        tokio::pin!(connect);
+        tokio::select! {
+            r = &mut connect => return r.map_err(Failure::Smtp),
+            () = tokio::time::sleep(crate::tls::PROBE_AFTER) => {}
+        }
+        if crate::tls::speaks_tls(&self.host, self.port, crate::tls::PROBE_AFTER).await {
+            return Err(Failure::Mode(format!(
+                "speaks implicit TLS, not plain-text SMTP: set tls = \"implicit\" in [smtp] \
+                 for this port, or keep tls = \"{}\" with the server's submission port \
+                 (usually 587)",
+                self.tls
+            )));
+        }
+        connect.await.map_err(Failure::Smtp)
     }
 
     /// Authenticates with a bearer token, replacing a refused one once.
@@ -377,6 +400,10 @@ impl Smtp {
                     Ok(())
                 }
                 Err(Failure::Token(e)) => Err(e),
+                Err(Failure::Mode(m)) => Err(Error::Protocol {
+                    host: format!("{host}:{}", self.port),
+                    message: m,
+                }),
                 Err(Failure::Auth(message)) => Err(Error::Auth {
                     host: host.clone(),
                     user: match &self.auth {

@@ -94,6 +94,54 @@ pub struct Rendered {
     pub html: Option<String>,
 }
 
+/// A template error as one line naming the config key, the line and the expression that
+/// failed: "subject, line 1: undefined value `ticket.subjct`".
+fn describe(key: &str, e: &minijinja::Error) -> String {
+    let mut out = key.to_owned();
+    if let Some(line) = e.line() {
+        out.push_str(&format!(", line {line}"));
+    }
+    out.push_str(&format!(": {}", e.kind()));
+    let failed = e
+        .range()
+        .zip(e.template_source())
+        .and_then(|(range, source)| source.get(range));
+    if let Some(expr) = failed.map(str::trim).filter(|x| !x.is_empty()) {
+        out.push_str(&format!(" `{expr}`"));
+    }
+    if let Some(detail) = e.detail() {
+        out.push_str(&format!(" ({detail})"));
+    }
+    if e.kind() == minijinja::ErrorKind::UndefinedError {
+        out.push_str(&format!("; the fields are {}", fields().join(", ")));
+    }
+    out
+}
+
+/// What a template may use (`ticket.id`, ...), read off the sample context.
+fn fields() -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&path, v, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = serde_json::to_value(AckContext::sample()) {
+        walk("", &v, &mut out);
+    }
+    out
+}
+
 /// The compiled `[ack]` templates.
 pub struct AckTemplates {
     env: Environment<'static>,
@@ -118,12 +166,12 @@ impl AckTemplates {
             .clone()
             .unwrap_or_else(|| DEFAULT_ACK_BODY.to_owned());
         env.add_template_owned("subject", c.subject.clone())
-            .map_err(|e| format!("subject: {e}"))?;
+            .map_err(|e| describe("subject", &e))?;
         env.add_template_owned("body", body)
-            .map_err(|e| format!("body: {e}"))?;
+            .map_err(|e| describe("body", &e))?;
         if let Some(html) = &c.html_body {
             env.add_template_owned("html", html.clone())
-                .map_err(|e| format!("html-body: {e}"))?;
+                .map_err(|e| describe("html-body", &e))?;
         }
         let t = AckTemplates {
             env,
@@ -139,7 +187,7 @@ impl AckTemplates {
             self.env
                 .get_template(name)
                 .and_then(|t| t.render(ctx))
-                .map_err(|e| format!("{name}: {e}"))
+                .map_err(|e| describe(if name == "html" { "html-body" } else { name }, &e))
         };
         let subject = get("subject")?
             .split_whitespace()
@@ -188,6 +236,18 @@ mod tests {
         assert!(e.contains("body"), "{e}");
         let e = AckTemplates::compile(&ack("ok", Some("{{ custmer.name }}"))).unwrap_err();
         assert!(e.contains("body"), "{e}");
+        let e = AckTemplates::compile(&ack("[#{{ ticket.id }}] {{ ticket.subjct }}", None))
+            .unwrap_err();
+        assert!(
+            e.starts_with("subject, line 1: undefined value `ticket.subjct`"),
+            "{e}"
+        );
+        assert!(e.contains("ticket.subject"), "the fields are listed: {e}");
+        let e = AckTemplates::compile(&ack("ok", Some("Hi\n\n{{ customer.nmae }}"))).unwrap_err();
+        assert!(
+            e.starts_with("body, line 3: undefined value `customer.nmae`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub struct Store {
 impl Store {
     /// Opens (creating when missing) and migrates the store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
+        if path.is_dir() {
+            return Err(is_dir(path));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -169,6 +172,61 @@ impl Store {
         // A store made by an older version, or copied with a wider mode.
         owner_only(path)?;
         Ok(store)
+    }
+
+    /// Opens the existing store at `path` for a command that only reads: never creates the
+    /// file or its folder. A store the caller may write is opened as [`Store::open`] opens it
+    /// (migrated, its WAL files cleaned up on close); one it may not write (a read-only file
+    /// or folder, another user's store) is opened read-only without migrating, and without
+    /// leaving `-wal` / `-shm` files behind: when no `-wal` file exists no connection is open
+    /// and every commit is in the main file, which is then read as immutable.
+    pub fn open_existing(path: &Path) -> Result<Store> {
+        check_store_path(path)?;
+        let during = |e: Error| e.during(&format!("opening {}", path.display()));
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
+        if !conn.is_readonly(rusqlite::MAIN_DB)? {
+            match Store::setup(conn) {
+                Ok(store) => return Ok(store),
+                // A file we may write in a folder we may not: no WAL file can be made.
+                Err(e) if cannot_write(&e) => {}
+                Err(e) => return Err(during(e)),
+            }
+        }
+        Store::open_read_only(path).map_err(during)
+    }
+
+    /// [`Store::open_existing`] for a store the caller cannot write.
+    fn open_read_only(path: &Path) -> Result<Store> {
+        let conn = read_only_connection(path)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != migrations::LATEST {
+            return Err(Error::Schema(format!(
+                "{} has schema version {version}, this mailticket reads version {}, and it \
+                 is read-only here: run a writing command (`mailticket sync`) as its owner \
+                 first",
+                path.display(),
+                migrations::LATEST
+            )));
+        }
+        Store::with_key(conn)
+    }
+
+    /// The store on `conn`, whose schema is current: reads the key of our Message-IDs.
+    fn with_key(conn: Connection) -> Result<Store> {
+        let key: Vec<u8> =
+            conn.query_row("SELECT key FROM store_key WHERE id = 1", [], |r| r.get(0))?;
+        Ok(Store {
+            conn,
+            key,
+            dry_run: false,
+            grouped: false,
+            routes: Arc::from(Vec::new()),
+            group_lost: None,
+        })
     }
 
     /// A private in-memory copy of the store at `path` (created or migrated first, as
@@ -208,16 +266,7 @@ impl Store {
         // default of 16; a cache smaller than that working set prepares them anew each time.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut conn)?;
-        let key: Vec<u8> =
-            conn.query_row("SELECT key FROM store_key WHERE id = 1", [], |r| r.get(0))?;
-        Ok(Store {
-            conn,
-            key,
-            dry_run: false,
-            grouped: false,
-            routes: Arc::from(Vec::new()),
-            group_lost: None,
-        })
+        Store::with_key(conn)
     }
 
     /// The hooks whose filters pick the deliveries of every event recorded from now on.
@@ -426,6 +475,85 @@ impl Store {
 /// "store: inserting a message: database or disk is full".
 pub(crate) fn sql<T>(op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     f().map_err(|e| e.during(op))
+}
+
+/// A read-only connection to the existing store at `path` that writes nothing beside it:
+/// when a `-wal` file exists a writer is at work and its WAL is read too (`mode=ro`); when
+/// none exists no connection is open, every commit is in the main file, and that is read as
+/// immutable (a read-only connection to a WAL database would otherwise create `-wal` and
+/// `-shm` files, and leave them behind). For [`Store::open_existing`] and `doctor`.
+pub fn read_only_connection(path: &Path) -> Result<Connection> {
+    check_store_path(path)?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mode = if Path::new(&wal).exists() {
+        "mode=ro"
+    } else {
+        "immutable=1"
+    };
+    let conn = Connection::open_with_flags(
+        format!("file:{}?{mode}", uri_path(path)),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+/// The error for a store path that is a folder.
+fn is_dir(path: &Path) -> Error {
+    Error::StorePath {
+        path: path.to_owned(),
+        message: format!(
+            "{} is a folder, not a store file: --db and [store] path name the database file \
+             itself (for example {})",
+            path.display(),
+            path.join("mailticket.db").display()
+        ),
+    }
+}
+
+/// Why `path` cannot be a store to read: it does not exist, or it is a folder.
+fn check_store_path(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(is_dir(path)),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::StorePath {
+            path: path.to_owned(),
+            message: format!(
+                "no store at {}; run `mailticket sync` first or check --db (or [store] path)",
+                path.display()
+            ),
+        }),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Whether `e` says SQLite could not write (a read-only file or folder).
+fn cannot_write(e: &Error) -> bool {
+    let Error::Store { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+    )
+}
+
+/// `path` as the path part of an SQLite `file:` URI: `%`, `?` and `#` (and every byte that
+/// is not plain ASCII) percent-encoded.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Creates the store file readable by its owner only, before SQLite opens it: the store

@@ -23,6 +23,7 @@ mod import;
 mod oauth2;
 mod oauth2_env;
 mod outbound;
+mod robust;
 mod secrets;
 mod selftest;
 mod sync;
