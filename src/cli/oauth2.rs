@@ -98,10 +98,10 @@ fn print_prompt(label: &str, p: &mailticket::oauth2::device::Prompt) -> std::io:
 }
 
 fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
-    let all: Vec<&mailticket::config::MailboxConfig> = ctx.config.mailboxes.iter().collect();
-    let tokens = Tokens::new(&ctx.config, &ctx.db, &all, true)?;
+    // Reads no secret: the state is in the store and the config.
+    let tokens = Tokens::offline(&ctx.config, &ctx.db)?;
     let mut rows = Vec::new();
-    for mb in &all {
+    for mb in &ctx.config.mailboxes {
         if let Some(s) = tokens.source_of(&mb.name) {
             rows.push((s.label().to_owned(), s.state()));
         }

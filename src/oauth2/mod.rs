@@ -86,8 +86,10 @@ struct Endpoint {
     device_url: Option<String>,
     client_id: String,
     client_secret: Option<Revealed>,
-    /// The config's `refresh-token`.
+    /// The config's `refresh-token` (`None` also when secrets were not read).
     seed: Option<Revealed>,
+    /// Where the config's `refresh-token` comes from ([`crate::secret::Secret::origin`]).
+    seed_origin: Option<String>,
     scope: String,
     http: reqwest::Client,
     timeout: Duration,
@@ -135,14 +137,16 @@ fn sha256_hex(s: &str) -> String {
 
 impl TokenSource {
     /// A source for the account `key` (`mailbox:support`, `smtp`) from its `oauth2` table
-    /// (checked by the config loader, completed by [`provider::complete`]). Secrets are read
-    /// now: a missing one is a configuration error.
+    /// (checked by the config loader, completed by [`provider::complete`]). With `secrets`
+    /// they are read now (a missing one is a configuration error); without, the source can
+    /// only show its state ([`TokenSource::state`]).
     pub fn new(
         key: &str,
         label: &str,
         login_hint: &str,
         c: &OAuth2Config,
         store: Option<Arc<TokenStore>>,
+        secrets: bool,
     ) -> Result<TokenSource> {
         let timeout = Duration::from_secs(c.timeout.unwrap_or(30).max(1));
         let method = if let Some(argv) = &c.token_command {
@@ -165,13 +169,16 @@ impl TokenSource {
                 client_secret: c
                     .client_secret
                     .as_ref()
+                    .filter(|_| secrets)
                     .map(|s| s.resolve_within(&format!("{label} oauth2 client-secret"), timeout))
                     .transpose()?,
                 seed: c
                     .refresh_token
                     .as_ref()
+                    .filter(|_| secrets)
                     .map(|s| s.resolve_within(&format!("{label} oauth2 refresh-token"), timeout))
                     .transpose()?,
+                seed_origin: c.refresh_token.as_ref().map(crate::secret::Secret::origin),
                 scope: c.scope.clone().unwrap_or_default(),
                 http: http::client(c.ca_file.as_deref())?,
                 timeout,
@@ -187,17 +194,17 @@ impl TokenSource {
         })
     }
 
-    /// What makes two sources one: the same endpoint, client and first refresh token.
+    /// What makes two sources one: the same endpoint, client and first refresh token (its
+    /// value, or where it comes from when secrets were not read).
     fn grant_identity(&self) -> Option<String> {
         match &self.method {
-            Method::Endpoint(ep) if ep.flow == Flow::RefreshToken => ep.seed.as_ref().map(|seed| {
-                format!(
-                    "{}|{}|{}",
-                    ep.token_url,
-                    ep.client_id,
-                    sha256_hex(seed.expose())
-                )
-            }),
+            Method::Endpoint(ep) if ep.flow == Flow::RefreshToken => {
+                let seed = match &ep.seed {
+                    Some(seed) => sha256_hex(seed.expose()),
+                    None => ep.seed_origin.clone()?,
+                };
+                Some(format!("{}|{}|{seed}", ep.token_url, ep.client_id))
+            }
             _ => None,
         }
     }
@@ -527,7 +534,7 @@ impl TokenSource {
             scope: row.scope,
             refreshes: row.refreshes,
             has_refresh_token: row.refresh_token.is_some()
-                || matches!(&self.method, Method::Endpoint(ep) if ep.seed.is_some()),
+                || matches!(&self.method, Method::Endpoint(ep) if ep.seed_origin.is_some()),
             last_error: row.last_error,
         }
     }
@@ -618,12 +625,30 @@ pub struct Tokens {
 
 impl Tokens {
     /// Builds the sources the mailboxes in `chosen` (and `[smtp]` when `smtp`) need; opens
-    /// the token table of the store at `db` when an endpoint flow is configured.
+    /// the token table of the store at `db` when an endpoint flow is configured. Their
+    /// secrets are read now.
     pub fn new(
         config: &Config,
         db: &Path,
         chosen: &[&MailboxConfig],
         smtp: bool,
+    ) -> Result<Tokens> {
+        Tokens::build(config, db, chosen, smtp, true)
+    }
+
+    /// Every account's source, secrets unread: they can show their state and nothing else
+    /// (`oauth2 status` contacts nothing, so it needs no secret).
+    pub fn offline(config: &Config, db: &Path) -> Result<Tokens> {
+        let all: Vec<&MailboxConfig> = config.mailboxes.iter().collect();
+        Tokens::build(config, db, &all, true, false)
+    }
+
+    fn build(
+        config: &Config,
+        db: &Path,
+        chosen: &[&MailboxConfig],
+        smtp: bool,
+        secrets: bool,
     ) -> Result<Tokens> {
         let mut wanted: Vec<(String, String, String, &OAuth2Config)> = Vec::new();
         let mut mailboxes: Vec<&MailboxConfig> = chosen.to_vec();
@@ -656,7 +681,7 @@ impl Tokens {
         let mut sources = HashMap::new();
         let mut by_grant: HashMap<String, Arc<TokenSource>> = HashMap::new();
         for (key, label, hint, o) in wanted {
-            let src = TokenSource::new(&key, &label, &hint, o, store.clone())?;
+            let src = TokenSource::new(&key, &label, &hint, o, store.clone(), secrets)?;
             // Two accounts holding the same rotating refresh token would each spend it and
             // kill the other's: they share one source (and one store row).
             let src = match src.grant_identity() {

@@ -474,6 +474,29 @@ fn device_code_login_stores_a_refresh_token_that_sync_uses() {
         grants(&o, "urn:ietf:params:oauth:grant-type:device_code").len(),
         1
     );
+
+    // `oauth2 status` contacts nothing, so it reads no secret: an unset one does not stop it.
+    let config = std::fs::read_to_string(wd.config()).unwrap();
+    let secret = format!("client-secret = {}", quoted(OAuth2Server::CLIENT_SECRET));
+    assert!(config.contains(&secret));
+    let unset = "client-secret = { env = \"MAILTICKET_TEST_UNSET_SECRET\" }";
+    wd.write_raw_config(&config.replace(&secret, unset));
+    let st = wd
+        .mailticket(&["oauth2", "status", "--json"])
+        .success()
+        .json();
+    assert_eq!(st[0]["account"], "mailbox support", "{st}");
+    assert_eq!(st[0]["has_refresh_token"], true, "{st}");
+    assert!(
+        st[0]["scope"].as_str().unwrap_or("").contains("IMAP"),
+        "{st}"
+    );
+    let text = wd.mailticket(&["oauth2", "status"]).success();
+    assert!(text.stdout.contains("mailbox support"), "{}", text.stdout);
+    // ... while a command that needs it names it.
+    wd.mailticket(&["sync"])
+        .code(2)
+        .stderr_mentions(&["MAILTICKET_TEST_UNSET_SECRET"]);
 }
 
 #[test]
