@@ -28,6 +28,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailticket::config::{Config, MailboxConfig};
 use mailticket::outbound::AckPlan;
+use mailticket::outbound::senders::Senders;
+use mailticket::outbound::smtp::Smtp;
 use mailticket::store::{Store, TicketStatus};
 
 /// Turns a support mailbox into helpdesk tickets.
@@ -327,31 +329,38 @@ fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The SMTP server from `[smtp]`, with its password (or OAuth2 secrets) read now (a missing
-/// one is a configuration error, exit 2).
-pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
+/// The SMTP servers from `[smtp]` and each `[mailbox.smtp]`, with their passwords (or OAuth2
+/// secrets) read now (a missing one is a configuration error, exit 2).
+pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<Senders>> {
     // Opens the token table only when [smtp] uses an OAuth2 token endpoint.
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &[], true)?;
     smtp_with(ctx, &tokens)
 }
 
-/// The SMTP server from `[smtp]`, with credentials from `tokens` (which may share a token
-/// source with a mailbox).
+/// The SMTP servers from `[smtp]` and each `[mailbox.smtp]`, with credentials from `tokens`
+/// (which may share a token source with a mailbox).
 pub fn smtp_with(
     ctx: &Ctx,
     tokens: &mailticket::oauth2::Tokens,
-) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
+) -> anyhow::Result<Option<Senders>> {
     let Some(c) = &ctx.config.smtp else {
         return Ok(None);
     };
     let creds = tokens.smtp(&ctx.config)?;
-    Ok(Some(mailticket::outbound::smtp::Smtp::new(c, creds)?))
+    let mut senders = Senders::new(Smtp::new(c, creds)?);
+    for mb in &ctx.config.mailboxes {
+        if let Some(own) = &mb.own_smtp {
+            let creds = tokens.mailbox_smtp(&ctx.config, mb)?;
+            senders.add(&mb.name, Smtp::new(own, creds)?);
+        }
+    }
+    Ok(Some(senders))
 }
 
 /// Sends the due outbox rows now, on a store thread of its own; gives the store back.
 pub fn drain_now(
     store: Store,
-    smtp: &mailticket::outbound::smtp::Smtp,
+    smtp: &Senders,
 ) -> anyhow::Result<(Store, mailticket::outbound::DrainReport)> {
     let (handle, join) = mailticket::store::StoreThread::spawn(store)?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -105,6 +105,7 @@ fn list(store: &mailticket::store::Store, a: &OutboxArgs) -> anyhow::Result<()> 
             .iter()
             .map(|r| {
                 json!({"id": r.id, "ticket": r.ticket_id, "kind": r.kind, "status": r.status,
+                       "mailbox": r.mailbox,
                        "to": r.to, "reason": r.reason, "smtp_reply": r.smtp_reply,
                        "attempts": r.attempts, "created_at": rfc3339(r.created_at),
                        "updated_at": rfc3339(r.updated_at), "sending_now": r.sending_now,
@@ -152,13 +153,13 @@ fn detail(r: &OutboxRow) -> String {
 }
 
 pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
-    let Some(smtp_cfg) = &ctx.config.smtp else {
+    if ctx.config.smtp.is_none() {
         return Err(Usage(format!(
             "no [smtp] in {} to send with",
             ctx.config_path.display()
         ))
         .into());
-    };
+    }
     let body = match (&a.body, &a.body_file) {
         (Some(b), _) => b.clone(),
         (None, Some(f)) if f.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
@@ -170,13 +171,15 @@ pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
     if body.trim().is_empty() {
         return Err(Usage("the reply is empty: nothing sent".into()).into());
     }
-    let from = mailticket::outbound::parse_mailbox(&smtp_cfg.from)
-        .ok_or_else(|| Usage(format!("[smtp] from {:?} is not an address", smtp_cfg.from)))?;
     let smtp = super::smtp(ctx)?;
     let mut store = ctx.open_store()?;
-    if store.ticket(a.id)?.is_none() {
+    let Some((ticket, _)) = store.ticket(a.id)? else {
         return Err(Usage(format!("no ticket {}", a.id)).into());
-    }
+    };
+    // The identity of the mailbox the ticket's mail arrived in (checked when loaded).
+    let from = ctx.config.from_for(&ticket.mailbox).unwrap_or_default();
+    let from = mailticket::outbound::parse_mailbox(from)
+        .ok_or_else(|| Usage(format!("`from = {from:?}` is not an address")))?;
     let tag = mailticket::thread::tag_text(&ctx.config.threading.tag, a.id);
     let own = ctx.config.own_addresses();
     let reply = mailticket::outbound::reply::Reply {
@@ -184,6 +187,7 @@ pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
         tag: &tag,
         body: &body,
         from: &from,
+        mailbox: &ticket.mailbox,
         own: &own,
         close: a.close,
     };

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Flow, MailboxConfig, OAuth2Config, Provider};
+use crate::config::{AuthMech, Config, Flow, MailboxConfig, OAuth2Config, Provider, SmtpConfig};
 use crate::error::{Error, Result};
 use crate::secret::Revealed;
 pub use store::{TokenRow, TokenStore};
@@ -662,6 +662,19 @@ impl Tokens {
                 mailboxes.push(mb);
             }
         }
+        // Each [mailbox.smtp] with credentials of its own: its oauth2 table, or the token of
+        // the mailbox with its username.
+        for mb in config.mailboxes.iter().filter(|_| smtp) {
+            let Some(own) = own_credentials(mb) else {
+                continue;
+            };
+            if let (Some(o), true) = (&own.oauth2, own.auth.is_some_and(AuthMech::is_oauth2)) {
+                let label = format!("mailbox {} smtp", mb.name);
+                wanted.push((format!("smtp:{}", mb.name), label, mb.name.clone(), o));
+            } else if let Some(shared) = config.token_mailbox_of(own) {
+                mailboxes.push(shared);
+            }
+        }
         for mb in mailboxes {
             if let Some(o) = &mb.oauth2
                 && mb.auth.is_oauth2()
@@ -711,12 +724,36 @@ impl Tokens {
         let Some(s) = &config.smtp else {
             return Ok(None);
         };
-        if s.auth.is_some_and(crate::config::AuthMech::is_oauth2) {
+        self.smtp_credentials(config, s, "smtp", "[smtp]")
+    }
+
+    /// The credentials `mb`'s own SMTP server (`[mailbox.smtp]`) logs in with: its own, or
+    /// `[smtp]`'s when it gives none.
+    pub fn mailbox_smtp(&self, config: &Config, mb: &MailboxConfig) -> Result<Option<Credentials>> {
+        match own_credentials(mb) {
+            Some(own) => {
+                let what = format!("mailbox {} smtp", mb.name);
+                self.smtp_credentials(config, own, &format!("smtp:{}", mb.name), &what)
+            }
+            None => self.smtp(config),
+        }
+    }
+
+    /// The credentials of the SMTP settings `s` (`what` names them; `key` is the account of
+    /// their own `oauth2` table): a token source, a password, or `None` without AUTH.
+    fn smtp_credentials(
+        &self,
+        config: &Config,
+        s: &SmtpConfig,
+        key: &str,
+        what: &str,
+    ) -> Result<Option<Credentials>> {
+        if s.auth.is_some_and(AuthMech::is_oauth2) {
             let key = if s.oauth2.is_some() {
-                "smtp".to_owned()
+                key.to_owned()
             } else {
                 config
-                    .smtp_token_mailbox()
+                    .token_mailbox_of(s)
                     .map(|m| format!("mailbox:{}", m.name))
                     .unwrap_or_default()
             };
@@ -725,12 +762,12 @@ impl Tokens {
                 .get(&key)
                 .cloned()
                 .map(|s| Some(Credentials::OAuth2(s)))
-                .ok_or_else(|| Error::Internal("[smtp]: no token source".into()));
+                .ok_or_else(|| Error::Internal(format!("{what}: no token source")));
         }
         s.password
             .as_ref()
             .map(|p| {
-                p.resolve_within("[smtp] password", s.timeout())
+                p.resolve_within(&format!("{what} password"), s.timeout())
                     .map(Credentials::Password)
             })
             .transpose()
@@ -740,6 +777,14 @@ impl Tokens {
     pub fn source_of(&self, mailbox: &str) -> Option<Arc<TokenSource>> {
         self.sources.get(&format!("mailbox:{mailbox}")).cloned()
     }
+}
+
+/// The SMTP settings of `mb` when its `[mailbox.smtp]` gives credentials of its own.
+fn own_credentials(mb: &MailboxConfig) -> Option<&SmtpConfig> {
+    mb.smtp
+        .as_ref()
+        .filter(|o| o.sets_credentials())
+        .and(mb.own_smtp.as_ref())
 }
 
 /// Reads a mailbox's password from wherever the config says it is. A failure is a

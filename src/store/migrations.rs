@@ -225,6 +225,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE message ADD COLUMN uidvalidity INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE message ADD COLUMN uid         INTEGER NOT NULL DEFAULT 0;
     "#,
+    // (outbox identity): the mailbox whose identity a row goes out with, its From and its
+    // SMTP settings (`[mailbox.smtp]` over `[smtp]`); '' for `[smtp]`'s, as every row before.
+    r#"
+    ALTER TABLE outbox ADD COLUMN mailbox TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The schema version this build writes.

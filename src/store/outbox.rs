@@ -20,6 +20,8 @@ pub struct OutboxRow {
     pub ticket_id: i64,
     /// Ack or reply.
     pub kind: OutboxKind,
+    /// The mailbox whose identity it goes out with (empty: `[smtp]`'s).
+    pub mailbox: String,
     /// Where it stands.
     pub status: OutboxStatus,
     /// Main recipient.
@@ -65,6 +67,8 @@ pub struct OutJob {
     pub id: i64,
     /// The ticket.
     pub ticket_id: i64,
+    /// The mailbox whose SMTP settings send it (empty: `[smtp]`).
+    pub mailbox: String,
     /// Envelope sender.
     pub mail_from: String,
     /// Envelope recipients.
@@ -87,6 +91,8 @@ fn backoff(attempts: i64) -> i64 {
 pub struct Outgoing {
     /// Ack or reply.
     pub kind: OutboxKind,
+    /// The mailbox whose identity (From, SMTP server) it goes out with; empty: `[smtp]`'s.
+    pub mailbox: String,
     /// Our From (also the envelope sender).
     pub from: Mailbox,
     /// To.
@@ -139,8 +145,8 @@ fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Re
     let id: i64 = c
         .prepare_cached(
             "INSERT INTO outbox (ticket_id, message_row, kind, status, mail_from, rcpt_to, rcpt_all,
-                created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7) RETURNING id",
+                created_at, updated_at, mailbox)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8) RETURNING id",
         )?
         .query_row(
             params![
@@ -150,7 +156,8 @@ fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Re
                 addr(&out.from),
                 to_list.first().cloned().unwrap_or_default(),
                 json(&all),
-                now
+                now,
+                out.mailbox
             ],
             |r| r.get(0),
         )?;
@@ -302,7 +309,7 @@ impl Store {
         let now = crate::time::now();
         let mut s = self.conn.prepare(&format!(
             "SELECT id, ticket_id, kind, status, rcpt_to, reason, smtp_reply, attempts, created_at,
-                    updated_at, claimed_by, claimed_until FROM outbox {tail}"
+                    updated_at, claimed_by, claimed_until, mailbox FROM outbox {tail}"
         ))?;
         let rows = s.query_map([], |r| {
             let status: OutboxStatus = r.get(3)?;
@@ -321,6 +328,7 @@ impl Store {
                 attempts: r.get(7)?,
                 created_at: r.get(8)?,
                 updated_at: r.get(9)?,
+                mailbox: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -331,13 +339,14 @@ impl Store {
     pub fn outbox_claim_next(&mut self, now: i64, lease: i64) -> Result<Option<OutJob>> {
         crate::store::sql("claiming an outbox row", || {
             let me = crate::lock::process_tag();
-            let row: Option<(i64, i64, Option<i64>, String, String)> = self.write(|c| {
+            type Row = (i64, i64, Option<i64>, String, String, String);
+            let row: Option<Row> = self.write(|c| {
                 let row = c
                     .query_row(
-                        "SELECT id, ticket_id, message_row, mail_from, rcpt_all FROM outbox
+                        "SELECT id, ticket_id, message_row, mail_from, rcpt_all, mailbox FROM outbox
                          WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1",
                         [now],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
                     )
                     .optional()?;
                 if let Some((id, ..)) = &row {
@@ -350,7 +359,7 @@ impl Store {
                 }
                 Ok(row)
             })?;
-            let Some((id, ticket_id, message_row, mail_from, rcpt)) = row else {
+            let Some((id, ticket_id, message_row, mail_from, rcpt, mailbox)) = row else {
                 return Ok(None);
             };
             let raw = match message_row {
@@ -367,6 +376,7 @@ impl Store {
             Ok(Some(OutJob {
                 id,
                 ticket_id,
+                mailbox,
                 mail_from,
                 rcpt,
                 raw,

@@ -19,6 +19,7 @@ mod faults;
 mod fuzz;
 mod hooks;
 mod hostile;
+mod identity;
 mod import;
 mod oauth2;
 mod oauth2_env;
