@@ -17,6 +17,7 @@ mod hooks;
 mod import;
 mod oauth2;
 mod outbox;
+mod quarantine;
 mod sync;
 mod tickets;
 mod watch;
@@ -88,8 +89,8 @@ pub enum Command {
     Tickets(tickets::TicketsArgs),
     /// Show one ticket with its messages
     Show(tickets::ShowArgs),
-    /// List messages that could not be parsed
-    Quarantine(tickets::QuarantineArgs),
+    /// Messages that could not be parsed: list, show, export, retry, delete
+    Quarantine(quarantine::QuarantineArgs),
     /// The outgoing queue and its failures
     Outbox(outbox::OutboxArgs),
     /// Queue a threaded reply on a ticket and send it
@@ -302,7 +303,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Ingest(a) => Ok(import::run_ingest(&ctx, &a)),
         Command::Tickets(a) => tickets::list(&ctx, &a),
         Command::Show(a) => tickets::show(&ctx, &a),
-        Command::Quarantine(a) => tickets::quarantine(&ctx, &a),
+        Command::Quarantine(a) => quarantine::run(&ctx, &a),
         Command::Outbox(a) => outbox::outbox(&ctx, &a),
         Command::Reply(a) => outbox::reply(&ctx, &a),
         Command::Close(a) => outbox::set_status(&ctx, &a, TicketStatus::Closed),

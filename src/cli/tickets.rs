@@ -1,11 +1,11 @@
-//! `mailticket tickets`, `show` and `quarantine`: reading the store.
+//! `mailticket tickets` and `show`: reading the store.
 
 use std::path::PathBuf;
 
 use mailticket::store::view::{message_json, ticket_json};
 use mailticket::store::{MessageRow, TicketStatus};
 use mailticket::time::rfc3339;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Ctx, Usage, print_json};
 
@@ -38,15 +38,8 @@ pub struct ShowArgs {
     pub save_attachments: Option<PathBuf>,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct QuarantineArgs {
-    /// Print JSON
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// Cuts `s` to `n` characters for a table cell.
-fn cell(s: &str, n: usize) -> String {
+pub(super) fn cell(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
     } else {
@@ -199,38 +192,4 @@ fn write_new(dir: &std::path::Path, name: &str, data: &[u8]) -> anyhow::Result<s
         "{}: 1000 files named like {name} exist already",
         dir.display()
     ))
-}
-
-pub fn quarantine(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store()?;
-    let rows = store.quarantined()?;
-    if a.json {
-        let v: Vec<Value> = rows
-            .iter()
-            .map(|q| {
-                json!({"id": q.id, "source": q.source, "uid": q.uid, "error": q.error,
-                       "size": q.size, "received_at": rfc3339(q.received_at)})
-            })
-            .collect();
-        print_json(&v)?;
-        return Ok(0);
-    }
-    outln!(
-        "{:>5}  {:<30}  {:>6}  {:>8}  ERROR",
-        "ID",
-        "SOURCE",
-        "UID",
-        "SIZE"
-    );
-    for q in &rows {
-        outln!(
-            "{:>5}  {:<30}  {:>6}  {:>8}  {}",
-            q.id,
-            cell(&q.source, 30),
-            q.uid,
-            q.size,
-            q.error
-        );
-    }
-    Ok(0)
 }

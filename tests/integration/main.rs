@@ -24,6 +24,7 @@ mod import;
 mod oauth2;
 mod oauth2_env;
 mod outbound;
+mod quarantine;
 mod secrets;
 mod selftest;
 mod sync;
