@@ -413,7 +413,7 @@ fn check_outbox(r: &mut Report, db: &Path) {
     let stuck = open_read_only(db).and_then(|c| {
         let mut s = c.prepare(
             "SELECT status, claimed_by, claimed_until FROM outbox
-             WHERE status IN ('sending', 'failed')",
+             WHERE status IN ('sending', 'failed') AND dismissed_at = 0",
         )?;
         let rows = s.query_map([], |row| {
             Ok((row.get::<_, OutboxStatus>(0)?, row.get(1)?, row.get(2)?))
@@ -434,7 +434,10 @@ fn check_outbox(r: &mut Report, db: &Path) {
             "outbox",
             Status::Warn,
             format!("{n} row(s) failed or interrupted while sending"),
-            Some("see `mailticket outbox`; `mailticket outbox --retry ID` sends one again"),
+            Some(
+                "see `mailticket outbox --status failed`; `mailticket outbox --retry ID` sends \
+                 one again, `mailticket outbox dismiss ID` stops this warning for it",
+            ),
         ),
         // A store older than the outbox has none.
         Err(_) => {}
