@@ -121,6 +121,43 @@ fn each_mailbox_acknowledges_and_replies_as_itself_through_its_own_server() {
         1,
         "{rows:?}"
     );
+
+    // doctor checks the mailbox's own SMTP server as it checks [smtp]; a wrong password there
+    // fails that step alone.
+    let v = wd.mailticket(&["doctor", "--json"]).success().json();
+    let step = |scope: &str| {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["scope"] == scope && s["step"] == "connect")
+            .cloned()
+    };
+    assert_eq!(step("smtp").unwrap()["status"], "ok", "{v}");
+    let own = step("mailbox alice smtp").unwrap_or_else(|| panic!("no own smtp step: {v}"));
+    assert!(
+        own["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&b.port.to_string()),
+        "{own}"
+    );
+    let config = std::fs::read_to_string(wd.config()).unwrap();
+    let wrong = config.replace(
+        "password = \"alice-pass\"\n\n[smtp]",
+        "password = \"wrong\"\n\n[smtp]",
+    );
+    assert_ne!(wrong, config);
+    wd.write_raw_config(&wrong);
+    let v = wd.mailticket(&["doctor", "--json"]).code(1).json();
+    let failed: Vec<_> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "fail")
+        .collect();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert_eq!(failed[0]["scope"], "mailbox alice smtp", "{v}");
 }
 
 #[test]
