@@ -102,7 +102,10 @@ fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
     let tokens = Tokens::offline(&ctx.config, &ctx.db)?;
     let mut rows = Vec::new();
     for mb in &ctx.config.mailboxes {
-        if let Some(s) = tokens.source_of(&mb.name) {
+        for s in [tokens.source_of(&mb.name), tokens.smtp_source_of(&mb.name)]
+            .into_iter()
+            .flatten()
+        {
             rows.push((s.label().to_owned(), s.state()));
         }
     }

@@ -777,6 +777,11 @@ impl Tokens {
     pub fn source_of(&self, mailbox: &str) -> Option<Arc<TokenSource>> {
         self.sources.get(&format!("mailbox:{mailbox}")).cloned()
     }
+
+    /// The source of `mailbox`'s own SMTP `oauth2` table (`[mailbox.smtp]`), if it has one.
+    pub fn smtp_source_of(&self, mailbox: &str) -> Option<Arc<TokenSource>> {
+        self.sources.get(&format!("smtp:{mailbox}")).cloned()
+    }
 }
 
 /// The SMTP settings of `mb` when its `[mailbox.smtp]` gives credentials of its own.
