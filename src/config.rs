@@ -253,7 +253,7 @@ impl WatchConfig {
 }
 
 /// `[smtp]`: the customer's own SMTP server.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SmtpConfig {
     /// The server's host name (checked against its certificate).
@@ -304,7 +304,7 @@ fn default_smtp_tls() -> TlsMode {
 }
 
 /// `[ack]`: the acknowledgement of a new request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct AckConfig {
     /// Send acknowledgements at all.
@@ -319,6 +319,9 @@ pub struct AckConfig {
     pub body_file: Option<PathBuf>,
     /// Optional HTML body template: the mail becomes multipart/alternative.
     pub html_body: Option<String>,
+    /// `{{ mailbox.signature }}`, the default body's sign-off (default: the display name of
+    /// the mailbox's `from`, else its address).
+    pub signature: Option<String>,
     /// At most this many acknowledgements per sender per hour.
     #[serde(default = "default_per_hour")]
     pub per_sender_per_hour: u32,
@@ -338,6 +341,7 @@ impl Default for AckConfig {
             body: None,
             body_file: None,
             html_body: None,
+            signature: None,
             per_sender_per_hour: default_per_hour(),
             per_sender_per_day: default_per_day(),
             max_age: default_max_age(),
@@ -399,7 +403,7 @@ thank you for your message. We have opened ticket {{ ticket.tag }} for it and wi
 
 Please keep {{ ticket.tag }} in the subject when you write to us about this request.
 
-{{ mailbox.name }}
+{{ mailbox.signature }}
 ";
 
 /// `[store]`
@@ -572,6 +576,90 @@ pub struct MailboxConfig {
     /// goes to the quarantine and the run goes on (default 50 MB).
     #[serde(default = "default_max_message_size", deserialize_with = "size")]
     pub max_message_size: u64,
+    /// The From of acknowledgements and replies on this mailbox's tickets (default: `[smtp]`'s).
+    pub from: Option<String>,
+    /// `[mailbox.smtp]`: SMTP keys that override `[smtp]`'s for this mailbox's mail.
+    pub smtp: Option<SmtpOverride>,
+    /// `[mailbox.ack]`: acknowledgement texts that override `[ack]`'s for this mailbox.
+    pub ack: Option<AckText>,
+    /// `[smtp]` with `[mailbox.smtp]` merged over it, key by key (filled in by the loader).
+    #[serde(skip)]
+    pub own_smtp: Option<SmtpConfig>,
+}
+
+/// `[mailbox.smtp]`: any `[smtp]` key but `from` (the mailbox's own `from` is beside it).
+/// Merged key by key over `[smtp]`; the credentials (`username`, `password`, `auth`,
+/// `oauth2`) go together: when any of them is given, none is taken from `[smtp]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SmtpOverride {
+    /// See [`SmtpConfig::host`].
+    pub host: Option<String>,
+    /// See [`SmtpConfig::port`].
+    pub port: Option<u16>,
+    /// See [`SmtpConfig::tls`].
+    pub tls: Option<TlsMode>,
+    /// See [`SmtpConfig::ca_file`].
+    pub ca_file: Option<PathBuf>,
+    /// See [`SmtpConfig::allow_insecure`].
+    pub allow_insecure: Option<bool>,
+    /// See [`SmtpConfig::username`].
+    pub username: Option<String>,
+    /// See [`SmtpConfig::password`].
+    pub password: Option<Secret>,
+    /// See [`SmtpConfig::auth`].
+    pub auth: Option<AuthMech>,
+    /// See [`SmtpConfig::oauth2`].
+    pub oauth2: Option<OAuth2Config>,
+    /// See [`SmtpConfig::timeout`].
+    pub timeout: Option<u64>,
+}
+
+impl SmtpOverride {
+    /// Whether it gives its own credentials (and so takes none from `[smtp]`).
+    pub fn sets_credentials(&self) -> bool {
+        self.username.is_some()
+            || self.password.is_some()
+            || self.auth.is_some()
+            || self.oauth2.is_some()
+    }
+
+    /// `base` with these keys over it; `from` is the mailbox's.
+    fn merged(&self, base: &SmtpConfig, from: &str) -> SmtpConfig {
+        fn creds<T: Clone>(own: bool, mine: &Option<T>, theirs: &Option<T>) -> Option<T> {
+            if own { mine.clone() } else { theirs.clone() }
+        }
+        let own = self.sets_credentials();
+        SmtpConfig {
+            host: self.host.clone().unwrap_or_else(|| base.host.clone()),
+            port: self.port.or(base.port),
+            tls: self.tls.unwrap_or(base.tls),
+            ca_file: self.ca_file.clone().or_else(|| base.ca_file.clone()),
+            allow_insecure: self.allow_insecure.unwrap_or(base.allow_insecure),
+            username: creds(own, &self.username, &base.username),
+            password: creds(own, &self.password, &base.password),
+            auth: creds(own, &self.auth, &base.auth),
+            oauth2: creds(own, &self.oauth2, &base.oauth2),
+            from: from.to_owned(),
+            timeout: self.timeout.unwrap_or(base.timeout),
+        }
+    }
+}
+
+/// `[mailbox.ack]`: acknowledgement texts of one mailbox, each over `[ack]`'s.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AckText {
+    /// See [`AckConfig::subject`].
+    pub subject: Option<String>,
+    /// See [`AckConfig::body`].
+    pub body: Option<String>,
+    /// See [`AckConfig::body_file`].
+    pub body_file: Option<PathBuf>,
+    /// See [`AckConfig::html_body`].
+    pub html_body: Option<String>,
+    /// See [`AckConfig::signature`].
+    pub signature: Option<String>,
 }
 
 fn default_max_message_size() -> u64 {
@@ -661,6 +749,25 @@ impl MailboxConfig {
     pub fn label(&self, i: usize) -> String {
         format!("mailbox #{} ({})", i + 1, self.name)
     }
+
+    /// `[ack]` with this mailbox's `[mailbox.ack]` over it, key by key.
+    pub fn ack_config(&self, global: &AckConfig) -> AckConfig {
+        let mut ack = global.clone();
+        if let Some(own) = &self.ack {
+            let text = |mine: &Option<String>, theirs: &mut Option<String>| {
+                if mine.is_some() {
+                    theirs.clone_from(mine);
+                }
+            };
+            if let Some(subject) = &own.subject {
+                ack.subject.clone_from(subject);
+            }
+            text(&own.body, &mut ack.body);
+            text(&own.html_body, &mut ack.html_body);
+            text(&own.signature, &mut ack.signature);
+        }
+        ack
+    }
 }
 
 impl Config {
@@ -685,11 +792,18 @@ impl Config {
         config.path = path.to_owned();
         config.store.path = anchor(base, &config.store.path);
         if let Some(smtp) = &mut config.smtp {
-            validate_smtp(smtp, base).map_err(err)?;
+            if let Some(ca) = &smtp.ca_file {
+                smtp.ca_file = Some(anchor(base, ca));
+            }
+            let oauth = smtp.auth.is_some_and(AuthMech::is_oauth2);
+            let has_password = smtp.password.is_some();
+            check_auth("[smtp]", oauth, &mut smtp.oauth2, has_password, base).map_err(err)?;
+            validate_smtp(smtp, "[smtp]").map_err(err)?;
         }
         validate_ack(&mut config.ack, config.smtp.is_some(), base).map_err(err)?;
         validate_mailboxes(&mut config.mailboxes, base).map_err(err)?;
         config.validate_smtp_token().map_err(err)?;
+        config.validate_identities(base).map_err(err)?;
         validate_threading(&mut config.threading).map_err(err)?;
         validate_classify(&config.classify).map_err(err)?;
         let names: Vec<&str> = config.mailboxes.iter().map(|m| m.name.as_str()).collect();
@@ -700,13 +814,21 @@ impl Config {
     /// `[smtp]` with an OAuth2 `auth` and no `oauth2` table of its own needs a mailbox whose
     /// token it can share.
     fn validate_smtp_token(&self) -> Check {
-        if let Some(smtp) = &self.smtp
-            && smtp.auth.is_some_and(AuthMech::is_oauth2)
+        if let Some(smtp) = &self.smtp {
+            self.check_token_mailbox(smtp, "[smtp]")?;
+        }
+        Ok(())
+    }
+
+    /// SMTP settings (`at` names them) with an OAuth2 `auth` and no `oauth2` table need a
+    /// mailbox whose token they can share.
+    fn check_token_mailbox(&self, smtp: &SmtpConfig, at: &str) -> Check {
+        if smtp.auth.is_some_and(AuthMech::is_oauth2)
             && smtp.oauth2.is_none()
-            && self.smtp_token_mailbox().is_none()
+            && self.token_mailbox_of(smtp).is_none()
         {
             return Err(format!(
-                "[smtp]: an OAuth2 `auth` without `oauth2 = {{ ... }}` shares the token of the \
+                "{at}: an OAuth2 `auth` without `oauth2 = {{ ... }}` shares the token of the \
                  mailbox with the same username, but no OAuth2 mailbox has username {:?}",
                 smtp.username.as_deref().unwrap_or("")
             ));
@@ -714,10 +836,64 @@ impl Config {
         Ok(())
     }
 
+    /// Each mailbox's identity: its `from`, its `[mailbox.ack]` texts, and its
+    /// `[mailbox.smtp]` merged over `[smtp]` (which it needs) into `own_smtp`.
+    fn validate_identities(&mut self, base: &Path) -> Check {
+        let global = self.smtp.clone();
+        for i in 0..self.mailboxes.len() {
+            let mb = &mut self.mailboxes[i];
+            let at = mb.label(i);
+            if let Some(from) = &mb.from
+                && from.trim().parse::<lettre::message::Mailbox>().is_err()
+            {
+                return Err(format!("{at}: `from = {from:?}` is not an address"));
+            }
+            if let Some(ack) = &mut mb.ack {
+                read_body_file(
+                    &mut ack.body,
+                    &mut ack.body_file,
+                    base,
+                    &format!("{at}: ack"),
+                )?;
+            }
+            let Some(over) = &mut mb.smtp else { continue };
+            let Some(global) = &global else {
+                return Err(format!(
+                    "{at}: [mailbox.smtp] overrides keys of [smtp], but there is no [smtp]"
+                ));
+            };
+            if let Some(ca) = &over.ca_file {
+                over.ca_file = Some(anchor(base, ca));
+            }
+            let from = mb.from.as_deref().unwrap_or(&global.from);
+            let mut merged = over.merged(global, from);
+            let at = format!("{at}: smtp");
+            if over.sets_credentials() {
+                // Inherited credentials were checked with [smtp].
+                let oauth = merged.auth.is_some_and(AuthMech::is_oauth2);
+                let has_password = merged.password.is_some();
+                check_auth(&at, oauth, &mut merged.oauth2, has_password, base)?;
+            }
+            validate_smtp(&merged, &at)?;
+            mb.own_smtp = Some(merged);
+        }
+        for (i, mb) in self.mailboxes.iter().enumerate() {
+            if let Some(own) = &mb.own_smtp {
+                self.check_token_mailbox(own, &format!("{}: smtp", mb.label(i)))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The OAuth2 mailbox whose token `[smtp]` shares: `[smtp]` has an OAuth2 `auth`, no
     /// `oauth2` of its own, and the same username (case-insensitive).
     pub fn smtp_token_mailbox(&self) -> Option<&MailboxConfig> {
-        let smtp = self.smtp.as_ref()?;
+        self.token_mailbox_of(self.smtp.as_ref()?)
+    }
+
+    /// The OAuth2 mailbox whose token the SMTP settings `smtp` share (see
+    /// [`Config::smtp_token_mailbox`]).
+    pub fn token_mailbox_of(&self, smtp: &SmtpConfig) -> Option<&MailboxConfig> {
         if !smtp.auth.is_some_and(AuthMech::is_oauth2) || smtp.oauth2.is_some() {
             return None;
         }
@@ -727,13 +903,41 @@ impl Config {
             .find(|m| m.oauth2.is_some() && m.username.eq_ignore_ascii_case(user))
     }
 
+    /// The SMTP settings for mail on `mailbox`'s tickets: its `[mailbox.smtp]` merged over
+    /// `[smtp]`, else `[smtp]`. `None` without `[smtp]`.
+    pub fn smtp_for(&self, mailbox: &str) -> Option<&SmtpConfig> {
+        self.mailbox(mailbox)
+            .and_then(|m| m.own_smtp.as_ref())
+            .or(self.smtp.as_ref())
+    }
+
+    /// The From for mail on `mailbox`'s tickets: its `from`, else `[smtp]`'s.
+    pub fn from_for(&self, mailbox: &str) -> Option<&str> {
+        self.mailbox(mailbox)
+            .and_then(|m| m.from.as_deref())
+            .or(self.smtp.as_ref().map(|s| s.from.as_str()))
+    }
+
+    /// The mailbox named `name`.
+    pub fn mailbox(&self, name: &str) -> Option<&MailboxConfig> {
+        self.mailboxes.iter().find(|m| m.name == name)
+    }
+
     /// Every `oauth2` table, `[smtp]`'s first, each with how errors name its owner.
     pub fn oauth2_tables_mut(&mut self) -> impl Iterator<Item = (String, &mut OAuth2Config)> {
         let smtp = self.smtp.as_mut().and_then(|s| s.oauth2.as_mut());
         let smtp = smtp.map(|o| ("[smtp]".to_owned(), o));
-        let mailboxes = self.mailboxes.iter_mut().enumerate().filter_map(|(i, mb)| {
+        let mailboxes = self.mailboxes.iter_mut().enumerate().flat_map(|(i, mb)| {
             let at = mb.label(i);
-            mb.oauth2.as_mut().map(|o| (at, o))
+            let own = mb.smtp.as_ref().is_some_and(SmtpOverride::sets_credentials);
+            let own_smtp = mb.own_smtp.as_mut().filter(|_| own);
+            let own_smtp = own_smtp.and_then(|s| s.oauth2.as_mut());
+            let own_smtp = own_smtp.map(|o| (format!("{at}: smtp"), o));
+            mb.oauth2
+                .as_mut()
+                .map(|o| (at, o))
+                .into_iter()
+                .chain(own_smtp)
         });
         smtp.into_iter().chain(mailboxes)
     }
@@ -779,30 +983,26 @@ fn anchor(base: &Path, p: &Path) -> PathBuf {
 /// What a validator returns: the problem, naming the section and the key.
 type Check = std::result::Result<(), String>;
 
-/// `[smtp]`: TLS, authentication, the From address; `ca-file` anchored at `base`.
-fn validate_smtp(smtp: &mut SmtpConfig, base: &Path) -> Check {
+/// SMTP settings (`at` names them: `[smtp]`, `mailbox #2 (sales): smtp`): TLS,
+/// authentication, the From address. The `oauth2` table was checked by [`check_auth`].
+fn validate_smtp(smtp: &SmtpConfig, at: &str) -> Check {
+    if smtp.host.trim().is_empty() {
+        return Err(format!("{at}: `host` must not be empty"));
+    }
     if smtp.tls == TlsMode::None && !smtp.allow_insecure {
-        return Err(
-            "[smtp]: `tls = \"none\"` sends the password in clear text; \
-                    set `allow-insecure = true` to allow it"
-                .into(),
-        );
+        return Err(format!(
+            "{at}: `tls = \"none\"` sends the password in clear text; \
+             set `allow-insecure = true` to allow it"
+        ));
     }
     let oauth = smtp.auth.is_some_and(AuthMech::is_oauth2);
-    check_auth(
-        "[smtp]",
-        oauth,
-        &mut smtp.oauth2,
-        smtp.password.is_some(),
-        base,
-    )?;
     if oauth && smtp.username.is_none() {
-        return Err(
-            "[smtp]: an OAuth2 `auth` needs `username` (the account the token is for)".into(),
-        );
+        return Err(format!(
+            "{at}: an OAuth2 `auth` needs `username` (the account the token is for)"
+        ));
     }
     if !oauth && smtp.username.is_some() != smtp.password.is_some() {
-        return Err("[smtp]: `username` and `password` go together".into());
+        return Err(format!("{at}: `username` and `password` go together"));
     }
     if smtp
         .from
@@ -810,13 +1010,7 @@ fn validate_smtp(smtp: &mut SmtpConfig, base: &Path) -> Check {
         .parse::<lettre::message::Mailbox>()
         .is_err()
     {
-        return Err(format!(
-            "[smtp]: `from = {:?}` is not an address",
-            smtp.from
-        ));
-    }
-    if let Some(ca) = &smtp.ca_file {
-        smtp.ca_file = Some(anchor(base, ca));
+        return Err(format!("{at}: `from = {:?}` is not an address", smtp.from));
     }
     Ok(())
 }
@@ -827,14 +1021,24 @@ fn validate_ack(ack: &mut AckConfig, has_smtp: bool, base: &Path) -> Check {
     if ack.enabled && !has_smtp {
         return Err("[ack] is enabled but there is no [smtp] to send with".into());
     }
-    if let Some(f) = &ack.body_file {
-        if ack.body.is_some() {
-            return Err("[ack]: give `body` or `body-file`, not both".into());
+    read_body_file(&mut ack.body, &mut ack.body_file, base, "[ack]")
+}
+
+/// A `body-file` (of the table `at` names) read into `body`; both at once is an error.
+fn read_body_file(
+    body: &mut Option<String>,
+    body_file: &mut Option<PathBuf>,
+    base: &Path,
+    at: &str,
+) -> Check {
+    if let Some(f) = body_file.take() {
+        if body.is_some() {
+            return Err(format!("{at}: give `body` or `body-file`, not both"));
         }
-        let f = anchor(base, f);
+        let f = anchor(base, &f);
         let text = std::fs::read_to_string(&f)
-            .map_err(|e| format!("[ack] body-file {}: {e}", f.display()))?;
-        ack.body = Some(text);
+            .map_err(|e| format!("{at} body-file {}: {e}", f.display()))?;
+        *body = Some(text);
     }
     Ok(())
 }
@@ -1252,6 +1456,80 @@ mod tests {
         assert_eq!(c.mailboxes[0].port(), 143);
         let e = parse(&format!("{base}{base}")).unwrap_err().to_string();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    const TWO: &str = "[smtp]\nhost = 'smtp.example.com'\nport = 2525\nca-file = 'ca.pem'\n\
+        username = 'support'\npassword = 'pw'\nfrom = 'Support <support@example.com>'\n\
+        [[mailbox]]\nname = 'support'\nhost = 'h'\nusername = 'u'\npassword = 'p'\n\
+        [[mailbox]]\nname = 'sales'\nhost = 'h'\nusername = 'u2'\npassword = 'p'\n\
+        from = 'Sales <sales@example.com>'\n";
+
+    #[test]
+    fn a_mailbox_smtp_table_merges_key_by_key_and_credentials_go_together() {
+        let c = parse(&format!("{TWO}[mailbox.smtp]\nport = 587\n")).unwrap();
+        let own = c.smtp_for("sales").unwrap();
+        assert_eq!((own.host.as_str(), own.port()), ("smtp.example.com", 587));
+        assert_eq!(
+            own.ca_file.as_deref(),
+            Some(Path::new("/etc/mailticket/ca.pem"))
+        );
+        assert_eq!(own.username.as_deref(), Some("support"));
+        assert_eq!(own.from, "Sales <sales@example.com>");
+        assert_eq!(c.smtp_for("support").unwrap().port(), 2525);
+        assert_eq!(c.smtp_for("nobody").unwrap().port(), 2525);
+        assert_eq!(c.from_for("sales"), Some("Sales <sales@example.com>"));
+        assert_eq!(c.from_for("support"), Some("Support <support@example.com>"));
+        // Credentials of its own: none of [smtp]'s are taken.
+        let c = parse(&format!(
+            "{TWO}[mailbox.smtp]\nusername = 'sales'\npassword = 'x'\nca-file = 'sales.pem'\n"
+        ))
+        .unwrap();
+        let own = c.smtp_for("sales").unwrap();
+        assert_eq!(own.username.as_deref(), Some("sales"));
+        assert_eq!(
+            own.ca_file.as_deref(),
+            Some(Path::new("/etc/mailticket/sales.pem"))
+        );
+        let e = parse(&format!("{TWO}[mailbox.smtp]\nusername = 'sales'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mailbox #2 (sales): smtp") && e.contains("go together"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_mailbox_smtp_or_identity_key_names_the_key_and_the_file() {
+        let err = |extra: &str| parse(&format!("{TWO}{extra}")).unwrap_err().to_string();
+        let e = err("[mailbox.smtp]\nhots = 'x'\n");
+        assert!(
+            e.contains("hots") && e.contains("/etc/mailticket/mailticket.toml"),
+            "{e}"
+        );
+        let e = err("[mailbox.smtp]\nfrom = 'a@b.c'\n");
+        assert!(e.contains("from"), "{e}");
+        let e = err("[mailbox.smtp]\ntls = 'none'\n");
+        assert!(
+            e.contains("mailbox #2 (sales): smtp") && e.contains("allow-insecure"),
+            "{e}"
+        );
+        let e = err("[mailbox.ack]\nsignatur = 'x'\n");
+        assert!(e.contains("signatur"), "{e}");
+        let e = parse(&TWO.replace("Sales <sales@example.com>", "not an address"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mailbox #2 (sales)") && e.contains("`from"),
+            "{e}"
+        );
+        let alone = "[[mailbox]]\nname = 'a'\nhost = 'h'\nusername = 'u'\npassword = 'p'\n\
+            [mailbox.smtp]\nport = 25\n";
+        let e = parse(alone).unwrap_err().to_string();
+        assert!(
+            e.contains("mailbox #1 (a)") && e.contains("no [smtp]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -118,7 +118,18 @@ pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
         check_mailbox(&mut r, &scope, mb, &creds).await;
     }
     if let Some(smtp) = &config.smtp {
-        check_smtp(&mut r, config, db, smtp).await;
+        let got = Tokens::new(config, db, &[], true).and_then(|t| t.smtp(config));
+        let hint = config.token_mailbox_of(smtp);
+        check_smtp(&mut r, ("smtp", "[smtp]"), smtp, got, hint).await;
+    }
+    // Each mailbox with an SMTP server of its own ([mailbox.smtp]).
+    for mb in &config.mailboxes {
+        let Some(own) = &mb.own_smtp else { continue };
+        let got = Tokens::new(config, db, &[], true).and_then(|t| t.mailbox_smtp(config, mb));
+        let scope = format!("mailbox {} smtp", mb.name);
+        let what = format!("[[mailbox]] {} [mailbox.smtp]", mb.name);
+        let hint = config.token_mailbox_of(own).or(Some(mb));
+        check_smtp(&mut r, (&scope, &what), own, got, hint).await;
     }
     for (i, h) in config.hooks.iter().enumerate() {
         check_hook(&mut r, i, h, db).await;
@@ -410,7 +421,7 @@ fn check_outbox(r: &mut Report, db: &Path) {
     let count = |c: rusqlite::Connection| -> rusqlite::Result<i64> {
         let mut s = c.prepare(
             "SELECT status, claimed_by, claimed_until FROM outbox
-             WHERE status IN ('sending', 'failed')",
+             WHERE status IN ('sending', 'failed') AND dismissed_at = 0",
         )?;
         let rows = s.query_map([], |row| {
             Ok((row.get::<_, OutboxStatus>(0)?, row.get(1)?, row.get(2)?))
@@ -432,33 +443,40 @@ fn check_outbox(r: &mut Report, db: &Path) {
             "outbox",
             Status::Warn,
             format!("{n} row(s) failed or interrupted while sending"),
-            Some("see `mailticket outbox`; `mailticket outbox --retry ID` sends one again"),
+            Some(
+                "see `mailticket outbox --status failed`; `mailticket outbox --retry ID` sends \
+                 one again, `mailticket outbox dismiss ID` stops this warning for it",
+            ),
         ),
         // A store older than the outbox has none.
         None => {}
     }
 }
 
-async fn check_smtp(r: &mut Report, config: &Config, db: &Path, c: &crate::config::SmtpConfig) {
-    let scope = "smtp";
-    let got = Tokens::new(config, db, &[], true).and_then(|t| t.smtp(config));
-    let hint = config
-        .smtp_token_mailbox()
-        .map_or("smtp", |m| m.name.as_str());
-    let fix = "set the environment variable, file or command named by [smtp] password or oauth2";
-    let Some(creds) = secret_step(r, scope, got, fix, hint).await else {
+/// One SMTP server (`scope` in the report, `what` in the fixes: `[smtp]`, or a mailbox's
+/// own) with the credentials `got`: TLS, EHLO and AUTH, nothing sent. `hint` is the mailbox
+/// whose `oauth2 login` a dead token needs.
+async fn check_smtp(
+    r: &mut Report,
+    (scope, what): (&str, &str),
+    c: &crate::config::SmtpConfig,
+    got: crate::error::Result<Option<Credentials>>,
+    hint: Option<&MailboxConfig>,
+) {
+    let hint = hint.map_or("smtp", |m| m.name.as_str());
+    let fix =
+        format!("set the environment variable, file or command named by {what} password or oauth2");
+    let Some(creds) = secret_step(r, scope, got, &fix, hint).await else {
         return;
     };
     let smtp = match crate::outbound::smtp::Smtp::new(c, creds) {
         Ok(s) => s,
         Err(e) => {
-            return r.fail(
-                scope,
-                "setup",
-                &e,
-                "[smtp] ca-file must name a readable PEM file holding the certificate of the \
-                 CA that signed the server's",
+            let fix = format!(
+                "{what} ca-file must name a readable PEM file holding the certificate of the \
+                 CA that signed the server's"
             );
+            return r.fail(scope, "setup", &e, &fix);
         }
     };
     match smtp.check().await {

@@ -35,6 +35,7 @@
 //! - [`thread`]: which ticket a message joins, the subject tag, reply prefixes, the customer
 //!   of a forwarded request.
 //! - [`pipeline`]: one raw message into the store, exactly once: the decisions in order.
+//! - [`quarantine`]: quarantined messages through the pipeline again, after an upgrade.
 //! - [`store`]: the SQLite file (migrations, tickets, messages, cursors, quarantine, outbox,
 //!   the event log and hook deliveries, the JSON shapes of a ticket and a message in
 //!   [`store::view`] and each event's `data` in [`store::event`]),
@@ -67,6 +68,7 @@ pub mod msgid;
 pub mod oauth2;
 pub mod outbound;
 pub mod pipeline;
+pub mod quarantine;
 pub mod secret;
 pub mod stages;
 pub mod store;

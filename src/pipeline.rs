@@ -422,7 +422,7 @@ fn acknowledge(
         last_hour: tx.acks_to_since(address, now - 3600)?,
         last_day: tx.acks_to_since(address, now - 86_400)?,
     };
-    let message_id = new_message_id(tx.key(), ticket.id, &plan.domain());
+    let message_id = new_message_id(tx.key(), ticket.id, &plan.identity(ticket.mailbox).domain());
     match ack::decide(plan, p, verdict, &history, ticket, &message_id, now)? {
         AckDecision::Queue(out) => {
             tx.record_outgoing(ticket.id, &out, now)?;

@@ -129,6 +129,21 @@ impl Secret {
         }
         Ok(Revealed(value))
     }
+
+    /// Where the secret comes from, without reading it (a literal is hashed): two secrets
+    /// with the same origin are the same secret. For commands that must not read secrets
+    /// (`oauth2 status`).
+    pub fn origin(&self) -> String {
+        match self {
+            Secret::Plain(s) => {
+                let hash = crate::message::hex(&crate::message::sha256(s.as_bytes()));
+                format!("literal {hash}")
+            }
+            Secret::Source(SecretSource::Env(v)) => format!("env {v}"),
+            Secret::Source(SecretSource::File(p)) => format!("file {}", p.display()),
+            Secret::Source(SecretSource::Command(c)) => format!("command {}", c.join("\0")),
+        }
+    }
 }
 
 /// Runs a secret command and returns the first line of its output; kills it after `limit`,

@@ -60,7 +60,7 @@ pub async fn run(
     mailboxes: Vec<(MailboxConfig, Credentials)>,
     store: &StoreThread,
     outbound: Option<(
-        Arc<crate::outbound::smtp::Smtp>,
+        Arc<crate::outbound::senders::Senders>,
         Option<Arc<crate::outbound::AckPlan>>,
     )>,
     hooks: Vec<Arc<crate::hooks::deliver::Hook>>,
@@ -200,7 +200,7 @@ const OUTBOX_TICK: std::time::Duration = std::time::Duration::from_secs(30);
 /// whose retry came due. A send in progress finishes before a stop is honoured.
 async fn drain_outbox(
     shared: &Shared,
-    smtp: &crate::outbound::smtp::Smtp,
+    smtp: &crate::outbound::senders::Senders,
     stop: &CancellationToken,
 ) {
     loop {

@@ -17,6 +17,7 @@ mod hooks;
 mod import;
 mod oauth2;
 mod outbox;
+mod quarantine;
 mod sync;
 mod tickets;
 mod watch;
@@ -28,6 +29,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailticket::config::{Config, MailboxConfig};
 use mailticket::outbound::AckPlan;
+use mailticket::outbound::senders::Senders;
+use mailticket::outbound::smtp::Smtp;
 use mailticket::store::{Store, TicketStatus};
 
 /// Turns a support mailbox into helpdesk tickets.
@@ -86,8 +89,8 @@ pub enum Command {
     Tickets(tickets::TicketsArgs),
     /// Show one ticket with its messages
     Show(tickets::ShowArgs),
-    /// List messages that could not be parsed
-    Quarantine(tickets::QuarantineArgs),
+    /// Messages that could not be parsed: list, show, export, retry, delete
+    Quarantine(quarantine::QuarantineArgs),
     /// The outgoing queue and its failures
     Outbox(outbox::OutboxArgs),
     /// Queue a threaded reply on a ticket and send it
@@ -111,12 +114,11 @@ impl Command {
     /// Whether the command only reads the store (it must exist, and may be read-only).
     pub fn reads_only(&self) -> bool {
         match self {
-            Command::Tickets(_)
-            | Command::Show(_)
-            | Command::Quarantine(_)
-            | Command::Events(_)
-            | Command::Export(_) => true,
+            Command::Tickets(_) | Command::Show(_) | Command::Events(_) | Command::Export(_) => {
+                true
+            }
             Command::Outbox(a) => a.reads_only(),
+            Command::Quarantine(a) => a.reads_only(),
             Command::Hooks(a) => a.reads_only(),
             _ => false,
         }
@@ -333,7 +335,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Ingest(a) => Ok(import::run_ingest(&ctx, &a)),
         Command::Tickets(a) => tickets::list(&ctx, &a),
         Command::Show(a) => tickets::show(&ctx, &a),
-        Command::Quarantine(a) => tickets::quarantine(&ctx, &a),
+        Command::Quarantine(a) => quarantine::run(&ctx, &a),
         Command::Outbox(a) => outbox::outbox(&ctx, &a),
         Command::Reply(a) => outbox::reply(&ctx, &a),
         Command::Close(a) => outbox::set_status(&ctx, &a, TicketStatus::Closed),
@@ -360,31 +362,38 @@ fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The SMTP server from `[smtp]`, with its password (or OAuth2 secrets) read now (a missing
-/// one is a configuration error, exit 2).
-pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
+/// The SMTP servers from `[smtp]` and each `[mailbox.smtp]`, with their passwords (or OAuth2
+/// secrets) read now (a missing one is a configuration error, exit 2).
+pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<Senders>> {
     // Opens the token table only when [smtp] uses an OAuth2 token endpoint.
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &[], true)?;
     smtp_with(ctx, &tokens)
 }
 
-/// The SMTP server from `[smtp]`, with credentials from `tokens` (which may share a token
-/// source with a mailbox).
+/// The SMTP servers from `[smtp]` and each `[mailbox.smtp]`, with credentials from `tokens`
+/// (which may share a token source with a mailbox).
 pub fn smtp_with(
     ctx: &Ctx,
     tokens: &mailticket::oauth2::Tokens,
-) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
+) -> anyhow::Result<Option<Senders>> {
     let Some(c) = &ctx.config.smtp else {
         return Ok(None);
     };
     let creds = tokens.smtp(&ctx.config)?;
-    Ok(Some(mailticket::outbound::smtp::Smtp::new(c, creds)?))
+    let mut senders = Senders::new(Smtp::new(c, creds)?);
+    for mb in &ctx.config.mailboxes {
+        if let Some(own) = &mb.own_smtp {
+            let creds = tokens.mailbox_smtp(&ctx.config, mb)?;
+            senders.add(&mb.name, Smtp::new(own, creds)?);
+        }
+    }
+    Ok(Some(senders))
 }
 
 /// Sends the due outbox rows now, on a store thread of its own; gives the store back.
 pub fn drain_now(
     store: Store,
-    smtp: &mailticket::outbound::smtp::Smtp,
+    smtp: &Senders,
 ) -> anyhow::Result<(Store, mailticket::outbound::DrainReport)> {
     let (handle, join) = mailticket::store::StoreThread::spawn(store)?;
     let rt = tokio::runtime::Builder::new_current_thread()

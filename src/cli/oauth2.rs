@@ -98,11 +98,14 @@ fn print_prompt(label: &str, p: &mailticket::oauth2::device::Prompt) -> std::io:
 }
 
 fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
-    let all: Vec<&mailticket::config::MailboxConfig> = ctx.config.mailboxes.iter().collect();
-    let tokens = Tokens::new(&ctx.config, &ctx.db, &all, true)?;
+    // Reads no secret: the state is in the store and the config.
+    let tokens = Tokens::offline(&ctx.config, &ctx.db)?;
     let mut rows = Vec::new();
-    for mb in &all {
-        if let Some(s) = tokens.source_of(&mb.name) {
+    for mb in &ctx.config.mailboxes {
+        for s in [tokens.source_of(&mb.name), tokens.smtp_source_of(&mb.name)]
+            .into_iter()
+            .flatten()
+        {
             rows.push((s.label().to_owned(), s.state()));
         }
     }

@@ -1,11 +1,11 @@
-//! `mailticket tickets`, `show` and `quarantine`: reading the store.
+//! `mailticket tickets` and `show`: reading the store.
 
 use std::path::PathBuf;
 
 use mailticket::store::view::{message_json, ticket_json};
 use mailticket::store::{MessageRow, TicketStatus};
 use mailticket::time::rfc3339;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Ctx, Usage, print_json};
 
@@ -38,16 +38,9 @@ pub struct ShowArgs {
     pub save_attachments: Option<PathBuf>,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct QuarantineArgs {
-    /// Print JSON
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// Cuts `s` to `n` terminal columns for a table cell (a CJK character or an emoji takes two),
 /// ending in "…" when cut.
-fn cell(s: &str, n: usize) -> String {
+pub(super) fn cell(s: &str, n: usize) -> String {
     use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
     if s.width() <= n {
         return s.to_owned();
@@ -67,7 +60,7 @@ fn cell(s: &str, n: usize) -> String {
 
 /// [`cell`], padded with spaces to exactly `n` columns (`{:<n}` pads by characters, which
 /// misaligns wide characters).
-fn padded(s: &str, n: usize) -> String {
+pub(super) fn padded(s: &str, n: usize) -> String {
     let mut out = cell(s, n);
     let width = unicode_width::UnicodeWidthStr::width(out.as_str());
     out.push_str(&" ".repeat(n.saturating_sub(width)));
@@ -218,41 +211,6 @@ fn write_new(dir: &std::path::Path, name: &str, data: &[u8]) -> anyhow::Result<s
         dir.display()
     ))
 }
-
-pub fn quarantine(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {
-    let store = ctx.open_store_read()?;
-    let rows = store.quarantined()?;
-    if a.json {
-        let v: Vec<Value> = rows
-            .iter()
-            .map(|q| {
-                json!({"id": q.id, "source": q.source, "uid": q.uid, "error": q.error,
-                       "size": q.size, "received_at": rfc3339(q.received_at)})
-            })
-            .collect();
-        print_json(&v)?;
-        return Ok(0);
-    }
-    outln!(
-        "{:>5}  {:<30}  {:>6}  {:>8}  ERROR",
-        "ID",
-        "SOURCE",
-        "UID",
-        "SIZE"
-    );
-    for q in &rows {
-        outln!(
-            "{:>5}  {}  {:>6}  {:>8}  {}",
-            q.id,
-            padded(&q.source, 30),
-            q.uid,
-            q.size,
-            q.error
-        );
-    }
-    Ok(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

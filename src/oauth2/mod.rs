@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Flow, MailboxConfig, OAuth2Config, Provider};
+use crate::config::{AuthMech, Config, Flow, MailboxConfig, OAuth2Config, Provider, SmtpConfig};
 use crate::error::{Error, Result};
 use crate::secret::Revealed;
 pub use store::{TokenRow, TokenStore};
@@ -86,8 +86,10 @@ struct Endpoint {
     device_url: Option<String>,
     client_id: String,
     client_secret: Option<Revealed>,
-    /// The config's `refresh-token`.
+    /// The config's `refresh-token` (`None` also when secrets were not read).
     seed: Option<Revealed>,
+    /// Where the config's `refresh-token` comes from ([`crate::secret::Secret::origin`]).
+    seed_origin: Option<String>,
     scope: String,
     http: reqwest::Client,
     timeout: Duration,
@@ -135,14 +137,16 @@ fn sha256_hex(s: &str) -> String {
 
 impl TokenSource {
     /// A source for the account `key` (`mailbox:support`, `smtp`) from its `oauth2` table
-    /// (checked by the config loader, completed by [`provider::complete`]). Secrets are read
-    /// now: a missing one is a configuration error.
+    /// (checked by the config loader, completed by [`provider::complete`]). With `secrets`
+    /// they are read now (a missing one is a configuration error); without, the source can
+    /// only show its state ([`TokenSource::state`]).
     pub fn new(
         key: &str,
         label: &str,
         login_hint: &str,
         c: &OAuth2Config,
         store: Option<Arc<TokenStore>>,
+        secrets: bool,
     ) -> Result<TokenSource> {
         let timeout = Duration::from_secs(c.timeout.unwrap_or(30).max(1));
         let method = if let Some(argv) = &c.token_command {
@@ -165,13 +169,16 @@ impl TokenSource {
                 client_secret: c
                     .client_secret
                     .as_ref()
+                    .filter(|_| secrets)
                     .map(|s| s.resolve_within(&format!("{label} oauth2 client-secret"), timeout))
                     .transpose()?,
                 seed: c
                     .refresh_token
                     .as_ref()
+                    .filter(|_| secrets)
                     .map(|s| s.resolve_within(&format!("{label} oauth2 refresh-token"), timeout))
                     .transpose()?,
+                seed_origin: c.refresh_token.as_ref().map(crate::secret::Secret::origin),
                 scope: c.scope.clone().unwrap_or_default(),
                 http: http::client(c.ca_file.as_deref())?,
                 timeout,
@@ -187,17 +194,17 @@ impl TokenSource {
         })
     }
 
-    /// What makes two sources one: the same endpoint, client and first refresh token.
+    /// What makes two sources one: the same endpoint, client and first refresh token (its
+    /// value, or where it comes from when secrets were not read).
     fn grant_identity(&self) -> Option<String> {
         match &self.method {
-            Method::Endpoint(ep) if ep.flow == Flow::RefreshToken => ep.seed.as_ref().map(|seed| {
-                format!(
-                    "{}|{}|{}",
-                    ep.token_url,
-                    ep.client_id,
-                    sha256_hex(seed.expose())
-                )
-            }),
+            Method::Endpoint(ep) if ep.flow == Flow::RefreshToken => {
+                let seed = match &ep.seed {
+                    Some(seed) => sha256_hex(seed.expose()),
+                    None => ep.seed_origin.clone()?,
+                };
+                Some(format!("{}|{}|{seed}", ep.token_url, ep.client_id))
+            }
             _ => None,
         }
     }
@@ -527,7 +534,7 @@ impl TokenSource {
             scope: row.scope,
             refreshes: row.refreshes,
             has_refresh_token: row.refresh_token.is_some()
-                || matches!(&self.method, Method::Endpoint(ep) if ep.seed.is_some()),
+                || matches!(&self.method, Method::Endpoint(ep) if ep.seed_origin.is_some()),
             last_error: row.last_error,
         }
     }
@@ -618,12 +625,30 @@ pub struct Tokens {
 
 impl Tokens {
     /// Builds the sources the mailboxes in `chosen` (and `[smtp]` when `smtp`) need; opens
-    /// the token table of the store at `db` when an endpoint flow is configured.
+    /// the token table of the store at `db` when an endpoint flow is configured. Their
+    /// secrets are read now.
     pub fn new(
         config: &Config,
         db: &Path,
         chosen: &[&MailboxConfig],
         smtp: bool,
+    ) -> Result<Tokens> {
+        Tokens::build(config, db, chosen, smtp, true)
+    }
+
+    /// Every account's source, secrets unread: they can show their state and nothing else
+    /// (`oauth2 status` contacts nothing, so it needs no secret).
+    pub fn offline(config: &Config, db: &Path) -> Result<Tokens> {
+        let all: Vec<&MailboxConfig> = config.mailboxes.iter().collect();
+        Tokens::build(config, db, &all, true, false)
+    }
+
+    fn build(
+        config: &Config,
+        db: &Path,
+        chosen: &[&MailboxConfig],
+        smtp: bool,
+        secrets: bool,
     ) -> Result<Tokens> {
         let mut wanted: Vec<(String, String, String, &OAuth2Config)> = Vec::new();
         let mut mailboxes: Vec<&MailboxConfig> = chosen.to_vec();
@@ -635,6 +660,19 @@ impl Tokens {
                 wanted.push(("smtp".into(), "[smtp]".into(), hint.to_owned(), o));
             } else if let Some(mb) = config.smtp_token_mailbox() {
                 mailboxes.push(mb);
+            }
+        }
+        // Each [mailbox.smtp] with credentials of its own: its oauth2 table, or the token of
+        // the mailbox with its username.
+        for mb in config.mailboxes.iter().filter(|_| smtp) {
+            let Some(own) = own_credentials(mb) else {
+                continue;
+            };
+            if let (Some(o), true) = (&own.oauth2, own.auth.is_some_and(AuthMech::is_oauth2)) {
+                let label = format!("mailbox {} smtp", mb.name);
+                wanted.push((format!("smtp:{}", mb.name), label, mb.name.clone(), o));
+            } else if let Some(shared) = config.token_mailbox_of(own) {
+                mailboxes.push(shared);
             }
         }
         for mb in mailboxes {
@@ -656,7 +694,7 @@ impl Tokens {
         let mut sources = HashMap::new();
         let mut by_grant: HashMap<String, Arc<TokenSource>> = HashMap::new();
         for (key, label, hint, o) in wanted {
-            let src = TokenSource::new(&key, &label, &hint, o, store.clone())?;
+            let src = TokenSource::new(&key, &label, &hint, o, store.clone(), secrets)?;
             // Two accounts holding the same rotating refresh token would each spend it and
             // kill the other's: they share one source (and one store row).
             let src = match src.grant_identity() {
@@ -686,12 +724,36 @@ impl Tokens {
         let Some(s) = &config.smtp else {
             return Ok(None);
         };
-        if s.auth.is_some_and(crate::config::AuthMech::is_oauth2) {
+        self.smtp_credentials(config, s, "smtp", "[smtp]")
+    }
+
+    /// The credentials `mb`'s own SMTP server (`[mailbox.smtp]`) logs in with: its own, or
+    /// `[smtp]`'s when it gives none.
+    pub fn mailbox_smtp(&self, config: &Config, mb: &MailboxConfig) -> Result<Option<Credentials>> {
+        match own_credentials(mb) {
+            Some(own) => {
+                let what = format!("mailbox {} smtp", mb.name);
+                self.smtp_credentials(config, own, &format!("smtp:{}", mb.name), &what)
+            }
+            None => self.smtp(config),
+        }
+    }
+
+    /// The credentials of the SMTP settings `s` (`what` names them; `key` is the account of
+    /// their own `oauth2` table): a token source, a password, or `None` without AUTH.
+    fn smtp_credentials(
+        &self,
+        config: &Config,
+        s: &SmtpConfig,
+        key: &str,
+        what: &str,
+    ) -> Result<Option<Credentials>> {
+        if s.auth.is_some_and(AuthMech::is_oauth2) {
             let key = if s.oauth2.is_some() {
-                "smtp".to_owned()
+                key.to_owned()
             } else {
                 config
-                    .smtp_token_mailbox()
+                    .token_mailbox_of(s)
                     .map(|m| format!("mailbox:{}", m.name))
                     .unwrap_or_default()
             };
@@ -700,12 +762,12 @@ impl Tokens {
                 .get(&key)
                 .cloned()
                 .map(|s| Some(Credentials::OAuth2(s)))
-                .ok_or_else(|| Error::Internal("[smtp]: no token source".into()));
+                .ok_or_else(|| Error::Internal(format!("{what}: no token source")));
         }
         s.password
             .as_ref()
             .map(|p| {
-                p.resolve_within("[smtp] password", s.timeout())
+                p.resolve_within(&format!("{what} password"), s.timeout())
                     .map(Credentials::Password)
             })
             .transpose()
@@ -715,6 +777,19 @@ impl Tokens {
     pub fn source_of(&self, mailbox: &str) -> Option<Arc<TokenSource>> {
         self.sources.get(&format!("mailbox:{mailbox}")).cloned()
     }
+
+    /// The source of `mailbox`'s own SMTP `oauth2` table (`[mailbox.smtp]`), if it has one.
+    pub fn smtp_source_of(&self, mailbox: &str) -> Option<Arc<TokenSource>> {
+        self.sources.get(&format!("smtp:{mailbox}")).cloned()
+    }
+}
+
+/// The SMTP settings of `mb` when its `[mailbox.smtp]` gives credentials of its own.
+fn own_credentials(mb: &MailboxConfig) -> Option<&SmtpConfig> {
+    mb.smtp
+        .as_ref()
+        .filter(|o| o.sets_credentials())
+        .and(mb.own_smtp.as_ref())
 }
 
 /// Reads a mailbox's password from wherever the config says it is. A failure is a

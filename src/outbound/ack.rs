@@ -77,6 +77,7 @@ pub fn decide(
             reasons: why,
         });
     };
+    let me = plan.identity(ticket.mailbox);
     let ctx = AckContext {
         ticket: TicketFields {
             id: ticket.id,
@@ -89,14 +90,16 @@ pub fn decide(
         },
         mailbox: MailboxFields {
             name: ticket.mailbox.to_owned(),
-            address: plan.from.email.to_string(),
+            address: me.from.email.to_string(),
+            from_name: me.from.name.clone().unwrap_or_default(),
+            signature: me.signature.clone(),
         },
         message: MessageFields {
             date: crate::time::rfc3339(p.date.unwrap_or(now)),
             subject: short_subject(&p.subject),
         },
     };
-    let rendered = plan
+    let rendered = me
         .templates
         .render(&ctx)
         .map_err(|e| Error::Compose(format!("[ack] template: {e}")))?;
@@ -104,7 +107,7 @@ pub fn decide(
     let mut references = p.references.clone();
     references.push(p.message_id.clone());
     let raw = compose(&Compose {
-        from: &plan.from,
+        from: &me.from,
         to: std::slice::from_ref(&to),
         cc: &[],
         subject: &subject,
@@ -117,7 +120,8 @@ pub fn decide(
     })?;
     Ok(AckDecision::Queue(Box::new(Outgoing {
         kind: OutboxKind::Ack,
-        from: plan.from.clone(),
+        mailbox: ticket.mailbox.to_owned(),
+        from: me.from.clone(),
         to: vec![to],
         cc: Vec::new(),
         subject,

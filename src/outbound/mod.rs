@@ -12,6 +12,7 @@
 
 pub mod ack;
 pub mod reply;
+pub mod senders;
 pub mod smtp;
 pub mod template;
 
@@ -40,25 +41,63 @@ pub fn new_message_id(key: &[u8], ticket: i64, domain: &str) -> String {
     crate::msgid::outbound_id(key, ticket, &crate::message::hex(&nonce), domain)
 }
 
-/// Everything needed to decide on and write an acknowledgement, shared by the pipeline.
-pub struct AckPlan {
+/// Who an acknowledgement comes from: the From, the texts and the sign-off of one mailbox
+/// (or of `[smtp]` and `[ack]`, for tickets of no configured mailbox).
+pub struct AckIdentity {
     /// The compiled templates.
     pub templates: AckTemplates,
+    /// Our From.
+    pub from: Mailbox,
+    /// `{{ mailbox.signature }}`: the configured one, else the From's display name, else its
+    /// address. Never the config's internal mailbox name.
+    pub signature: String,
+}
+
+impl AckIdentity {
+    /// The identity of `from` (an address, checked by the config loader) writing `ack`'s
+    /// texts; `at` names the table in errors.
+    fn new(ack: &AckConfig, from: &str, at: &str) -> std::result::Result<AckIdentity, String> {
+        let templates = AckTemplates::compile(ack).map_err(|e| format!("{at}: {e}"))?;
+        let from =
+            parse_mailbox(from).ok_or_else(|| format!("`from = {from:?}` is not an address"))?;
+        let signature = ack
+            .signature
+            .clone()
+            .or_else(|| from.name.clone().filter(|n| !n.trim().is_empty()))
+            .unwrap_or_else(|| from.email.to_string());
+        Ok(AckIdentity {
+            templates,
+            from,
+            signature,
+        })
+    }
+
+    /// The domain of our From, for Message-IDs.
+    pub fn domain(&self) -> String {
+        self.from.email.domain().to_owned()
+    }
+}
+
+/// Everything needed to decide on and write an acknowledgement, shared by the pipeline.
+pub struct AckPlan {
+    /// `[smtp]`'s From with `[ack]`'s texts.
+    pub default: AckIdentity,
+    /// Each mailbox's identity, by its name.
+    pub mailboxes: std::collections::HashMap<String, AckIdentity>,
     /// Limits and age.
     pub per_hour: u32,
     /// Per-day limit.
     pub per_day: u32,
     /// Maximum age of the customer's message, seconds.
     pub max_age: i64,
-    /// Our From.
-    pub from: Mailbox,
-    /// Our own addresses (never acknowledged).
+    /// Our own addresses, every identity's From among them (never acknowledged).
     pub own: Vec<String>,
 }
 
 impl AckPlan {
-    /// The plan for `config`, when acknowledgements are enabled. The templates are compiled
-    /// and test-rendered here, once: a problem is a configuration error naming the file.
+    /// The plan for `config`, when acknowledgements are enabled. The templates of `[ack]` and
+    /// of each mailbox are compiled and test-rendered here, once: a problem is a
+    /// configuration error naming the file and the table.
     pub fn from_config(config: &Config) -> Result<Option<Arc<AckPlan>>> {
         let (true, Some(smtp)) = (config.ack.enabled, config.smtp.as_ref()) else {
             return Ok(None);
@@ -67,14 +106,19 @@ impl AckPlan {
             path: config.path.clone(),
             message,
         };
-        let templates =
-            AckTemplates::compile(&config.ack).map_err(|e| cfg_err(format!("[ack]: {e}")))?;
-        let from = parse_mailbox(&smtp.from).ok_or_else(|| {
-            cfg_err(format!(
-                "[smtp]: `from = {:?}` is not an address",
-                smtp.from
-            ))
-        })?;
+        let default = AckIdentity::new(&config.ack, &smtp.from, "[ack]").map_err(cfg_err)?;
+        let mut own = config.own_addresses();
+        let mut mailboxes = std::collections::HashMap::new();
+        for (i, mb) in config.mailboxes.iter().enumerate() {
+            let from = mb.from.as_deref().unwrap_or(&smtp.from);
+            let at = format!("{}: ack", mb.label(i));
+            let id = AckIdentity::new(&mb.ack_config(&config.ack), from, &at).map_err(cfg_err)?;
+            own.push(id.from.email.to_string().to_ascii_lowercase());
+            mailboxes.insert(mb.name.clone(), id);
+        }
+        own.push(default.from.email.to_string().to_ascii_lowercase());
+        own.sort();
+        own.dedup();
         let AckConfig {
             per_sender_per_hour,
             per_sender_per_day,
@@ -82,18 +126,18 @@ impl AckPlan {
             ..
         } = config.ack;
         Ok(Some(Arc::new(AckPlan {
-            templates,
+            default,
+            mailboxes,
             per_hour: per_sender_per_hour,
             per_day: per_sender_per_day,
             max_age: i64::try_from(max_age).unwrap_or(i64::MAX),
-            from,
-            own: config.own_addresses(),
+            own,
         })))
     }
 
-    /// The domain of our From, for Message-IDs.
-    pub fn domain(&self) -> String {
-        self.from.email.domain().to_owned()
+    /// The identity acknowledgements on `mailbox`'s tickets go out with.
+    pub fn identity(&self, mailbox: &str) -> &AckIdentity {
+        self.mailboxes.get(mailbox).unwrap_or(&self.default)
     }
 
     /// Reasons not to acknowledge this message that need no store: its kind, its sender,
@@ -114,9 +158,7 @@ impl AckPlan {
                 if class.blocks_ack.is_empty() && crate::classify::is_no_reply(&to.address) {
                     why.push(format!("no-reply sender {}", to.address));
                 }
-                if self.own.contains(&to.address)
-                    || to.address == self.from.email.to_string().to_ascii_lowercase()
-                {
+                if self.own.contains(&to.address) {
                     why.push("sender is one of our own addresses".to_owned());
                 }
             }
@@ -263,9 +305,10 @@ pub struct DrainReport {
     pub errors: Vec<String>,
 }
 
-/// Sends every due `pending` row through `smtp`, over one connection kept open for the drain
-/// (a new one after a failure; see [`smtp::Session`]).
-pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
+/// Sends every due `pending` row, each through its mailbox's server (see [`senders`]), over
+/// one connection per server kept open for the drain (a new one after a failure; see
+/// [`smtp::Session`]).
+pub async fn drain(store: &StoreThread, senders: &senders::Senders) -> DrainReport {
     let mut report = DrainReport::default();
     let now = crate::time::now();
     match store.call(move |s| s.outbox_stuck()).await {
@@ -282,11 +325,11 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
         }
         Err(e) => report.errors.push(e.to_string()),
     }
-    // One connection for the whole drain (see `smtp::Session`).
-    let mut session = smtp.session();
+    // One connection per server for the whole drain (see `smtp::Session`).
+    let mut sessions = std::collections::HashMap::new();
     loop {
         // The claim outlives any one send: a live process is never taken for a dead one.
-        let lease = i64::try_from(smtp.timeout().as_secs()).unwrap_or(3600) + 60;
+        let lease = i64::try_from(senders.timeout().as_secs()).unwrap_or(3600) + 60;
         let claimed = store.call(move |s| s.outbox_claim_next(now, lease)).await;
         let job = match claimed {
             Ok(Some(job)) => job,
@@ -297,6 +340,9 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
             }
         };
         let id = job.id;
+        let session = sessions
+            .entry(senders.key(&job.mailbox))
+            .or_insert_with(|| senders.for_mailbox(&job.mailbox).session());
         let result = session.send(&job.mail_from, &job.rcpt, &job.raw).await;
         let done = match result {
             smtp::Sent::Accepted(reply) => {
@@ -334,7 +380,9 @@ pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
             break;
         }
     }
-    session.close().await;
+    for (_, session) in sessions {
+        session.close().await;
+    }
     report
 }
 

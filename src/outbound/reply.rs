@@ -18,8 +18,10 @@ pub struct Reply<'a> {
     pub tag: &'a str,
     /// The text.
     pub body: &'a str,
-    /// Our From.
+    /// Our From: the identity of the ticket's mailbox.
     pub from: &'a Mailbox,
+    /// The ticket's mailbox, whose SMTP settings send the reply.
+    pub mailbox: &'a str,
     /// Our own addresses: never in Cc.
     pub own: &'a [String],
     /// Close the ticket with it.
@@ -123,6 +125,7 @@ fn compose_reply(ctx: &ReplyContext, r: &Reply<'_>, message_id: &str) -> Result<
     })?;
     Ok(Outgoing {
         kind: OutboxKind::Reply,
+        mailbox: r.mailbox.to_owned(),
         from: r.from.clone(),
         to: vec![to],
         cc,

@@ -14,7 +14,7 @@ pub struct AckContext {
     pub ticket: TicketFields,
     /// `customer.name`, `customer.email`.
     pub customer: CustomerFields,
-    /// `mailbox.name`, `mailbox.address`.
+    /// `mailbox.name`, `mailbox.address`, `mailbox.from_name`, `mailbox.signature`.
     pub mailbox: MailboxFields,
     /// `message.date` (RFC 3339), `message.subject`.
     pub message: MessageFields,
@@ -43,10 +43,14 @@ pub struct CustomerFields {
 /// Mailbox fields.
 #[derive(Debug, Clone, Serialize)]
 pub struct MailboxFields {
-    /// Config name.
+    /// Config name (internal: for templates that need it, not for customers' eyes).
     pub name: String,
     /// Our address.
     pub address: String,
+    /// The display name of our From (may be empty).
+    pub from_name: String,
+    /// The sign-off: `signature`, else the From's display name, else its address.
+    pub signature: String,
 }
 
 /// Fields of the customer's message.
@@ -74,6 +78,8 @@ impl AckContext {
             mailbox: MailboxFields {
                 name: "support".into(),
                 address: "support@example.com".into(),
+                from_name: "Support".into(),
+                signature: "Support".into(),
             },
             message: MessageFields {
                 date: "2025-01-01T00:00:00Z".into(),

@@ -225,6 +225,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE message ADD COLUMN uidvalidity INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE message ADD COLUMN uid         INTEGER NOT NULL DEFAULT 0;
     "#,
+    // (outbox identity and dismissal): the mailbox whose identity a row goes out with, its
+    // From and its SMTP settings (`[mailbox.smtp]` over `[smtp]`), '' for `[smtp]`'s as every
+    // row before; and when an operator dismissed a failed or stuck row (`outbox dismiss`), 0
+    // when not: a dismissed row is no longer reported.
+    r#"
+    ALTER TABLE outbox ADD COLUMN mailbox      TEXT    NOT NULL DEFAULT '';
+    ALTER TABLE outbox ADD COLUMN dismissed_at INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

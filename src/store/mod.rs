@@ -34,7 +34,9 @@
 //!   `hook_disable`; an outbox result records its `outbound.*` event itself.
 //! - **Mailbox health**, for `sync` and `watch` (through `hooks::health`): `mailbox_failed`
 //!   (with the rule that says when it is failing), `mailbox_worked`; each records its event.
-//! - **The CLI's reads and edits**: `tickets`, `ticket`, `raw`, `quarantined`, `outbox_list`,
+//! - **The CLI's reads and edits**: `tickets`, `ticket`, `raw`, `quarantined`,
+//!   `quarantined_message`, `quarantine_ids`, `quarantine_reason`, `quarantine_delete`,
+//!   `outbox_list`, `outbox_dismiss`, `outbox_waiting`,
 //!   `outbox_retry`, `set_status` (with its `ticket.status_changed`), `schema_version`,
 //!   `events_since` (the feed), `hooks_list`, `hooks_disabled`, `hooks_retry`, `hook_enable`.
 //!
@@ -49,6 +51,7 @@ mod events;
 mod kinds;
 mod migrations;
 mod outbox;
+mod quarantine;
 mod tickets;
 pub mod view;
 mod worker;
@@ -64,7 +67,9 @@ pub use deliveries::{Attempt, DeliveryJob, DeliveryRow, MAX_RESPONSE};
 pub use events::{EventRow, NewEvent};
 pub use kinds::{Direction, OutboxKind, OutboxStatus, TicketStatus};
 pub use migrations::LATEST as SCHEMA_VERSION;
-pub use outbox::{OutJob, OutboxRow, Outgoing, ReplyContext, Retry, claim_holds};
+pub use outbox::{
+    Dismiss, OutJob, OutboxRow, OutboxWaiting, Outgoing, ReplyContext, Retry, claim_holds,
+};
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, MessageRow, NewMessage, NewTicket, Origin, Outcome,
     QuarantineRow, TicketRow, TicketState,

@@ -20,6 +20,8 @@ pub struct OutboxRow {
     pub ticket_id: i64,
     /// Ack or reply.
     pub kind: OutboxKind,
+    /// The mailbox whose identity it goes out with (empty: `[smtp]`'s).
+    pub mailbox: String,
     /// Where it stands.
     pub status: OutboxStatus,
     /// Main recipient.
@@ -30,6 +32,10 @@ pub struct OutboxRow {
     pub smtp_reply: String,
     /// Attempts so far.
     pub attempts: i64,
+    /// When a `pending` row is tried next (Unix seconds; 0 or past: at the next send).
+    pub next_attempt_at: i64,
+    /// When an operator dismissed this failed or stuck row (`outbox dismiss`); 0 when not.
+    pub dismissed_at: i64,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds.
@@ -58,6 +64,40 @@ pub fn claim_holds(claimed_by: &str, claimed_until: i64, now: i64) -> bool {
     claimed_until > now && crate::lock::process_alive(claimed_by)
 }
 
+/// What `outbox dismiss ID` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dismiss {
+    /// Dismissed: no longer reported.
+    Done,
+    /// No such row, or one that is neither failed nor stuck in `sending`.
+    NotDismissable,
+    /// A live process is sending it at this moment.
+    SendingNow,
+}
+
+/// Why a send found nothing to send: the rows that wait, and the first time one is due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxWaiting {
+    /// `pending` rows not due yet.
+    pub later: u64,
+    /// When the first of them is due (Unix seconds).
+    pub next_at: Option<i64>,
+    /// `failed` rows not dismissed.
+    pub failed: u64,
+    /// `sending` rows nobody is sending (interrupted or uncertain), not dismissed.
+    pub stuck: u64,
+}
+
+/// Row `id`'s status and claim (`claimed_by`, `claimed_until`); `None` when there is no row.
+fn claim_of(c: &Connection, id: i64) -> rusqlite::Result<Option<(OutboxStatus, String, i64)>> {
+    c.query_row(
+        "SELECT status, claimed_by, claimed_until FROM outbox WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
 /// A claimed row, ready to send.
 #[derive(Debug, Clone)]
 pub struct OutJob {
@@ -65,6 +105,8 @@ pub struct OutJob {
     pub id: i64,
     /// The ticket.
     pub ticket_id: i64,
+    /// The mailbox whose SMTP settings send it (empty: `[smtp]`).
+    pub mailbox: String,
     /// Envelope sender.
     pub mail_from: String,
     /// Envelope recipients.
@@ -87,6 +129,8 @@ fn backoff(attempts: i64) -> i64 {
 pub struct Outgoing {
     /// Ack or reply.
     pub kind: OutboxKind,
+    /// The mailbox whose identity (From, SMTP server) it goes out with; empty: `[smtp]`'s.
+    pub mailbox: String,
     /// Our From (also the envelope sender).
     pub from: Mailbox,
     /// To.
@@ -139,8 +183,8 @@ fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Re
     let id: i64 = c
         .prepare_cached(
             "INSERT INTO outbox (ticket_id, message_row, kind, status, mail_from, rcpt_to, rcpt_all,
-                created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7) RETURNING id",
+                created_at, updated_at, mailbox)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8) RETURNING id",
         )?
         .query_row(
             params![
@@ -150,7 +194,8 @@ fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Re
                 addr(&out.from),
                 to_list.first().cloned().unwrap_or_default(),
                 json(&all),
-                now
+                now,
+                out.mailbox
             ],
             |r| r.get(0),
         )?;
@@ -278,22 +323,32 @@ impl Store {
     /// Rows stuck in `sending`: interrupted, or sent without an answer. Not those that a live
     /// process is sending right now.
     pub fn outbox_stuck(&self) -> Result<Vec<OutboxRow>> {
-        let mut rows = self.outbox_rows("WHERE status = 'sending'")?;
+        let mut rows = self.outbox_rows("WHERE status = 'sending' AND dismissed_at = 0")?;
         rows.retain(|r| !r.sending_now);
         Ok(rows)
     }
 
-    /// The queue: everything not yet sent first, then the newest; at most `limit` rows (all
-    /// when `None`), and how many rows there are in all.
-    pub fn outbox_list(&self, limit: Option<u32>) -> Result<(Vec<OutboxRow>, u64)> {
+    /// The queue (only rows in `status` when given): everything not yet sent first, then
+    /// the newest; at most `limit` rows (all when `None`), and how many rows there are in all.
+    pub fn outbox_list(
+        &self,
+        limit: Option<u32>,
+        status: Option<OutboxStatus>,
+    ) -> Result<(Vec<OutboxRow>, u64)> {
         let limit = limit.map_or(-1, i64::from);
+        // A closed set of words: safe to write into the statement.
+        let filter = status.map_or(String::new(), |s| {
+            format!("WHERE status = '{}'", s.as_str())
+        });
         let rows = self.outbox_rows(&format!(
-            "ORDER BY status = 'sent', status = 'skipped', id DESC LIMIT {limit}"
+            "{filter} ORDER BY status = 'sent', status = 'skipped', id DESC LIMIT {limit}"
         ))?;
         let total: i64 = crate::store::sql("counting outbox rows", || {
             Ok(self
                 .conn
-                .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+                .query_row(&format!("SELECT count(*) FROM outbox {filter}"), [], |r| {
+                    r.get(0)
+                })?)
         })?;
         Ok((rows, u64::try_from(total).unwrap_or(0)))
     }
@@ -302,7 +357,8 @@ impl Store {
         let now = crate::time::now();
         let mut s = self.conn.prepare(&format!(
             "SELECT id, ticket_id, kind, status, rcpt_to, reason, smtp_reply, attempts, created_at,
-                    updated_at, claimed_by, claimed_until FROM outbox {tail}"
+                    updated_at, claimed_by, claimed_until, mailbox, next_attempt_at, dismissed_at
+             FROM outbox {tail}"
         ))?;
         let rows = s.query_map([], |r| {
             let status: OutboxStatus = r.get(3)?;
@@ -321,6 +377,9 @@ impl Store {
                 attempts: r.get(7)?,
                 created_at: r.get(8)?,
                 updated_at: r.get(9)?,
+                mailbox: r.get(12)?,
+                next_attempt_at: r.get(13)?,
+                dismissed_at: r.get(14)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -331,13 +390,14 @@ impl Store {
     pub fn outbox_claim_next(&mut self, now: i64, lease: i64) -> Result<Option<OutJob>> {
         crate::store::sql("claiming an outbox row", || {
             let me = crate::lock::process_tag();
-            let row: Option<(i64, i64, Option<i64>, String, String)> = self.write(|c| {
+            type Row = (i64, i64, Option<i64>, String, String, String);
+            let row: Option<Row> = self.write(|c| {
                 let row = c
                     .query_row(
-                        "SELECT id, ticket_id, message_row, mail_from, rcpt_all FROM outbox
+                        "SELECT id, ticket_id, message_row, mail_from, rcpt_all, mailbox FROM outbox
                          WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1",
                         [now],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
                     )
                     .optional()?;
                 if let Some((id, ..)) = &row {
@@ -350,7 +410,7 @@ impl Store {
                 }
                 Ok(row)
             })?;
-            let Some((id, ticket_id, message_row, mail_from, rcpt)) = row else {
+            let Some((id, ticket_id, message_row, mail_from, rcpt, mailbox)) = row else {
                 return Ok(None);
             };
             let raw = match message_row {
@@ -367,6 +427,7 @@ impl Store {
             Ok(Some(OutJob {
                 id,
                 ticket_id,
+                mailbox,
                 mail_from,
                 rcpt,
                 raw,
@@ -423,13 +484,7 @@ impl Store {
         crate::store::sql("requeueing an outbox row", || {
             let now = crate::time::now();
             self.write(|c| {
-                let row: Option<(OutboxStatus, String, i64)> = c
-                    .query_row(
-                        "SELECT status, claimed_by, claimed_until FROM outbox WHERE id = ?1",
-                        [id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
+                let row = claim_of(c, id)?;
                 let Some((status, by, until)) = row else {
                     return Ok(Retry::NotRetryable);
                 };
@@ -438,7 +493,7 @@ impl Store {
                 }
                 let n = c.execute(
                     "UPDATE outbox SET status = 'pending', next_attempt_at = 0, updated_at = ?2,
-                       claimed_by = '', claimed_until = 0
+                       claimed_by = '', claimed_until = 0, dismissed_at = 0
                      WHERE id = ?1 AND status IN ('failed', 'sending', 'pending')",
                     params![id, now],
                 )?;
@@ -449,6 +504,52 @@ impl Store {
                 })
             })
         })
+    }
+
+    /// `outbox dismiss ID`: a failed row, or one stuck in `sending` that nobody is sending,
+    /// is no longer reported (by `doctor`, by a send). It keeps its status and reason, and
+    /// `outbox --retry` still takes it.
+    pub fn outbox_dismiss(&mut self, id: i64) -> Result<Dismiss> {
+        crate::store::sql("dismissing an outbox row", || {
+            let now = crate::time::now();
+            self.write(|c| {
+                let row = claim_of(c, id)?;
+                match row {
+                    Some((OutboxStatus::Sending, by, until)) if claim_holds(&by, until, now) => {
+                        return Ok(Dismiss::SendingNow);
+                    }
+                    Some((OutboxStatus::Sending | OutboxStatus::Failed, ..)) => {}
+                    _ => return Ok(Dismiss::NotDismissable),
+                }
+                c.execute(
+                    "UPDATE outbox SET dismissed_at = ?2, updated_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )?;
+                Ok(Dismiss::Done)
+            })
+        })
+    }
+
+    /// What waits in the queue at `now` besides what is due: for a send that found nothing.
+    pub fn outbox_waiting(&self, now: i64) -> Result<OutboxWaiting> {
+        let mut w = OutboxWaiting::default();
+        for r in self
+            .outbox_rows("WHERE status IN ('pending', 'sending', 'failed') AND dismissed_at = 0")?
+        {
+            match r.status {
+                OutboxStatus::Pending if r.next_attempt_at > now => {
+                    w.later += 1;
+                    w.next_at = Some(
+                        w.next_at
+                            .map_or(r.next_attempt_at, |t| t.min(r.next_attempt_at)),
+                    );
+                }
+                OutboxStatus::Failed => w.failed += 1,
+                OutboxStatus::Sending if !r.sending_now => w.stuck += 1,
+                _ => {}
+            }
+        }
+        Ok(w)
     }
 
     fn outbox_set(

@@ -331,26 +331,6 @@ impl Store {
             .transpose()
         })
     }
-
-    /// The quarantine, newest first.
-    pub fn quarantined(&self) -> Result<Vec<QuarantineRow>> {
-        crate::store::sql("listing the quarantine", || {
-            let mut s = self.conn.prepare(
-                "SELECT id, source, uid, error, size, received_at FROM quarantine ORDER BY id DESC",
-            )?;
-            let rows = s.query_map([], |r| {
-                Ok(QuarantineRow {
-                    id: r.get(0)?,
-                    source: r.get(1)?,
-                    uid: r.get(2)?,
-                    error: r.get(3)?,
-                    size: r.get(4)?,
-                    received_at: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
-    }
 }
 
 /// Ticket `id` as listed, read through `c`.

@@ -270,9 +270,17 @@ impl Dovecot {
 
     /// Delivers one message into the support user's FOLDER, `\Seen` if asked.
     pub fn append(&self, folder: &str, message: &[u8], seen: bool) {
-        let before = self.messages(folder).iter().map(|m| m.uid).max();
+        self.append_to("support", folder, message);
+        if seen {
+            let uid = self.messages(folder).iter().map(|m| m.uid).max();
+            self.add_seen(folder, &uid.unwrap().to_string());
+        }
+    }
+
+    /// Delivers one unseen message into USER's FOLDER.
+    pub fn append_to(&self, user: &str, folder: &str, message: &[u8]) {
         let mut child = self
-            .server(&["doveadm", "save", "-u", "support", "-m", folder])
+            .server(&["doveadm", "save", "-u", user, "-m", folder])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -280,11 +288,6 @@ impl Dovecot {
             .unwrap();
         child.stdin.take().unwrap().write_all(message).unwrap();
         check("doveadm save", &child.wait_with_output().unwrap());
-        if seen {
-            let uid = self.messages(folder).iter().map(|m| m.uid).max();
-            assert!(uid > before, "the saved message got no new UID");
-            self.add_seen(folder, &uid.unwrap().to_string());
-        }
     }
 
     /// Sets `\Seen` on a UID set of FOLDER (e.g. "1:3").

@@ -199,6 +199,80 @@ fn client_credentials_syncs_shared_mailboxes_and_acks_over_smtp() {
 }
 
 #[test]
+fn a_mailbox_smtp_shares_its_own_token_or_has_its_own_oauth2_table() {
+    let o = OAuth2Server::start();
+    let dc = Dovecot::start_oauth2(&o);
+    let sink = Sink::start_oauth2(&o);
+    // [smtp] shares support's token; alice's [mailbox.smtp] logs in as alice with alice's
+    // IMAP token; bob's has an oauth2 table of its own.
+    let alice = oauth_mailbox(&dc, "alice", "oauthbearer", &app_only(&o))
+        + "from = \"Alice <alice@example.com>\"\n\
+           [mailbox.smtp]\nusername = \"alice\"\nauth = \"oauthbearer\"\n";
+    let bob = oauth_mailbox(&dc, "bob", "xoauth2", &app_only(&o))
+        + &format!(
+            "[mailbox.smtp]\nusername = \"bob\"\nauth = \"xoauth2\"\noauth2 = {}\n",
+            app_only(&o)
+        );
+    let wd = workdir(
+        &[
+            oauth_mailbox(&dc, "support", "xoauth2", &app_only(&o)),
+            alice,
+            bob,
+        ],
+        &smtp_oauth(&sink, "xoauth2", None),
+    );
+    anna(&dc, "m1@customer.example", "Support question");
+    dc.seed_user("alice", 1, 0, 3);
+    dc.seed_user("bob", 1, 0, 4);
+    let s = wd.sync();
+    assert_eq!(s["outbox"]["sent"], 3, "{s}");
+    let mut logins: Vec<(String, String)> = sink
+        .messages()
+        .iter()
+        .map(|m| {
+            let e = &m.envelope;
+            let mech = e["auth_oauth2"]["mechanism"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            (e["auth_user"].as_str().unwrap_or("").to_owned(), mech)
+        })
+        .collect();
+    logins.sort();
+    assert_eq!(
+        logins,
+        [
+            ("alice".to_owned(), "OAUTHBEARER".to_owned()),
+            ("bob".to_owned(), "XOAUTH2".to_owned()),
+            ("support".to_owned(), "XOAUTH2".to_owned()),
+        ]
+    );
+    // one token each for support, alice and bob (IMAP, shared by their SMTP), and one for
+    // bob's own SMTP table
+    assert_eq!(grants(&o, "client_credentials").len(), 4);
+    let st = wd
+        .mailticket(&["oauth2", "status", "--json"])
+        .success()
+        .json();
+    let accounts: Vec<&str> = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["account"].as_str().unwrap())
+        .collect();
+    assert!(accounts.contains(&"mailbox bob smtp"), "{st}");
+    let doc = wd.mailticket(&["doctor", "--json"]).success().json();
+    for scope in ["smtp", "mailbox alice smtp", "mailbox bob smtp"] {
+        let ok = doc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["scope"] == scope && s["step"] == "connect" && s["status"] == "ok");
+        assert!(ok, "{scope}: {doc}");
+    }
+}
+
+#[test]
 fn rotated_refresh_tokens_are_kept_across_runs_and_the_old_ones_are_dead() {
     // access tokens live 4 s: usable for 3 s, so each run after a pause refreshes
     let (o, dc, seed, wd) = signed_in(&[("OAUTH2_ACCESS_TTL", "4")], "");
@@ -474,6 +548,29 @@ fn device_code_login_stores_a_refresh_token_that_sync_uses() {
         grants(&o, "urn:ietf:params:oauth:grant-type:device_code").len(),
         1
     );
+
+    // `oauth2 status` contacts nothing, so it reads no secret: an unset one does not stop it.
+    let config = std::fs::read_to_string(wd.config()).unwrap();
+    let secret = format!("client-secret = {}", quoted(OAuth2Server::CLIENT_SECRET));
+    assert!(config.contains(&secret));
+    let unset = "client-secret = { env = \"MAILTICKET_TEST_UNSET_SECRET\" }";
+    wd.write_raw_config(&config.replace(&secret, unset));
+    let st = wd
+        .mailticket(&["oauth2", "status", "--json"])
+        .success()
+        .json();
+    assert_eq!(st[0]["account"], "mailbox support", "{st}");
+    assert_eq!(st[0]["has_refresh_token"], true, "{st}");
+    assert!(
+        st[0]["scope"].as_str().unwrap_or("").contains("IMAP"),
+        "{st}"
+    );
+    let text = wd.mailticket(&["oauth2", "status"]).success();
+    assert!(text.stdout.contains("mailbox support"), "{}", text.stdout);
+    // ... while a command that needs it names it.
+    wd.mailticket(&["sync"])
+        .code(2)
+        .stderr_mentions(&["MAILTICKET_TEST_UNSET_SECRET"]);
 }
 
 #[test]

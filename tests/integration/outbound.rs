@@ -309,6 +309,76 @@ fn refusals_fail_and_temporary_failures_are_retried() {
     assert!(sink.messages().is_empty());
 }
 
+/// The `store outbox` step of `doctor --json`: its status and detail.
+fn doctor_outbox(wd: &Workdir) -> (String, String) {
+    let v = wd.mailticket(&["doctor", "--json"]).json();
+    let step = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scope"] == "store" && s["step"] == "outbox")
+        .unwrap_or_else(|| panic!("no outbox step: {v}"))
+        .clone();
+    let text = |k: &str| step[k].as_str().unwrap_or("").to_owned();
+    (text("status"), format!("{step}"))
+}
+
+#[test]
+fn the_outbox_shows_the_next_attempt_filters_by_status_dismisses_and_says_why_nothing_went() {
+    let (dc, sink) = (Dovecot::start(), Sink::start());
+    let wd = setup(&dc, &sink, "");
+    for (who, id) in [("reject", "y1"), ("tempfail", "y2")] {
+        let from = format!("X <{who}@customer.example>");
+        let mail = simple_mail(&from, &format!("{id}@customer.example"), id, "");
+        dc.append("INBOX", &mail, false);
+    }
+    wd.mailticket(&["sync", "--json"]).code(1);
+    let only = |status: &str| {
+        let v = wd
+            .mailticket(&["outbox", "--status", status, "--json"])
+            .success()
+            .json();
+        v.as_array().unwrap().clone()
+    };
+    let (failed, pending) = (only("failed"), only("pending"));
+    assert_eq!((failed.len(), pending.len(), only("sent").len()), (1, 1, 0));
+    assert_eq!(failed[0]["to"], "reject@customer.example");
+    assert_eq!(failed[0]["next_attempt_at"], serde_json::Value::Null);
+    let next = pending[0]["next_attempt_at"].as_str().unwrap().to_owned();
+    assert!(
+        next.as_str() > pending[0]["updated_at"].as_str().unwrap(),
+        "{pending:?}"
+    );
+    let table = wd.mailticket(&["outbox"]).success().stdout;
+    assert!(table.lines().next().unwrap().contains("NEXT"), "{table}");
+    let line = table.lines().find(|l| l.contains("tempfail@")).unwrap();
+    assert!(line.contains(&next), "{table}");
+    wd.mailticket(&["outbox", "--status", "bogus"]).code(2);
+
+    // Nothing due: --send says so, and what waits.
+    let run = wd.mailticket(&["outbox", "--send"]).success();
+    run.stderr_mentions(&[
+        "nothing is due",
+        &format!("next attempt at {next}"),
+        "1 row(s) failed",
+    ]);
+    assert!(sink.messages().is_empty());
+
+    // doctor warns about the failed row until it is dismissed.
+    let (status, step) = doctor_outbox(&wd);
+    assert_eq!(status, "warn", "{step}");
+    let id = failed[0]["id"].as_i64().unwrap().to_string();
+    let pending_id = pending[0]["id"].as_i64().unwrap().to_string();
+    wd.mailticket(&["outbox", "dismiss", &pending_id]).code(2);
+    wd.mailticket(&["outbox", "dismiss", "999"]).code(2);
+    wd.mailticket(&["outbox", "dismiss", &id]).success();
+    let (status, step) = doctor_outbox(&wd);
+    assert_eq!(status, "ok", "{step}");
+    assert_eq!(only("failed")[0]["dismissed"], true);
+    let run = wd.mailticket(&["outbox", "--send"]).success();
+    assert!(!run.stderr.contains("row(s) failed"), "{run:?}");
+}
+
 #[test]
 fn a_row_interrupted_while_sending_is_not_resent() {
     let (dc, sink) = (Dovecot::start(), Sink::start());

@@ -64,6 +64,11 @@ impl Sink {
         Sink::start_with(env)
     }
 
+    /// A sink whose AUTH accepts USERS (`"user:password ..."`) instead of support's.
+    pub fn start_users(users: &str) -> Sink {
+        Sink::start_with(vec![("SMTP_USERS".into(), users.into())])
+    }
+
     fn start_with(env: Vec<(String, String)>) -> Sink {
         let mut sink = Sink {
             dir: unique_dir("mts"),

@@ -1,0 +1,107 @@
+//! Retrying quarantined messages (`mailticket quarantine retry`): after an upgrade whose parser
+//! takes what an older one could not, a kept message goes through the same pipeline as fresh
+//! mail (the same duplicate check, threading and acknowledgement plan) and leaves the
+//! quarantine; one that still fails stays, with the new reason. No IMAP cursor moves: the
+//! message was passed long ago. Called by the CLI; the store only reads and writes rows.
+
+use crate::classify::Identity;
+use crate::error::Result;
+use crate::pipeline::{Plan, process};
+use crate::store::{Origin, Outcome, Store};
+
+/// What a retry did with one quarantined message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// It parsed: stored (or found stored already) and gone from the quarantine.
+    Taken(Outcome),
+    /// It still cannot be parsed: kept, with this reason.
+    StillFailing(String),
+    /// Only its header was kept (it was too large to fetch): nothing to retry.
+    HeaderOnly,
+    /// No such quarantined message.
+    Missing,
+}
+
+/// Runs quarantined message `id` through the pipeline again, as `plan` says.
+pub fn retry(store: &mut Store, me: &Identity, id: i64, plan: Plan<'_>) -> Result<Retried> {
+    let Some((row, raw)) = store.quarantined_message(id)? else {
+        return Ok(Retried::Missing);
+    };
+    if i64::try_from(raw.len()).unwrap_or(i64::MAX) < row.size {
+        return Ok(Retried::HeaderOnly);
+    }
+    if let Err(why) = crate::message::parse(&raw) {
+        store.quarantine_reason(id, &why.0)?;
+        return Ok(Retried::StillFailing(why.0));
+    }
+    let origin = Origin {
+        mailbox: mailbox_of(&row.source).to_owned(),
+        source: row.source,
+        imap: None,
+    };
+    let stored = process(store, me, &raw, &origin, row.received_at, plan)?;
+    if let Outcome::Quarantined(_) = stored.outcome {
+        // Parsed, yet not storable (it could not be compressed, or storing it panicked):
+        // the pipeline logged why; the row stays as it was.
+        return Ok(Retried::StillFailing(row.error));
+    }
+    store.quarantine_delete(id)?;
+    Ok(Retried::Taken(stored.outcome))
+}
+
+/// The mailbox named in a source like `imap:support/INBOX` (empty for files and stdin).
+fn mailbox_of(source: &str) -> &str {
+    source
+        .strip_prefix("imap:")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Rules;
+
+    #[test]
+    fn a_message_that_now_parses_leaves_the_quarantine_and_one_that_does_not_stays() {
+        let mut store = Store::open_in_memory().unwrap();
+        let origin = Origin {
+            source: "imap:support/INBOX".into(),
+            mailbox: "support".into(),
+            imap: None,
+        };
+        let junk = b"\x00\x01 not a message".to_vec();
+        let Outcome::Quarantined(bad) = store.quarantine(&junk, "old", &origin, 5).unwrap() else {
+            panic!("not quarantined");
+        };
+        let mail = b"From: Anna <anna@example.org>\r\nSubject: Hi\r\nMessage-ID: <q1@example.org>\r\n\r\nHello\r\n";
+        let Outcome::Quarantined(good) = store
+            .quarantine(mail, "an old parser bug", &origin, 7)
+            .unwrap()
+        else {
+            panic!("not quarantined");
+        };
+        let me = Identity::default();
+        let rules = Rules::default();
+        let plan = Plan {
+            rules: &rules,
+            ack: None,
+        };
+        let r = retry(&mut store, &me, good, plan).unwrap();
+        let Retried::Taken(Outcome::Created(t)) = r else {
+            panic!("{r:?}")
+        };
+        assert!(store.quarantined_message(good).unwrap().is_none());
+        let (ticket, _) = store.ticket(t).unwrap().unwrap();
+        assert_eq!(ticket.mailbox, "support");
+        let r = retry(&mut store, &me, bad, plan).unwrap();
+        assert!(
+            matches!(&r, Retried::StillFailing(why) if why != "old"),
+            "{r:?}"
+        );
+        let (row, _) = store.quarantined_message(bad).unwrap().unwrap();
+        assert_ne!(row.error, "old");
+        assert_eq!(retry(&mut store, &me, 999, plan).unwrap(), Retried::Missing);
+        assert_eq!(mailbox_of("import:/x/y.eml"), "");
+    }
+}

@@ -1,0 +1,79 @@
+//! The quarantine's reads and edits for `mailticket quarantine show|export|retry|delete`: one
+//! row with its exact bytes, a new reason after a retry that still fails, and removal. The
+//! rows are written by `Store::quarantine` (tickets.rs) as the pipeline decides.
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{QuarantineRow, Store};
+use crate::error::Result;
+
+/// The columns [`quarantine_row`] reads, in its order.
+const COLUMNS: &str = "id, source, uid, error, size, received_at";
+
+fn quarantine_row(r: &Row<'_>) -> rusqlite::Result<QuarantineRow> {
+    Ok(QuarantineRow {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        uid: r.get(2)?,
+        error: r.get(3)?,
+        size: r.get(4)?,
+        received_at: r.get(5)?,
+    })
+}
+
+impl Store {
+    /// The quarantine, newest first.
+    pub fn quarantined(&self) -> Result<Vec<QuarantineRow>> {
+        crate::store::sql("listing the quarantine", || {
+            let mut s = self.conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM quarantine ORDER BY id DESC"
+            ))?;
+            let rows = s.query_map([], quarantine_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Quarantined message `id` with its bytes exactly as kept (only the header for a
+    /// message too large to fetch: compare `size`); `None` when there is no such row.
+    pub fn quarantined_message(&self, id: i64) -> Result<Option<(QuarantineRow, Vec<u8>)>> {
+        crate::store::sql("reading a quarantined message", || {
+            Ok(self
+                .conn
+                .query_row(
+                    &format!("SELECT {COLUMNS}, raw FROM quarantine WHERE id = ?1"),
+                    [id],
+                    |r| Ok((quarantine_row(r)?, r.get(6)?)),
+                )
+                .optional()?)
+        })
+    }
+
+    /// The ids of every quarantined message, oldest first.
+    pub fn quarantine_ids(&self) -> Result<Vec<i64>> {
+        crate::store::sql("listing the quarantine", || {
+            let mut s = self.conn.prepare("SELECT id FROM quarantine ORDER BY id")?;
+            let ids = s.query_map([], |r| r.get(0))?;
+            Ok(ids.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Records why quarantined message `id` still cannot be taken in.
+    pub fn quarantine_reason(&mut self, id: i64, error: &str) -> Result<()> {
+        crate::store::sql("updating a quarantined message", || {
+            self.write(|c| {
+                c.execute(
+                    "UPDATE quarantine SET error = ?2 WHERE id = ?1",
+                    params![id, error],
+                )?;
+                Ok(())
+            })
+        })
+    }
+
+    /// Removes quarantined message `id`; whether there was one.
+    pub fn quarantine_delete(&mut self, id: i64) -> Result<bool> {
+        crate::store::sql("deleting a quarantined message", || {
+            self.write(|c| Ok(c.execute("DELETE FROM quarantine WHERE id = ?1", [id])? == 1))
+        })
+    }
+}
