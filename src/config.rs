@@ -16,6 +16,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
+mod graph;
+pub use graph::{DEFAULT_GRAPH_URL, SmtpTransport, Transport};
+
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -256,7 +259,13 @@ impl WatchConfig {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SmtpConfig {
-    /// The server's host name (checked against its certificate).
+    /// `smtp` (default) or `graph`: send with Microsoft Graph `sendMail` instead.
+    #[serde(default)]
+    pub transport: SmtpTransport,
+    /// Graph: the API root (default `https://graph.microsoft.com/v1.0`).
+    pub graph_url: Option<String>,
+    /// The server's host name (checked against its certificate); not for Graph.
+    #[serde(default)]
     pub host: String,
     /// Defaults to 465 for implicit TLS, 587 otherwise.
     pub port: Option<u16>,
@@ -296,6 +305,11 @@ impl SmtpConfig {
     /// The per-conversation timeout.
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.timeout.max(1))
+    }
+
+    /// Whether sending takes an OAuth2 token (XOAUTH2, OAUTHBEARER, or Graph).
+    pub fn uses_oauth2(&self) -> bool {
+        self.auth.is_some_and(AuthMech::is_oauth2) || self.transport == SmtpTransport::Graph
     }
 }
 
@@ -524,7 +538,19 @@ pub enum After {
 pub struct MailboxConfig {
     /// A short name, unique among the mailboxes; used by `--mailbox` and in the store.
     pub name: String,
-    /// The IMAP server's host name (checked against its certificate).
+    /// `imap` (default) or `graph` (Microsoft Graph: delta query, raw MIME per message).
+    #[serde(default)]
+    pub transport: Transport,
+    /// Graph: the API root (default `https://graph.microsoft.com/v1.0`).
+    pub graph_url: Option<String>,
+    /// Graph: how often `watch` runs the delta query, in seconds (default 5).
+    #[serde(
+        default = "graph::default_poll_interval",
+        deserialize_with = "duration"
+    )]
+    pub poll_interval: u64,
+    /// The IMAP server's host name (checked against its certificate); not for Graph.
+    #[serde(default)]
     pub host: String,
     /// Defaults to 993 for implicit TLS, 143 otherwise.
     pub port: Option<u16>,
@@ -650,6 +676,11 @@ impl MailboxConfig {
     pub fn label(&self, i: usize) -> String {
         format!("mailbox #{} ({})", i + 1, self.name)
     }
+
+    /// Whether the mailbox logs in with an OAuth2 token (XOAUTH2, OAUTHBEARER, or Graph).
+    pub fn uses_oauth2(&self) -> bool {
+        self.auth.is_oauth2() || self.transport == Transport::Graph
+    }
 }
 
 impl Config {
@@ -690,7 +721,7 @@ impl Config {
     /// token it can share.
     fn validate_smtp_token(&self) -> Check {
         if let Some(smtp) = &self.smtp
-            && smtp.auth.is_some_and(AuthMech::is_oauth2)
+            && smtp.uses_oauth2()
             && smtp.oauth2.is_none()
             && self.smtp_token_mailbox().is_none()
         {
@@ -707,13 +738,13 @@ impl Config {
     /// `oauth2` of its own, and the same username (case-insensitive).
     pub fn smtp_token_mailbox(&self) -> Option<&MailboxConfig> {
         let smtp = self.smtp.as_ref()?;
-        if !smtp.auth.is_some_and(AuthMech::is_oauth2) || smtp.oauth2.is_some() {
+        if !smtp.uses_oauth2() || smtp.oauth2.is_some() {
             return None;
         }
         let user = smtp.username.as_deref()?;
-        self.mailboxes
-            .iter()
-            .find(|m| m.oauth2.is_some() && m.username.eq_ignore_ascii_case(user))
+        self.mailboxes.iter().find(|m| {
+            m.oauth2.is_some() && m.uses_oauth2() && m.username.eq_ignore_ascii_case(user)
+        })
     }
 
     /// Every `oauth2` table, `[smtp]`'s first, each with how errors name its owner.
@@ -770,6 +801,12 @@ type Check = std::result::Result<(), String>;
 
 /// `[smtp]`: TLS, authentication, the From address; `ca-file` anchored at `base`.
 fn validate_smtp(smtp: &mut SmtpConfig, base: &Path) -> Check {
+    if smtp.transport == SmtpTransport::Graph {
+        return graph::validate_smtp(smtp, base);
+    }
+    if smtp.host.trim().is_empty() {
+        return Err("[smtp]: `host` is missing".into());
+    }
     if smtp.tls == TlsMode::None && !smtp.allow_insecure {
         return Err(
             "[smtp]: `tls = \"none\"` sends the password in clear text; \
@@ -793,6 +830,11 @@ fn validate_smtp(smtp: &mut SmtpConfig, base: &Path) -> Check {
     if !oauth && smtp.username.is_some() != smtp.password.is_some() {
         return Err("[smtp]: `username` and `password` go together".into());
     }
+    check_from(smtp, base)
+}
+
+/// `[smtp] from` is an address; `ca-file` anchored at `base`.
+fn check_from(smtp: &mut SmtpConfig, base: &Path) -> Check {
     if smtp
         .from
         .trim()
@@ -930,6 +972,28 @@ fn validate_mailboxes(mailboxes: &mut [MailboxConfig], base: &Path) -> Check {
 /// One `[[mailbox]]` (`at` names it): server, TLS, authentication, post-action; `ca-file`
 /// anchored at `base`, `addresses` lowercased.
 fn validate_mailbox(mb: &mut MailboxConfig, at: &str, base: &Path) -> Check {
+    match mb.transport {
+        Transport::Imap => validate_imap_login(mb, at, base)?,
+        Transport::Graph => graph::validate_mailbox(mb, at, base)?,
+    }
+    if let After::Move(folder) = &mb.after
+        && (folder.trim().is_empty() || *folder == mb.folder)
+    {
+        return Err(format!(
+            "{at}: `after = {{ move = ... }}` needs a folder other than `folder`"
+        ));
+    }
+    if let Some(ca) = &mb.ca_file {
+        mb.ca_file = Some(anchor(base, ca));
+    }
+    for a in &mut mb.addresses {
+        *a = a.trim().to_ascii_lowercase();
+    }
+    Ok(())
+}
+
+/// The IMAP server and login of a mailbox (`at` names it): host, TLS, password or OAuth2.
+fn validate_imap_login(mb: &mut MailboxConfig, at: &str, base: &Path) -> Check {
     if mb.host.trim().is_empty() {
         return Err(format!("{at}: `host` must not be empty"));
     }
@@ -953,19 +1017,6 @@ fn validate_mailbox(mb: &mut MailboxConfig, at: &str, base: &Path) -> Check {
     }
     if !oauth && mb.password.is_none() {
         return Err(format!("{at}: `password` is missing"));
-    }
-    if let After::Move(folder) = &mb.after
-        && (folder.trim().is_empty() || *folder == mb.folder)
-    {
-        return Err(format!(
-            "{at}: `after = {{ move = ... }}` needs a folder other than `folder`"
-        ));
-    }
-    if let Some(ca) = &mb.ca_file {
-        mb.ca_file = Some(anchor(base, ca));
-    }
-    for a in &mut mb.addresses {
-        *a = a.trim().to_ascii_lowercase();
     }
     Ok(())
 }

@@ -28,6 +28,8 @@
 //! - [`tls`]: certificate trust shared by every outgoing connection.
 //! - [`imap`]: connect, log in, select, fetch, post-actions, IDLE, and bounds on what a
 //!   server may send. Knows nothing of tickets.
+//! - [`graph`]: Microsoft Graph, the other transport: a folder's delta query and raw MIME
+//!   into the same pipeline, post-actions in JSON batches, `sendMail`; throttling honoured.
 //! - [`oauth2`]: access tokens for XOAUTH2 / OAUTHBEARER, refresh tokens kept in the store.
 //! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
 //! - [`classify`]: pure judgement "person or machine?", and the loop checks on history.
@@ -58,6 +60,7 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod event_type;
+pub mod graph;
 pub mod hooks;
 pub mod imap;
 pub mod import;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::classify::Identity;
-use crate::config::{After, Config, MailboxConfig};
+use crate::config::{After, Config, MailboxConfig, Transport};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
 use crate::oauth2::{Credentials, Tokens};
@@ -94,20 +94,31 @@ pub async fn sync_mailbox(
         folder: Some(mb.folder.clone()),
         counts: Default::default(),
     };
-    let result = async {
-        let mut imap = imap::connect(mb, creds).await?;
-        let pass = Pass {
-            store,
-            me,
-            pool: None,
-            opts,
-            stop: None,
-        };
-        let r = catch_up(&mut imap, mb, &pass, &mut s).await;
-        imap.logout().await;
-        r
-    }
-    .await;
+    let pass = Pass {
+        store,
+        me,
+        pool: None,
+        opts,
+        stop: None,
+    };
+    let result = match mb.transport {
+        Transport::Graph => {
+            async {
+                let g = crate::graph::sync::client(mb, creds)?;
+                crate::graph::sync::catch_up(&g, mb, &pass, &mut s).await
+            }
+            .await
+        }
+        Transport::Imap => {
+            async {
+                let mut imap = imap::connect(mb, creds).await?;
+                let r = catch_up(&mut imap, mb, &pass, &mut s).await;
+                imap.logout().await;
+                r
+            }
+            .await
+        }
+    };
     match result {
         Err(e) => {
             tracing::error!(mailbox = %mb.name, error = %e, "mailbox failed");
@@ -289,8 +300,60 @@ async fn still_there(imap: &mut Imap, uids: &[u32]) -> Result<Vec<u32>> {
         .collect())
 }
 
+/// Room for `len` fetched bytes in the in-flight budget (a message larger than the budget
+/// takes all of it).
+pub(crate) async fn reserve(
+    budget: &Arc<Semaphore>,
+    len: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    let want = u32::try_from(len.clamp(1, IN_FLIGHT_BYTES)).unwrap_or(1);
+    budget
+        .clone()
+        .acquire_many_owned(want)
+        .await
+        .map_err(|_| Error::Internal("fetch budget closed".into()))
+}
+
+/// The in-flight byte budget of one pass.
+pub(crate) fn budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(IN_FLIGHT_BYTES))
+}
+
+/// A fetched message on its way to the store: parsed by a worker, committed in a group.
+pub(crate) struct Job {
+    pub prepared: oneshot::Receiver<Prepared>,
+    pub origin: Origin,
+    pub received: i64,
+    pub ack: Option<Arc<crate::outbound::AckPlan>>,
+    pub rules: Arc<Rules>,
+}
+
+impl Job {
+    /// Queues the commit; `permit` (its bytes in the budget) is given back once it ran.
+    pub fn submit(
+        self,
+        store: &StoreThread,
+        halt: Arc<AtomicBool>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> oneshot::Receiver<Result<Option<Stored>>> {
+        store.submit_grouped(halt, move |s| {
+            let _permit = permit;
+            match self.prepared.blocking_recv() {
+                Ok(p) => {
+                    let plan = Plan {
+                        rules: &self.rules,
+                        ack: self.ack.as_deref(),
+                    };
+                    commit(s, &p, &self.origin, self.received, plan)
+                }
+                Err(_) => Err(Error::Internal("a worker thread stopped".into())),
+            }
+        })
+    }
+}
+
 /// A message too large to fetch, `head` its header, ready for the quarantine.
-fn too_large(head: Vec<u8>, size: u64, max: u64) -> oneshot::Receiver<Prepared> {
+pub(crate) fn too_large(head: Vec<u8>, size: u64, max: u64) -> oneshot::Receiver<Prepared> {
     let (tx, rx) = oneshot::channel();
     let why = format!(
         "too large: {size} bytes, over max-message-size ({max} bytes); only its header was fetched"
@@ -532,7 +595,7 @@ impl<'a> CatchUp<'a> {
             summary,
             uidvalidity,
             frontier: Frontier::default(),
-            budget: Arc::new(Semaphore::new(IN_FLIGHT_BYTES)),
+            budget: budget(),
             halt: Arc::new(AtomicBool::new(false)),
             sub_tx,
             sub_rx,
@@ -607,6 +670,7 @@ impl<'a> CatchUp<'a> {
                 uid: fm.uid,
                 cursor_to,
             }),
+            graph: None,
         };
         let (ack, rules) = (self.opts.ack.clone(), self.opts.rules.clone());
         let (budget, store, me, halt, sub_tx, pool) = (
@@ -618,31 +682,21 @@ impl<'a> CatchUp<'a> {
             self.pool.clone(),
         );
         async move {
-            let want = u32::try_from(fm.bytes.len().clamp(1, IN_FLIGHT_BYTES)).unwrap_or(1);
-            let permit = budget
-                .acquire_many_owned(want)
-                .await
-                .map_err(|_| Error::Internal("fetch budget closed".into()))?;
+            let permit = reserve(&budget, fm.bytes.len()).await?;
             let uid = fm.uid;
             let received = fm.internal_date.unwrap_or_else(crate::time::now);
             let prepared = match fm.too_large {
                 None => pool.prepare(me, fm.bytes),
                 Some(size) => too_large(fm.bytes, size, max),
             };
-            let rx = store.submit_grouped(halt, move |s| {
-                let _permit = permit;
-                match prepared.blocking_recv() {
-                    Ok(p) => {
-                        let plan = Plan {
-                            rules: &rules,
-                            ack: ack.as_deref(),
-                        };
-                        commit(s, &p, &origin, received, plan)
-                    }
-                    Err(_) => Err(Error::Internal("a worker thread stopped".into())),
-                }
-            });
-            let _ = sub_tx.send((uid, cursor_to, rx));
+            let job = Job {
+                prepared,
+                origin,
+                received,
+                ack,
+                rules,
+            };
+            let _ = sub_tx.send((uid, cursor_to, job.submit(&store, halt, permit)));
             Ok(())
         }
     }

@@ -329,7 +329,7 @@ fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
 
 /// The SMTP server from `[smtp]`, with its password (or OAuth2 secrets) read now (a missing
 /// one is a configuration error, exit 2).
-pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
+pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<mailticket::outbound::Sender>> {
     // Opens the token table only when [smtp] uses an OAuth2 token endpoint.
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &[], true)?;
     smtp_with(ctx, &tokens)
@@ -340,18 +340,18 @@ pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp
 pub fn smtp_with(
     ctx: &Ctx,
     tokens: &mailticket::oauth2::Tokens,
-) -> anyhow::Result<Option<mailticket::outbound::smtp::Smtp>> {
+) -> anyhow::Result<Option<mailticket::outbound::Sender>> {
     let Some(c) = &ctx.config.smtp else {
         return Ok(None);
     };
     let creds = tokens.smtp(&ctx.config)?;
-    Ok(Some(mailticket::outbound::smtp::Smtp::new(c, creds)?))
+    Ok(Some(mailticket::outbound::Sender::new(c, creds)?))
 }
 
 /// Sends the due outbox rows now, on a store thread of its own; gives the store back.
 pub fn drain_now(
     store: Store,
-    smtp: &mailticket::outbound::smtp::Smtp,
+    smtp: &mailticket::outbound::Sender,
 ) -> anyhow::Result<(Store, mailticket::outbound::DrainReport)> {
     let (handle, join) = mailticket::store::StoreThread::spawn(store)?;
     let rt = tokio::runtime::Builder::new_current_thread()

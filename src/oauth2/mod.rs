@@ -639,7 +639,7 @@ impl Tokens {
         }
         for mb in mailboxes {
             if let Some(o) = &mb.oauth2
-                && mb.auth.is_oauth2()
+                && mb.uses_oauth2()
             {
                 let key = format!("mailbox:{}", mb.name);
                 if !wanted.iter().any(|(k, ..)| *k == key) {
@@ -670,7 +670,7 @@ impl Tokens {
 
     /// The credentials of `mb`: its password, or its token source.
     pub fn mailbox(&self, mb: &MailboxConfig) -> Result<Credentials> {
-        if mb.auth.is_oauth2() {
+        if mb.uses_oauth2() {
             return self
                 .sources
                 .get(&format!("mailbox:{}", mb.name))
@@ -686,7 +686,7 @@ impl Tokens {
         let Some(s) = &config.smtp else {
             return Ok(None);
         };
-        if s.auth.is_some_and(crate::config::AuthMech::is_oauth2) {
+        if s.uses_oauth2() {
             let key = if s.oauth2.is_some() {
                 "smtp".to_owned()
             } else {

@@ -11,6 +11,7 @@
 //! being sent right now and left alone.
 
 pub mod ack;
+pub mod graph;
 pub mod reply;
 pub mod smtp;
 pub mod template;
@@ -263,8 +264,56 @@ pub struct DrainReport {
     pub errors: Vec<String>,
 }
 
+/// What sends the outbox: an SMTP server, or Microsoft Graph `sendMail`
+/// (`[smtp] transport = "graph"`).
+pub enum Sender {
+    /// SMTP with lettre.
+    Smtp(smtp::Smtp),
+    /// Microsoft Graph.
+    Graph(graph::GraphSender),
+}
+
+impl Sender {
+    /// The sender `[smtp]` describes, with its credentials.
+    pub fn new(
+        c: &crate::config::SmtpConfig,
+        creds: Option<crate::oauth2::Credentials>,
+    ) -> crate::error::Result<Sender> {
+        Ok(match c.transport {
+            crate::config::SmtpTransport::Smtp => Sender::Smtp(smtp::Smtp::new(c, creds)?),
+            crate::config::SmtpTransport::Graph => {
+                Sender::Graph(graph::GraphSender::new(c, creds)?)
+            }
+        })
+    }
+
+    /// How long one send may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        match self {
+            Sender::Smtp(s) => s.timeout(),
+            Sender::Graph(g) => g.timeout(),
+        }
+    }
+
+    /// The server's host.
+    pub fn host(&self) -> &str {
+        match self {
+            Sender::Smtp(s) => s.host(),
+            Sender::Graph(g) => g.host(),
+        }
+    }
+
+    /// Sends `raw` (to `rcpt` over SMTP; Graph reads the recipients from its header).
+    pub async fn send(&self, from: &str, rcpt: &[String], raw: &[u8]) -> smtp::Sent {
+        match self {
+            Sender::Smtp(s) => s.send(from, rcpt, raw).await,
+            Sender::Graph(g) => g.send(raw).await,
+        }
+    }
+}
+
 /// Sends every due `pending` row through `smtp`.
-pub async fn drain(store: &StoreThread, smtp: &smtp::Smtp) -> DrainReport {
+pub async fn drain(store: &StoreThread, smtp: &Sender) -> DrainReport {
     let mut report = DrainReport::default();
     let now = crate::time::now();
     match store.call(move |s| s.outbox_stuck()).await {

@@ -1,0 +1,413 @@
+//! Microsoft Graph as the transport: the built binary against the Graph stand-in
+//! (`tests/env/graph-server`, HTTPS with the token server's test CA) and the local token
+//! endpoint (`tests/env/oauth2-server`, which the stand-in asks about every bearer token).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{
+    OAuth2Server, Prng, SUPPORT_ADDR, Workdir, bare_id, free_port, mailgen, quoted, script, spawn,
+    unique_dir,
+};
+
+/// The support mailbox in the stand-in.
+const USER: &str = SUPPORT_ADDR;
+
+/// A Graph stand-in on two free loopback ports: the API over HTTPS on `port` (certificate
+/// of the token server's test CA), its admin side over plain HTTP on `admin_port`. Dropping
+/// it kills the process.
+pub struct GraphServer {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    dir: PathBuf,
+    ca: PathBuf,
+}
+
+impl GraphServer {
+    /// What the token server needs to issue Graph tokens with the mail roles.
+    pub const TOKEN_ENV: [(&str, &str); 2] = [
+        (
+            "OAUTH2_MAIL_RESOURCES",
+            "https://outlook.office365.com https://graph.microsoft.com",
+        ),
+        ("OAUTH2_APP_ROLES", "Mail.ReadWrite Mail.Send"),
+    ];
+
+    pub fn start(o: &OAuth2Server) -> GraphServer {
+        let dir = unique_dir("mtg");
+        let (port, admin_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = Command::new("python3")
+            .arg(script("graph-server"))
+            .args(["--port", &port.to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .arg("--cert")
+            .arg(o.dir.join("tls/server.crt"))
+            .arg("--key")
+            .arg(o.dir.join("tls/server.key"))
+            .args([
+                "--introspect",
+                &format!("http://127.0.0.1:{}/introspect", o.port),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let g = GraphServer {
+            child,
+            port,
+            admin_port,
+            dir,
+            ca: o.ca_file(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
+            assert!(Instant::now() < deadline, "graph-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        g
+    }
+
+    /// The API root as `graph-url`.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/v1.0", self.port)
+    }
+
+    /// One admin request; the JSON answer, which must be 200.
+    pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> Value {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(" 200 "), "{method} {path}: {head}\n{body}");
+        serde_json::from_str(body).unwrap()
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        self.admin("POST", path, body.to_string().as_bytes())
+    }
+
+    /// Delivers one message into the inbox of `user`, received `age` seconds ago.
+    pub fn deliver(&self, user: &str, raw: &[u8], read: bool, age: u32) {
+        let r = if read { 1 } else { 0 };
+        self.admin(
+            "POST",
+            &format!("/admin/deliver?user={user}&read={r}&age={age}"),
+            raw,
+        );
+    }
+
+    /// Seeds the inbox of `user` with `messages`, written as .eml files first.
+    pub fn seed(&self, user: &str, messages: &[Vec<u8>]) {
+        let dir = self.dir.join(format!(
+            "seed-{}",
+            Prng::new(messages.len() as u64).next_u64()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, m) in messages.iter().enumerate() {
+            std::fs::write(dir.join(format!("{i:06}.eml")), m).unwrap();
+        }
+        let dir = dir.to_string_lossy().into_owned();
+        self.post(
+            "/admin/seed",
+            &serde_json::json!({ "user": user, "dir": dir }),
+        );
+    }
+
+    pub fn messages(&self, user: &str, folder: &str) -> Vec<Value> {
+        let v = self.admin(
+            "GET",
+            &format!("/admin/messages?user={user}&folder={folder}"),
+            b"",
+        );
+        v.as_array().unwrap().clone()
+    }
+
+    pub fn stats(&self) -> Value {
+        self.admin("GET", "/admin/stats", b"")
+    }
+
+    pub fn sent(&self) -> Vec<Value> {
+        self.admin("GET", "/admin/sent", b"")
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// A `[[mailbox]]` read through this stand-in with the app-only token of `o`.
+    pub fn mailbox_toml(&self, o: &OAuth2Server, extra: &str) -> String {
+        format!(
+            "[[mailbox]]\nname = \"support\"\ntransport = \"graph\"\ngraph-url = {}\n\
+             ca-file = {}\nusername = {}\naddresses = [{}]\ntimeout = 20\n{extra}\n\
+             oauth2 = {{ flow = \"client-credentials\", token-url = {}, client-id = {}, \
+             client-secret = {}, scope = \"https://graph.microsoft.com/.default\" }}\n",
+            quoted(&self.url()),
+            quoted(&self.ca.to_string_lossy()),
+            quoted(USER),
+            quoted(USER),
+            quoted(&o.token_url()),
+            quoted(OAuth2Server::CLIENT_ID),
+            quoted(OAuth2Server::CLIENT_SECRET),
+        )
+    }
+}
+
+impl Drop for GraphServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- last lines of {}/server.log", self.dir.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A token server, a Graph stand-in, and a work directory whose config reads the stand-in.
+fn setup(extra_mailbox: &str, extra: &str) -> (OAuth2Server, GraphServer, Workdir) {
+    let o = OAuth2Server::start_with(&GraphServer::TOKEN_ENV);
+    let g = GraphServer::start(&o);
+    let wd = Workdir::new();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n\n{}\n{extra}",
+        quoted(&wd.db().to_string_lossy()),
+        g.mailbox_toml(&o, extra_mailbox)
+    ));
+    (o, g, wd)
+}
+
+fn ids_of(messages: &[Vec<u8>]) -> BTreeSet<String> {
+    messages
+        .iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(m);
+            let line = text
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+                .unwrap();
+            bare_id(line.split_once(':').unwrap().1)
+        })
+        .collect()
+}
+
+fn count(v: &Value, key: &str) -> u64 {
+    v["mailboxes"][0]["counts"][key]
+        .as_u64()
+        .or_else(|| v["mailboxes"][0][key].as_u64())
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+#[test]
+fn graph_backlog_becomes_tickets_once_and_is_marked_read() {
+    let (_o, g, wd) = setup("", "");
+    let mail = mailgen::many(30, 7);
+    g.seed(USER, &mail[..25]);
+    // Read before the first run: not part of the backlog.
+    for m in &mail[25..] {
+        g.deliver(USER, m, true, 3600);
+    }
+    let first = wd.sync();
+    assert_eq!(count(&first, "fetched"), 25, "{first}");
+    assert_eq!(count(&first, "created") + count(&first, "threaded"), 25);
+    let ticketed: BTreeSet<String> = wd.ticketed_message_ids().into_iter().collect();
+    assert_eq!(ticketed, ids_of(&mail[..25]));
+    let inbox = g.messages(USER, "inbox");
+    assert_eq!(inbox.len(), 30);
+    assert!(
+        inbox.iter().all(|m| m["isRead"] == true),
+        "every message marked read"
+    );
+    assert_eq!(wd.tickets().len() as u64, count(&first, "created"));
+
+    // The marks are changes in the next delta round: known, so not fetched again.
+    let second = wd.sync();
+    assert_eq!(count(&second, "fetched"), 0, "{second}");
+    let stats = g.stats();
+    assert_eq!(
+        stats["by_kind"]["value"], 25,
+        "each $value fetched once: {stats}"
+    );
+    // New mail after the first run is taken even when someone read it first.
+    g.deliver(USER, &mailgen::one(40, 7, false), true, 0);
+    let third = wd.sync();
+    assert_eq!(count(&third, "fetched"), 1, "{third}");
+}
+
+#[test]
+fn graph_expired_delta_token_relists_without_duplicates() {
+    let (_o, g, wd) = setup("after = { move = \"Processed\" }", "");
+    let mail = mailgen::many(12, 9);
+    g.seed(USER, &mail[..8]);
+    wd.sync();
+    assert_eq!(g.messages(USER, "inbox").len(), 0, "moved away");
+    g.post("/admin/expire-delta", &serde_json::json!({}));
+    // The moved messages come back to the inbox (someone moved them back), and new mail comes.
+    g.seed(USER, &mail[..12]);
+    let after = wd.sync();
+    assert_eq!(
+        count(&after, "fetched"),
+        4,
+        "only the new ones are fetched: {after}"
+    );
+    assert_eq!(count(&after, "duplicates"), 8, "{after}");
+    assert_eq!(wd.ticketed_message_ids().len(), 12);
+}
+
+#[test]
+fn graph_throttling_is_honoured() {
+    let (_o, g, wd) = setup("", "");
+    g.seed(USER, &mailgen::many(20, 3));
+    g.post("/admin/delay", &serde_json::json!({ "seconds": 0.05 }));
+    g.post(
+        "/admin/throttle",
+        &serde_json::json!({ "count": 2, "retry_after": 2, "status": 429 }),
+    );
+    let t0 = Instant::now();
+    let s = wd.sync();
+    assert!(
+        t0.elapsed() >= Duration::from_secs(4),
+        "waited both Retry-Afters"
+    );
+    assert_eq!(count(&s, "fetched"), 20, "{s}");
+    let stats = g.stats();
+    assert_eq!(stats["throttled"], 2, "{stats}");
+    assert_eq!(
+        stats["early"], 0,
+        "nothing came back before Retry-After: {stats}"
+    );
+    assert_eq!(
+        stats["concurrency_refused"], 0,
+        "never more than 4 at once: {stats}"
+    );
+    assert!(
+        stats["max_concurrent"].as_u64().unwrap() > 1,
+        "$value fetched in parallel: {stats}"
+    );
+}
+
+#[test]
+fn graph_revoked_consent_is_a_clear_failure() {
+    let (_o, g, wd) = setup("", "");
+    g.seed(USER, &mailgen::many(2, 5));
+    wd.sync();
+    g.post(
+        "/admin/revoke",
+        &serde_json::json!({ "appid": OAuth2Server::CLIENT_ID }),
+    );
+    let run = wd.mailticket(&["sync"]).code(1);
+    run.stderr_mentions(&["Graph refused the access token", USER]);
+}
+
+#[test]
+fn graph_sync_killed_at_random_moments_tickets_every_message_once() {
+    let (_o, g, wd) = setup("", "");
+    let mail = mailgen::many(150, 21);
+    g.seed(USER, &mail);
+    let mut rng = Prng::new(0x6A_F00D);
+    let (mut killed_midway, mut progress) = (0, Vec::new());
+    for _ in 0..12 {
+        let mut child = spawn(wd.cmd(&["sync"]));
+        std::thread::sleep(Duration::from_millis(rng.range(100, 1200)));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        let tickets = wd.tickets().len();
+        if status.signal() == Some(9) && tickets < 150 {
+            killed_midway += 1;
+        }
+        assert!(status.signal() == Some(9) || status.success(), "{status}");
+        progress.push(tickets);
+    }
+    eprintln!("messages ticketed after each kill: {progress:?}");
+    assert!(killed_midway > 0, "no kill landed midway: {progress:?}");
+    wd.mailticket(&["sync"]).success();
+    let ids = wd.ticketed_message_ids();
+    assert_eq!(ids.len(), 150, "every message exactly once");
+    assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), ids_of(&mail));
+    assert!(
+        g.messages(USER, "inbox")
+            .iter()
+            .all(|m| m["isRead"] == true)
+    );
+}
+
+#[test]
+fn graph_acks_go_out_through_send_mail_with_our_headers() {
+    let smtp = format!(
+        "[smtp]\ntransport = \"graph\"\ngraph-url = \"{{URL}}\"\nca-file = \"{{CA}}\"\n\
+         username = {}\nfrom = \"Support <{USER}>\"\n\n[ack]\nenabled = true\nmax-age = 8640000000\n",
+        quoted(USER)
+    );
+    let o = OAuth2Server::start_with(&GraphServer::TOKEN_ENV);
+    let g = GraphServer::start(&o);
+    let wd = Workdir::new();
+    let smtp = smtp
+        .replace("{URL}", &g.url())
+        .replace("{CA}", &o.ca_file().to_string_lossy());
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n\n{}\n{smtp}",
+        quoted(&wd.db().to_string_lossy()),
+        g.mailbox_toml(&o, "")
+    ));
+    let mail = mailgen::many(6, 13);
+    g.seed(USER, &mail);
+    let s = wd.sync();
+    let acked = count(&s, "acks_queued");
+    assert!(acked > 0, "{s}");
+    let sent = g.sent();
+    assert_eq!(sent.len() as u64, acked, "each ack sent once");
+    let asked: BTreeSet<String> = ids_of(&mail);
+    for m in &sent {
+        assert_eq!(m["content_type"], "text/plain", "{m}");
+        let mime = m["mime"].as_str().unwrap();
+        let header = |name: &str| -> String {
+            mime.lines()
+                .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+                .map(|l| l.split_once(':').unwrap().1.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in {mime}"))
+        };
+        assert_eq!(header("auto-submitted"), "auto-replied");
+        assert_eq!(header("x-auto-response-suppress"), "All");
+        assert!(asked.contains(&bare_id(&header("in-reply-to"))), "{mime}");
+        assert!(header("references").contains(&header("in-reply-to")));
+        assert!(header("from").contains(USER));
+        // Our own Message-ID, recorded on the ticket for threading.
+        let ours = bare_id(&header("message-id"));
+        let tickets = wd.tickets();
+        let found = tickets.iter().any(|t| {
+            let shown = wd.show(crate::harness::id_of(t));
+            shown["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["direction"] == "out" && m["message_id"] == ours.as_str())
+        });
+        assert!(found, "sent Message-ID {ours} is on a ticket");
+    }
+    // Nothing is sent twice.
+    wd.sync();
+    assert_eq!(g.sent().len() as u64, acked);
+}
