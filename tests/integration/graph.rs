@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::doctor::steps_of;
+
 use crate::harness::{
     OAuth2Server, Prng, SUPPORT_ADDR, Workdir, bare_id, free_port, mailgen, quoted, script, spawn,
-    unique_dir,
+    unique_dir, wait_until,
 };
 
 /// The support mailbox in the stand-in.
@@ -410,4 +412,122 @@ fn graph_acks_go_out_through_send_mail_with_our_headers() {
     // Nothing is sent twice.
     wd.sync();
     assert_eq!(g.sent().len() as u64, acked);
+}
+
+#[test]
+fn graph_watch_polls_new_mail_within_seconds_and_stops_on_sigterm() {
+    let (_o, g, wd) = setup(
+        "poll-interval = 1",
+        "[watch]\nbackoff-max = 2\nshutdown-timeout = 10\n",
+    );
+    g.seed(USER, &mailgen::many(3, 17));
+    let mut w = wd.watch(&[]);
+    wait_until(Duration::from_secs(30), "the backlog", || {
+        wd.ticket_count() == 3
+    });
+    let mut latencies = Vec::new();
+    for n in 0..3 {
+        let t0 = Instant::now();
+        g.deliver(USER, &mailgen::one(100 + n, 17, false), false, 0);
+        wait_until(Duration::from_secs(30), "the new ticket", || {
+            wd.ticket_count() == 4 + n as usize
+        });
+        latencies.push(t0.elapsed());
+    }
+    eprintln!("new mail -> ticket over Graph: {latencies:?}");
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_secs(5)),
+        "{latencies:?}"
+    );
+    assert_eq!(w.count("polling the Graph delta query"), 1, "{}", w.log());
+    w.stop(Duration::from_secs(10));
+    assert!(w.log().contains("stopped"), "{}", w.log());
+    assert!(
+        g.messages(USER, "inbox")
+            .iter()
+            .all(|m| m["isRead"] == true)
+    );
+}
+
+/// A config reading and sending through the stand-ins, with a token server started with
+/// `roles` as the app's Graph permissions.
+fn setup_with_send(roles: &str) -> (OAuth2Server, GraphServer, Workdir) {
+    let o = OAuth2Server::start_with(&[GraphServer::TOKEN_ENV[0], ("OAUTH2_APP_ROLES", roles)]);
+    let g = GraphServer::start(&o);
+    let wd = Workdir::new();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n\n{}\n[smtp]\ntransport = \"graph\"\ngraph-url = {}\nca-file = {}\n\
+         username = {}\nfrom = {}\n",
+        quoted(&wd.db().to_string_lossy()),
+        g.mailbox_toml(&o, "after = { move = \"Processed\" }"),
+        quoted(&g.url()),
+        quoted(&o.ca_file().to_string_lossy()),
+        quoted(USER),
+        quoted(USER),
+    ));
+    g.post("/admin/mailbox", &serde_json::json!({ "user": USER }));
+    (o, g, wd)
+}
+
+#[test]
+fn graph_doctor_checks_token_mailbox_folder_and_names_what_is_missing() {
+    let (_o, g, wd) = setup_with_send("Mail.ReadWrite Mail.Send");
+    let v = wd.mailticket(&["doctor", "--json"]).success().json();
+    let ok = |s: &str| (s.to_owned(), "ok".to_owned());
+    assert_eq!(
+        steps_of(&v, "mailbox support"),
+        [
+            ok("secret"),
+            ok("oauth2"),
+            ok("permissions"),
+            ok("mailbox"),
+            ok("folder"),
+            ("move-target".into(), "warn".into())
+        ],
+        "{v}"
+    );
+    assert_eq!(
+        steps_of(&v, "smtp"),
+        [ok("secret"), ok("oauth2"), ok("permissions"), ok("send")]
+    );
+    // An application access policy that leaves the mailbox out.
+    g.post(
+        "/admin/policy",
+        &serde_json::json!({ "user": USER, "deny": true }),
+    );
+    let run = wd.mailticket(&["doctor"]).code(1);
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        text.contains("AccessPolicy") && text.contains("application access policy"),
+        "{text}"
+    );
+
+    // An app without Mail.Send: doctor names it; reading still works.
+    let (_o2, _g2, wd2) = setup_with_send("Mail.ReadWrite");
+    let v = wd2.mailticket(&["doctor", "--json"]).code(1).json();
+    assert_eq!(
+        steps_of(&v, "smtp")[2],
+        ("permissions".into(), "fail".into()),
+        "{v}"
+    );
+    let smtp: Vec<&Value> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["scope"] == "smtp")
+        .collect();
+    assert!(
+        smtp[2]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lacks Mail.Send"),
+        "{v}"
+    );
+    assert!(
+        smtp[2]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("Grant admin consent"),
+        "{v}"
+    );
 }
