@@ -261,8 +261,10 @@ impl Graph {
                 .http
                 .request(method.clone(), url)
                 .bearer_auth(token.expose())
-                .timeout(self.timeout)
-                .header("Prefer", format!("odata.maxpagesize={PAGE_SIZE}"));
+                .timeout(self.timeout);
+            if url.contains("/delta") {
+                rb = rb.header("Prefer", format!("odata.maxpagesize={PAGE_SIZE}"));
+            }
             if let Some((ctype, bytes)) = &body {
                 rb = rb.header("Content-Type", *ctype).body(bytes.clone());
             }

@@ -301,6 +301,26 @@ fn graph_throttling_is_honoured() {
         stats["early"], 0,
         "nothing came back before Retry-After: {stats}"
     );
+
+    // Throttled while four $value fetches are in flight: the whole mailbox waits (503 too).
+    g.seed(USER, &mailgen::many(40, 4)[20..]);
+    g.post(
+        "/admin/throttle",
+        &serde_json::json!({ "count": 1, "retry_after": 3, "status": 503, "match": "$value" }),
+    );
+    let t0 = Instant::now();
+    let s = wd.sync();
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "waited the Retry-After"
+    );
+    assert_eq!(count(&s, "fetched"), 20, "{s}");
+    let stats = g.stats();
+    assert_eq!(stats["throttled"], 3, "{stats}");
+    assert_eq!(
+        stats["early"], 0,
+        "nothing came back before Retry-After: {stats}"
+    );
     assert_eq!(
         stats["concurrency_refused"], 0,
         "never more than 4 at once: {stats}"
