@@ -207,16 +207,18 @@ impl Graph {
         };
         let mut u = reqwest::Url::parse(api).map_err(|e| bad(e.to_string()))?;
         let origin = u.origin().ascii_serialization();
+        // As the URL library writes it, so that `user_url` starts with it.
+        let api = u.as_str().trim_end_matches('/').to_owned();
         u.path_segments_mut()
             .map_err(|()| bad("not a base URL".into()))?
             .push("users")
             .push(user);
         Ok(Graph {
-            api: api.to_owned(),
+            host: crate::oauth2::http::host_of(&api),
+            api,
             origin,
             user_url: u.to_string(),
             user: user.to_owned(),
-            host: crate::oauth2::http::host_of(api),
             http: crate::oauth2::http::client(ca_file)?,
             token,
             limiter: Limiter::default(),
@@ -703,8 +705,10 @@ fn delta_item(v: &Value) -> Option<DeltaItem> {
     })
 }
 
-/// The header of a message cut off somewhere in its body: up to the first blank line.
+/// The header of a message cut off somewhere in its body: up to the first blank line
+/// within its first 64 KiB.
 fn header_of(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.truncate(64 << 10);
     let end = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

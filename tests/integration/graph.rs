@@ -551,3 +551,22 @@ fn graph_doctor_checks_token_mailbox_folder_and_names_what_is_missing() {
         "{v}"
     );
 }
+
+#[test]
+fn graph_message_over_max_size_is_quarantined_by_its_header() {
+    let (_o, g, wd) = setup("max-message-size = \"4 KiB\"", "");
+    let big = mailgen::one(3, 8, true);
+    assert!(big.len() > 8 << 10, "a large message: {} bytes", big.len());
+    g.deliver(USER, &big, false, 0);
+    g.deliver(USER, &mailgen::one(4, 8, false), false, 0);
+    let s = wd.sync();
+    assert_eq!(count(&s, "quarantined"), 1, "{s}");
+    assert_eq!(count(&s, "created"), 1, "{s}");
+    assert!(
+        g.messages(USER, "inbox")
+            .iter()
+            .all(|m| m["isRead"] == true)
+    );
+    let q = wd.mailticket(&["quarantine"]).success();
+    assert!(q.stdout.contains("too large"), "{}", q.stdout);
+}
