@@ -176,6 +176,15 @@ mod tests {
     }
 
     #[test]
+    fn the_graph_example_parses() {
+        let c = parse(include_str!("../../examples/outlook365-graph.toml")).unwrap();
+        assert_eq!(c.mailboxes[0].transport, Transport::Graph);
+        assert_eq!(c.smtp_token_mailbox().unwrap().name, "support");
+        let scope = c.mailboxes[0].oauth2.as_ref().unwrap().scope.as_deref();
+        assert_eq!(scope, Some(super::GRAPH_APP_SCOPE));
+    }
+
+    #[test]
     fn smtp_through_graph_shares_the_mailbox_token() {
         let c = parse(&format!(
             "[[mailbox]]\nname = 'm'\ntransport = 'graph'\nusername = 'support@x.example'\n{APP}\n\
