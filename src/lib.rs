@@ -46,6 +46,8 @@
 //!   Webhooks signatures, command hooks, the delivery policy (retries, order per ticket), and
 //!   when a mailbox counts as failing.
 //! - [`event_type`]: the names of ticket events, shared by the store, the config and the hooks.
+//! - [`pass`]: what a catch-up pass needs whatever the transport (options, budget, the job
+//!   that takes a fetched message to the store).
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
 //!   a cancellation token says stop.
@@ -69,6 +71,7 @@ pub mod message;
 pub mod msgid;
 pub mod oauth2;
 pub mod outbound;
+pub mod pass;
 pub mod pipeline;
 pub mod secret;
 pub mod store;

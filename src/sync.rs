@@ -19,7 +19,9 @@ use crate::config::{After, Config, MailboxConfig, Transport};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
 use crate::oauth2::{Credentials, Tokens};
-use crate::pipeline::{Plan, PrepPool, Prepared, PreparedBody, Rules, Stored, commit};
+use crate::pass::{Job, budget, reserve, too_large};
+pub use crate::pass::{Pass, SyncOptions};
+use crate::pipeline::{PrepPool, Stored};
 use crate::store::{Cursor, ImapPos, Origin, Store, StoreThread};
 use crate::summary::{RunSummary, SourceSummary};
 
@@ -27,24 +29,11 @@ use crate::summary::{RunSummary, SourceSummary};
 const BATCH_COUNT: usize = 500;
 /// At most this many bytes (by RFC822.SIZE) per UID FETCH, unless one message is larger.
 const BATCH_BYTES: u64 = 8 << 20;
-/// At most this many fetched bytes wait for the store at once.
-const IN_FLIGHT_BYTES: usize = 8 << 20;
 /// The post-action runs once this many UIDs are committed (and at the end): fewer round
 /// trips in which nothing is fetched.
 const POST_ACTION_EVERY: usize = 2000;
 /// UIDs per post-action or size command, to stay far below servers' line limits.
 const UIDS_PER_COMMAND: usize = 2000;
-
-/// How to run.
-#[derive(Clone, Default)]
-pub struct SyncOptions {
-    /// Work as usual but keep nothing and touch nothing on the server.
-    pub dry_run: bool,
-    /// Acknowledge new requests (queued in the outbox with their ticket).
-    pub ack: Option<Arc<crate::outbound::AckPlan>>,
-    /// How to thread and judge.
-    pub rules: Arc<Rules>,
-}
 
 /// Syncs the mailboxes (all, or those named in `only`) one after another. A failing mailbox
 /// is recorded in the summary and the others go on.
@@ -300,71 +289,6 @@ async fn still_there(imap: &mut Imap, uids: &[u32]) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// Room for `len` fetched bytes in the in-flight budget (a message larger than the budget
-/// takes all of it).
-pub(crate) async fn reserve(
-    budget: &Arc<Semaphore>,
-    len: usize,
-) -> Result<tokio::sync::OwnedSemaphorePermit> {
-    let want = u32::try_from(len.clamp(1, IN_FLIGHT_BYTES)).unwrap_or(1);
-    budget
-        .clone()
-        .acquire_many_owned(want)
-        .await
-        .map_err(|_| Error::Internal("fetch budget closed".into()))
-}
-
-/// The in-flight byte budget of one pass.
-pub(crate) fn budget() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(IN_FLIGHT_BYTES))
-}
-
-/// A fetched message on its way to the store: parsed by a worker, committed in a group.
-pub(crate) struct Job {
-    pub prepared: oneshot::Receiver<Prepared>,
-    pub origin: Origin,
-    pub received: i64,
-    pub ack: Option<Arc<crate::outbound::AckPlan>>,
-    pub rules: Arc<Rules>,
-}
-
-impl Job {
-    /// Queues the commit; `permit` (its bytes in the budget) is given back once it ran.
-    pub fn submit(
-        self,
-        store: &StoreThread,
-        halt: Arc<AtomicBool>,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> oneshot::Receiver<Result<Option<Stored>>> {
-        store.submit_grouped(halt, move |s| {
-            let _permit = permit;
-            match self.prepared.blocking_recv() {
-                Ok(p) => {
-                    let plan = Plan {
-                        rules: &self.rules,
-                        ack: self.ack.as_deref(),
-                    };
-                    commit(s, &p, &self.origin, self.received, plan)
-                }
-                Err(_) => Err(Error::Internal("a worker thread stopped".into())),
-            }
-        })
-    }
-}
-
-/// A message too large to fetch, `head` its header, ready for the quarantine.
-pub(crate) fn too_large(head: Vec<u8>, size: u64, max: u64) -> oneshot::Receiver<Prepared> {
-    let (tx, rx) = oneshot::channel();
-    let why = format!(
-        "too large: {size} bytes, over max-message-size ({max} bytes); only its header was fetched"
-    );
-    let _ = tx.send(Prepared {
-        raw: head,
-        body: PreparedBody::TooLarge { size, why },
-    });
-    rx
-}
-
 /// Runs the post-action on committed UIDs. The commits are made durable first: once the
 /// server deletes, moves or marks a message seen, a power cut must not take its ticket.
 async fn post_action(
@@ -464,22 +388,6 @@ impl Frontier {
             None => self.base,
         }
     }
-}
-
-/// What one catch-up pass needs besides the session. `sync` makes one pass per connection;
-/// `watch` makes one per wake-up, on the same connection, with a shared worker pool.
-pub struct Pass<'a> {
-    /// The store's thread.
-    pub store: &'a StoreThread,
-    /// Our own addresses.
-    pub me: &'a Arc<Identity>,
-    /// Parse workers to use; `None` starts some when there is work.
-    pub pool: Option<&'a PrepPool>,
-    /// Dry run or not.
-    pub opts: SyncOptions,
-    /// When cancelled, no new batch is fetched: what is in flight is stored and finished,
-    /// then the pass returns.
-    pub stop: Option<&'a CancellationToken>,
 }
 
 /// Selects the folder and takes every message above the cursor (the unseen backlog on the

@@ -24,10 +24,10 @@ use super::{Delta, DeltaItem, Graph, Link, MAX_CONCURRENT, Mime, PostAction};
 use crate::config::{After, MailboxConfig};
 use crate::error::{Error, Result};
 use crate::oauth2::Credentials;
+use crate::pass::{Job, Pass};
 use crate::pipeline::{PrepPool, Stored};
 use crate::store::{GraphCursor, GraphPos, Origin, Outcome, Store, StoreThread};
 use crate::summary::SourceSummary;
-use crate::sync::{Job, Pass};
 
 /// The Graph client of mailbox `mb`.
 pub fn client(mb: &MailboxConfig, creds: &Credentials) -> Result<Graph> {
@@ -84,7 +84,7 @@ pub async fn catch_up(
         backlog_before: cursor.backlog_before,
         summary,
         halt: Arc::new(AtomicBool::new(false)),
-        budget: crate::sync::budget(),
+        budget: crate::pass::budget(),
     };
     let start = match cursor.delta_link.is_empty() {
         true => g.delta_start(&folder)?,
@@ -299,9 +299,9 @@ impl Round<'_> {
                 let n = bytes.len();
                 (n, self.pool.prepare(self.pass.me.clone(), bytes))
             }
-            Mime::TooLarge { head, size } => (head.len(), crate::sync::too_large(head, size, max)),
+            Mime::TooLarge { head, size } => (head.len(), crate::pass::too_large(head, size, max)),
         };
-        let permit = crate::sync::reserve(&self.budget, bytes).await?;
+        let permit = crate::pass::reserve(&self.budget, bytes).await?;
         let origin = Origin {
             source: self.source.clone(),
             mailbox: self.mb.name.clone(),
