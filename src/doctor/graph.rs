@@ -50,6 +50,7 @@ pub(super) async fn check_mailbox(
         Err(e) => {
             let fix = match &e {
                 Error::Auth { .. } => FIX_POLICY,
+                Error::OAuth2 { .. } => "check the app's admin consent and the oauth2 scope",
                 Error::Protocol { .. } => {
                     "check `username`: the mailbox's address or user id, with an Exchange Online license"
                 }

@@ -349,17 +349,20 @@ impl Graph {
         }
     }
 
-    /// The error for a refusal: `401` and `403` are the credentials' (naming what is
-    /// missing), throttling and `5xx` transient, the rest the server's answer.
+    /// The error for a refusal: `401` the token's (the OAuth2 settings), `403` the
+    /// permissions' (naming what is missing), throttling and `5xx` transient, the rest the
+    /// server's answer.
     fn refused(&self, status: u16, body: &Value, what: &str) -> Error {
         let code = body["error"]["code"].as_str().unwrap_or("");
         let text = body["error"]["message"].as_str().unwrap_or("");
         let said = format!("HTTP {status} {code}: {text}");
         match status {
-            401 => Error::Auth {
-                host: self.host.clone(),
-                user: self.user.clone(),
-                message: format!("Graph refused the access token while {what} ({said})"),
+            401 => Error::OAuth2 {
+                account: format!("Graph mailbox {}", self.user),
+                message: format!(
+                    "Graph refused the access token while {what} ({said}); check the app's                      consent and the oauth2 scope (https://graph.microsoft.com/.default for                      app-only)"
+                ),
+                relogin: false,
             },
             403 => Error::Auth {
                 host: self.host.clone(),

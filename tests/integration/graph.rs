@@ -570,3 +570,37 @@ fn graph_message_over_max_size_is_quarantined_by_its_header() {
     let q = wd.mailticket(&["quarantine"]).success();
     assert!(q.stdout.contains("too large"), "{}", q.stdout);
 }
+
+#[test]
+fn graph_a_token_for_another_api_is_named_by_doctor_and_sync() {
+    let (_o, g, wd) = setup("", "");
+    // The IMAP app scope instead of Graph's: the token server issues it, Graph refuses it.
+    let text = std::fs::read_to_string(wd.config()).unwrap().replace(
+        "https://graph.microsoft.com/.default",
+        OAuth2Server::SCOPE_APP,
+    );
+    wd.write_raw_config(&text);
+    g.seed(USER, &mailgen::many(1, 2));
+    let v = wd.mailticket(&["doctor", "--json"]).code(1).json();
+    let perm: Vec<&Value> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step"] == "permissions")
+        .collect();
+    assert_eq!(perm[0]["status"], "fail", "{v}");
+    assert!(
+        perm[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not Microsoft Graph"),
+        "{v}"
+    );
+    let run = wd.mailticket(&["sync"]).code(1);
+    run.stderr_mentions(&[
+        "Graph refused the access token",
+        "Invalid audience",
+        "oauth2 scope",
+    ]);
+    assert_eq!(wd.tickets().len(), 0);
+}
