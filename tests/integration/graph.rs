@@ -604,3 +604,28 @@ fn graph_a_token_for_another_api_is_named_by_doctor_and_sync() {
     ]);
     assert_eq!(wd.tickets().len(), 0);
 }
+
+#[test]
+fn graph_watch_waits_out_a_refused_token_and_goes_on_when_consent_returns() {
+    let (_o, g, wd) = setup(
+        "poll-interval = 1",
+        "[watch]\nbackoff-min = 1\nbackoff-max = 2\nshutdown-timeout = 10\n",
+    );
+    let mut w = wd.watch(&[]);
+    w.wait_log("polling the Graph delta query", 1, Duration::from_secs(30));
+    let revoke = |undo: bool| {
+        let body = serde_json::json!({ "appid": OAuth2Server::CLIENT_ID, "undo": undo });
+        g.post("/admin/revoke", &body);
+    };
+    revoke(false);
+    w.wait_log("OAUTH2 TOKEN REFUSED", 2, Duration::from_secs(30));
+    g.deliver(USER, &mailgen::one(1, 23, false), false, 0);
+    assert_eq!(wd.ticket_count(), 0);
+    revoke(true);
+    wait_until(
+        Duration::from_secs(30),
+        "the ticket after consent returned",
+        || wd.ticket_count() == 1,
+    );
+    w.stop(Duration::from_secs(10));
+}
