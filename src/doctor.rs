@@ -8,7 +8,7 @@
 //! obtained (a rotated refresh token must be kept). A failed step skips the steps of that mailbox that depend on it.
 //! With `[smtp]` configured it also connects to the SMTP server (TLS, EHLO, AUTH) and reports
 //! outbox rows that failed or were interrupted while sending. Microsoft Graph mailboxes and
-//! `[smtp] transport = "graph"` have their own steps ([`graph`]).
+//! `[smtp] transport = "graph"` have their own steps (`doctor/graph.rs`).
 
 mod graph;
 
