@@ -232,6 +232,18 @@ fn graph_backlog_becomes_tickets_once_and_is_marked_read() {
     for m in &mail[25..] {
         g.deliver(USER, m, true, 3600);
     }
+    // A dry run reads and judges, and keeps and touches nothing.
+    let dry = wd
+        .mailticket(&["sync", "--dry-run", "--json"])
+        .success()
+        .json();
+    assert_eq!(count(&dry, "created"), 25, "{dry}");
+    let unread = g.messages(USER, "inbox");
+    assert_eq!(unread.iter().filter(|m| m["isRead"] == false).count(), 25);
+    assert!(
+        g.stats()["by_kind"].get("patch").is_none(),
+        "no post-action"
+    );
     let first = wd.sync();
     assert_eq!(count(&first, "fetched"), 25, "{first}");
     assert_eq!(count(&first, "created") + count(&first, "threaded"), 25);
@@ -250,8 +262,8 @@ fn graph_backlog_becomes_tickets_once_and_is_marked_read() {
     assert_eq!(count(&second, "fetched"), 0, "{second}");
     let stats = g.stats();
     assert_eq!(
-        stats["by_kind"]["value"], 25,
-        "each $value fetched once: {stats}"
+        stats["by_kind"]["value"], 50,
+        "each $value fetched once by the dry run, once by the sync: {stats}"
     );
     // New mail after the first run is taken even when someone read it first.
     g.deliver(USER, &mailgen::one(40, 7, false), true, 0);
