@@ -189,6 +189,9 @@ pub struct Graph {
     token: Arc<TokenSource>,
     limiter: Limiter,
     timeout: Duration,
+    /// Folders found so far, by the name they were asked for: a `watch` session looks its
+    /// folder up once, not on every poll.
+    folders: std::sync::Mutex<std::collections::HashMap<String, Folder>>,
 }
 
 impl Graph {
@@ -223,6 +226,7 @@ impl Graph {
             token,
             limiter: Limiter::default(),
             timeout,
+            folders: Default::default(),
         })
     }
 
@@ -423,6 +427,24 @@ impl Graph {
     /// The folder `name`: a well-known name (`INBOX`, `archive`, ...), a display name, or
     /// `Parent/Child`. `None` when there is no such folder.
     pub async fn folder(&self, name: &str) -> Result<Option<Folder>> {
+        let known = self
+            .folders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        if known.is_some() {
+            return Ok(known);
+        }
+        let found = self.look_up_folder(name).await?;
+        if let Some(f) = &found {
+            let mut map = self.folders.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert(name.to_owned(), f.clone());
+        }
+        Ok(found)
+    }
+
+    async fn look_up_folder(&self, name: &str) -> Result<Option<Folder>> {
         let lower = name.to_ascii_lowercase();
         if WELL_KNOWN.contains(&lower.as_str()) {
             let what = format!("looking up folder {name}");

@@ -472,6 +472,8 @@ fn graph_watch_polls_new_mail_within_seconds_and_stops_on_sigterm() {
         "{latencies:?}"
     );
     assert_eq!(w.count("polling the Graph delta query"), 1, "{}", w.log());
+    // The folder is looked up once per session, not on every poll.
+    assert_eq!(g.stats()["by_kind"]["folder"], 1, "{}", g.stats());
     w.stop(Duration::from_secs(10));
     assert!(w.log().contains("stopped"), "{}", w.log());
     assert!(
