@@ -16,6 +16,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
+mod graph;
+pub use graph::{DEFAULT_GRAPH_URL, SmtpTransport, Transport};
+
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -256,7 +259,13 @@ impl WatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SmtpConfig {
-    /// The server's host name (checked against its certificate).
+    /// `smtp` (default) or `graph`: send with Microsoft Graph `sendMail` instead.
+    #[serde(default)]
+    pub transport: SmtpTransport,
+    /// Graph: the API root (default `https://graph.microsoft.com/v1.0`).
+    pub graph_url: Option<String>,
+    /// The server's host name (checked against its certificate); not for Graph.
+    #[serde(default)]
     pub host: String,
     /// Defaults to 465 for implicit TLS, 587 otherwise.
     pub port: Option<u16>,
@@ -296,6 +305,11 @@ impl SmtpConfig {
     /// The per-conversation timeout.
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.timeout.max(1))
+    }
+
+    /// Whether sending takes an OAuth2 token (XOAUTH2, OAUTHBEARER, or Graph).
+    pub fn uses_oauth2(&self) -> bool {
+        self.auth.is_some_and(AuthMech::is_oauth2) || self.transport == SmtpTransport::Graph
     }
 }
 
@@ -539,7 +553,19 @@ pub enum After {
 pub struct MailboxConfig {
     /// A short name, unique among the mailboxes; used by `--mailbox` and in the store.
     pub name: String,
-    /// The IMAP server's host name (checked against its certificate).
+    /// `imap` (default) or `graph` (Microsoft Graph: delta query, raw MIME per message).
+    #[serde(default)]
+    pub transport: Transport,
+    /// Graph: the API root (default `https://graph.microsoft.com/v1.0`).
+    pub graph_url: Option<String>,
+    /// Graph: how often `watch` runs the delta query, in seconds (default 5).
+    #[serde(
+        default = "graph::default_poll_interval",
+        deserialize_with = "duration"
+    )]
+    pub poll_interval: u64,
+    /// The IMAP server's host name (checked against its certificate); not for Graph.
+    #[serde(default)]
     pub host: String,
     /// Defaults to 993 for implicit TLS, 143 otherwise.
     pub port: Option<u16>,
@@ -631,6 +657,8 @@ impl SmtpOverride {
         }
         let own = self.sets_credentials();
         SmtpConfig {
+            transport: base.transport,
+            graph_url: base.graph_url.clone(),
             host: self.host.clone().unwrap_or_else(|| base.host.clone()),
             port: self.port.or(base.port),
             tls: self.tls.unwrap_or(base.tls),
@@ -768,6 +796,11 @@ impl MailboxConfig {
         }
         ack
     }
+
+    /// Whether the mailbox logs in with an OAuth2 token (XOAUTH2, OAUTHBEARER, or Graph).
+    pub fn uses_oauth2(&self) -> bool {
+        self.auth.is_oauth2() || self.transport == Transport::Graph
+    }
 }
 
 impl Config {
@@ -795,10 +828,7 @@ impl Config {
             if let Some(ca) = &smtp.ca_file {
                 smtp.ca_file = Some(anchor(base, ca));
             }
-            let oauth = smtp.auth.is_some_and(AuthMech::is_oauth2);
-            let has_password = smtp.password.is_some();
-            check_auth("[smtp]", oauth, &mut smtp.oauth2, has_password, base).map_err(err)?;
-            validate_smtp(smtp, "[smtp]").map_err(err)?;
+            validate_any_smtp(smtp, "[smtp]", base).map_err(err)?;
         }
         validate_ack(&mut config.ack, config.smtp.is_some(), base).map_err(err)?;
         validate_mailboxes(&mut config.mailboxes, base).map_err(err)?;
@@ -823,10 +853,7 @@ impl Config {
     /// SMTP settings (`at` names them) with an OAuth2 `auth` and no `oauth2` table need a
     /// mailbox whose token they can share.
     fn check_token_mailbox(&self, smtp: &SmtpConfig, at: &str) -> Check {
-        if smtp.auth.is_some_and(AuthMech::is_oauth2)
-            && smtp.oauth2.is_none()
-            && self.token_mailbox_of(smtp).is_none()
-        {
+        if smtp.uses_oauth2() && smtp.oauth2.is_none() && self.token_mailbox_of(smtp).is_none() {
             return Err(format!(
                 "{at}: an OAuth2 `auth` without `oauth2 = {{ ... }}` shares the token of the \
                  mailbox with the same username, but no OAuth2 mailbox has username {:?}",
@@ -868,13 +895,17 @@ impl Config {
             let from = mb.from.as_deref().unwrap_or(&global.from);
             let mut merged = over.merged(global, from);
             let at = format!("{at}: smtp");
-            if over.sets_credentials() {
-                // Inherited credentials were checked with [smtp].
-                let oauth = merged.auth.is_some_and(AuthMech::is_oauth2);
-                let has_password = merged.password.is_some();
-                check_auth(&at, oauth, &mut merged.oauth2, has_password, base)?;
+            if merged.transport == SmtpTransport::Graph {
+                graph::validate_smtp(&mut merged, &at, base)?;
+            } else {
+                if over.sets_credentials() {
+                    // Inherited credentials were checked with [smtp].
+                    let oauth = merged.auth.is_some_and(AuthMech::is_oauth2);
+                    let has_password = merged.password.is_some();
+                    check_auth(&at, oauth, &mut merged.oauth2, has_password, base)?;
+                }
+                validate_smtp(&merged, &at)?;
             }
-            validate_smtp(&merged, &at)?;
             mb.own_smtp = Some(merged);
         }
         for (i, mb) in self.mailboxes.iter().enumerate() {
@@ -894,13 +925,13 @@ impl Config {
     /// The OAuth2 mailbox whose token the SMTP settings `smtp` share (see
     /// [`Config::smtp_token_mailbox`]).
     pub fn token_mailbox_of(&self, smtp: &SmtpConfig) -> Option<&MailboxConfig> {
-        if !smtp.auth.is_some_and(AuthMech::is_oauth2) || smtp.oauth2.is_some() {
+        if !smtp.uses_oauth2() || smtp.oauth2.is_some() {
             return None;
         }
         let user = smtp.username.as_deref()?;
-        self.mailboxes
-            .iter()
-            .find(|m| m.oauth2.is_some() && m.username.eq_ignore_ascii_case(user))
+        self.mailboxes.iter().find(|m| {
+            m.oauth2.is_some() && m.uses_oauth2() && m.username.eq_ignore_ascii_case(user)
+        })
     }
 
     /// The SMTP settings for mail on `mailbox`'s tickets: its `[mailbox.smtp]` merged over
@@ -983,6 +1014,17 @@ fn anchor(base: &Path, p: &Path) -> PathBuf {
 /// What a validator returns: the problem, naming the section and the key.
 type Check = std::result::Result<(), String>;
 
+/// `[smtp]` (`at` names it) sent through SMTP or Graph: its `oauth2` table, then the rest.
+fn validate_any_smtp(smtp: &mut SmtpConfig, at: &str, base: &Path) -> Check {
+    if smtp.transport == SmtpTransport::Graph {
+        return graph::validate_smtp(smtp, at, base);
+    }
+    let oauth = smtp.auth.is_some_and(AuthMech::is_oauth2);
+    let has_password = smtp.password.is_some();
+    check_auth(at, oauth, &mut smtp.oauth2, has_password, base)?;
+    validate_smtp(smtp, at)
+}
+
 /// SMTP settings (`at` names them: `[smtp]`, `mailbox #2 (sales): smtp`): TLS,
 /// authentication, the From address. The `oauth2` table was checked by [`check_auth`].
 fn validate_smtp(smtp: &SmtpConfig, at: &str) -> Check {
@@ -1004,6 +1046,11 @@ fn validate_smtp(smtp: &SmtpConfig, at: &str) -> Check {
     if !oauth && smtp.username.is_some() != smtp.password.is_some() {
         return Err(format!("{at}: `username` and `password` go together"));
     }
+    check_from(smtp, at)
+}
+
+/// The `from` of the SMTP settings `at` names is an address.
+fn check_from(smtp: &SmtpConfig, at: &str) -> Check {
     if smtp
         .from
         .trim()
@@ -1145,6 +1192,28 @@ fn validate_mailboxes(mailboxes: &mut [MailboxConfig], base: &Path) -> Check {
 /// One `[[mailbox]]` (`at` names it): server, TLS, authentication, post-action; `ca-file`
 /// anchored at `base`, `addresses` lowercased.
 fn validate_mailbox(mb: &mut MailboxConfig, at: &str, base: &Path) -> Check {
+    match mb.transport {
+        Transport::Imap => validate_imap_login(mb, at, base)?,
+        Transport::Graph => graph::validate_mailbox(mb, at, base)?,
+    }
+    if let After::Move(folder) = &mb.after
+        && (folder.trim().is_empty() || *folder == mb.folder)
+    {
+        return Err(format!(
+            "{at}: `after = {{ move = ... }}` needs a folder other than `folder`"
+        ));
+    }
+    if let Some(ca) = &mb.ca_file {
+        mb.ca_file = Some(anchor(base, ca));
+    }
+    for a in &mut mb.addresses {
+        *a = a.trim().to_ascii_lowercase();
+    }
+    Ok(())
+}
+
+/// The IMAP server and login of a mailbox (`at` names it): host, TLS, password or OAuth2.
+fn validate_imap_login(mb: &mut MailboxConfig, at: &str, base: &Path) -> Check {
     if mb.host.trim().is_empty() {
         return Err(format!("{at}: `host` must not be empty"));
     }
@@ -1168,19 +1237,6 @@ fn validate_mailbox(mb: &mut MailboxConfig, at: &str, base: &Path) -> Check {
     }
     if !oauth && mb.password.is_none() {
         return Err(format!("{at}: `password` is missing"));
-    }
-    if let After::Move(folder) = &mb.after
-        && (folder.trim().is_empty() || *folder == mb.folder)
-    {
-        return Err(format!(
-            "{at}: `after = {{ move = ... }}` needs a folder other than `folder`"
-        ));
-    }
-    if let Some(ca) = &mb.ca_file {
-        mb.ca_file = Some(anchor(base, ca));
-    }
-    for a in &mut mb.addresses {
-        *a = a.trim().to_ascii_lowercase();
     }
     Ok(())
 }

@@ -7,13 +7,16 @@
 //! only looked at; the one exception is OAuth2, whose token table is written when a token is
 //! obtained (a rotated refresh token must be kept). A failed step skips the steps of that mailbox that depend on it.
 //! With `[smtp]` configured it also connects to the SMTP server (TLS, EHLO, AUTH) and reports
-//! outbox rows that failed or were interrupted while sending.
+//! outbox rows that failed or were interrupted while sending. Microsoft Graph mailboxes and
+//! `[smtp] transport = "graph"` have their own steps (`doctor/graph.rs`).
+
+mod graph;
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::{After, Config, MailboxConfig, TlsMode};
+use crate::config::{After, Config, MailboxConfig, SmtpTransport, TlsMode, Transport};
 use crate::error::Error;
 use crate::imap::{self, Imap};
 use crate::lock::StoreLock;
@@ -105,7 +108,7 @@ pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
     for mb in &config.mailboxes {
         let scope = format!("mailbox {}", mb.name);
         let got = Tokens::new(config, db, &[mb], false).and_then(|t| t.mailbox(mb));
-        let fix = if mb.auth.is_oauth2() {
+        let fix = if mb.uses_oauth2() {
             "set the environment variable, file or command named by oauth2 \
              `client-secret` / `refresh-token`"
         } else {
@@ -115,7 +118,10 @@ pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
         else {
             continue;
         };
-        check_mailbox(&mut r, &scope, mb, &creds).await;
+        match mb.transport {
+            Transport::Graph => graph::check_mailbox(&mut r, &scope, mb, &creds).await,
+            Transport::Imap => check_mailbox(&mut r, &scope, mb, &creds).await,
+        }
     }
     if let Some(smtp) = &config.smtp {
         let got = Tokens::new(config, db, &[], true).and_then(|t| t.smtp(config));
@@ -469,6 +475,9 @@ async fn check_smtp(
     let Some(creds) = secret_step(r, scope, got, &fix, hint).await else {
         return;
     };
+    if c.transport == SmtpTransport::Graph {
+        return graph::check_smtp(r, c, creds).await;
+    }
     let smtp = match crate::outbound::smtp::Smtp::new(c, creds) {
         Ok(s) => s,
         Err(e) => {

@@ -23,6 +23,7 @@ pub fn import_path(store: &mut Store, me: &Identity, path: &Path, plan: Plan<'_>
             source: format!("import:{}", file.display()),
             mailbox: String::new(),
             imap: None,
+            graph: None,
         };
         let stored = process(store, me, raw, &origin, received, plan)?;
         counts.record(stored.outcome);

@@ -28,6 +28,8 @@
 //! - [`tls`]: certificate trust shared by every outgoing connection.
 //! - [`imap`]: connect, log in, select, fetch, post-actions, IDLE, and bounds on what a
 //!   server may send. Knows nothing of tickets.
+//! - [`graph`]: Microsoft Graph, the other transport: a folder's delta query and raw MIME
+//!   into the same pipeline, post-actions in JSON batches, `sendMail`; throttling honoured.
 //! - [`oauth2`]: access tokens for XOAUTH2 / OAUTHBEARER, refresh tokens kept in the store.
 //! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
 //! - [`classify`]: pure judgement "person or machine?", and the loop checks on history.
@@ -45,6 +47,8 @@
 //!   Webhooks signatures, command hooks, the delivery policy (retries, order per ticket), and
 //!   when a mailbox counts as failing.
 //! - [`event_type`]: the names of ticket events, shared by the store, the config and the hooks.
+//! - [`pass`]: what a catch-up pass needs whatever the transport (options, budget, the job
+//!   that takes a fetched message to the store).
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
 //!   a cancellation token says stop.
@@ -59,6 +63,7 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod event_type;
+pub mod graph;
 pub mod hooks;
 pub mod imap;
 pub mod import;
@@ -67,6 +72,7 @@ pub mod message;
 pub mod msgid;
 pub mod oauth2;
 pub mod outbound;
+pub mod pass;
 pub mod pipeline;
 pub mod quarantine;
 pub mod secret;

@@ -232,7 +232,7 @@ fn commit_timed(
 /// final verdict → placement → ticket and message rows → cursor → acknowledgement.
 fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, bool, Kind)> {
     let (p, rules) = (m.parsed, plan.rules);
-    let cursor = m.origin.imap.as_ref();
+    let cursor = m.origin;
     let held = tx.held_message(&p.message_id, &p.fingerprint)?;
     if let Some((t, true)) = held {
         tx.advance(cursor)?;
@@ -596,6 +596,7 @@ pub(crate) mod test_support {
             source: "test".into(),
             mailbox: String::new(),
             imap: None,
+            graph: None,
         };
         let plan = Plan { rules, ack: None };
         process(

@@ -38,6 +38,7 @@ pub fn retry(store: &mut Store, me: &Identity, id: i64, plan: Plan<'_>) -> Resul
         mailbox: mailbox_of(&row.source).to_owned(),
         source: row.source,
         imap: None,
+        graph: None,
     };
     let stored = process(store, me, &raw, &origin, row.received_at, plan)?;
     if let Outcome::Quarantined(_) = stored.outcome {
@@ -69,6 +70,7 @@ mod tests {
             source: "imap:support/INBOX".into(),
             mailbox: "support".into(),
             imap: None,
+            graph: None,
         };
         let junk = b"\x00\x01 not a message".to_vec();
         let Outcome::Quarantined(bad) = store.quarantine(&junk, "old", &origin, 5).unwrap() else {

@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::classify::Identity;
-use crate::config::{After, Config, MailboxConfig};
+use crate::config::{After, Config, MailboxConfig, Transport};
 use crate::error::{Error, Result};
 use crate::imap::{self, FetchedMessage, Imap, uid_set};
 use crate::oauth2::{Credentials, Tokens};
-use crate::pipeline::{Plan, PrepPool, Prepared, PreparedBody, Rules, Stored, commit};
+use crate::pass::{Job, budget, reserve, too_large};
+pub use crate::pass::{Pass, SyncOptions};
+use crate::pipeline::{PrepPool, Stored};
 use crate::store::{Cursor, ImapPos, Origin, Store, StoreThread};
 use crate::summary::{RunSummary, SourceSummary};
 
@@ -27,26 +29,11 @@ use crate::summary::{RunSummary, SourceSummary};
 const BATCH_COUNT: usize = 500;
 /// At most this many bytes (by RFC822.SIZE) per UID FETCH, unless one message is larger.
 const BATCH_BYTES: u64 = 8 << 20;
-/// At most this many fetched bytes wait for the store at once (with their parsed and
-/// compressed forms they are most of a sync's memory: 8 MiB peaked at 50-62 MB RSS in the
-/// benchmark, 4 MiB at 40-42 MB, at the same speed).
-const IN_FLIGHT_BYTES: usize = 4 << 20;
 /// The post-action runs once this many UIDs are committed (and at the end): fewer round
 /// trips in which nothing is fetched.
 const POST_ACTION_EVERY: usize = 2000;
 /// UIDs per post-action or size command, to stay far below servers' line limits.
 const UIDS_PER_COMMAND: usize = 2000;
-
-/// How to run.
-#[derive(Clone, Default)]
-pub struct SyncOptions {
-    /// Work as usual but keep nothing and touch nothing on the server.
-    pub dry_run: bool,
-    /// Acknowledge new requests (queued in the outbox with their ticket).
-    pub ack: Option<Arc<crate::outbound::AckPlan>>,
-    /// How to thread and judge.
-    pub rules: Arc<Rules>,
-}
 
 /// Syncs the mailboxes (all, or those named in `only`) one after another. A failing mailbox
 /// is recorded in the summary and the others go on.
@@ -96,20 +83,31 @@ pub async fn sync_mailbox(
         folder: Some(mb.folder.clone()),
         counts: Default::default(),
     };
-    let result = async {
-        let mut imap = imap::connect(mb, creds).await?;
-        let pass = Pass {
-            store,
-            me,
-            pool: None,
-            opts,
-            stop: None,
-        };
-        let r = catch_up(&mut imap, mb, &pass, &mut s).await;
-        imap.logout().await;
-        r
-    }
-    .await;
+    let pass = Pass {
+        store,
+        me,
+        pool: None,
+        opts,
+        stop: None,
+    };
+    let result = match mb.transport {
+        Transport::Graph => {
+            async {
+                let g = crate::graph::sync::client(mb, creds)?;
+                crate::graph::sync::catch_up(&g, mb, &pass, &mut s).await
+            }
+            .await
+        }
+        Transport::Imap => {
+            async {
+                let mut imap = imap::connect(mb, creds).await?;
+                let r = catch_up(&mut imap, mb, &pass, &mut s).await;
+                imap.logout().await;
+                r
+            }
+            .await
+        }
+    };
     match result {
         Err(e) => {
             tracing::error!(mailbox = %mb.name, error = %e, "mailbox failed");
@@ -291,19 +289,6 @@ async fn still_there(imap: &mut Imap, uids: &[u32]) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// A message too large to fetch, `head` its header, ready for the quarantine.
-fn too_large(head: Vec<u8>, size: u64, max: u64) -> oneshot::Receiver<Prepared> {
-    let (tx, rx) = oneshot::channel();
-    let why = format!(
-        "too large: {size} bytes, over max-message-size ({max} bytes); only its header was fetched"
-    );
-    let _ = tx.send(Prepared {
-        raw: head,
-        body: PreparedBody::TooLarge { size, why },
-    });
-    rx
-}
-
 /// Runs the post-action on committed UIDs. The commits are made durable first: once the
 /// server deletes, moves or marks a message seen, a power cut must not take its ticket.
 async fn post_action(
@@ -403,22 +388,6 @@ impl Frontier {
             None => self.base,
         }
     }
-}
-
-/// What one catch-up pass needs besides the session. `sync` makes one pass per connection;
-/// `watch` makes one per wake-up, on the same connection, with a shared worker pool.
-pub struct Pass<'a> {
-    /// The store's thread.
-    pub store: &'a StoreThread,
-    /// Our own addresses.
-    pub me: &'a Arc<Identity>,
-    /// Parse workers to use; `None` starts some when there is work.
-    pub pool: Option<&'a PrepPool>,
-    /// Dry run or not.
-    pub opts: SyncOptions,
-    /// When cancelled, no new batch is fetched: what is in flight is stored and finished,
-    /// then the pass returns.
-    pub stop: Option<&'a CancellationToken>,
 }
 
 /// Selects the folder and takes every message above the cursor (the unseen backlog on the
@@ -534,7 +503,7 @@ impl<'a> CatchUp<'a> {
             summary,
             uidvalidity,
             frontier: Frontier::default(),
-            budget: Arc::new(Semaphore::new(IN_FLIGHT_BYTES)),
+            budget: budget(),
             halt: Arc::new(AtomicBool::new(false)),
             sub_tx,
             sub_rx,
@@ -609,6 +578,7 @@ impl<'a> CatchUp<'a> {
                 uid: fm.uid,
                 cursor_to,
             }),
+            graph: None,
         };
         let (ack, rules) = (self.opts.ack.clone(), self.opts.rules.clone());
         let (budget, store, me, halt, sub_tx, pool) = (
@@ -620,31 +590,21 @@ impl<'a> CatchUp<'a> {
             self.pool.clone(),
         );
         async move {
-            let want = u32::try_from(fm.bytes.len().clamp(1, IN_FLIGHT_BYTES)).unwrap_or(1);
-            let permit = budget
-                .acquire_many_owned(want)
-                .await
-                .map_err(|_| Error::Internal("fetch budget closed".into()))?;
+            let permit = reserve(&budget, fm.bytes.len()).await?;
             let uid = fm.uid;
             let received = fm.internal_date.unwrap_or_else(crate::time::now);
             let prepared = match fm.too_large {
                 None => pool.prepare(me, fm.bytes),
                 Some(size) => too_large(fm.bytes, size, max),
             };
-            let rx = store.submit_grouped(halt, move |s| {
-                let _permit = permit;
-                match prepared.blocking_recv() {
-                    Ok(p) => {
-                        let plan = Plan {
-                            rules: &rules,
-                            ack: ack.as_deref(),
-                        };
-                        commit(s, &p, &origin, received, plan)
-                    }
-                    Err(_) => Err(Error::Internal("a worker thread stopped".into())),
-                }
-            });
-            let _ = sub_tx.send((uid, cursor_to, rx));
+            let job = Job {
+                prepared,
+                origin,
+                received,
+                ack,
+                rules,
+            };
+            let _ = sub_tx.send((uid, cursor_to, job.submit(&store, halt, permit)));
             Ok(())
         }
     }

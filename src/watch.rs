@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::classify::Identity;
-use crate::config::{Config, MailboxConfig, WatchConfig};
+use crate::config::{Config, MailboxConfig, Transport, WatchConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, Imap, Wake};
 use crate::oauth2::Credentials;
@@ -102,6 +102,17 @@ pub async fn run(
 }
 
 impl Shared {
+    /// A catch-up pass on the shared store, workers and options, stopping with `stop`.
+    fn pass<'a>(&'a self, stop: &'a CancellationToken) -> Pass<'a> {
+        Pass {
+            store: &self.store,
+            me: &self.me,
+            pool: Some(&self.pool),
+            opts: self.opts.clone(),
+            stop: Some(stop),
+        }
+    }
+
     /// Wakes the outbox after a pass that created tickets, the hooks after one that stored
     /// messages.
     fn wake_after(&self, pass: &SourceSummary) {
@@ -324,6 +335,9 @@ async fn session(
     shared: &Shared,
     stop: &CancellationToken,
 ) -> Ended {
+    if mb.transport == Transport::Graph {
+        return graph_session(mb, creds, shared, stop).await;
+    }
     let mut ended = Ended {
         caught_up: false,
         error: None,
@@ -348,6 +362,52 @@ async fn session(
         crate::hooks::health::failed(&shared.store, &mb.name, e).await;
     }
     ended
+}
+
+/// A Graph mailbox's life: the delta query every `poll-interval` (Graph has no IDLE; change
+/// notifications would need a public HTTPS endpoint), until an error or `stop`.
+async fn graph_session(
+    mb: &MailboxConfig,
+    creds: &Credentials,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Ended {
+    let mut caught_up = false;
+    let pass = shared.pass(stop);
+    let poll = std::time::Duration::from_secs(mb.poll_interval.max(1));
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let result = async {
+        let g = crate::graph::sync::client(mb, creds)?;
+        tracing::info!(
+            poll_s = poll.as_secs(),
+            host = g.host(),
+            "polling the Graph delta query"
+        );
+        loop {
+            let mut s = SourceSummary {
+                name: mb.name.clone(),
+                folder: Some(mb.folder.clone()),
+                counts: Default::default(),
+            };
+            crate::graph::sync::catch_up(&g, mb, &pass, &mut s).await?;
+            if !caught_up {
+                crate::hooks::health::worked(&shared.store, &mb.name).await;
+            }
+            caught_up = true;
+            shared.wake_after(&s);
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = stop.cancelled() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    shared.connected.fetch_sub(1, Ordering::Relaxed);
+    let error = result.err();
+    if let Some(e) = &error {
+        crate::hooks::health::failed(&shared.store, &mb.name, e).await;
+    }
+    Ended { caught_up, error }
 }
 
 async fn watch_session(
@@ -375,13 +435,7 @@ async fn watch_session(
         timing.poll_interval(),
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let pass = Pass {
-        store: &shared.store,
-        me: &shared.me,
-        pool: Some(&shared.pool),
-        opts: shared.opts.clone(),
-        stop: Some(stop),
-    };
+    let pass = shared.pass(stop);
     let result = loop {
         imap.take_changes();
         let mut s = SourceSummary {

@@ -107,6 +107,7 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
         source: "ingest".into(),
         mailbox: a.mailbox.clone().unwrap_or_default(),
         imap: None,
+        graph: None,
     };
     // An acknowledgement is queued with the ticket and sent right away; if sending fails it
     // waits in the outbox for the next `sync`, `watch` or `outbox --send`.

@@ -29,8 +29,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailticket::config::{Config, MailboxConfig};
 use mailticket::outbound::AckPlan;
+use mailticket::outbound::Sender;
 use mailticket::outbound::senders::Senders;
-use mailticket::outbound::smtp::Smtp;
 use mailticket::store::{Store, TicketStatus};
 
 /// Turns a support mailbox into helpdesk tickets.
@@ -380,11 +380,11 @@ pub fn smtp_with(
         return Ok(None);
     };
     let creds = tokens.smtp(&ctx.config)?;
-    let mut senders = Senders::new(Smtp::new(c, creds)?);
+    let mut senders = Senders::new(Sender::new(c, creds)?);
     for mb in &ctx.config.mailboxes {
         if let Some(own) = &mb.own_smtp {
             let creds = tokens.mailbox_smtp(&ctx.config, mb)?;
-            senders.add(&mb.name, Smtp::new(own, creds)?);
+            senders.add(&mb.name, Sender::new(own, creds)?);
         }
     }
     Ok(Some(senders))

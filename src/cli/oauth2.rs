@@ -48,7 +48,7 @@ fn login(ctx: &Ctx, mailbox: Option<&str>, smtp: bool) -> anyhow::Result<u8> {
     } else {
         let name = mailbox.unwrap_or_default();
         let chosen = ctx.chosen_mailboxes(&[name.to_owned()])?;
-        if !chosen[0].auth.is_oauth2() {
+        if !chosen[0].uses_oauth2() {
             return Err(Usage(format!(
                 "mailbox {name} does not use OAuth2 (auth = \"xoauth2\" or \"oauthbearer\")"
             ))

@@ -158,7 +158,7 @@ fn read_reply(status: u16, body: &[u8]) -> std::result::Result<Reply, String> {
 }
 
 /// A reqwest error with its causes (reqwest's own text is often just "error sending request").
-fn describe(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

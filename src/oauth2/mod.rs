@@ -677,7 +677,7 @@ impl Tokens {
         }
         for mb in mailboxes {
             if let Some(o) = &mb.oauth2
-                && mb.auth.is_oauth2()
+                && mb.uses_oauth2()
             {
                 let key = format!("mailbox:{}", mb.name);
                 if !wanted.iter().any(|(k, ..)| *k == key) {
@@ -708,7 +708,7 @@ impl Tokens {
 
     /// The credentials of `mb`: its password, or its token source.
     pub fn mailbox(&self, mb: &MailboxConfig) -> Result<Credentials> {
-        if mb.auth.is_oauth2() {
+        if mb.uses_oauth2() {
             return self
                 .sources
                 .get(&format!("mailbox:{}", mb.name))
@@ -748,7 +748,7 @@ impl Tokens {
         key: &str,
         what: &str,
     ) -> Result<Option<Credentials>> {
-        if s.auth.is_some_and(AuthMech::is_oauth2) {
+        if s.uses_oauth2() {
             let key = if s.oauth2.is_some() {
                 key.to_owned()
             } else {

@@ -11,6 +11,7 @@
 //! being sent right now and left alone.
 
 pub mod ack;
+pub mod graph;
 pub mod reply;
 pub mod senders;
 pub mod smtp;
@@ -303,6 +304,88 @@ pub struct DrainReport {
     pub uncertain: u64,
     /// One line per problem.
     pub errors: Vec<String>,
+}
+
+/// What sends the outbox: an SMTP server, or Microsoft Graph `sendMail`
+/// (`[smtp] transport = "graph"`).
+pub enum Sender {
+    /// SMTP with lettre.
+    Smtp(smtp::Smtp),
+    /// Microsoft Graph.
+    Graph(graph::GraphSender),
+}
+
+impl Sender {
+    /// The sender `[smtp]` describes, with its credentials.
+    pub fn new(
+        c: &crate::config::SmtpConfig,
+        creds: Option<crate::oauth2::Credentials>,
+    ) -> crate::error::Result<Sender> {
+        Ok(match c.transport {
+            crate::config::SmtpTransport::Smtp => Sender::Smtp(smtp::Smtp::new(c, creds)?),
+            crate::config::SmtpTransport::Graph => {
+                Sender::Graph(graph::GraphSender::new(c, creds)?)
+            }
+        })
+    }
+
+    /// How long one send may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        match self {
+            Sender::Smtp(s) => s.timeout(),
+            Sender::Graph(g) => g.timeout(),
+        }
+    }
+
+    /// The server's host.
+    pub fn host(&self) -> &str {
+        match self {
+            Sender::Smtp(s) => s.host(),
+            Sender::Graph(g) => g.host(),
+        }
+    }
+
+    /// Sends `raw` (to `rcpt` over SMTP; Graph reads the recipients from its header).
+    pub async fn send(&self, from: &str, rcpt: &[String], raw: &[u8]) -> smtp::Sent {
+        match self {
+            Sender::Smtp(s) => s.send(from, rcpt, raw).await,
+            Sender::Graph(g) => g.send(raw).await,
+        }
+    }
+
+    /// A session for a drain: over SMTP one connection kept open across sends (see
+    /// [`smtp::Session`]); Graph's requests stand alone.
+    pub fn session(&self) -> Session<'_> {
+        match self {
+            Sender::Smtp(s) => Session::Smtp(Box::new(s.session())),
+            Sender::Graph(g) => Session::Graph(g),
+        }
+    }
+}
+
+/// What [`Sender::session`] gives.
+pub enum Session<'a> {
+    /// SMTP, one connection for many messages.
+    Smtp(Box<smtp::Session<'a>>),
+    /// Graph `sendMail`, a request a message.
+    Graph(&'a graph::GraphSender),
+}
+
+impl Session<'_> {
+    /// Sends `raw` as [`Sender::send`] does.
+    pub async fn send(&mut self, from: &str, rcpt: &[String], raw: &[u8]) -> smtp::Sent {
+        match self {
+            Session::Smtp(s) => s.send(from, rcpt, raw).await,
+            Session::Graph(g) => g.send(raw).await,
+        }
+    }
+
+    /// Ends the session politely (QUIT over SMTP).
+    pub async fn close(self) {
+        if let Session::Smtp(s) = self {
+            s.close().await;
+        }
+    }
 }
 
 /// Sends every due `pending` row, each through its mailbox's server (see [`senders`]), over

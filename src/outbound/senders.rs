@@ -5,17 +5,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::smtp::Smtp;
+use super::Sender;
 
 /// The SMTP servers of a run: `[smtp]`, and each mailbox's own.
 pub struct Senders {
-    default: Smtp,
-    own: HashMap<String, Smtp>,
+    default: Sender,
+    own: HashMap<String, Sender>,
 }
 
 impl Senders {
     /// `[smtp]` alone.
-    pub fn new(default: Smtp) -> Senders {
+    pub fn new(default: Sender) -> Senders {
         Senders {
             default,
             own: HashMap::new(),
@@ -23,12 +23,12 @@ impl Senders {
     }
 
     /// Adds `mailbox`'s own server.
-    pub fn add(&mut self, mailbox: &str, smtp: Smtp) {
+    pub fn add(&mut self, mailbox: &str, smtp: Sender) {
         self.own.insert(mailbox.to_owned(), smtp);
     }
 
     /// The server for mail on `mailbox`'s tickets (an outbox row's mailbox; empty: `[smtp]`).
-    pub fn for_mailbox(&self, mailbox: &str) -> &Smtp {
+    pub fn for_mailbox(&self, mailbox: &str) -> &Sender {
         self.own.get(mailbox).unwrap_or(&self.default)
     }
 
@@ -46,7 +46,7 @@ impl Senders {
     pub fn timeout(&self) -> Duration {
         self.own
             .values()
-            .map(Smtp::timeout)
+            .map(Sender::timeout)
             .fold(self.default.timeout(), Duration::max)
     }
 }

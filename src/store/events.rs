@@ -296,6 +296,7 @@ mod tests {
             source: "test".into(),
             mailbox: "support".into(),
             imap: None,
+            graph: None,
         };
         let plan = Plan {
             rules: &Rules::default(),

@@ -225,13 +225,33 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE message ADD COLUMN uidvalidity INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE message ADD COLUMN uid         INTEGER NOT NULL DEFAULT 0;
     "#,
-    // (outbox identity and dismissal): the mailbox whose identity a row goes out with, its
+    // 10 (outbox identity and dismissal): the mailbox whose identity a row goes out with, its
     // From and its SMTP settings (`[mailbox.smtp]` over `[smtp]`), '' for `[smtp]`'s as every
     // row before; and when an operator dismissed a failed or stuck row (`outbox dismiss`), 0
     // when not: a dismissed row is no longer reported.
     r#"
     ALTER TABLE outbox ADD COLUMN mailbox      TEXT    NOT NULL DEFAULT '';
     ALTER TABLE outbox ADD COLUMN dismissed_at INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 11 (Microsoft Graph): a Graph folder's cursor is the link its delta query goes on from
+    // ('' = none yet: a full listing), plus the time of the first run (read mail received
+    // before it is not taken); messages stored whose post-action is not yet confirmed.
+    r#"
+    CREATE TABLE graph_cursor (
+        mailbox        TEXT    NOT NULL,
+        folder         TEXT    NOT NULL,
+        delta_link     TEXT    NOT NULL DEFAULT '',
+        backlog_before INTEGER NOT NULL DEFAULT 0,
+        updated_at     INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, folder)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE graph_pending (
+        mailbox  TEXT NOT NULL,
+        folder   TEXT NOT NULL,
+        graph_id TEXT NOT NULL,
+        PRIMARY KEY (mailbox, folder, graph_id)
+    ) STRICT, WITHOUT ROWID;
     "#,
 ];
 

@@ -26,7 +26,9 @@
 //!     [`Store::set_routes`]), with the reads that build them: `ticket_view`, `message_view`,
 //!     `outbox_message`.
 //! - **Quarantine and cursors**, for `sync`: `quarantine` / `quarantine_sized`, `cursor`,
-//!   `reset_cursor`, `set_done`.
+//!   `reset_cursor`, `set_done`; for `graph::sync` (Microsoft Graph): `graph_cursor`,
+//!   `reset_graph_cursor`, `set_graph_link`, `has_message_from`, `graph_pending`,
+//!   `graph_done` (a message's [`Origin`] carries its [`GraphPos`] into `advance`).
 //! - **The outbox's send states**, for `outbound::drain`: `outbox_claim_next`, `outbox_sent`,
 //!   `outbox_failed`, `outbox_retry_later`, `outbox_uncertain`, `outbox_stuck`.
 //! - **Hook deliveries**, for `hooks::deliver`: `set_routes`, `hooks_release_stale`,
@@ -48,6 +50,7 @@ mod codec;
 mod deliveries;
 pub mod event;
 mod events;
+mod graph;
 mod kinds;
 mod migrations;
 mod outbox;
@@ -65,6 +68,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 pub use codec::{decompress, pack};
 pub use deliveries::{Attempt, DeliveryJob, DeliveryRow, MAX_RESPONSE};
 pub use events::{EventRow, NewEvent};
+pub use graph::{GraphCursor, GraphPos};
 pub use kinds::{Direction, OutboxKind, OutboxStatus, TicketStatus};
 pub use migrations::LATEST as SCHEMA_VERSION;
 pub use outbox::{

@@ -19,6 +19,8 @@ pub struct Origin {
     pub mailbox: String,
     /// Set for IMAP: the position whose cursor advances with this message.
     pub imap: Option<ImapPos>,
+    /// Set for Microsoft Graph: the message's id and the delta link it moves the cursor to.
+    pub graph: Option<super::graph::GraphPos>,
 }
 
 /// A message's place in an IMAP folder.
@@ -161,9 +163,14 @@ fn from_json_list(s: &str) -> Vec<String> {
     serde_json::from_str(s).unwrap_or_default()
 }
 
-/// Advances the cursor past this message, inside the caller's transaction.
-fn advance(c: &Connection, pos: Option<&ImapPos>) -> Result<()> {
-    let Some(p) = pos else { return Ok(()) };
+/// Advances the cursor past this message (IMAP or Graph), inside the caller's transaction.
+fn advance(c: &Connection, origin: &Origin) -> Result<()> {
+    if let Some(g) = &origin.graph {
+        super::graph::advance(c, g)?;
+    }
+    let Some(p) = origin.imap.as_ref() else {
+        return Ok(());
+    };
     let n = c
         .prepare_cached(
             "UPDATE cursor SET last_uid = max(last_uid, ?4), updated_at = ?5
@@ -218,7 +225,7 @@ impl Store {
                     params![origin.source, uidvalidity, uid, error, sha, size, raw, received_at],
                 )?;
                 let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", [&sha], |r| r.get(0))?;
-                advance(c, origin.imap.as_ref())?;
+                advance(c, origin)?;
                 Ok(Outcome::Quarantined(id))
             })
         })
@@ -766,8 +773,8 @@ impl Tx<'_> {
     }
 
     /// Advances the cursor past this message (nothing for files).
-    pub fn advance(&self, pos: Option<&ImapPos>) -> Result<()> {
-        advance(self.c, pos)
+    pub fn advance(&self, origin: &Origin) -> Result<()> {
+        advance(self.c, origin)
     }
 
     /// The store's key for our keyed Message-IDs.

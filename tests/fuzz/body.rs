@@ -32,6 +32,7 @@ pub fn run(store: &mut Store, data: &[u8]) {
         source: "fuzz".into(),
         mailbox: String::new(),
         imap: None,
+        graph: None,
     };
     let plan = Plan {
         rules: &Rules::default(),

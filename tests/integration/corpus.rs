@@ -113,6 +113,7 @@ impl Scenario {
             source: format!("corpus:{name}"),
             mailbox: "support".into(),
             imap: None,
+            graph: None,
         };
         let plan = Plan {
             rules: &self.rules,

@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use crate::harness::{Dovecot, Mailbox, Workdir, quoted};
 
-fn steps_of(v: &Value, scope: &str) -> Vec<(String, String)> {
+/// `(step, status)` of every step of SCOPE in a `doctor --json` report.
+pub fn steps_of(v: &Value, scope: &str) -> Vec<(String, String)> {
     v["steps"]
         .as_array()
         .unwrap()

@@ -17,6 +17,7 @@ mod events;
 mod export;
 mod faults;
 mod fuzz;
+mod graph;
 mod hooks;
 mod hostile;
 mod identity;
