@@ -10,6 +10,8 @@ macro_rules! outln {
     };
 }
 
+mod completions;
+mod discover;
 mod doctor;
 mod events;
 mod export;
@@ -21,10 +23,9 @@ mod sync;
 mod tickets;
 mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailticket::config::{Config, MailboxConfig};
 use mailticket::outbound::AckPlan;
@@ -32,9 +33,10 @@ use mailticket::store::{Store, TicketStatus};
 
 /// Turns a support mailbox into helpdesk tickets.
 #[derive(Debug, Parser)]
-#[command(name = "mailticket", version, about)]
+#[command(name = "mailticket", version, about, after_help = ENVIRONMENT)]
 pub struct Args {
-    /// The config file [default: $MAILTICKET_CONFIG, else ./mailticket.toml]
+    /// The config file [default: $MAILTICKET_CONFIG, else the first of ./mailticket.toml,
+    /// $XDG_CONFIG_HOME/mailticket/config.toml, /etc/mailticket/mailticket.toml]
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// The database file (overrides `[store] path`)
@@ -53,6 +55,13 @@ pub struct Args {
     pub command: Command,
 }
 
+/// The environment variables, shown at the end of `--help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  MAILTICKET_CONFIG  the config file when --config is not given
+  MAILTICKET_LOG     log filter, overriding -v/-q (e.g. `debug`, `mailticket=trace,warn`)
+  NO_COLOR           no colors in log lines (they are never colored when stderr is not a terminal)";
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -66,7 +75,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Write a fully commented sample config
     Init {
-        /// Where to write it [default: ./mailticket.toml]
+        /// Where to write it, `-` for standard output [default: ./mailticket.toml]
         path: Option<PathBuf>,
         /// Replace an existing file
         #[arg(long)]
@@ -105,6 +114,10 @@ pub enum Command {
     /// OAuth2 sign-in (device code) and token state
     #[command(name = "oauth2")]
     OAuth2(oauth2::OAuth2Args),
+    /// Write shell completions (bash, zsh, fish, elvish, powershell) on stdout
+    Completions(completions::CompletionsArgs),
+    /// Write the man page (roff) on stdout
+    Man,
 }
 
 /// A usage error: exit status 2.
@@ -173,7 +186,10 @@ pub fn init_tracing(args: &Args) {
         Targets::new().with_default(LevelFilter::TRACE),
         |t, name| t.with_target(*name, LevelFilter::DEBUG),
     );
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = color_logs(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let registry = tracing_subscriber::registry().with(filter).with(cap);
     match args.log_format {
         LogFormat::Text => registry
@@ -195,6 +211,12 @@ pub fn init_tracing(args: &Args) {
     }
 }
 
+/// Whether log lines get ANSI colors: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org).
+fn color_logs(stderr_is_tty: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_tty && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// The global options every command needs.
 pub struct Ctx {
     pub config: Config,
@@ -213,17 +235,15 @@ impl Ctx {
     /// anything touches the network. A missing file is fine for commands that need no
     /// mailbox, unless the user named it.
     fn load(args: &Args) -> anyhow::Result<Ctx> {
-        let named = args
-            .config
-            .clone()
-            .or_else(|| std::env::var_os("MAILTICKET_CONFIG").map(PathBuf::from));
-        let path = named
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("mailticket.toml"));
-        let (mut config, found) = if named.is_some() || path.exists() {
-            (Config::load(&path)?, true)
+        let (path, found) = match discover::config_path(args.config.as_deref()) {
+            Some(path) => (path, true),
+            None => (PathBuf::from("mailticket.toml"), false),
+        };
+        let mut config = if found {
+            tracing::debug!(path = %path.display(), "config file");
+            Config::load(&path)?
         } else {
-            (Config::default(), false)
+            Config::default()
         };
         mailticket::oauth2::provider::complete(&mut config)?;
         let ack = AckPlan::from_config(&config)?;
@@ -263,8 +283,8 @@ impl Ctx {
     pub fn require_config(&self) -> anyhow::Result<()> {
         if !self.config_found {
             return Err(Usage(format!(
-                "no config file at {} (write one with `mailticket init`, or pass --config)",
-                self.config_path.display()
+                "no config file (looked for {}; write one with `mailticket init`, or pass --config)",
+                discover::searched()
             ))
             .into());
         }
@@ -274,10 +294,16 @@ impl Ctx {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     if let Command::Init { path, force } = &args.command {
-        return init(path.as_deref(), *force);
+        return discover::init(path.as_deref(), *force);
     }
     if let Command::Doctor(a) = &args.command {
         return doctor::run(&args, a);
+    }
+    if let Command::Completions(a) = &args.command {
+        return completions::completions(a);
+    }
+    if let Command::Man = &args.command {
+        return completions::man();
     }
     let ctx = match Ctx::load(&args) {
         Ok(ctx) => ctx,
@@ -293,7 +319,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Err(e) => return Err(e),
     };
     match args.command {
-        Command::Init { .. } | Command::Doctor(_) => Ok(0),
+        Command::Init { .. } | Command::Doctor(_) | Command::Completions(_) | Command::Man => Ok(0),
         Command::Sync(a) => sync::run(&ctx, &a),
         Command::Watch(a) => watch::run(&ctx, &a),
         Command::Import(a) => import::run_import(&ctx, &a),
@@ -310,21 +336,6 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Hooks(a) => hooks::run(&ctx, &a),
         Command::OAuth2(a) => oauth2::run(&ctx, &a),
     }
-}
-
-fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
-    let path = path.unwrap_or(Path::new("mailticket.toml"));
-    if path.exists() && !force {
-        return Err(Usage(format!(
-            "{} exists already (use --force to replace it)",
-            path.display()
-        ))
-        .into());
-    }
-    std::fs::write(path, mailticket::config::SAMPLE)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "wrote a sample config");
-    Ok(0)
 }
 
 /// The SMTP server from `[smtp]`, with its password (or OAuth2 secrets) read now (a missing
@@ -406,4 +417,18 @@ pub fn print_summary(s: &mailticket::summary::RunSummary) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colors_only_on_a_terminal_without_no_color() {
+        assert!(color_logs(true, None));
+        assert!(color_logs(true, Some(OsStr::new(""))));
+        assert!(!color_logs(true, Some(OsStr::new("1"))));
+        assert!(!color_logs(false, None));
+    }
 }

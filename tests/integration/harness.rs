@@ -844,11 +844,13 @@ impl Run {
     }
 }
 
-/// `mailticket` with a clean environment, nothing else set.
+/// `mailticket` with a clean environment, nothing else set (the per-user config folder is
+/// `CWD/.xdg-config`, so no config of the machine's user is found).
 pub fn mailticket_cmd(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailticket"));
     cmd.current_dir(cwd)
         .env_remove("MAILTICKET_CONFIG")
+        .env("XDG_CONFIG_HOME", cwd.join(".xdg-config"))
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1");
     cmd

@@ -10,6 +10,7 @@ mod sink;
 
 mod cli;
 mod connect;
+mod conventions;
 mod corpus;
 mod crash;
 mod doctor;

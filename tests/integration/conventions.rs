@@ -1,0 +1,129 @@
+//! Conventions people expect of a command-line tool: completions, a man page, `--help` that
+//! names the environment, config discovery.
+
+use crate::harness::{Workdir, mailticket_cmd, run};
+
+#[test]
+fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
+    let wd = Workdir::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let mut cmd = mailticket_cmd(&wd.dir);
+        cmd.args(["completions", shell]);
+        let out = run(cmd, None).success();
+        for sub in ["sync", "watch", "tickets", "completions"] {
+            assert!(
+                out.stdout.contains(sub),
+                "{shell} completions do not mention {sub}: {out:?}"
+            );
+        }
+        assert!(out.stdout.contains("mailticket"), "{out:?}");
+    }
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.args(["completions", "tcsh"]);
+    run(cmd, None).code(2);
+}
+
+#[test]
+fn the_man_page_is_roff_and_lists_the_commands() {
+    let wd = Workdir::new();
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.arg("man");
+    let out = run(cmd, None).success();
+    // clap_mangen puts two string definitions (the quote character) before the title line
+    let first = out
+        .stdout
+        .lines()
+        .find(|l| !l.starts_with(".ie") && !l.starts_with(".el"));
+    assert!(
+        first.is_some_and(|l| l.starts_with(".TH mailticket 1")),
+        "{out:?}"
+    );
+    for sub in ["sync", "watch", "doctor", "MAILTICKET_LOG"] {
+        assert!(out.stdout.contains(sub), "man page lacks {sub}: {out:?}");
+    }
+}
+
+#[test]
+fn help_names_the_environment_variables() {
+    let wd = Workdir::new();
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.arg("--help");
+    let out = run(cmd, None).success();
+    for var in ["MAILTICKET_LOG", "MAILTICKET_CONFIG", "NO_COLOR"] {
+        assert!(out.stdout.contains(var), "--help lacks {var}: {out:?}");
+    }
+}
+
+/// The sample mailbox in `examples/`.
+fn sample_mbox() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample.mbox")
+}
+
+/// A config whose store is DB, written to PATH (folders created).
+fn write_config_for(path: &std::path::Path, db: &std::path::Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text = format!(
+        "[store]\npath = {}\n",
+        crate::harness::quoted(&db.to_string_lossy())
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn the_config_is_found_in_xdg_config_home_after_the_working_directory() {
+    let wd = Workdir::new();
+    let xdg = wd.path(".xdg-config/mailticket/config.toml");
+    write_config_for(&xdg, &wd.path("xdg.db"));
+    let import = |wd: &Workdir| {
+        let mut cmd = mailticket_cmd(&wd.dir);
+        cmd.arg("import").arg(sample_mbox());
+        run(cmd, None).success();
+    };
+    import(&wd);
+    assert!(wd.path("xdg.db").exists(), "the XDG config was not used");
+    assert!(!wd.db().exists());
+
+    // ./mailticket.toml comes first
+    write_config_for(&wd.config(), &wd.path("cwd.db"));
+    import(&wd);
+    assert!(wd.path("cwd.db").exists(), "./mailticket.toml was not used");
+
+    // an error in the file found names that file
+    std::fs::remove_file(wd.config()).unwrap();
+    std::fs::write(&xdg, "[store]\npaht = \"x.db\"\n").unwrap();
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.args(["tickets"]);
+    let out = run(cmd, None).code(2);
+    out.stderr_mentions(&[&xdg.to_string_lossy(), "paht"]);
+}
+
+#[test]
+fn without_a_config_the_error_lists_the_places_looked_at() {
+    let wd = Workdir::new();
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.args(["sync"]);
+    let out = run(cmd, None).code(2);
+    out.stderr_mentions(&[
+        "mailticket.toml",
+        &wd.path(".xdg-config/mailticket/config.toml")
+            .to_string_lossy(),
+        "/etc/mailticket/mailticket.toml",
+    ]);
+}
+
+#[test]
+fn init_creates_folders_and_writes_to_stdout_for_a_dash() {
+    let wd = Workdir::new();
+    let path = wd.path("deep/er/mailticket.toml");
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.arg("init").arg(&path);
+    run(cmd, None).success();
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(written.contains("[[mailbox]]"), "{written}");
+
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.args(["init", "-"]);
+    let out = run(cmd, None).success();
+    assert_eq!(out.stdout, written);
+    assert!(!wd.path("-").exists(), "`init -` wrote a file named -");
+}
