@@ -17,6 +17,7 @@ mod events;
 mod export;
 mod hooks;
 mod import;
+mod notify;
 mod oauth2;
 mod outbox;
 mod sync;
@@ -83,7 +84,7 @@ pub enum Command {
     },
     /// One pass over the configured mailboxes, then exit
     Sync(sync::SyncArgs),
-    /// Watch the mailboxes (IMAP IDLE or polling) until SIGINT/SIGTERM
+    /// Watch the mailboxes (IMAP IDLE or polling) until SIGINT/SIGTERM; SIGHUP reloads the config
     Watch(watch::WatchArgs),
     /// Check config, secrets, store and every mailbox for real, step by step
     Doctor(doctor::DoctorArgs),
@@ -318,10 +319,18 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         }
         Err(e) => return Err(e),
     };
+    // watch keeps the arguments to read the config again on SIGHUP
+    if let Command::Watch(a) = &args.command {
+        return watch::run(&args, ctx, a);
+    }
     match args.command {
-        Command::Init { .. } | Command::Doctor(_) | Command::Completions(_) | Command::Man => Ok(0),
+        // (handled above)
+        Command::Init { .. }
+        | Command::Doctor(_)
+        | Command::Completions(_)
+        | Command::Man
+        | Command::Watch(_) => Ok(0),
         Command::Sync(a) => sync::run(&ctx, &a),
-        Command::Watch(a) => watch::run(&ctx, &a),
         Command::Import(a) => import::run_import(&ctx, &a),
         Command::Ingest(a) => Ok(import::run_ingest(&ctx, &a)),
         Command::Tickets(a) => tickets::list(&ctx, &a),

@@ -1263,8 +1263,14 @@ pub struct Watcher {
 impl Workdir {
     /// Starts `mailticket watch ARGS` in the background.
     pub fn watch(&self, args: &[&str]) -> Watcher {
+        self.watch_env(args, &[])
+    }
+
+    /// Starts `mailticket watch ARGS` in the background, with ENV set.
+    pub fn watch_env(&self, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Watcher {
         let log = self.path("watch.log");
         let mut cmd = self.cmd(&["watch"]);
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -24,6 +24,7 @@ mod import;
 mod oauth2;
 mod oauth2_env;
 mod outbound;
+mod reload;
 mod secrets;
 mod selftest;
 mod sync;
