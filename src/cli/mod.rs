@@ -20,6 +20,7 @@ mod import;
 mod notify;
 mod oauth2;
 mod outbox;
+mod search;
 mod sync;
 mod tickets;
 mod watch;
@@ -96,6 +97,8 @@ pub enum Command {
     Tickets(tickets::TicketsArgs),
     /// Show one ticket with its messages
     Show(tickets::ShowArgs),
+    /// Find tickets whose subjects or message texts contain TEXT
+    Search(search::SearchArgs),
     /// List messages that could not be parsed
     Quarantine(tickets::QuarantineArgs),
     /// The outgoing queue and its failures
@@ -335,6 +338,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Ingest(a) => Ok(import::run_ingest(&ctx, &a)),
         Command::Tickets(a) => tickets::list(&ctx, &a),
         Command::Show(a) => tickets::show(&ctx, &a),
+        Command::Search(a) => search::search(&ctx, &a),
         Command::Quarantine(a) => tickets::quarantine(&ctx, &a),
         Command::Outbox(a) => outbox::outbox(&ctx, &a),
         Command::Reply(a) => outbox::reply(&ctx, &a),

@@ -2,28 +2,21 @@
 
 use std::path::PathBuf;
 
+use mailticket::store::MessageRow;
 use mailticket::store::view::{message_json, ticket_json};
-use mailticket::store::{MessageRow, TicketStatus};
 use mailticket::time::rfc3339;
 use serde_json::{Value, json};
 
+use super::search::{FilterArgs, StatusFilter, print_tickets};
 use super::{Ctx, Usage, print_json};
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum StatusFilter {
-    Open,
-    Closed,
-    All,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct TicketsArgs {
     /// Which tickets
     #[arg(long, value_enum, default_value_t = StatusFilter::Open)]
     pub status: StatusFilter,
-    /// Print JSON
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub filters: FilterArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,7 +39,7 @@ pub struct QuarantineArgs {
 }
 
 /// Cuts `s` to `n` characters for a table cell.
-fn cell(s: &str, n: usize) -> String {
+pub fn cell(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
     } else {
@@ -58,35 +51,8 @@ fn cell(s: &str, n: usize) -> String {
 
 pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
     let store = ctx.open_store()?;
-    let status = match a.status {
-        StatusFilter::Open => Some(TicketStatus::Open),
-        StatusFilter::Closed => Some(TicketStatus::Closed),
-        StatusFilter::All => None,
-    };
-    let rows = store.tickets(status)?;
-    if a.json {
-        print_json(&rows.iter().map(ticket_json).collect::<Vec<_>>())?;
-        return Ok(0);
-    }
-    outln!(
-        "{:>6}  {:<6}  {:<20}  {:>4}  {:<30}  SUBJECT",
-        "ID",
-        "STATUS",
-        "UPDATED",
-        "MSGS",
-        "CUSTOMER"
-    );
-    for t in &rows {
-        outln!(
-            "{:>6}  {:<6}  {:<20}  {:>4}  {:<30}  {}",
-            t.id,
-            t.status,
-            rfc3339(t.updated_at),
-            t.messages,
-            cell(&t.customer, 30),
-            cell(&t.subject, 60)
-        );
-    }
+    let rows = store.tickets_where(&a.filters.filter(a.status, None))?;
+    print_tickets(&rows, a.filters.json)?;
     Ok(0)
 }
 

@@ -67,7 +67,7 @@ pub use migrations::LATEST as SCHEMA_VERSION;
 pub use outbox::{OutJob, OutboxRow, Outgoing, ReplyContext, Retry, claim_holds};
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, MessageRow, NewMessage, NewTicket, Origin, Outcome,
-    QuarantineRow, TicketRow, TicketState,
+    QuarantineRow, TicketFilter, TicketRow, TicketState,
 };
 pub use worker::{StoreJoin, StoreThread};
 

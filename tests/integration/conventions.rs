@@ -10,7 +10,7 @@ fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
         let mut cmd = mailticket_cmd(&wd.dir);
         cmd.args(["completions", shell]);
         let out = run(cmd, None).success();
-        for sub in ["sync", "watch", "tickets", "completions"] {
+        for sub in ["sync", "watch", "tickets", "search", "completions"] {
             assert!(
                 out.stdout.contains(sub),
                 "{shell} completions do not mention {sub}: {out:?}"
@@ -126,4 +126,74 @@ fn init_creates_folders_and_writes_to_stdout_for_a_dash() {
     let out = run(cmd, None).success();
     assert_eq!(out.stdout, written);
     assert!(!wd.path("-").exists(), "`init -` wrote a file named -");
+}
+
+/// The ids of the tickets a `--json` listing printed.
+fn ids(out: &crate::harness::Run) -> Vec<u64> {
+    let v = out.json();
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {out:?}"))
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn tickets_filters_search_and_the_kind_column() {
+    let wd = Workdir::new();
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.arg("--db")
+        .arg(wd.db())
+        .arg("import")
+        .arg(sample_mbox());
+    run(cmd, None).success();
+    let db = |args: &[&str]| wd.mailticket_db(args, None).success();
+    // 5 tickets: 1 anna (2 messages), 2 bruno, 3 carla's auto-reply, 4 a bounce (closed),
+    // 5 kenji
+    assert_eq!(ids(&db(&["tickets", "--status", "all", "--json"])).len(), 5);
+    let kinds = db(&["tickets", "--status", "all", "--json"]).json();
+    for t in kinds.as_array().unwrap() {
+        let want = match t["id"].as_u64().unwrap() {
+            3 => "auto_reply",
+            4 => "bounce",
+            _ => "normal",
+        };
+        assert_eq!(t["kind"], want, "{t}");
+    }
+    let all = ["--status", "all", "--json"];
+    let with = |extra: &[&str]| ids(&db(&[&["tickets"][..], &all, extra].concat()));
+    assert_eq!(with(&["--kind", "bounce"]), [4]);
+    assert_eq!(with(&["--kind", "auto-reply"]), [3]);
+    assert_eq!(with(&["--customer", "ANNA@"]), [1]);
+    assert_eq!(with(&["--customer", "Garcia"]), [2]);
+    assert_eq!(with(&["--limit", "2"]).len(), 2);
+    assert_eq!(with(&["--since", "2999-01-01"]), Vec::<u64>::new());
+    assert_eq!(with(&["--since", "1d"]).len(), 5);
+    assert_eq!(with(&["--mailbox", "nowhere"]), Vec::<u64>::new());
+    wd.mailticket_db(&["tickets", "--since", "yesterday"], None)
+        .code(2)
+        .stderr_mentions(&["--since", "yesterday"]);
+
+    // search: subjects and texts, case ignored, LIKE's wildcards taken literally
+    let mut found = ids(&db(&["search", "PRINTER", "--json"]));
+    found.sort_unstable();
+    assert_eq!(found, [1, 3]);
+    assert_eq!(ids(&db(&["search", "INV-2025-0042", "--json"])), [2]);
+    // only in a body
+    assert_eq!(ids(&db(&["search", "replaced the toner", "--json"])), [1]);
+    assert_eq!(ids(&db(&["search", "%", "--json"])), Vec::<u64>::new());
+    assert_eq!(
+        ids(&db(&["search", "printer", "--kind", "normal", "--json"])),
+        [1]
+    );
+
+    // the table has a KIND column
+    let table = db(&["tickets", "--status", "all"]).stdout;
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("KIND"), "{table}");
+    let bounce = table.lines().find(|l| l.contains("mailer-daemon")).unwrap();
+    assert!(
+        bounce.contains("bounce") && bounce.contains("closed"),
+        "{table}"
+    );
 }
