@@ -67,6 +67,7 @@ pub mod msgid;
 pub mod oauth2;
 pub mod outbound;
 pub mod pipeline;
+pub mod progress;
 pub mod secret;
 pub mod store;
 pub mod summary;

@@ -44,6 +44,11 @@ pub struct SyncOptions {
     pub ack: Option<Arc<crate::outbound::AckPlan>>,
     /// How to thread and judge.
     pub rules: Arc<Rules>,
+    /// Each message's decision at `info` (`watch`: they come one by one) rather than at
+    /// `debug` (`sync`: a first run may bring thousands).
+    pub log_each: bool,
+    /// Counts what a catch-up has to do and has done, for a progress line.
+    pub progress: Option<Arc<crate::progress::Progress>>,
 }
 
 /// Syncs the mailboxes (all, or those named in `only`) one after another. A failing mailbox
@@ -440,6 +445,9 @@ pub async fn catch_up(
     }
     let total_bytes: u64 = todo.iter().map(|p| u64::from(p.1)).sum();
     tracing::info!(messages = todo.len(), bytes = total_bytes, "fetching");
+    if let Some(p) = &pass.opts.progress {
+        p.add_total(todo.len() as u64);
+    }
     let pool = match pass.pool {
         Some(p) => p.clone(),
         None => PrepPool::spawn()?,
@@ -636,6 +644,7 @@ impl<'a> CatchUp<'a> {
                         let plan = Plan {
                             rules: &rules,
                             ack: ack.as_deref(),
+                            progress: None,
                         };
                         commit(s, &p, &origin, received, plan)
                     }
@@ -689,7 +698,10 @@ impl<'a> CatchUp<'a> {
     fn settle(&mut self, uid: u32, to: u32, r: Result<Option<Stored>>) {
         match r {
             Ok(Some(stored)) => {
-                stored.log(&self.summary.name);
+                stored.log(&self.summary.name, self.opts.dry_run, self.opts.log_each);
+                if let Some(p) = &self.opts.progress {
+                    p.done_one();
+                }
                 self.summary.counts.record(stored.outcome);
                 self.summary.counts.acks_queued += u64::from(stored.acked);
                 self.done.push(uid);

@@ -20,6 +20,7 @@ mod import;
 mod notify;
 mod oauth2;
 mod outbox;
+mod progress;
 mod search;
 mod sync;
 mod tickets;
@@ -404,8 +405,12 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints a run summary as a short table on stdout.
+/// Prints a run summary as a short table on stdout: a row per source, and one for the
+/// outbox when it was sent (its errors are the run's too).
 pub fn print_summary(s: &mailticket::summary::RunSummary) -> anyhow::Result<()> {
+    if s.dry_run {
+        outln!("DRY RUN: nothing was stored and the server was left untouched");
+    }
     outln!(
         "{:<24} {:>8} {:>8} {:>8} {:>10} {:>11} {:>6}",
         "SOURCE",
@@ -427,6 +432,18 @@ pub fn print_summary(s: &mailticket::summary::RunSummary) -> anyhow::Result<()> 
             c.duplicates,
             c.quarantined,
             c.errors.len()
+        );
+    }
+    if let Some(d) = &s.outbox {
+        outln!(
+            "{:<24} {:>8} {:>8} {:>8} {:>10} {:>11} {:>6}",
+            format!("outbox: {} sent", d.sent),
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            s.outbox_errors()
         );
     }
     Ok(())

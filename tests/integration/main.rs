@@ -25,6 +25,7 @@ mod oauth2;
 mod oauth2_env;
 mod outbound;
 mod reload;
+mod run_output;
 mod secrets;
 mod selftest;
 mod sync;
