@@ -1,4 +1,5 @@
-//! Timestamps: integer Unix seconds in the store, RFC 3339 at the edges.
+//! Timestamps: integer Unix seconds in the store, RFC 3339 (UTC) in JSON and logs, local
+//! time in the tables people read.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -106,6 +107,25 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// Formats Unix seconds in the local time zone for a table: `2025-01-06 10:12`. The zone is
+/// `TZ`, else `/etc/localtime`, read by chrono's own TZif reader (no `localtime_r`, so it is
+/// sound in a program with threads); without one it is UTC.
+pub fn local(ts: i64) -> String {
+    local_with(ts, "%Y-%m-%d %H:%M")
+}
+
+/// [`local`] with seconds and the UTC offset: `2025-01-06 10:12:00 +01:00`.
+pub fn local_full(ts: i64) -> String {
+    local_with(ts, "%Y-%m-%d %H:%M:%S %:z")
+}
+
+fn local_with(ts: i64, format: &str) -> String {
+    match chrono::DateTime::from_timestamp(ts, 0) {
+        Some(t) => t.with_timezone(&chrono::Local).format(format).to_string(),
+        None => rfc3339(ts),
+    }
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).

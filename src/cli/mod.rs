@@ -63,7 +63,8 @@ const ENVIRONMENT: &str = "\
 Environment:
   MAILTICKET_CONFIG  the config file when --config is not given
   MAILTICKET_LOG     log filter, overriding -v/-q (e.g. `debug`, `mailticket=trace,warn`)
-  NO_COLOR           no colors in log lines (they are never colored when stderr is not a terminal)";
+  NO_COLOR           no colors in log lines (they are never colored when stderr is not a terminal)
+  TZ                 the time zone of the tables (JSON and logs are UTC)";
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, ValueEnum)]

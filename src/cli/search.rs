@@ -115,7 +115,7 @@ pub fn print_tickets(rows: &[TicketRow], json: bool) -> anyhow::Result<()> {
         return print_json(&rows.iter().map(ticket_json).collect::<Vec<_>>());
     }
     outln!(
-        "{:>6}  {:<6}  {:<10}  {:<20}  {:>4}  {:<30}  SUBJECT",
+        "{:>6}  {:<6}  {:<10}  {:<16}  {:>4}  {:<30}  SUBJECT",
         "ID",
         "STATUS",
         "KIND",
@@ -125,11 +125,11 @@ pub fn print_tickets(rows: &[TicketRow], json: bool) -> anyhow::Result<()> {
     );
     for t in rows {
         outln!(
-            "{:>6}  {:<6}  {:<10}  {:<20}  {:>4}  {:<30}  {}",
+            "{:>6}  {:<6}  {:<10}  {:<16}  {:>4}  {:<30}  {}",
             t.id,
             t.status.as_str(),
             t.kind,
-            mailticket::time::rfc3339(t.updated_at),
+            mailticket::time::local(t.updated_at),
             t.messages,
             super::tickets::cell(&t.customer, 30),
             super::tickets::cell(&t.subject, 60)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use mailticket::store::MessageRow;
 use mailticket::store::view::{message_json, ticket_json};
-use mailticket::time::rfc3339;
+use mailticket::time::{local_full, rfc3339};
 use serde_json::{Value, json};
 
 use super::search::{FilterArgs, StatusFilter, print_tickets};
@@ -74,15 +74,15 @@ pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
     outln!("Customer: {} <{}>", t.customer_name, t.customer);
     outln!(
         "Created:  {}   Updated: {}",
-        rfc3339(t.created_at),
-        rfc3339(t.updated_at)
+        local_full(t.created_at),
+        local_full(t.updated_at)
     );
     for m in &messages {
         outln!();
         outln!(
             "── {} {}  {}  from {} ({})",
             m.direction,
-            rfc3339(m.date),
+            local_full(m.date),
             m.subject,
             m.from,
             m.kind

@@ -197,3 +197,51 @@ fn tickets_filters_search_and_the_kind_column() {
         "{table}"
     );
 }
+
+/// `date`'s reading of RFC 3339 time T in zone TZ, as FORMAT.
+fn date_in(tz: &str, t: &str, format: &str) -> String {
+    let out = std::process::Command::new("date")
+        .env("TZ", tz)
+        .args(["-d", t, format])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn tables_show_local_time_and_json_stays_utc() {
+    let wd = Workdir::new();
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.arg("--db")
+        .arg(wd.db())
+        .arg("import")
+        .arg(sample_mbox());
+    run(cmd, None).success();
+    let in_zone = |tz: &str, args: &[&str]| {
+        let mut cmd = mailticket_cmd(&wd.dir);
+        cmd.env("TZ", tz).arg("--db").arg(wd.db()).args(args);
+        run(cmd, None).success()
+    };
+    for tz in ["UTC", "Asia/Tokyo", "America/New_York"] {
+        let json = in_zone(tz, &["show", "1", "--json"]).json();
+        let updated = json["updated_at"].as_str().unwrap().to_owned();
+        assert!(
+            updated.ends_with('Z'),
+            "JSON is UTC whatever TZ says: {updated}"
+        );
+        let table = in_zone(tz, &["tickets", "--status", "all"]).stdout;
+        let row = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("1 "))
+            .unwrap();
+        let want = date_in(tz, &updated, "+%Y-%m-%d %H:%M");
+        assert!(row.contains(&want), "{tz}: {want} not in {row}");
+        let shown = in_zone(tz, &["show", "1"]).stdout;
+        let want = date_in(tz, &updated, "+%Y-%m-%d %H:%M:%S %:z");
+        assert!(
+            shown.contains(&format!("Updated: {want}")),
+            "{tz}: {want} not in {shown}"
+        );
+    }
+}
