@@ -50,7 +50,8 @@
 //! - [`lock`]: one `sync` or `watch` per store at a time.
 //! - [`doctor`]: every step of a sync checked for real, with the fix for each failure.
 //! - [`summary`]: the per-run counts every command reports.
-//! - [`error`]: the one error type; [`time`]: Unix seconds and RFC 3339.
+//! - [`progress`]: how far a long run is, counted for the binary's progress line.
+//! - [`error`]: the one error type; [`time`]: Unix seconds, RFC 3339 and local time.
 
 pub mod backoff;
 pub mod classify;

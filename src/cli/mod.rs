@@ -203,7 +203,7 @@ pub fn init_tracing(args: &Args) {
                 fmt::layer()
                     .with_ansi(ansi)
                     .with_target(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(progress::log_writer),
             )
             .init(),
         LogFormat::Json => registry
@@ -211,7 +211,7 @@ pub fn init_tracing(args: &Args) {
                 fmt::layer()
                     .json()
                     .with_ansi(ansi)
-                    .with_writer(std::io::stderr),
+                    .with_writer(progress::log_writer),
             )
             .init(),
     }

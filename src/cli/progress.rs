@@ -4,8 +4,8 @@
 //! nothing for a short run: it starts once a run has [`LONG_RUN`] messages to do (or done).
 
 use std::io::Write as _;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mailticket::progress::Progress;
@@ -14,6 +14,45 @@ use mailticket::progress::Progress;
 const LONG_RUN: u64 = 100;
 /// How often the line is redrawn.
 const EVERY: Duration = Duration::from_millis(250);
+
+/// How wide the progress line on the screen is (0: none drawn). Log lines and the progress
+/// line write to stderr under this lock, and a log line first wipes the progress line, so
+/// the two never share a line; the next redraw puts it back below the log line.
+static ON_SCREEN: Mutex<usize> = Mutex::new(0);
+
+/// Writes `text` in place of the progress line (empty: just wipes it), under the lock.
+fn redraw(text: &str) {
+    let mut width = ON_SCREEN.lock().unwrap_or_else(PoisonError::into_inner);
+    let pad = width.saturating_sub(text.chars().count());
+    let _ = write!(std::io::stderr(), "\r{text}{:pad$}", "");
+    if text.is_empty() {
+        let _ = write!(std::io::stderr(), "\r");
+    }
+    *width = text.chars().count();
+}
+
+/// The writer of log lines: stderr, after wiping a progress line that is on the screen.
+pub struct LogWriter;
+
+/// For `tracing_subscriber`'s `with_writer`.
+pub fn log_writer() -> LogWriter {
+    LogWriter
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut width = ON_SCREEN.lock().unwrap_or_else(PoisonError::into_inner);
+        if *width > 0 {
+            write!(std::io::stderr(), "\r{:w$}\r", "", w = *width)?;
+            *width = 0;
+        }
+        std::io::stderr().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 /// Draws the line on a thread of its own until dropped; dropping it clears the line.
 pub struct ProgressLine {
@@ -59,7 +98,7 @@ impl Drop for ProgressLine {
 /// last count and clears the line, if it ever drew one.
 fn draw_until(what: &str, progress: &Progress, stopped: &mpsc::Receiver<()>) {
     let start = Instant::now();
-    let mut width: usize = 0;
+    let mut drawn = false;
     loop {
         let last = !matches!(
             stopped.recv_timeout(EVERY),
@@ -67,15 +106,12 @@ fn draw_until(what: &str, progress: &Progress, stopped: &mpsc::Receiver<()>) {
         );
         let (done, total) = progress.get();
         if done.max(total) >= LONG_RUN {
-            let text = line(what, done, total, start.elapsed());
-            // Pad over what the last line left behind.
-            let pad = width.saturating_sub(text.chars().count());
-            width = text.chars().count();
-            let _ = write!(std::io::stderr(), "\r{text}{:pad$}", "");
+            redraw(&line(what, done, total, start.elapsed()));
+            drawn = true;
         }
         if last {
-            if width > 0 {
-                let _ = write!(std::io::stderr(), "\r{:width$}\r", "");
+            if drawn {
+                redraw("");
             }
             return;
         }

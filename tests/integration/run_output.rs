@@ -42,6 +42,15 @@ fn a_long_first_sync_draws_a_progress_line_on_a_terminal_only() {
         tty.stdout.contains("\rsync: ") && tty.stdout.contains(&format!("/{LONG} messages")),
         "no progress line on a terminal: {tty:?}"
     );
+    // a log line never lands on the progress line: it wipes it first
+    for l in tty.stdout.split('\n') {
+        let visible = l.rsplit('\r').next().unwrap_or_default();
+        assert!(
+            !(visible.contains("INFO") && visible.contains("messages (")),
+            "a log line shares the progress line: {visible:?}"
+        );
+    }
+    assert!(tty.stdout.contains("INFO"), "{tty:?}");
     // -q: none there either
     let mut cmd = std::process::Command::new("script");
     cmd.args(["-qefc", &format!("{line} -q"), "/dev/null"])
