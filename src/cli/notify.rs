@@ -108,4 +108,33 @@ mod tests {
         assert_eq!(&buf[..len], b"STOPPING=1");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn the_watchdog_pings_until_dropped() {
+        let dir = std::env::temp_dir().join(format!("mt-watchdog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixDatagram::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let n = Notifier {
+            target: Some(open(path.as_os_str()).unwrap()),
+            watchdog: Some(Duration::from_millis(20)),
+        };
+        let guard = n.spawn_watchdog().unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        drop(guard);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0u8; 64];
+        let mut pings = 0;
+        while let Ok(len) = listener.recv(&mut buf) {
+            assert_eq!(&buf[..len], b"WATCHDOG=1");
+            pings += 1;
+        }
+        assert!(pings >= 3, "{pings} pings in 150 ms at one per 20 ms");
+        // none after the guard is gone
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(listener.recv(&mut buf).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
