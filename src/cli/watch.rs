@@ -9,7 +9,8 @@
 //! task winds down as on SIGTERM and the watch starts again with the new config, in the same
 //! process, holding the same lock and store; when it does not, the error (naming the file and
 //! the key) is logged and the watch goes on with the old config. The store itself (`[store]
-//! path`, `--db`) is not changed by a reload.
+//! path`, `--db`) is not changed by a reload. Should the old sessions not stop within
+//! `shutdown-timeout`, the command exits 1 rather than run new sessions beside them.
 //!
 //! Under systemd with `Type=notify`, the states go to `$NOTIFY_SOCKET` ([`super::notify`]).
 
@@ -183,7 +184,13 @@ async fn supervise(
             _ = &mut second => return End::Interrupted,
         };
         match r {
-            Ok(_) if !stop.is_cancelled() => {}
+            Ok(s) if s.clean && !stop.is_cancelled() => {}
+            // Sessions still winding down would run beside the new ones: stop instead (exit
+            // 1; systemd's Restart=on-failure starts it again, with the new config).
+            Ok(s) if !s.clean => {
+                tracing::error!("the old sessions did not stop within shutdown-timeout; exiting");
+                return End::Finished(Ok(s));
+            }
             r => return End::Finished(r),
         }
         notifier.send("READY=1");
