@@ -55,7 +55,8 @@
 //! - [`lock`]: one `sync` or `watch` per store at a time.
 //! - [`doctor`]: every step of a sync checked for real, with the fix for each failure.
 //! - [`summary`]: the per-run counts every command reports.
-//! - [`error`]: the one error type; [`time`]: Unix seconds and RFC 3339.
+//! - [`progress`]: how far a long run is, counted for the binary's progress line.
+//! - [`error`]: the one error type; [`time`]: Unix seconds, RFC 3339 and local time.
 
 pub mod backoff;
 pub mod classify;
@@ -74,6 +75,7 @@ pub mod oauth2;
 pub mod outbound;
 pub mod pass;
 pub mod pipeline;
+pub mod progress;
 pub mod quarantine;
 pub mod secret;
 pub mod stages;

@@ -28,6 +28,11 @@ pub struct SyncOptions {
     pub ack: Option<Arc<crate::outbound::AckPlan>>,
     /// How to thread and judge.
     pub rules: Arc<Rules>,
+    /// Each message's decision at `info` (`watch`: they come one by one) rather than at
+    /// `debug` (`sync`: a first run may bring thousands).
+    pub log_each: bool,
+    /// Counts what a catch-up has to do and has done, for a progress line.
+    pub progress: Option<Arc<crate::progress::Progress>>,
 }
 
 /// What one catch-up pass needs besides the session. `sync` makes one pass per connection;
@@ -94,6 +99,7 @@ impl Job {
                     let plan = Plan {
                         rules: &self.rules,
                         ack: self.ack.as_deref(),
+                        progress: None,
                     };
                     commit(s, &p, &self.origin, self.received, plan)
                 }

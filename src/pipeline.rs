@@ -81,6 +81,8 @@ pub struct Plan<'a> {
     pub rules: &'a Rules,
     /// Acknowledge new requests (`None`: never).
     pub ack: Option<&'a AckPlan>,
+    /// Counted one done per message [`process`] stores.
+    pub progress: Option<&'a crate::progress::Progress>,
 }
 
 /// Parses, classifies and compresses `raw`. Never panics, never fails: what cannot be
@@ -120,30 +122,36 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// The one line per message decision.
-    pub fn log(&self, source: &str) {
-        let (what, ticket) = match self.outcome {
-            Outcome::Created(t) => ("created", t),
-            Outcome::Threaded(t) => ("threaded", t),
-            Outcome::Duplicate(t) => ("duplicate", t),
+    /// The one line per message decision: at `info` when `at_info`, else at `debug` (a
+    /// quarantine is always a warning); a dry run says what it would have done.
+    pub fn log(&self, source: &str, dry_run: bool, at_info: bool) {
+        let (what, would, ticket) = match self.outcome {
+            Outcome::Created(t) => ("created", "would create", t),
+            Outcome::Threaded(t) => ("threaded", "would thread", t),
+            Outcome::Duplicate(t) => ("duplicate", "duplicate", t),
             Outcome::Quarantined(id) => {
                 tracing::warn!(
                     source,
                     uid = self.uid,
                     quarantine = id,
                     error = self.why.as_deref().unwrap_or(""),
-                    "quarantined"
+                    "{}",
+                    if dry_run {
+                        "would quarantine"
+                    } else {
+                        "quarantined"
+                    }
                 );
                 return;
             }
         };
-        tracing::info!(
-            uid = self.uid,
-            message_id = %self.message_id,
-            kind = self.kind,
-            ticket,
-            "{what}"
-        );
+        let what = if dry_run { would } else { what };
+        let (uid, message_id, kind) = (self.uid, &self.message_id, self.kind);
+        if at_info {
+            tracing::info!(uid, %message_id, kind, ticket, "{what}");
+        } else {
+            tracing::debug!(uid, %message_id, kind, ticket, "{what}");
+        }
     }
 }
 
@@ -531,7 +539,10 @@ pub fn process(
     plan: Plan<'_>,
 ) -> Result<Stored> {
     let stored = commit(store, &prepare(me, raw.to_vec()), origin, received_at, plan)?;
-    stored.log(&origin.source);
+    stored.log(&origin.source, false, false);
+    if let Some(p) = plan.progress {
+        p.done_one();
+    }
     Ok(stored)
 }
 
@@ -598,7 +609,11 @@ pub(crate) mod test_support {
             imap: None,
             graph: None,
         };
-        let plan = Plan { rules, ack: None };
+        let plan = Plan {
+            rules,
+            ack: None,
+            progress: None,
+        };
         process(
             store,
             &Identity::default(),

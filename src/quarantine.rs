@@ -88,6 +88,7 @@ mod tests {
         let plan = Plan {
             rules: &rules,
             ack: None,
+            progress: None,
         };
         let r = retry(&mut store, &me, good, plan).unwrap();
         let Retried::Taken(Outcome::Created(t)) = r else {

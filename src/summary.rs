@@ -75,6 +75,8 @@ pub struct SourceSummary {
 /// A whole run: totals first, then each source.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
+    /// `sync --dry-run`: the counts say what would have happened; nothing was kept.
+    pub dry_run: bool,
     /// Sums over all sources.
     #[serde(flatten)]
     pub totals: Counts,
@@ -106,5 +108,11 @@ impl RunSummary {
     /// Logs the totals at `info`.
     pub fn log(&self, what: &str) {
         self.totals.log(&format!("{what} finished"));
+    }
+
+    /// The outbox's problems (SMTP refusals, connection failures), counted in the run's
+    /// errors.
+    pub fn outbox_errors(&self) -> usize {
+        self.outbox.as_ref().map_or(0, |d| d.errors.len())
     }
 }

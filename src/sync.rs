@@ -411,6 +411,9 @@ pub async fn catch_up(
     }
     let total_bytes: u64 = todo.iter().map(|p| u64::from(p.1)).sum();
     tracing::info!(messages = todo.len(), bytes = total_bytes, "fetching");
+    if let Some(p) = &pass.opts.progress {
+        p.add_total(todo.len() as u64);
+    }
     let pool = match pass.pool {
         Some(p) => p.clone(),
         None => PrepPool::spawn()?,
@@ -651,7 +654,10 @@ impl<'a> CatchUp<'a> {
     fn settle(&mut self, uid: u32, to: u32, r: Result<Option<Stored>>) {
         match r {
             Ok(Some(stored)) => {
-                stored.log(&self.summary.name);
+                stored.log(&self.summary.name, self.opts.dry_run, self.opts.log_each);
+                if let Some(p) = &self.opts.progress {
+                    p.done_one();
+                }
                 self.summary.counts.record(stored.outcome);
                 self.summary.counts.acks_queued += u64::from(stored.acked);
                 self.done.push(uid);

@@ -135,6 +135,8 @@ impl Shared {
                 dry_run: false,
                 ack,
                 rules: Arc::new(Rules::from_config(config)),
+                log_each: true,
+                progress: None,
             },
             outbox_due: tokio::sync::Notify::new(),
             hooks_due: tokio::sync::Notify::new(),

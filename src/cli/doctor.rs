@@ -31,7 +31,10 @@ pub fn run(args: &Args, a: &DoctorArgs) -> anyhow::Result<u8> {
                 scope: "config".into(),
                 step: "file".into(),
                 status: Status::Fail,
-                detail: format!("no config file at {}", ctx.config_path.display()),
+                detail: format!(
+                    "no config file (looked for {})",
+                    super::discover::searched()
+                ),
                 fix: Some("write one with `mailticket init`, or pass --config".into()),
             });
             r

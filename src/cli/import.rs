@@ -52,13 +52,17 @@ pub fn run_import(ctx: &Ctx, a: &ImportArgs) -> anyhow::Result<u8> {
     };
     let rules = Rules::from_config(&ctx.config);
     let mut summary = RunSummary::default();
+    let progress = std::sync::Arc::new(mailticket::progress::Progress::default());
+    let line = super::progress::ProgressLine::start("import", &progress, ctx.quiet);
     for p in &a.paths {
         let plan = Plan {
             rules: &rules,
             ack: ack.as_deref(),
+            progress: Some(&progress),
         };
         summary.push(import_path(&mut store, &me, p, plan));
     }
+    drop(line);
     if let Some(smtp) = &smtp {
         let (_store, report) = super::drain_now(store, smtp)?;
         summary.push_drain(report);
@@ -130,6 +134,7 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
         Plan {
             rules: &Rules::from_config(&ctx.config),
             ack: ack.as_deref(),
+            progress: None,
         },
     );
     if let (Some(smtp), true) = (&smtp, stored.as_ref().is_ok_and(|s| s.acked)) {

@@ -10,22 +10,26 @@ macro_rules! outln {
     };
 }
 
+mod completions;
+mod discover;
 mod doctor;
 mod events;
 mod export;
 mod hooks;
 mod import;
+mod notify;
 mod oauth2;
 mod outbox;
+mod progress;
 mod quarantine;
+mod search;
 mod sync;
 mod tickets;
 mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailticket::config::{Config, MailboxConfig};
 use mailticket::outbound::AckPlan;
@@ -35,9 +39,10 @@ use mailticket::store::{Store, TicketStatus};
 
 /// Turns a support mailbox into helpdesk tickets.
 #[derive(Debug, Parser)]
-#[command(name = "mailticket", version, about)]
+#[command(name = "mailticket", version, about, after_help = ENVIRONMENT)]
 pub struct Args {
-    /// The config file [default: $MAILTICKET_CONFIG, else ./mailticket.toml]
+    /// The config file [default: $MAILTICKET_CONFIG, else the first of ./mailticket.toml,
+    /// $XDG_CONFIG_HOME/mailticket/config.toml, /etc/mailticket/mailticket.toml]
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// The database file (overrides `[store] path`)
@@ -56,6 +61,14 @@ pub struct Args {
     pub command: Command,
 }
 
+/// The environment variables, shown at the end of `--help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  MAILTICKET_CONFIG  the config file when --config is not given
+  MAILTICKET_LOG     log filter, overriding -v/-q (e.g. `debug`, `mailticket=trace,warn`)
+  NO_COLOR           no colors in log lines (they are never colored when stderr is not a terminal)
+  TZ                 the time zone of the tables (JSON and logs are UTC)";
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -69,7 +82,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Write a fully commented sample config
     Init {
-        /// Where to write it [default: ./mailticket.toml]
+        /// Where to write it, `-` for standard output [default: ./mailticket.toml]
         path: Option<PathBuf>,
         /// Replace an existing file
         #[arg(long)]
@@ -77,7 +90,7 @@ pub enum Command {
     },
     /// One pass over the configured mailboxes, then exit
     Sync(sync::SyncArgs),
-    /// Watch the mailboxes (IMAP IDLE or polling) until SIGINT/SIGTERM
+    /// Watch the mailboxes (IMAP IDLE or polling) until SIGINT/SIGTERM; SIGHUP reloads the config
     Watch(watch::WatchArgs),
     /// Check config, secrets, store and every mailbox for real, step by step
     Doctor(doctor::DoctorArgs),
@@ -89,6 +102,8 @@ pub enum Command {
     Tickets(tickets::TicketsArgs),
     /// Show one ticket with its messages
     Show(tickets::ShowArgs),
+    /// Find tickets whose subjects or message texts contain TEXT
+    Search(search::SearchArgs),
     /// Messages that could not be parsed: list, show, export, retry, delete
     Quarantine(quarantine::QuarantineArgs),
     /// The outgoing queue and its failures
@@ -108,6 +123,10 @@ pub enum Command {
     /// OAuth2 sign-in (device code) and token state
     #[command(name = "oauth2")]
     OAuth2(oauth2::OAuth2Args),
+    /// Write shell completions (bash, zsh, fish, elvish, powershell) on stdout
+    Completions(completions::CompletionsArgs),
+    /// Write the man page (roff) on stdout
+    Man,
 }
 
 impl Command {
@@ -191,7 +210,10 @@ pub fn init_tracing(args: &Args) {
         Targets::new().with_default(LevelFilter::TRACE),
         |t, name| t.with_target(*name, LevelFilter::DEBUG),
     );
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = color_logs(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let registry = tracing_subscriber::registry().with(filter).with(cap);
     match args.log_format {
         LogFormat::Text => registry
@@ -199,7 +221,7 @@ pub fn init_tracing(args: &Args) {
                 fmt::layer()
                     .with_ansi(ansi)
                     .with_target(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(progress::log_writer),
             )
             .init(),
         LogFormat::Json => registry
@@ -207,10 +229,16 @@ pub fn init_tracing(args: &Args) {
                 fmt::layer()
                     .json()
                     .with_ansi(ansi)
-                    .with_writer(std::io::stderr),
+                    .with_writer(progress::log_writer),
             )
             .init(),
     }
+}
+
+/// Whether log lines get ANSI colors: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org).
+fn color_logs(stderr_is_tty: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_tty && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The global options every command needs.
@@ -231,18 +259,18 @@ impl Ctx {
     /// anything touches the network. A missing file is fine for commands that need no
     /// mailbox, unless the user named it.
     fn load(args: &Args) -> anyhow::Result<Ctx> {
-        let named = args
-            .config
-            .clone()
-            .or_else(|| std::env::var_os("MAILTICKET_CONFIG").map(PathBuf::from));
-        let path = named
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("mailticket.toml"));
-        let (mut config, found) = if named.is_some() || path.exists() {
+        // A config named by --config or $MAILTICKET_CONFIG must be valid; a discovered one
+        // is ignored, with a warning, by `--db X tickets`, which needs nothing from it.
+        let named = args.config.is_some() || std::env::var_os("MAILTICKET_CONFIG").is_some();
+        let (path, found) = match discover::config_path(args.config.as_deref()) {
+            Some(path) => (path, true),
+            None => (PathBuf::from("mailticket.toml"), false),
+        };
+        let (mut config, found) = if found {
+            tracing::debug!(path = %path.display(), "config file");
             match Config::load(&path) {
                 Ok(config) => (config, true),
-                // `--db X tickets` reads X and needs nothing from a config nobody named.
-                Err(e) if named.is_none() && args.db.is_some() && args.command.reads_only() => {
+                Err(e) if !named && args.db.is_some() && args.command.reads_only() => {
                     tracing::warn!(
                         error = mailticket::error::chain_text(&e),
                         "config ignored: this command reads the store named by --db"
@@ -298,8 +326,8 @@ impl Ctx {
     pub fn require_config(&self) -> anyhow::Result<()> {
         if !self.config_found {
             return Err(Usage(format!(
-                "no config file at {} (write one with `mailticket init`, or pass --config)",
-                self.config_path.display()
+                "no config file (looked for {}; write one with `mailticket init`, or pass --config)",
+                discover::searched()
             ))
             .into());
         }
@@ -309,10 +337,16 @@ impl Ctx {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     if let Command::Init { path, force } = &args.command {
-        return init(path.as_deref(), *force);
+        return discover::init(path.as_deref(), *force);
     }
     if let Command::Doctor(a) = &args.command {
         return doctor::run(&args, a);
+    }
+    if let Command::Completions(a) = &args.command {
+        return completions::completions(a);
+    }
+    if let Command::Man = &args.command {
+        return completions::man();
     }
     let ctx = match Ctx::load(&args) {
         Ok(ctx) => ctx,
@@ -327,14 +361,23 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         }
         Err(e) => return Err(e),
     };
+    // watch keeps the arguments to read the config again on SIGHUP
+    if let Command::Watch(a) = &args.command {
+        return watch::run(&args, ctx, a);
+    }
     match args.command {
-        Command::Init { .. } | Command::Doctor(_) => Ok(0),
+        // (handled above)
+        Command::Init { .. }
+        | Command::Doctor(_)
+        | Command::Completions(_)
+        | Command::Man
+        | Command::Watch(_) => Ok(0),
         Command::Sync(a) => sync::run(&ctx, &a),
-        Command::Watch(a) => watch::run(&ctx, &a),
         Command::Import(a) => import::run_import(&ctx, &a),
         Command::Ingest(a) => Ok(import::run_ingest(&ctx, &a)),
         Command::Tickets(a) => tickets::list(&ctx, &a),
         Command::Show(a) => tickets::show(&ctx, &a),
+        Command::Search(a) => search::search(&ctx, &a),
         Command::Quarantine(a) => quarantine::run(&ctx, &a),
         Command::Outbox(a) => outbox::outbox(&ctx, &a),
         Command::Reply(a) => outbox::reply(&ctx, &a),
@@ -345,21 +388,6 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Hooks(a) => hooks::run(&ctx, &a),
         Command::OAuth2(a) => oauth2::run(&ctx, &a),
     }
-}
-
-fn init(path: Option<&Path>, force: bool) -> anyhow::Result<u8> {
-    let path = path.unwrap_or(Path::new("mailticket.toml"));
-    if path.exists() && !force {
-        return Err(Usage(format!(
-            "{} exists already (use --force to replace it)",
-            path.display()
-        ))
-        .into());
-    }
-    std::fs::write(path, mailticket::config::SAMPLE)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "wrote a sample config");
-    Ok(0)
 }
 
 /// The SMTP servers from `[smtp]` and each `[mailbox.smtp]`, with their passwords (or OAuth2
@@ -422,8 +450,12 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints a run summary as a short table on stdout.
+/// Prints a run summary as a short table on stdout: a row per source, and one for the
+/// outbox when it was sent (its errors are the run's too).
 pub fn print_summary(s: &mailticket::summary::RunSummary) -> anyhow::Result<()> {
+    if s.dry_run {
+        outln!("DRY RUN: nothing was stored and the server was left untouched");
+    }
     outln!(
         "{:<24} {:>8} {:>8} {:>8} {:>10} {:>11} {:>6}",
         "SOURCE",
@@ -447,5 +479,31 @@ pub fn print_summary(s: &mailticket::summary::RunSummary) -> anyhow::Result<()> 
             c.errors.len()
         );
     }
+    if let Some(d) = &s.outbox {
+        outln!(
+            "{:<24} {:>8} {:>8} {:>8} {:>10} {:>11} {:>6}",
+            format!("outbox: {} sent", d.sent),
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            s.outbox_errors()
+        );
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colors_only_on_a_terminal_without_no_color() {
+        assert!(color_logs(true, None));
+        assert!(color_logs(true, Some(OsStr::new(""))));
+        assert!(!color_logs(true, Some(OsStr::new("1"))));
+        assert!(!color_logs(false, None));
+    }
 }

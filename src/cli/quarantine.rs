@@ -241,6 +241,7 @@ fn retry(ctx: &Ctx, (id, all): (Option<i64>, bool), ack: bool, json: bool) -> an
     let plan = Plan {
         rules: &rules,
         ack: plan_ack.as_deref(),
+        progress: None,
     };
     let mut results = Vec::new();
     for id in ids {

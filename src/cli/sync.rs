@@ -52,12 +52,18 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let progress = Arc::new(mailticket::progress::Progress::default());
     let opts = SyncOptions {
         dry_run: a.dry_run,
         ack,
         rules: Arc::new(Rules::from_config(&ctx.config)),
+        log_each: false,
+        progress: Some(progress.clone()),
     };
+    let line = super::progress::ProgressLine::start("sync", &progress, ctx.quiet);
     let mut summary = rt.block_on(sync_run(&ctx.config, &mailboxes, &handle, opts));
+    drop(line);
+    summary.dry_run = a.dry_run;
     if let (Some(smtp), false) = (&smtp, a.dry_run) {
         summary.push_drain(rt.block_on(mailticket::outbound::drain(&handle, smtp)));
     }
@@ -73,7 +79,11 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     drop(handle);
     let mut store = join.join()?;
     store.finish()?;
-    summary.log(if a.dry_run { "dry run" } else { "sync" });
+    summary.log(if a.dry_run {
+        "dry run (nothing kept)"
+    } else {
+        "sync"
+    });
     mailticket::stages::log();
     if a.json {
         print_json(&summary)?;

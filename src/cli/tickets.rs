@@ -2,28 +2,21 @@
 
 use std::path::PathBuf;
 
+use mailticket::store::MessageRow;
 use mailticket::store::view::{message_json, ticket_json};
-use mailticket::store::{MessageRow, TicketStatus};
-use mailticket::time::rfc3339;
+use mailticket::time::local_full;
 use serde_json::Value;
 
+use super::search::{FilterArgs, StatusFilter, print_tickets};
 use super::{Ctx, Usage, print_json};
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum StatusFilter {
-    Open,
-    Closed,
-    All,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct TicketsArgs {
     /// Which tickets
     #[arg(long, value_enum, default_value_t = StatusFilter::Open)]
     pub status: StatusFilter,
-    /// Print JSON
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub filters: FilterArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,35 +62,8 @@ pub(super) fn padded(s: &str, n: usize) -> String {
 
 pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
     let store = ctx.open_store_read()?;
-    let status = match a.status {
-        StatusFilter::Open => Some(TicketStatus::Open),
-        StatusFilter::Closed => Some(TicketStatus::Closed),
-        StatusFilter::All => None,
-    };
-    let rows = store.tickets(status)?;
-    if a.json {
-        print_json(&rows.iter().map(ticket_json).collect::<Vec<_>>())?;
-        return Ok(0);
-    }
-    outln!(
-        "{:>6}  {:<6}  {:<20}  {:>4}  {:<30}  SUBJECT",
-        "ID",
-        "STATUS",
-        "UPDATED",
-        "MSGS",
-        "CUSTOMER"
-    );
-    for t in &rows {
-        outln!(
-            "{:>6}  {:<6}  {:<20}  {:>4}  {}  {}",
-            t.id,
-            t.status,
-            rfc3339(t.updated_at),
-            t.messages,
-            padded(&t.customer, 30),
-            cell(&t.subject, 60)
-        );
-    }
+    let rows = store.tickets_where(&a.filters.filter(a.status, None))?;
+    print_tickets(&rows, a.filters.json)?;
     Ok(0)
 }
 
@@ -119,15 +85,15 @@ pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
     outln!("Customer: {} <{}>", t.customer_name, t.customer);
     outln!(
         "Created:  {}   Updated: {}",
-        rfc3339(t.created_at),
-        rfc3339(t.updated_at)
+        local_full(t.created_at),
+        local_full(t.updated_at)
     );
     for m in &messages {
         outln!();
         outln!(
             "── {} {}  {}  from {} ({})",
             m.direction,
-            rfc3339(m.date),
+            local_full(m.date),
             m.subject,
             m.from,
             m.kind

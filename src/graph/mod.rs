@@ -726,7 +726,7 @@ fn delta_item(v: &Value) -> Option<DeltaItem> {
         is_read: v["isRead"].as_bool().unwrap_or(false),
         received: v["receivedDateTime"]
             .as_str()
-            .and_then(crate::time::parse_rfc3339_utc),
+            .and_then(crate::time::parse_rfc3339),
     })
 }
 

@@ -336,7 +336,9 @@ impl Round<'_> {
         for s in submitted {
             match s.rx.await {
                 Ok(Ok(Some(stored))) => {
-                    stored.log(&self.summary.name);
+                    let opts = &self.pass.opts;
+                    stored.log(&self.summary.name, opts.dry_run, opts.log_each);
+
                     self.summary.counts.record(stored.outcome);
                     self.summary.counts.acks_queued += u64::from(stored.acked);
                     if s.is_read

@@ -301,6 +301,7 @@ mod tests {
         let plan = Plan {
             rules: &Rules::default(),
             ack: None,
+            progress: None,
         };
         process(s, &Identity::default(), raw.as_bytes(), &origin, 0, plan).unwrap();
     }

@@ -76,7 +76,7 @@ pub use outbox::{
 };
 pub use tickets::{
     AttachmentRow, Cursor, ImapPos, MessageRow, NewMessage, NewTicket, Origin, Outcome,
-    QuarantineRow, TicketRow, TicketState,
+    QuarantineRow, TicketFilter, TicketRow, TicketState,
 };
 pub use worker::{StoreJoin, StoreThread};
 

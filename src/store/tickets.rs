@@ -86,6 +86,46 @@ pub struct TicketRow {
     pub updated_at: i64,
     /// Number of messages.
     pub messages: i64,
+    /// The kind of the message that opened it: `auto_reply` and `bounce` tickets are
+    /// machines talking, not requests.
+    pub kind: String,
+}
+
+/// Which tickets a listing shows: each field that is set narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct TicketFilter {
+    /// Open or closed.
+    pub status: Option<TicketStatus>,
+    /// Came in on this mailbox.
+    pub mailbox: Option<String>,
+    /// The customer's address or name contains this (ASCII case ignored).
+    pub customer: Option<String>,
+    /// The message that opened it was of this kind.
+    pub kind: Option<Kind>,
+    /// Active since (Unix seconds): updated at or after.
+    pub since: Option<i64>,
+    /// A subject or a message text contains this (ASCII case ignored).
+    pub text: Option<String>,
+    /// At most this many, the most recently active.
+    pub limit: Option<u64>,
+}
+
+/// The columns [`ticket_row`] reads, over `ticket t`.
+const TICKET_COLUMNS: &str = "t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox,
+    t.created_at, t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id),
+    COALESCE((SELECT m.kind FROM message m WHERE m.ticket_id = t.id ORDER BY m.id LIMIT 1), 'normal')";
+
+/// `%text%` for LIKE, with LIKE's own wildcards in `text` taken literally (escape `\`).
+fn like_pattern(text: &str) -> String {
+    let mut p = String::from("%");
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 /// An attachment as shown.
@@ -300,13 +340,41 @@ impl Store {
 
     /// Tickets with `status` (all when `None`), newest activity first.
     pub fn tickets(&self, status: Option<TicketStatus>) -> Result<Vec<TicketRow>> {
+        self.tickets_where(&TicketFilter {
+            status,
+            ..TicketFilter::default()
+        })
+    }
+
+    /// The tickets `f` lets through, newest activity first.
+    pub fn tickets_where(&self, f: &TicketFilter) -> Result<Vec<TicketRow>> {
         crate::store::sql("listing tickets", || {
-            let mut s = self.conn.prepare(
-                "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
-                        t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
-                 FROM ticket t WHERE ?1 IS NULL OR t.status = ?1 ORDER BY t.updated_at DESC, t.id DESC",
+            let mut s = self.conn.prepare(&format!(
+                "SELECT * FROM (SELECT {TICKET_COLUMNS} AS kind FROM ticket t
+                 WHERE (?1 IS NULL OR t.status = ?1)
+                   AND (?2 IS NULL OR t.mailbox = ?2)
+                   AND (?3 IS NULL OR t.customer LIKE ?3 ESCAPE '\\' OR t.customer_name LIKE ?3 ESCAPE '\\')
+                   AND (?5 IS NULL OR t.updated_at >= ?5)
+                   AND (?6 IS NULL OR t.subject LIKE ?6 ESCAPE '\\' OR EXISTS (
+                        SELECT 1 FROM message m WHERE m.ticket_id = t.id
+                        AND (m.subject LIKE ?6 ESCAPE '\\' OR m.body_text LIKE ?6 ESCAPE '\\')))
+                 ORDER BY t.updated_at DESC, t.id DESC)
+                 WHERE ?4 IS NULL OR kind = ?4
+                 LIMIT ?7"
+            ))?;
+            let limit = f.limit.and_then(|n| i64::try_from(n).ok()).unwrap_or(-1);
+            let rows = s.query_map(
+                params![
+                    f.status,
+                    f.mailbox,
+                    f.customer.as_deref().map(like_pattern),
+                    f.kind.map(Kind::as_str),
+                    f.since,
+                    f.text.as_deref().map(like_pattern),
+                    limit
+                ],
+                ticket_row,
             )?;
-            let rows = s.query_map([status], ticket_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
@@ -342,11 +410,9 @@ impl Store {
 
 /// Ticket `id` as listed, read through `c`.
 pub(super) fn ticket_on(c: &Connection, id: i64) -> Result<Option<TicketRow>> {
-    Ok(c.prepare_cached(
-        "SELECT t.id, t.subject, t.status, t.customer, t.customer_name, t.mailbox, t.created_at,
-                t.updated_at, (SELECT count(*) FROM message m WHERE m.ticket_id = t.id)
-         FROM ticket t WHERE t.id = ?1",
-    )?
+    Ok(c.prepare_cached(&format!(
+        "SELECT {TICKET_COLUMNS} FROM ticket t WHERE t.id = ?1"
+    ))?
     .query_row([id], ticket_row)
     .optional()?)
 }
@@ -421,6 +487,7 @@ fn ticket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRow> {
         created_at: r.get(6)?,
         updated_at: r.get(7)?,
         messages: r.get(8)?,
+        kind: r.get(9)?,
     })
 }
 

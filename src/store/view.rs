@@ -18,6 +18,7 @@ pub fn ticket_json(t: &TicketRow) -> Value {
         "created_at": rfc3339(t.created_at),
         "updated_at": rfc3339(t.updated_at),
         "messages": t.messages,
+        "kind": t.kind,
     })
 }
 

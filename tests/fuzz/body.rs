@@ -37,6 +37,7 @@ pub fn run(store: &mut Store, data: &[u8]) {
     let plan = Plan {
         rules: &Rules::default(),
         ack: None,
+        progress: None,
     };
     match process(store, &me, data, &origin, 0, plan).map(|s| s.outcome) {
         Ok(Outcome::Created(_) | Outcome::Threaded(_) | Outcome::Duplicate(_)) => {}

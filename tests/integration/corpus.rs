@@ -118,6 +118,7 @@ impl Scenario {
         let plan = Plan {
             rules: &self.rules,
             ack: None,
+            progress: None,
         };
         let outcome = process(&mut self.store, &self.me, raw, &origin, 1_700_000_000, plan)
             .unwrap()

@@ -847,11 +847,13 @@ impl Run {
     }
 }
 
-/// `mailticket` with a clean environment, nothing else set.
+/// `mailticket` with a clean environment, nothing else set (the per-user config folder is
+/// `CWD/.xdg-config`, so no config of the machine's user is found).
 pub fn mailticket_cmd(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailticket"));
     cmd.current_dir(cwd)
         .env_remove("MAILTICKET_CONFIG")
+        .env("XDG_CONFIG_HOME", cwd.join(".xdg-config"))
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1");
     cmd
@@ -1264,8 +1266,14 @@ pub struct Watcher {
 impl Workdir {
     /// Starts `mailticket watch ARGS` in the background.
     pub fn watch(&self, args: &[&str]) -> Watcher {
+        self.watch_env(args, &[])
+    }
+
+    /// Starts `mailticket watch ARGS` in the background, with ENV set.
+    pub fn watch_env(&self, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Watcher {
         let log = self.path("watch.log");
         let mut cmd = self.cmd(&["watch"]);
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

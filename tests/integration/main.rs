@@ -10,6 +10,7 @@ mod sink;
 
 mod cli;
 mod connect;
+mod conventions;
 mod corpus;
 mod crash;
 mod doctor;
@@ -26,7 +27,9 @@ mod oauth2;
 mod oauth2_env;
 mod outbound;
 mod quarantine;
+mod reload;
 mod robust;
+mod run_output;
 mod secrets;
 mod selftest;
 mod sync;
