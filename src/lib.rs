@@ -30,6 +30,8 @@
 //!   server may send. Knows nothing of tickets.
 //! - [`oauth2`]: access tokens for XOAUTH2 / OAUTHBEARER, refresh tokens kept in the store.
 //! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
+//! - [`quote`]: a message's text split into the new part, quoted history and signature
+//!   (pure; `show` and the JSON views use it), and our "reply above this line" marker.
 //! - [`classify`]: pure judgement "person or machine?", and the loop checks on history.
 //! - [`msgid`]: our keyed outbound Message-IDs.
 //! - [`thread`]: which ticket a message joins, the subject tag, reply prefixes, the customer
@@ -67,6 +69,7 @@ pub mod msgid;
 pub mod oauth2;
 pub mod outbound;
 pub mod pipeline;
+pub mod quote;
 pub mod secret;
 pub mod store;
 pub mod summary;
