@@ -183,6 +183,20 @@ fn show_hides_quoted_history_full_shows_it_raw_prints_the_stored_bytes() {
             "show --raw {target} differs from the imported file"
         );
     }
+    // A ticket of several messages needs the one named.
+    let follow_up = "From: Mary Jones <mary@customer.example>\nTo: support@example.com\n\
+        Subject: RE: Login fails\nMessage-ID: <q10b@customer.example>\n\
+        In-Reply-To: <q10@customer.example>\n\nAnd now?\n";
+    std::fs::write(wd.path("follow.eml"), follow_up).unwrap();
+    let follow = wd.path("follow.eml");
+    wd.mailticket_db(&["import", follow.to_str().unwrap()], None)
+        .success();
+    let two = wd.mailticket_db(&["show", "--raw", "1"], None).code(2);
+    assert!(
+        two.stderr.contains("ticket 1 names 2 messages")
+            && two.stderr.contains("<q10b@customer.example>"),
+        "{two:?}"
+    );
     // Unknown ids are usage errors (exit 2) that name what was asked for.
     let none = wd
         .mailticket_db(&["show", "--raw", "nobody@example.org"], None)
