@@ -34,9 +34,10 @@
 //!   `hook_disable`; an outbox result records its `outbound.*` event itself.
 //! - **Mailbox health**, for `sync` and `watch` (through `hooks::health`): `mailbox_failed`
 //!   (with the rule that says when it is failing), `mailbox_worked`; each records its event.
-//! - **The CLI's reads and edits**: `tickets`, `ticket`, `raw`, `quarantined`, `outbox_list`,
-//!   `outbox_retry`, `set_status` (with its `ticket.status_changed`), `schema_version`,
-//!   `events_since` (the feed), `hooks_list`, `hooks_disabled`, `hooks_retry`, `hook_enable`.
+//! - **The CLI's reads and edits**: `tickets`, `ticket`, `ticket_with_message`, `raw`,
+//!   `quarantined`, `outbox_list`, `outbox_retry`, `set_status` (with its
+//!   `ticket.status_changed`), `schema_version`, `events_since` (the feed), `hooks_list`,
+//!   `hooks_disabled`, `hooks_retry`, `hook_enable`.
 //!
 //! Values with a closed set of words (ticket status, direction, outbox kind and status) are
 //! enums ([`TicketStatus`], [`Direction`], [`OutboxKind`], [`OutboxStatus`]); the schema's
