@@ -116,7 +116,7 @@ fn mark_history(lines: &[&str], roles: &mut [Role]) {
 fn history_start(lines: &[&str], i: usize) -> Option<Start> {
     let line = lines[i];
     if is_marker(line) {
-        return Some(Start::ToEnd(attribution_above(lines, i).unwrap_or(i)));
+        return Some(Start::ToEnd(history_above_marker(lines, i)));
     }
     if is_quoted(line) {
         return None;
@@ -143,18 +143,31 @@ fn history_start(lines: &[&str], i: usize) -> Option<Start> {
     }
 }
 
-/// The attribution line(s) just above the marker at `i`, in any language: the nearest
-/// non-blank line above, when it ends with a colon.
-fn attribution_above(lines: &[&str], i: usize) -> Option<usize> {
-    let j = (0..i).rev().find(|&j| !strip_quote(lines[j]).is_empty())?;
+/// Where the history that the marker at `i` closes begins, in any language: at the nearest
+/// non-blank line above when it ends with a colon (an attribution, maybe wrapped over two
+/// lines), or at a block of two or more `Label: value` lines right above (a mail client's
+/// header block), with the rule above it; else at the marker.
+fn history_above_marker(lines: &[&str], i: usize) -> usize {
+    let Some(j) = (0..i).rev().find(|&j| !strip_quote(lines[j]).is_empty()) else {
+        return i;
+    };
     let l = strip_quote(lines[j]);
-    if !(l.ends_with(':') || l.ends_with('：')) {
-        return None;
+    if l.ends_with(':') || l.ends_with('：') {
+        return match j.checked_sub(1) {
+            Some(k) if attribution_len(lines, k) == Some(2) => k,
+            _ => j,
+        };
     }
-    // A wrapped attribution: its first half directly above.
-    match j.checked_sub(1) {
-        Some(k) if attribution_len(lines, k) == Some(2) => Some(k),
-        _ => Some(j),
+    let mut top = j;
+    while top > 0 && header_label(lines[top - 1]).is_some() {
+        top -= 1;
+    }
+    if top == j || header_label(lines[j]).is_none() {
+        return i;
+    }
+    match top.checked_sub(1) {
+        Some(r) if is_rule(lines[r]) => r,
+        _ => top,
     }
 }
 
@@ -178,10 +191,11 @@ fn is_marker(line: &str) -> bool {
     l.len() > 6 && l.starts_with("##-") && l.ends_with("-##")
 }
 
-/// A line of underscores (Outlook puts one above its header block).
+/// A horizontal rule: a line of underscores (Outlook's plain text puts one above its header
+/// block) or of dashes and box lines (an `<hr>` converted).
 fn is_rule(line: &str) -> bool {
     let l = line.trim();
-    l.len() >= 10 && l.chars().all(|c| c == '_')
+    l.chars().count() >= 10 && l.chars().all(|c| matches!(c, '_' | '-' | '─' | '━'))
 }
 
 /// Words that end an attribution line, lower-case: "wrote" and its translations.
@@ -714,6 +728,18 @@ mod tests {
         let s = split(&text);
         assert_eq!(s.new, "Thanks");
         assert_eq!(s.quoted_lines, 3);
+    }
+
+    #[test]
+    fn reply_marker_takes_a_header_block_in_an_unknown_language_with_it() {
+        let rule = "─".repeat(40);
+        let text = format!(
+            "감사합니다\n\n{rule}\n**보낸 사람:** Support\n**보낸 날짜:** 2024년 1월 1일\n**제목:** 프린터\n\n{REPLY_MARKER}\nHello\n"
+        );
+        splits_to(&text, "감사합니다", (6, 0));
+        // A single `Label: value` line above the marker stays: it may be the sender's.
+        let text = format!("Order: 42\n\n{REPLY_MARKER}\nHello\n");
+        splits_to(&text, "Order: 42", (2, 0));
     }
 
     #[test]
