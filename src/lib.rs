@@ -32,6 +32,8 @@
 //!   into the same pipeline, post-actions in JSON batches, `sendMail`; throttling honoured.
 //! - [`oauth2`]: access tokens for XOAUTH2 / OAUTHBEARER, refresh tokens kept in the store.
 //! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
+//! - [`quote`]: a message's text split into the new part, quoted history and signature
+//!   (pure; `show` and the JSON views use it), and our "reply above this line" marker.
 //! - [`classify`]: pure judgement "person or machine?", and the loop checks on history.
 //! - [`msgid`]: our keyed outbound Message-IDs.
 //! - [`thread`]: which ticket a message joins, the subject tag, reply prefixes, the customer
@@ -77,6 +79,7 @@ pub mod pass;
 pub mod pipeline;
 pub mod progress;
 pub mod quarantine;
+pub mod quote;
 pub mod secret;
 pub mod stages;
 pub mod store;

@@ -6,7 +6,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 /// A name and an address, the address lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -29,6 +29,9 @@ pub struct Attachment {
     pub size: usize,
     /// SHA-256 of the decoded content.
     pub sha256: [u8; 32],
+    /// Shown inside the message rather than attached to it: `Content-Disposition: inline`
+    /// (not text), or a `Content-ID` the HTML refers to with `cid:` (an embedded image).
+    pub inline: bool,
 }
 
 /// The fields of a message that mailticket stores and judges.
@@ -357,16 +360,95 @@ fn lenient_headers(msg: &mail_parser::Message<'_>) -> Vec<(String, String)> {
 fn readable_text(msg: &mail_parser::Message<'_>) -> String {
     let mut text = String::new();
     for i in 0..msg.text_body_count() {
-        if let Some(t) = msg.body_text(i) {
-            let t = t.replace("\r\n", "\n");
-            let t = t.trim();
-            if !t.is_empty() {
-                if !text.is_empty() {
-                    text.push_str("\n\n");
-                }
-                text.push_str(t);
+        let t = match msg.text_part(i as u32).map(|p| &p.body) {
+            Some(PartType::Text(t)) => t.replace("\r\n", "\n"),
+            Some(PartType::Html(h)) => html_to_text(h),
+            _ => continue,
+        };
+        let t = t.trim();
+        if !t.is_empty() {
+            if !text.is_empty() {
+                text.push_str("\n\n");
+            }
+            text.push_str(t);
+        }
+    }
+    text
+}
+
+/// The most HTML one part may bring to the converter, in bytes. Conversion costs time and
+/// memory in proportion to the input (hostile HTML nests tables and lists for that), so what
+/// lies past this is cut off first; the raw message keeps all of it.
+pub const HTML_CAP: usize = 512 * 1024;
+
+/// The deepest element nesting given to the converter. Its time grows with the square of
+/// the depth (20,000 nested lists take 40 s); real mail nests a few dozen levels. Deeper HTML
+/// is read by mail-parser's flat, linear conversion instead: no layout, but every word.
+const HTML_DEPTH: usize = 200;
+
+/// Elements that never hold content, so never nest.
+const VOID_ELEMENTS: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr",
+];
+
+/// How deep `html`'s elements nest, counted from its tags in one pass: an opening tag goes
+/// down a level (unless void or self-closing), a closing tag comes up one. Unclosed `<p>` and
+/// `<li>` count as open, so this errs on the deep side, never the shallow one.
+fn nesting_depth(html: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut rest = html;
+    while let Some(at) = rest.find('<') {
+        rest = &rest[at + 1..];
+        let tag_end = rest.find('>').unwrap_or(rest.len());
+        let tag = &rest[..tag_end];
+        if let Some(closing) = tag.strip_prefix('/') {
+            if closing.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                depth = depth.saturating_sub(1);
+            }
+        } else if tag.starts_with(|c: char| c.is_ascii_alphabetic()) && !tag.ends_with('/') {
+            let name_end = tag
+                .find(|c: char| !c.is_ascii_alphanumeric())
+                .unwrap_or(tag.len());
+            let name = tag[..name_end].to_ascii_lowercase();
+            if !VOID_ELEMENTS.contains(&name.as_str()) {
+                depth += 1;
+                max = max.max(depth);
             }
         }
+        rest = &rest[tag_end..];
+    }
+    max
+}
+
+/// The width HTML paragraphs are wrapped to (tables may be wider).
+const HTML_WIDTH: usize = 100;
+
+/// HTML as readable text: paragraphs and line breaks kept, lists as `* ` and `1. ` items,
+/// tables as a grid, links as `[text][n]` with the URLs listed as `[n]: URL` at the end,
+/// quotes (`<blockquote>`) as `> ` lines. At most [`HTML_CAP`] bytes are converted.
+pub fn html_to_text(html: &str) -> String {
+    let mut end = html.len().min(HTML_CAP);
+    while !html.is_char_boundary(end) {
+        end -= 1;
+    }
+    let part = html.get(..end).unwrap_or_default();
+    let plain = || mail_parser::decoders::html::html_to_text(part);
+    let mut text = if nesting_depth(part) > HTML_DEPTH {
+        plain()
+    } else {
+        html2text::config::plain()
+            .allow_width_overflow()
+            .string_from_read(part.as_bytes(), HTML_WIDTH)
+            // The converter refuses little (a layout it cannot fit); the parser's own plain
+            // rendering is then better than nothing.
+            .unwrap_or_else(|_| plain())
+    };
+    if end < html.len() {
+        text.push_str(&format!(
+            "\n[… the rest of the HTML ({} bytes) was not converted]\n",
+            html.len() - end
+        ));
     }
     text
 }
@@ -680,15 +762,43 @@ fn attachments(msg: &mail_parser::Message<'_>, with_data: bool) -> Vec<(Attachme
         let fallback = format!("attachment-{}", i + 1);
         let filename = safe_filename(part.attachment_name().unwrap_or(&fallback));
         let data = part.contents();
+        let inline = is_inline(msg, part, &content_type);
         let a = Attachment {
             filename,
             content_type,
             size: data.len(),
             sha256: sha256(data),
+            inline,
         };
         out.push((a, if with_data { data.to_vec() } else { Vec::new() }));
     }
     out
+}
+
+/// Whether an attachment is shown inside the message: an inline part that is not text (mail
+/// clients show those in place), or a part whose `Content-ID` an HTML part refers to.
+fn is_inline(
+    msg: &mail_parser::Message<'_>,
+    part: &mail_parser::MessagePart<'_>,
+    content_type: &str,
+) -> bool {
+    let disposition_inline = part
+        .content_disposition()
+        .is_some_and(mail_parser::ContentType::is_inline);
+    if matches!(part.body, PartType::InlineBinary(_))
+        || disposition_inline && !content_type.starts_with("text/")
+    {
+        return true;
+    }
+    let Some(id) = part.content_id().map(|id| id.trim_matches(['<', '>', ' '])) else {
+        return false;
+    };
+    let cid = format!("cid:{id}");
+    !id.is_empty()
+        && msg.parts.iter().any(|p| match &p.body {
+            PartType::Html(h) => h.contains(&cid),
+            _ => false,
+        })
 }
 
 fn to_mailbox(a: &mail_parser::Addr<'_>) -> Option<Mailbox> {
@@ -980,6 +1090,79 @@ mod tests {
         let m = parse(raw.as_bytes()).unwrap();
         assert!(m.text.contains("Hello"), "{}", m.text);
         assert!(!m.text.contains("<b>"), "{}", m.text);
+    }
+
+    #[test]
+    fn html_lists_links_tables_and_breaks_stay_readable() {
+        let text = html_to_text(
+            "<p>Hi,<br>line two</p><ul><li>one</li><li>two</li></ul><ol><li>first</li></ol>\
+             <p>See <a href=\"https://example.org/o/42\">order 42</a>.</p>\
+             <table><tr><th>Item</th><th>Qty</th></tr><tr><td>Paper</td><td>3</td></tr></table>",
+        );
+        for want in [
+            "Hi,\nline two",
+            "* one\n* two",
+            "1. first",
+            "[order 42][1]",
+            "[1]: https://example.org/o/42",
+            "Item",
+            "Paper",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+        let row = text.lines().find(|l| l.contains("Paper")).unwrap();
+        assert!(row.contains('3'), "a table row stays on one line: {text}");
+    }
+
+    #[test]
+    fn hostile_html_is_cut_before_conversion_and_does_not_overflow() {
+        let deep = "<div><table><tr><td>".repeat(40_000);
+        let text = html_to_text(&deep);
+        assert!(
+            text.contains("was not converted"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+        // Deep nesting costs the converter the square of its depth: such HTML is read flat.
+        let nested = format!("{}deep words", "<ul><li>".repeat(20_000));
+        assert!(html_to_text(&nested).contains("deep words"));
+        let quotes = format!("{}x", "<blockquote>".repeat(5_000));
+        assert!(html_to_text(&quotes).contains('x'));
+    }
+
+    #[test]
+    fn nesting_depth_counts_open_elements() {
+        assert_eq!(
+            nesting_depth("<p>a<br>b<img src=x/></p><div><b>c</b></div>"),
+            2
+        );
+        assert_eq!(nesting_depth("<ul><li><ul><li>x</li></ul></li></ul>"), 4);
+        assert_eq!(nesting_depth("1 < 2 > 0 <d>"), 1);
+        assert_eq!(nesting_depth("</div></div><p>"), 1);
+        assert_eq!(nesting_depth("<"), 0);
+        assert_eq!(nesting_depth(&"<div>".repeat(300)), 300);
+    }
+
+    #[test]
+    fn embedded_images_are_inline_attachments() {
+        let raw = "From: a@b.c\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+            Content-Type: multipart/mixed; boundary=m\r\n\r\n\
+            --m\r\nContent-Type: multipart/related; boundary=r\r\n\r\n\
+            --r\r\nContent-Type: text/html\r\n\r\n<p>Hi <img src=\"cid:img1@x\"></p>\r\n\
+            --r\r\nContent-Type: image/png; name=a.png\r\nContent-ID: <img1@x>\r\n\
+            Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--r--\r\n\
+            --m\r\nContent-Type: image/jpeg; name=b.jpg\r\nContent-Disposition: inline; filename=b.jpg\r\n\
+            Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n\
+            --m\r\nContent-Type: application/pdf; name=c.pdf\r\nContent-Disposition: attachment; filename=c.pdf\r\n\
+            Content-ID: <unused@x>\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--m--\r\n";
+        let m = parse(raw.as_bytes()).unwrap();
+        let got: Vec<(&str, bool)> = m
+            .attachments
+            .iter()
+            .map(|a| (a.filename.as_str(), a.inline))
+            .collect();
+        assert_eq!(got, [("a.png", true), ("b.jpg", true), ("c.pdf", false)]);
+        assert!(m.text.starts_with("Hi"), "{}", m.text);
     }
 
     #[test]

@@ -21,11 +21,19 @@ pub struct TicketsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
-    /// Ticket number
-    pub id: i64,
+    /// Ticket number, or the Message-ID of one of its messages
+    #[arg(value_name = "ID-OR-MESSAGE-ID")]
+    pub id: String,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+    /// Print each message's whole text, quoted history and signature included
+    #[arg(long, conflicts_with_all = ["json", "raw"])]
+    pub full: bool,
+    /// Print the stored raw message, byte for byte (a ticket number only when the ticket
+    /// holds one message)
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
     /// Save the attachments into this folder (names from the mail are made safe)
     #[arg(long, value_name = "DIR")]
     pub save_attachments: Option<PathBuf>,
@@ -67,11 +75,41 @@ pub fn list(ctx: &Ctx, a: &TicketsArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// What `show` was asked for: a ticket, or one message by its Message-ID.
+enum Target {
+    Ticket(i64),
+    Message(String),
+}
+
+impl Target {
+    fn parse(s: &str) -> Target {
+        match s.trim().parse::<i64>() {
+            Ok(n) => Target::Ticket(n),
+            Err(_) => Target::Message(
+                s.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
 pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
     let store = ctx.open_store_read()?;
-    let Some((t, messages)) = store.ticket(a.id)? else {
-        return Err(Usage(format!("no ticket {}", a.id)).into());
+    let target = Target::parse(&a.id);
+    let id = match &target {
+        Target::Ticket(n) => *n,
+        Target::Message(m) => store
+            .ticket_with_message(m)?
+            .ok_or_else(|| Usage(format!("no message with Message-ID <{m}>")))?,
     };
+    let Some((t, messages)) = store.ticket(id)? else {
+        return Err(Usage(format!("no ticket {id}")).into());
+    };
+    if a.raw {
+        return print_raw(&store, &target, &messages);
+    }
     if let Some(dir) = &a.save_attachments {
         save_attachments(&store, &messages, dir)?;
     }
@@ -89,31 +127,108 @@ pub fn show(ctx: &Ctx, a: &ShowArgs) -> anyhow::Result<u8> {
         local_full(t.updated_at)
     );
     for m in &messages {
-        outln!();
-        outln!(
-            "── {} {}  {}  from {} ({})",
-            m.direction,
-            local_full(m.date),
-            m.subject,
-            m.from,
-            m.kind
-        );
-        if !m.reasons.is_empty() {
-            outln!("   reasons: {}", m.reasons.join("; "));
-        }
-        for att in &m.attachments {
-            outln!(
-                "   attachment: {} ({}, {} bytes)",
-                att.filename,
-                att.content_type,
-                att.size
-            );
-        }
-        outln!();
-        for line in m.text.lines() {
-            outln!("   {line}");
-        }
+        print_message(m, a.full)?;
     }
+    Ok(0)
+}
+
+/// One message of `show`: a header line, reasons, attachments, then what the sender wrote
+/// now (or, with `full`, the whole text) and how much was left out.
+fn print_message(m: &MessageRow, full: bool) -> anyhow::Result<()> {
+    outln!();
+    outln!(
+        "── {} {}  {}  from {} ({})",
+        m.direction,
+        local_full(m.date),
+        m.subject,
+        m.from,
+        m.kind
+    );
+    if !m.reasons.is_empty() {
+        outln!("   reasons: {}", m.reasons.join("; "));
+    }
+    for att in &m.attachments {
+        outln!(
+            "   {}: {} ({}, {} bytes)",
+            if att.inline { "inline" } else { "attachment" },
+            att.filename,
+            att.content_type,
+            att.size
+        );
+    }
+    outln!();
+    let split = mailticket::quote::split(&m.text);
+    let text = if full {
+        m.text.as_str()
+    } else {
+        split.new.as_str()
+    };
+    for line in text.lines() {
+        outln!("   {line}");
+    }
+    if !full && let Some(note) = hidden_note(&split) {
+        outln!();
+        outln!("   [… {note} hidden; show --full to see them]");
+    }
+    Ok(())
+}
+
+/// "12 quoted lines and a 3-line signature", or `None` when nothing was hidden.
+fn hidden_note(s: &mailticket::quote::Split) -> Option<String> {
+    let lines = |n: usize| {
+        if n == 1 {
+            "1 line".to_owned()
+        } else {
+            format!("{n} lines")
+        }
+    };
+    match (s.quoted_lines, s.signature_lines) {
+        (0, 0) => None,
+        (q, 0) => Some(format!("{} of quoted history", lines(q))),
+        (0, g) => Some(format!("{} of signature", lines(g))),
+        (q, g) => Some(format!(
+            "{} of quoted history and {} of signature",
+            lines(q),
+            lines(g)
+        )),
+    }
+}
+
+/// `show --raw`: the stored bytes of the message named by its Message-ID, or of a ticket's
+/// only message, to stdout exactly as stored (decompressed).
+fn print_raw(
+    store: &mailticket::store::Store,
+    target: &Target,
+    messages: &[MessageRow],
+) -> anyhow::Result<u8> {
+    use std::io::Write;
+    let chosen = match (target, messages) {
+        (Target::Message(id), _) => messages.iter().find(|m| m.message_id == *id),
+        (Target::Ticket(_), [one]) => Some(one),
+        (Target::Ticket(_), _) => None,
+    };
+    let Some(m) = chosen else {
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|m| format!("<{}>", m.message_id))
+            .collect();
+        return Err(Usage(format!(
+            "{} names {} messages: name one by its Message-ID ({})",
+            match target {
+                Target::Message(id) => format!("<{id}>"),
+                Target::Ticket(n) => format!("ticket {n}"),
+            },
+            messages.len(),
+            ids.join(", ")
+        ))
+        .into());
+    };
+    let raw = store
+        .raw(m.id)?
+        .ok_or_else(|| anyhow::anyhow!("message <{}>: its raw bytes are gone", m.message_id))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&raw)?;
+    out.flush()?;
     Ok(0)
 }
 

@@ -241,7 +241,30 @@ fn plausible_id(id: &str) -> bool {
     id.len() <= 250 && id.contains('@') && !id.chars().any(|c| c.is_control() || c == ' ')
 }
 
-/// Builds the exact bytes to send.
+/// The text of a mail we send, with [`crate::quote::REPLY_MARKER`] as its first line: a reply
+/// that quotes it is cut there (see [`crate::quote`]).
+fn with_marker(text: &str) -> String {
+    format!("{}\n\n{text}", crate::quote::REPLY_MARKER)
+}
+
+/// The HTML alternative with the marker as visible text (an attribute or id would not survive
+/// the mail clients that rewrite HTML), after `<body>` when there is one.
+fn html_with_marker(html: &str) -> String {
+    let marker = format!(
+        "<p style=\"color:#888888\">{}</p>\n",
+        crate::quote::REPLY_MARKER
+    );
+    let body = html.to_ascii_lowercase().find("<body").and_then(|at| {
+        let close = html.get(at..)?.find('>')?;
+        Some(at + close + 1)
+    });
+    match body {
+        Some(at) => format!("{}{marker}{}", &html[..at], &html[at..]),
+        None => format!("{marker}{html}"),
+    }
+}
+
+/// Builds the exact bytes to send: the text (and HTML) start with the reply marker.
 pub fn compose(c: &Compose<'_>) -> Result<Vec<u8>> {
     let mut b = lettre::Message::builder()
         .from(c.from.clone())
@@ -277,12 +300,13 @@ pub fn compose(c: &Compose<'_>) -> Result<Vec<u8>> {
             "auto-replied".to_owned(),
         ));
     }
+    let text = with_marker(c.text);
     let msg = match c.html {
         Some(html) => b.multipart(MultiPart::alternative_plain_html(
-            c.text.to_owned(),
-            html.to_owned(),
+            text,
+            html_with_marker(html),
         )),
-        None => b.singlepart(SinglePart::plain(c.text.to_owned())),
+        None => b.singlepart(SinglePart::plain(text)),
     }
     .map_err(|e| Error::Compose(e.to_string()))?;
     Ok(msg.formatted())
@@ -498,6 +522,34 @@ mod tests {
         assert_eq!(m.header("auto-submitted"), Some("auto-replied"));
         assert_eq!(m.header("x-auto-response-suppress"), Some("All"));
         assert_eq!(m.subject, "[#1] Printer");
+        assert!(m.text.starts_with(crate::quote::REPLY_MARKER), "{}", m.text);
+        // A reply quoting it is cut at the marker, whatever its attribution says.
+        let quoted: Vec<String> = m.text.lines().map(|l| format!("> {l}")).collect();
+        let reply = format!(
+            "Fixed, thanks.\n\nXyz 1.1.2024 Support:\n{}",
+            quoted.join("\n")
+        );
+        assert_eq!(crate::quote::split(&reply).new, "Fixed, thanks.");
+    }
+
+    #[test]
+    fn the_marker_opens_the_html_body_as_visible_text() {
+        let marker = crate::quote::REPLY_MARKER;
+        let html = html_with_marker("<html><BODY class=x><p>Hello</p></body></html>");
+        assert!(
+            html.starts_with(&format!(
+                "<html><BODY class=x><p style=\"color:#888888\">{marker}</p>"
+            )),
+            "{html}"
+        );
+        assert!(html_with_marker("<p>Hi</p>").ends_with(&format!("{marker}</p>\n<p>Hi</p>")));
+        // Outlook's HTML reply, converted to text, is cut at the marker.
+        let reply = format!(
+            "<p>Thanks!</p><div><hr><p>Xyz 1.1.2024:</p>{}</div>",
+            html_with_marker("<body><p>Your request</p></body>")
+        );
+        let text = crate::message::html_to_text(&reply);
+        assert_eq!(crate::quote::split(&text).new, "Thanks!", "{text}");
     }
 
     fn compose_with(subject: &str, refs: &[String]) -> Vec<u8> {

@@ -73,21 +73,28 @@ pub fn outbound(ticket: Option<&TicketRow>, result: &OutboxResult<'_>) -> Value 
     }))
 }
 
-/// `data` within [`MAX_DATA`]: a long `message.text` (then long lists) cut to fit, with
-/// `truncated: true`.
+/// `data` within [`MAX_DATA`]: a long `message.text` (then `message.text_new`, then long
+/// lists) cut to fit, with `truncated: true`.
 pub fn capped(mut data: Value) -> Value {
     let size = |v: &Value| serde_json::to_string(v).map_or(0, |s| s.len());
     let over = size(&data).saturating_sub(MAX_DATA);
     if over == 0 {
         return data;
     }
-    if let Some(Value::String(text)) = data.pointer_mut("/message/text") {
-        let keep = text.len().saturating_sub(over + 64);
-        let mut cut = keep;
-        while cut > 0 && !text.is_char_boundary(cut) {
-            cut -= 1;
+    // The full text goes first: what the sender wrote now is what a receiver shows.
+    for field in ["/message/text", "/message/text_new"] {
+        let over = size(&data).saturating_sub(MAX_DATA);
+        if over == 0 {
+            break;
         }
-        text.truncate(cut);
+        if let Some(Value::String(text)) = data.pointer_mut(field) {
+            let keep = text.len().saturating_sub(over + 64);
+            let mut cut = keep;
+            while cut > 0 && !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
     }
     for list in ["/message/attachments", "/message/reasons", "/recipients"] {
         if size(&data) <= MAX_DATA {
@@ -100,7 +107,7 @@ pub fn capped(mut data: Value) -> Value {
     if size(&data) > MAX_DATA
         && let Some(Value::Object(m)) = data.pointer_mut("/message")
     {
-        for key in ["to", "cc", "subject", "text"] {
+        for key in ["to", "cc", "subject", "text", "text_new"] {
             m.remove(key);
         }
     }
@@ -130,6 +137,13 @@ mod tests {
         assert!(serde_json::to_string(&v).unwrap().len() <= MAX_DATA);
         assert_eq!(v["truncated"], Value::Bool(true));
         assert!(v["message"]["text"].as_str().unwrap().len() > 60_000);
+        // With the new part beside it, the full text is cut first.
+        let text = "é".repeat(100_000);
+        let new = "a".repeat(50_000);
+        let v = capped(json!({"message": {"text": text, "text_new": new, "attachments": []}}));
+        assert!(serde_json::to_string(&v).unwrap().len() <= MAX_DATA);
+        assert_eq!(v["message"]["text_new"].as_str().unwrap().len(), 50_000);
+        assert!(v["message"]["text"].as_str().unwrap().len() < 200_000);
         let small = capped(json!({"message": {"text": "hi"}}));
         assert!(small.get("truncated").is_none());
     }

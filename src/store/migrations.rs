@@ -253,6 +253,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (mailbox, folder, graph_id)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 12 (inline attachments): 1 for a part shown inside the message (an embedded image, a
+    // part with `Content-Disposition: inline`), 0 for a real attachment and for rows stored
+    // before this version.
+    r#"
+    ALTER TABLE attachment ADD COLUMN inline INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

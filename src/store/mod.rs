@@ -36,9 +36,9 @@
 //!   `hook_disable`; an outbox result records its `outbound.*` event itself.
 //! - **Mailbox health**, for `sync` and `watch` (through `hooks::health`): `mailbox_failed`
 //!   (with the rule that says when it is failing), `mailbox_worked`; each records its event.
-//! - **The CLI's reads and edits**: `tickets`, `ticket`, `raw`, `quarantined`,
-//!   `quarantined_message`, `quarantine_ids`, `quarantine_reason`, `quarantine_delete`,
-//!   `outbox_list`, `outbox_dismiss`, `outbox_waiting`,
+//! - **The CLI's reads and edits**: `tickets`, `ticket`, `ticket_with_message`, `raw`,
+//!   `quarantined`, `quarantined_message`, `quarantine_ids`, `quarantine_reason`,
+//!   `quarantine_delete`, `outbox_list`, `outbox_dismiss`, `outbox_waiting`,
 //!   `outbox_retry`, `set_status` (with its `ticket.status_changed`), `schema_version`,
 //!   `events_since` (the feed), `hooks_list`, `hooks_disabled`, `hooks_retry`, `hook_enable`.
 //!

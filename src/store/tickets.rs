@@ -139,6 +139,8 @@ pub struct AttachmentRow {
     pub size: i64,
     /// Hex SHA-256 of the content.
     pub sha256: String,
+    /// Shown inside the message (an embedded image) rather than attached to it.
+    pub inline: bool,
 }
 
 /// A message as shown.
@@ -389,6 +391,21 @@ impl Store {
         })
     }
 
+    /// The ticket holding a message with this Message-ID (without angle brackets), for
+    /// `show`; the oldest when several do.
+    pub fn ticket_with_message(&self, message_id: &str) -> Result<Option<i64>> {
+        crate::store::sql("looking up a Message-ID", || {
+            Ok(self
+                .conn
+                .query_row(
+                    "SELECT ticket_id FROM message WHERE message_id = ?1 ORDER BY id LIMIT 1",
+                    [message_id],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
     /// The exact bytes of a stored message.
     pub fn raw(&self, message_row: i64) -> Result<Option<Vec<u8>>> {
         crate::store::sql("reading a stored message", || {
@@ -449,7 +466,8 @@ pub(super) fn messages_on(c: &Connection, column: &str, value: i64) -> Result<Ve
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut a = c.prepare_cached(
-        "SELECT filename, content_type, size, sha256 FROM attachment WHERE message_id = ?1 ORDER BY id",
+        "SELECT filename, content_type, size, sha256, inline FROM attachment
+         WHERE message_id = ?1 ORDER BY id",
     )?;
     for m in &mut messages {
         m.attachments = a
@@ -459,6 +477,7 @@ pub(super) fn messages_on(c: &Connection, column: &str, value: i64) -> Result<Ve
                     content_type: r.get(1)?,
                     size: r.get(2)?,
                     sha256: r.get(3)?,
+                    inline: r.get::<_, i64>(4)? != 0,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -810,8 +829,8 @@ impl Tx<'_> {
                     |r| r.get(0),
                 )?;
             let mut att = self.c.prepare_cached(
-                "INSERT INTO attachment (message_id, filename, content_type, size, sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO attachment (message_id, filename, content_type, size, sha256, inline)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for a in &p.attachments {
                 att.execute(params![
@@ -819,7 +838,8 @@ impl Tx<'_> {
                     a.filename,
                     a.content_type,
                     a.size as i64,
-                    hex(&a.sha256)
+                    hex(&a.sha256),
+                    i64::from(a.inline)
                 ])?;
             }
             Ok(row)

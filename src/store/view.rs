@@ -22,8 +22,11 @@ pub fn ticket_json(t: &TicketRow) -> Value {
     })
 }
 
-/// A message as `show --json` prints it: attachments as metadata (name, type, size, sha256).
+/// A message as `show --json` prints it: attachments as metadata (name, type, size, sha256,
+/// inline), the full `text` and, split from it, what the sender wrote now (`text_new`) and how
+/// many lines of quoted history and signature that leaves out.
 pub fn message_json(m: &MessageRow) -> Value {
+    let split = crate::quote::split(&m.text);
     json!({
         "message_id": m.message_id,
         "direction": m.direction,
@@ -36,6 +39,9 @@ pub fn message_json(m: &MessageRow) -> Value {
         "kind": m.kind,
         "reasons": m.reasons,
         "text": m.text,
+        "text_new": split.new,
+        "quoted_lines": split.quoted_lines,
+        "signature_lines": split.signature_lines,
         "attachments": m.attachments,
         "origin": origin_json(m),
     })

@@ -1,9 +1,11 @@
 //! The body of the `parse_classify_thread` fuzz target, shared with the bounded random test
-//! in `tests/integration/fuzz.rs`: bytes -> parse -> classify -> thread helpers -> store.
+//! in `tests/integration/fuzz.rs`: bytes -> parse -> classify -> thread helpers -> quote split
+//! -> store.
 
 use mailticket::classify::{Identity, Kind, classify};
 use mailticket::message::parse;
 use mailticket::pipeline::{Plan, Rules, process};
+use mailticket::quote;
 use mailticket::store::{Origin, Outcome, Store};
 use mailticket::thread;
 
@@ -27,6 +29,11 @@ pub fn run(store: &mut Store, data: &[u8]) {
         let _ = thread::parent_ids(&p);
         let _ = thread::customer(&p, &["info@example.com".to_owned()]);
         let _ = p.failed_recipients();
+        let split = quote::split(&p.text);
+        assert!(
+            split.new.len() <= p.text.len(),
+            "the new part is part of the text"
+        );
     }
     let origin = Origin {
         source: "fuzz".into(),

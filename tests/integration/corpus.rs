@@ -17,6 +17,11 @@
 //! | `status`, `customer`, `subject` | of the message's ticket after it was stored |
 //! | `undeliverable` / `not-undeliverable` | an address that is / is not marked undeliverable |
 //! | `close-after` | `yes`: close the ticket after this message (for the next ones) |
+//! | `new-lines` | non-blank lines in the new part of the text (see `mailticket::quote`) |
+//! | `quoted-lines` / `signature-lines` | non-blank lines of quoted history / signature hidden |
+//! | `new-contains` / `new-lacks` | text the new part holds / does not hold (repeatable) |
+//! | `text-contains` | text the full stored text holds (repeatable; `\n` is a line break) |
+//! | `inline` / `attachment` | the file name of an inline / a real attachment |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -190,7 +195,11 @@ impl Scenario {
                 "kind" | "reason" | "reasons" | "may-ack" | "failed" | "failed-count"
                 | "status" | "customer" | "subject" | "undeliverable" | "not-undeliverable"
                 | "close-after" => {}
-                other => panic!("{name}: unknown expectation key {other:?}"),
+                other => match text_expectation(other, v, stored) {
+                    Some(Ok(())) => {}
+                    Some(Err(got)) => mismatch(other, v, &Raw(got)),
+                    None => panic!("{name}: unknown expectation key {other:?}"),
+                },
             }
         }
         if !bad.is_empty() {
@@ -201,6 +210,57 @@ impl Scenario {
         }
         bad
     }
+}
+
+/// A text shown as it is in a mismatch report.
+struct Raw(String);
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The expectations on a stored message's text and attachments: `None` for another key.
+fn text_expectation(
+    key: &str,
+    want: &str,
+    m: &mailticket::store::MessageRow,
+) -> Option<Result<(), String>> {
+    let split = mailticket::quote::split(&m.text);
+    let want_text = want.replace("\\n", "\n");
+    let count = |s: &str| s.lines().filter(|l| !l.trim().is_empty()).count();
+    let attached = |inline: bool| {
+        m.attachments
+            .iter()
+            .any(|a| a.filename == want && a.inline == inline)
+    };
+    let ok = match key {
+        "new-lines" => count(&split.new).to_string() == want,
+        "quoted-lines" => split.quoted_lines.to_string() == want,
+        "signature-lines" => split.signature_lines.to_string() == want,
+        "new-contains" => split.new.contains(&want_text),
+        "new-lacks" => !split.new.contains(&want_text),
+        "text-contains" => m.text.contains(&want_text),
+        "inline" => attached(true),
+        "attachment" => attached(false),
+        _ => return None,
+    };
+    Some(if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "a new part ({} quoted, {} signature lines hidden):\n{}\n--- full text:\n{}\n--- attachments: {:?}",
+            split.quoted_lines,
+            split.signature_lines,
+            split.new,
+            m.text,
+            m.attachments
+                .iter()
+                .map(|a| (&a.filename, a.inline))
+                .collect::<Vec<_>>()
+        ))
+    })
 }
 
 #[test]

@@ -109,3 +109,97 @@ fn import_any_file_name_mbox_and_nested_folders_then_show_kinds_and_reasons() {
         .success();
     assert!(text.stdout.contains("reasons: "), "{}", text.stdout);
 }
+
+#[test]
+fn show_hides_quoted_history_full_shows_it_raw_prints_the_stored_bytes() {
+    let wd = Workdir::new();
+    let reply = sample("quotes", "outlook_original_message");
+    // CRLF and a byte that is not UTF-8 in the raw message: --raw must give it back exactly.
+    let mut raw = String::from_utf8(sample("html", "outlook_html_inline_image"))
+        .unwrap()
+        .replace('\n', "\r\n")
+        .into_bytes();
+    raw.extend_from_slice(b"\xff\r\n");
+    std::fs::write(wd.path("reply.eml"), &reply).unwrap();
+    std::fs::write(wd.path("image.eml"), &raw).unwrap();
+    let files = [wd.path("reply.eml"), wd.path("image.eml")];
+    let args: Vec<&str> = files.iter().map(|p| p.to_str().unwrap()).collect();
+    wd.mailticket_db(&[&["import"], &args[..]].concat(), None)
+        .success();
+
+    let shown = wd.mailticket_db(&["show", "1"], None).success().stdout;
+    assert!(
+        shown.contains("It still fails with the same error."),
+        "{shown}"
+    );
+    assert!(!shown.contains("Please try again now."), "{shown}");
+    assert!(
+        shown.contains("[… 6 lines of quoted history hidden; show --full to see them]"),
+        "{shown}"
+    );
+    let full = wd
+        .mailticket_db(&["show", "1", "--full"], None)
+        .success()
+        .stdout;
+    assert!(full.contains("Please try again now."), "{full}");
+    assert!(!full.contains("hidden;"), "{full}");
+
+    let v = wd
+        .mailticket_db(&["show", "1", "--json"], None)
+        .success()
+        .json();
+    let m = &v["messages"][0];
+    assert_eq!(m["text_new"], "It still fails with the same error.\n\nMary");
+    assert_eq!(
+        (m["quoted_lines"].as_u64(), m["signature_lines"].as_u64()),
+        (Some(6), Some(0))
+    );
+    assert!(
+        m["text"]
+            .as_str()
+            .unwrap()
+            .contains("Please try again now.")
+    );
+
+    // A Message-ID names the ticket; --raw gives the stored bytes back, byte for byte.
+    let by_id = wd
+        .mailticket_db(&["show", "<h2@customer.example>", "--json"], None)
+        .success()
+        .json();
+    assert_eq!(by_id["id"], 2);
+    let a = &by_id["messages"][0]["attachments"][0];
+    assert_eq!(
+        (a["filename"].as_str(), a["inline"].as_bool()),
+        (Some("image001.png"), Some(true))
+    );
+    for target in ["h2@customer.example", "2"] {
+        let out = crate::harness::mailticket_cmd(&wd.path("."))
+            .args(["--db", wd.db().to_str().unwrap(), "show", "--raw", target])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            out.stdout == raw,
+            "show --raw {target} differs from the imported file"
+        );
+    }
+    // A ticket of several messages needs the one named.
+    let follow_up = "From: Mary Jones <mary@customer.example>\nTo: support@example.com\n\
+        Subject: RE: Login fails\nMessage-ID: <q10b@customer.example>\n\
+        In-Reply-To: <q10@customer.example>\n\nAnd now?\n";
+    std::fs::write(wd.path("follow.eml"), follow_up).unwrap();
+    let follow = wd.path("follow.eml");
+    wd.mailticket_db(&["import", follow.to_str().unwrap()], None)
+        .success();
+    let two = wd.mailticket_db(&["show", "--raw", "1"], None).code(2);
+    assert!(
+        two.stderr.contains("ticket 1 names 2 messages")
+            && two.stderr.contains("<q10b@customer.example>"),
+        "{two:?}"
+    );
+    // Unknown ids are usage errors (exit 2) that name what was asked for.
+    let none = wd
+        .mailticket_db(&["show", "--raw", "nobody@example.org"], None)
+        .code(2);
+    assert!(none.stderr.contains("<nobody@example.org>"), "{none:?}");
+}
