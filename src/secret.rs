@@ -118,10 +118,13 @@ impl Secret {
             Secret::Plain(s) => s.clone(),
             Secret::Source(SecretSource::Env(var)) => std::env::var(var)
                 .map_err(|_| err(format!("environment variable {var} is not set")))?,
-            Secret::Source(SecretSource::File(path)) => std::fs::read_to_string(path)
-                .map_err(|e| err(format!("{}: {e}", path.display())))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
+            Secret::Source(SecretSource::File(path)) => {
+                warn_if_shared(path, what);
+                std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("{}: {e}", path.display())))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned()
+            }
             Secret::Source(SecretSource::Command(argv)) => run_command(argv, limit).map_err(err)?,
         };
         if value.is_empty() {
@@ -242,6 +245,22 @@ pub fn whsec_key(secret: &str) -> Option<Vec<u8>> {
         .decode(b64)
         .ok()
         .filter(|k| !k.is_empty())
+}
+
+/// Warns when the secret file `path` (for `what`) can be read by its group or by others:
+/// a password there is only as private as the file.
+fn warn_if_shared(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o044 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            secret = what,
+            mode = format!("{:o}", m.permissions().mode() & 0o777),
+            "secret file is readable by its group or by others: chmod 600 it"
+        );
+    }
 }
 
 #[cfg(test)]

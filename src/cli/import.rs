@@ -104,6 +104,17 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
             return EX_TEMPFAIL;
         }
     };
+    if let Some(name) = &a.mailbox
+        && !ctx.config.mailboxes.iter().any(|m| &m.name == name)
+    {
+        // The MTA only needs to know the message is safe: it is stored all the same.
+        tracing::warn!(
+            mailbox = %name,
+            config = %ctx.config_path.display(),
+            "ingest --mailbox names no [[mailbox]] of the config: the ticket gets this name, \
+             but no mailbox's identity (from, smtp, ack texts)"
+        );
+    }
     let me = Identity {
         addresses: ctx.config.own_addresses(),
     };

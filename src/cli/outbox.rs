@@ -78,6 +78,9 @@ pub struct ReplyArgs {
     /// Close the ticket once the reply is queued
     #[arg(long)]
     pub close: bool,
+    /// Print the message that would be sent (exact bytes); queue, send and change nothing
+    #[arg(long, conflicts_with = "close")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -314,6 +317,11 @@ pub fn reply(ctx: &Ctx, a: &ReplyArgs) -> anyhow::Result<u8> {
         own: &own,
         close: a.close,
     };
+    if a.dry_run {
+        let out = mailticket::outbound::reply::preview(&mut store, &reply)?;
+        std::io::Write::write_all(&mut std::io::stdout().lock(), &out.raw)?;
+        return Ok(0);
+    }
     let id = mailticket::outbound::reply::queue(&mut store, &reply)?;
     tracing::info!(ticket = a.id, outbox = id, "reply queued");
     let Some(smtp) = smtp else { return Ok(0) };

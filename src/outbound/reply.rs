@@ -46,6 +46,18 @@ pub fn queue(store: &mut Store, r: &Reply<'_>) -> Result<i64> {
     })
 }
 
+/// The reply [`queue`] would send now, composed and returned; nothing is written
+/// (`reply --dry-run`). Its Message-ID is one a real reply would not reuse.
+pub fn preview(store: &mut Store, r: &Reply<'_>) -> Result<Outgoing> {
+    store.transaction(|tx| {
+        let ctx = tx
+            .reply_context(r.ticket)?
+            .ok_or_else(|| Error::Compose(format!("no ticket {}", r.ticket)))?;
+        let message_id = new_message_id(tx.key(), r.ticket, r.from.email.domain());
+        compose_reply(&ctx, r, &message_id)
+    })
+}
+
 /// Records the events of a queued reply: `ticket.message_added` (direction out), and
 /// `ticket.status_changed` when `reply --close` closed an open ticket.
 fn announce(

@@ -407,3 +407,55 @@ fn an_empty_reply_is_refused_and_nothing_is_sent() {
     run.stderr_mentions(&["empty"]);
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn reply_dry_run_prints_the_message_and_queues_nothing() {
+    let sink = crate::sink::Sink::start();
+    let wd = Workdir::new();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n\n{}",
+        crate::harness::quoted(&wd.db().to_string_lossy()),
+        sink.smtp_toml()
+    ));
+    let mail = crate::harness::simple_mail(
+        "Anna <anna@customer.example>",
+        "<d1@customer.example>",
+        "Printer on fire",
+        "",
+    );
+    crate::harness::run(wd.cmd(&["ingest"]), Some(&mail)).success();
+    let run = wd
+        .mailticket(&["reply", "1", "--body", "Put it out, please.", "--dry-run"])
+        .success();
+    for needle in [
+        "In-Reply-To: <d1@customer.example>",
+        "Printer on fire",
+        "Put it out, please.",
+        "anna@customer.example",
+    ] {
+        assert!(run.stdout.contains(needle), "{needle}: {run:?}");
+    }
+    assert!(sink.messages().is_empty(), "nothing sent");
+    let outbox = wd.mailticket(&["outbox", "--json"]).success().json();
+    assert_eq!(outbox.as_array().map(Vec::len), Some(0), "{outbox}");
+}
+
+#[test]
+fn ingest_for_an_unknown_mailbox_stores_and_warns() {
+    let wd = Workdir::new();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {}\n",
+        crate::harness::quoted(&wd.db().to_string_lossy()),
+    ));
+    let mail = crate::harness::simple_mail(
+        "Anna <anna@customer.example>",
+        "<u1@customer.example>",
+        "Hi",
+        "",
+    );
+    let run =
+        crate::harness::run(wd.cmd(&["ingest", "--mailbox", "nosuch"]), Some(&mail)).success();
+    run.stderr_mentions(&["nosuch", "names no [[mailbox]]"]);
+    let tickets = wd.mailticket(&["tickets", "--json"]).success().json();
+    assert_eq!(tickets.as_array().map(Vec::len), Some(1), "{tickets}");
+}

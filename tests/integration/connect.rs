@@ -144,3 +144,23 @@ fn a_missing_password_variable_is_a_config_error() {
     run.stderr_mentions(&["MT_TEST_UNSET_PASSWORD"]);
     assert_untouched(&dc, &wd);
 }
+
+#[test]
+fn a_password_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dc = server();
+    let wd = Workdir::new();
+    let file = wd.path("password");
+    std::fs::write(&file, "support-pass\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wd.write_config(&[Mailbox {
+        password: format!("{{ file = {} }}", quoted(&file.to_string_lossy())),
+        ..dc.mailbox()
+    }]);
+    let warning = "readable by its group or by others";
+    let run = wd.mailticket(&["sync", "--json"]).success();
+    run.stderr_mentions(&[warning, "644"]);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = wd.mailticket(&["sync", "--json"]).success();
+    assert!(!run.stderr.contains(warning), "{run:?}");
+}

@@ -1284,9 +1284,14 @@ impl Workdir {
         }
     }
 
-    /// Number of tickets, of any status.
+    /// Number of tickets, of any status; 0 while there is no store yet (a `watch` that has
+    /// just started may not have made it: reading commands create none).
     pub fn ticket_count(&self) -> usize {
-        self.tickets().len()
+        let run = self.mailticket(&["tickets", "--status", "all", "--json"]);
+        if run.code == Some(2) && run.stderr.contains("no store at") {
+            return 0;
+        }
+        tickets_of(run).len()
     }
 }
 
