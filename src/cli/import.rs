@@ -84,6 +84,21 @@ pub const EX_TEMPFAIL: u8 = 75;
 /// Never fails: an MTA only understands the exit status. Trouble on our side (config, store)
 /// is EX_TEMPFAIL so the MTA keeps the message and retries; input with nothing to keep is
 /// EX_DATAERR.
+/// `ingest --mailbox NAME` with a NAME no `[[mailbox]]` has: warned about, and the message
+/// stored all the same (the MTA only needs to know it is safe).
+fn warn_unknown_mailbox(ctx: &Ctx, name: Option<&str>) {
+    if let Some(name) = name
+        && !ctx.config.mailboxes.iter().any(|m| m.name == name)
+    {
+        tracing::warn!(
+            mailbox = %name,
+            config = %ctx.config_path.display(),
+            "ingest --mailbox names no [[mailbox]] of the config: the ticket gets this name, \
+             but no mailbox's identity (from, smtp, ack texts)"
+        );
+    }
+}
+
 pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
     let mut raw = Vec::new();
     if let Err(e) = std::io::stdin().lock().read_to_end(&mut raw) {
@@ -104,17 +119,7 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
             return EX_TEMPFAIL;
         }
     };
-    if let Some(name) = &a.mailbox
-        && !ctx.config.mailboxes.iter().any(|m| &m.name == name)
-    {
-        // The MTA only needs to know the message is safe: it is stored all the same.
-        tracing::warn!(
-            mailbox = %name,
-            config = %ctx.config_path.display(),
-            "ingest --mailbox names no [[mailbox]] of the config: the ticket gets this name, \
-             but no mailbox's identity (from, smtp, ack texts)"
-        );
-    }
+    warn_unknown_mailbox(ctx, a.mailbox.as_deref());
     let me = Identity {
         addresses: ctx.config.own_addresses(),
     };

@@ -387,8 +387,9 @@ fn ingest_with_a_broken_config_asks_the_mta_to_try_again() {
     run.stderr_mentions(&["bogus-key"]);
 }
 
-#[test]
-fn an_empty_reply_is_refused_and_nothing_is_sent() {
+/// A store with one ticket (opened by ingesting a message from Anna with `message_id` and
+/// `subject`) and `[smtp]` pointing at a fresh sink.
+fn one_ticket_and_a_sink(message_id: &str, subject: &str) -> (crate::sink::Sink, Workdir) {
     let sink = crate::sink::Sink::start();
     let wd = Workdir::new();
     wd.write_raw_config(&format!(
@@ -396,13 +397,14 @@ fn an_empty_reply_is_refused_and_nothing_is_sent() {
         crate::harness::quoted(&wd.db().to_string_lossy()),
         sink.smtp_toml()
     ));
-    let mail = crate::harness::simple_mail(
-        "Anna <anna@customer.example>",
-        "<e1@customer.example>",
-        "Hi",
-        "",
-    );
+    let mail = crate::harness::simple_mail("Anna <anna@customer.example>", message_id, subject, "");
     crate::harness::run(wd.cmd(&["ingest"]), Some(&mail)).success();
+    (sink, wd)
+}
+
+#[test]
+fn an_empty_reply_is_refused_and_nothing_is_sent() {
+    let (sink, wd) = one_ticket_and_a_sink("<e1@customer.example>", "Hi");
     let run = wd.mailticket(&["reply", "1", "--body", "  \n "]).code(2);
     run.stderr_mentions(&["empty"]);
     assert!(sink.messages().is_empty());
@@ -410,20 +412,7 @@ fn an_empty_reply_is_refused_and_nothing_is_sent() {
 
 #[test]
 fn reply_dry_run_prints_the_message_and_queues_nothing() {
-    let sink = crate::sink::Sink::start();
-    let wd = Workdir::new();
-    wd.write_raw_config(&format!(
-        "[store]\npath = {}\n\n{}",
-        crate::harness::quoted(&wd.db().to_string_lossy()),
-        sink.smtp_toml()
-    ));
-    let mail = crate::harness::simple_mail(
-        "Anna <anna@customer.example>",
-        "<d1@customer.example>",
-        "Printer on fire",
-        "",
-    );
-    crate::harness::run(wd.cmd(&["ingest"]), Some(&mail)).success();
+    let (sink, wd) = one_ticket_and_a_sink("<d1@customer.example>", "Printer on fire");
     let run = wd
         .mailticket(&["reply", "1", "--body", "Put it out, please.", "--dry-run"])
         .success();
