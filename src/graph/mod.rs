@@ -17,6 +17,7 @@
 
 pub mod sync;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +92,25 @@ impl Limiter {
         let mut nb = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
         *nb = Some(nb.map_or(until, |t| t.max(until)));
     }
+}
+
+/// The limiter of `user`'s mailbox at the API `origin`: one per mailbox in the process, so
+/// the reader of a `watch` and the sender of acknowledgements share Graph's four slots.
+fn limiter_for(origin: &str, user: &str) -> Arc<Limiter> {
+    use std::sync::{Mutex, OnceLock, Weak};
+    static LIMITERS: OnceLock<Mutex<HashMap<String, Weak<Limiter>>>> = OnceLock::new();
+    let key = format!("{origin} {}", user.to_ascii_lowercase());
+    let mut all = LIMITERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    all.retain(|_, l| l.strong_count() > 0);
+    if let Some(l) = all.get(&key).and_then(Weak::upgrade) {
+        return l;
+    }
+    let l = Arc::new(Limiter::default());
+    all.insert(key, Arc::downgrade(&l));
+    l
 }
 
 /// A folder as Graph names it.
@@ -187,11 +207,11 @@ pub struct Graph {
     host: String,
     http: reqwest::Client,
     token: Arc<TokenSource>,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
     timeout: Duration,
     /// Folders found so far, by the name they were asked for: a `watch` session looks its
     /// folder up once, not on every poll.
-    folders: std::sync::Mutex<std::collections::HashMap<String, Folder>>,
+    folders: std::sync::Mutex<HashMap<String, Folder>>,
 }
 
 impl Graph {
@@ -216,6 +236,7 @@ impl Graph {
             .map_err(|()| bad("not a base URL".into()))?
             .push("users")
             .push(user);
+        let limiter = limiter_for(&origin, user);
         Ok(Graph {
             host: crate::oauth2::http::host_of(&api),
             api,
@@ -224,7 +245,7 @@ impl Graph {
             user: user.to_owned(),
             http: crate::oauth2::http::client(ca_file)?,
             token,
-            limiter: Limiter::default(),
+            limiter,
             timeout,
             folders: Default::default(),
         })
@@ -767,6 +788,21 @@ mod tests {
         assert_eq!(r["url"], "/users/s@x/messages/AA%2Fb=");
         assert_eq!(r["id"], "3");
         assert_eq!(r["body"]["isRead"], true);
+    }
+
+    #[test]
+    fn one_mailbox_has_one_limiter_in_the_process() {
+        let a = limiter_for("https://graph.test", "Support@x.example");
+        let b = limiter_for("https://graph.test", "support@x.example");
+        let other = limiter_for("https://graph.test", "sales@x.example");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "reader and sender of a mailbox share it"
+        );
+        assert!(!Arc::ptr_eq(&a, &other));
+        drop((a, b));
+        let again = limiter_for("https://graph.test", "support@x.example");
+        assert_eq!(again.slots.available_permits(), MAX_CONCURRENT);
     }
 
     #[tokio::test(start_paused = true)]
