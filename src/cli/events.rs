@@ -67,7 +67,7 @@ fn print(e: &EventRow, json: bool) -> anyhow::Result<()> {
         outln!(
             "{:>8}  {}  {:<22} {:<8} {}",
             e.id,
-            mailticket::time::rfc3339(e.created_at),
+            mailticket::time::local_full(e.created_at),
             e.kind,
             ticket,
             e.uid

@@ -105,7 +105,7 @@ fn list(store: &mailticket::store::Store, as_json: bool) -> anyhow::Result<u8> {
     for (name, since, reason) in &disabled {
         outln!(
             "hook {name} DISABLED since {}: {reason} (`mailticket hooks --enable {name}`)",
-            mailticket::time::rfc3339(*since)
+            mailticket::time::local_full(*since)
         );
     }
     outln!(

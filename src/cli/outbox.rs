@@ -198,7 +198,9 @@ fn dismiss(store: &mut Store, id: i64) -> anyhow::Result<u8> {
 /// The NEXT column: when a `pending` row is tried next (`now` when due), else `-`.
 fn next(r: &OutboxRow, now: i64) -> String {
     match r.status {
-        OutboxStatus::Pending if r.next_attempt_at > now => rfc3339(r.next_attempt_at),
+        OutboxStatus::Pending if r.next_attempt_at > now => {
+            mailticket::time::local(r.next_attempt_at)
+        }
         OutboxStatus::Pending => "now".to_owned(),
         _ => "-".to_owned(),
     }
@@ -235,7 +237,7 @@ fn list(store: &mailticket::store::Store, a: &OutboxArgs) -> anyhow::Result<()> 
         return Ok(());
     }
     outln!(
-        "{:>5}  {:>6}  {:<5}  {:<8}  {:<30}  {:<20}  DETAIL",
+        "{:>5}  {:>6}  {:<5}  {:<8}  {:<30}  {:<16}  DETAIL",
         "ID",
         "TICKET",
         "KIND",
@@ -245,7 +247,7 @@ fn list(store: &mailticket::store::Store, a: &OutboxArgs) -> anyhow::Result<()> 
     );
     for r in &rows {
         outln!(
-            "{:>5}  {:>6}  {:<5}  {:<8}  {:<30}  {:<20}  {}",
+            "{:>5}  {:>6}  {:<5}  {:<8}  {:<30}  {:<16}  {}",
             r.id,
             r.ticket_id,
             r.kind.as_str(),

@@ -171,7 +171,7 @@ fn show(ctx: &Ctx, id: i64, json: bool, raw: bool) -> anyhow::Result<u8> {
         return Ok(0);
     }
     outln!("Quarantined #{}  from {}  (uid {})", q.id, q.source, q.uid);
-    outln!("Received: {}", rfc3339(q.received_at));
+    outln!("Received: {}", mailticket::time::local_full(q.received_at));
     outln!("Reason:   {}", q.error);
     let kept = if header_only {
         format!(" (only the header, {} bytes, was kept)", bytes.len())
