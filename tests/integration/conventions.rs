@@ -138,8 +138,8 @@ fn ids(out: &crate::harness::Run) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn tickets_filters_search_and_the_kind_column() {
+/// A store (`--db`, no config) holding the tickets of `examples/sample.mbox`.
+fn sample_imported() -> Workdir {
     let wd = Workdir::new();
     let mut cmd = mailticket_cmd(&wd.dir);
     cmd.arg("--db")
@@ -147,6 +147,12 @@ fn tickets_filters_search_and_the_kind_column() {
         .arg("import")
         .arg(sample_mbox());
     run(cmd, None).success();
+    wd
+}
+
+#[test]
+fn tickets_filters_search_and_the_kind_column() {
+    let wd = sample_imported();
     let db = |args: &[&str]| wd.mailticket_db(args, None).success();
     // 5 tickets: 1 anna (2 messages), 2 bruno, 3 carla's auto-reply, 4 a bounce (closed),
     // 5 kenji
@@ -211,13 +217,7 @@ fn date_in(tz: &str, t: &str, format: &str) -> String {
 
 #[test]
 fn tables_show_local_time_and_json_stays_utc() {
-    let wd = Workdir::new();
-    let mut cmd = mailticket_cmd(&wd.dir);
-    cmd.arg("--db")
-        .arg(wd.db())
-        .arg("import")
-        .arg(sample_mbox());
-    run(cmd, None).success();
+    let wd = sample_imported();
     let in_zone = |tz: &str, args: &[&str]| {
         let mut cmd = mailticket_cmd(&wd.dir);
         cmd.env("TZ", tz).arg("--db").arg(wd.db()).args(args);
