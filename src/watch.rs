@@ -300,7 +300,7 @@ where
         // A refusal waits the cap every time, so a wrong credential cannot lock the account.
         let refused = match &error {
             Error::Auth { .. } => Some(
-                "LOGIN REFUSED: fix the username or password; retrying only at the backoff cap so the account is not locked",
+                "LOGIN REFUSED: fix the credentials (or, for Graph, the permission the error names); retrying only at the backoff cap so the account is not locked",
             ),
             Error::OAuth2 { relogin: true, .. } => Some(
                 "OAUTH2 SIGN-IN NEEDED: this mailbox is stopped until a new refresh token is stored (the others go on)",

@@ -385,7 +385,9 @@ impl Graph {
             401 => Error::OAuth2 {
                 account: format!("Graph mailbox {}", self.user),
                 message: format!(
-                    "Graph refused the access token while {what} ({said}); check the app's                      consent and the oauth2 scope (https://graph.microsoft.com/.default for                      app-only)"
+                    "Graph refused the access token while {what} ({said}); check the app's \
+                     consent and the oauth2 scope (https://graph.microsoft.com/.default for \
+                     app-only)"
                 ),
                 relogin: false,
             },
