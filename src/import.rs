@@ -19,12 +19,7 @@ pub fn import_path(store: &mut Store, me: &Identity, path: &Path, plan: Plan<'_>
     // not just the folder given.
     let mut each = |raw: &[u8], received: i64, file: &Path| -> Result<()> {
         counts.fetched += 1;
-        let origin = Origin {
-            source: format!("import:{}", file.display()),
-            mailbox: String::new(),
-            imap: None,
-            graph: None,
-        };
+        let origin = Origin::unplaced(format!("import:{}", file.display()), "");
         let stored = process(store, me, raw, &origin, received, plan)?;
         counts.record(stored.outcome);
         counts.acks_queued += u64::from(stored.acked);

@@ -603,12 +603,7 @@ pub(crate) mod test_support {
 
     /// Processes `raw` into `store` with `rules` (no acknowledgements); its outcome.
     pub(crate) fn put_with(store: &mut Store, rules: &Rules, raw: &str) -> Outcome {
-        let origin = Origin {
-            source: "test".into(),
-            mailbox: String::new(),
-            imap: None,
-            graph: None,
-        };
+        let origin = Origin::unplaced("test", "");
         let plan = Plan {
             rules,
             ack: None,

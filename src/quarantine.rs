@@ -34,12 +34,8 @@ pub fn retry(store: &mut Store, me: &Identity, id: i64, plan: Plan<'_>) -> Resul
         store.quarantine_reason(id, &why.0)?;
         return Ok(Retried::StillFailing(why.0));
     }
-    let origin = Origin {
-        mailbox: mailbox_of(&row.source).to_owned(),
-        source: row.source,
-        imap: None,
-        graph: None,
-    };
+    let mailbox = mailbox_of(&row.source).to_owned();
+    let origin = Origin::unplaced(row.source, mailbox);
     let stored = process(store, me, &raw, &origin, row.received_at, plan)?;
     if let Outcome::Quarantined(_) = stored.outcome {
         // Parsed, yet not storable (it could not be compressed, or storing it panicked):
@@ -66,12 +62,7 @@ mod tests {
     #[test]
     fn a_message_that_now_parses_leaves_the_quarantine_and_one_that_does_not_stays() {
         let mut store = Store::open_in_memory().unwrap();
-        let origin = Origin {
-            source: "imap:support/INBOX".into(),
-            mailbox: "support".into(),
-            imap: None,
-            graph: None,
-        };
+        let origin = Origin::unplaced("imap:support/INBOX", "support");
         let junk = b"\x00\x01 not a message".to_vec();
         let Outcome::Quarantined(bad) = store.quarantine(&junk, "old", &origin, 5).unwrap() else {
             panic!("not quarantined");

@@ -123,12 +123,7 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
     let me = Identity {
         addresses: ctx.config.own_addresses(),
     };
-    let origin = Origin {
-        source: "ingest".into(),
-        mailbox: a.mailbox.clone().unwrap_or_default(),
-        imap: None,
-        graph: None,
-    };
+    let origin = Origin::unplaced("ingest", a.mailbox.clone().unwrap_or_default());
     // An acknowledgement is queued with the ticket and sent right away; if sending fails it
     // waits in the outbox for the next `sync`, `watch` or `outbox --send`.
     let (ack, smtp) = match super::smtp(ctx) {

@@ -292,12 +292,7 @@ mod tests {
     use crate::store::{Origin, TicketStatus};
 
     fn put(s: &mut Store, raw: &str) {
-        let origin = Origin {
-            source: "test".into(),
-            mailbox: "support".into(),
-            imap: None,
-            graph: None,
-        };
+        let origin = Origin::unplaced("test", "support");
         let plan = Plan {
             rules: &Rules::default(),
             ack: None,

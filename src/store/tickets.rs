@@ -23,6 +23,19 @@ pub struct Origin {
     pub graph: Option<super::graph::GraphPos>,
 }
 
+impl Origin {
+    /// Mail with no server cursor to move (a file, standard input, the quarantine): `source`
+    /// names it, `mailbox` is the name new tickets get (empty for none).
+    pub fn unplaced(source: impl Into<String>, mailbox: impl Into<String>) -> Origin {
+        Origin {
+            source: source.into(),
+            mailbox: mailbox.into(),
+            imap: None,
+            graph: None,
+        }
+    }
+}
+
 /// A message's place in an IMAP folder.
 #[derive(Debug, Clone)]
 pub struct ImapPos {

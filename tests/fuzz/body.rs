@@ -35,12 +35,7 @@ pub fn run(store: &mut Store, data: &[u8]) {
             "the new part is part of the text"
         );
     }
-    let origin = Origin {
-        source: "fuzz".into(),
-        mailbox: String::new(),
-        imap: None,
-        graph: None,
-    };
+    let origin = Origin::unplaced("fuzz", "");
     let plan = Plan {
         rules: &Rules::default(),
         ack: None,

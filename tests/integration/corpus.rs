@@ -114,12 +114,7 @@ impl Scenario {
         };
         let parsed = parse(raw).unwrap_or_else(|e| panic!("{name}: does not parse: {e}"));
         let class = classify(&parsed, &self.me);
-        let origin = Origin {
-            source: format!("corpus:{name}"),
-            mailbox: "support".into(),
-            imap: None,
-            graph: None,
-        };
+        let origin = Origin::unplaced(format!("corpus:{name}"), "support");
         let plan = Plan {
             rules: &self.rules,
             ack: None,
