@@ -55,6 +55,8 @@
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
 //!   a cancellation token says stop.
 //! - [`lock`]: one `sync` or `watch` per store at a time.
+//! - [`lease`]: on a PostgreSQL store, which worker holds which mailbox (leases with fencing
+//!   tokens), for `watch` workers on many machines and cron `sync` beside them.
 //! - [`doctor`]: every step of a sync checked for real, with the fix for each failure.
 //! - [`summary`]: the per-run counts every command reports.
 //! - [`progress`]: how far a long run is, counted for the binary's progress line.
@@ -70,6 +72,7 @@ pub mod graph;
 pub mod hooks;
 pub mod imap;
 pub mod import;
+pub mod lease;
 pub mod lock;
 pub mod message;
 pub mod msgid;

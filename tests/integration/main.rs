@@ -23,6 +23,7 @@ mod hooks;
 mod hostile;
 mod identity;
 mod import;
+mod leases;
 mod oauth2;
 mod oauth2_env;
 mod outbound;

@@ -1,0 +1,453 @@
+//! Mailbox leases against a real PostgreSQL: claim, renew, release, the fair share over three
+//! workers, a takeover after expiry with a higher token, and the fence that keeps a worker
+//! that lost its mailbox from committing for it.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mailticket::lease::{
+    self, Change, Changes, Claim, FENCE_SQL, Leases, LostWhy, Role, WorkerInfo,
+};
+
+use crate::harness::{free_port, unique_dir};
+
+/// A throw-away PostgreSQL cluster on a free loopback port, stopped and removed on drop.
+struct Pg {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl Pg {
+    fn start() -> Pg {
+        let dir = unique_dir("pglease");
+        let port = free_port();
+        let chown = Command::new("chown")
+            .args(["postgres:", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let data = dir.join("data");
+        Self::as_postgres(&[
+            &format!("{PG_BIN}/initdb"),
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        let pg = Pg { dir, port };
+        pg.pg_ctl_start();
+        pg
+    }
+
+    fn as_postgres(args: &[&str]) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl_start(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off",
+            self.port,
+            self.dir.display()
+        );
+        Self::as_postgres(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            self.dir.join("data").to_str().unwrap(),
+            "-l",
+            self.dir.join("log").to_str().unwrap(),
+            "-w",
+            "-o",
+            &opts,
+            "start",
+        ]);
+    }
+
+    fn stop(&self) {
+        Self::as_postgres(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            self.dir.join("data").to_str().unwrap(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ]);
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ),
+            postgres::NoTls,
+        )
+        .unwrap()
+    }
+
+    /// A cluster with the lease tables.
+    fn with_schema() -> Pg {
+        let pg = Pg::start();
+        pg.client().batch_execute(lease::SCHEMA).unwrap();
+        pg
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl")])
+            .args(["-D", self.dir.join("data").to_str().unwrap()])
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m{i:02}")).collect()
+}
+
+fn leases(pg: &Pg, lease_ms: u64, configured: &[String]) -> Leases {
+    Leases::new(
+        pg.client(),
+        WorkerInfo::this_process(Role::Watch),
+        Duration::from_millis(lease_ms),
+        configured.to_vec(),
+    )
+}
+
+/// `mailbox -> (owner, token, takeovers)` as the database has it.
+fn rows(pg: &Pg) -> HashMap<String, (Option<String>, i64, i64)> {
+    pg.client()
+        .query(
+            "SELECT mailbox, owner, token, takeovers FROM mailbox_lease",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect()
+}
+
+fn acquired(c: &Changes) -> Vec<&str> {
+    let mut v: Vec<&str> = c.acquired.iter().map(|(m, _)| m.as_str()).collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn a_lone_worker_claims_renews_and_releases() {
+    let pg = Pg::with_schema();
+    let mbs = names(3);
+    let mut a = leases(&pg, 4000, &mbs);
+    let id = a.worker().id.clone();
+    // the first tick only announces the worker
+    assert_eq!(a.tick().unwrap(), Changes::default());
+    let c = a.tick().unwrap();
+    assert_eq!(acquired(&c), vec!["m00", "m01", "m02"]);
+    assert!(c.acquired.iter().all(|(_, t)| *t == 1), "{c:?}");
+    for (m, (owner, token, takeovers)) in rows(&pg) {
+        assert_eq!(
+            (owner.as_deref(), token, takeovers),
+            (Some(&*id), 1, 0),
+            "{m}"
+        );
+    }
+    let fences = a.fences();
+    assert_eq!(fences.get("m01"), Some((id.clone(), 1)));
+    // renewals change nothing and move the expiry
+    let before: i64 = pg
+        .client()
+        .query_one("SELECT max(expires_at) FROM mailbox_lease", &[])
+        .unwrap()
+        .get(0);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(a.tick().unwrap(), Changes::default());
+    let after: i64 = pg
+        .client()
+        .query_one("SELECT min(expires_at) FROM mailbox_lease", &[])
+        .unwrap()
+        .get(0);
+    assert!(after > before, "{after} <= {before}");
+    a.release_all().unwrap();
+    assert_eq!(fences.get("m01"), None);
+    assert!(rows(&pg).values().all(|(o, t, _)| o.is_none() && *t == 1));
+    let stopped: Option<i64> = pg
+        .client()
+        .query_one("SELECT stopped_at FROM worker WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert!(stopped.is_some());
+}
+
+/// Ticks every worker in turn until a round changes nothing; returns how many rounds.
+fn settle(workers: &mut [Leases]) -> usize {
+    for round in 1..=40 {
+        let mut changed = false;
+        for w in workers.iter_mut() {
+            let c = w.tick().unwrap();
+            changed |= c != Changes::default();
+        }
+        if !changed && round > 1 {
+            return round;
+        }
+    }
+    panic!("no balance after 40 rounds");
+}
+
+/// Every mailbox held by exactly one of `workers`, as the database and their fences say;
+/// returns how many each holds.
+fn check_exclusive(pg: &Pg, workers: &[Leases], mbs: &[String]) -> Vec<usize> {
+    let db = rows(pg);
+    let mut holders: HashMap<String, usize> = HashMap::new();
+    for w in workers {
+        for (m, token) in w.fences().held() {
+            assert_eq!(
+                db[&m].0.as_deref(),
+                Some(w.worker().id.as_str()),
+                "the database disagrees on {m}"
+            );
+            assert_eq!(db[&m].1, token);
+            *holders.entry(m).or_default() += 1;
+        }
+    }
+    for m in mbs {
+        assert_eq!(holders.get(m), Some(&1), "{m} held by {holders:?}");
+    }
+    workers.iter().map(|w| w.fences().held().len()).collect()
+}
+
+#[test]
+fn three_workers_share_thirty_mailboxes_and_a_newcomer_gets_its_share() {
+    let pg = Pg::with_schema();
+    let mbs = names(30);
+    // started together: each takes about a third at once
+    let mut ws: Vec<Leases> = (0..3).map(|_| leases(&pg, 20_000, &mbs)).collect();
+    let rounds = settle(&mut ws);
+    let counts = check_exclusive(&pg, &ws, &mbs);
+    assert_eq!(counts, vec![10, 10, 10], "after {rounds} rounds");
+
+    // one worker alone holds all 30; two join: the old one gives up half its excess per
+    // tick and the newcomers take them, with no mailbox ever held twice
+    let pg = Pg::with_schema();
+    let mut ws = vec![leases(&pg, 20_000, &mbs)];
+    settle(&mut ws);
+    assert_eq!(check_exclusive(&pg, &ws, &mbs), vec![30]);
+    ws.push(leases(&pg, 20_000, &mbs));
+    ws.push(leases(&pg, 20_000, &mbs));
+    let rounds = settle(&mut ws);
+    let counts = check_exclusive(&pg, &ws, &mbs);
+    assert_eq!(counts, vec![10, 10, 10], "after {rounds} rounds");
+    assert!(rounds <= 10, "{rounds} rounds to rebalance");
+    // nothing was taken over: every move was a release
+    assert!(rows(&pg).values().all(|(_, _, takeovers)| *takeovers == 0));
+}
+
+/// A worker with a 1.5 s lease that holds `m00`, the one mailbox, with token 1.
+fn holder_of_m00(pg: &Pg) -> Leases {
+    let mut a = leases(pg, 1500, &names(1));
+    a.tick().unwrap();
+    assert_eq!(a.tick().unwrap().acquired, vec![("m00".to_owned(), 1)]);
+    a
+}
+
+#[test]
+fn an_expired_lease_is_taken_over_with_a_higher_token() {
+    let pg = Pg::with_schema();
+    let mbs = names(1);
+    let mut a = holder_of_m00(&pg);
+    let mut b = leases(&pg, 1500, &mbs);
+    b.tick().unwrap();
+    // a holds it, alive: b gets nothing
+    assert_eq!(b.tick().unwrap(), Changes::default());
+    // a stops ticking (paused); its lease expires, for the server and for a itself
+    std::thread::sleep(Duration::from_millis(1700));
+    assert_eq!(a.fences().get("m00"), None, "a's own deadline passed");
+    let c = b.tick().unwrap();
+    assert_eq!(c.acquired, vec![("m00".to_owned(), 2)]);
+    let db = rows(&pg);
+    assert_eq!(db["m00"], (Some(b.worker().id.clone()), 2, 1));
+    // a wakes up: the lease is gone, taken over by b
+    let c = a.tick().unwrap();
+    let b_id = b.worker().id.clone();
+    assert_eq!(c.lost, vec![("m00".to_owned(), LostWhy::Expired)]);
+    // b keeps it: a's claims find it held
+    assert_eq!(a.tick().unwrap(), Changes::default());
+    assert_eq!(rows(&pg)["m00"].0.as_deref(), Some(b_id.as_str()));
+}
+
+fn fence(client: &mut impl postgres::GenericClient, f: &lease::Fences, mailbox: &str) -> u64 {
+    let (worker, token) = f.get(mailbox).unwrap_or((f.worker().to_owned(), -1));
+    client
+        .execute(FENCE_SQL, &[&mailbox, &worker, &token])
+        .unwrap()
+}
+
+#[test]
+fn the_fence_refuses_a_worker_that_lost_its_lease_and_a_takeover_waits_for_a_commit() {
+    let pg = Pg::with_schema();
+    let mbs = names(1);
+    let a = holder_of_m00(&pg);
+    let a_fences = a.fences();
+    let (a_worker, a_token) = a_fences.get("m00").unwrap();
+    let mut a_store = pg.client();
+    assert_eq!(fence(&mut a_store, &a_fences, "m00"), 1);
+
+    // a's store opens a message transaction and fences it; the lease expires meanwhile
+    let mut tx = a_store.transaction().unwrap();
+    assert_eq!(fence(&mut tx, &a_fences, "m00"), 1);
+    std::thread::sleep(Duration::from_millis(1700));
+    // b's tick skips the row locked by the commit in flight
+    let mut b = Leases::new(
+        pg.client(),
+        WorkerInfo::this_process(Role::Watch),
+        Duration::from_millis(1500),
+        mbs,
+    );
+    b.tick().unwrap();
+    assert_eq!(b.tick().unwrap(), Changes::default());
+    // a cron pass's claim waits for the commit
+    let url_port = pg.port;
+    let waiting = std::thread::spawn(move || {
+        let client = postgres::Client::connect(
+            &format!("host=127.0.0.1 port={url_port} user=postgres dbname=postgres"),
+            postgres::NoTls,
+        )
+        .unwrap();
+        let mut s = Leases::new(
+            client,
+            WorkerInfo::this_process(Role::Sync),
+            Duration::from_millis(4000),
+            vec!["m00".to_owned()],
+        );
+        let t0 = Instant::now();
+        let claim = s.claim_for_pass("m00").unwrap();
+        (claim, t0.elapsed(), s)
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!waiting.is_finished(), "the takeover did not wait");
+    tx.commit().unwrap();
+    let (claim, waited, _s) = waiting.join().unwrap();
+    assert_eq!(claim, Claim::Held(a_token + 1));
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    // a's fence, with the worker id and token it held, now updates nothing
+    let refused = a_store
+        .execute(FENCE_SQL, &[&"m00", &a_worker, &a_token])
+        .unwrap();
+    assert_eq!(refused, 0);
+    assert_eq!(a_fences.get("m00"), None);
+}
+
+#[test]
+fn a_cron_pass_skips_a_mailbox_a_live_worker_holds() {
+    let pg = Pg::with_schema();
+    let mbs = names(2);
+    let mut w = leases(&pg, 5000, &mbs[..1]);
+    w.tick().unwrap();
+    w.tick().unwrap();
+    let mut s = Leases::new(
+        pg.client(),
+        WorkerInfo::this_process(Role::Sync),
+        Duration::from_millis(5000),
+        mbs,
+    );
+    match s.claim_for_pass("m00").unwrap() {
+        Claim::Busy { owner, expires_in } => {
+            assert_eq!(owner, w.worker().id);
+            assert!(expires_in > Duration::from_secs(3), "{expires_in:?}");
+        }
+        held => panic!("{held:?}"),
+    }
+    assert_eq!(s.claim_for_pass("m01").unwrap(), Claim::Held(1));
+    // a sync pass is no watch worker: the watch's share stays all it is configured for
+    let report = lease::report(&mut pg.client(), Duration::from_secs(5)).unwrap();
+    assert_eq!(report.workers.len(), 2);
+    assert_eq!(
+        report
+            .mailboxes
+            .iter()
+            .map(|m| (m.mailbox.as_str(), m.owner.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("m00", Some(w.worker().id.as_str())),
+            ("m01", Some(s.worker().id.as_str()))
+        ]
+    );
+    s.release_all().unwrap();
+    assert_eq!(rows(&pg)["m01"].0, None);
+}
+
+#[test]
+fn the_lease_thread_drops_its_leases_while_the_database_is_down_and_takes_them_back() {
+    let pg = Pg::with_schema();
+    let mbs = names(2);
+    let port = pg.port;
+    let connect: lease::Connect = Box::new(move || {
+        postgres::Client::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2"),
+            postgres::NoTls,
+        )
+        .map_err(|e| mailticket::Error::Network {
+            host: "PostgreSQL".into(),
+            message: e.to_string(),
+        })
+    });
+    let l = leases(&pg, 2000, &mbs);
+    let fences = l.fences();
+    let (thread, mut rx) = lease::spawn(l, connect).unwrap();
+    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>| {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(c) = rx.try_recv() {
+                return (c, t0.elapsed());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "no change");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut got = [next(&mut rx).0, next(&mut rx).0];
+    got.sort_by_key(|c| format!("{c:?}"));
+    assert!(matches!(&got[0], Change::Acquired { mailbox, token: 1 } if mailbox == "m00"));
+    assert!(fences.get("m00").is_some());
+    pg.stop();
+    let (c1, after) = next(&mut rx);
+    let (c2, _) = next(&mut rx);
+    for c in [&c1, &c2] {
+        assert!(
+            matches!(
+                c,
+                Change::Lost {
+                    why: LostWhy::Expired,
+                    ..
+                }
+            ),
+            "{c:?}"
+        );
+    }
+    assert!(after < Duration::from_millis(2100), "{after:?}");
+    assert_eq!(fences.get("m00"), None);
+    // back: the thread reconnects and claims them again, with new tokens
+    pg.pg_ctl_start();
+    let (c, _) = next(&mut rx);
+    assert!(matches!(c, Change::Acquired { token: 2, .. }), "{c:?}");
+    thread.stop();
+    assert!(rows(&pg).values().all(|(o, _, _)| o.is_none()));
+}
