@@ -26,6 +26,7 @@ mod search;
 mod sync;
 mod tickets;
 mod watch;
+mod workers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,6 +95,8 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Check config, secrets, store and every mailbox for real, step by step
     Doctor(doctor::DoctorArgs),
+    /// Live workers and who holds each mailbox's lease (PostgreSQL store)
+    Workers(workers::WorkersArgs),
     /// Import .eml files, mbox files and Maildir folders
     Import(import::ImportArgs),
     /// Read one message from standard input (for MTA pipes); exit 0, 65 or 75
@@ -387,6 +390,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Export(a) => export::run(&ctx, &a),
         Command::Hooks(a) => hooks::run(&ctx, &a),
         Command::OAuth2(a) => oauth2::run(&ctx, &a),
+        Command::Workers(a) => workers::run(&ctx, &a),
     }
 }
 

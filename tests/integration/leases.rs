@@ -451,3 +451,12 @@ fn the_lease_thread_drops_its_leases_while_the_database_is_down_and_takes_them_b
     thread.stop();
     assert!(rows(&pg).values().all(|(o, _, _)| o.is_none()));
 }
+
+#[test]
+fn workers_on_a_sqlite_store_says_leases_need_postgresql() {
+    let wd = crate::harness::Workdir::new();
+    wd.write_config(&[]);
+    let r = wd.mailticket(&["workers"]).code(2);
+    r.stderr_mentions(&["only with a PostgreSQL store", "[store] url"]);
+    assert!(r.stdout.is_empty(), "{r:?}");
+}
