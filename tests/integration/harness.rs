@@ -59,7 +59,8 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn check(what: &str, out: &Output) -> String {
+/// Panics with WHAT, the status, stdout and stderr unless OUT succeeded; returns its stdout.
+pub fn check(what: &str, out: &Output) -> String {
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -439,7 +440,7 @@ pub fn scrub_env(cmd: &mut Command, prefixes: &[&str]) {
 }
 
 /// The KEY=VALUE lines a `tests/env` script prints (`env`, `start`); quotes removed.
-fn parse_env_lines(text: &str) -> BTreeMap<String, String> {
+pub fn parse_env_lines(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
         .filter_map(|l| l.split_once('='))
