@@ -4,7 +4,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Dovecot, Prng, mailgen, scrub_env};
+use crate::harness::{Dovecot, Prng, check, mailgen, script, scrub_env};
 use crate::pg_harness::Postgres;
 
 #[test]
@@ -73,11 +73,15 @@ fn prng_is_deterministic() {
 /// `psql` as the `mailticket` role over TCP with TLS verified against the cluster's CA
 /// (`sslmode=verify-full`), the way mailticket connects.
 fn psql_over_tls(pg: &Postgres, password: &str, sql: &str) -> std::process::Output {
+    let ssl = format!("sslmode=verify-full sslrootcert={}", pg.ca_file().display());
+    psql_tcp(pg, &ssl, password, sql)
+}
+
+/// `psql` as the `mailticket` role over TCP with the libpq SSL settings SSL.
+fn psql_tcp(pg: &Postgres, ssl: &str, password: &str, sql: &str) -> std::process::Output {
     let conninfo = format!(
-        "host=127.0.0.1 port={} dbname=mailticket user=mailticket sslmode=verify-full \
-         sslrootcert={} connect_timeout=10",
-        pg.port(),
-        pg.ca_file().display()
+        "host=127.0.0.1 port={} dbname=mailticket user=mailticket {ssl} connect_timeout=10",
+        pg.port()
     );
     let mut cmd = Command::new(pg.bin("psql"));
     scrub_env(&mut cmd, &["PG"]);
@@ -122,6 +126,31 @@ fn postgres_starts_with_tls_and_scram_and_keeps_data_over_a_restart() {
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("password authentication failed"),
         "{bad:?}"
+    );
+
+    // plain TCP works too (for `tls = "disable"`), SCRAM all the same
+    let plain = psql_tcp(
+        &pg,
+        "sslmode=disable",
+        pg.password(),
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    );
+    assert!(plain.status.success(), "{plain:?}");
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "f");
+    // another CA does not vouch for the server
+    let other = pg.dir.join("other-ca");
+    let out = Command::new("bash")
+        .arg(script("certs.sh"))
+        .arg(&other)
+        .output()
+        .unwrap();
+    check("certs.sh", &out);
+    let ssl = format!("sslmode=verify-full sslrootcert={}/ca.crt", other.display());
+    let unknown_ca = psql_tcp(&pg, &ssl, pg.password(), "select 1");
+    assert!(!unknown_ca.status.success(), "{unknown_ca:?}");
+    assert!(
+        String::from_utf8_lossy(&unknown_ca.stderr).contains("certificate verify failed"),
+        "{unknown_ca:?}"
     );
 
     let store = pg.store_toml();
