@@ -14,8 +14,8 @@ use serde_json::Value;
 use crate::doctor::steps_of;
 
 use crate::harness::{
-    OAuth2Server, Prng, SUPPORT_ADDR, Workdir, bare_id, free_port, mailgen, quoted, script, spawn,
-    unique_dir, wait_until,
+    OAuth2Server, Prng, SUPPORT_ADDR, Workdir, bare_id, eprint_log_tail_if_panicking, free_port,
+    mailgen, quoted, script, spawn, unique_dir, wait_until,
 };
 
 /// The support mailbox in the stand-in.
@@ -175,14 +175,7 @@ impl GraphServer {
 
 impl Drop for GraphServer {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- last lines of {}/server.log", self.dir.display());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        eprint_log_tail_if_panicking(&self.dir.join("server.log"), 30);
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

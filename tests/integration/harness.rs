@@ -59,7 +59,8 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn check(what: &str, out: &Output) -> String {
+/// Panics with WHAT, the status, stdout and stderr unless OUT succeeded; returns its stdout.
+pub fn check(what: &str, out: &Output) -> String {
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -412,16 +413,22 @@ impl Dovecot {
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- last lines of {}/dovecot.log", self.dir.display());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        eprint_log_tail_if_panicking(&self.dir.join("dovecot.log"), 30);
         let _ = self.server(&["stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// While the test panics, prints the last LINES lines of a server's log at PATH to stderr.
+pub fn eprint_log_tail_if_panicking(path: &Path, lines: usize) {
+    if !std::thread::panicking() {
+        return;
+    }
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+    eprintln!("--- last lines of {}", path.display());
+    for line in tail.iter().rev() {
+        eprintln!("{line}");
     }
 }
 
@@ -439,7 +446,7 @@ pub fn scrub_env(cmd: &mut Command, prefixes: &[&str]) {
 }
 
 /// The KEY=VALUE lines a `tests/env` script prints (`env`, `start`); quotes removed.
-fn parse_env_lines(text: &str) -> BTreeMap<String, String> {
+pub fn parse_env_lines(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
         .filter_map(|l| l.split_once('='))
@@ -727,14 +734,7 @@ fn form_encode(s: &str) -> String {
 
 impl Drop for OAuth2Server {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!("--- last lines of {}/server.log", self.dir.display());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        eprint_log_tail_if_panicking(&self.dir.join("server.log"), 20);
         let _ = self.script(&["stop"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

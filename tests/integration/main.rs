@@ -1,11 +1,13 @@
 //! Integration tests: the built `mailticket` binary against a real Dovecot per test.
 //!
 //! Each test starts its own Dovecot (`tests/env/imap-server`) on free loopback ports and its own
-//! work directory, so tests run in parallel. Run them all with `bash scripts/test`.
+//! work directory, so tests run in parallel; a store test its own PostgreSQL cluster
+//! (`tests/env/pg-server`, [`pg_harness::Postgres`]). Run them all with `bash scripts/test`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+mod pg_harness;
 mod sink;
 
 mod cli;
