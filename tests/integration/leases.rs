@@ -3,131 +3,40 @@
 //! that lost its mailbox from committing for it.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mailticket::lease::{
     self, Change, Changes, Claim, FENCE_SQL, Leases, LostWhy, Role, WorkerInfo,
 };
 
-use crate::harness::{free_port, unique_dir};
+use crate::pg_harness::Postgres;
 
-/// A throw-away PostgreSQL cluster on a free loopback port, stopped and removed on drop.
-struct Pg {
-    dir: std::path::PathBuf,
-    port: u16,
+/// A plain connection to the test cluster as its `mailticket` role.
+fn connect(port: u16) -> postgres::Client {
+    postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={port} user=mailticket password={} dbname=mailticket connect_timeout=5",
+            Postgres::PASSWORD
+        ),
+        postgres::NoTls,
+    )
+    .unwrap()
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-impl Pg {
-    fn start() -> Pg {
-        let dir = unique_dir("pglease");
-        let port = free_port();
-        let chown = Command::new("chown")
-            .args(["postgres:", dir.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(chown.success());
-        let data = dir.join("data");
-        Self::as_postgres(&[
-            &format!("{PG_BIN}/initdb"),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
-        let pg = Pg { dir, port };
-        pg.pg_ctl_start();
-        pg
-    }
-
-    fn as_postgres(args: &[&str]) {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn pg_ctl_start(&self) {
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off",
-            self.port,
-            self.dir.display()
-        );
-        Self::as_postgres(&[
-            &format!("{PG_BIN}/pg_ctl"),
-            "-D",
-            self.dir.join("data").to_str().unwrap(),
-            "-l",
-            self.dir.join("log").to_str().unwrap(),
-            "-w",
-            "-o",
-            &opts,
-            "start",
-        ]);
-    }
-
-    fn stop(&self) {
-        Self::as_postgres(&[
-            &format!("{PG_BIN}/pg_ctl"),
-            "-D",
-            self.dir.join("data").to_str().unwrap(),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        ]);
-    }
-
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres",
-                self.port
-            ),
-            postgres::NoTls,
-        )
-        .unwrap()
-    }
-
-    /// A cluster with the lease tables.
-    fn with_schema() -> Pg {
-        let pg = Pg::start();
-        pg.client().batch_execute(lease::SCHEMA).unwrap();
-        pg
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl")])
-            .args(["-D", self.dir.join("data").to_str().unwrap()])
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A cluster with the lease tables.
+fn with_schema() -> Postgres {
+    let pg = Postgres::start();
+    connect(pg.port()).batch_execute(lease::SCHEMA).unwrap();
+    pg
 }
 
 fn names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("m{i:02}")).collect()
 }
 
-fn leases(pg: &Pg, lease_ms: u64, configured: &[String]) -> Leases {
+fn leases(pg: &Postgres, lease_ms: u64, configured: &[String]) -> Leases {
     Leases::new(
-        pg.client(),
+        connect(pg.port()),
         WorkerInfo::this_process(Role::Watch),
         Duration::from_millis(lease_ms),
         configured.to_vec(),
@@ -135,8 +44,8 @@ fn leases(pg: &Pg, lease_ms: u64, configured: &[String]) -> Leases {
 }
 
 /// `mailbox -> (owner, token, takeovers)` as the database has it.
-fn rows(pg: &Pg) -> HashMap<String, (Option<String>, i64, i64)> {
-    pg.client()
+fn rows(pg: &Postgres) -> HashMap<String, (Option<String>, i64, i64)> {
+    connect(pg.port())
         .query(
             "SELECT mailbox, owner, token, takeovers FROM mailbox_lease",
             &[],
@@ -155,7 +64,7 @@ fn acquired(c: &Changes) -> Vec<&str> {
 
 #[test]
 fn a_lone_worker_claims_renews_and_releases() {
-    let pg = Pg::with_schema();
+    let pg = with_schema();
     let mbs = names(3);
     let mut a = leases(&pg, 4000, &mbs);
     let id = a.worker().id.clone();
@@ -174,15 +83,13 @@ fn a_lone_worker_claims_renews_and_releases() {
     let fences = a.fences();
     assert_eq!(fences.get("m01"), Some((id.clone(), 1)));
     // renewals change nothing and move the expiry
-    let before: i64 = pg
-        .client()
+    let before: i64 = connect(pg.port())
         .query_one("SELECT max(expires_at) FROM mailbox_lease", &[])
         .unwrap()
         .get(0);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(a.tick().unwrap(), Changes::default());
-    let after: i64 = pg
-        .client()
+    let after: i64 = connect(pg.port())
         .query_one("SELECT min(expires_at) FROM mailbox_lease", &[])
         .unwrap()
         .get(0);
@@ -190,8 +97,7 @@ fn a_lone_worker_claims_renews_and_releases() {
     a.release_all().unwrap();
     assert_eq!(fences.get("m01"), None);
     assert!(rows(&pg).values().all(|(o, t, _)| o.is_none() && *t == 1));
-    let stopped: Option<i64> = pg
-        .client()
+    let stopped: Option<i64> = connect(pg.port())
         .query_one("SELECT stopped_at FROM worker WHERE id = $1", &[&id])
         .unwrap()
         .get(0);
@@ -215,7 +121,7 @@ fn settle(workers: &mut [Leases]) -> usize {
 
 /// Every mailbox held by exactly one of `workers`, as the database and their fences say;
 /// returns how many each holds.
-fn check_exclusive(pg: &Pg, workers: &[Leases], mbs: &[String]) -> Vec<usize> {
+fn check_exclusive(pg: &Postgres, workers: &[Leases], mbs: &[String]) -> Vec<usize> {
     let db = rows(pg);
     let mut holders: HashMap<String, usize> = HashMap::new();
     for w in workers {
@@ -237,7 +143,7 @@ fn check_exclusive(pg: &Pg, workers: &[Leases], mbs: &[String]) -> Vec<usize> {
 
 #[test]
 fn three_workers_share_thirty_mailboxes_and_a_newcomer_gets_its_share() {
-    let pg = Pg::with_schema();
+    let pg = with_schema();
     let mbs = names(30);
     // started together: each takes about a third at once
     let mut ws: Vec<Leases> = (0..3).map(|_| leases(&pg, 20_000, &mbs)).collect();
@@ -247,7 +153,7 @@ fn three_workers_share_thirty_mailboxes_and_a_newcomer_gets_its_share() {
 
     // one worker alone holds all 30; two join: the old one gives up half its excess per
     // tick and the newcomers take them, with no mailbox ever held twice
-    let pg = Pg::with_schema();
+    let pg = with_schema();
     let mut ws = vec![leases(&pg, 20_000, &mbs)];
     settle(&mut ws);
     assert_eq!(check_exclusive(&pg, &ws, &mbs), vec![30]);
@@ -262,7 +168,7 @@ fn three_workers_share_thirty_mailboxes_and_a_newcomer_gets_its_share() {
 }
 
 /// A worker with a 1.5 s lease that holds `m00`, the one mailbox, with token 1.
-fn holder_of_m00(pg: &Pg) -> Leases {
+fn holder_of_m00(pg: &Postgres) -> Leases {
     let mut a = leases(pg, 1500, &names(1));
     a.tick().unwrap();
     assert_eq!(a.tick().unwrap().acquired, vec![("m00".to_owned(), 1)]);
@@ -271,7 +177,7 @@ fn holder_of_m00(pg: &Pg) -> Leases {
 
 #[test]
 fn an_expired_lease_is_taken_over_with_a_higher_token() {
-    let pg = Pg::with_schema();
+    let pg = with_schema();
     let mbs = names(1);
     let mut a = holder_of_m00(&pg);
     let mut b = leases(&pg, 1500, &mbs);
@@ -303,12 +209,12 @@ fn fence(client: &mut impl postgres::GenericClient, f: &lease::Fences, mailbox: 
 
 #[test]
 fn the_fence_refuses_a_worker_that_lost_its_lease_and_a_takeover_waits_for_a_commit() {
-    let pg = Pg::with_schema();
+    let pg = with_schema();
     let mbs = names(1);
     let a = holder_of_m00(&pg);
     let a_fences = a.fences();
     let (a_worker, a_token) = a_fences.get("m00").unwrap();
-    let mut a_store = pg.client();
+    let mut a_store = connect(pg.port());
     assert_eq!(fence(&mut a_store, &a_fences, "m00"), 1);
 
     // a's store opens a message transaction and fences it; the lease expires meanwhile
@@ -317,7 +223,7 @@ fn the_fence_refuses_a_worker_that_lost_its_lease_and_a_takeover_waits_for_a_com
     std::thread::sleep(Duration::from_millis(1700));
     // b's tick skips the row locked by the commit in flight
     let mut b = Leases::new(
-        pg.client(),
+        connect(pg.port()),
         WorkerInfo::this_process(Role::Watch),
         Duration::from_millis(1500),
         mbs,
@@ -325,13 +231,9 @@ fn the_fence_refuses_a_worker_that_lost_its_lease_and_a_takeover_waits_for_a_com
     b.tick().unwrap();
     assert_eq!(b.tick().unwrap(), Changes::default());
     // a cron pass's claim waits for the commit
-    let url_port = pg.port;
+    let url_port = pg.port();
     let waiting = std::thread::spawn(move || {
-        let client = postgres::Client::connect(
-            &format!("host=127.0.0.1 port={url_port} user=postgres dbname=postgres"),
-            postgres::NoTls,
-        )
-        .unwrap();
+        let client = connect(url_port);
         let mut s = Leases::new(
             client,
             WorkerInfo::this_process(Role::Sync),
@@ -358,13 +260,13 @@ fn the_fence_refuses_a_worker_that_lost_its_lease_and_a_takeover_waits_for_a_com
 
 #[test]
 fn a_cron_pass_skips_a_mailbox_a_live_worker_holds() {
-    let pg = Pg::with_schema();
+    let pg = with_schema();
     let mbs = names(2);
     let mut w = leases(&pg, 5000, &mbs[..1]);
     w.tick().unwrap();
     w.tick().unwrap();
     let mut s = Leases::new(
-        pg.client(),
+        connect(pg.port()),
         WorkerInfo::this_process(Role::Sync),
         Duration::from_millis(5000),
         mbs,
@@ -378,7 +280,7 @@ fn a_cron_pass_skips_a_mailbox_a_live_worker_holds() {
     }
     assert_eq!(s.claim_for_pass("m01").unwrap(), Claim::Held(1));
     // a sync pass is no watch worker: the watch's share stays all it is configured for
-    let report = lease::report(&mut pg.client(), Duration::from_secs(5)).unwrap();
+    let report = lease::report(&mut connect(pg.port()), Duration::from_secs(5)).unwrap();
     assert_eq!(report.workers.len(), 2);
     assert_eq!(
         report
@@ -397,12 +299,15 @@ fn a_cron_pass_skips_a_mailbox_a_live_worker_holds() {
 
 #[test]
 fn the_lease_thread_drops_its_leases_while_the_database_is_down_and_takes_them_back() {
-    let pg = Pg::with_schema();
+    let pg = with_schema();
     let mbs = names(2);
-    let port = pg.port;
+    let port = pg.port();
     let connect: lease::Connect = Box::new(move || {
         postgres::Client::connect(
-            &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2"),
+            &format!(
+                "host=127.0.0.1 port={port} user=mailticket password={} dbname=mailticket connect_timeout=2",
+                Postgres::PASSWORD
+            ),
             postgres::NoTls,
         )
         .map_err(|e| mailticket::Error::Network {
@@ -427,7 +332,7 @@ fn the_lease_thread_drops_its_leases_while_the_database_is_down_and_takes_them_b
     got.sort_by_key(|c| format!("{c:?}"));
     assert!(matches!(&got[0], Change::Acquired { mailbox, token: 1 } if mailbox == "m00"));
     assert!(fences.get("m00").is_some());
-    pg.stop();
+    pg.stop_server();
     let (c1, after) = next(&mut rx);
     let (c2, _) = next(&mut rx);
     for c in [&c1, &c2] {
@@ -445,7 +350,7 @@ fn the_lease_thread_drops_its_leases_while_the_database_is_down_and_takes_them_b
     assert!(after < Duration::from_millis(2100), "{after:?}");
     assert_eq!(fences.get("m00"), None);
     // back: the thread reconnects and claims them again, with new tokens
-    pg.pg_ctl_start();
+    pg.start_server();
     let (c, _) = next(&mut rx);
     assert!(matches!(c, Change::Acquired { token: 2, .. }), "{c:?}");
     thread.stop();
