@@ -205,15 +205,16 @@ impl Fences {
         false
     }
 
-    /// Forgets every lease whose local deadline is at or before `now`; returns them.
-    fn expire(&self, now: Instant) -> Vec<String> {
+    /// Forgets every lease whose local deadline is at or before `now`; returns them with
+    /// their tokens.
+    fn expire(&self, now: Instant) -> Vec<(String, i64)> {
         let mut map = self.map();
-        let gone: Vec<String> = map
+        let gone: Vec<(String, i64)> = map
             .iter()
             .filter(|(_, h)| h.deadline <= now)
-            .map(|(m, _)| m.clone())
+            .map(|(m, h)| (m.clone(), h.token))
             .collect();
-        for m in &gone {
+        for (m, _) in &gone {
             map.remove(m);
         }
         gone
@@ -262,8 +263,8 @@ impl std::fmt::Display for LostWhy {
 pub struct Changes {
     /// Leases taken, with their tokens.
     pub acquired: Vec<(String, i64)>,
-    /// Leases no longer held, and why.
-    pub lost: Vec<(String, LostWhy)>,
+    /// Leases no longer held, with the token they had, and why.
+    pub lost: Vec<(String, i64, LostWhy)>,
 }
 
 /// One change, as [`spawn`] sends it to the watch.
@@ -271,8 +272,12 @@ pub struct Changes {
 pub enum Change {
     /// Start this mailbox's session.
     Acquired { mailbox: String, token: i64 },
-    /// Stop this mailbox's session.
-    Lost { mailbox: String, why: LostWhy },
+    /// Stop this mailbox's session (the one started for `token`).
+    Lost {
+        mailbox: String,
+        token: i64,
+        why: LostWhy,
+    },
 }
 
 /// What [`Leases::claim_for_pass`] got.
@@ -409,6 +414,13 @@ impl Leases {
         sent + self.lease - self.lease / 8
     }
 
+    /// Watches `configured` from the next tick on (a reloaded config): leases of mailboxes
+    /// no longer configured are released then.
+    pub fn set_configured(&mut self, configured: Vec<String>) {
+        self.configured = configured;
+        self.registered = false;
+    }
+
     /// Changes recorded so far and not yet returned (after a tick that failed half-way).
     pub fn take_changes(&mut self) -> Changes {
         std::mem::take(&mut self.changes)
@@ -416,8 +428,8 @@ impl Leases {
 
     /// Drops the leases whose local deadline has passed (they are recorded as lost).
     pub fn expire_local(&mut self) {
-        for m in self.fences.expire(Instant::now()) {
-            self.changes.lost.push((m, LostWhy::Expired));
+        for (m, token) in self.fences.expire(Instant::now()) {
+            self.changes.lost.push((m, token, LostWhy::Expired));
         }
     }
 
@@ -441,6 +453,7 @@ impl Leases {
         self.renew(sent)?;
         self.ticks += 1;
         if self.worker.role == Role::Watch && self.ticks > 1 {
+            self.release_unconfigured()?;
             let live = self.live_workers()?;
             let share = fair_share(self.configured.len(), live);
             match step(self.fences.held().len(), share) {
@@ -465,7 +478,7 @@ impl Leases {
                     now_ms!(),
                     ", ",
                     now_ms!(),
-                    ") ON CONFLICT (id) DO NOTHING"
+                    ") ON CONFLICT (id) DO UPDATE SET stopped_at = NULL"
                 ),
                 &[&w.id, &w.role.as_str(), &w.host, &i64::from(w.pid)],
             )
@@ -552,7 +565,7 @@ impl Leases {
                     Some(w) if w != me => LostWhy::TakenBy(w),
                     _ => LostWhy::Gone,
                 };
-                self.changes.lost.push((m, why));
+                self.changes.lost.push((m, token, why));
             }
         }
         Ok(())
@@ -616,12 +629,25 @@ impl Leases {
     /// Releases `n` leases (the last in name order) for other workers to take.
     fn release_some(&mut self, n: usize) -> Result<()> {
         let mut held = self.fences.held();
+        held.drain(..held.len().saturating_sub(n));
+        self.release(held)
+    }
+
+    /// Releases the leases of mailboxes no longer configured.
+    fn release_unconfigured(&mut self) -> Result<()> {
+        let mut held = self.fences.held();
+        held.retain(|(m, _)| !self.configured.contains(m));
+        self.release(held)
+    }
+
+    fn release(&mut self, leases: Vec<(String, i64)>) -> Result<()> {
         let me = self.worker.id.clone();
-        for _ in 0..n {
-            let Some((m, token)) = held.pop() else { break };
+        for (m, token) in leases.into_iter().rev() {
             // Forgotten first: no commit is fenced with it from here on.
             self.fences.remove(&m, token);
-            self.changes.lost.push((m.clone(), LostWhy::Released));
+            self.changes
+                .lost
+                .push((m.clone(), token, LostWhy::Released));
             self.client()?
                 .execute(
                     "UPDATE mailbox_lease SET owner = NULL, expires_at = 0 WHERE mailbox = $1 AND owner = $2 AND token = $3",
@@ -712,7 +738,8 @@ pub type Connect = Box<dyn FnMut() -> Result<postgres::Client> + Send>;
 
 /// The running lease thread and its watchdog. [`LeaseThread::stop`] releases every lease.
 pub struct LeaseThread {
-    stop: std::sync::mpsc::Sender<()>,
+    /// Closed to stop; carries a new list of configured mailboxes.
+    ctl: std::sync::mpsc::Sender<Vec<String>>,
     ticker: std::thread::JoinHandle<()>,
     watchdog: std::thread::JoinHandle<()>,
 }
@@ -721,12 +748,20 @@ impl LeaseThread {
     /// Stops ticking, releases the leases (marking the worker stopped) and waits for both
     /// threads.
     pub fn stop(self) {
-        drop(self.stop);
+        drop(self.ctl);
         for t in [self.ticker, self.watchdog] {
             if t.join().is_err() {
                 tracing::error!("the lease thread panicked");
             }
         }
+    }
+}
+
+impl LeaseThread {
+    /// Leases `configured` from now on (a reloaded config); leases of mailboxes no longer
+    /// in it are released.
+    pub fn configure(&self, configured: Vec<String>) {
+        let _ = self.ctl.send(configured);
     }
 }
 
@@ -740,7 +775,7 @@ pub fn spawn(
     connect: Connect,
 ) -> Result<(LeaseThread, tokio::sync::mpsc::UnboundedReceiver<Change>)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<Vec<String>>();
     let (dog_stop_tx, dog_stop_rx) = std::sync::mpsc::channel::<()>();
     let fences = leases.fences();
     let dog_tx = tx.clone();
@@ -763,7 +798,7 @@ pub fn spawn(
         })?;
     Ok((
         LeaseThread {
-            stop: stop_tx,
+            ctl: stop_tx,
             ticker,
             watchdog,
         },
@@ -780,11 +815,12 @@ fn announce(change: Change, tx: &tokio::sync::mpsc::UnboundedSender<Change>) -> 
         Change::Lost {
             mailbox,
             why: LostWhy::Released,
+            ..
         } => tracing::info!(
             mailbox,
             "released the lease of mailbox {mailbox} for the fair share: stopping its session"
         ),
-        Change::Lost { mailbox, why } => tracing::warn!(
+        Change::Lost { mailbox, why, .. } => tracing::warn!(
             mailbox,
             "lost the lease of mailbox {mailbox} ({why}): stopping its session"
         ),
@@ -796,7 +832,11 @@ fn announce_all(changes: Changes, tx: &tokio::sync::mpsc::UnboundedSender<Change
     let lost = changes
         .lost
         .into_iter()
-        .map(|(mailbox, why)| Change::Lost { mailbox, why });
+        .map(|(mailbox, token, why)| Change::Lost {
+            mailbox,
+            token,
+            why,
+        });
     let acquired = changes
         .acquired
         .into_iter()
@@ -809,7 +849,7 @@ fn run(
     mut leases: Leases,
     mut connect: Connect,
     tx: &tokio::sync::mpsc::UnboundedSender<Change>,
-    stop: &std::sync::mpsc::Receiver<()>,
+    ctl: &std::sync::mpsc::Receiver<Vec<String>>,
 ) {
     let period = leases.period();
     let seed = u64::from(std::process::id()) ^ fastrand::u64(..);
@@ -847,11 +887,10 @@ fn run(
                 d
             }
         };
-        if !matches!(
-            stop.recv_timeout(wait),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-        ) {
-            break;
+        match ctl.recv_timeout(wait) {
+            Ok(configured) => leases.set_configured(configured),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     match leases.release_all() {
@@ -868,9 +907,16 @@ fn watchdog(
 ) {
     let most = Duration::from_millis(500);
     loop {
-        for mailbox in fences.expire(Instant::now()) {
+        for (mailbox, token) in fences.expire(Instant::now()) {
             let why = LostWhy::Expired;
-            if !announce(Change::Lost { mailbox, why }, tx) {
+            if !announce(
+                Change::Lost {
+                    mailbox,
+                    token,
+                    why,
+                },
+                tx,
+            ) {
                 return;
             }
         }
@@ -1069,7 +1115,7 @@ mod tests {
         f.insert("m2", 4, now);
         assert_eq!(f.get("m1"), Some(("w".to_owned(), 3)));
         assert_eq!(f.get("m2"), None, "past its deadline");
-        assert_eq!(f.expire(Instant::now()), vec!["m2".to_owned()]);
+        assert_eq!(f.expire(Instant::now()), vec![("m2".to_owned(), 4)]);
         assert!(!f.remove("m1", 2), "another token");
         assert!(f.remove("m1", 3));
         assert_eq!(f.get("m1"), None);

@@ -94,6 +94,11 @@ fn a_lone_worker_claims_renews_and_releases() {
         .unwrap()
         .get(0);
     assert!(after > before, "{after} <= {before}");
+    // a reload that drops a mailbox releases its lease
+    a.set_configured(mbs[..2].to_vec());
+    let c = a.tick().unwrap();
+    assert_eq!(c.lost, vec![("m02".to_owned(), 1, LostWhy::Released)]);
+    assert_eq!(rows(&pg)["m02"].0, None);
     a.release_all().unwrap();
     assert_eq!(fences.get("m01"), None);
     assert!(rows(&pg).values().all(|(o, t, _)| o.is_none() && *t == 1));
@@ -194,7 +199,7 @@ fn an_expired_lease_is_taken_over_with_a_higher_token() {
     // a wakes up: the lease is gone, taken over by b
     let c = a.tick().unwrap();
     let b_id = b.worker().id.clone();
-    assert_eq!(c.lost, vec![("m00".to_owned(), LostWhy::Expired)]);
+    assert_eq!(c.lost, vec![("m00".to_owned(), 1, LostWhy::Expired)]);
     // b keeps it: a's claims find it held
     assert_eq!(a.tick().unwrap(), Changes::default());
     assert_eq!(rows(&pg)["m00"].0.as_deref(), Some(b_id.as_str()));
