@@ -13,6 +13,7 @@
 //! sessions LOG OUT, and [`run`] returns once all tasks are done or `shutdown-timeout` has
 //! passed. Signals are the binary's business (`cli/watch.rs`), not this module's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,6 +26,7 @@ use crate::classify::Identity;
 use crate::config::{Config, MailboxConfig, Transport, WatchConfig};
 use crate::error::{Error, Result};
 use crate::imap::{self, Imap, Wake};
+use crate::lease::Change;
 use crate::oauth2::Credentials;
 use crate::pipeline::{PrepPool, Rules};
 use crate::store::StoreThread;
@@ -53,8 +55,18 @@ struct Shared {
     connected: AtomicUsize,
 }
 
+/// The leases of a worker sharing a PostgreSQL store with others: a mailbox is watched only
+/// while this worker holds its lease ([`crate::lease`]).
+pub struct Leased<'a> {
+    /// The leases held now (sessions start for these at once).
+    pub fences: crate::lease::Fences,
+    /// What the lease thread acquires and loses from now on.
+    pub changes: &'a mut tokio::sync::mpsc::UnboundedReceiver<crate::lease::Change>,
+}
+
 /// Watches `mailboxes` until `stop` is cancelled, then drains the tasks with the
-/// configured deadline. Returns only after `stop` is cancelled.
+/// configured deadline. Returns only after `stop` is cancelled. With `leased`, only the
+/// mailboxes whose lease this worker holds, each from when it is acquired until it is lost.
 pub async fn run(
     config: &Config,
     mailboxes: Vec<(MailboxConfig, Credentials)>,
@@ -65,6 +77,7 @@ pub async fn run(
     )>,
     hooks: Vec<Arc<crate::hooks::deliver::Hook>>,
     stop: CancellationToken,
+    leased: Option<Leased<'_>>,
 ) -> Result<Stopped> {
     let (smtp, ack) = match outbound {
         Some((smtp, ack)) => (Some(smtp), ack),
@@ -73,9 +86,15 @@ pub async fn run(
     let shared = Arc::new(Shared::new(config, store, ack)?);
     let total = mailboxes.len();
     let tracker = TaskTracker::new();
-    for (i, (mb, creds)) in mailboxes.into_iter().enumerate() {
-        spawn_mailbox(&tracker, &shared, &stop, i, mb, creds);
-    }
+    let mailboxes = match leased {
+        Some(_) => mailboxes,
+        None => {
+            for (i, (mb, creds)) in mailboxes.into_iter().enumerate() {
+                spawn_mailbox(&tracker, &shared, &stop, i, mb, creds);
+            }
+            Vec::new()
+        }
+    };
     if let Some(smtp) = smtp {
         let (shared, stop) = (shared.clone(), stop.clone());
         tracker.spawn(
@@ -96,7 +115,19 @@ pub async fn run(
         idle = shared.timing.idle,
         "watching; stop with SIGINT or SIGTERM"
     );
-    heartbeat_until(&stop, &shared, total).await;
+    match leased {
+        Some(leased) => {
+            let sessions = Sessions {
+                tracker: &tracker,
+                shared: &shared,
+                stop: &stop,
+                mailboxes,
+                running: HashMap::new(),
+            };
+            sessions.follow(leased).await;
+        }
+        None => heartbeat_until(&stop, &shared, total).await,
+    }
     let clean = wind_down(&tracker, shared.timing.shutdown_timeout()).await;
     Ok(Stopped { clean })
 }
@@ -174,6 +205,78 @@ fn spawn_mailbox(
         }
         .instrument(span),
     );
+}
+
+/// The mailbox sessions of a worker that holds leases: one runs while its lease is held.
+struct Sessions<'a> {
+    tracker: &'a TaskTracker,
+    shared: &'a Arc<Shared>,
+    stop: &'a CancellationToken,
+    /// Every configured mailbox, held or not.
+    mailboxes: Vec<(MailboxConfig, Credentials)>,
+    /// The sessions running: the token of the lease each was started for, and its stop.
+    running: HashMap<String, (i64, CancellationToken)>,
+}
+
+impl Sessions<'_> {
+    /// Starts the sessions of the leases held, then follows the lease changes (logging a
+    /// heartbeat) until `stop`.
+    async fn follow(mut self, leased: Leased<'_>) {
+        for (mailbox, token) in leased.fences.held() {
+            self.acquired(&mailbox, token);
+        }
+        let heartbeat = self.shared.timing.heartbeat();
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                change = leased.changes.recv() => match change {
+                    Some(Change::Acquired { mailbox, token }) => self.acquired(&mailbox, token),
+                    Some(Change::Lost { mailbox, token, .. }) => self.lost(&mailbox, token),
+                    None => {
+                        tracing::error!("the lease thread stopped: stopping every session");
+                        for (_, (_, s)) in self.running.drain() {
+                            s.cancel();
+                        }
+                        self.stop.cancelled().await;
+                        break;
+                    }
+                },
+                () = tokio::time::sleep(heartbeat) => tracing::debug!(
+                    connected = self.shared.connected.load(Ordering::Relaxed),
+                    held = self.running.len(),
+                    mailboxes = self.mailboxes.len(),
+                    "heartbeat"
+                ),
+            }
+        }
+    }
+
+    /// Starts the session of `mailbox` for the lease `token` (after stopping one started
+    /// for an older lease).
+    fn acquired(&mut self, mailbox: &str, token: i64) {
+        if self.running.get(mailbox).is_some_and(|(t, _)| *t == token) {
+            return;
+        }
+        let Some(i) = self.mailboxes.iter().position(|(mb, _)| mb.name == mailbox) else {
+            return;
+        };
+        if let Some((_, old)) = self.running.remove(mailbox) {
+            old.cancel();
+        }
+        let session = self.stop.child_token();
+        let (mb, creds) = self.mailboxes[i].clone();
+        spawn_mailbox(self.tracker, self.shared, &session, i, mb, creds);
+        self.running.insert(mailbox.to_owned(), (token, session));
+    }
+
+    /// Stops the session of `mailbox` when it runs for the lease `token`.
+    fn lost(&mut self, mailbox: &str, token: i64) {
+        if self.running.get(mailbox).is_some_and(|(t, _)| *t == token)
+            && let Some((_, session)) = self.running.remove(mailbox)
+        {
+            session.cancel();
+        }
+    }
 }
 
 /// Logs a heartbeat (how many mailboxes are connected) every `heartbeat` until `stop`.

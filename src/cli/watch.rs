@@ -156,6 +156,7 @@ async fn supervise(
             outbound,
             hooks,
             generation.clone(),
+            None,
         );
         tokio::pin!(watching);
         let next = loop {
