@@ -806,6 +806,62 @@ pub fn spawn(
     ))
 }
 
+/// The leases of one cron `sync` pass, renewed on their own thread until
+/// [`PassLeases::finish`].
+pub struct PassLeases {
+    /// The mailboxes a live worker holds: skipped, with the holder and when its lease ends.
+    pub busy: Vec<(String, String, Duration)>,
+    /// What the pass fences its commits with.
+    pub fences: Fences,
+    thread: LeaseThread,
+    /// Kept so the lease thread goes on: a pass does not act on changes (a lost lease shows
+    /// as refused commits).
+    _changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
+}
+
+impl PassLeases {
+    /// Whether the pass holds `mailbox`.
+    pub fn holds(&self, mailbox: &str) -> bool {
+        self.fences.get(mailbox).is_some()
+    }
+
+    /// Releases the leases of the pass.
+    pub fn finish(self) {
+        self.thread.stop();
+    }
+}
+
+/// Claims `mailboxes` for a cron pass (skipping those a live worker holds) and renews them
+/// on a thread of their own until the pass finishes.
+pub fn claim_pass(
+    mut connect: Connect,
+    lease: Duration,
+    mailboxes: &[String],
+) -> Result<PassLeases> {
+    let worker = WorkerInfo::this_process(Role::Sync);
+    let mut leases = Leases::new(connect()?, worker, lease, mailboxes.to_vec());
+    let mut busy = Vec::new();
+    for m in mailboxes {
+        if let Claim::Busy { owner, expires_in } = leases.claim_for_pass(m)? {
+            tracing::info!(
+                mailbox = %m,
+                owner,
+                "mailbox {m} skipped: worker {owner} holds its lease (for {:.1} s more)",
+                expires_in.as_secs_f64()
+            );
+            busy.push((m.clone(), owner, expires_in));
+        }
+    }
+    let fences = leases.fences();
+    let (thread, changes) = spawn(leases, connect)?;
+    Ok(PassLeases {
+        busy,
+        fences,
+        thread,
+        _changes: changes,
+    })
+}
+
 /// Logs a change and passes it on; false when nobody listens any more.
 fn announce(change: Change, tx: &tokio::sync::mpsc::UnboundedSender<Change>) -> bool {
     match &change {

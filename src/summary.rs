@@ -85,6 +85,20 @@ pub struct RunSummary {
     /// What sending the outbox did, when it was sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbox: Option<crate::outbound::DrainReport>,
+    /// Mailboxes left out because a live `watch` worker holds their lease (PostgreSQL
+    /// store): they are being watched, so this is no failure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+}
+
+/// A mailbox a pass left to the worker that holds its lease.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    /// The worker holding the lease.
+    pub held_by: String,
+    /// Seconds until that lease would expire if not renewed.
+    pub lease_expires_in_s: f64,
 }
 
 impl RunSummary {

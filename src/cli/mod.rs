@@ -495,6 +495,13 @@ pub fn print_summary(s: &mailticket::summary::RunSummary) -> anyhow::Result<()> 
             s.outbox_errors()
         );
     }
+    for k in &s.skipped {
+        outln!(
+            "{:<24} skipped: worker {} holds its lease and watches it",
+            k.name,
+            k.held_by
+        );
+    }
     Ok(())
 }
 

@@ -263,13 +263,20 @@ fn the_fence_refuses_a_worker_that_lost_its_lease_and_a_takeover_waits_for_a_com
     assert_eq!(a_fences.get("m00"), None);
 }
 
+/// A `watch` worker configured for `m00` only, holding it.
+fn watcher_of_m00(pg: &Postgres, lease_ms: u64) -> Leases {
+    let mut w = leases(pg, lease_ms, &names(1));
+    w.tick().unwrap();
+    w.tick().unwrap();
+    assert!(w.fences().get("m00").is_some());
+    w
+}
+
 #[test]
 fn a_cron_pass_skips_a_mailbox_a_live_worker_holds() {
     let pg = with_schema();
     let mbs = names(2);
-    let mut w = leases(&pg, 5000, &mbs[..1]);
-    w.tick().unwrap();
-    w.tick().unwrap();
+    let w = watcher_of_m00(&pg, 5000);
     let mut s = Leases::new(
         connect(pg.port()),
         WorkerInfo::this_process(Role::Sync),
@@ -306,20 +313,7 @@ fn a_cron_pass_skips_a_mailbox_a_live_worker_holds() {
 fn the_lease_thread_drops_its_leases_while_the_database_is_down_and_takes_them_back() {
     let pg = with_schema();
     let mbs = names(2);
-    let port = pg.port();
-    let connect: lease::Connect = Box::new(move || {
-        postgres::Client::connect(
-            &format!(
-                "host=127.0.0.1 port={port} user=mailticket password={} dbname=mailticket connect_timeout=2",
-                Postgres::PASSWORD
-            ),
-            postgres::NoTls,
-        )
-        .map_err(|e| mailticket::Error::Network {
-            host: "PostgreSQL".into(),
-            message: e.to_string(),
-        })
-    });
+    let connect = connector(&pg);
     let l = leases(&pg, 2000, &mbs);
     let fences = l.fences();
     let (thread, mut rx) = lease::spawn(l, connect).unwrap();
@@ -369,4 +363,48 @@ fn workers_on_a_sqlite_store_says_leases_need_postgresql() {
     let r = wd.mailticket(&["workers"]).code(2);
     r.stderr_mentions(&["only with a PostgreSQL store", "[store] url"]);
     assert!(r.stdout.is_empty(), "{r:?}");
+}
+
+fn connector(pg: &Postgres) -> lease::Connect {
+    let port = pg.port();
+    Box::new(move || {
+        postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={port} user=mailticket password={} dbname=mailticket connect_timeout=2",
+                Postgres::PASSWORD
+            ),
+            postgres::NoTls,
+        )
+        .map_err(|e| mailticket::Error::Network {
+            host: "PostgreSQL".into(),
+            message: e.to_string(),
+        })
+    })
+}
+
+#[test]
+fn a_cron_pass_keeps_its_leases_past_the_lease_time_and_releases_them_at_its_end() {
+    let pg = with_schema();
+    let mbs = names(2);
+    let w = watcher_of_m00(&pg, 20_000);
+    let pass = lease::claim_pass(connector(&pg), Duration::from_millis(1200), &mbs).unwrap();
+    assert_eq!(pass.busy.len(), 1);
+    assert_eq!(pass.busy[0].0, "m00");
+    assert_eq!(pass.busy[0].1, w.worker().id);
+    assert!(!pass.holds("m00") && pass.holds("m01"));
+    let (pass_worker, token) = pass.fences.get("m01").unwrap();
+    // renewed by its thread: still held well past one lease
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(pass.holds("m01"));
+    assert_eq!(rows(&pg)["m01"], (Some(pass_worker.clone()), token, 0));
+    pass.finish();
+    assert_eq!(rows(&pg)["m01"].0, None);
+    let stopped: Option<i64> = connect(pg.port())
+        .query_one(
+            "SELECT stopped_at FROM worker WHERE id = $1",
+            &[&pass_worker],
+        )
+        .unwrap()
+        .get(0);
+    assert!(stopped.is_some());
 }
