@@ -143,6 +143,51 @@ pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
     r
 }
 
+/// Lease health on a PostgreSQL store: how many workers are live and how many of the
+/// `configured` mailboxes they hold; a warning for each configured mailbox nobody holds
+/// while workers run, and for each one taken over [`crate::lease::MANY_TAKEOVERS`] times or
+/// more. Blocking (the PostgreSQL client is synchronous): call it off the async workers.
+pub fn check_leases(
+    r: &mut Report,
+    client: &mut postgres::Client,
+    lease: std::time::Duration,
+    configured: &[String],
+) {
+    let report = match crate::lease::report(client, lease) {
+        Ok(report) => report,
+        Err(e) => {
+            let fix = "the lease tables come with the store's migrations: run `mailticket sync` or `watch` once";
+            r.push("leases", "workers", Status::Fail, e.to_string(), Some(fix));
+            return;
+        }
+    };
+    let watchers = report.workers.iter().filter(|w| w.role == "watch").count();
+    let held = report
+        .mailboxes
+        .iter()
+        .filter(|m| configured.contains(&m.mailbox) && m.expires_in_ms.is_some_and(|ms| ms > 0))
+        .count();
+    let detail = format!(
+        "{watchers} live watch worker(s); {held} of {} configured mailbox(es) held",
+        configured.len()
+    );
+    if watchers == 0 {
+        let fix = "start `mailticket watch` on one machine or more (fine if only cron `sync` runs)";
+        r.push("leases", "workers", Status::Warn, detail, Some(fix));
+    } else {
+        r.ok("leases", "workers", detail);
+    }
+    for (mailbox, problem) in crate::lease::problems(&report, configured) {
+        let fix = if problem.starts_with("taken over") {
+            "a worker dies or pauses longer than `[store] lease`: look for restarts, OOM kills or a paused VM in its logs, or raise `lease`"
+        } else {
+            "see the workers' logs (`lost the lease`, `cannot renew the leases`); a worker whose config lacks this mailbox never takes it"
+        };
+        let scope = format!("mailbox {mailbox}");
+        r.push(&scope, "lease", Status::Warn, problem, Some(fix));
+    }
+}
+
 /// One `[[hook]]`: disabled by a 410? deliveries failed or waiting? its secret; for a webhook
 /// one HEAD request (DNS, TCP, TLS and an answer of any status), for a command its program.
 async fn check_hook(r: &mut Report, i: usize, h: &crate::config::HookConfig, db: &Path) {

@@ -408,3 +408,50 @@ fn a_cron_pass_keeps_its_leases_past_the_lease_time_and_releases_them_at_its_end
         .get(0);
     assert!(stopped.is_some());
 }
+
+#[test]
+fn doctor_warns_of_a_mailbox_nobody_holds_and_of_one_taken_over_often() {
+    use mailticket::doctor::{Report, Status, check_leases};
+    let pg = with_schema();
+    let mbs = names(2);
+    let mut client = connect(pg.port());
+    let lease = Duration::from_secs(20);
+    // no worker yet: a warning that nothing is watched, nothing per mailbox
+    let mut r = Report::default();
+    check_leases(&mut r, &mut client, lease, &mbs);
+    assert_eq!(r.steps.len(), 1, "{:?}", r.steps);
+    assert_eq!(r.steps[0].status, Status::Warn);
+    // a worker configured for m00 only: m01 has no holder
+    let _w = watcher_of_m00(&pg, 20_000);
+    client
+        .execute(
+            "UPDATE mailbox_lease SET takeovers = 7 WHERE mailbox = 'm00'",
+            &[],
+        )
+        .unwrap();
+    let mut r = Report::default();
+    check_leases(&mut r, &mut client, lease, &mbs);
+    let seen: Vec<(&str, Status)> = r
+        .steps
+        .iter()
+        .map(|s| (s.scope.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("leases", Status::Ok),
+            ("mailbox m00", Status::Warn),
+            ("mailbox m01", Status::Warn)
+        ],
+        "{:?}",
+        r.steps
+    );
+    assert!(r.steps[0].detail.contains("1 live watch worker(s); 1 of 2"));
+    assert!(r.steps[1].detail.contains("taken over 7 times"));
+    assert!(r.steps[2].detail.contains("no live worker holds"));
+    // without the tables: a failed step naming the cause
+    client.batch_execute("DROP TABLE worker").unwrap();
+    let mut r = Report::default();
+    check_leases(&mut r, &mut client, lease, &mbs);
+    assert_eq!(r.steps[0].status, Status::Fail);
+}
