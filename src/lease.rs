@@ -529,15 +529,11 @@ impl Leases {
             )
             .map_err(|e| db_err("renewing the leases", &e))?;
         let renewed: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-        let lost: Vec<(String, i64)> = held
-            .into_iter()
-            .filter(|(m, _)| !renewed.contains(m))
-            .collect();
         let deadline = self.deadline(sent);
-        for m in &renewed {
-            if let Some((_, t)) = self.fences.held().iter().find(|(n, _)| n == m) {
-                self.fences.renew(m, *t, deadline);
-            }
+        let (renewed, lost): (Vec<_>, Vec<_>) =
+            held.into_iter().partition(|(m, _)| renewed.contains(m));
+        for (m, token) in &renewed {
+            self.fences.renew(m, *token, deadline);
         }
         self.record_lost(lost)
     }
@@ -593,8 +589,8 @@ impl Leases {
     fn claim_some(&mut self, n: usize) -> Result<()> {
         let (lease, me) = (millis(self.lease), self.worker.id.clone());
         let configured = self.configured.clone();
+        let mut held: Vec<String> = self.fences.held().into_iter().map(|(m, _)| m).collect();
         for _ in 0..n {
-            let held: Vec<String> = self.fences.held().into_iter().map(|(m, _)| m).collect();
             let sent = Instant::now();
             let row = self
                 .client()?
@@ -621,6 +617,7 @@ impl Leases {
             let Some(row) = row else { break };
             let (m, token): (String, i64) = (row.get(0), row.get(1));
             self.fences.insert(&m, token, self.deadline(sent));
+            held.push(m.clone());
             self.changes.acquired.push((m, token));
         }
         Ok(())
