@@ -149,7 +149,8 @@ pub struct Fences {
 }
 
 impl Fences {
-    fn new(worker: &str) -> Fences {
+    /// No leases yet, for `worker` (a [`Leases`] makes its own: [`Leases::fences`]).
+    pub fn new(worker: &str) -> Fences {
         Fences {
             worker: worker.into(),
             held: Arc::default(),

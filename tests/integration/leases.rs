@@ -455,3 +455,96 @@ fn doctor_warns_of_a_mailbox_nobody_holds_and_of_one_taken_over_often() {
     check_leases(&mut r, &mut client, lease, &mbs);
     assert_eq!(r.steps[0].status, Status::Fail);
 }
+
+/// Waits up to 20 s for `cond`.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_leased_watch_runs_a_mailbox_only_while_its_lease_is_held() {
+    use crate::harness::{Dovecot, Workdir, simple_mail};
+    use mailticket::watch::Leased;
+    let dc = Dovecot::start();
+    dc.seed_user("alice", 2, 0, 3);
+    dc.seed_user("bob", 2, 0, 4);
+    let wd = Workdir::with(&[dc.mailbox_of("alice"), dc.mailbox_of("bob")]);
+    let config = mailticket::config::Config::load(&wd.config()).unwrap();
+    let chosen: Vec<_> = config.mailboxes.iter().collect();
+    let tokens = mailticket::oauth2::Tokens::new(&config, &wd.db(), &chosen, true).unwrap();
+    let mailboxes = mailticket::sync::with_credentials(&chosen, &tokens)
+        .unwrap()
+        .into_iter()
+        .map(|(mb, creds)| (mb.clone(), creds))
+        .collect();
+    let store = mailticket::store::Store::open(&wd.db()).unwrap();
+    let (handle, join) = mailticket::store::StoreThread::spawn(store).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acquired = |m: &str, token| Change::Acquired {
+        mailbox: m.to_owned(),
+        token,
+    };
+    let lost = |m: &str, token| Change::Lost {
+        mailbox: m.to_owned(),
+        token,
+        why: LostWhy::Released,
+    };
+    let driver = {
+        let dc = &dc;
+        move || {
+            tx.send(acquired("alice", 1)).unwrap();
+            wait_for("alice ingested", || dc.unseen_of("alice", "INBOX") == 0);
+            std::thread::sleep(Duration::from_millis(1500));
+            assert_eq!(dc.unseen_of("bob", "INBOX"), 2, "bob is not ours yet");
+            tx.send(lost("alice", 1)).unwrap();
+            tx.send(acquired("bob", 1)).unwrap();
+            wait_for("bob ingested", || dc.unseen_of("bob", "INBOX") == 0);
+            let mail = simple_mail("C <c@customer.example>", "late@c.example", "Late", "");
+            dc.append_to("alice", "INBOX", &mail);
+            // a Lost for an older lease of bob's does not stop the session of the newer one
+            tx.send(lost("bob", 0)).unwrap();
+            let mail = simple_mail("D <d@customer.example>", "new@d.example", "New", "");
+            dc.append_to("bob", "INBOX", &mail);
+            wait_for("bob's new mail ingested", || {
+                dc.unseen_of("bob", "INBOX") == 0
+            });
+            assert_eq!(dc.unseen_of("alice", "INBOX"), 1, "alice is no longer ours");
+        }
+    };
+    let watch = async {
+        let leased = Leased {
+            fences: lease::Fences::new("test"),
+            changes: &mut rx,
+        };
+        let watching = mailticket::watch::run(
+            &config,
+            mailboxes,
+            &handle,
+            None,
+            Vec::new(),
+            stop.clone(),
+            Some(leased),
+        );
+        watching.await.unwrap()
+    };
+    let (stopped, driven) = std::thread::scope(|s| {
+        let driving = s.spawn(|| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(driver));
+            stop.cancel();
+            r
+        });
+        (rt.block_on(watch), driving.join().unwrap())
+    });
+    if let Err(panic) = driven {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(stopped.clean);
+    drop(handle);
+    join.join().unwrap().finish().unwrap();
+}
