@@ -161,7 +161,7 @@ pub fn check_leases(
             return;
         }
     };
-    let watchers = report.workers.iter().filter(|w| w.role == "watch").count();
+    let watchers = report.workers.len();
     let held = report
         .mailboxes
         .iter()

@@ -42,12 +42,12 @@ macro_rules! now_ms {
 /// The database server's clock in Unix milliseconds, as an SQL expression.
 pub const NOW_MS: &str = now_ms!();
 
-/// The lease tables (PostgreSQL). Times are Unix milliseconds from the server's clock;
-/// `role` is `watch` (counted for the fair share) or `sync` (a cron pass holding leases).
+/// The lease tables (PostgreSQL). Times are Unix milliseconds from the server's clock. A
+/// `worker` row is a `watch` process (counted for the fair share); a cron pass holds leases
+/// under an id of its own without one.
 pub const SCHEMA: &str = "
 CREATE TABLE worker (
     id TEXT PRIMARY KEY,
-    role TEXT NOT NULL DEFAULT 'watch',
     host TEXT NOT NULL,
     pid BIGINT NOT NULL,
     started_at BIGINT NOT NULL,
@@ -91,15 +91,6 @@ pub enum Role {
     Watch,
     /// `sync`: claims the mailboxes of one pass, renews them, releases them at its end.
     Sync,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::Watch => "watch",
-            Role::Sync => "sync",
-        }
-    }
 }
 
 /// This process as a lease holder.
@@ -466,26 +457,33 @@ impl Leases {
         Ok(self.take_changes())
     }
 
-    /// Heartbeat; on a new connection also the worker row and a lease row per mailbox.
+    /// A `watch` worker's heartbeat; on a new connection also its worker row, and a lease
+    /// row per mailbox.
     fn register(&mut self) -> Result<()> {
         let lease = millis(self.lease);
         let (w, registered) = (self.worker.clone(), self.registered);
         let configured = self.configured.clone();
         let c = self.client()?;
         if !registered {
+            c.execute(INSERT_MISSING, &[&configured])
+                .map_err(|e| db_err("adding the lease rows", &e))?;
+        }
+        if w.role == Role::Sync {
+            self.registered = true;
+            return Ok(());
+        }
+        if !registered {
             c.execute(
                 concat!(
-                    "INSERT INTO worker (id, role, host, pid, started_at, seen_at) VALUES ($1, $2, $3, $4, ",
+                    "INSERT INTO worker (id, host, pid, started_at, seen_at) VALUES ($1, $2, $3, ",
                     now_ms!(),
                     ", ",
                     now_ms!(),
                     ") ON CONFLICT (id) DO UPDATE SET stopped_at = NULL"
                 ),
-                &[&w.id, &w.role.as_str(), &w.host, &i64::from(w.pid)],
+                &[&w.id, &w.host, &i64::from(w.pid)],
             )
             .map_err(|e| db_err("registering the worker", &e))?;
-            c.execute(INSERT_MISSING, &[&configured])
-                .map_err(|e| db_err("adding the lease rows", &e))?;
             // Rows of workers gone for a day are only clutter in `workers`.
             c.execute(
                 concat!(
@@ -575,7 +573,7 @@ impl Leases {
             .client()?
             .query_one(
                 concat!(
-                    "SELECT count(*) FROM worker WHERE role = 'watch' AND stopped_at IS NULL AND seen_at > ",
+                    "SELECT count(*) FROM worker WHERE stopped_at IS NULL AND seen_at > ",
                     now_ms!(),
                     " - $1"
                 ),
@@ -990,8 +988,6 @@ fn watchdog(
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerRow {
     pub id: String,
-    /// `watch` or `sync`.
-    pub role: String,
     pub host: String,
     pub pid: i64,
     /// RFC 3339, UTC.
@@ -1019,7 +1015,8 @@ pub struct MailboxRow {
     pub takeovers: i64,
 }
 
-/// Live workers and every mailbox lease, as `mailticket workers` shows them.
+/// Live `watch` workers and every mailbox lease, as `mailticket workers` shows them (a
+/// cron pass holds its leases without a worker row).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub workers: Vec<WorkerRow>,
@@ -1035,7 +1032,7 @@ pub fn report(client: &mut postgres::Client, lease: Duration) -> Result<Report> 
     let rows = client
         .query(
             concat!(
-                "SELECT id, role, host, pid, started_at, ",
+                "SELECT id, host, pid, started_at, ",
                 now_ms!(),
                 " - seen_at FROM worker WHERE stopped_at IS NULL AND seen_at > ",
                 now_ms!(),
@@ -1048,11 +1045,10 @@ pub fn report(client: &mut postgres::Client, lease: Duration) -> Result<Report> 
         .iter()
         .map(|r| WorkerRow {
             id: r.get(0),
-            role: r.get(1),
-            host: r.get(2),
-            pid: r.get(3),
-            started_at: rfc3339_ms(r.get(4)),
-            seen_ms_ago: r.get(5),
+            host: r.get(1),
+            pid: r.get(2),
+            started_at: rfc3339_ms(r.get(3)),
+            seen_ms_ago: r.get(4),
             mailboxes: Vec::new(),
         })
         .collect();
@@ -1096,7 +1092,7 @@ pub const MANY_TAKEOVERS: i64 = 5;
 /// more. Empty when all is well.
 pub fn problems(report: &Report, configured: &[String]) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let watching = report.workers.iter().any(|w| w.role == "watch");
+    let watching = !report.workers.is_empty();
     for name in configured {
         let row = report.mailboxes.iter().find(|m| &m.mailbox == name);
         let held = row.is_some_and(|m| m.expires_in_ms.is_some_and(|ms| ms > 0));

@@ -55,8 +55,8 @@ fn render(r: &Report) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{:<36} {:<5} {:<16} {:>7} {:<16} {:>10} MAILBOXES",
-            "WORKER", "ROLE", "HOST", "PID", "STARTED", "LAST SEEN"
+            "{:<36} {:<16} {:>7} {:<16} {:>10} MAILBOXES",
+            "WORKER", "HOST", "PID", "STARTED", "LAST SEEN"
         );
     }
     for w in &r.workers {
@@ -67,9 +67,8 @@ fn render(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<36} {:<5} {:<16} {:>7} {:<16} {:>10} {held}",
+            "{:<36} {:<16} {:>7} {:<16} {:>10} {held}",
             w.id,
-            w.role,
             w.host,
             w.pid,
             local(&w.started_at),
@@ -112,7 +111,6 @@ mod tests {
         let r = Report {
             workers: vec![WorkerRow {
                 id: "a:1:0f".into(),
-                role: "watch".into(),
                 host: "a".into(),
                 pid: 1,
                 started_at: "2026-01-01T00:00:00Z".into(),
