@@ -400,7 +400,7 @@ fn a_cron_pass_keeps_its_leases_past_the_lease_time_and_releases_them_at_its_end
     // renewed by its thread: still held well past one lease
     std::thread::sleep(Duration::from_millis(2500));
     assert!(pass.holds("m01"));
-    assert_eq!(rows(&pg)["m01"], (Some(pass_worker.clone()), token, 0));
+    assert_eq!(rows(&pg)["m01"], (Some(pass_worker), token, 0));
     pass.finish();
     assert_eq!(rows(&pg)["m01"].0, None);
 }
