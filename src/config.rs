@@ -421,20 +421,58 @@ Please keep {{ ticket.tag }} in the subject when you write to us about this requ
 ";
 
 /// `[store]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The database file.
+    /// The database file (SQLite, the embedded default).
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// A PostgreSQL database shared by many workers (`postgres://user@host:port/db`);
+    /// `path` is then not used.
+    pub url: Option<String>,
+    /// The PostgreSQL password (a secret, like every other).
+    pub password: Option<Secret>,
+    /// CA certificates (PEM) that sign the PostgreSQL server's certificate, beside the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
+    /// TLS to PostgreSQL: `verify-full` (default: encrypted, the certificate checked against
+    /// the host name), `require` (encrypted, the certificate not checked), `disable`.
+    #[serde(default)]
+    pub tls: PgTls,
+    /// Seconds a worker's hold on a mailbox lasts without renewal (PostgreSQL store): a dead
+    /// worker's mailboxes are taken over after at most this long.
+    #[serde(default = "default_lease")]
+    pub lease: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: default_store_path(),
+            url: None,
+            password: None,
+            ca_file: None,
+            tls: PgTls::default(),
+            lease: default_lease(),
         }
     }
+}
+
+/// How the connection to PostgreSQL is protected (`[store] tls`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgTls {
+    /// Encrypted, and the server's certificate must be valid for the host.
+    #[default]
+    VerifyFull,
+    /// Encrypted; the certificate is not checked (a private network you trust).
+    Require,
+    /// Not encrypted (a local socket or loopback).
+    Disable,
+}
+
+fn default_lease() -> u64 {
+    10
 }
 
 fn default_store_path() -> PathBuf {
@@ -824,6 +862,9 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         config.path = path.to_owned();
         config.store.path = anchor(base, &config.store.path);
+        if let Some(ca) = &config.store.ca_file {
+            config.store.ca_file = Some(anchor(base, ca));
+        }
         if let Some(smtp) = &mut config.smtp {
             if let Some(ca) = &smtp.ca_file {
                 smtp.ca_file = Some(anchor(base, ca));

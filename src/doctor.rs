@@ -21,7 +21,8 @@ use crate::error::Error;
 use crate::imap::{self, Imap};
 use crate::lock::StoreLock;
 use crate::oauth2::{Credentials, Tokens};
-use crate::store::{OutboxStatus, SCHEMA_VERSION};
+use crate::store::db::{Db, params};
+use crate::store::{Location, OutboxStatus, SCHEMA_VERSION};
 
 /// How a step went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,7 +85,7 @@ impl Report {
 }
 
 /// Runs every check of `config` with the store at `db`.
-pub async fn check(config: &Config, config_path: &Path, db: &Path) -> Report {
+pub async fn check(config: &Config, config_path: &Path, db: &Location) -> Report {
     let mut r = Report::default();
     r.ok(
         "config",
@@ -190,21 +191,22 @@ pub fn check_leases(
 
 /// One `[[hook]]`: disabled by a 410? deliveries failed or waiting? its secret; for a webhook
 /// one HEAD request (DNS, TCP, TLS and an answer of any status), for a command its program.
-async fn check_hook(r: &mut Report, i: usize, h: &crate::config::HookConfig, db: &Path) {
+async fn check_hook(r: &mut Report, i: usize, h: &crate::config::HookConfig, db: &Location) {
     let scope = format!("hook {}", h.name);
     let state = open_read_only(db).and_then(|c| {
         let disabled: Option<String> = c
-            .query_row(
+            .query_opt(
                 "SELECT reason FROM hook_state WHERE name = ?1 AND disabled_at > 0",
-                [&h.name],
+                params![h.name],
                 |row| row.get(0),
             )
-            .ok();
+            .ok()
+            .flatten();
         let (failed, waiting): (i64, i64) = c.query_row(
             "SELECT count(*) FILTER (WHERE status = 'failed'),
                     count(*) FILTER (WHERE status = 'pending' AND attempts > 0)
              FROM hook_delivery WHERE hook = ?1",
-            [&h.name],
+            params![h.name],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
         Ok((disabled, failed, waiting))
@@ -387,7 +389,10 @@ async fn token_step(
     }
 }
 
-fn check_store(r: &mut Report, db: &Path) {
+fn check_store(r: &mut Report, at: &Location) {
+    let Some(db) = at.file() else {
+        return check_pg(r, at);
+    };
     if !db.exists() {
         r.push(
             "store",
@@ -398,7 +403,7 @@ fn check_store(r: &mut Report, db: &Path) {
         );
         return;
     }
-    if let Err(e @ Error::StorePath { .. }) = open_read_only(db) {
+    if let Err(e @ Error::StorePath { .. }) = open_read_only(at) {
         return r.fail(
             "store",
             "file",
@@ -406,7 +411,7 @@ fn check_store(r: &mut Report, db: &Path) {
             "point --db or [store] path at the database file",
         );
     }
-    check_schema(r, db);
+    check_schema(r, at);
     match StoreLock::acquire(db, "doctor") {
         Ok(_) => r.ok("store", "lock", "free".into()),
         Err(Error::Locked { holder, .. }) => r.push(
@@ -418,42 +423,63 @@ fn check_store(r: &mut Report, db: &Path) {
         ),
         Err(e) => r.fail("store", "lock", &e, "make the database's folder writable"),
     }
-    check_outbox(r, db);
+    check_outbox(r, at);
 }
 
-/// Opens the store read-only, beside whatever is writing to it, leaving no file behind.
-fn open_read_only(db: &Path) -> crate::error::Result<rusqlite::Connection> {
-    crate::store::read_only_connection(db)
+/// A PostgreSQL store: reachable (TLS, password), its schema, its outbox.
+fn check_pg(r: &mut Report, at: &Location) {
+    match open_read_only(at) {
+        Ok(_) => r.ok("store", "connect", format!("{at}: connected")),
+        Err(e) => {
+            return r.fail(
+                "store",
+                "connect",
+                &e,
+                "check [store] url, password, tls and ca-file, and that the server accepts \
+                 this host (pg_hba.conf)",
+            );
+        }
+    }
+    check_schema(r, at);
+    check_outbox(r, at);
+}
+
+/// Opens the store read-only, beside whatever is writing to it, leaving no file behind
+/// (an SQLite file), or connects to it (PostgreSQL).
+fn open_read_only(at: &Location) -> crate::error::Result<Db> {
+    match at {
+        Location::File(db) => Ok(Db::Lite(crate::store::read_only_connection(db)?)),
+        Location::Postgres(cfg) => Ok(Db::pg(crate::store::pg::connect(cfg)?)),
+    }
 }
 
 /// The store's schema version against this binary's.
-fn check_schema(r: &mut Report, db: &Path) {
-    let version = open_read_only(db).and_then(|c| {
-        c.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
-            .map_err(|e| Error::store("reading the schema version", e))
+fn check_schema(r: &mut Report, db: &Location) {
+    let version = open_read_only(db).and_then(|c| match &c {
+        Db::Lite(l) => l
+            .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+            .map_err(|e| Error::store("reading the schema version", e)),
+        Db::Pg(_) => crate::store::pg::schema_version(&c),
     });
+    let latest = if db.file().is_some() {
+        SCHEMA_VERSION
+    } else {
+        crate::store::pg::LATEST
+    };
     match version {
-        Ok(v) if v == SCHEMA_VERSION => {
-            r.ok("store", "schema", format!("{}: version {v}", db.display()))
-        }
-        Ok(v) if v < SCHEMA_VERSION => r.push(
+        Ok(v) if v == latest => r.ok("store", "schema", format!("{db}: version {v}")),
+        Ok(v) if v < latest => r.push(
             "store",
             "schema",
             Status::Warn,
-            format!(
-                "{}: version {v}, this mailticket has {SCHEMA_VERSION}",
-                db.display()
-            ),
+            format!("{db}: version {v}, this mailticket has {latest}"),
             Some("nothing to do: the next sync migrates it"),
         ),
         Ok(v) => r.push(
             "store",
             "schema",
             Status::Fail,
-            format!(
-                "{}: version {v}, newer than this mailticket ({SCHEMA_VERSION})",
-                db.display()
-            ),
+            format!("{db}: version {v}, newer than this mailticket ({latest})"),
             Some("run the newer mailticket that wrote it"),
         ),
         Err(e) => r.fail(
@@ -466,25 +492,28 @@ fn check_schema(r: &mut Report, db: &Path) {
 }
 
 /// Outbox rows that failed, or were left in `sending` by a process that is gone.
-fn check_outbox(r: &mut Report, db: &Path) {
+fn check_outbox(r: &mut Report, db: &Location) {
     // A row that a live process is sending right now is neither stuck nor failed.
     let now = crate::time::now();
-    let count = |c: rusqlite::Connection| -> rusqlite::Result<i64> {
-        let mut s = c.prepare(
+    let count = |c: Db| -> crate::error::Result<i64> {
+        let rows = c.query_map(
             "SELECT status, claimed_by, claimed_until FROM outbox
              WHERE status IN ('sending', 'failed') AND dismissed_at = 0",
+            params![],
+            |row| {
+                Ok((
+                    row.get::<OutboxStatus>(0)?,
+                    row.get::<String>(1)?,
+                    row.get::<i64>(2)?,
+                ))
+            },
         )?;
-        let rows = s.query_map([], |row| {
-            Ok((row.get::<_, OutboxStatus>(0)?, row.get(1)?, row.get(2)?))
-        })?;
-        let mut n = 0;
-        for row in rows {
-            let (status, by, until): (OutboxStatus, String, i64) = row?;
-            if status == OutboxStatus::Failed || !crate::store::claim_holds(&by, until, now) {
-                n += 1;
-            }
-        }
-        Ok(n)
+        Ok(rows
+            .iter()
+            .filter(|(status, by, until)| {
+                *status == OutboxStatus::Failed || !crate::store::claim_holds(by, *until, now)
+            })
+            .count() as i64)
     };
     let stuck = open_read_only(db).ok().and_then(|c| count(c).ok());
     match stuck {

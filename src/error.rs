@@ -66,6 +66,12 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
+    /// The PostgreSQL store failed while doing `op` (empty when the caller did not say).
+    /// (The server's message says it all: the client error is not given as a source, whose
+    /// text would say it again.)
+    #[error("store: {}{}", if op.is_empty() { String::new() } else { format!("{op}: ") }, pg_text(pg))]
+    Postgres { op: String, pg: postgres::Error },
+
     /// The store's schema is not one this build can use.
     #[error("store: {0}")]
     Schema(String),
@@ -124,6 +130,19 @@ impl Error {
                 source.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
+            Error::Postgres { pg, .. } => {
+                pg.is_closed()
+                    || pg.code().is_some_and(|c| {
+                        [
+                            postgres::error::SqlState::T_R_SERIALIZATION_FAILURE,
+                            postgres::error::SqlState::T_R_DEADLOCK_DETECTED,
+                            postgres::error::SqlState::ADMIN_SHUTDOWN,
+                            postgres::error::SqlState::CANNOT_CONNECT_NOW,
+                        ]
+                        .contains(c)
+                    })
+                    || pg.as_db_error().is_none()
+            }
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
@@ -156,6 +175,10 @@ impl Error {
     pub fn during(self, op: &str) -> Self {
         match self {
             Error::Store { op: o, source } if o.is_empty() => Error::store(op, source),
+            Error::Postgres { op: o, pg } if o.is_empty() => Error::Postgres {
+                op: op.to_owned(),
+                pg,
+            },
             other => other,
         }
     }
@@ -171,6 +194,27 @@ impl Error {
 impl From<rusqlite::Error> for Error {
     fn from(source: rusqlite::Error) -> Self {
         Error::store(String::new(), source)
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(pg: postgres::Error) -> Self {
+        Error::Postgres {
+            op: String::new(),
+            pg,
+        }
+    }
+}
+
+/// A PostgreSQL error as one line: the server's message (with its detail) rather than the
+/// client's "db error" wrapper.
+fn pg_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => e.to_string(),
     }
 }
 

@@ -71,21 +71,38 @@ impl StoreLock {
     }
 }
 
-/// This process as a claimer of work in the store: `PID:START`, where START is the process's
-/// start time in clock ticks since boot (Linux `/proc/self/stat`), so a reused pid is not
-/// mistaken for us. Just `PID` where there is no `/proc`.
+/// This process as a claimer of work in the store: `PID:START@HOST`, where START is the
+/// process's start time in clock ticks since boot (Linux `/proc/self/stat`), so a reused pid
+/// is not mistaken for us, and HOST the machine's name, so that on a store shared by many
+/// machines a claim is only judged by the machine it was made on. `PID@HOST` where there
+/// is no `/proc`.
 pub fn process_tag() -> String {
     let pid = std::process::id();
     match start_time(pid) {
-        Some(start) => format!("{pid}:{start}"),
-        None => pid.to_string(),
+        Some(start) => format!("{pid}:{start}@{}", host_name()),
+        None => format!("{pid}@{}", host_name()),
     }
 }
 
-/// Whether the process named by a [`process_tag`] still runs on this machine. An empty or
-/// unreadable tag is not alive; without `/proc` a tag with a pid is taken to be alive (the
-/// caller's lease decides then).
+/// This machine's name (as the kernel has it), for [`process_tag`] and the workers table.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether the process named by a [`process_tag`] still runs. An empty or unreadable tag is
+/// not alive. A tag of another machine, or any tag where there is no `/proc`, is taken to be
+/// alive: the claim's lease decides then. (Tags written before hosts were named have none and
+/// are this machine's.)
 pub fn process_alive(tag: &str) -> bool {
+    let tag = match tag.rsplit_once('@') {
+        Some((_, host)) if host != host_name() => return !tag.is_empty(),
+        Some((local, _)) => local,
+        None => tag,
+    };
     let (pid, start) = match tag.split_once(':') {
         Some((pid, start)) => (pid, Some(start)),
         None => (tag, None),
@@ -126,6 +143,11 @@ mod tests {
         let pid = std::process::id();
         assert!(!process_alive(&format!("{pid}:1")), "a reused pid");
         assert!(!process_alive(""));
+        assert!(!process_alive(&format!("{pid}:1@{}", host_name())));
+        assert!(
+            process_alive(&format!("{pid}:1@another-machine")),
+            "judged by its lease"
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub fn run(args: &Args, a: &DoctorArgs) -> anyhow::Result<u8> {
             rt.block_on(mailticket::doctor::check(
                 &ctx.config,
                 &ctx.config_path,
-                &ctx.db,
+                &ctx.store,
             ))
         }
     };

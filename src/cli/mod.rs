@@ -33,10 +33,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mailticket::config::{Config, MailboxConfig};
+use mailticket::lock::StoreLock;
 use mailticket::outbound::AckPlan;
 use mailticket::outbound::Sender;
 use mailticket::outbound::senders::Senders;
-use mailticket::store::{Store, TicketStatus};
+use mailticket::store::{Location, Store, TicketStatus};
 
 /// Turns a support mailbox into helpdesk tickets.
 #[derive(Debug, Parser)]
@@ -253,7 +254,10 @@ pub struct Ctx {
     pub ack: Option<Arc<AckPlan>>,
     pub config_path: PathBuf,
     pub config_found: bool,
+    /// The SQLite store's file (`--db`, `[store] path`); unused with a PostgreSQL store.
     pub db: PathBuf,
+    /// Where the store is: `--db` names a file and wins; else `[store] url`, else the path.
+    pub store: Location,
 }
 
 impl Ctx {
@@ -288,6 +292,10 @@ impl Ctx {
         mailticket::oauth2::provider::complete(&mut config)?;
         let ack = AckPlan::from_config(&config)?;
         let db = args.db.clone().unwrap_or_else(|| config.store.path.clone());
+        let store = match (&args.db, &config.store.url) {
+            (None, Some(_)) => Location::Postgres(Arc::new(config.store.clone())),
+            _ => Location::File(db.clone()),
+        };
         Ok(Ctx {
             config,
             quiet: args.quiet > 0,
@@ -295,20 +303,41 @@ impl Ctx {
             config_path: path,
             config_found: found,
             db,
+            store,
         })
     }
 
     /// The store, recording a delivery for each configured hook an event matches.
     pub fn open_store(&self) -> anyhow::Result<Store> {
-        let mut store = Store::open(&self.db)?;
+        let mut store = self.store.open()?;
         store.set_routes(mailticket::hooks::deliver::routes(&self.config));
+        Ok(store)
+    }
+
+    /// The lock that keeps a second `sync` or `watch` off an SQLite store; `None` for a
+    /// PostgreSQL store, whose mailboxes are leased to one worker at a time instead.
+    pub fn lock(&self, what: &str) -> anyhow::Result<Option<StoreLock>> {
+        match self.store.file() {
+            Some(db) => Ok(Some(StoreLock::acquire(db, what)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The store a dry run works on: a private in-memory copy of an SQLite store (it never
+    /// holds the write lock), or one PostgreSQL transaction that is rolled back at the end.
+    pub fn open_dry_run(&self) -> anyhow::Result<Store> {
+        let mut store = match self.store.file() {
+            Some(db) => Store::open_copy(db)?,
+            None => self.store.open()?,
+        };
+        store.begin_dry_run()?;
         Ok(store)
     }
 
     /// The existing store, for a command that only reads it: a missing store is an error
     /// (nothing is created), a read-only one is read without writing to it.
     pub fn open_store_read(&self) -> anyhow::Result<Store> {
-        Ok(Store::open_existing(&self.db)?)
+        Ok(self.store.open_existing()?)
     }
 
     /// The mailboxes named by `--mailbox` (all when none is named); a usage error when there
@@ -398,7 +427,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 /// secrets) read now (a missing one is a configuration error, exit 2).
 pub fn smtp(ctx: &Ctx) -> anyhow::Result<Option<Senders>> {
     // Opens the token table only when [smtp] uses an OAuth2 token endpoint.
-    let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &[], true)?;
+    let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.store, &[], true)?;
     smtp_with(ctx, &tokens)
 }
 

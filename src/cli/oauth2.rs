@@ -40,7 +40,7 @@ pub fn run(ctx: &Ctx, a: &OAuth2Args) -> anyhow::Result<u8> {
 
 fn login(ctx: &Ctx, mailbox: Option<&str>, smtp: bool) -> anyhow::Result<u8> {
     let source = if smtp {
-        let tokens = Tokens::new(&ctx.config, &ctx.db, &[], true)?;
+        let tokens = Tokens::new(&ctx.config, &ctx.store, &[], true)?;
         match tokens.smtp(&ctx.config)? {
             Some(mailticket::oauth2::Credentials::OAuth2(s)) => s,
             _ => return Err(Usage("[smtp] does not use OAuth2".into()).into()),
@@ -54,7 +54,7 @@ fn login(ctx: &Ctx, mailbox: Option<&str>, smtp: bool) -> anyhow::Result<u8> {
             ))
             .into());
         }
-        let tokens = Tokens::new(&ctx.config, &ctx.db, &chosen, false)?;
+        let tokens = Tokens::new(&ctx.config, &ctx.store, &chosen, false)?;
         tokens
             .source_of(name)
             .ok_or_else(|| Usage(format!("mailbox {name} has no token source")))?
@@ -99,7 +99,7 @@ fn print_prompt(label: &str, p: &mailticket::oauth2::device::Prompt) -> std::io:
 
 fn status(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
     // Reads no secret: the state is in the store and the config.
-    let tokens = Tokens::offline(&ctx.config, &ctx.db)?;
+    let tokens = Tokens::offline(&ctx.config, &ctx.store)?;
     let mut rows = Vec::new();
     for mb in &ctx.config.mailboxes {
         for s in [tokens.source_of(&mb.name), tokens.smtp_source_of(&mb.name)]

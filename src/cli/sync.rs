@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use mailticket::lock::StoreLock;
 use mailticket::pipeline::Rules;
 use mailticket::store::StoreThread;
 use mailticket::sync::{SyncOptions, run as sync_run};
@@ -28,22 +27,15 @@ pub struct SyncArgs {
 
 pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let mailboxes = ctx.chosen_mailboxes(&a.mailboxes)?;
-    let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &mailboxes, true)?;
+    let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.store, &mailboxes, true)?;
     let mailboxes = mailticket::sync::with_credentials(&mailboxes, &tokens)?;
     let smtp = super::smtp_with(ctx, &tokens)?;
     let hooks = mailticket::hooks::deliver::resolve(&ctx.config)?;
     let ack = ctx.ack.clone();
     // A dry run changes nothing, so it may run beside anything.
-    let _lock = if a.dry_run {
-        None
-    } else {
-        Some(StoreLock::acquire(&ctx.db, "sync")?)
-    };
-    // A dry run works on a private copy: it never holds the store's write lock.
+    let _lock = if a.dry_run { None } else { ctx.lock("sync")? };
     let store = if a.dry_run {
-        let mut copy = mailticket::store::Store::open_copy(&ctx.db)?;
-        copy.begin_dry_run()?;
-        copy
+        ctx.open_dry_run()?
     } else {
         ctx.open_store()?
     };

@@ -16,7 +16,6 @@
 
 use mailticket::config::MailboxConfig;
 use mailticket::hooks::deliver::Hook;
-use mailticket::lock::StoreLock;
 use mailticket::oauth2::Credentials;
 use mailticket::outbound::AckPlan;
 use mailticket::outbound::senders::Senders;
@@ -56,7 +55,7 @@ impl Plan {
     /// configuration error shows here.
     fn new(ctx: Ctx, a: &WatchArgs) -> anyhow::Result<Plan> {
         let chosen = ctx.chosen_mailboxes(&a.mailboxes)?;
-        let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.db, &chosen, true)?;
+        let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.store, &chosen, true)?;
         let mailboxes = mailticket::sync::with_credentials(&chosen, &tokens)?
             .into_iter()
             .map(|(mb, creds)| (mb.clone(), creds))
@@ -75,7 +74,7 @@ impl Plan {
 
 pub fn run(args: &Args, ctx: Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
     let db = ctx.db.clone();
-    let lock = StoreLock::acquire(&db, "watch")?;
+    let lock = ctx.lock("watch")?;
     let store = ctx.open_store()?;
     let plan = Plan::new(ctx, a)?;
     let (handle, join) = StoreThread::spawn(store)?;

@@ -20,13 +20,13 @@ pub mod sasl;
 pub mod store;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{AuthMech, Config, Flow, MailboxConfig, OAuth2Config, Provider, SmtpConfig};
 use crate::error::{Error, Result};
 use crate::secret::Revealed;
+use crate::store::Location;
 pub use store::{TokenRow, TokenStore};
 
 /// How a mailbox or `[smtp]` logs in.
@@ -629,7 +629,7 @@ impl Tokens {
     /// secrets are read now.
     pub fn new(
         config: &Config,
-        db: &Path,
+        db: &Location,
         chosen: &[&MailboxConfig],
         smtp: bool,
     ) -> Result<Tokens> {
@@ -638,14 +638,14 @@ impl Tokens {
 
     /// Every account's source, secrets unread: they can show their state and nothing else
     /// (`oauth2 status` contacts nothing, so it needs no secret).
-    pub fn offline(config: &Config, db: &Path) -> Result<Tokens> {
+    pub fn offline(config: &Config, db: &Location) -> Result<Tokens> {
         let all: Vec<&MailboxConfig> = config.mailboxes.iter().collect();
         Tokens::build(config, db, &all, true, false)
     }
 
     fn build(
         config: &Config,
-        db: &Path,
+        db: &Location,
         chosen: &[&MailboxConfig],
         smtp: bool,
         secrets: bool,
@@ -824,7 +824,7 @@ mod tests {
         );
         let config = Config::parse(&text, &dir.join("c.toml")).unwrap();
         let all: Vec<&MailboxConfig> = config.mailboxes.iter().collect();
-        let tokens = Tokens::new(&config, &dir.join("t.db"), &all, true).unwrap();
+        let tokens = Tokens::new(&config, &Location::File(dir.join("t.db")), &all, true).unwrap();
         let (a, b, c) = (
             tokens.source_of("a").unwrap(),
             tokens.source_of("b").unwrap(),

@@ -4,7 +4,7 @@
 //! and is sent again with the same event id. Which row may go next (per hook, per ticket,
 //! in event order) is a plain query; what an answer means is decided in `hooks`.
 
-use rusqlite::{OptionalExtension, params};
+use super::db::params;
 
 use super::Store;
 use super::outbox::claim_holds;
@@ -86,23 +86,23 @@ impl Store {
     /// due now: they are sent again, with their event's id. Returns how many.
     pub fn hooks_release_stale(&mut self, now: i64) -> Result<usize> {
         crate::store::sql("releasing stale hook deliveries", || {
-            let mut s = self.conn.prepare(
-                "SELECT id, claimed_by, claimed_until FROM hook_delivery WHERE status = 'sending'",
-            )?;
-            let stale: Vec<i64> = s
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<(i64, String, i64)>>>()?
+            let stale: Vec<i64> = self
+                .conn
+                .query_map(
+                    "SELECT id, claimed_by, claimed_until FROM hook_delivery WHERE status = 'sending'",
+                    params![],
+                    |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
+                )?
                 .into_iter()
                 .filter(|(_, by, until)| !claim_holds(by, *until, now))
                 .map(|(id, ..)| id)
                 .collect();
-            drop(s);
             self.write(|c| {
                 for id in &stale {
                     c.execute(
                         "UPDATE hook_delivery SET status = 'pending', next_attempt_at = 0,
                            claimed_by = '', claimed_until = 0 WHERE id = ?1 AND status = 'sending'",
-                        [id],
+                        params![id],
                     )?;
                 }
                 Ok(stale.len())
@@ -123,8 +123,7 @@ impl Store {
             let me = crate::lock::process_tag();
             self.write(|c| {
                 let mut jobs = Vec::new();
-                let mut next = c.prepare_cached(
-                    "SELECT d.id, d.attempts, e.uid, e.type, e.created_at, e.data
+                let next = "SELECT d.id, d.attempts, e.uid, e.type, e.created_at, e.data
                      FROM hook_delivery d JOIN event e ON e.id = d.event_id
                      WHERE d.hook = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
                        AND NOT EXISTS (SELECT 1 FROM hook_state h
@@ -133,35 +132,27 @@ impl Store {
                              SELECT 1 FROM hook_delivery p
                              WHERE p.hook = ?1 AND p.ticket_id = d.ticket_id
                                AND p.status != 'delivered' AND p.event_id < d.event_id))
-                     ORDER BY d.event_id LIMIT 1",
-                )?;
+                     ORDER BY d.event_id LIMIT 1";
                 while jobs.len() < limit {
-                    let Some(job) = next
-                        .query_row(params![hook, now], |r| {
-                            Ok(DeliveryJob {
-                                id: r.get(0)?,
-                                hook: hook.to_owned(),
-                                attempts: r.get::<_, i64>(1)? + 1,
-                                uid: r.get(2)?,
-                                kind: r.get(3)?,
-                                created_at: r.get(4)?,
-                                data: r.get(5)?,
-                            })
+                    let Some(job) = c.query_opt(next, params![hook, now], |r| {
+                        Ok(DeliveryJob {
+                            id: r.get(0)?,
+                            hook: hook.to_owned(),
+                            attempts: r.get::<i64>(1)? + 1,
+                            uid: r.get(2)?,
+                            kind: r.get(3)?,
+                            created_at: r.get(4)?,
+                            data: r.get(5)?,
                         })
-                        .optional()?
+                    })?
                     else {
                         break;
                     };
-                    c.prepare_cached(
+                    c.execute(
                         "UPDATE hook_delivery SET status = 'sending', attempts = attempts + 1,
                            updated_at = ?2, claimed_by = ?3, claimed_until = ?4 WHERE id = ?1",
-                    )?
-                    .execute(params![
-                        job.id,
-                        now,
-                        me,
-                        now.saturating_add(lease)
-                    ])?;
+                        params![job.id, now, me, now.saturating_add(lease)],
+                    )?;
                     jobs.push(job);
                 }
                 Ok(jobs)
@@ -174,18 +165,17 @@ impl Store {
         let now = crate::time::now();
         crate::store::sql("recording hook deliveries", || {
             self.write(|c| {
-                let mut s = c.prepare_cached(
+                let s =
                     "UPDATE hook_delivery SET status = ?2, next_attempt_at = ?3, last_status = ?4,
                        last_response = ?5, updated_at = ?6, claimed_by = '', claimed_until = 0
-                     WHERE id = ?1",
-                )?;
+                     WHERE id = ?1";
                 for (id, attempt, status, answer) in results {
                     let (word, next) = match attempt {
                         Attempt::Delivered => ("delivered", 0),
                         Attempt::Later(at) => ("pending", *at),
                         Attempt::Failed => ("failed", 0),
                     };
-                    s.execute(params![id, word, next, status, bounded(answer), now])?;
+                    c.execute(s, params![id, word, next, status, bounded(answer), now])?;
                 }
                 Ok(())
             })
@@ -214,7 +204,7 @@ impl Store {
             self.write(|c| {
                 Ok(c.execute(
                     "UPDATE hook_state SET disabled_at = 0, reason = '' WHERE name = ?1 AND disabled_at > 0",
-                    [name],
+                    params![name],
                 )? == 1)
             })
         })
@@ -223,40 +213,40 @@ impl Store {
     /// The disabled hooks: `(name, since, why)`.
     pub fn hooks_disabled(&self) -> Result<Vec<(String, i64, String)>> {
         crate::store::sql("reading hook states", || {
-            let mut s = self.conn.prepare(
+            self.conn.query_map(
                 "SELECT name, disabled_at, reason FROM hook_state WHERE disabled_at > 0 ORDER BY name",
-            )?;
-            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
         })
     }
 
     /// Deliveries, the undelivered first, then the newest; at most `limit`.
     pub fn hooks_list(&self, limit: i64) -> Result<Vec<DeliveryRow>> {
         crate::store::sql("listing hook deliveries", || {
-            let mut s = self.conn.prepare(
+            self.conn.query_map(
                 "SELECT d.id, d.hook, d.event_id, e.uid, e.type, d.ticket_id, d.status, d.attempts,
                         d.next_attempt_at, d.last_status, d.last_response, d.updated_at
                  FROM hook_delivery d JOIN event e ON e.id = d.event_id
                  ORDER BY d.status = 'delivered', d.id DESC LIMIT ?1",
-            )?;
-            let rows = s.query_map([limit], |r| {
-                Ok(DeliveryRow {
-                    id: r.get(0)?,
-                    hook: r.get(1)?,
-                    event: r.get(2)?,
-                    event_id: r.get(3)?,
-                    kind: r.get(4)?,
-                    ticket_id: r.get(5)?,
-                    status: r.get(6)?,
-                    attempts: r.get(7)?,
-                    next_attempt_at: r.get(8)?,
-                    last_status: r.get(9)?,
-                    last_response: r.get(10)?,
-                    updated_at: r.get(11)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+                params![limit],
+                |r| {
+                    Ok(DeliveryRow {
+                        id: r.get(0)?,
+                        hook: r.get(1)?,
+                        event: r.get(2)?,
+                        event_id: r.get(3)?,
+                        kind: r.get(4)?,
+                        ticket_id: r.get(5)?,
+                        status: r.get(6)?,
+                        attempts: r.get(7)?,
+                        next_attempt_at: r.get(8)?,
+                        last_status: r.get(9)?,
+                        last_response: r.get(10)?,
+                        updated_at: r.get(11)?,
+                    })
+                },
+            )
         })
     }
 
@@ -268,7 +258,7 @@ impl Store {
                 Ok(c.execute(
                     "UPDATE hook_delivery SET status = 'pending', next_attempt_at = 0
                      WHERE id = ?1 AND status IN ('failed', 'pending')",
-                    [id],
+                    params![id],
                 )? == 1)
             })
         })

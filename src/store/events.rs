@@ -2,7 +2,7 @@
 //! delivery row per hook whose filter matches (see [`crate::store::Route`]), and the feed
 //! that reads them back in commit order.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Db, params};
 use serde_json::Value;
 
 use super::tickets::{messages_on, ticket_on};
@@ -44,24 +44,36 @@ pub struct EventRow {
     pub data: String,
 }
 
+/// A new event's stable id: `evt_` and 32 hex digits from the system's CSPRNG.
+fn event_uid() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    // The system's generator does not fail on Linux; a zero id would still be unique
+    // enough to be caught by the UNIQUE constraint rather than go out twice.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    format!("evt_{}", crate::message::hex(&bytes))
+}
+
 /// Appends `e` and its deliveries (one per matching route) through `c`; returns its cursor.
-pub(super) fn record(c: &Connection, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> {
+pub(super) fn record(c: &Db, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> {
     crate::store::sql("recording an event", || {
-        let id: i64 = c
-            .prepare_cached(
-                "INSERT INTO event (uid, type, ticket_id, mailbox, created_at, data)
-                 VALUES ('evt_' || lower(hex(randomblob(16))), ?1, ?2, ?3, ?4, ?5) RETURNING id",
-            )?
-            .query_row(
-                params![e.kind, e.ticket, e.mailbox, e.now, e.data.to_string()],
-                |r| r.get(0),
-            )?;
+        let id: i64 = c.query_row(
+            "INSERT INTO event (uid, type, ticket_id, mailbox, created_at, data)
+                 VALUES (?6, ?1, ?2, ?3, ?4, ?5) RETURNING id",
+            params![
+                e.kind,
+                e.ticket,
+                e.mailbox,
+                e.now,
+                e.data.to_string(),
+                event_uid()
+            ],
+            |r| r.get(0),
+        )?;
         for route in routes.iter().filter(|r| r.matches(e.kind, e.mailbox)) {
-            c.prepare_cached(
+            c.execute(
                 "INSERT INTO hook_delivery (event_id, hook, ticket_id, status, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
-            )?
-            .execute(params![id, route.name, e.ticket, e.now])?;
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4)", params![id, route.name, e.ticket, e.now])?;
         }
         Ok(id)
     })
@@ -91,10 +103,11 @@ impl Tx<'_> {
         crate::store::sql("reading an outbox row", || {
             Ok(self
                 .c
-                .query_row("SELECT message_row FROM outbox WHERE id = ?1", [id], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })
-                .optional()?
+                .query_opt(
+                    "SELECT message_row FROM outbox WHERE id = ?1",
+                    params![id],
+                    |r| r.get::<Option<i64>>(0),
+                )?
                 .flatten())
         })
     }
@@ -102,19 +115,17 @@ impl Tx<'_> {
 
 /// An outbox row's result as an event (`outbound.sent` / `outbound.failed`), through `c`.
 pub(super) fn outbox_result(
-    c: &Connection,
+    c: &Db,
     routes: &[Route],
     (id, kind): (i64, &str),
     detail: &str,
     now: i64,
 ) -> Result<()> {
-    let row: Option<(i64, String, String)> = c
-        .query_row(
-            "SELECT ticket_id, kind, rcpt_to FROM outbox WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
+    let row: Option<(i64, String, String)> = c.query_opt(
+        "SELECT ticket_id, kind, rcpt_to FROM outbox WHERE id = ?1",
+        params![id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let Some((ticket_id, out_kind, to)) = row else {
         return Ok(());
     };
@@ -144,11 +155,9 @@ impl Store {
     /// Up to `limit` events after cursor `since`, in commit order.
     pub fn events_since(&self, since: i64, limit: i64) -> Result<Vec<EventRow>> {
         crate::store::sql("reading the event log", || {
-            let mut s = self.conn.prepare_cached(
-                "SELECT id, uid, type, ticket_id, mailbox, created_at, data FROM event
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = s.query_map(params![since, limit], |r| {
+            let s = "SELECT id, uid, type, ticket_id, mailbox, created_at, data FROM event
+                 WHERE id > ?1 ORDER BY id LIMIT ?2";
+            let rows = self.conn.query_map(s, params![since, limit], |r| {
                 Ok(EventRow {
                     id: r.get(0)?,
                     uid: r.get(1)?,
@@ -159,7 +168,7 @@ impl Store {
                     data: r.get(6)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows)
         })
     }
 
@@ -174,7 +183,7 @@ impl Store {
                     return Ok(false);
                 };
                 c.execute(
-                    "UPDATE ticket SET status = ?2, updated_at = max(updated_at, ?3) WHERE id = ?1",
+                    "UPDATE ticket SET status = ?2, updated_at = GREATEST(updated_at, ?3) WHERE id = ?1",
                     params![ticket, status, now],
                 )?;
                 if before.status != status
@@ -219,7 +228,7 @@ impl Store {
             self.write(|c| {
                 let (failures, was): (i64, bool) = c.query_row(
                     "INSERT INTO mailbox_health (mailbox, failures, last_error) VALUES (?1, 1, ?2)
-                     ON CONFLICT (mailbox) DO UPDATE SET failures = failures + 1, last_error = ?2
+                     ON CONFLICT (mailbox) DO UPDATE SET failures = mailbox_health.failures + 1, last_error = ?2
                      RETURNING failures, failing",
                     params![mailbox, why],
                     |r| Ok((r.get(0)?, r.get(1)?)),
@@ -258,18 +267,17 @@ impl Store {
         crate::store::sql("recording a mailbox recovery", || {
             self.write(|c| {
                 let row: Option<(i64, bool, i64)> = c
-                    .query_row(
+                    .query_opt(
                         "SELECT failures, failing, since FROM mailbox_health WHERE mailbox = ?1",
-                        [mailbox],
+                        params![mailbox],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
+                    )?;
                 let Some((failures, failing, since)) = row.filter(|r| r.0 > 0 || r.1) else {
                     return Ok(false);
                 };
                 c.execute(
                     "UPDATE mailbox_health SET failures = 0, failing = 0, since = 0 WHERE mailbox = ?1",
-                    [mailbox],
+                    params![mailbox],
                 )?;
                 if !failing {
                     return Ok(false);
@@ -346,7 +354,9 @@ mod tests {
         assert_eq!(s.events_since(events[1].id, 100).unwrap().len(), 1);
         let n: i64 = s
             .conn
-            .query_row("SELECT count(*) FROM hook_delivery", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM hook_delivery", params![], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(n, 4);
     }

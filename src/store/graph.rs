@@ -3,7 +3,7 @@
 //! whose post-action (mark read, move, delete) is not yet confirmed, recorded in the same
 //! transaction and cleared once the server has done it. The decisions are `graph::sync`'s.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Db, params};
 
 use super::Store;
 use crate::error::{Error, Result};
@@ -32,24 +32,21 @@ pub struct GraphCursor {
 }
 
 /// Records `pos`'s owed post-action and moves the cursor, in the caller's transaction.
-pub(super) fn advance(c: &Connection, pos: &GraphPos) -> Result<()> {
-    c.prepare_cached(
-        "INSERT OR IGNORE INTO graph_pending (mailbox, folder, graph_id) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![pos.mailbox, pos.folder, pos.id])?;
+pub(super) fn advance(c: &Db, pos: &GraphPos) -> Result<()> {
+    c.execute(
+        "INSERT INTO graph_pending (mailbox, folder, graph_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING", params![pos.mailbox, pos.folder, pos.id])?;
     if let Some(link) = &pos.cursor_to {
         set_link(c, &pos.mailbox, &pos.folder, link)?;
     }
     Ok(())
 }
 
-fn set_link(c: &Connection, mailbox: &str, folder: &str, link: &str) -> Result<()> {
-    let n = c
-        .prepare_cached(
-            "UPDATE graph_cursor SET delta_link = ?3, updated_at = ?4
+fn set_link(c: &Db, mailbox: &str, folder: &str, link: &str) -> Result<()> {
+    let n = c.execute(
+        "UPDATE graph_cursor SET delta_link = ?3, updated_at = ?4
              WHERE mailbox = ?1 AND folder = ?2",
-        )?
-        .execute(params![mailbox, folder, link, crate::time::now()])?;
+        params![mailbox, folder, link, crate::time::now()],
+    )?;
     if n != 1 {
         return Err(Error::Internal(format!(
             "no Graph cursor for {mailbox}/{folder}"
@@ -62,20 +59,17 @@ impl Store {
     /// The cursor of a Graph folder.
     pub fn graph_cursor(&self, mailbox: &str, folder: &str) -> Result<Option<GraphCursor>> {
         crate::store::sql("reading the Graph cursor", || {
-            Ok(self
-                .conn
-                .query_row(
-                    "SELECT delta_link, backlog_before FROM graph_cursor
+            self.conn.query_opt(
+                "SELECT delta_link, backlog_before FROM graph_cursor
                      WHERE mailbox = ?1 AND folder = ?2",
-                    params![mailbox, folder],
-                    |r| {
-                        Ok(GraphCursor {
-                            delta_link: r.get(0)?,
-                            backlog_before: r.get(1)?,
-                        })
-                    },
-                )
-                .optional()?)
+                params![mailbox, folder],
+                |r| {
+                    Ok(GraphCursor {
+                        delta_link: r.get(0)?,
+                        backlog_before: r.get(1)?,
+                    })
+                },
+            )
         })
     }
 
@@ -113,11 +107,11 @@ impl Store {
         crate::store::sql("looking up a Message-ID", || {
             Ok(self
                 .conn
-                .prepare_cached(
+                .query_opt(
                     "SELECT 1 FROM message WHERE message_id = ?1 AND source = ?2 LIMIT 1",
+                    params![message_id, source],
+                    |_| Ok(()),
                 )?
-                .query_row(params![message_id, source], |_| Ok(()))
-                .optional()?
                 .is_some())
         })
     }
@@ -125,12 +119,10 @@ impl Store {
     /// The Graph ids of stored messages whose post-action is still owed.
     pub fn graph_pending(&self, mailbox: &str, folder: &str) -> Result<Vec<String>> {
         crate::store::sql("reading owed Graph post-actions", || {
-            let mut s = self.conn.prepare_cached(
-                "SELECT graph_id FROM graph_pending WHERE mailbox = ?1 AND folder = ?2",
-            )?;
-            let ids = s
-                .query_map(params![mailbox, folder], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
+            let s = "SELECT graph_id FROM graph_pending WHERE mailbox = ?1 AND folder = ?2";
+            let ids = self
+                .conn
+                .query_map(s, params![mailbox, folder], |r| r.get(0))?;
             Ok(ids)
         })
     }
@@ -139,11 +131,9 @@ impl Store {
     pub fn graph_done(&mut self, mailbox: &str, folder: &str, ids: &[String]) -> Result<()> {
         crate::store::sql("recording finished Graph post-actions", || {
             self.write(|c| {
-                let mut s = c.prepare_cached(
-                    "DELETE FROM graph_pending WHERE mailbox = ?1 AND folder = ?2 AND graph_id = ?3",
-                )?;
+                let s = "DELETE FROM graph_pending WHERE mailbox = ?1 AND folder = ?2 AND graph_id = ?3";
                 for id in ids {
-                    s.execute(params![mailbox, folder, id])?;
+                    c.execute(s, params![mailbox, folder, id])?;
                 }
                 Ok(())
             })

@@ -2,7 +2,8 @@
 //! direction, an outbox row's kind and status. Enums in the code; in SQL the same words,
 //! checked by the schema's CHECK constraints as a second line of defence.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use super::db::{Cell, Param, Value};
+use crate::error::{Error, Result};
 
 /// Defines an enum whose variants are stored and shown as fixed words.
 macro_rules! stored_words {
@@ -42,17 +43,19 @@ macro_rules! stored_words {
             }
         }
 
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
+        impl Param for $name {
+            fn value(&self) -> Value<'_> {
+                Value::Text(self.as_str())
             }
         }
 
-        impl FromSql for $name {
-            fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-                let word = v.as_str()?;
-                $name::parse(word).ok_or_else(|| {
-                    FromSqlError::Other(format!("unknown {} {word:?}", stringify!($name)).into())
+        impl Cell for $name {
+            fn from_value(v: Value<'_>) -> Result<Option<Self>> {
+                let Some(word) = String::from_value(v)? else {
+                    return Ok(None);
+                };
+                $name::parse(&word).map(Some).ok_or_else(|| {
+                    Error::Internal(format!("store: unknown {} {word:?}", stringify!($name)))
                 })
             }
         }
@@ -111,15 +114,16 @@ mod tests {
 
     #[test]
     fn words_round_trip_through_sqlite() {
-        let c = rusqlite::Connection::open_in_memory().unwrap();
+        use crate::store::db::{Db, params};
+        let c = Db::Lite(rusqlite::Connection::open_in_memory().unwrap());
         for s in [TicketStatus::Open, TicketStatus::Closed] {
-            let back: TicketStatus = c.query_row("SELECT ?1", [s], |r| r.get(0)).unwrap();
+            let back: TicketStatus = c.query_row("SELECT ?1", params![s], |r| r.get(0)).unwrap();
             assert_eq!(back, s);
         }
         for s in [OutboxStatus::Pending, OutboxStatus::Skipped] {
             assert_eq!(OutboxStatus::parse(s.as_str()), Some(s));
         }
-        let bad: rusqlite::Result<Direction> = c.query_row("SELECT 'sideways'", [], |r| r.get(0));
+        let bad: Result<Direction> = c.query_row("SELECT 'sideways'", params![], |r| r.get(0));
         assert!(bad.is_err());
         assert_eq!(serde_json::to_string(&Direction::In).unwrap(), "\"in\"");
     }

@@ -47,6 +47,7 @@
 //! CHECK constraints hold the same words as a second line of defence.
 
 mod codec;
+pub mod db;
 mod deliveries;
 pub mod event;
 mod events;
@@ -54,6 +55,7 @@ mod graph;
 mod kinds;
 mod migrations;
 mod outbox;
+pub mod pg;
 mod quarantine;
 mod tickets;
 pub mod view;
@@ -63,7 +65,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
+
+use db::{Db, params};
 
 pub use codec::{decompress, pack};
 pub use deliveries::{Attempt, DeliveryJob, DeliveryRow, MAX_RESPONSE};
@@ -92,6 +96,51 @@ const WAL_AUTOCHECKPOINT: i64 = 16384;
 /// a large page.
 const PAGE_SIZE: i64 = 16384;
 
+/// Where the store is: an SQLite file (the embedded default), or a PostgreSQL database
+/// shared by many workers (`[store] url`).
+#[derive(Debug, Clone)]
+pub enum Location {
+    File(PathBuf),
+    Postgres(Arc<crate::config::StoreConfig>),
+}
+
+impl Location {
+    /// The SQLite file; `None` for PostgreSQL.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Location::File(p) => Some(p),
+            Location::Postgres(_) => None,
+        }
+    }
+
+    /// Opens (creating and migrating when needed) the store.
+    pub fn open(&self) -> Result<Store> {
+        match self {
+            Location::File(p) => Store::open(p),
+            Location::Postgres(cfg) => Store::open_pg(cfg),
+        }
+    }
+
+    /// Opens the existing store for a command that only reads (see [`Store::open_existing`]).
+    pub fn open_existing(&self) -> Result<Store> {
+        match self {
+            Location::File(p) => Store::open_existing(p),
+            Location::Postgres(cfg) => Store::open_pg(cfg),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => write!(f, "{}", p.display()),
+            Location::Postgres(cfg) => {
+                f.write_str(&pg::display_url(cfg.url.as_deref().unwrap_or("")))
+            }
+        }
+    }
+}
+
 /// The background checkpoint thread of a [`Store`].
 pub struct Checkpointer {
     stop: mpsc::Sender<()>,
@@ -102,7 +151,7 @@ pub struct Checkpointer {
 /// writes that record them (see the methods in `tickets.rs`). Opened by
 /// [`Store::transaction`]; it commits when the closure returns `Ok`.
 pub struct Tx<'a> {
-    c: &'a Connection,
+    c: &'a Db,
     key: &'a [u8],
     routes: &'a [Route],
 }
@@ -144,7 +193,7 @@ fn copy_tables(conn: &Connection) -> Result<()> {
 
 /// An open store.
 pub struct Store {
-    conn: Connection,
+    conn: Db,
     /// The key of our outbound Message-IDs.
     key: Vec<u8>,
     /// Everything since `begin_dry_run` is rolled back by `finish`.
@@ -181,6 +230,18 @@ impl Store {
         // A store made by an older version, or copied with a wider mode.
         owner_only(path)?;
         Ok(store)
+    }
+
+    /// Opens (migrating when needed) the PostgreSQL store `cfg.url` names.
+    pub fn open_pg(cfg: &crate::config::StoreConfig) -> Result<Store> {
+        let db = Db::pg(pg::connect(cfg)?);
+        pg::migrate(&db)?;
+        Store::with_key(db)
+    }
+
+    /// Whether this store is PostgreSQL (shared by many workers).
+    pub fn is_shared(&self) -> bool {
+        self.conn.is_pg()
     }
 
     /// Opens the existing store at `path` for a command that only reads: never creates the
@@ -221,13 +282,15 @@ impl Store {
                 migrations::LATEST
             )));
         }
-        Store::with_key(conn)
+        Store::with_key(Db::Lite(conn))
     }
 
     /// The store on `conn`, whose schema is current: reads the key of our Message-IDs.
-    fn with_key(conn: Connection) -> Result<Store> {
+    fn with_key(conn: Db) -> Result<Store> {
         let key: Vec<u8> =
-            conn.query_row("SELECT key FROM store_key WHERE id = 1", [], |r| r.get(0))?;
+            conn.query_row("SELECT key FROM store_key WHERE id = 1", params![], |r| {
+                r.get(0)
+            })?;
         Ok(Store {
             conn,
             key,
@@ -275,7 +338,7 @@ impl Store {
         // default of 16; a cache smaller than that working set prepares them anew each time.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut conn)?;
-        Store::with_key(conn)
+        Store::with_key(Db::Lite(conn))
     }
 
     /// The hooks whose filters pick the deliveries of every event recorded from now on.
@@ -286,7 +349,7 @@ impl Store {
     /// From now on nothing is kept: every write happens inside one outer transaction that
     /// [`Store::finish`] rolls back.
     pub fn begin_dry_run(&mut self) -> Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.conn.begin()?;
         self.dry_run = true;
         Ok(())
     }
@@ -296,9 +359,7 @@ impl Store {
         if self.dry_run {
             self.dry_run = false;
             self.group_lost = None;
-            if !self.conn.is_autocommit() {
-                self.conn.execute_batch("ROLLBACK")?;
-            }
+            self.conn.rollback()?;
         }
         Ok(())
     }
@@ -309,7 +370,7 @@ impl Store {
     /// waiting, so a store that keeps up still commits each message on its own.
     pub fn begin_group(&mut self) -> Result<()> {
         if !self.dry_run && !self.grouped {
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.conn.begin()?;
             self.grouped = true;
             self.group_lost = None;
         }
@@ -328,11 +389,9 @@ impl Store {
                 "the group's transaction was rolled back: {cause}"
             )));
         }
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
-            if !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
-            return Err(e.into());
+        if let Err(e) = self.conn.commit() {
+            let _ = self.conn.rollback();
+            return Err(e);
         }
         Ok(())
     }
@@ -352,14 +411,14 @@ impl Store {
     }
 
     /// Runs `f` in a write transaction (a savepoint inside a dry run or a group) and commits it.
-    fn write<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    fn write<T>(&mut self, f: impl FnOnce(&Db) -> Result<T>) -> Result<T> {
         if !(self.dry_run || self.grouped) {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            return Ok(out);
+            self.conn.begin()?;
+            let out = f(&self.conn).and_then(|out| self.conn.commit().map(|()| out));
+            if out.is_err() {
+                let _ = self.conn.rollback();
+            }
+            return out;
         }
         // A savepoint outside a transaction starts one of its own and commits on release:
         // once SQLite has dropped the outer transaction, a write here would commit alone.
@@ -368,14 +427,9 @@ impl Store {
                 "the transaction was rolled back after an earlier error: {cause}"
             )));
         }
-        let result = (|| -> Result<T> {
-            let sp = self.conn.savepoint()?;
-            let out = f(&sp)?;
-            sp.commit()?;
-            Ok(out)
-        })();
+        let result = self.conn.savepoint(f);
         if let Err(e) = &result
-            && self.conn.is_autocommit()
+            && !self.conn.in_transaction()
         {
             self.group_lost = Some(e.to_string());
         }
@@ -398,7 +452,7 @@ impl Store {
         };
         let (busy, log, done): (i64, i64, i64) =
             self.conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", params![], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?;
         if busy != 0 || done < log {
@@ -413,9 +467,10 @@ impl Store {
         Ok(())
     }
 
-    /// The database file's path; `None` in memory.
+    /// The database file's path; `None` in memory and on PostgreSQL.
     fn file(&self) -> Option<PathBuf> {
         self.conn
+            .lite()?
             .path()
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
@@ -430,7 +485,7 @@ impl Store {
         };
         let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         reader.busy_timeout(Duration::from_secs(30))?;
-        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        self.conn.batch("PRAGMA wal_autocheckpoint = 0")?;
         let (stop, stopped) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("checkpoint".into())
@@ -461,7 +516,7 @@ impl Store {
             drop(c.stop);
             let _ = c.handle.join();
             self.conn
-                .pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
+                .batch(&format!("PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}"))?;
         }
         Ok(())
     }
@@ -474,9 +529,10 @@ impl Store {
 
     /// The schema version of the open file.
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        match &self.conn {
+            Db::Lite(c) => Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?),
+            Db::Pg(_) => pg::schema_version(&self.conn),
+        }
     }
 }
 
@@ -621,12 +677,12 @@ mod tests {
         copy.conn
             .execute(
                 "INSERT INTO ticket (id, created_at, updated_at) VALUES (7, 1, 1)",
-                [],
+                params![],
             )
             .unwrap();
         let n: i64 = real
             .conn
-            .query_row("SELECT count(*) FROM ticket", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM ticket", params![], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
         drop((real, copy));

@@ -2,8 +2,8 @@
 //! `pending` → `sending` → `sent` | `failed` (or back to `pending` with a later attempt). A
 //! `sending` row records who claimed it and until when: stuck, or being sent right now.
 
+use super::db::{Db, params};
 use lettre::message::Mailbox;
-use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::pack;
 use super::kinds::{OutboxKind, OutboxStatus};
@@ -89,13 +89,12 @@ pub struct OutboxWaiting {
 }
 
 /// Row `id`'s status and claim (`claimed_by`, `claimed_until`); `None` when there is no row.
-fn claim_of(c: &Connection, id: i64) -> rusqlite::Result<Option<(OutboxStatus, String, i64)>> {
-    c.query_row(
+fn claim_of(c: &Db, id: i64) -> Result<Option<(OutboxStatus, String, i64)>> {
+    c.query_opt(
         "SELECT status, claimed_by, claimed_until FROM outbox WHERE id = ?1",
-        [id],
+        params![id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
-    .optional()
 }
 
 /// A claimed row, ready to send.
@@ -148,20 +147,17 @@ pub struct Outgoing {
 }
 
 /// Records an outbound message on its ticket and queues it, inside the caller's transaction.
-fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Result<i64> {
+fn record_and_queue(c: &Db, ticket: i64, out: &Outgoing, now: i64) -> Result<i64> {
     let addr = |m: &Mailbox| m.email.to_string().to_ascii_lowercase();
     let to_list: Vec<String> = out.to.iter().map(addr).collect();
     let cc_list: Vec<String> = out.cc.iter().map(addr).collect();
     let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     let message_row: i64 = c
-        .prepare_cached(
+        .query_row(
             "INSERT INTO message (ticket_id, direction, message_id, fingerprint, from_addr, from_name,
                 to_addrs, cc_addrs, subject, date, received_at, kind, body_text, source, size, codec, raw)
              VALUES (?1, 'out', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 'normal', ?10, ?11, ?12, 'zstd', ?13)
-             RETURNING id",
-        )?
-        .query_row(
-            params![
+             RETURNING id", params![
                 ticket,
                 out.message_id,
                 &sha256(&out.raw)[..],
@@ -176,29 +172,25 @@ fn record_and_queue(c: &Connection, ticket: i64, out: &Outgoing, now: i64) -> Re
                 out.raw.len() as i64,
                 pack(&out.raw)?,
             ],
-            |r| r.get(0),
-        )?;
+            |r| r.get(0),)?;
     let mut all = to_list.clone();
     all.extend(cc_list);
-    let id: i64 = c
-        .prepare_cached(
-            "INSERT INTO outbox (ticket_id, message_row, kind, status, mail_from, rcpt_to, rcpt_all,
+    let id: i64 = c.query_row(
+        "INSERT INTO outbox (ticket_id, message_row, kind, status, mail_from, rcpt_to, rcpt_all,
                 created_at, updated_at, mailbox)
              VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8) RETURNING id",
-        )?
-        .query_row(
-            params![
-                ticket,
-                message_row,
-                out.kind.as_str(),
-                addr(&out.from),
-                to_list.first().cloned().unwrap_or_default(),
-                json(&all),
-                now,
-                out.mailbox
-            ],
-            |r| r.get(0),
-        )?;
+        params![
+            ticket,
+            message_row,
+            out.kind.as_str(),
+            addr(&out.from),
+            to_list.first().cloned().unwrap_or_default(),
+            json(&all),
+            now,
+            out.mailbox
+        ],
+        |r| r.get(0),
+    )?;
     Ok(id)
 }
 
@@ -213,13 +205,12 @@ impl Tx<'_> {
     /// Acknowledgements queued, being sent or sent to `address` since `since`.
     pub fn acks_to_since(&self, address: &str, since: i64) -> Result<u32> {
         crate::store::sql("counting acknowledgements", || {
-            Ok(self
-                .c
-                .prepare_cached(
-                    "SELECT count(*) FROM outbox WHERE rcpt_to = ?1 AND kind = 'ack'
+            self.c.query_row(
+                "SELECT count(*) FROM outbox WHERE rcpt_to = ?1 AND kind = 'ack'
                        AND status IN ('pending', 'sending', 'sent') AND created_at > ?2",
-                )?
-                .query_row(params![address, since], |r| r.get(0))?)
+                params![address, since],
+                |r| r.get(0),
+            )
         })
     }
 
@@ -232,11 +223,9 @@ impl Tx<'_> {
     pub fn record_skipped_ack(&self, ticket: i64, to: &str, reason: &str, now: i64) -> Result<()> {
         crate::store::sql("recording a skipped acknowledgement", || {
             self.c
-                .prepare_cached(
+                .execute(
                     "INSERT INTO outbox (ticket_id, kind, status, rcpt_to, reason, created_at, updated_at)
-                     VALUES (?1, 'ack', 'skipped', ?2, ?3, ?4, ?4)",
-                )?
-                .execute(params![ticket, to, reason, now])?;
+                     VALUES (?1, 'ack', 'skipped', ?2, ?3, ?4, ?4)", params![ticket, to, reason, now])?;
             Ok(())
         })
     }
@@ -265,26 +254,20 @@ impl Tx<'_> {
     /// What a reply to `ticket` is built from; `None` when there is no such ticket.
     pub fn reply_context(&self, ticket: i64) -> Result<Option<ReplyContext>> {
         crate::store::sql("reading what a reply answers", || {
-            let t: Option<(String, String, String)> = self
-                .c
-                .query_row(
-                    "SELECT subject, customer, customer_name FROM ticket WHERE id = ?1",
-                    [ticket],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+            let t: Option<(String, String, String)> = self.c.query_opt(
+                "SELECT subject, customer, customer_name FROM ticket WHERE id = ?1",
+                params![ticket],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             let Some((subject, customer, customer_name)) = t else {
                 return Ok(None);
             };
-            let last: Option<(String, String, String, String)> = self
-                .c
-                .query_row(
-                    "SELECT message_id, refs, cc_addrs, reply_to FROM message WHERE ticket_id = ?1
+            let last: Option<(String, String, String, String)> = self.c.query_opt(
+                "SELECT message_id, refs, cc_addrs, reply_to FROM message WHERE ticket_id = ?1
                      ORDER BY direction = 'in' DESC, date DESC, id DESC LIMIT 1",
-                    [ticket],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()?;
+                params![ticket],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
             let (parent, references, cc, reply_to) = match last {
                 Some((id, refs, cc, reply_to)) => (
                     Some(id),
@@ -344,23 +327,23 @@ impl Store {
             "{filter} ORDER BY status = 'sent', status = 'skipped', id DESC LIMIT {limit}"
         ))?;
         let total: i64 = crate::store::sql("counting outbox rows", || {
-            Ok(self
-                .conn
-                .query_row(&format!("SELECT count(*) FROM outbox {filter}"), [], |r| {
-                    r.get(0)
-                })?)
+            self.conn.query_row(
+                &format!("SELECT count(*) FROM outbox {filter}"),
+                params![],
+                |r| r.get(0),
+            )
         })?;
         Ok((rows, u64::try_from(total).unwrap_or(0)))
     }
 
     fn outbox_rows(&self, tail: &str) -> Result<Vec<OutboxRow>> {
         let now = crate::time::now();
-        let mut s = self.conn.prepare(&format!(
+        let s = &format!(
             "SELECT id, ticket_id, kind, status, rcpt_to, reason, smtp_reply, attempts, created_at,
                     updated_at, claimed_by, claimed_until, mailbox, next_attempt_at, dismissed_at
              FROM outbox {tail}"
-        ))?;
-        let rows = s.query_map([], |r| {
+        );
+        let rows = self.conn.query_map(s, params![], |r| {
             let status: OutboxStatus = r.get(3)?;
             let claimed_by: String = r.get(10)?;
             let claimed_until: i64 = r.get(11)?;
@@ -382,7 +365,7 @@ impl Store {
                 dismissed_at: r.get(14)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 
     /// Takes the next due `pending` row and commits it as `sending`, claimed by this process
@@ -393,13 +376,12 @@ impl Store {
             type Row = (i64, i64, Option<i64>, String, String, String);
             let row: Option<Row> = self.write(|c| {
                 let row = c
-                    .query_row(
+                    .query_opt(
                         "SELECT id, ticket_id, message_row, mail_from, rcpt_all, mailbox FROM outbox
                          WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1",
-                        [now],
+                        params![now],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-                    )
-                    .optional()?;
+                    )?;
                 if let Some((id, ..)) = &row {
                     c.execute(
                         "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2,
@@ -449,11 +431,11 @@ impl Store {
     /// too many.
     pub fn outbox_retry_later(&mut self, id: i64, why: &str, now: i64) -> Result<()> {
         crate::store::sql("deferring an outbox row", || {
-            let attempts: i64 =
-                self.conn
-                    .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
-                        r.get(0)
-                    })?;
+            let attempts: i64 = self.conn.query_row(
+                "SELECT attempts FROM outbox WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?;
             if attempts >= MAX_ATTEMPTS {
                 return self.outbox_set(
                     id,

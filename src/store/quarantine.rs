@@ -2,7 +2,7 @@
 //! row with its exact bytes, a new reason after a retry that still fails, and removal. The
 //! rows are written by `Store::quarantine` (tickets.rs) as the pipeline decides.
 
-use rusqlite::{OptionalExtension, Row, params};
+use super::db::{Row, params};
 
 use super::{QuarantineRow, Store};
 use crate::error::Result;
@@ -10,7 +10,7 @@ use crate::error::Result;
 /// The columns [`quarantine_row`] reads, in its order.
 const COLUMNS: &str = "id, source, uid, error, size, received_at";
 
-fn quarantine_row(r: &Row<'_>) -> rusqlite::Result<QuarantineRow> {
+fn quarantine_row(r: &Row<'_>) -> Result<QuarantineRow> {
     Ok(QuarantineRow {
         id: r.get(0)?,
         source: r.get(1)?,
@@ -25,11 +25,9 @@ impl Store {
     /// The quarantine, newest first.
     pub fn quarantined(&self) -> Result<Vec<QuarantineRow>> {
         crate::store::sql("listing the quarantine", || {
-            let mut s = self.conn.prepare(&format!(
-                "SELECT {COLUMNS} FROM quarantine ORDER BY id DESC"
-            ))?;
-            let rows = s.query_map([], quarantine_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let s = &format!("SELECT {COLUMNS} FROM quarantine ORDER BY id DESC");
+            let rows = self.conn.query_map(s, params![], quarantine_row)?;
+            Ok(rows)
         })
     }
 
@@ -37,23 +35,20 @@ impl Store {
     /// message too large to fetch: compare `size`); `None` when there is no such row.
     pub fn quarantined_message(&self, id: i64) -> Result<Option<(QuarantineRow, Vec<u8>)>> {
         crate::store::sql("reading a quarantined message", || {
-            Ok(self
-                .conn
-                .query_row(
-                    &format!("SELECT {COLUMNS}, raw FROM quarantine WHERE id = ?1"),
-                    [id],
-                    |r| Ok((quarantine_row(r)?, r.get(6)?)),
-                )
-                .optional()?)
+            self.conn.query_opt(
+                &format!("SELECT {COLUMNS}, raw FROM quarantine WHERE id = ?1"),
+                params![id],
+                |r| Ok((quarantine_row(r)?, r.get(6)?)),
+            )
         })
     }
 
     /// The ids of every quarantined message, oldest first.
     pub fn quarantine_ids(&self) -> Result<Vec<i64>> {
         crate::store::sql("listing the quarantine", || {
-            let mut s = self.conn.prepare("SELECT id FROM quarantine ORDER BY id")?;
-            let ids = s.query_map([], |r| r.get(0))?;
-            Ok(ids.collect::<rusqlite::Result<_>>()?)
+            let s = "SELECT id FROM quarantine ORDER BY id";
+            let ids = self.conn.query_map(s, params![], |r| r.get(0))?;
+            Ok(ids)
         })
     }
 
@@ -73,7 +68,7 @@ impl Store {
     /// Removes quarantined message `id`; whether there was one.
     pub fn quarantine_delete(&mut self, id: i64) -> Result<bool> {
         crate::store::sql("deleting a quarantined message", || {
-            self.write(|c| Ok(c.execute("DELETE FROM quarantine WHERE id = ?1", [id])? == 1))
+            self.write(|c| Ok(c.execute("DELETE FROM quarantine WHERE id = ?1", params![id])? == 1))
         })
     }
 }

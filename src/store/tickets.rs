@@ -1,7 +1,7 @@
 //! Tickets and messages: the per-message transaction, and the queries behind `tickets`,
 //! `show` and `quarantine`.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::db::{Db, Row, params};
 
 use super::codec::decompress;
 use super::kinds::{Direction, TicketStatus};
@@ -219,25 +219,24 @@ fn from_json_list(s: &str) -> Vec<String> {
 }
 
 /// Advances the cursor past this message (IMAP or Graph), inside the caller's transaction.
-fn advance(c: &Connection, origin: &Origin) -> Result<()> {
+fn advance(c: &Db, origin: &Origin) -> Result<()> {
     if let Some(g) = &origin.graph {
         super::graph::advance(c, g)?;
     }
     let Some(p) = origin.imap.as_ref() else {
         return Ok(());
     };
-    let n = c
-        .prepare_cached(
-            "UPDATE cursor SET last_uid = max(last_uid, ?4), updated_at = ?5
+    let n = c.execute(
+        "UPDATE cursor SET last_uid = GREATEST(last_uid, ?4), updated_at = ?5
              WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
-        )?
-        .execute(params![
+        params![
             p.mailbox,
             p.folder,
             p.uidvalidity,
             p.cursor_to,
             crate::time::now()
-        ])?;
+        ],
+    )?;
     if n != 1 {
         return Err(Error::Internal(format!(
             "no cursor for {}/{} at UIDVALIDITY {}",
@@ -275,11 +274,11 @@ impl Store {
                 let sha = hex(&sha256(raw));
                 let (uidvalidity, uid) = origin.imap.as_ref().map_or((0, 0), |p| (p.uidvalidity, p.uid));
                 c.execute(
-                    "INSERT OR IGNORE INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
                     params![origin.source, uidvalidity, uid, error, sha, size, raw, received_at],
                 )?;
-                let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", [&sha], |r| r.get(0))?;
+                let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", params![&sha], |r| r.get(0))?;
                 advance(c, origin)?;
                 Ok(Outcome::Quarantined(id))
             })
@@ -289,22 +288,19 @@ impl Store {
     /// The cursor of a mailbox folder.
     pub fn cursor(&self, mailbox: &str, folder: &str) -> Result<Option<Cursor>> {
         crate::store::sql("reading the cursor", || {
-            Ok(self
-                .conn
-                .query_row(
-                    "SELECT uidvalidity, last_uid, backlog_until, done_uid FROM cursor
+            self.conn.query_opt(
+                "SELECT uidvalidity, last_uid, backlog_until, done_uid FROM cursor
                      WHERE mailbox = ?1 AND folder = ?2",
-                    params![mailbox, folder],
-                    |r| {
-                        Ok(Cursor {
-                            uidvalidity: r.get(0)?,
-                            last_uid: r.get(1)?,
-                            backlog_until: r.get(2)?,
-                            done_uid: r.get(3)?,
-                        })
-                    },
-                )
-                .optional()?)
+                params![mailbox, folder],
+                |r| {
+                    Ok(Cursor {
+                        uidvalidity: r.get(0)?,
+                        last_uid: r.get(1)?,
+                        backlog_until: r.get(2)?,
+                        done_uid: r.get(3)?,
+                    })
+                },
+            )
         })
     }
 
@@ -344,7 +340,7 @@ impl Store {
         crate::store::sql("recording finished post-actions", || {
             self.write(|c| {
                 c.execute(
-                    "UPDATE cursor SET done_uid = max(done_uid, ?4)
+                    "UPDATE cursor SET done_uid = GREATEST(done_uid, ?4)
                      WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
                     params![mailbox, folder, uidvalidity, uid],
                 )?;
@@ -364,21 +360,25 @@ impl Store {
     /// The tickets `f` lets through, newest activity first.
     pub fn tickets_where(&self, f: &TicketFilter) -> Result<Vec<TicketRow>> {
         crate::store::sql("listing tickets", || {
-            let mut s = self.conn.prepare(&format!(
+            let s = &format!(
                 "SELECT * FROM (SELECT {TICKET_COLUMNS} AS kind FROM ticket t
-                 WHERE (?1 IS NULL OR t.status = ?1)
-                   AND (?2 IS NULL OR t.mailbox = ?2)
-                   AND (?3 IS NULL OR t.customer LIKE ?3 ESCAPE '\\' OR t.customer_name LIKE ?3 ESCAPE '\\')
-                   AND (?5 IS NULL OR t.updated_at >= ?5)
-                   AND (?6 IS NULL OR t.subject LIKE ?6 ESCAPE '\\' OR EXISTS (
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR t.status = ?1)
+                   AND (CAST(?2 AS TEXT) IS NULL OR t.mailbox = ?2)
+                   AND (CAST(?3 AS TEXT) IS NULL OR t.customer LIKE ?3 ESCAPE '\\' OR t.customer_name LIKE ?3 ESCAPE '\\')
+                   AND (CAST(?5 AS BIGINT) IS NULL OR t.updated_at >= ?5)
+                   AND (CAST(?6 AS TEXT) IS NULL OR t.subject LIKE ?6 ESCAPE '\\' OR EXISTS (
                         SELECT 1 FROM message m WHERE m.ticket_id = t.id
                         AND (m.subject LIKE ?6 ESCAPE '\\' OR m.body_text LIKE ?6 ESCAPE '\\')))
-                 ORDER BY t.updated_at DESC, t.id DESC)
-                 WHERE ?4 IS NULL OR kind = ?4
+                 ORDER BY t.updated_at DESC, t.id DESC) AS listed
+                 WHERE CAST(?4 AS TEXT) IS NULL OR kind = CAST(?4 AS TEXT)
                  LIMIT ?7"
-            ))?;
-            let limit = f.limit.and_then(|n| i64::try_from(n).ok()).unwrap_or(-1);
-            let rows = s.query_map(
+            );
+            let limit = f
+                .limit
+                .and_then(|n| i64::try_from(n).ok())
+                .unwrap_or(i64::MAX);
+            let rows = self.conn.query_map(
+                s,
                 params![
                     f.status,
                     f.mailbox,
@@ -390,7 +390,7 @@ impl Store {
                 ],
                 ticket_row,
             )?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows)
         })
     }
 
@@ -408,28 +408,22 @@ impl Store {
     /// `show`; the oldest when several do.
     pub fn ticket_with_message(&self, message_id: &str) -> Result<Option<i64>> {
         crate::store::sql("looking up a Message-ID", || {
-            Ok(self
-                .conn
-                .query_row(
-                    "SELECT ticket_id FROM message WHERE message_id = ?1 ORDER BY id LIMIT 1",
-                    [message_id],
-                    |r| r.get(0),
-                )
-                .optional()?)
+            self.conn.query_opt(
+                "SELECT ticket_id FROM message WHERE message_id = ?1 ORDER BY id LIMIT 1",
+                params![message_id],
+                |r| r.get(0),
+            )
         })
     }
 
     /// The exact bytes of a stored message.
     pub fn raw(&self, message_row: i64) -> Result<Option<Vec<u8>>> {
         crate::store::sql("reading a stored message", || {
-            let row: Option<(String, Vec<u8>, i64)> = self
-                .conn
-                .query_row(
-                    "SELECT codec, raw, size FROM message WHERE id = ?1",
-                    [message_row],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+            let row: Option<(String, Vec<u8>, i64)> = self.conn.query_opt(
+                "SELECT codec, raw, size FROM message WHERE id = ?1",
+                params![message_row],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             row.map(|(codec, data, size)| {
                 decompress(&codec, &data, usize::try_from(size).unwrap_or(0))
             })
@@ -439,76 +433,69 @@ impl Store {
 }
 
 /// Ticket `id` as listed, read through `c`.
-pub(super) fn ticket_on(c: &Connection, id: i64) -> Result<Option<TicketRow>> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT {TICKET_COLUMNS} FROM ticket t WHERE t.id = ?1"
-    ))?
-    .query_row([id], ticket_row)
-    .optional()?)
+pub(super) fn ticket_on(c: &Db, id: i64) -> Result<Option<TicketRow>> {
+    c.query_opt(
+        &format!("SELECT {TICKET_COLUMNS} FROM ticket t WHERE t.id = ?1"),
+        params![id],
+        ticket_row,
+    )
 }
 
 /// The messages whose `column` (`ticket_id` or `id`) is `value`, oldest first, with their
 /// attachments' index.
-pub(super) fn messages_on(c: &Connection, column: &str, value: i64) -> Result<Vec<MessageRow>> {
+pub(super) fn messages_on(c: &Db, column: &str, value: i64) -> Result<Vec<MessageRow>> {
     let column = if column == "id" { "id" } else { "ticket_id" };
-    let mut s = c.prepare_cached(&format!(
+    let s = &format!(
         "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, date,
                 kind, reasons, body_text, source, uidvalidity, uid
          FROM message WHERE {column} = ?1 ORDER BY date, id"
-    ))?;
-    let mut messages: Vec<MessageRow> = s
-        .query_map([value], |r| {
-            Ok(MessageRow {
-                id: r.get(0)?,
-                message_id: r.get(1)?,
-                direction: r.get(2)?,
-                from: r.get(3)?,
-                from_name: r.get(4)?,
-                to: from_json_list(&r.get::<_, String>(5)?),
-                cc: from_json_list(&r.get::<_, String>(6)?),
-                subject: r.get(7)?,
-                date: r.get(8)?,
-                kind: r.get(9)?,
-                reasons: from_json_list(&r.get::<_, String>(10)?),
-                text: r.get(11)?,
-                attachments: Vec::new(),
-                source: r.get(12)?,
-                uidvalidity: r.get(13)?,
-                uid: r.get(14)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut a = c.prepare_cached(
-        "SELECT filename, content_type, size, sha256, inline FROM attachment
-         WHERE message_id = ?1 ORDER BY id",
-    )?;
+    );
+    let mut messages: Vec<MessageRow> = c.query_map(s, params![value], |r| {
+        Ok(MessageRow {
+            id: r.get(0)?,
+            message_id: r.get(1)?,
+            direction: r.get(2)?,
+            from: r.get(3)?,
+            from_name: r.get(4)?,
+            to: from_json_list(&r.get::<String>(5)?),
+            cc: from_json_list(&r.get::<String>(6)?),
+            subject: r.get(7)?,
+            date: r.get(8)?,
+            kind: r.get(9)?,
+            reasons: from_json_list(&r.get::<String>(10)?),
+            text: r.get(11)?,
+            attachments: Vec::new(),
+            source: r.get(12)?,
+            uidvalidity: r.get(13)?,
+            uid: r.get(14)?,
+        })
+    })?;
+    let a = "SELECT filename, content_type, size, sha256, inline FROM attachment
+         WHERE message_id = ?1 ORDER BY id";
     for m in &mut messages {
-        m.attachments = a
-            .query_map([m.id], |r| {
-                Ok(AttachmentRow {
-                    filename: r.get(0)?,
-                    content_type: r.get(1)?,
-                    size: r.get(2)?,
-                    sha256: r.get(3)?,
-                    inline: r.get::<_, i64>(4)? != 0,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        m.attachments = c.query_map(a, params![m.id], |r| {
+            Ok(AttachmentRow {
+                filename: r.get(0)?,
+                content_type: r.get(1)?,
+                size: r.get(2)?,
+                sha256: r.get(3)?,
+                inline: r.get::<i64>(4)? != 0,
+            })
+        })?;
     }
     Ok(messages)
 }
 
 /// Whether `address` (any case, any surrounding space) is marked undeliverable at `now`.
-pub(super) fn undeliverable(c: &Connection, address: &str, now: i64) -> Result<bool> {
-    Ok(c.prepare_cached(
+pub(super) fn undeliverable(c: &Db, address: &str, now: i64) -> Result<bool> {
+    c.query_row(
         "SELECT EXISTS (SELECT 1 FROM undeliverable WHERE address = ?1 AND expires_at > ?2)",
-    )?
-    .query_row(params![address.trim().to_ascii_lowercase(), now], |r| {
-        r.get(0)
-    })?)
+        params![address.trim().to_ascii_lowercase(), now],
+        |r| r.get(0),
+    )
 }
 
-fn ticket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRow> {
+fn ticket_row(r: &Row<'_>) -> Result<TicketRow> {
     Ok(TicketRow {
         id: r.get(0)?,
         subject: r.get(1)?,
@@ -585,54 +572,50 @@ impl Tx<'_> {
         fingerprint: &[u8],
     ) -> Result<Option<(i64, bool)>> {
         crate::store::sql("looking for the same message", || {
-            Ok(self
-                .c
-                .prepare_cached(
-                    "SELECT ticket_id, fingerprint = ?2 FROM message WHERE message_id = ?1
+            self.c.query_opt(
+                "SELECT ticket_id, fingerprint = ?2 FROM message WHERE message_id = ?1
                      ORDER BY fingerprint = ?2 DESC, date DESC, id DESC LIMIT 1",
-                )?
-                .query_row(params![message_id, fingerprint], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?)
+                params![message_id, fingerprint],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
     }
 
     /// How many stored messages `from` sent in the `window` seconds up to `date`.
     pub fn messages_from_within(&self, from: &str, date: i64, window: i64) -> Result<i64> {
         crate::store::sql("counting a sender's messages", || {
-            Ok(self
-                .c
-                .prepare_cached(
-                    "SELECT count(*) FROM message WHERE from_addr = ?1 AND date > ?2 - ?3 AND date <= ?2",
-                )?
-                .query_row(params![from, date, window], |r| r.get(0))?)
+            self.c.query_row(
+                "SELECT count(*) FROM message WHERE from_addr = ?1 AND date > ?3 AND date <= ?2",
+                params![from, date, date.saturating_sub(window)],
+                |r| r.get(0),
+            )
         })
     }
 
     /// A ticket's status and last activity; `None` when there is no such ticket.
     pub fn ticket_state(&self, t: i64) -> Result<Option<TicketState>> {
         crate::store::sql("reading a ticket's status", || {
-            Ok(self
-                .c
-                .prepare_cached("SELECT status, updated_at FROM ticket WHERE id = ?1")?
-                .query_row([t], |r| {
+            self.c.query_opt(
+                "SELECT status, updated_at FROM ticket WHERE id = ?1",
+                params![t],
+                |r| {
                     Ok(TicketState {
                         status: r.get(0)?,
                         updated_at: r.get(1)?,
                     })
-                })
-                .optional()?)
+                },
+            )
         })
     }
 
     /// The date of a ticket's newest message (0 without messages).
     pub fn newest_message_date(&self, t: i64) -> Result<i64> {
         crate::store::sql("reading a ticket's newest message", || {
-            Ok(self
-                .c
-                .prepare_cached("SELECT coalesce(max(date), 0) FROM message WHERE ticket_id = ?1")?
-                .query_row([t], |r| r.get(0))?)
+            self.c.query_row(
+                "SELECT coalesce(max(date), 0) FROM message WHERE ticket_id = ?1",
+                params![t],
+                |r| r.get(0),
+            )
         })
     }
 
@@ -640,14 +623,12 @@ impl Tx<'_> {
     /// message's date; the newest when several do.
     pub fn ticket_of_message_id(&self, id: &str) -> Result<Option<(i64, i64)>> {
         crate::store::sql("looking up a Message-ID", || {
-            Ok(self
-                .c
-                .prepare_cached(
-                    "SELECT ticket_id, max(date) FROM message WHERE message_id = ?1
+            self.c.query_opt(
+                "SELECT ticket_id, max(date) FROM message WHERE message_id = ?1
                      GROUP BY ticket_id ORDER BY max(date) DESC, ticket_id DESC LIMIT 1",
-                )?
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?)
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
     }
 
@@ -655,14 +636,12 @@ impl Tx<'_> {
     /// first.
     pub fn tickets_referring_to(&self, id: &str) -> Result<Vec<i64>> {
         crate::store::sql("looking up references", || {
-            Ok(self
-                .c
-                .prepare_cached(
-                    "SELECT r.ticket_id FROM msgid_ref r JOIN ticket t ON t.id = r.ticket_id
+            self.c.query_map(
+                "SELECT r.ticket_id FROM msgid_ref r JOIN ticket t ON t.id = r.ticket_id
                      WHERE r.msgid = ?1 ORDER BY t.updated_at DESC, t.id DESC",
-                )?
-                .query_map([id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?)
+                params![id],
+                |r| r.get(0),
+            )
         })
     }
 
@@ -674,11 +653,9 @@ impl Tx<'_> {
             if addr.is_empty() {
                 return Ok(false);
             }
-            Ok(self.c.prepare_cached(
+            self.c.query_row(
                 "SELECT EXISTS (SELECT 1 FROM ticket WHERE id = ?1 AND customer = ?2)
-                     OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr = ?2 AND direction = 'in')",
-            )?
-            .query_row(params![t, addr], |r| r.get(0))?)
+                     OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr = ?2 AND direction = 'in')", params![t, addr], |r| r.get(0))
         })
     }
 
@@ -695,13 +672,12 @@ impl Tx<'_> {
             }
             // to_addrs / cc_addrs are JSON arrays of strings: match the quoted address.
             let quoted = serde_json::to_string(addr).unwrap_or_default();
-            Ok(self
-                .c
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND direction = 'in'
+            self.c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND direction = 'in'
                                 AND (instr(to_addrs, ?2) > 0 OR instr(cc_addrs, ?2) > 0))",
-                )?
-                .query_row(params![t, quoted], |r| r.get(0))?)
+                params![t, quoted],
+                |r| r.get(0),
+            )
         })
     }
 
@@ -712,11 +688,9 @@ impl Tx<'_> {
                 return Ok(false);
             };
             let pattern = format!("%@{}", domain.replace(['%', '_'], ""));
-            Ok(self.c.prepare_cached(
+            self.c.query_row(
                 "SELECT EXISTS (SELECT 1 FROM ticket WHERE id = ?1 AND customer LIKE ?2)
-                     OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr LIKE ?2 AND direction = 'in')",
-            )?
-            .query_row(params![t, pattern], |r| r.get(0))?)
+                     OR EXISTS (SELECT 1 FROM message WHERE ticket_id = ?1 AND from_addr LIKE ?2 AND direction = 'in')", params![t, pattern], |r| r.get(0))
         })
     }
 
@@ -730,29 +704,24 @@ impl Tx<'_> {
         window: i64,
     ) -> Result<Option<i64>> {
         crate::store::sql("looking for the same subject", || {
-            Ok(self
-                .c
-                .prepare_cached(
-                    "SELECT m.ticket_id FROM message m JOIN ticket t ON t.id = m.ticket_id
+            self.c.query_opt(
+                "SELECT m.ticket_id FROM message m JOIN ticket t ON t.id = m.ticket_id
                      WHERE m.from_addr = ?1 AND m.date BETWEEN ?3 - ?4 AND ?3 AND t.subject = ?2
                      ORDER BY m.date DESC LIMIT 1",
-                )?
-                .query_row(params![from, subject, date, window], |r| r.get(0))
-                .optional()?)
+                params![from, subject, date, window],
+                |r| r.get(0),
+            )
         })
     }
 
     /// Writes a new ticket; returns its number.
     pub fn create_ticket(&self, t: &NewTicket<'_>) -> Result<i64> {
         crate::store::sql("creating a ticket", || {
-            Ok(self
+            self
                 .c
-                .prepare_cached(
-                    "INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
-                )?
                 .query_row(
-                    params![
+                    "INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id", params![
                         t.subject,
                         t.status,
                         t.customer.address,
@@ -760,20 +729,18 @@ impl Tx<'_> {
                         t.mailbox,
                         t.now
                     ],
-                    |r| r.get(0),
-                )?)
+                    |r| r.get(0),)
         })
     }
 
     /// Records activity on ticket `t` at `now`, reopening it when `reopen`.
     pub fn touch_ticket(&self, t: i64, now: i64, reopen: bool) -> Result<()> {
         crate::store::sql("updating a ticket", || {
-            self.c
-                .prepare_cached(
-                    "UPDATE ticket SET updated_at = max(updated_at, ?2),
+            self.c.execute(
+                "UPDATE ticket SET updated_at = GREATEST(updated_at, ?2),
                        status = CASE WHEN ?3 THEN 'open' ELSE status END WHERE id = ?1",
-                )?
-                .execute(params![t, now, reopen])?;
+                params![t, now, reopen],
+            )?;
             Ok(())
         })
     }
@@ -788,14 +755,12 @@ impl Tx<'_> {
         now: i64,
     ) -> Result<()> {
         crate::store::sql("marking an address undeliverable", || {
-            self.c.prepare_cached(
+            self.c.execute(
                 "INSERT INTO undeliverable (address, expires_at, status, diagnostic, ticket_id, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (address) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
+                 ON CONFLICT (address) DO UPDATE SET expires_at = GREATEST(undeliverable.expires_at, excluded.expires_at),
                    status = excluded.status, diagnostic = excluded.diagnostic,
-                   ticket_id = excluded.ticket_id, updated_at = excluded.updated_at",
-            )?
-            .execute(params![address, expires, status, diagnostic, ticket, now])?;
+                   ticket_id = excluded.ticket_id, updated_at = excluded.updated_at", params![address, expires, status, diagnostic, ticket, now])?;
             Ok(())
         })
     }
@@ -807,16 +772,13 @@ impl Tx<'_> {
             let from = p.from.clone().unwrap_or_default();
             let row: i64 = self
                 .c
-                .prepare_cached(
+                .query_row(
                     "INSERT INTO message (ticket_id, direction, message_id, fingerprint, in_reply_to, refs, from_addr,
                         from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
                         source, size, codec, raw, uidvalidity, uid)
                      VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
                         'zstd', ?19, ?20, ?21)
-                     RETURNING id",
-                )?
-                .query_row(
-                    params![
+                     RETURNING id", params![
                         m.ticket,
                         p.message_id,
                         &p.fingerprint[..],
@@ -839,21 +801,22 @@ impl Tx<'_> {
                         m.imap.map_or(0, |(v, _)| i64::from(v)),
                         m.imap.map_or(0, |(_, u)| i64::from(u)),
                     ],
-                    |r| r.get(0),
-                )?;
-            let mut att = self.c.prepare_cached(
+                    |r| r.get(0),)?;
+            let att =
                 "INSERT INTO attachment (message_id, filename, content_type, size, sha256, inline)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
             for a in &p.attachments {
-                att.execute(params![
-                    row,
-                    a.filename,
-                    a.content_type,
-                    a.size as i64,
-                    hex(&a.sha256),
-                    i64::from(a.inline)
-                ])?;
+                self.c.execute(
+                    att,
+                    params![
+                        row,
+                        a.filename,
+                        a.content_type,
+                        a.size as i64,
+                        hex(&a.sha256),
+                        i64::from(a.inline)
+                    ],
+                )?;
             }
             Ok(row)
         })
@@ -862,11 +825,10 @@ impl Tx<'_> {
     /// Remembers that ticket `t` named these ids (a parent that arrives late finds it).
     pub fn add_refs<'i>(&self, ids: impl IntoIterator<Item = &'i String>, t: i64) -> Result<()> {
         crate::store::sql("recording references", || {
-            let mut refs = self.c.prepare_cached(
-                "INSERT OR IGNORE INTO msgid_ref (msgid, ticket_id) VALUES (?1, ?2)",
-            )?;
+            let refs =
+                "INSERT INTO msgid_ref (msgid, ticket_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
             for id in ids {
-                refs.execute(params![id, t])?;
+                self.c.execute(refs, params![id, t])?;
             }
             Ok(())
         })
@@ -909,13 +871,13 @@ mod tests {
         // What SQLite does by itself on some errors (a full disk): the whole transaction
         // is rolled back under the savepoint.
         let lost = s.write(|c| {
-            c.execute_batch("ROLLBACK")?;
+            c.batch("ROLLBACK")?;
             Ok(())
         });
         assert!(lost.is_err());
         // A savepoint now would be a transaction of its own and commit on release.
         let later = s.write(|c| {
-            c.execute_batch("INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at) VALUES ('x', 'open', '', '', '', 0, 0)")?;
+            c.batch("INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at) VALUES ('x', 'open', '', '', '', 0, 0)")?;
             Ok(())
         });
         assert!(later.is_err(), "written outside the group: {later:?}");
@@ -946,7 +908,7 @@ mod tests {
         let tickets_in_main_file = || {
             let copy = dir.join("copy.db");
             std::fs::copy(&db, &copy).unwrap();
-            let c = Connection::open(&copy).unwrap();
+            let c = rusqlite::Connection::open(&copy).unwrap();
             // Without the WAL even the schema may be missing.
             let n: i64 = c
                 .query_row("SELECT count(*) FROM ticket", [], |r| r.get(0))

@@ -910,6 +910,8 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
 /// A scratch directory holding `mailticket.toml` and the store.
 pub struct Workdir {
     pub dir: PathBuf,
+    /// The `[store]` table of every config written; `None`: the SQLite file `db()`.
+    store: Option<String>,
 }
 
 impl Workdir {
@@ -917,6 +919,16 @@ impl Workdir {
     pub fn new() -> Workdir {
         Workdir {
             dir: unique_dir("mtw"),
+            store: None,
+        }
+    }
+
+    /// An empty work directory whose configs use this `[store]` table (a PostgreSQL
+    /// store: [`crate::pg_harness::Postgres::store_toml`]).
+    pub fn on_store(store: String) -> Workdir {
+        Workdir {
+            dir: unique_dir("mtw"),
+            store: Some(store),
         }
     }
 
@@ -945,7 +957,10 @@ impl Workdir {
 
     /// Like [`Workdir::write_config`], with EXTRA (more TOML tables, e.g. `[watch]`) at the end.
     pub fn write_config_with(&self, mailboxes: &[Mailbox], extra: &str) {
-        let mut t = format!("[store]\npath = {}\n", quoted(&self.db().to_string_lossy()));
+        let mut t = match &self.store {
+            Some(store) => store.clone(),
+            None => format!("[store]\npath = {}\n", quoted(&self.db().to_string_lossy())),
+        };
         for mb in mailboxes {
             t += "\n";
             t += &mb.toml();

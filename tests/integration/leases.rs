@@ -471,7 +471,13 @@ fn a_leased_watch_runs_a_mailbox_only_while_its_lease_is_held() {
     let wd = Workdir::with(&[dc.mailbox_of("alice"), dc.mailbox_of("bob")]);
     let config = mailticket::config::Config::load(&wd.config()).unwrap();
     let chosen: Vec<_> = config.mailboxes.iter().collect();
-    let tokens = mailticket::oauth2::Tokens::new(&config, &wd.db(), &chosen, true).unwrap();
+    let tokens = mailticket::oauth2::Tokens::new(
+        &config,
+        &mailticket::store::Location::File(wd.db()),
+        &chosen,
+        true,
+    )
+    .unwrap();
     let mailboxes = mailticket::sync::with_credentials(&chosen, &tokens)
         .unwrap()
         .into_iter()
