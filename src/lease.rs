@@ -306,23 +306,11 @@ pub fn step(held: usize, share: usize) -> Step {
     }
 }
 
-/// A PostgreSQL error as the library's: a connection failure is a network error (transient),
-/// anything the server answered is a protocol error.
-fn db_err(op: &str, e: &postgres::Error) -> Error {
-    let message = match e.as_db_error() {
-        Some(db) => format!("{op}: {} ({})", db.message(), db.code().code()),
-        None => format!("{op}: {}", crate::error::chain_text(e)),
-    };
-    if e.as_db_error().is_some() {
-        Error::Protocol {
-            host: "PostgreSQL".into(),
-            message,
-        }
-    } else {
-        Error::Network {
-            host: "PostgreSQL".into(),
-            message,
-        }
+/// A PostgreSQL error, saying what the leases were doing.
+fn db_err(op: &str, pg: postgres::Error) -> Error {
+    Error::Postgres {
+        op: op.to_owned(),
+        pg,
     }
 }
 
@@ -466,7 +454,7 @@ impl Leases {
         let c = self.client()?;
         if !registered {
             c.execute(INSERT_MISSING, &[&configured])
-                .map_err(|e| db_err("adding the lease rows", &e))?;
+                .map_err(|e| db_err("adding the lease rows", e))?;
         }
         if w.role == Role::Sync {
             self.registered = true;
@@ -483,7 +471,7 @@ impl Leases {
                 ),
                 &[&w.id, &w.host, &i64::from(w.pid)],
             )
-            .map_err(|e| db_err("registering the worker", &e))?;
+            .map_err(|e| db_err("registering the worker", e))?;
             // Rows of workers gone for a day are only clutter in `workers`.
             c.execute(
                 concat!(
@@ -493,13 +481,13 @@ impl Leases {
                 ),
                 &[&lease],
             )
-            .map_err(|e| db_err("forgetting old workers", &e))?;
+            .map_err(|e| db_err("forgetting old workers", e))?;
         }
         c.execute(
             concat!("UPDATE worker SET seen_at = ", now_ms!(), " WHERE id = $1"),
             &[&w.id],
         )
-        .map_err(|e| db_err("heartbeat", &e))?;
+        .map_err(|e| db_err("heartbeat", e))?;
         self.registered = true;
         Ok(())
     }
@@ -526,7 +514,7 @@ impl Leases {
                 ),
                 &[&names, &tokens, &lease, &me],
             )
-            .map_err(|e| db_err("renewing the leases", &e))?;
+            .map_err(|e| db_err("renewing the leases", e))?;
         let renewed: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
         let deadline = self.deadline(sent);
         let (renewed, lost): (Vec<_>, Vec<_>) =
@@ -550,7 +538,7 @@ impl Leases {
                 "SELECT mailbox, owner FROM mailbox_lease WHERE mailbox = ANY($1)",
                 &[&names],
             )
-            .map_err(|e| db_err("reading the lost leases", &e))?
+            .map_err(|e| db_err("reading the lost leases", e))?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
@@ -579,7 +567,7 @@ impl Leases {
                 ),
                 &[&lease],
             )
-            .map_err(|e| db_err("counting the live workers", &e))?
+            .map_err(|e| db_err("counting the live workers", e))?
             .get(0);
         Ok(usize::try_from(n).unwrap_or(0))
     }
@@ -612,7 +600,7 @@ impl Leases {
                     ),
                     &[&me, &lease, &configured, &held],
                 )
-                .map_err(|e| db_err("claiming a lease", &e))?;
+                .map_err(|e| db_err("claiming a lease", e))?;
             let Some(row) = row else { break };
             let (m, token): (String, i64) = (row.get(0), row.get(1));
             self.fences.insert(&m, token, self.deadline(sent));
@@ -649,7 +637,7 @@ impl Leases {
                     "UPDATE mailbox_lease SET owner = NULL, expires_at = 0 WHERE mailbox = $1 AND owner = $2 AND token = $3",
                     &[&m, &me, &token],
                 )
-                .map_err(|e| db_err("releasing a lease", &e))?;
+                .map_err(|e| db_err("releasing a lease", e))?;
         }
         Ok(())
     }
@@ -661,7 +649,7 @@ impl Leases {
         let (lease, me) = (millis(self.lease), self.worker.id.clone());
         let c = self.client()?;
         c.execute(INSERT_MISSING, &[&vec![mailbox.to_owned()]])
-            .map_err(|e| db_err("adding a lease row", &e))?;
+            .map_err(|e| db_err("adding a lease row", e))?;
         let row = c
             .query_opt(
                 concat!(
@@ -678,7 +666,7 @@ impl Leases {
                 ),
                 &[&mailbox, &me, &lease],
             )
-            .map_err(|e| db_err("claiming a lease", &e))?;
+            .map_err(|e| db_err("claiming a lease", e))?;
         if let Some(row) = row {
             let token: i64 = row.get(0);
             self.fences.insert(mailbox, token, self.deadline(sent));
@@ -693,7 +681,7 @@ impl Leases {
                 ),
                 &[&mailbox],
             )
-            .map_err(|e| db_err("reading a lease", &e))?;
+            .map_err(|e| db_err("reading a lease", e))?;
         let ms: i64 = row.get(1);
         Ok(Claim::Busy {
             owner: row.get(0),
@@ -715,7 +703,7 @@ impl Leases {
              WHERE l.mailbox = h.mailbox AND l.token = h.token AND l.owner = $3",
             &[&names, &tokens, &me],
         )
-        .map_err(|e| db_err("releasing the leases", &e))?;
+        .map_err(|e| db_err("releasing the leases", e))?;
         c.execute(
             concat!(
                 "UPDATE worker SET stopped_at = ",
@@ -724,7 +712,7 @@ impl Leases {
             ),
             &[&me],
         )
-        .map_err(|e| db_err("marking the worker stopped", &e))?;
+        .map_err(|e| db_err("marking the worker stopped", e))?;
         Ok(())
     }
 }
@@ -1040,7 +1028,7 @@ pub fn report(client: &mut postgres::Client, lease: Duration) -> Result<Report> 
             ),
             &[&millis(lease)],
         )
-        .map_err(|e| db_err("reading the workers", &e))?;
+        .map_err(|e| db_err("reading the workers", e))?;
     let mut workers: Vec<WorkerRow> = rows
         .iter()
         .map(|r| WorkerRow {
@@ -1061,7 +1049,7 @@ pub fn report(client: &mut postgres::Client, lease: Duration) -> Result<Report> 
             ),
             &[],
         )
-        .map_err(|e| db_err("reading the leases", &e))?;
+        .map_err(|e| db_err("reading the leases", e))?;
     let mailboxes: Vec<MailboxRow> = rows
         .iter()
         .map(|r| MailboxRow {

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use mailticket::lease::{Report, report};
+use mailticket::store::Location;
 
 use super::{Ctx, Usage, print_json};
 
@@ -16,18 +17,21 @@ pub struct WorkersArgs {
     pub json: bool,
 }
 
-pub fn run(_ctx: &Ctx, _a: &WorkersArgs) -> anyhow::Result<u8> {
-    Err(Usage(
-        "workers and mailbox leases exist only with a PostgreSQL store ([store] url = \"postgres://…\"); this store is a SQLite file"
-            .to_owned(),
-    )
-    .into())
+pub fn run(ctx: &Ctx, a: &WorkersArgs) -> anyhow::Result<u8> {
+    let Location::Postgres(cfg) = &ctx.store else {
+        return Err(Usage(
+            "workers and mailbox leases exist only with a PostgreSQL store ([store] url = \"postgres://…\"); this store is a SQLite file"
+                .to_owned(),
+        )
+        .into());
+    };
+    let mut client = mailticket::store::pg::connect(cfg)?;
+    show(&mut client, Duration::from_secs(cfg.lease), a.json)
 }
 
 /// Prints the workers and leases read on `client`; workers count as live when seen within
 /// `lease`.
-#[allow(dead_code)] // until `[store] url` opens a PostgreSQL store
-pub fn show(client: &mut postgres::Client, lease: Duration, json: bool) -> anyhow::Result<u8> {
+fn show(client: &mut postgres::Client, lease: Duration, json: bool) -> anyhow::Result<u8> {
     let r = report(client, lease)?;
     if json {
         print_json(&r)?;

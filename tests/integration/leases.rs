@@ -23,11 +23,47 @@ fn connect(port: u16) -> postgres::Client {
     .unwrap()
 }
 
-/// A cluster with the lease tables.
+/// `[store]` for the test cluster (TLS verified with its CA).
+fn store_config(pg: &Postgres) -> mailticket::config::StoreConfig {
+    mailticket::config::StoreConfig {
+        url: Some(pg.url()),
+        password: Some(mailticket::secret::Secret::Plain(pg.password().to_owned())),
+        ca_file: Some(pg.ca_file()),
+        ..Default::default()
+    }
+}
+
+/// A cluster with the store's schema, lease tables included, made by its migrations.
 fn with_schema() -> Postgres {
     let pg = Postgres::start();
-    connect(pg.port()).batch_execute(lease::SCHEMA).unwrap();
+    mailticket::store::Store::open_pg(&store_config(&pg)).unwrap();
     pg
+}
+
+#[test]
+fn the_migration_makes_the_lease_tables_as_the_lease_module_defines_them() {
+    let pg = with_schema();
+    let mut c = mailticket::store::pg::connect(&store_config(&pg)).unwrap();
+    c.batch_execute("CREATE SCHEMA spec; SET search_path = spec")
+        .unwrap();
+    c.batch_execute(lease::SCHEMA).unwrap();
+    let mut columns = |schema: &str| -> Vec<String> {
+        c.query(
+            "SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable
+                    || ' ' || coalesce(column_default, '-')
+             FROM information_schema.columns
+             WHERE table_schema = $1 AND table_name IN ('worker', 'mailbox_lease')
+             ORDER BY table_name, ordinal_position",
+            &[&schema],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let (migrated, spec) = (columns("public"), columns("spec"));
+    assert_eq!(migrated.len(), 14, "{migrated:?}");
+    assert_eq!(migrated, spec);
 }
 
 fn names(n: usize) -> Vec<String> {
@@ -549,4 +585,26 @@ fn a_leased_watch_runs_a_mailbox_only_while_its_lease_is_held() {
     assert!(stopped.clean);
     drop(handle);
     join.join().unwrap().finish().unwrap();
+}
+
+#[test]
+fn workers_lists_the_live_workers_and_every_lease() {
+    let pg = with_schema();
+    let w = watcher_of_m00(&pg, 20_000);
+    let wd = crate::harness::Workdir::on_store(pg.store_toml());
+    wd.write_config(&[]);
+    let v = wd.mailticket(&["workers", "--json"]).success().json();
+    assert_eq!(v["workers"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["workers"][0]["id"], w.worker().id.as_str());
+    assert_eq!(v["workers"][0]["mailboxes"], serde_json::json!(["m00"]));
+    assert_eq!(v["mailboxes"][0]["mailbox"], "m00");
+    assert_eq!(v["mailboxes"][0]["owner"], w.worker().id.as_str());
+    assert_eq!(v["mailboxes"][0]["token"], 1);
+    let expires = v["mailboxes"][0]["expires_in_ms"].as_i64().unwrap();
+    assert!((10_000..=20_000).contains(&expires), "{v}");
+    let text = wd.mailticket(&["workers"]).success().stdout;
+    assert!(
+        text.contains(&w.worker().id) && text.contains("1 (m00)"),
+        "{text}"
+    );
 }
