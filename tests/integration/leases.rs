@@ -608,3 +608,32 @@ fn workers_lists_the_live_workers_and_every_lease() {
         "{text}"
     );
 }
+
+#[test]
+fn doctor_on_a_postgresql_store_reports_lease_health() {
+    let pg = with_schema();
+    let dc = crate::harness::Dovecot::start();
+    let _w = watcher_of_m00(&pg, 20_000);
+    let wd = crate::harness::Workdir::on_store(pg.store_toml());
+    wd.write_config(&[dc.mailbox()]);
+    let v = wd.mailticket(&["doctor", "--json"]).json();
+    let steps = v["steps"].as_array().unwrap();
+    let find = |scope: &str, step: &str| {
+        steps
+            .iter()
+            .find(|s| s["scope"] == scope && s["step"] == step)
+            .unwrap_or_else(|| panic!("no {scope} {step}: {v}"))
+    };
+    assert_eq!(find("store", "connect")["status"], "ok", "{v}");
+    let workers = find("leases", "workers");
+    assert_eq!(workers["status"], "ok", "{v}");
+    assert!(
+        workers["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 live watch worker(s); 0 of 1"),
+        "{v}"
+    );
+    // the configured mailbox "support" has no holder while a worker runs
+    assert_eq!(find("mailbox support", "lease")["status"], "warn", "{v}");
+}
