@@ -15,12 +15,17 @@
 //! Under systemd with `Type=notify`, the states go to `$NOTIFY_SOCKET` ([`super::notify`]).
 
 use mailticket::config::MailboxConfig;
+use mailticket::config::StoreConfig;
 use mailticket::hooks::deliver::Hook;
+use mailticket::lease::{Change, Connect, Fences, LeaseThread, Leases, Role, WorkerInfo};
 use mailticket::oauth2::Credentials;
 use mailticket::outbound::AckPlan;
 use mailticket::outbound::senders::Senders;
+use mailticket::store::Location;
 use mailticket::store::StoreThread;
+use mailticket::watch::Leased;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +75,14 @@ impl Plan {
             hooks,
         })
     }
+
+    /// The names of the mailboxes to watch.
+    fn names(&self) -> Vec<String> {
+        self.mailboxes
+            .iter()
+            .map(|(mb, _)| mb.name.clone())
+            .collect()
+    }
 }
 
 pub fn run(args: &Args, ctx: Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
@@ -77,6 +90,10 @@ pub fn run(args: &Args, ctx: Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
     let lock = ctx.lock("watch")?;
     let store = ctx.open_store()?;
     let plan = Plan::new(ctx, a)?;
+    let mut leasing = match &plan.ctx.store {
+        Location::Postgres(cfg) => Some(Leasing::start(cfg, &plan)?),
+        Location::File(_) => None,
+    };
     let (handle, join) = StoreThread::spawn(store)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -84,8 +101,18 @@ pub fn run(args: &Args, ctx: Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
         .build()?;
     let notifier = Notifier::from_env();
     let reload = |_: ()| reload(args, a, &db);
-    let end = rt.block_on(supervise(plan, &handle, &notifier, reload));
+    let end = rt.block_on(supervise(
+        plan,
+        &handle,
+        &notifier,
+        reload,
+        leasing.as_mut(),
+    ));
     notifier.send("STOPPING=1");
+    // The sessions have stopped (or are abandoned): the leases go, for others to take.
+    if let Some(l) = leasing {
+        l.thread.stop();
+    }
     match end {
         End::Interrupted => {
             tracing::warn!("second signal: stopping at once");
@@ -103,6 +130,40 @@ pub fn run(args: &Args, ctx: Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
             drop(lock);
             Ok(if r?.clean { 0 } else { 1 })
         }
+    }
+}
+
+/// A worker's leases on a PostgreSQL store: the lease thread, the fences it keeps, and the
+/// changes it reports (one mailbox session runs per lease held).
+struct Leasing {
+    thread: LeaseThread,
+    fences: Fences,
+    changes: mpsc::UnboundedReceiver<Change>,
+}
+
+impl Leasing {
+    /// Starts the lease thread on a connection of its own for the plan's mailboxes.
+    fn start(cfg: &Arc<StoreConfig>, plan: &Plan) -> anyhow::Result<Leasing> {
+        let leases = Leases::new(
+            mailticket::store::pg::connect(cfg)?,
+            WorkerInfo::this_process(Role::Watch),
+            Duration::from_secs(cfg.lease),
+            plan.names(),
+        );
+        tracing::info!(
+            worker = %leases.worker().id,
+            lease_s = cfg.lease,
+            "sharing the mailboxes with the other workers of this store"
+        );
+        let fences = leases.fences();
+        let cfg = cfg.clone();
+        let connect: Connect = Box::new(move || mailticket::store::pg::connect(&cfg));
+        let (thread, changes) = mailticket::lease::spawn(leases, connect)?;
+        Ok(Leasing {
+            thread,
+            fences,
+            changes,
+        })
     }
 }
 
@@ -134,7 +195,12 @@ async fn supervise(
     store: &StoreThread,
     notifier: &Notifier,
     reload: impl Fn(()) -> anyhow::Result<Plan>,
+    leasing: Option<&mut Leasing>,
 ) -> End {
+    let (lease_thread, fences, mut changes) = match leasing {
+        Some(l) => (Some(&l.thread), Some(&l.fences), Some(&mut l.changes)),
+        None => (None, None, None),
+    };
     let stop = CancellationToken::new();
     let (hup_tx, mut hup) = mpsc::channel(1);
     let mut second = tokio::spawn(signals(stop.clone(), hup_tx));
@@ -155,7 +221,10 @@ async fn supervise(
             outbound,
             hooks,
             generation.clone(),
-            None,
+            fences.zip(changes.as_deref_mut()).map(|(f, c)| Leased {
+                fences: f.clone(),
+                changes: c,
+            }),
         );
         tokio::pin!(watching);
         let next = loop {
@@ -192,6 +261,9 @@ async fn supervise(
                 return End::Finished(Ok(s));
             }
             r => return End::Finished(r),
+        }
+        if let Some(t) = lease_thread {
+            t.configure(next.names());
         }
         notifier.send("READY=1");
         plan = next;

@@ -637,3 +637,99 @@ fn doctor_on_a_postgresql_store_reports_lease_health() {
     // the configured mailbox "support" has no holder while a worker runs
     assert_eq!(find("mailbox support", "lease")["status"], "warn", "{v}");
 }
+
+/// `workers --json` of `wd`: worker id -> mailboxes held.
+fn holders(wd: &crate::harness::Workdir) -> HashMap<String, Vec<String>> {
+    let v = wd.mailticket(&["workers", "--json"]).success().json();
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let held = w["mailboxes"].as_array().unwrap();
+            let held = held.iter().map(|m| m.as_str().unwrap().to_owned());
+            (w["id"].as_str().unwrap().to_owned(), held.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn two_watch_workers_share_the_mailboxes_and_one_takes_over_when_the_other_is_killed() {
+    use crate::harness::{Dovecot, Workdir, simple_mail, wait_until};
+    let users = ["support", "alice", "bob", "carol"];
+    let dc = Dovecot::start_with(&[(
+        "IMAP_USERS",
+        "support:support-pass alice:alice-pass bob:bob-pass carol:carol-pass",
+    )]);
+    for (i, u) in users.iter().enumerate() {
+        dc.seed_user(u, 1, 0, 40 + i as u32);
+    }
+    let pg = Postgres::start();
+    let mbs: Vec<_> = users.iter().map(|u| dc.mailbox_of(u)).collect();
+    let workdir = || {
+        let wd = Workdir::on_store(format!("{}lease = 3\n", pg.store_toml()));
+        wd.write_config_with(&mbs, "[watch]\nidle = true\n");
+        wd
+    };
+    let (wd1, wd2) = (workdir(), workdir());
+    let mut w1 = wd1.watch(&[]);
+    let mut w2 = wd2.watch(&[]);
+    wait_until(Duration::from_secs(30), "the backlog", || {
+        wd1.ticket_count() == 4
+    });
+    wait_until(Duration::from_secs(30), "two mailboxes each", || {
+        let h = holders(&wd1);
+        h.len() == 2 && h.values().all(|m| m.len() == 2)
+    });
+    // kill -9 one worker: the other takes its mailboxes over within the lease (3 s) and a tick
+    w1.signal("KILL");
+    w1.wait_exit(Duration::from_secs(5));
+    let t0 = Instant::now();
+    for (i, u) in users.iter().enumerate() {
+        let mail = simple_mail(
+            "Anna <anna@customer.example>",
+            &format!("after-kill-{i}@customer.example"),
+            &format!("After the kill {i}"),
+            "",
+        );
+        dc.append_to(u, "INBOX", &mail);
+    }
+    wait_until(Duration::from_secs(30), "one worker holding all", || {
+        let h = holders(&wd2);
+        h.len() == 1 && h.values().all(|m| m.len() == 4)
+    });
+    let takeover = t0.elapsed();
+    eprintln!("takeover after kill -9: {takeover:?}");
+    assert!(takeover < Duration::from_secs(15), "{takeover:?}");
+    wait_until(
+        Duration::from_secs(30),
+        "the mail sent after the kill",
+        || wd2.ticket_count() == 8,
+    );
+    assert!(
+        w2.count("acquired the lease of mailbox") >= 4,
+        "{}",
+        w2.log()
+    );
+    let v = wd2.mailticket(&["workers", "--json"]).success().json();
+    let takeovers: i64 = v["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["takeovers"].as_i64().unwrap())
+        .sum();
+    assert_eq!(takeovers, 2, "{v}");
+    w2.stop(Duration::from_secs(20));
+    assert_eq!(wd2.ticket_count(), 8, "every message exactly one ticket");
+    // a clean stop releases every lease and leaves no live worker
+    assert!(holders(&wd2).is_empty());
+    let v = wd2.mailticket(&["workers", "--json"]).success().json();
+    assert!(
+        v["mailboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["owner"].is_null()),
+        "{v}"
+    );
+}
