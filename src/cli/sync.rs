@@ -1,6 +1,13 @@
 //! `mailticket sync`: one pass over the mailboxes.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use mailticket::config::{MailboxConfig, StoreConfig};
+use mailticket::lease::{Connect, PassLeases};
+use mailticket::oauth2::Credentials;
+use mailticket::store::Location;
+use mailticket::summary::Skipped;
 
 use mailticket::pipeline::Rules;
 use mailticket::store::StoreThread;
@@ -25,6 +32,18 @@ pub struct SyncArgs {
     pub json: bool,
 }
 
+/// Takes the leases of `mailboxes` for this pass, renewed until the pass finishes.
+fn claim_pass(
+    cfg: &Arc<StoreConfig>,
+    mailboxes: &[(&MailboxConfig, Credentials)],
+) -> anyhow::Result<PassLeases> {
+    let names: Vec<String> = mailboxes.iter().map(|(mb, _)| mb.name.clone()).collect();
+    let lease = Duration::from_secs(cfg.lease);
+    let cfg = cfg.clone();
+    let connect: Connect = Box::new(move || mailticket::store::pg::connect(&cfg));
+    Ok(mailticket::lease::claim_pass(connect, lease, &names)?)
+}
+
 pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let mailboxes = ctx.chosen_mailboxes(&a.mailboxes)?;
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.store, &mailboxes, true)?;
@@ -39,6 +58,16 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     } else {
         ctx.open_store()?
     };
+    // On a shared store the pass takes each mailbox's lease; one a watch worker holds is
+    // left to it.
+    let pass = match (&ctx.store, a.dry_run) {
+        (Location::Postgres(cfg), false) => Some(claim_pass(cfg, &mailboxes)?),
+        _ => None,
+    };
+    let mailboxes: Vec<_> = mailboxes
+        .into_iter()
+        .filter(|(mb, _)| pass.as_ref().is_none_or(|p| p.holds(&mb.name)))
+        .collect();
     let (handle, join) = StoreThread::spawn(store)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -56,6 +85,18 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let mut summary = rt.block_on(sync_run(&ctx.config, &mailboxes, &handle, opts));
     drop(line);
     summary.dry_run = a.dry_run;
+    if let Some(pass) = pass {
+        summary.skipped = pass
+            .busy
+            .iter()
+            .map(|(name, owner, expires_in)| Skipped {
+                name: name.clone(),
+                held_by: owner.clone(),
+                lease_expires_in_s: expires_in.as_secs_f64(),
+            })
+            .collect();
+        pass.finish();
+    }
     if let (Some(smtp), false) = (&smtp, a.dry_run) {
         summary.push_drain(rt.block_on(mailticket::outbound::drain(&handle, smtp)));
     }

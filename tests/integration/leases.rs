@@ -733,3 +733,36 @@ fn two_watch_workers_share_the_mailboxes_and_one_takes_over_when_the_other_is_ki
         "{v}"
     );
 }
+
+#[test]
+fn sync_on_a_shared_store_skips_a_mailbox_a_watch_worker_holds() {
+    use crate::harness::{Dovecot, Workdir};
+    let dc = Dovecot::start();
+    dc.seed_user("support", 1, 0, 51);
+    dc.seed_user("alice", 1, 0, 52);
+    let pg = with_schema();
+    let mut w = leases(&pg, 20_000, &["support".to_owned()]);
+    w.tick().unwrap();
+    assert_eq!(w.tick().unwrap().acquired.len(), 1);
+    let wd = Workdir::on_store(pg.store_toml());
+    wd.write_config(&[dc.mailbox_of("support"), dc.mailbox_of("alice")]);
+    let v = wd.sync();
+    assert_eq!(v["created"], 1, "{v}");
+    assert_eq!(v["skipped"][0]["name"], "support", "{v}");
+    assert_eq!(v["skipped"][0]["held_by"], w.worker().id.as_str(), "{v}");
+    assert_eq!(v["mailboxes"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(dc.unseen_of("support", "INBOX"), 1, "left to the worker");
+    assert_eq!(dc.unseen_of("alice", "INBOX"), 0);
+    // the pass released alice's lease; the worker keeps support
+    let db = rows(&pg);
+    assert_eq!(db["alice"].0, None);
+    assert_eq!(db["support"].0.as_deref(), Some(w.worker().id.as_str()));
+    let text = wd.mailticket(&["sync"]).success().stdout;
+    assert!(
+        text.contains(&format!(
+            "skipped: worker {} holds its lease",
+            w.worker().id
+        )),
+        "{text}"
+    );
+}
