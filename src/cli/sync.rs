@@ -44,6 +44,18 @@ fn claim_pass(
     Ok(mailticket::lease::claim_pass(connect, lease, &names)?)
 }
 
+/// The mailboxes the pass left to the watch workers holding them.
+fn skipped(pass: &PassLeases) -> Vec<Skipped> {
+    pass.busy
+        .iter()
+        .map(|(name, owner, expires_in)| Skipped {
+            name: name.clone(),
+            held_by: owner.clone(),
+            lease_expires_in_s: expires_in.as_secs_f64(),
+        })
+        .collect()
+}
+
 pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let mailboxes = ctx.chosen_mailboxes(&a.mailboxes)?;
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.store, &mailboxes, true)?;
@@ -86,15 +98,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     drop(line);
     summary.dry_run = a.dry_run;
     if let Some(pass) = pass {
-        summary.skipped = pass
-            .busy
-            .iter()
-            .map(|(name, owner, expires_in)| Skipped {
-                name: name.clone(),
-                held_by: owner.clone(),
-                lease_expires_in_s: expires_in.as_secs_f64(),
-            })
-            .collect();
+        summary.skipped = skipped(&pass);
         pass.finish();
     }
     if let (Some(smtp), false) = (&smtp, a.dry_run) {
