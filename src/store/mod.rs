@@ -239,6 +239,12 @@ impl Store {
         Store::with_key(db)
     }
 
+    /// From now on a commit that moves a mailbox's cursor needs that mailbox's lease (a
+    /// shared store's worker; see [`db::Fence`]).
+    pub fn set_fence(&mut self, fence: Arc<dyn db::Fence>) {
+        self.conn.set_fence(fence);
+    }
+
     /// Whether this store is PostgreSQL (shared by many workers).
     pub fn is_shared(&self) -> bool {
         self.conn.is_pg()

@@ -34,6 +34,7 @@ mod robust;
 mod run_output;
 mod secrets;
 mod selftest;
+mod shared;
 mod stores;
 mod sync;
 mod understanding;
