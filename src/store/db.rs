@@ -289,6 +289,9 @@ pub struct Pg {
     /// The leases a message commit must hold (a shared store's workers); `None`: no check
     /// (a command that reads no mailbox: import, ingest, the CLI's edits).
     fence: Option<std::sync::Arc<dyn Fence>>,
+    /// Makes a new connection when the server went away (a restart, a failover): the next
+    /// statement outside a transaction runs on it.
+    reconnect: Option<Box<dyn Fn() -> Result<postgres::Client> + Send>>,
 }
 
 /// Which worker holds which mailbox, and under which fencing token: asked by every commit
@@ -320,7 +323,21 @@ impl Db {
             statements: RefCell::new(HashMap::new()),
             in_tx: Flag::new(false),
             fence: None,
+            reconnect: None,
         }))
+    }
+
+    /// A PostgreSQL connection made by `connect`, and made again by it whenever the server
+    /// closed the last one: a transaction cut off fails, the next one runs on a new
+    /// connection.
+    pub fn pg_reconnecting(
+        connect: impl Fn() -> Result<postgres::Client> + Send + 'static,
+    ) -> Result<Db> {
+        let mut db = Db::pg(connect()?);
+        if let Db::Pg(pg) = &mut db {
+            pg.reconnect = Some(Box::new(connect));
+        }
+        Ok(db)
     }
 
     /// Whether this is PostgreSQL.
@@ -492,7 +509,10 @@ impl Db {
     pub fn batch(&self, sql: &str) -> Result<()> {
         match self {
             Db::Lite(c) => Ok(c.execute_batch(sql)?),
-            Db::Pg(pg) => Ok(pg.client.borrow_mut().batch_execute(sql)?),
+            Db::Pg(pg) => {
+                pg.revive()?;
+                Ok(pg.client.borrow_mut().batch_execute(sql)?)
+            }
         }
     }
 
@@ -501,6 +521,7 @@ impl Db {
         match self {
             Db::Lite(c) => Ok(c.execute_batch("BEGIN IMMEDIATE")?),
             Db::Pg(pg) => {
+                pg.revive()?;
                 pg.client.borrow_mut().batch_execute("BEGIN")?;
                 pg.in_tx.set(true);
                 Ok(())
@@ -536,7 +557,12 @@ impl Db {
     pub fn in_transaction(&self) -> bool {
         match self {
             Db::Lite(c) => !c.is_autocommit(),
-            Db::Pg(pg) => pg.in_tx.get() && !pg.client.borrow().is_closed(),
+            Db::Pg(pg) => {
+                if pg.client.borrow().is_closed() {
+                    pg.in_tx.set(false);
+                }
+                pg.in_tx.get()
+            }
         }
     }
 
@@ -562,6 +588,7 @@ impl Db {
 impl Pg {
     /// The prepared statement for `sql` (in the store's dialect), prepared on first use.
     fn statement(&self, sql: &str) -> Result<postgres::Statement> {
+        self.revive()?;
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
@@ -570,6 +597,24 @@ impl Pg {
             .borrow_mut()
             .insert(sql.to_owned(), s.clone());
         Ok(s)
+    }
+}
+
+impl Pg {
+    /// A new connection in place of one the server closed, outside a transaction (inside
+    /// one, the transaction is lost and its caller must fail).
+    fn revive(&self) -> Result<()> {
+        if self.in_tx.get() || !self.client.borrow().is_closed() {
+            return Ok(());
+        }
+        let Some(connect) = &self.reconnect else {
+            return Ok(());
+        };
+        let client = connect()?;
+        tracing::info!("reconnected to PostgreSQL");
+        *self.client.borrow_mut() = client;
+        self.statements.borrow_mut().clear();
+        Ok(())
     }
 }
 

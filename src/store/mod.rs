@@ -234,7 +234,8 @@ impl Store {
 
     /// Opens (migrating when needed) the PostgreSQL store `cfg.url` names.
     pub fn open_pg(cfg: &crate::config::StoreConfig) -> Result<Store> {
-        let db = Db::pg(pg::connect(cfg)?);
+        let cfg = cfg.clone();
+        let db = Db::pg_reconnecting(move || pg::connect(&cfg))?;
         pg::migrate(&db)?;
         Store::with_key(db)
     }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::harness::{Dovecot, Workdir, simple_mail, spawn};
+use std::time::Duration;
+
+use crate::harness::{Dovecot, Workdir, simple_mail, spawn, wait_until};
 use crate::pg_harness::Postgres;
 use crate::sink::Sink;
 
@@ -58,4 +60,52 @@ fn three_processes_racing_the_outbox_send_each_ack_once() {
             .all(|r| r["status"] == "sent"),
         "{rows}"
     );
+}
+
+fn request(n: u32) -> Vec<u8> {
+    simple_mail(
+        &format!("Customer {n} <c{n}@customer.example>"),
+        &format!("pgr-{n}@customer.example"),
+        &format!("Request {n}"),
+        "",
+    )
+}
+
+#[test]
+fn postgres_restarted_during_watch_loses_and_duplicates_nothing() {
+    let pg = Postgres::start();
+    let dc = Dovecot::start();
+    for n in 0..10 {
+        dc.append("INBOX", &request(n), false);
+    }
+    let wd = Workdir::on_store(pg.store_toml());
+    wd.write_config_with(
+        &[dc.mailbox()],
+        "[watch]\npoll-interval = 60\nbackoff-max = 2\nshutdown-timeout = 10\n",
+    );
+    let mut w = wd.watch(&[]);
+    wait_until(Duration::from_secs(30), "the backlog", || {
+        wd.ticket_count() == 10
+    });
+    // An immediate stop cuts every connection; mail arrives while the server is down.
+    pg.stop_server();
+    for n in 10..15 {
+        dc.append("INBOX", &request(n), false);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_server();
+    for n in 15..20 {
+        dc.append("INBOX", &request(n), false);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the mail after the restart",
+        || wd.ticket_count() == 20,
+    );
+    w.stop(Duration::from_secs(20));
+    let ids = wd.ticketed_message_ids();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 20, "every message once: {ids:?}");
+    assert_eq!(ids.len(), 20);
+    assert!(w.log().contains("reconnected to PostgreSQL"), "{}", w.log());
 }
