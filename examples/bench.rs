@@ -14,6 +14,11 @@
 //! Run with `scripts/bench` (it builds in release mode first), or:
 //! `cargo build --release --bins --examples && target/release/examples/bench [SMALL LARGE RUNS]`
 //!
+//! `bench pg [SMALL LARGE RUNS]` runs the same sync into a PostgreSQL store instead (a
+//! throw-away cluster from tests/env/pg-server on 127.0.0.1, TLS verified, its schema dropped
+//! before each run), and prints the machine's CPU too: the database server's work is not in
+//! the client's figures.
+//!
 //! `bench watch [MESSAGES MAILBOXES]` (default 50 100) measures `mailticket watch` instead: the
 //! new-mail → ticket latency of MESSAGES messages appended one by one (p50, p99, max; from the
 //! start of the append, which itself takes ~30 ms of `doveadm save`), then the resident memory
@@ -230,6 +235,8 @@ fn main() {
         let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
         return login_bench(runs);
     }
+    let pg = args.first().map(String::as_str) == Some("pg");
+    let args = &args[usize::from(pg)..];
     let small: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let large: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000);
     let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
@@ -253,11 +260,16 @@ fn main() {
 
     let work = dir.join("work");
     std::fs::create_dir_all(&work).expect("mkdir");
+    let postgres = pg.then(|| Postgres::start(&root, &dir.join("pg")));
+    let store = postgres.as_ref().map_or_else(
+        || "[store]\npath = \"bench.db\"\n".to_owned(),
+        Postgres::store_toml,
+    );
     let config_path = work.join("mailticket.toml");
     std::fs::write(
         &config_path,
         format!(
-            "[store]\npath = \"bench.db\"\n[[mailbox]]\nname = \"support\"\nhost = \"localhost\"\n\
+            "{store}[[mailbox]]\nname = \"support\"\nhost = \"localhost\"\n\
              port = {IMAPS_PORT}\nca-file = \"{}\"\nusername = \"support\"\npassword = \"support-pass\"\n",
             dir.join("tls/ca.crt").display()
         ),
@@ -281,6 +293,7 @@ fn main() {
         floor.push(dt.as_secs_f64());
     }
     let mut costs = Vec::new();
+    let mut machine = Vec::new();
     for _ in 0..runs {
         imap_server(
             &root,
@@ -292,6 +305,10 @@ fn main() {
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(work.join(format!("bench.db{ext}")));
         }
+        if let Some(pg) = &postgres {
+            pg.empty();
+        }
+        let b0 = busy_seconds();
         costs.push(run_measured(
             &bin,
             &[
@@ -301,10 +318,12 @@ fn main() {
             ],
             &work,
         ));
+        machine.push(busy_seconds() - b0);
     }
-    let db_size = std::fs::metadata(work.join("bench.db"))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let db_size = match &postgres {
+        Some(pg) => pg.size(),
+        None => std::fs::metadata(work.join("bench.db")).map_or(0, |m| m.len()),
+    };
     let sync = median_cost(costs.clone());
     let (f, s) = (median(floor.clone()), sync.wall);
     let mb = bytes as f64 / 1e6;
@@ -323,13 +342,112 @@ fn main() {
     );
     println!("ratio sync/raw: {:.2}   (target >= 0.70)", f / s);
     print_cost("sync", &sync, count, &costs);
-    println!("store size: {:.1} MB", db_size as f64 / 1e6);
+    println!(
+        "store ({}): {:.1} MB",
+        if pg { "PostgreSQL" } else { "SQLite" },
+        db_size as f64 / 1e6
+    );
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!(
+        "machine CPU busy during the sync (all processes, the database server's included): \
+         {:.1} core-s",
+        median(machine),
+    );
     println!(
         "machine CPU busy during the raw fetch (all processes, {cores} cores): {:.1} core-s",
         median(floor_cpu),
     );
+    drop(postgres);
     drop(stop);
+}
+
+/// A throw-away PostgreSQL cluster (tests/env/pg-server) for `bench pg`.
+struct Postgres {
+    script: PathBuf,
+    dir: PathBuf,
+    env: std::collections::HashMap<String, String>,
+}
+
+impl Postgres {
+    fn start(root: &Path, dir: &Path) -> Postgres {
+        let script = root.join("tests/env/pg-server");
+        let out = sh(Command::new("bash")
+            .arg(&script)
+            .arg("-d")
+            .arg(dir)
+            .arg("start"));
+        let env = out
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.trim_start_matches("export ").to_owned(),
+                    v.trim_matches('"').to_owned(),
+                )
+            })
+            .collect();
+        Postgres {
+            script,
+            dir: dir.to_owned(),
+            env,
+        }
+    }
+
+    fn var(&self, k: &str) -> &str {
+        self.env.get(k).map_or("", String::as_str)
+    }
+
+    fn store_toml(&self) -> String {
+        format!(
+            "[store]\nurl = \"{}\"\npassword = \"{}\"\nca-file = \"{}\"\n",
+            self.var("PG_URL"),
+            self.var("PG_PASSWORD"),
+            self.var("PG_CA_FILE")
+        )
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        sh(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{}/psql", self.var("PG_BIN")))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                self.var("PG_SOCKET_DIR"),
+                "-p",
+                self.var("PG_PORT"),
+                "-d",
+                "mailticket",
+                "-c",
+                sql,
+            ]))
+    }
+
+    /// Drops every table: the next sync starts on an empty database.
+    fn empty(&self) {
+        self.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION mailticket");
+    }
+
+    /// The database's size on disk, in bytes.
+    fn size(&self) -> u64 {
+        self.psql("SELECT pg_database_size('mailticket')")
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.script)
+            .arg("-d")
+            .arg(&self.dir)
+            .arg("stop")
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Stops the Dovecot and removes its folder when dropped.

@@ -72,6 +72,11 @@ pub enum Error {
     #[error("store: {}{}", if op.is_empty() { String::new() } else { format!("{op}: ") }, pg_text(pg))]
     Postgres { op: String, pg: postgres::Error },
 
+    /// On a shared store, this worker no longer holds the mailbox's lease (another worker
+    /// took it over, or it expired): nothing of the mailbox was committed.
+    #[error("mailbox {mailbox}: lease lost, nothing committed: {message}")]
+    LeaseLost { mailbox: String, message: String },
+
     /// The store's schema is not one this build can use.
     #[error("store: {0}")]
     Schema(String),

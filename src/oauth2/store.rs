@@ -87,7 +87,10 @@ impl TokenStore {
                 unreachable!("a store is a file or PostgreSQL")
             };
             return Ok(TokenStore {
-                conn: Arc::new(Mutex::new(Db::pg(crate::store::pg::connect(cfg)?))),
+                conn: Arc::new(Mutex::new({
+                    let cfg = cfg.clone();
+                    Db::pg_reconnecting(move || crate::store::pg::connect(&cfg))?
+                })),
                 held: Arc::new(AtomicBool::new(false)),
                 lock_path: None,
             });

@@ -286,7 +286,28 @@ pub struct Pg {
     client: RefCell<postgres::Client>,
     statements: RefCell<HashMap<String, postgres::Statement>>,
     in_tx: Flag<bool>,
+    /// The leases a message commit must hold (a shared store's workers); `None`: no check
+    /// (a command that reads no mailbox: import, ingest, the CLI's edits).
+    fence: Option<std::sync::Arc<dyn Fence>>,
+    /// Makes a new connection when the server went away (a restart, a failover): the next
+    /// statement outside a transaction runs on it.
+    reconnect: Option<Box<dyn Fn() -> Result<postgres::Client> + Send>>,
 }
+
+/// Which worker holds which mailbox, and under which fencing token: asked by every commit
+/// that moves a mailbox's cursor on a shared store.
+pub trait Fence: Send + Sync {
+    /// The worker id and the token this process holds `mailbox` under; `None` when it
+    /// holds no lease on it.
+    fn holder(&self, mailbox: &str) -> Option<(String, i64)>;
+}
+
+/// The fencing statement: it succeeds (one row) only while `owner` still holds the
+/// mailbox's lease with `token`, and it locks the lease row to the end of the transaction,
+/// so a takeover waits for this commit and a commit after a takeover finds no row.
+const FENCE: &str = "UPDATE mailbox_lease
+    SET last_commit_at = (extract(epoch from clock_timestamp()) * 1000)::bigint
+    WHERE mailbox = ?1 AND owner = ?2 AND token = ?3";
 
 /// The connection a [`super::Store`] works on.
 pub enum Db {
@@ -301,12 +322,81 @@ impl Db {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
             in_tx: Flag::new(false),
+            fence: None,
+            reconnect: None,
         }))
+    }
+
+    /// A PostgreSQL connection made by `connect`, and made again by it whenever the server
+    /// closed the last one: a transaction cut off fails, the next one runs on a new
+    /// connection.
+    pub fn pg_reconnecting(
+        connect: impl Fn() -> Result<postgres::Client> + Send + 'static,
+    ) -> Result<Db> {
+        let mut db = Db::pg(connect()?);
+        if let Db::Pg(pg) = &mut db {
+            pg.reconnect = Some(Box::new(connect));
+        }
+        Ok(db)
     }
 
     /// Whether this is PostgreSQL.
     pub fn is_pg(&self) -> bool {
         matches!(self, Db::Pg(_))
+    }
+
+    /// What a `SELECT` that claims a row ends with: on PostgreSQL the row is locked and rows
+    /// that other workers are claiming right now are passed over (`FOR UPDATE SKIP LOCKED`,
+    /// `OF` the table alias given, for a join); SQLite has one writer, so nothing.
+    pub fn skip_locked(&self, of: &str) -> String {
+        match self {
+            Db::Lite(_) => String::new(),
+            Db::Pg(_) if of.is_empty() => " FOR UPDATE SKIP LOCKED".into(),
+            Db::Pg(_) => format!(" FOR UPDATE OF {of} SKIP LOCKED"),
+        }
+    }
+
+    /// Serialises, to the end of the transaction, every transaction that takes the same
+    /// `key` (PostgreSQL, where many workers write at once; SQLite has one writer already).
+    pub fn lock_key(&self, key: &str) -> Result<()> {
+        if self.is_pg() {
+            self.query_row(
+                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext(?1))) AS locked",
+                params![key],
+                |_| Ok(()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// From now on every commit that moves a mailbox's cursor checks the lease `fence`
+    /// names (PostgreSQL; SQLite's file lock keeps a second writer out already).
+    pub fn set_fence(&mut self, fence: std::sync::Arc<dyn Fence>) {
+        if let Db::Pg(pg) = self {
+            pg.fence = Some(fence);
+        }
+    }
+
+    /// Refuses (with [`Error::LeaseLost`]) to go on with a commit for `mailbox` unless this
+    /// worker still holds its lease; a no-op without a fence.
+    pub fn fenced(&self, mailbox: &str) -> Result<()> {
+        let Db::Pg(pg) = self else {
+            return Ok(());
+        };
+        let Some(fence) = &pg.fence else {
+            return Ok(());
+        };
+        let lost = |why: &str| Error::LeaseLost {
+            mailbox: mailbox.to_owned(),
+            message: why.to_owned(),
+        };
+        let Some((worker, token)) = fence.holder(mailbox) else {
+            return Err(lost("this worker does not hold its lease"));
+        };
+        if self.execute(FENCE, params![mailbox, worker, token])? != 1 {
+            return Err(lost("another worker took its lease over"));
+        }
+        Ok(())
     }
 
     /// The SQLite connection; `None` on PostgreSQL.
@@ -419,7 +509,10 @@ impl Db {
     pub fn batch(&self, sql: &str) -> Result<()> {
         match self {
             Db::Lite(c) => Ok(c.execute_batch(sql)?),
-            Db::Pg(pg) => Ok(pg.client.borrow_mut().batch_execute(sql)?),
+            Db::Pg(pg) => {
+                pg.revive()?;
+                Ok(pg.client.borrow_mut().batch_execute(sql)?)
+            }
         }
     }
 
@@ -428,6 +521,7 @@ impl Db {
         match self {
             Db::Lite(c) => Ok(c.execute_batch("BEGIN IMMEDIATE")?),
             Db::Pg(pg) => {
+                pg.revive()?;
                 pg.client.borrow_mut().batch_execute("BEGIN")?;
                 pg.in_tx.set(true);
                 Ok(())
@@ -463,7 +557,12 @@ impl Db {
     pub fn in_transaction(&self) -> bool {
         match self {
             Db::Lite(c) => !c.is_autocommit(),
-            Db::Pg(pg) => pg.in_tx.get() && !pg.client.borrow().is_closed(),
+            Db::Pg(pg) => {
+                if pg.client.borrow().is_closed() {
+                    pg.in_tx.set(false);
+                }
+                pg.in_tx.get()
+            }
         }
     }
 
@@ -489,6 +588,7 @@ impl Db {
 impl Pg {
     /// The prepared statement for `sql` (in the store's dialect), prepared on first use.
     fn statement(&self, sql: &str) -> Result<postgres::Statement> {
+        self.revive()?;
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
@@ -497,6 +597,24 @@ impl Pg {
             .borrow_mut()
             .insert(sql.to_owned(), s.clone());
         Ok(s)
+    }
+}
+
+impl Pg {
+    /// A new connection in place of one the server closed, outside a transaction (inside
+    /// one, the transaction is lost and its caller must fail).
+    fn revive(&self) -> Result<()> {
+        if self.in_tx.get() || !self.client.borrow().is_closed() {
+            return Ok(());
+        }
+        let Some(connect) = &self.reconnect else {
+            return Ok(());
+        };
+        let client = connect()?;
+        tracing::info!("reconnected to PostgreSQL");
+        *self.client.borrow_mut() = client;
+        self.statements.borrow_mut().clear();
+        Ok(())
     }
 }
 

@@ -123,7 +123,8 @@ impl Store {
             let me = crate::lock::process_tag();
             self.write(|c| {
                 let mut jobs = Vec::new();
-                let next = "SELECT d.id, d.attempts, e.uid, e.type, e.created_at, e.data
+                let next = &format!(
+                    "SELECT d.id, d.attempts, e.uid, e.type, e.created_at, e.data
                      FROM hook_delivery d JOIN event e ON e.id = d.event_id
                      WHERE d.hook = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
                        AND NOT EXISTS (SELECT 1 FROM hook_state h
@@ -132,7 +133,9 @@ impl Store {
                              SELECT 1 FROM hook_delivery p
                              WHERE p.hook = ?1 AND p.ticket_id = d.ticket_id
                                AND p.status != 'delivered' AND p.event_id < d.event_id))
-                     ORDER BY d.event_id LIMIT 1";
+                     ORDER BY d.event_id LIMIT 1{}",
+                    c.skip_locked("d")
+                );
                 while jobs.len() < limit {
                     let Some(job) = c.query_opt(next, params![hook, now], |r| {
                         Ok(DeliveryJob {

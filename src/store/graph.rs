@@ -83,6 +83,7 @@ impl Store {
     ) -> Result<()> {
         crate::store::sql("resetting the Graph cursor", || {
             self.write(|conn| {
+                conn.fenced(mailbox)?;
                 conn.execute(
                     "INSERT INTO graph_cursor (mailbox, folder, delta_link, backlog_before, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)
@@ -98,7 +99,10 @@ impl Store {
     /// Moves a Graph folder's cursor on after a page that stored nothing.
     pub fn set_graph_link(&mut self, mailbox: &str, folder: &str, link: &str) -> Result<()> {
         crate::store::sql("advancing the Graph cursor", || {
-            self.write(|c| set_link(c, mailbox, folder, link))
+            self.write(|c| {
+                c.fenced(mailbox)?;
+                set_link(c, mailbox, folder, link)
+            })
         })
     }
 

@@ -234,9 +234,16 @@ impl Store {
 
     /// Opens (migrating when needed) the PostgreSQL store `cfg.url` names.
     pub fn open_pg(cfg: &crate::config::StoreConfig) -> Result<Store> {
-        let db = Db::pg(pg::connect(cfg)?);
+        let cfg = cfg.clone();
+        let db = Db::pg_reconnecting(move || pg::connect(&cfg))?;
         pg::migrate(&db)?;
         Store::with_key(db)
+    }
+
+    /// From now on a commit that moves a mailbox's cursor needs that mailbox's lease (a
+    /// shared store's worker; see [`db::Fence`]).
+    pub fn set_fence(&mut self, fence: Arc<dyn db::Fence>) {
+        self.conn.set_fence(fence);
     }
 
     /// Whether this store is PostgreSQL (shared by many workers).

@@ -205,6 +205,9 @@ impl Tx<'_> {
     /// Acknowledgements queued, being sent or sent to `address` since `since`.
     pub fn acks_to_since(&self, address: &str, since: i64) -> Result<u32> {
         crate::store::sql("counting acknowledgements", || {
+            // Workers deciding about the same address at once take turns: the count then
+            // holds the row the other one queued, and the rate limit holds across workers.
+            self.c.lock_key(&format!("ack:{address}"))?;
             self.c.query_row(
                 "SELECT count(*) FROM outbox WHERE rcpt_to = ?1 AND kind = 'ack'
                        AND status IN ('pending', 'sending', 'sent') AND created_at > ?2",
@@ -377,18 +380,25 @@ impl Store {
             let row: Option<Row> = self.write(|c| {
                 let row = c
                     .query_opt(
-                        "SELECT id, ticket_id, message_row, mail_from, rcpt_all, mailbox FROM outbox
-                         WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1",
+                        &format!(
+                            "SELECT id, ticket_id, message_row, mail_from, rcpt_all, mailbox FROM outbox
+                             WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT 1{}",
+                            c.skip_locked("")
+                        ),
                         params![now],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
                     )?;
                 if let Some((id, ..)) = &row {
-                    c.execute(
+                    // Only a row still pending: another worker may have claimed it first.
+                    let n = c.execute(
                         "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ?2,
                            claimed_by = ?3, claimed_until = ?4
-                         WHERE id = ?1",
+                         WHERE id = ?1 AND status = 'pending'",
                         params![id, now, me, now.saturating_add(lease)],
                     )?;
+                    if n != 1 {
+                        return Ok(None);
+                    }
                 }
                 Ok(row)
             })?;

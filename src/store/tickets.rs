@@ -221,11 +221,13 @@ fn from_json_list(s: &str) -> Vec<String> {
 /// Advances the cursor past this message (IMAP or Graph), inside the caller's transaction.
 fn advance(c: &Db, origin: &Origin) -> Result<()> {
     if let Some(g) = &origin.graph {
+        c.fenced(&g.mailbox)?;
         super::graph::advance(c, g)?;
     }
     let Some(p) = origin.imap.as_ref() else {
         return Ok(());
     };
+    c.fenced(&p.mailbox)?;
     let n = c.execute(
         "UPDATE cursor SET last_uid = GREATEST(last_uid, ?4), updated_at = ?5
              WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
@@ -308,6 +310,7 @@ impl Store {
     pub fn reset_cursor(&mut self, mailbox: &str, folder: &str, cursor: Cursor) -> Result<()> {
         crate::store::sql("resetting the cursor", || {
             self.write(|c| {
+                c.fenced(mailbox)?;
                 c.execute(
                     "INSERT INTO cursor (mailbox, folder, uidvalidity, last_uid, backlog_until, done_uid, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)

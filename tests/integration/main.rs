@@ -35,6 +35,7 @@ mod robust;
 mod run_output;
 mod secrets;
 mod selftest;
+mod shared;
 mod stores;
 mod sync;
 mod understanding;

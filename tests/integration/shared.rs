@@ -1,0 +1,111 @@
+//! A PostgreSQL store shared by several processes at once: what one machine's file lock
+//! used to keep apart must now hold through the database (row claims, advisory locks).
+
+use std::collections::BTreeSet;
+
+use std::time::Duration;
+
+use crate::harness::{Dovecot, Workdir, simple_mail, spawn, wait_until};
+use crate::pg_harness::Postgres;
+use crate::sink::Sink;
+
+const ACK: &str = "[ack]\nenabled = true\nmax-age = 8640000000\n";
+
+#[test]
+fn three_processes_racing_the_outbox_send_each_ack_once() {
+    let pg = Postgres::start();
+    let dc = Dovecot::start();
+    for i in 0..40 {
+        let mail = simple_mail(
+            &format!("Customer {i} <c{i}@customer.example>"),
+            &format!("r{i}@customer.example"),
+            &format!("Request {i}"),
+            "",
+        );
+        dc.append("INBOX", &mail, false);
+    }
+    // The SMTP server is down during the sync: the acknowledgements wait in the outbox.
+    let sink = Sink::start();
+    sink.stop();
+    let wd = Workdir::on_store(pg.store_toml());
+    wd.write_config_with(&[dc.mailbox()], &format!("{}\n{ACK}", sink.smtp_toml()));
+    wd.mailticket(&["sync"]);
+    assert_eq!(wd.tickets().len(), 40);
+    // All due now, as if their retry time had come.
+    pg.psql("UPDATE outbox SET status = 'pending', next_attempt_at = 0");
+    sink.restart();
+    let senders: Vec<_> = (0..3)
+        .map(|_| spawn(wd.cmd(&["outbox", "--send"])))
+        .collect();
+    for mut s in senders {
+        assert!(s.wait().unwrap().success());
+    }
+    let acked: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| m.header("In-Reply-To").expect("an ack has In-Reply-To"))
+        .collect();
+    let unique: BTreeSet<&String> = acked.iter().collect();
+    assert_eq!(
+        unique.len(),
+        acked.len(),
+        "an acknowledgement went out twice"
+    );
+    assert_eq!(acked.len(), 40, "every acknowledgement went out");
+    let rows = wd.mailticket(&["outbox", "--json"]).success().json();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "sent"),
+        "{rows}"
+    );
+}
+
+fn request(n: u32) -> Vec<u8> {
+    simple_mail(
+        &format!("Customer {n} <c{n}@customer.example>"),
+        &format!("pgr-{n}@customer.example"),
+        &format!("Request {n}"),
+        "",
+    )
+}
+
+#[test]
+fn postgres_restarted_during_watch_loses_and_duplicates_nothing() {
+    let pg = Postgres::start();
+    let dc = Dovecot::start();
+    for n in 0..10 {
+        dc.append("INBOX", &request(n), false);
+    }
+    let wd = Workdir::on_store(pg.store_toml());
+    wd.write_config_with(
+        &[dc.mailbox()],
+        "[watch]\npoll-interval = 60\nbackoff-max = 2\nshutdown-timeout = 10\n",
+    );
+    let mut w = wd.watch(&[]);
+    wait_until(Duration::from_secs(30), "the backlog", || {
+        wd.ticket_count() == 10
+    });
+    // An immediate stop cuts every connection; mail arrives while the server is down.
+    pg.stop_server();
+    for n in 10..15 {
+        dc.append("INBOX", &request(n), false);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_server();
+    for n in 15..20 {
+        dc.append("INBOX", &request(n), false);
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the mail after the restart",
+        || wd.ticket_count() == 20,
+    );
+    w.stop(Duration::from_secs(20));
+    let ids = wd.ticketed_message_ids();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 20, "every message once: {ids:?}");
+    assert_eq!(ids.len(), 20);
+    assert!(w.log().contains("reconnected to PostgreSQL"), "{}", w.log());
+}
