@@ -224,6 +224,13 @@ impl Fences {
     }
 }
 
+/// The store asks every commit that moves a mailbox's cursor for this (see [`FENCE_SQL`]).
+impl crate::store::db::Fence for Fences {
+    fn holder(&self, mailbox: &str) -> Option<(String, i64)> {
+        self.get(mailbox)
+    }
+}
+
 /// Why a lease stopped being held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LostWhy {

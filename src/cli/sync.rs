@@ -65,7 +65,7 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let ack = ctx.ack.clone();
     // A dry run changes nothing, so it may run beside anything.
     let _lock = if a.dry_run { None } else { ctx.lock("sync")? };
-    let store = if a.dry_run {
+    let mut store = if a.dry_run {
         ctx.open_dry_run()?
     } else {
         ctx.open_store()?
@@ -76,6 +76,9 @@ pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
         (Location::Postgres(cfg), false) => Some(claim_pass(cfg, &mailboxes)?),
         _ => None,
     };
+    if let Some(p) = &pass {
+        store.set_fence(Arc::new(p.fences.clone()));
+    }
     let mailboxes: Vec<_> = mailboxes
         .into_iter()
         .filter(|(mb, _)| pass.as_ref().is_none_or(|p| p.holds(&mb.name)))

@@ -88,12 +88,16 @@ impl Plan {
 pub fn run(args: &Args, ctx: Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
     let db = ctx.db.clone();
     let lock = ctx.lock("watch")?;
-    let store = ctx.open_store()?;
+    let mut store = ctx.open_store()?;
     let plan = Plan::new(ctx, a)?;
     let mut leasing = match &plan.ctx.store {
         Location::Postgres(cfg) => Some(Leasing::start(cfg, &plan)?),
         Location::File(_) => None,
     };
+    // Every commit for a mailbox checks, in its transaction, that its lease is still ours.
+    if let Some(l) = &leasing {
+        store.set_fence(Arc::new(l.fences.clone()));
+    }
     let (handle, join) = StoreThread::spawn(store)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -766,3 +766,60 @@ fn sync_on_a_shared_store_skips_a_mailbox_a_watch_worker_holds() {
         "{text}"
     );
 }
+
+#[test]
+fn a_worker_paused_past_its_lease_commits_nothing_and_says_it_lost_the_lease() {
+    use crate::harness::{Dovecot, Workdir, simple_mail, wait_until};
+    let dc = Dovecot::start();
+    let pg = Postgres::start();
+    let mbs = [dc.mailbox_of("alice"), dc.mailbox_of("bob")];
+    let workdir = || {
+        let wd = Workdir::on_store(format!("{}lease = 3\n", pg.store_toml()));
+        wd.write_config_with(&mbs, "[watch]\nidle = true\n");
+        wd
+    };
+    let (wd1, wd2) = (workdir(), workdir());
+    let w1 = wd1.watch(&[]);
+    let mut w2 = wd2.watch(&[]);
+    wait_until(Duration::from_secs(30), "one mailbox each", || {
+        let h = holders(&wd1);
+        h.len() == 2 && h.values().all(|m| m.len() == 1)
+    });
+    w1.signal("STOP");
+    let mail = |i: usize| {
+        simple_mail(
+            "Anna <anna@customer.example>",
+            &format!("paused-{i}@customer.example"),
+            &format!("While paused {i}"),
+            "",
+        )
+    };
+    for i in 0..3 {
+        dc.append_to("alice", "INBOX", &mail(i));
+        dc.append_to("bob", "INBOX", &mail(10 + i));
+    }
+    // w2 takes w1's mailbox over and ingests everything
+    wait_until(Duration::from_secs(30), "w2 ingesting all", || {
+        wd2.ticket_count() == 6
+    });
+    let created_before = w1.count("created");
+    w1.signal("CONT");
+    w1.wait_log("lost the lease of mailbox", 1, Duration::from_secs(15));
+    // w1 comes back as a worker and gets its share again, committing nothing twice
+    wait_until(Duration::from_secs(30), "one mailbox each again", || {
+        let h = holders(&wd1);
+        h.len() == 2 && h.values().all(|m| m.len() == 1)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w1.count("created"), created_before, "{}", w1.log());
+    assert_eq!(wd2.ticket_count(), 6);
+    for i in 0..2 {
+        dc.append_to("alice", "INBOX", &mail(20 + i));
+        dc.append_to("bob", "INBOX", &mail(30 + i));
+    }
+    wait_until(Duration::from_secs(30), "mail after the pause", || {
+        wd2.ticket_count() == 10
+    });
+    w2.stop(Duration::from_secs(20));
+    drop(w1);
+}
