@@ -26,6 +26,15 @@ pub fn run(ctx: &Ctx, a: &WorkersArgs) -> anyhow::Result<u8> {
         .into());
     };
     let mut client = mailticket::store::pg::connect(cfg)?;
+    let tables: Option<String> = client
+        .query_one("SELECT to_regclass('mailbox_lease')::text", &[])?
+        .get(0);
+    if tables.is_none() {
+        return Err(Usage(
+            "this store has no lease tables yet: the first `sync` or `watch` makes them".to_owned(),
+        )
+        .into());
+    }
     show(&mut client, Duration::from_secs(cfg.lease), a.json)
 }
 
