@@ -12,6 +12,10 @@
 //! with DONE, a catch-up fetches no new batch but stores and finishes what is in flight,
 //! sessions LOG OUT, and [`run`] returns once all tasks are done or `shutdown-timeout` has
 //! passed. Signals are the binary's business (`cli/watch.rs`), not this module's.
+//!
+//! On a store shared by several workers ([`Leased`]), a mailbox's task runs only while this
+//! worker holds its lease: it starts when the lease thread ([`crate::lease`]) reports the
+//! lease acquired and is cancelled, like a stop, when it reports it lost or released.
 
 use std::collections::HashMap;
 use std::sync::Arc;

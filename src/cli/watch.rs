@@ -12,6 +12,10 @@
 //! path`, `--db`) is not changed by a reload. Should the old sessions not stop within
 //! `shutdown-timeout`, the command exits 1 rather than run new sessions beside them.
 //!
+//! On a PostgreSQL store the lease thread ([`mailticket::lease::spawn`]) runs for the whole
+//! command: the mailboxes are shared with the other workers, every commit is fenced with
+//! the lease's token, a reload re-lists the mailboxes, and the leases are released at the end.
+//!
 //! Under systemd with `Type=notify`, the states go to `$NOTIFY_SOCKET` ([`super::notify`]).
 
 use mailticket::config::MailboxConfig;
