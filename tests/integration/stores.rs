@@ -7,7 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use crate::harness::{
-    Dovecot, Prng, Workdir, assert_summary, created, id_of, simple_mail, spawn, wait_until,
+    Dovecot, Prng, Workdir, assert_summary, created, id_of, mailgen, run, simple_mail, spawn,
+    wait_until,
 };
 use crate::pg_harness::Postgres;
 use crate::sink::Sink;
@@ -74,6 +75,7 @@ on_both_stores!(
     sync_killed_at_random_moments_loses_and_duplicates_nothing,
     watch_tickets_new_mail,
     the_event_feed_lists_what_happened,
+    files_and_pipes_and_the_reading_commands,
 );
 
 /// The envelope recipients of a message the sink received.
@@ -330,4 +332,63 @@ fn the_event_feed_lists_what_happened(e: &Engine) {
     assert_eq!(created, 4, "{lines:?}");
     let ids: BTreeSet<&str> = lines.iter().map(|v| v["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), lines.len(), "event ids are unique");
+}
+
+fn files_and_pipes_and_the_reading_commands(e: &Engine) {
+    let wd = e.workdir();
+    wd.write_config(&[]);
+    let mbox = wd.path("in.mbox");
+    mailgen::mbox(&mbox, 12, 26);
+    wd.mailticket(&["import", &mbox.to_string_lossy()])
+        .success();
+    // The same file again: every message is already stored.
+    wd.mailticket(&["import", &mbox.to_string_lossy()])
+        .success();
+    assert_eq!(wd.tickets().len(), 12);
+    let mail = simple_mail(
+        "Zoe <zoe@customer.example>",
+        "piped@customer.example",
+        "Piped in",
+        "",
+    );
+    run(wd.cmd(&["ingest"]), Some(&mail)).success();
+    run(wd.cmd(&["ingest"]), Some(&mail)).success();
+    let zoe = wd
+        .mailticket(&["tickets", "--customer", "ZOE@", "--json"])
+        .success()
+        .json();
+    let zoe = zoe.as_array().unwrap();
+    assert_eq!(zoe.len(), 1, "{zoe:?}");
+    let id = id_of(&zoe[0]).to_string();
+    let raw = wd.mailticket(&["show", &id, "--raw"]).success();
+    assert!(
+        raw.stdout.contains("Message-ID: <piped@customer.example>"),
+        "{raw:?}"
+    );
+    let by_id = wd
+        .mailticket(&["show", "piped@customer.example", "--json"])
+        .success()
+        .json();
+    assert_eq!(by_id["id"].to_string(), id);
+    let out = wd.path("one");
+    wd.mailticket(&[
+        "export",
+        "--ticket",
+        &id,
+        "--format",
+        "eml",
+        "--out",
+        &out.to_string_lossy(),
+    ])
+    .success();
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), mail, "byte for byte");
+    let outbox = wd.mailticket(&["outbox", "--json"]).success().json();
+    assert_eq!(outbox.as_array().map(Vec::len), Some(0), "{outbox}");
+    wd.mailticket(&["hooks", "--json"]).success();
+    wd.mailticket(&["oauth2", "status"]).success();
 }
