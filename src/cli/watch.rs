@@ -117,8 +117,10 @@ pub fn run(args: &Args, ctx: Ctx, a: &WatchArgs) -> anyhow::Result<u8> {
         leasing.as_mut(),
     ));
     notifier.send("STOPPING=1");
-    // The sessions have stopped (or are abandoned): the leases go, for others to take.
-    if let Some(l) = leasing {
+    // The sessions have stopped: the leases go, for others to take. After a second signal
+    // nothing waits for that (the thread releases them if it gets to it before the exit;
+    // else they expire).
+    if let (Some(l), End::Finished(_)) = (leasing, &end) {
         l.thread.stop();
     }
     match end {
