@@ -19,6 +19,9 @@
 //! before each run), and prints the machine's CPU too: the database server's work is not in
 //! the client's figures.
 //!
+//! `bench workers [MAILBOXES WORKERS]` (default 1000 4): many `watch` workers sharing the
+//! mailboxes of a PostgreSQL store through leases (see `bench/workers.rs`).
+//!
 //! `bench watch [MESSAGES MAILBOXES]` (default 50 100) measures `mailticket watch` instead: the
 //! new-mail → ticket latency of MESSAGES messages appended one by one (p50, p99, max; from the
 //! start of the append, which itself takes ~30 ms of `doveadm save`), then the resident memory
@@ -40,6 +43,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailticket::config::Config;
+
+#[path = "bench/workers.rs"]
+mod workers;
 
 const IMAP_PORT: u16 = 24143;
 const IMAPS_PORT: u16 = 24993;
@@ -230,6 +236,11 @@ fn main() {
     if args.first().map(String::as_str) == Some("acks") {
         let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(300);
         return acks_bench(n);
+    }
+    if args.first().map(String::as_str) == Some("workers") {
+        let mailboxes = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let workers = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(4);
+        return workers::run(mailboxes, workers);
     }
     if args.first().map(String::as_str) == Some("login") {
         let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);

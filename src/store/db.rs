@@ -283,7 +283,7 @@ fn pg_value(r: &postgres::Row, i: usize) -> Result<Value<'_>> {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct Pg {
-    client: RefCell<postgres::Client>,
+    client: RefCell<PgClient>,
     statements: RefCell<HashMap<String, postgres::Statement>>,
     in_tx: Flag<bool>,
     /// The leases a message commit must hold (a shared store's workers); `None`: no check
@@ -319,7 +319,7 @@ impl Db {
     /// A PostgreSQL connection.
     pub fn pg(client: postgres::Client) -> Db {
         Db::Pg(Box::new(Pg {
-            client: RefCell::new(client),
+            client: RefCell::new(PgClient(Some(client))),
             statements: RefCell::new(HashMap::new()),
             in_tx: Flag::new(false),
             fence: None,
@@ -416,10 +416,8 @@ impl Db {
                 .execute(rusqlite::params_from_iter(values.iter()))?),
             Db::Pg(pg) => {
                 let statement = pg.statement(sql)?;
-                let n = pg
-                    .client
-                    .borrow_mut()
-                    .execute(&statement, &pg_params(&values))?;
+                let params = pg_params(&values);
+                let n = pg.run(|c| c.execute(&statement, &params))?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
@@ -478,10 +476,8 @@ impl Db {
             }
             Db::Pg(pg) => {
                 let statement = pg.statement(sql)?;
-                let rows = pg
-                    .client
-                    .borrow_mut()
-                    .query(&statement, &pg_params(&values))?;
+                let params = pg_params(&values);
+                let rows = pg.run(|c| c.query(&statement, &params))?;
                 for r in &rows {
                     if !f(&Row::Pg(r))? {
                         break;
@@ -511,7 +507,7 @@ impl Db {
             Db::Lite(c) => Ok(c.execute_batch(sql)?),
             Db::Pg(pg) => {
                 pg.revive()?;
-                Ok(pg.client.borrow_mut().batch_execute(sql)?)
+                Ok(pg.run(|c| c.batch_execute(sql))?)
             }
         }
     }
@@ -522,7 +518,7 @@ impl Db {
             Db::Lite(c) => Ok(c.execute_batch("BEGIN IMMEDIATE")?),
             Db::Pg(pg) => {
                 pg.revive()?;
-                pg.client.borrow_mut().batch_execute("BEGIN")?;
+                pg.run(|c| c.batch_execute("BEGIN"))?;
                 pg.in_tx.set(true);
                 Ok(())
             }
@@ -546,7 +542,7 @@ impl Db {
         match self {
             Db::Lite(c) => Ok(c.execute_batch(sql)?),
             Db::Pg(pg) => {
-                let r = pg.client.borrow_mut().batch_execute(sql);
+                let r = pg.run(|c| c.batch_execute(sql));
                 pg.in_tx.set(false);
                 Ok(r?)
             }
@@ -592,7 +588,8 @@ impl Pg {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.borrow_mut().prepare(&pg_sql(sql))?;
+        let text = pg_sql(sql);
+        let s = self.run(|c| c.prepare(&text))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_owned(), s.clone());
@@ -600,7 +597,54 @@ impl Pg {
     }
 }
 
+/// The sync `postgres` client runs its own Tokio runtime and panics when called, or
+/// dropped, on a thread that is driving another runtime. The store is used from plain
+/// threads (the store thread, the CLI); the few callers inside a runtime (`doctor`, the
+/// OAuth2 token table) get their calls run on a scoped thread of their own.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// A client that is closed off any runtime when dropped (see [`off_runtime`]).
+struct PgClient(Option<postgres::Client>);
+
+impl PgClient {
+    fn get(&mut self) -> &mut postgres::Client {
+        self.0
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only by drop"))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.as_ref().is_none_or(postgres::Client::is_closed)
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
 impl Pg {
+    /// Runs `f` on the client, off any runtime.
+    fn run<T: Send>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> std::result::Result<T, postgres::Error> + Send,
+    ) -> std::result::Result<T, postgres::Error> {
+        let mut client = self.client.borrow_mut();
+        let client = client.get();
+        off_runtime(move || f(client))
+    }
+
     /// A new connection in place of one the server closed, outside a transaction (inside
     /// one, the transaction is lost and its caller must fail).
     fn revive(&self) -> Result<()> {
@@ -612,7 +656,7 @@ impl Pg {
         };
         let client = connect()?;
         tracing::info!("reconnected to PostgreSQL");
-        *self.client.borrow_mut() = client;
+        *self.client.borrow_mut() = PgClient(Some(client));
         self.statements.borrow_mut().clear();
         Ok(())
     }

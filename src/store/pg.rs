@@ -295,7 +295,7 @@ pub fn connect(cfg: &StoreConfig) -> Result<postgres::Client> {
     match cfg.tls {
         PgTls::Disable => {
             pg.ssl_mode(postgres::config::SslMode::Disable);
-            pg.connect(postgres::NoTls).map_err(refused)
+            super::db::off_runtime(|| pg.connect(postgres::NoTls)).map_err(refused)
         }
         PgTls::Require | PgTls::VerifyFull => {
             pg.ssl_mode(postgres::config::SslMode::Require);
@@ -305,7 +305,7 @@ pub fn connect(cfg: &StoreConfig) -> Result<postgres::Client> {
                 crate::tls::client_config(cfg.ca_file.as_deref())?
             };
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-            pg.connect(tls).map_err(refused)
+            super::db::off_runtime(|| pg.connect(tls)).map_err(refused)
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::sink::Sink;
 
 /// A `[[mailbox]]` for USER on DC that logs in with AUTH (`xoauth2` / `oauthbearer`) and the
 /// `oauth2` table OAUTH2.
-fn oauth_mailbox(dc: &Dovecot, user: &str, auth: &str, oauth2: &str) -> String {
+pub(crate) fn oauth_mailbox(dc: &Dovecot, user: &str, auth: &str, oauth2: &str) -> String {
     let mb = dc.mailbox_of(user);
     let toml = mb.toml();
     let password = format!("password = {}\n", mb.password);
@@ -37,7 +37,7 @@ fn app_only(o: &OAuth2Server) -> String {
 }
 
 /// The refresh-token table for O, starting from the refresh token SEED (none: `oauth2 login`).
-fn delegated(o: &OAuth2Server, seed: Option<&str>) -> String {
+pub(crate) fn delegated(o: &OAuth2Server, seed: Option<&str>) -> String {
     let seed = seed.map_or(String::new(), |s| {
         format!("refresh-token = {}, ", quoted(s))
     });

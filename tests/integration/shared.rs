@@ -109,3 +109,99 @@ fn postgres_restarted_during_watch_loses_and_duplicates_nothing() {
     assert_eq!(ids.len(), 20);
     assert!(w.log().contains("reconnected to PostgreSQL"), "{}", w.log());
 }
+
+#[test]
+fn doctor_checks_the_postgres_store_and_bad_settings_name_the_host_and_the_cause() {
+    let pg = Postgres::start();
+    let dc = Dovecot::start();
+    let wd = Workdir::on_store(pg.store_toml());
+    wd.write_config(&[dc.mailbox()]);
+    wd.mailticket(&["sync"]).success();
+    let v = wd.mailticket(&["doctor", "--json"]).success().json();
+    assert_eq!(v["ok"], true, "{v}");
+    let store = crate::doctor::steps_of(&v, "store");
+    for step in ["connect", "schema", "outbox"] {
+        assert!(
+            store.contains(&(step.to_owned(), "ok".to_owned())),
+            "{step}: {v}"
+        );
+    }
+
+    // A wrong password, a certificate nobody vouches for, and no TLS where it is off.
+    let url = pg.url();
+    let settings = [
+        (
+            format!(
+                "[store]\nurl = \"{url}\"\npassword = \"nope\"\nca-file = \"{}\"\n",
+                pg.ca_file().display()
+            ),
+            "password authentication failed",
+        ),
+        (
+            format!(
+                "[store]\nurl = \"{url}\"\npassword = \"{}\"\n",
+                pg.password()
+            ),
+            "certificate",
+        ),
+    ];
+    for (store, cause) in settings {
+        let bad = Workdir::on_store(store);
+        bad.write_config(&[dc.mailbox()]);
+        let run = bad.mailticket(&["tickets"]).code(1);
+        run.stderr_mentions(&["127.0.0.1", cause]);
+        let v = bad.mailticket(&["doctor", "--json"]).code(1).json();
+        let steps = crate::doctor::steps_of(&v, "store");
+        assert_eq!(steps, [("connect".to_owned(), "fail".to_owned())], "{v}");
+    }
+    let plain = Workdir::on_store(format!(
+        "[store]\nurl = \"{url}\"\npassword = \"{}\"\ntls = \"disable\"\n",
+        pg.password()
+    ));
+    plain.write_config(&[dc.mailbox()]);
+    assert_eq!(plain.tickets().len(), 0);
+}
+
+#[test]
+fn rotating_refresh_tokens_live_in_the_shared_store() {
+    use crate::harness::OAuth2Server;
+    let pg = Postgres::start();
+    // Access tokens live 4 s: usable for 3 s, so each run after a pause refreshes.
+    let o = OAuth2Server::start_with(&[("OAUTH2_ACCESS_TTL", "4")]);
+    let dc = Dovecot::start_oauth2(&o);
+    let seed = o.refresh_token("support", None, None);
+    let mb = crate::oauth2::oauth_mailbox(
+        &dc,
+        "support",
+        "xoauth2",
+        &crate::oauth2::delegated(&o, Some(&seed)),
+    );
+    let wd = Workdir::on_store(pg.store_toml());
+    wd.write_raw_config(&format!("{}\n{mb}\n", pg.store_toml()));
+    for i in 0..3 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(3200));
+        }
+        dc.append("INBOX", &request(100 + i), false);
+        assert_eq!(wd.sync()["created"], 1, "run {i}");
+    }
+    let refreshes: Vec<serde_json::Value> = o
+        .grants()
+        .into_iter()
+        .filter(|g| g["grant_type"] == "refresh_token")
+        .collect();
+    assert_eq!(refreshes.len(), 3, "{refreshes:#?}");
+    for w in refreshes.windows(2) {
+        assert_eq!(
+            w[1]["refresh_token_in"], w[0]["refresh_token_out"],
+            "{w:#?}"
+        );
+    }
+    let row = pg.psql("SELECT refreshes, refresh_token FROM oauth2_token");
+    let latest = refreshes[2]["refresh_token_out"].as_str().unwrap();
+    assert_eq!(
+        row,
+        format!("3|{latest}"),
+        "the latest token is in PostgreSQL"
+    );
+}
