@@ -105,11 +105,11 @@ pub async fn check(config: &Config, config_path: &Path, db: &Location) -> Report
             Some("add a [[mailbox]] table (`mailticket init` writes a commented sample)"),
         );
     }
-    // The PostgreSQL client blocks: never on the runtime's thread (it would panic there).
-    off_runtime(|| check_store(&mut r, db));
+    check_store(&mut r, db);
     if let Location::Postgres(cfg) = db {
         let names: Vec<String> = config.mailboxes.iter().map(|m| m.name.clone()).collect();
-        off_runtime(|| check_leases_at(&mut r, cfg, &names));
+        // The lease report uses a client of its own: off the runtime's thread too.
+        crate::store::db::off_runtime(|| check_leases_at(&mut r, cfg, &names));
     }
     for mb in &config.mailboxes {
         let scope = format!("mailbox {}", mb.name);
@@ -147,15 +147,6 @@ pub async fn check(config: &Config, config_path: &Path, db: &Location) -> Report
         check_hook(&mut r, i, h, db).await;
     }
     r
-}
-
-/// Runs `f` on a thread of its own and waits for it: blocking work (the PostgreSQL client
-/// runs a runtime of its own) off the async runtime's thread.
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| match s.spawn(f).join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 /// [`check_leases`] on a connection of its own (blocking). Nothing when the store cannot be
