@@ -437,7 +437,10 @@ impl Postgres {
 
     /// Drops every table: the next sync starts on an empty database.
     fn empty(&self) {
-        self.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION mailticket");
+        self.psql(
+            "SET client_min_messages TO warning; DROP SCHEMA public CASCADE; \
+             CREATE SCHEMA public AUTHORIZATION mailticket",
+        );
     }
 
     /// The database's size on disk, in bytes.
