@@ -471,6 +471,25 @@ pub enum PgTls {
     Disable,
 }
 
+/// `[store]`: a PostgreSQL URL that is one, and a lease a worker can renew in time.
+fn validate_store(store: &StoreConfig) -> Check {
+    if let Some(url) = &store.url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        return Err(format!(
+            "[store] url: {url:?} is not a PostgreSQL URL (postgres://user@host:port/database)"
+        ));
+    }
+    if !(3..=600).contains(&store.lease) {
+        return Err(format!(
+            "[store] lease = {}: between 3 and 600 seconds (a worker renews every quarter \
+             of it; a dead worker's mailboxes wait that long)",
+            store.lease
+        ));
+    }
+    Ok(())
+}
+
 fn default_lease() -> u64 {
     10
 }
@@ -865,6 +884,7 @@ impl Config {
         if let Some(ca) = &config.store.ca_file {
             config.store.ca_file = Some(anchor(base, ca));
         }
+        validate_store(&config.store).map_err(err)?;
         if let Some(smtp) = &mut config.smtp {
             if let Some(ca) = &smtp.ca_file {
                 smtp.ca_file = Some(anchor(base, ca));
@@ -1477,6 +1497,34 @@ mod tests {
         assert_eq!(c.watch.poll_interval().as_secs(), 5);
         assert_eq!(c.watch.idle_interval().as_secs(), 600);
         assert!(parse("[watch]\npoll = 5\n").is_err());
+    }
+
+    #[test]
+    fn a_store_url_must_be_postgresql_and_a_lease_renewable() {
+        let e = parse("[store]\nurl = \"mysql://x/y\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[store] url") && e.contains("not a PostgreSQL URL"),
+            "{e}"
+        );
+        let e = parse("[store]\nurl = \"postgres://x/y\"\nlease = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[store] lease = 1"), "{e}");
+        assert!(parse("[store]\nurl = \"postgresql://x/y\"\nlease = 3\n").is_ok());
+    }
+
+    #[test]
+    fn the_shared_store_example_parses_as_a_postgresql_store() {
+        let c = parse(include_str!("../examples/shared-store.toml")).unwrap();
+        assert_eq!(
+            c.store.url.as_deref(),
+            Some("postgres://mailticket@db.example.net:5432/mailticket")
+        );
+        assert_eq!(c.store.tls, PgTls::VerifyFull);
+        assert_eq!(c.store.lease, 10);
+        assert_eq!(c.mailboxes.len(), 2);
     }
 
     #[test]
