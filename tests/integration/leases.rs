@@ -640,7 +640,7 @@ fn doctor_on_a_postgresql_store_reports_lease_health() {
 
 /// `workers --json` of `wd`: worker id -> mailboxes held (none before a worker made the
 /// store).
-fn holders(wd: &crate::harness::Workdir) -> HashMap<String, Vec<String>> {
+pub(crate) fn holders(wd: &crate::harness::Workdir) -> HashMap<String, Vec<String>> {
     let run = wd.mailticket(&["workers", "--json"]);
     if run.stderr.contains("no lease tables yet") {
         return HashMap::new();

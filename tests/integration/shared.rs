@@ -205,3 +205,73 @@ fn rotating_refresh_tokens_live_in_the_shared_store() {
         "the latest token is in PostgreSQL"
     );
 }
+
+#[test]
+fn three_watch_workers_share_thirty_mailboxes_and_a_kill_while_mail_flows_loses_nothing() {
+    let users: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    let passwd: Vec<String> = users.iter().map(|u| format!("{u}:{u}-pass")).collect();
+    let dc = Dovecot::start_with(&[("IMAP_USERS", &passwd.join(" "))]);
+    let pg = Postgres::start();
+    let mbs: Vec<_> = users.iter().map(|u| dc.mailbox_of(u)).collect();
+    let workdir = || {
+        let wd = Workdir::on_store(format!("{}lease = 4\n", pg.store_toml()));
+        wd.write_config_with(
+            &mbs,
+            "[watch]\nidle = true\nbackoff-max = 2\nshutdown-timeout = 10\n",
+        );
+        wd
+    };
+    let wds: Vec<Workdir> = (0..3).map(|_| workdir()).collect();
+    let mut ws: Vec<_> = wds.iter().map(|wd| wd.watch(&[])).collect();
+    let holders = || crate::leases::holders(&wds[0]);
+    wait_until(Duration::from_secs(60), "ten mailboxes each", || {
+        let h = holders();
+        h.len() == 3 && h.values().all(|m| m.len() == 10)
+    });
+    let all: Vec<String> = holders().into_values().flatten().collect();
+    let unique: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(
+        unique.len(),
+        30,
+        "every mailbox held by exactly one worker: {all:?}"
+    );
+
+    // Mail flows to every mailbox while one worker is killed and its share taken over.
+    let mut sent = 0;
+    let round = |sent: &mut u32| {
+        for u in &users {
+            let mail = simple_mail(
+                "Anna <anna@customer.example>",
+                &format!("flow-{sent}-{u}@customer.example"),
+                &format!("Flow {sent}"),
+                "",
+            );
+            dc.append_to(u, "INBOX", &mail);
+        }
+        *sent += 1;
+    };
+    round(&mut sent);
+    ws[0].signal("KILL");
+    ws[0].wait_exit(Duration::from_secs(5));
+    let killed = std::time::Instant::now();
+    round(&mut sent);
+    wait_until(Duration::from_secs(30), "two workers holding all", || {
+        let h = crate::leases::holders(&wds[1]);
+        h.len() == 2 && h.values().map(Vec::len).sum::<usize>() == 30
+    });
+    let takeover = killed.elapsed();
+    round(&mut sent);
+    let want = 30 * sent as usize;
+    wait_until(Duration::from_secs(60), "every message ticketed", || {
+        wds[1].ticket_count() == want
+    });
+    eprintln!("takeover of 10 mailboxes after kill -9: {takeover:?} (lease 4 s)");
+    assert!(takeover < Duration::from_secs(15), "{takeover:?}");
+    for w in ws.iter_mut().skip(1) {
+        w.stop(Duration::from_secs(20));
+    }
+    let ids = wds[1].ticketed_message_ids();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a message was ticketed twice");
+    assert_eq!(ids.len(), want, "every message exactly once");
+}
