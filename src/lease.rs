@@ -127,6 +127,15 @@ impl WorkerInfo {
     }
 }
 
+/// Whether worker id `owner` (`HOST:PID:RANDOM`) names a process of this machine (`host`)
+/// that no longer runs. A pid taken again by another process counts as running: the lease
+/// then runs out as usual.
+fn dead_here(owner: &str, host: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (_random, pid, h) = (parts.next(), parts.next(), parts.next());
+    matches!((h, pid), (Some(h), Some(pid)) if h == host && !crate::lock::process_alive(pid))
+}
+
 /// A lease held by this process.
 #[derive(Debug, Clone, Copy)]
 struct Held {
@@ -658,6 +667,7 @@ impl Leases {
         let sent = Instant::now();
         self.register()?;
         let (lease, me) = (millis(self.lease), self.worker.id.clone());
+        let host = self.worker.host.clone();
         let c = self.client()?;
         c.execute(INSERT_MISSING, &[&vec![mailbox.to_owned()]])
             .map_err(|e| db_err("adding a lease row", e))?;
@@ -693,9 +703,32 @@ impl Leases {
                 &[&mailbox],
             )
             .map_err(|e| db_err("reading a lease", e))?;
-        let ms: i64 = row.get(1);
+        let (owner, ms): (String, i64) = (row.get(0), row.get(1));
+        // A holder of this machine that is gone (a killed cron pass, a crashed worker) commits
+        // nothing more: its lease need not run out first.
+        if dead_here(&owner, &host)
+            && let Some(row) = c
+                .query_opt(
+                    concat!(
+                        "UPDATE mailbox_lease SET owner = $2, token = token + 1, expires_at = ",
+                        now_ms!(),
+                        " + $3, acquired_at = ",
+                        now_ms!(),
+                        ", renewed_at = ",
+                        now_ms!(),
+                        ", takeovers = takeovers + 1 WHERE mailbox = $1 AND owner = $4 RETURNING token"
+                    ),
+                    &[&mailbox, &me, &lease, &owner],
+                )
+                .map_err(|e| db_err("taking over a lease", e))?
+        {
+            let token: i64 = row.get(0);
+            tracing::info!(mailbox, gone = %owner, "took over the lease of a process of this machine that is gone");
+            self.fences.insert(mailbox, token, self.deadline(sent));
+            return Ok(Claim::Held(token));
+        }
         Ok(Claim::Busy {
-            owner: row.get(0),
+            owner,
             expires_in: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
         })
     }
@@ -731,6 +764,22 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_gone_process_of_this_machine_is_dead_here() {
+        let me = WorkerInfo::this_process(Role::Sync);
+        assert!(!dead_here(&me.id, &me.host), "this process runs");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let gone = format!("{}:{pid}:0000abcd", me.host);
+        assert!(dead_here(&gone, &me.host));
+        assert!(
+            !dead_here(&gone, "another-machine"),
+            "judged by its lease there"
+        );
+        assert!(!dead_here("", &me.host));
+    }
 
     #[test]
     fn the_fair_share_rounds_up() {
