@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use super::{IMAP_PORT, IMAPS_PORT, Postgres, cpu_ticks, mailticket_bin, proc_field, sh};
 
-/// A log event of worker `.0`: a mailbox session connected.
-type Connected = (usize, String, Instant);
+/// A log event of worker `.0` about mailbox `.2`: its session connected (`.1` true), or its
+/// lease was acquired.
+type Connected = (usize, bool, String, Instant);
 
 fn spawn_worker(
     bin: &PathBuf,
@@ -41,9 +42,19 @@ fn spawn_worker(
                 continue;
             };
             let fields = &v["fields"];
-            if fields["message"] == "connected" {
-                let mailbox = v["span"]["mailbox"].as_str().unwrap_or("").to_owned();
-                if tx.send((i, mailbox, Instant::now())).is_err() {
+            let event = if fields["message"] == "connected" {
+                Some((true, v["span"]["mailbox"].as_str()))
+            } else if fields["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("acquired the lease"))
+            {
+                Some((false, fields["mailbox"].as_str()))
+            } else {
+                None
+            };
+            if let Some((connected, mailbox)) = event {
+                let mailbox = mailbox.unwrap_or("").to_owned();
+                if tx.send((i, connected, mailbox, Instant::now())).is_err() {
                     break;
                 }
             } else if v["level"] == "ERROR" {
@@ -102,10 +113,10 @@ pub fn run(mailboxes: usize, workers: usize) {
     let mut held = vec![0usize; workers];
     let mut seen = std::collections::HashSet::new();
     while seen.len() < mailboxes {
-        let (w, mailbox, _) = rx
+        let (w, connected, mailbox, _) = rx
             .recv_timeout(Duration::from_secs(300))
             .expect("every mailbox connects");
-        if seen.insert(mailbox) {
+        if connected && seen.insert(mailbox) {
             held[w] += 1;
         }
     }
@@ -137,19 +148,27 @@ pub fn run(mailboxes: usize, workers: usize) {
     let killed = Instant::now();
     children[victim].kill().expect("kill -9");
     let _ = children[victim].wait();
-    let mut back = std::collections::HashSet::new();
-    let mut last = killed;
+    let (mut claimed, mut back) = (
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+    );
+    let (mut last_claim, mut last) = (killed, killed);
     while back.len() < held[victim] {
-        let (_, mailbox, at) = rx
+        let (_, connected, mailbox, at) = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("the dead worker's mailboxes are taken over");
-        if back.insert(mailbox) {
+        if !connected && claimed.insert(mailbox.clone()) {
+            last_claim = at;
+        }
+        if connected && back.insert(mailbox) {
             last = at;
         }
     }
     println!(
-        "kill -9 of a worker holding {}: all taken over {:.2} s later (lease 10 s)",
+        "kill -9 of a worker holding {}: all its leases taken over {:.2} s later, all its \
+         sessions connected again {:.2} s later (lease 10 s)",
         held[victim],
+        last_claim.duration_since(killed).as_secs_f64(),
         last.duration_since(killed).as_secs_f64()
     );
     for c in children.iter_mut().skip(1) {
