@@ -423,6 +423,13 @@ where
                 tracing::error!(error = %error, retry_in_ms = d.as_millis() as u64, "{what}");
                 d
             }
+            // The lease thread stops this session when the lease is gone for good; until it
+            // does (or renews a lease whose local deadline had passed), wait and try again.
+            None if matches!(error, Error::LeaseLost { .. }) => {
+                let d = backoff.next_delay();
+                tracing::info!(error = %error, retry_in_ms = d.as_millis() as u64, "lease not held: nothing committed, waiting for the lease thread");
+                d
+            }
             None => {
                 let d = backoff.next_delay();
                 tracing::warn!(error = %error, retry_in_ms = d.as_millis() as u64, "disconnected; reconnecting");
@@ -467,7 +474,12 @@ async fn session(
     let r = watch_session(imap, mb, shared, stop, &mut ended.caught_up).await;
     shared.connected.fetch_sub(1, Ordering::Relaxed);
     ended.error = r.err();
-    if let Some(e) = &ended.error {
+    // A lost lease is not the mailbox failing: another worker has it now.
+    if let Some(e) = ended
+        .error
+        .as_ref()
+        .filter(|e| !matches!(e, Error::LeaseLost { .. }))
+    {
         crate::hooks::health::failed(&shared.store, &mb.name, e).await;
     }
     ended
