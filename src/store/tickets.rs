@@ -563,6 +563,10 @@ pub struct NewMessage<'a> {
     pub packed: &'a [u8],
 }
 
+/// The duplicate check of every message (see [`Tx::held_message`]).
+const HELD_MESSAGE: &str = "SELECT ticket_id, fingerprint = ?2 FROM message WHERE message_id = ?1
+     ORDER BY fingerprint = ?2 DESC, date DESC, id DESC LIMIT 1";
+
 /// The reads that threading and the loop checks need, and the plain writes that record what
 /// the pipeline decided. Everything runs inside the transaction of [`Store::transaction`].
 impl Tx<'_> {
@@ -575,12 +579,10 @@ impl Tx<'_> {
         fingerprint: &[u8],
     ) -> Result<Option<(i64, bool)>> {
         crate::store::sql("looking for the same message", || {
-            self.c.query_opt(
-                "SELECT ticket_id, fingerprint = ?2 FROM message WHERE message_id = ?1
-                     ORDER BY fingerprint = ?2 DESC, date DESC, id DESC LIMIT 1",
-                params![message_id, fingerprint],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            self.c
+                .query_opt(HELD_MESSAGE, params![message_id, fingerprint], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
         })
     }
 
@@ -928,6 +930,23 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600, "the store is the owner's only");
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cached_statement_is_not_compiled_again_for_each_message() {
+        let mut s = Store::open_in_memory().unwrap();
+        for i in 0..5 {
+            put(&mut s, &msg(&format!("{i}@x"), "", "text"));
+        }
+        let Db::Lite(c) = &s.conn else {
+            unreachable!("an in-memory store is SQLite")
+        };
+        let held = c.prepare_cached(HELD_MESSAGE).unwrap();
+        assert_eq!(held.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        assert!(
+            held.get_status(rusqlite::StatementStatus::VmStep) > 0,
+            "not the one used"
+        );
     }
 
     #[test]
