@@ -73,10 +73,77 @@ pub fn outbound(ticket: Option<&TicketRow>, result: &OutboxResult<'_>) -> Value 
     }))
 }
 
+/// The length of `v` as `serde_json` writes it (compact), counted without writing it.
+fn json_len(v: &Value) -> usize {
+    json_size(v, &string_len)
+}
+
+/// At least [`json_len`], counted from the lengths alone (a string's byte takes at most six,
+/// `\u001f`): every event is checked against [`MAX_DATA`], and most are far below it.
+fn json_len_bound(v: &Value) -> usize {
+    json_size(v, &|s: &str| 6 * s.len() + 2)
+}
+
+/// At most [`json_len`] (no string escaped): what a buffer for `v` starts with.
+pub(crate) fn json_len_floor(v: &Value) -> usize {
+    json_size(v, &|s: &str| s.len() + 2)
+}
+
+/// The length of `v` with each string (and key) taking `string` bytes.
+fn json_size(v: &Value, string: &dyn Fn(&str) -> usize) -> usize {
+    let items = |n: usize| n.saturating_sub(1) + 2;
+    match v {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => number_len(n),
+        Value::String(s) => string(s),
+        Value::Array(a) => items(a.len()) + a.iter().map(|v| json_size(v, string)).sum::<usize>(),
+        Value::Object(m) => {
+            items(m.len())
+                + m.iter()
+                    .map(|(k, v)| string(k) + 1 + json_size(v, string))
+                    .sum::<usize>()
+        }
+    }
+}
+
+/// A JSON string's length with its quotes and escapes: `"` `\\` and the short control
+/// escapes (`\n` ...) take two bytes, other control characters six (`\u001f`).
+fn string_len(s: &str) -> usize {
+    let escapes: usize = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    s.len() + escapes + 2
+}
+
+fn number_len(n: &serde_json::Number) -> usize {
+    let digits = |mut x: u64| {
+        let mut d = 1;
+        while x >= 10 {
+            x /= 10;
+            d += 1;
+        }
+        d
+    };
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => digits(u),
+        (None, Some(i)) => digits(i.unsigned_abs()) + 1,
+        _ => n.to_string().len(),
+    }
+}
+
 /// `data` within [`MAX_DATA`]: a long `message.text` (then `message.text_new`, then long
 /// lists) cut to fit, with `truncated: true`.
 pub fn capped(mut data: Value) -> Value {
-    let size = |v: &Value| serde_json::to_string(v).map_or(0, |s| s.len());
+    if json_len_bound(&data) <= MAX_DATA {
+        return data;
+    }
+    let size = json_len;
     let over = size(&data).saturating_sub(MAX_DATA);
     if over == 0 {
         return data;
@@ -131,6 +198,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn json_len_is_the_length_serde_json_writes() {
+        let v = json!({
+            "text": "quote \" backslash \\ newline \n tab \t cr \r bell \u{7} nul \u{0} \u{8}\u{c}\u{1f}\u{7f} é 注文 😀",
+            "n": [0, 9, 10, -1, -10, 12345678901234_i64, u64::MAX, i64::MIN, 1.5, -0.25, 1e300],
+            "b": [true, false, null], "empty": {}, "none": [],
+            "nested": {"": [{"k\"": "v"}]},
+        });
+        let len = serde_json::to_string(&v).unwrap().len();
+        assert_eq!(json_len(&v), len);
+        assert!(json_len_floor(&v) <= len && len <= json_len_bound(&v));
+        for s in ["", "a", "\u{1}", "é\n"] {
+            let v = Value::String(s.into());
+            assert_eq!(
+                json_len(&v),
+                serde_json::to_string(&v).unwrap().len(),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_long_text_is_cut_to_the_cap_with_a_flag() {
         let text = "é".repeat(100_000);
         let v = capped(json!({"ticket": {"id": 1}, "message": {"text": text, "attachments": []}}));
@@ -146,5 +234,10 @@ mod tests {
         assert!(v["message"]["text"].as_str().unwrap().len() < 200_000);
         let small = capped(json!({"message": {"text": "hi"}}));
         assert!(small.get("truncated").is_none());
+        // Over the quick bound (six bytes a character), under the cap: kept whole.
+        let text = "a\n".repeat(10_000);
+        let v = capped(json!({"message": {"text": text}}));
+        assert!(v.get("truncated").is_none());
+        assert_eq!(v["message"]["text"].as_str().unwrap().len(), 20_000);
     }
 }

@@ -54,6 +54,15 @@ fn event_uid() -> String {
     format!("evt_{}", crate::message::hex(&bytes))
 }
 
+/// `data` as the event row keeps it: compact JSON, written into a buffer about its size.
+fn data_text(data: &Value) -> Result<String> {
+    let floor = crate::store::event::json_len_floor(data);
+    let mut text = Vec::with_capacity(floor + floor / 16);
+    serde_json::to_writer(&mut text, data)
+        .map_err(|e| crate::error::Error::Internal(format!("event data: {e}")))?;
+    String::from_utf8(text).map_err(|e| crate::error::Error::Internal(format!("event data: {e}")))
+}
+
 /// Appends `e` and its deliveries (one per matching route) through `c`; returns its cursor.
 pub(super) fn record(c: &Db, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> {
     crate::store::sql("recording an event", || {
@@ -65,7 +74,7 @@ pub(super) fn record(c: &Db, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> 
                 e.ticket,
                 e.mailbox,
                 e.now,
-                e.data.to_string(),
+                data_text(e.data)?,
                 event_uid()
             ],
             |r| r.get(0),
