@@ -156,6 +156,14 @@ impl Error {
         }
     }
 
+    /// Whether another writer of a shared store committed the same row first (a unique key
+    /// taken between our check and our insert): the same work done again sees its row and
+    /// decides anew.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Postgres { pg, .. }
+            if pg.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION))
+    }
+
     /// Whether this is the user's configuration to fix (exit status 2).
     pub fn is_config(&self) -> bool {
         matches!(

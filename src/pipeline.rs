@@ -216,7 +216,12 @@ fn commit_timed(
         received_at,
     };
     let recorded = catch_unwind(AssertUnwindSafe(|| {
-        store.transaction(|tx| record(tx, &m, plan))
+        match store.transaction(|tx| record(tx, &m, plan)) {
+            // Another worker of a shared store stored the same message (or its ticket's key)
+            // between our check and our insert: once more, it is found and threaded.
+            Err(e) if e.is_conflict() => store.transaction(|tx| record(tx, &m, plan)),
+            r => r,
+        }
     }));
     let (outcome, acked, kind) = match recorded {
         Ok(r) => r?,

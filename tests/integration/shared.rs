@@ -275,3 +275,40 @@ fn three_watch_workers_share_thirty_mailboxes_and_a_kill_while_mail_flows_loses_
     assert_eq!(unique.len(), ids.len(), "a message was ticketed twice");
     assert_eq!(ids.len(), want, "every message exactly once");
 }
+
+#[test]
+fn the_same_message_stored_at_once_by_several_processes_is_one_ticket() {
+    let pg = Postgres::start();
+    let wd = Workdir::on_store(pg.store_toml());
+    wd.write_config(&[]);
+    wd.mailticket(&["tickets"]).success();
+    for round in 0..6 {
+        let mail = simple_mail(
+            "Anna <anna@customer.example>",
+            &format!("race-{round}@customer.example"),
+            &format!("Race {round}"),
+            "",
+        );
+        let mut children: Vec<std::process::Child> = (0..8)
+            .map(|_| {
+                let mut cmd = wd.cmd(&["ingest"]);
+                cmd.stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+                cmd.spawn().unwrap()
+            })
+            .collect();
+        // All at once: each reads its message, then they store it at the same moment.
+        for c in &mut children {
+            let mut stdin = c.stdin.take().unwrap();
+            std::io::Write::write_all(&mut stdin, &mail).unwrap();
+        }
+        for mut c in children {
+            let status = c.wait().unwrap();
+            assert!(status.success(), "round {round}: {status}");
+        }
+    }
+    let tickets = wd.tickets();
+    assert_eq!(tickets.len(), 6, "{tickets:?}");
+    assert!(tickets.iter().all(|t| t["messages"] == 1), "{tickets:?}");
+}
