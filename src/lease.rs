@@ -671,25 +671,26 @@ impl Leases {
         let c = self.client()?;
         c.execute(INSERT_MISSING, &[&vec![mailbox.to_owned()]])
             .map_err(|e| db_err("adding a lease row", e))?;
-        let row = c
-            .query_opt(
-                concat!(
-                    "UPDATE mailbox_lease SET owner = $2, token = token + 1, expires_at = ",
-                    now_ms!(),
-                    " + $3, acquired_at = ",
-                    now_ms!(),
-                    ", renewed_at = ",
-                    now_ms!(),
-                    ", takeovers = takeovers + (owner IS NOT NULL AND owner <> $2)::int
-                     WHERE mailbox = $1 AND (owner IS NULL OR owner = $2 OR expires_at < ",
-                    now_ms!(),
-                    ") RETURNING token"
-                ),
-                &[&mailbox, &me, &lease],
-            )
-            .map_err(|e| db_err("claiming a lease", e))?;
-        if let Some(row) = row {
-            let token: i64 = row.get(0);
+        // `$4`: a holder to take the lease from although it has not run out ('' for none:
+        // an owner is NULL or a worker id).
+        let claim = concat!(
+            "UPDATE mailbox_lease SET owner = $2, token = token + 1, expires_at = ",
+            now_ms!(),
+            " + $3, acquired_at = ",
+            now_ms!(),
+            ", renewed_at = ",
+            now_ms!(),
+            ", takeovers = takeovers + (owner IS NOT NULL AND owner <> $2)::int
+             WHERE mailbox = $1 AND (owner IS NULL OR owner = $2 OR owner = $4 OR expires_at < ",
+            now_ms!(),
+            ") RETURNING token"
+        );
+        let take = |c: &mut postgres::Client, gone: &str| {
+            c.query_opt(claim, &[&mailbox, &me, &lease, &gone])
+                .map_err(|e| db_err("claiming a lease", e))
+                .map(|row| row.map(|r| r.get::<_, i64>(0)))
+        };
+        if let Some(token) = take(c, "")? {
             self.fences.insert(mailbox, token, self.deadline(sent));
             return Ok(Claim::Held(token));
         }
@@ -707,22 +708,8 @@ impl Leases {
         // A holder of this machine that is gone (a killed cron pass, a crashed worker) commits
         // nothing more: its lease need not run out first.
         if dead_here(&owner, &host)
-            && let Some(row) = c
-                .query_opt(
-                    concat!(
-                        "UPDATE mailbox_lease SET owner = $2, token = token + 1, expires_at = ",
-                        now_ms!(),
-                        " + $3, acquired_at = ",
-                        now_ms!(),
-                        ", renewed_at = ",
-                        now_ms!(),
-                        ", takeovers = takeovers + 1 WHERE mailbox = $1 AND owner = $4 RETURNING token"
-                    ),
-                    &[&mailbox, &me, &lease, &owner],
-                )
-                .map_err(|e| db_err("taking over a lease", e))?
+            && let Some(token) = take(c, &owner)?
         {
-            let token: i64 = row.get(0);
             tracing::info!(mailbox, gone = %owner, "took over the lease of a process of this machine that is gone");
             self.fences.insert(mailbox, token, self.deadline(sent));
             return Ok(Claim::Held(token));
