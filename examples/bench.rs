@@ -464,6 +464,21 @@ impl Drop for Postgres {
     }
 }
 
+/// A `[[mailbox]]` table for every `user:password` of `users` on the Dovecot in `dir`
+/// (implicit TLS, its CA).
+fn mailboxes_toml(users: &str, dir: &Path) -> String {
+    let mut toml = String::new();
+    for entry in users.split_whitespace() {
+        let (user, pass) = entry.split_once(':').expect("user:pass");
+        toml += &format!(
+            "[[mailbox]]\nname = \"{user}\"\nhost = \"localhost\"\nport = {IMAPS_PORT}\n\
+             ca-file = \"{}\"\nusername = \"{user}\"\npassword = \"{pass}\"\n",
+            dir.join("tls/ca.crt").display()
+        );
+    }
+    toml
+}
+
 /// Stops the Dovecot and removes its folder when dropped.
 fn scopeguard(root: &Path, dir: &Path) -> impl Drop + use<> {
     stop_on_drop(
@@ -573,14 +588,7 @@ fn watch_bench(messages: usize, mailboxes: usize) {
     std::fs::create_dir_all(&work).expect("mkdir");
     let config_path = work.join("mailticket.toml");
     let mut config = String::from("[store]\npath = \"bench.db\"\n");
-    for entry in users.split_whitespace() {
-        let (user, pass) = entry.split_once(':').expect("user:pass");
-        config += &format!(
-            "[[mailbox]]\nname = \"{user}\"\nhost = \"localhost\"\nport = {IMAPS_PORT}\n\
-             ca-file = \"{}\"\nusername = \"{user}\"\npassword = \"{pass}\"\n",
-            dir.join("tls/ca.crt").display()
-        );
-    }
+    config += &mailboxes_toml(&users, &dir);
     std::fs::write(&config_path, config).expect("write config");
 
     let mut child = Command::new(&bin)

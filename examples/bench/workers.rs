@@ -90,14 +90,7 @@ pub fn run(mailboxes: usize, workers: usize) {
     std::fs::create_dir_all(&work).expect("mkdir");
     let config_path = work.join("mailticket.toml");
     let mut config = pg.store_toml();
-    for entry in users.split_whitespace() {
-        let (user, pass) = entry.split_once(':').expect("user:pass");
-        config += &format!(
-            "[[mailbox]]\nname = \"{user}\"\nhost = \"localhost\"\nport = {IMAPS_PORT}\n\
-             ca-file = \"{}\"\nusername = \"{user}\"\npassword = \"{pass}\"\n",
-            dir.join("tls/ca.crt").display()
-        );
-    }
+    config += &super::mailboxes_toml(&users, &dir);
     std::fs::write(&config_path, config).expect("write config");
     // Migrate once before the workers start, so the timing below is theirs alone.
     sh(Command::new(&bin)
