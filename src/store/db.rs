@@ -302,13 +302,6 @@ pub trait Fence: Send + Sync {
     fn holder(&self, mailbox: &str) -> Option<(String, i64)>;
 }
 
-/// The fencing statement: it succeeds (one row) only while `owner` still holds the
-/// mailbox's lease with `token`, and it locks the lease row to the end of the transaction,
-/// so a takeover waits for this commit and a commit after a takeover finds no row.
-const FENCE: &str = "UPDATE mailbox_lease
-    SET last_commit_at = (extract(epoch from clock_timestamp()) * 1000)::bigint
-    WHERE mailbox = ?1 AND owner = ?2 AND token = ?3";
-
 /// The connection a [`super::Store`] works on.
 pub enum Db {
     Lite(rusqlite::Connection),
@@ -393,7 +386,7 @@ impl Db {
         let Some((worker, token)) = fence.holder(mailbox) else {
             return Err(lost("this worker does not hold its lease"));
         };
-        if self.execute(FENCE, params![mailbox, worker, token])? != 1 {
+        if self.execute(crate::lease::FENCE_SQL, params![mailbox, worker, token])? != 1 {
             return Err(lost("another worker took its lease over"));
         }
         Ok(())

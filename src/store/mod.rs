@@ -246,11 +246,6 @@ impl Store {
         self.conn.set_fence(fence);
     }
 
-    /// Whether this store is PostgreSQL (shared by many workers).
-    pub fn is_shared(&self) -> bool {
-        self.conn.is_pg()
-    }
-
     /// Opens the existing store at `path` for a command that only reads: never creates the
     /// file or its folder. A store the caller may write is opened as [`Store::open`] opens it
     /// (migrated, its WAL files cleaned up on close); one it may not write (a read-only file
