@@ -31,7 +31,8 @@
 //! - [`graph`]: Microsoft Graph, the other transport: a folder's delta query and raw MIME
 //!   into the same pipeline, post-actions in JSON batches, `sendMail`; throttling honoured.
 //! - [`oauth2`]: access tokens for XOAUTH2 / OAUTHBEARER, refresh tokens kept in the store.
-//! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe).
+//! - [`message`]: raw bytes to an owned [`message::ParsedMessage`] (mail-parser, panic-safe);
+//!   [`skeleton`] sets large attachment bodies aside first (decoded and hashed in pieces).
 //! - [`quote`]: a message's text split into the new part, quoted history and signature
 //!   (pure; `show` and the JSON views use it), and our "reply above this line" marker.
 //! - [`classify`]: pure judgement "person or machine?", and the loop checks on history.
@@ -84,6 +85,7 @@ pub mod progress;
 pub mod quarantine;
 pub mod quote;
 pub mod secret;
+pub mod skeleton;
 pub mod stages;
 pub mod store;
 pub mod summary;

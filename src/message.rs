@@ -8,6 +8,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
+use crate::skeleton::{self, Skeleton};
+
 /// A name and an address, the address lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Mailbox {
@@ -209,9 +211,58 @@ impl std::fmt::Display for ParseFailure {
     }
 }
 
+/// Messages shorter than this are parsed whole: setting attachment bodies aside (see
+/// [`crate::skeleton`]) pays from a few KiB of base64 on.
+const SKELETON_FROM: usize = 16 * 1024;
+
 /// Parses a message. Never panics.
 pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
-    guarded(|| parse_inner(raw))
+    guarded(|| {
+        if raw.len() >= SKELETON_FROM {
+            let sk = skeleton::of_slice(raw);
+            if let Some(parsed) = parse_skeleton(&sk) {
+                return Ok(parsed);
+            }
+        }
+        parse_whole(raw)
+    })
+}
+
+/// Parses the message `file` holds from its current position on, reading it in pieces: its
+/// attachment bodies are decoded and hashed on the way, never held (see
+/// [`crate::skeleton`]). The same result as [`parse`] of the same bytes. Never panics.
+pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailure> {
+    use std::io::{Read, Seek, SeekFrom};
+    let unreadable = |e: std::io::Error| ParseFailure(format!("cannot read the message: {e}"));
+    let start = file.stream_position().map_err(unreadable)?;
+    let sk = skeleton::of_reader(std::io::BufReader::new(&mut *file)).map_err(unreadable)?;
+    if sk.set_aside.is_empty() {
+        // Nothing was set aside: the skeleton is the message byte for byte.
+        return guarded(|| parse_whole(&sk.bytes));
+    }
+    if let Some(parsed) = guarded(|| Ok(parse_skeleton(&sk))).ok().flatten() {
+        return Ok(parsed);
+    }
+    drop(sk);
+    let mut raw = Vec::new();
+    file.seek(SeekFrom::Start(start)).map_err(unreadable)?;
+    file.read_to_end(&mut raw).map_err(unreadable)?;
+    guarded(|| parse_whole(&raw))
+}
+
+/// The parse of `sk`, when something was set aside and the parse found each marker exactly
+/// once as an attachment (else the caller parses the original).
+fn parse_skeleton(sk: &Skeleton) -> Option<ParsedMessage> {
+    if sk.set_aside.is_empty() {
+        return None;
+    }
+    parse_inner(&sk.bytes, sk.blank, Some(sk)).ok().flatten()
+}
+
+/// Parses `raw` as it is, attachments decoded by the parser.
+fn parse_whole(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
+    let blank = raw.iter().all(u8::is_ascii_whitespace);
+    parse_inner(raw, blank, None)?.ok_or_else(|| ParseFailure("the MIME parser lost a part".into()))
 }
 
 /// The attachments of `raw` with their decoded content. Never panics.
@@ -220,7 +271,7 @@ pub fn extract_attachments(raw: &[u8]) -> Result<Vec<(Attachment, Vec<u8>)>, Par
         let msg = MessageParser::default()
             .parse(skip_preamble(raw))
             .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
-        Ok(attachments(&msg, true))
+        Ok(attachments(&msg, true, None))
     })
 }
 
@@ -238,15 +289,34 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, ParseFailure>) -> Result<T, ParseFai
     }
 }
 
-fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
+/// Parses `raw` (a message, or the skeleton `sk` of one; `blank`: the message is all
+/// whitespace). `Ok(None)` when `sk` is given and its markers were not found exactly once
+/// each as an attachment.
+fn parse_inner(
+    raw: &[u8],
+    blank: bool,
+    sk: Option<&Skeleton>,
+) -> Result<Option<ParsedMessage>, ParseFailure> {
+    if blank {
         return Err(ParseFailure("empty message".into()));
     }
     let msg = MessageParser::default()
         .parse(skip_preamble(raw))
         .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
+    if let Some(sk) = sk
+        && !markers_found_once(&msg, sk)
+    {
+        return Ok(None);
+    }
+    fields(&msg, sk).map(Some)
+}
 
-    let headers = lenient_headers(&msg);
+/// What mailticket keeps of the parsed `msg` (attachment sizes and digests from `sk`).
+fn fields(
+    msg: &mail_parser::Message<'_>,
+    sk: Option<&Skeleton>,
+) -> Result<ParsedMessage, ParseFailure> {
+    let headers = lenient_headers(msg);
     const ESSENTIAL: [&str; 5] = ["from", "sender", "date", "subject", "message-id"];
     if !headers.iter().any(|(n, _)| ESSENTIAL.contains(&n.as_str())) {
         return Err(ParseFailure(
@@ -261,14 +331,14 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         .filter(|d| d.is_valid())
         .map(mail_parser::DateTime::to_timestamp);
 
-    let text = readable_text(&msg);
+    let text = readable_text(msg);
 
-    let attachments: Vec<Attachment> = attachments(&msg, false)
+    let attachments: Vec<Attachment> = attachments(msg, false, sk)
         .into_iter()
         .map(|(a, _)| a)
         .collect();
 
-    let (content_type, report_type) = root_type(&msg);
+    let (content_type, report_type) = root_type(msg);
     let has_delivery_status = msg
         .parts
         .iter()
@@ -278,7 +348,7 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         .iter()
         .find(|p| part_is(p, "message", &["delivery-status", "global-delivery-status"]))
         .and_then(|p| parse_dsn(&String::from_utf8_lossy(p.contents())));
-    let original = embedded_original(&msg);
+    let original = embedded_original(msg);
 
     let fingerprint = crate::stages::time(crate::stages::Stage::Hash, || {
         fingerprint(
@@ -311,12 +381,25 @@ fn parse_inner(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
         headers,
         content_type,
         has_delivery_status,
-        part_types: part_types(&msg),
+        part_types: part_types(msg),
         report_type,
         dsn,
         original,
         fingerprint,
     })
+}
+
+/// Whether each marker of `sk` is the content of exactly one attachment of `msg`.
+fn markers_found_once(msg: &mail_parser::Message<'_>, sk: &Skeleton) -> bool {
+    let mut seen = vec![0u32; sk.set_aside.len()];
+    for part in msg.attachments() {
+        if let Some(i) = sk.marker_index(part.contents())
+            && let Some(n) = seen.get_mut(i)
+        {
+            *n += 1;
+        }
+    }
+    seen.iter().all(|&n| n == 1)
 }
 
 /// `raw` without what some writers put before the first header: a UTF-8 byte order mark and
@@ -748,7 +831,13 @@ pub fn mailbox_in(value: &str) -> Option<Mailbox> {
 }
 
 /// Every attachment's description, and its content when `with_data`.
-fn attachments(msg: &mail_parser::Message<'_>, with_data: bool) -> Vec<(Attachment, Vec<u8>)> {
+/// The attachments of `msg`, with their content when `with_data`; the size and digest of a
+/// body set aside in `sk` are its own, not its marker's.
+fn attachments(
+    msg: &mail_parser::Message<'_>,
+    with_data: bool,
+    sk: Option<&Skeleton>,
+) -> Vec<(Attachment, Vec<u8>)> {
     let mut out = Vec::new();
     for (i, part) in msg.attachments().enumerate() {
         let content_type = part
@@ -763,11 +852,16 @@ fn attachments(msg: &mail_parser::Message<'_>, with_data: bool) -> Vec<(Attachme
         let filename = safe_filename(part.attachment_name().unwrap_or(&fallback));
         let data = part.contents();
         let inline = is_inline(msg, part, &content_type);
+        let set_aside = sk.and_then(|sk| sk.set_aside.get(sk.marker_index(data)?));
+        let (size, sha256) = match set_aside {
+            Some(p) => (p.size, p.sha256),
+            None => (data.len(), sha256(data)),
+        };
         let a = Attachment {
             filename,
             content_type,
-            size: data.len(),
-            sha256: sha256(data),
+            size,
+            sha256,
             inline,
         };
         out.push((a, if with_data { data.to_vec() } else { Vec::new() }));
@@ -1244,5 +1338,167 @@ mod tests {
         let full = extract_attachments(raw.as_bytes()).unwrap();
         assert_eq!(full[0].1, b"hello");
         assert_eq!(m.content_type, "multipart/mixed");
+    }
+}
+
+/// A parse through a skeleton says exactly what the parse of the whole message says.
+#[cfg(test)]
+mod skeleton_tests {
+    use super::*;
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
+    /// Both parses of `raw`; the skeleton one forced whatever the size. `None` for the
+    /// skeleton when it set nothing aside or was refused.
+    fn both(raw: &[u8]) -> (String, Option<String>) {
+        let whole = format!("{:?}", guarded(|| parse_whole(raw)));
+        let sk = skeleton::of_slice(raw);
+        let fast = parse_skeleton(&sk).map(|p| format!("{:?}", Ok::<_, ParseFailure>(p)));
+        let mut file = tempfile();
+        std::io::Write::write_all(&mut file, raw).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        let from_file = format!("{:?}", parse_file(&mut file));
+        assert_eq!(from_file, whole, "parse_file differs");
+        (whole, fast)
+    }
+
+    fn tempfile() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!(
+            "mt-skeleton-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    fn b64(data: &[u8], width: usize, eol: &str) -> String {
+        let enc = base64::engine::general_purpose::STANDARD.encode(data);
+        enc.as_bytes()
+            .chunks(width.max(1))
+            .map(|c| format!("{}{eol}", String::from_utf8_lossy(c)))
+            .collect()
+    }
+
+    #[test]
+    fn corpus_messages_parse_the_same_through_a_skeleton() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        let mut stack = vec![dir];
+        let (mut n, mut set_aside) = (0, 0);
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "eml") {
+                    let lf = std::fs::read(&p).unwrap();
+                    let crlf = String::from_utf8_lossy(&lf).replace('\n', "\r\n");
+                    for raw in [lf.clone(), crlf.into_bytes()] {
+                        let (whole, fast) = both(&raw);
+                        if let Some(fast) = fast {
+                            assert_eq!(fast, whole, "{}", p.display());
+                            set_aside += 1;
+                        }
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert!(n > 200, "{n} samples");
+        assert!(set_aside > 0, "no sample had an attachment set aside");
+    }
+
+    /// A message with `parts`: (content type, transfer encoding, body) each.
+    fn message(eol: &str, parts: &[(String, String, String)], nest: bool) -> String {
+        let mut m = format!(
+            "From: a@example.com{eol}Subject: s{eol}Message-ID: <m@x>{eol}\
+             Content-Type: multipart/mixed; boundary=\"outer\"{eol}{eol}preamble{eol}"
+        );
+        if nest {
+            m.push_str(&format!(
+                "--outer{eol}Content-Type: multipart/alternative; boundary=\"in\"{eol}{eol}\
+                 --in{eol}Content-Type: text/plain{eol}{eol}plain text{eol}\
+                 --in{eol}Content-Type: text/html{eol}{eol}<p>html</p>{eol}--in--{eol}"
+            ));
+        }
+        for (ct, cte, body) in parts {
+            m.push_str(&format!(
+                "--outer{eol}Content-Type: {ct}{eol}Content-Transfer-Encoding: {cte}{eol}{eol}{body}"
+            ));
+        }
+        m.push_str(&format!("--outer--{eol}epilogue{eol}"));
+        m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn generated_messages_parse_the_same(
+            crlf in any::<bool>(),
+            nest in any::<bool>(),
+            parts in prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "application/pdf; name=\"a.pdf\"", "image/png", "text/plain",
+                        "message/rfc822", "application/octet-stream", "Application/X-Y",
+                    ]),
+                    prop::sample::select(vec!["base64", "BASE64", "7bit", "quoted-printable"]),
+                    prop::collection::vec(any::<u8>(), 0..3000),
+                    1usize..120,
+                    0u8..8,
+                ),
+                0..4,
+            ),
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let parts: Vec<(String, String, String)> = parts
+                .into_iter()
+                .map(|(ct, cte, data, width, spoil)| {
+                    let mut body = b64(&data, width, eol);
+                    // Spoil some bodies the ways real mail does.
+                    match spoil {
+                        1 => body = body.replacen('A', " ", 1),
+                        2 => body.push_str(&format!("QQ=={eol}")),
+                        3 => body = body.trim_end().to_owned(),
+                        4 => body.push_str(&format!("{eol}{eol}")),
+                        5 => body = body.replacen(eol, &format!("{eol}--outer{eol}"), 1),
+                        _ => {}
+                    }
+                    (ct.to_owned(), cte.to_owned(), body)
+                })
+                .collect();
+            let raw = message(eol, &parts, nest);
+            let (whole, fast) = both(raw.as_bytes());
+            if let Some(fast) = fast {
+                prop_assert_eq!(fast, whole);
+            }
+        }
+    }
+
+    #[test]
+    fn a_typical_attachment_is_set_aside() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 31 % 256) as u8).collect();
+        let body = b64(&data, 76, "\r\n");
+        let raw = message(
+            "\r\n",
+            &[(
+                "application/pdf; name=\"r.pdf\"".into(),
+                "base64".into(),
+                body,
+            )],
+            true,
+        );
+        let (whole, fast) = both(raw.as_bytes());
+        assert_eq!(fast.as_deref(), Some(whole.as_str()));
+        let p = parse(raw.as_bytes()).unwrap();
+        assert_eq!(p.attachments[0].size, data.len());
+        assert_eq!(p.attachments[0].sha256, sha256(&data));
     }
 }

@@ -1,0 +1,566 @@
+//! Attachment bodies set aside before the MIME parse.
+//!
+//! mail-parser decodes every part it parses, and most of the bytes of real mail are base64
+//! attachments of which mailticket keeps only a size and a digest (the raw message keeps the
+//! content). [`of_slice`] and [`of_reader`] copy a message line by line, putting in place of
+//! each clean base64 body of a non-text part a one-line marker, and decode and hash that body
+//! on the way, in bounded memory: the parse then runs on the copy, the skeleton, and
+//! `message` takes each attachment's size and digest from [`Skeleton::set_aside`].
+//!
+//! The walk copies what it does not understand as it is: a body with anything but the base64
+//! alphabet and line ends (spaces, padding in the middle, a non-canonical end), a part nested
+//! too deep, a header block it cannot read. `message` checks that the parse of the skeleton
+//! found every marker exactly once, as an attachment, and parses the original bytes instead
+//! otherwise; so a skeleton changes how fast a message parses, never what the parse says.
+
+use std::io::{self, BufRead, Seek, SeekFrom};
+
+use base64::Engine as _;
+use mail_parser::{MessageParser, MimeHeaders};
+
+/// The longest piece of a line handed on at once; a longer line comes in several pieces.
+const PIECE: usize = 64 * 1024;
+
+/// Multipart nesting the walk follows; deeper parts are copied as they are.
+const MAX_DEPTH: usize = 16;
+
+/// The most header bytes of one part the walk reads to learn its type; a longer header
+/// block is copied and its body with it.
+const MAX_HEAD: usize = 256 * 1024;
+
+/// Base64 characters decoded at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// What a marker decodes to: this prefix, the skeleton's nonce, the part's index.
+const MARKER_PREFIX: &[u8; 12] = b"\0mailticket\0";
+
+/// A message with its large attachment bodies set aside.
+pub struct Skeleton {
+    /// The message as the parse sees it.
+    pub bytes: Vec<u8>,
+    /// The decoded size and SHA-256 of each body set aside, by marker index.
+    pub set_aside: Vec<SetAside>,
+    /// Whether every byte of the original is ASCII whitespace.
+    pub blank: bool,
+    nonce: [u8; 8],
+}
+
+/// One body that the skeleton holds a marker for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetAside {
+    /// Decoded size in bytes.
+    pub size: usize,
+    /// SHA-256 of the decoded content.
+    pub sha256: [u8; 32],
+}
+
+impl Skeleton {
+    /// The index of the body `decoded` stands for, when it is one of this skeleton's markers.
+    pub fn marker_index(&self, decoded: &[u8]) -> Option<usize> {
+        let rest = decoded.strip_prefix(MARKER_PREFIX.as_slice())?;
+        let rest = rest.strip_prefix(self.nonce.as_slice())?;
+        let index: [u8; 4] = rest.try_into().ok()?;
+        let i = usize::try_from(u32::from_le_bytes(index)).ok()?;
+        (i < self.set_aside.len()).then_some(i)
+    }
+
+    fn marker(&self, index: usize) -> String {
+        let mut m = MARKER_PREFIX.to_vec();
+        m.extend_from_slice(&self.nonce);
+        m.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_le_bytes());
+        base64::engine::general_purpose::STANDARD.encode(m)
+    }
+}
+
+/// The skeleton of the message `raw`.
+pub fn of_slice(raw: &[u8]) -> Skeleton {
+    let walked = Walk::new(SliceLines { data: raw, at: 0 }, raw.len() / 8).run();
+    // Reading a slice cannot fail.
+    walked.unwrap_or_else(|_| Skeleton {
+        bytes: raw.to_vec(),
+        set_aside: Vec::new(),
+        blank: raw.iter().all(u8::is_ascii_whitespace),
+        nonce: [0; 8],
+    })
+}
+
+/// The skeleton of the message `r` holds from its current position to its end, read in
+/// pieces; memory is the skeleton plus a few buffers, whatever the attachments' sizes.
+pub fn of_reader<R: BufRead + Seek>(mut r: R) -> io::Result<Skeleton> {
+    let at = r.stream_position()?;
+    Walk::new(
+        ReaderLines {
+            r,
+            buf: Vec::new(),
+            at,
+        },
+        64 * 1024,
+    )
+    .run()
+}
+
+/// Lines of a message, in pieces of at most [`PIECE`] bytes.
+trait Lines {
+    /// The next piece, with its line end when it ends a line; `None` at the end.
+    fn next_piece(&mut self) -> io::Result<Option<&[u8]>>;
+    /// Where the next piece starts.
+    fn position(&self) -> u64;
+    /// Goes back to `at`, a position given by [`Lines::position`].
+    fn rewind(&mut self, at: u64) -> io::Result<()>;
+}
+
+struct SliceLines<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Lines for SliceLines<'_> {
+    fn next_piece(&mut self) -> io::Result<Option<&[u8]>> {
+        let rest = self.data.get(self.at..).unwrap_or_default();
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let window = rest.get(..PIECE).unwrap_or(rest);
+        let len = memchr::memchr(b'\n', window).map_or(window.len(), |i| i + 1);
+        self.at += len;
+        Ok(rest.get(..len))
+    }
+
+    fn position(&self) -> u64 {
+        self.at as u64
+    }
+
+    fn rewind(&mut self, at: u64) -> io::Result<()> {
+        self.at = usize::try_from(at).unwrap_or(usize::MAX);
+        Ok(())
+    }
+}
+
+struct ReaderLines<R> {
+    r: R,
+    buf: Vec<u8>,
+    at: u64,
+}
+
+impl<R: BufRead + Seek> Lines for ReaderLines<R> {
+    fn next_piece(&mut self) -> io::Result<Option<&[u8]>> {
+        self.buf.clear();
+        while self.buf.len() < PIECE {
+            let avail = self.r.fill_buf()?;
+            if avail.is_empty() {
+                break;
+            }
+            let room = PIECE - self.buf.len();
+            let window = avail.get(..room).unwrap_or(avail);
+            let (take, done) = match memchr::memchr(b'\n', window) {
+                Some(i) => (i + 1, true),
+                None => (window.len(), false),
+            };
+            self.buf
+                .extend_from_slice(window.get(..take).unwrap_or_default());
+            self.r.consume(take);
+            if done {
+                break;
+            }
+        }
+        self.at += self.buf.len() as u64;
+        Ok((!self.buf.is_empty()).then_some(self.buf.as_slice()))
+    }
+
+    fn position(&self) -> u64 {
+        self.at
+    }
+
+    fn rewind(&mut self, at: u64) -> io::Result<()> {
+        self.r.seek(SeekFrom::Start(at))?;
+        self.at = at;
+        Ok(())
+    }
+}
+
+/// How an entity's body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// At the end of the message.
+    Eof,
+    /// At a delimiter line of the open multipart `level` (copied already).
+    Delimiter { level: usize, closing: bool },
+}
+
+/// What a part's header block says about its body.
+enum Body {
+    Multipart(Vec<u8>),
+    Base64,
+    Other,
+}
+
+/// The source with what the walk needs to know of what it has read.
+struct Reader<L> {
+    src: L,
+    /// Whether the next piece starts a line.
+    line_start: bool,
+    /// Whether every byte so far is ASCII whitespace.
+    blank: bool,
+}
+
+impl<L: Lines> Reader<L> {
+    /// The next piece and whether it starts a line.
+    fn next(&mut self) -> io::Result<Option<(&[u8], bool)>> {
+        let starts = self.line_start;
+        let Some(piece) = self.src.next_piece()? else {
+            return Ok(None);
+        };
+        self.line_start = piece.last() == Some(&b'\n');
+        if self.blank && !piece.iter().all(u8::is_ascii_whitespace) {
+            self.blank = false;
+        }
+        Ok(Some((piece, starts)))
+    }
+
+    /// Goes back to `at`, the start of a line.
+    fn rewind(&mut self, at: u64) -> io::Result<()> {
+        self.line_start = true;
+        self.src.rewind(at)
+    }
+}
+
+struct Walk<L> {
+    r: Reader<L>,
+    skeleton: Skeleton,
+    /// Boundaries of the open multiparts, outermost first.
+    bounds: Vec<Vec<u8>>,
+}
+
+impl<L: Lines> Walk<L> {
+    fn new(src: L, capacity: usize) -> Walk<L> {
+        Walk {
+            r: Reader {
+                src,
+                line_start: true,
+                blank: true,
+            },
+            skeleton: Skeleton {
+                bytes: Vec::with_capacity(capacity),
+                set_aside: Vec::new(),
+                blank: true,
+                nonce: fastrand::u64(..).to_le_bytes(),
+            },
+            bounds: Vec::new(),
+        }
+    }
+
+    fn run(mut self) -> io::Result<Skeleton> {
+        self.entity(0)?;
+        // Whatever a top-level multipart leaves (nothing, normally) is copied.
+        self.copy_body()?;
+        self.skeleton.blank = self.r.blank;
+        Ok(self.skeleton)
+    }
+
+    /// The delimiter `piece` is, when it starts a line with `--` and an open boundary.
+    fn delimiter(bounds: &[Vec<u8>], piece: &[u8]) -> Option<End> {
+        let rest = piece.strip_prefix(b"--")?;
+        bounds.iter().enumerate().rev().find_map(|(level, b)| {
+            let after = rest.strip_prefix(b.as_slice())?;
+            Some(End::Delimiter {
+                level,
+                closing: after.starts_with(b"--"),
+            })
+        })
+    }
+
+    /// One entity: its header block, then its body by what the header says.
+    fn entity(&mut self, depth: usize) -> io::Result<End> {
+        let mut head = Vec::new();
+        let mut readable = true;
+        let mut top_preamble = depth == 0;
+        let eol: &'static [u8] = loop {
+            let bounds = &self.bounds;
+            let Some((piece, starts)) = self.r.next()? else {
+                return Ok(End::Eof);
+            };
+            if starts && let Some(end) = Self::delimiter(bounds, piece) {
+                self.skeleton.bytes.extend_from_slice(piece);
+                return Ok(end);
+            }
+            self.skeleton.bytes.extend_from_slice(piece);
+            // Before the first header: a byte order mark and blank lines (see
+            // `message::skip_preamble`; the parse skips them again).
+            if top_preamble && starts && piece.ends_with(b"\n") && is_blank(strip_boms(piece)) {
+                continue;
+            }
+            top_preamble = false;
+            if starts && (piece == b"\r\n" || piece == b"\n") {
+                // The parser reads a header block up to and with its blank line.
+                head.extend_from_slice(piece);
+                break if piece.len() == 2 { b"\r\n" } else { b"\n" };
+            }
+            if head.len() + piece.len() <= MAX_HEAD {
+                head.extend_from_slice(piece);
+            } else {
+                readable = false;
+            }
+        };
+        let body = if readable {
+            body_of(&head)
+        } else {
+            Body::Other
+        };
+        match body {
+            Body::Multipart(boundary) if depth < MAX_DEPTH => self.multipart(boundary, depth),
+            Body::Base64 => self.set_aside(eol),
+            _ => self.copy_body(),
+        }
+    }
+
+    /// A multipart's preamble, parts and epilogue.
+    fn multipart(&mut self, boundary: Vec<u8>, depth: usize) -> io::Result<End> {
+        let level = self.bounds.len();
+        self.bounds.push(boundary);
+        let mut end = self.copy_body()?;
+        let out = loop {
+            match end {
+                End::Delimiter { level: l, closing } if l == level => {
+                    if closing {
+                        self.bounds.truncate(level);
+                        break self.copy_body()?;
+                    }
+                    end = self.entity(depth + 1)?;
+                }
+                other => break other,
+            }
+        };
+        self.bounds.truncate(level);
+        Ok(out)
+    }
+
+    /// Copies a body up to a delimiter of an open multipart (copied too) or the end.
+    fn copy_body(&mut self) -> io::Result<End> {
+        loop {
+            let bounds = &self.bounds;
+            let Some((piece, starts)) = self.r.next()? else {
+                return Ok(End::Eof);
+            };
+            self.skeleton.bytes.extend_from_slice(piece);
+            if starts && let Some(end) = Self::delimiter(bounds, piece) {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// A base64 body: decoded and hashed, and a marker line in its place; copied as it is
+    /// when it is not clean base64 (or empty).
+    fn set_aside(&mut self, eol: &[u8]) -> io::Result<End> {
+        let start = self.r.src.position();
+        let mut decoder = Decoder::new();
+        let mut clean = true;
+        let (end, delimiter) = loop {
+            let bounds = &self.bounds;
+            let Some((piece, starts)) = self.r.next()? else {
+                break (End::Eof, Vec::new());
+            };
+            if starts && let Some(end) = Self::delimiter(bounds, piece) {
+                break (end, piece.to_vec());
+            }
+            if !decoder.push(piece) {
+                clean = false;
+                break (End::Eof, Vec::new());
+            }
+        };
+        let decoded = if clean { decoder.finish() } else { None };
+        let Some(part) = decoded.filter(|p| p.size > 0) else {
+            self.r.rewind(start)?;
+            return self.copy_body();
+        };
+        let index = self.skeleton.set_aside.len();
+        self.skeleton.set_aside.push(part);
+        let marker = self.skeleton.marker(index);
+        let bytes = &mut self.skeleton.bytes;
+        bytes.extend_from_slice(marker.as_bytes());
+        bytes.extend_from_slice(eol);
+        bytes.extend_from_slice(&delimiter);
+        Ok(end)
+    }
+}
+
+/// What the header block `head` says of its body, read with the parser's own header code.
+fn body_of(head: &[u8]) -> Body {
+    let Some(msg) = MessageParser::default().parse_headers(head) else {
+        return Body::Other;
+    };
+    let part = msg.root_part();
+    let Some(ct) = part.content_type() else {
+        return Body::Other;
+    };
+    let ctype = ct.ctype();
+    if ctype.eq_ignore_ascii_case("multipart") {
+        return match ct.attribute("boundary") {
+            Some(b) if !b.is_empty() => Body::Multipart(b.as_bytes().to_vec()),
+            _ => Body::Other,
+        };
+    }
+    let kept = ["text", "message"]
+        .iter()
+        .any(|t| ctype.eq_ignore_ascii_case(t));
+    let base64 = part
+        .content_transfer_encoding()
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
+    if kept || !base64 {
+        Body::Other
+    } else {
+        Body::Base64
+    }
+}
+
+fn strip_boms(mut line: &[u8]) -> &[u8] {
+    while let Some(rest) = line.strip_prefix(b"\xEF\xBB\xBF") {
+        line = rest;
+    }
+    line
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// Strict base64 in pieces: the alphabet and line ends only, padding only at the very end,
+/// a canonical last quantum. Anything else is "not clean", and the body stays in the copy.
+struct Decoder {
+    pending: Vec<u8>,
+    out: Vec<u8>,
+    digest: ring::digest::Context,
+    size: usize,
+    padded: bool,
+}
+
+impl Decoder {
+    fn new() -> Decoder {
+        Decoder {
+            pending: Vec::with_capacity(CHUNK + PIECE),
+            out: Vec::new(),
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            size: 0,
+            padded: false,
+        }
+    }
+
+    /// Takes one piece of the body; false when it is not clean.
+    fn push(&mut self, piece: &[u8]) -> bool {
+        let data = piece.strip_suffix(b"\n").unwrap_or(piece);
+        let data = data.strip_suffix(b"\r").unwrap_or(data);
+        if data.is_empty() {
+            return true;
+        }
+        if self.padded {
+            return false;
+        }
+        self.padded = memchr::memchr(b'=', data).is_some();
+        self.pending.extend_from_slice(data);
+        if self.padded || self.pending.len() < CHUNK {
+            return true;
+        }
+        let whole = self.pending.len() / 4 * 4;
+        let ok = self.decode(whole);
+        self.pending.drain(..whole);
+        ok
+    }
+
+    /// Decodes the first `n` pending characters into the digest.
+    fn decode(&mut self, n: usize) -> bool {
+        let input = self.pending.get(..n).unwrap_or_default();
+        self.out.resize(n / 4 * 3 + 3, 0);
+        let engine = &base64::engine::general_purpose::STANDARD;
+        match engine.decode_slice(input, &mut self.out) {
+            Ok(len) => {
+                self.digest.update(self.out.get(..len).unwrap_or_default());
+                self.size += len;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The size and digest, when the whole body was clean.
+    fn finish(mut self) -> Option<SetAside> {
+        if !self.pending.len().is_multiple_of(4) || !self.decode(self.pending.len()) {
+            return None;
+        }
+        let d = self.digest.finish();
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(d.as_ref());
+        Some(SetAside {
+            size: self.size,
+            sha256,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64_lines(data: &[u8], width: usize, eol: &str) -> String {
+        let enc = base64::engine::general_purpose::STANDARD.encode(data);
+        let mut out = String::new();
+        for chunk in enc.as_bytes().chunks(width) {
+            out.push_str(std::str::from_utf8(chunk).unwrap());
+            out.push_str(eol);
+        }
+        out
+    }
+
+    fn with_attachment(body: &str) -> String {
+        format!(
+            "From: a@example.com\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+             preamble\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1\r\n\
+             Content-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+             {body}--b1--\r\n"
+        )
+    }
+
+    #[test]
+    fn a_clean_body_is_set_aside_with_its_size_and_digest() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let raw = with_attachment(&b64_lines(&data, 76, "\r\n"));
+        let s = of_slice(raw.as_bytes());
+        assert_eq!(s.set_aside.len(), 1);
+        assert_eq!(s.set_aside[0].size, data.len());
+        assert_eq!(s.set_aside[0].sha256, crate::message::sha256(&data));
+        assert!(s.bytes.len() < 400, "{}", String::from_utf8_lossy(&s.bytes));
+        let text = String::from_utf8_lossy(&s.bytes);
+        assert!(text.ends_with("--b1--\r\n") && text.contains("hello\r\n--b1\r\n"));
+        // The same from a reader, in pieces.
+        let r = of_reader(std::io::Cursor::new(raw.as_bytes())).unwrap();
+        assert_eq!(r.set_aside, s.set_aside);
+        assert!(!r.blank);
+    }
+
+    #[test]
+    fn bodies_that_are_not_clean_base64_are_copied() {
+        let data = b"some bytes of an attachment, enough to fill a few lines of base64 text";
+        let good = b64_lines(data, 20, "\r\n");
+        for bad in [
+            good.replacen('A', " ", 1),
+            good.replacen("\r\n", "==\r\n", 1),
+            format!("{good}QQ==\r\n"),
+            good.replacen("\r\n", "\r\n-\r\n", 1),
+            format!("{}\r\n", &good.trim_end()[..good.trim_end().len() - 1]),
+        ] {
+            let raw = with_attachment(&bad);
+            let s = of_slice(raw.as_bytes());
+            assert!(s.set_aside.is_empty(), "{bad:?}");
+            assert_eq!(s.bytes, raw.as_bytes(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_a_piece_and_lf_endings() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
+        let raw = with_attachment(&b64_lines(&data, 300_000, "\n")).replace("\r\n", "\n");
+        let s = of_slice(raw.as_bytes());
+        assert_eq!(s.set_aside.len(), 1);
+        assert_eq!(s.set_aside[0].size, data.len());
+        assert!(String::from_utf8_lossy(&s.bytes).ends_with("\n--b1--\n"));
+    }
+}
