@@ -214,6 +214,18 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
     guarded(|| parse_inner(raw))
 }
 
+/// Parses the message in `f` (read from its start): what [`parse`] gives for the same bytes.
+/// Never panics.
+// stub: replaced by the lead's streaming parse
+pub fn parse_file(f: &mut std::fs::File) -> Result<ParsedMessage, ParseFailure> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut raw = Vec::new();
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.read_to_end(&mut raw))
+        .map_err(|e| ParseFailure(format!("cannot read the spooled message: {e}")))?;
+    parse(&raw)
+}
+
 /// The attachments of `raw` with their decoded content. Never panics.
 pub fn extract_attachments(raw: &[u8]) -> Result<Vec<(Attachment, Vec<u8>)>, ParseFailure> {
     guarded(|| {
