@@ -76,6 +76,8 @@ on_both_stores!(
     watch_tickets_new_mail,
     the_event_feed_lists_what_happened,
     files_and_pipes_and_the_reading_commands,
+    a_large_message_is_fetched_in_parts_and_kept_byte_for_byte,
+    a_sync_killed_while_spooling_stores_the_large_message_once_on_rerun,
 );
 
 /// The envelope recipients of a message the sink received.
@@ -391,4 +393,167 @@ fn files_and_pipes_and_the_reading_commands(e: &Engine) {
     assert_eq!(outbox.as_array().map(Vec::len), Some(0), "{outbox}");
     wd.mailticket(&["hooks", "--json"]).success();
     wd.mailticket(&["oauth2", "status"]).success();
+}
+
+/// A message of about `mb` MB: a line of text and a random base64 attachment; with the
+/// attachment's decoded size and SHA-256 (hex).
+fn huge_mail(message_id: &str, mb: usize, seed: u64) -> (Vec<u8>, u64, String) {
+    use base64::Engine as _;
+    let data = Prng::new(seed).bytes(mb * 750_000);
+    let mut mail = format!(
+        "From: Ola <ola@customer.example>\r\nTo: Support <support@example.com>\r\n\
+         Subject: The whole archive\r\nDate: Mon, 06 Jan 2025 10:00:00 +0000\r\n\
+         Message-ID: <{message_id}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nThe scans, attached.\r\n--b1\r\n\
+         Content-Type: application/zip; name=\"archive.zip\"\r\n\
+         Content-Disposition: attachment; filename=\"archive.zip\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n"
+    )
+    .into_bytes();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    for line in b64.as_bytes().chunks(76) {
+        mail.extend_from_slice(line);
+        mail.extend_from_slice(b"\r\n");
+    }
+    mail.extend_from_slice(b"--b1--\r\n");
+    let sha = mailticket::message::hex(&mailticket::message::sha256(&data));
+    (mail, data.len() as u64, sha)
+}
+
+impl Engine {
+    /// One text value a query gives, read straight from the store of `wd`.
+    fn scalar(&self, wd: &Workdir, sql: &str) -> String {
+        match self {
+            Engine::Sqlite => rusqlite::Connection::open(wd.db())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Engine::Postgres(pg) => pg.psql(sql),
+        }
+    }
+
+    /// Where a sync of `wd` spools large messages: beside an SQLite store, else the
+    /// temporary folder.
+    fn spool_dir(&self, wd: &Workdir) -> std::path::PathBuf {
+        match self {
+            Engine::Sqlite => wd.db().parent().unwrap().to_owned(),
+            Engine::Postgres(_) => std::env::temp_dir(),
+        }
+    }
+}
+
+/// The spool files of process `pid` in `dir`.
+fn spool_files(dir: &std::path::Path, pid: u32) -> Vec<String> {
+    let prefix = format!(".mailticket-spool-{pid}-");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// How the message `message_id` is kept: `codec:number of raw parts`.
+fn layout(e: &Engine, wd: &Workdir, message_id: &str) -> String {
+    e.scalar(
+        wd,
+        &format!(
+            "SELECT codec || ':' || (SELECT count(*) FROM raw_part WHERE message = m.id) \
+             FROM message m WHERE message_id = '{message_id}'"
+        ),
+    )
+}
+
+fn a_large_message_is_fetched_in_parts_and_kept_byte_for_byte(e: &Engine) {
+    let dc = Dovecot::start();
+    dc.seed(3, 1, 27);
+    let (huge, size, sha) = huge_mail("huge@customer.example", 12, 27);
+    dc.append("INBOX", &huge, false);
+    // Exactly three parts long: the fourth part asked for is past the end.
+    let mut exact = simple_mail("Bo <bo@customer.example>", "exact@x", "Exact", "");
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz 0123456789 abcdefghijklmnopqrstuvwxyz\r\n";
+    while exact.len() + line.len() <= 3 << 20 {
+        exact.extend_from_slice(line);
+    }
+    exact.resize((3 << 20) - 2, b'.');
+    exact.extend_from_slice(b"\r\n");
+    dc.append("INBOX", &exact, false);
+    dc.append(
+        "INBOX",
+        &simple_mail("Ann <ann@customer.example>", "after@x", "After", ""),
+        false,
+    );
+    let wd = e.workdir();
+    wd.write_config(&[dc.mailbox()]);
+    assert_summary(&wd.sync(), created(7));
+    assert_eq!(wd.tickets().len(), 7, "one ticket each");
+    let raw = wd.mailticket(&["show", "exact@x", "--raw"]).success();
+    assert!(
+        raw.stdout.as_bytes() == exact.as_slice(),
+        "3 MiB byte for byte"
+    );
+    assert_eq!(layout(e, &wd, "exact@x"), "zstd-parts:1");
+    let parts = layout(e, &wd, "huge@customer.example");
+    let n: u32 = parts.strip_prefix("zstd-parts:").unwrap().parse().unwrap();
+    assert!(n >= 6, "12 MB of random data in 1 MiB parts: {parts}");
+    assert_eq!(
+        layout(e, &wd, "after@x"),
+        "zstd:0",
+        "a small one is kept whole"
+    );
+    let shown = wd
+        .mailticket(&["show", "huge@customer.example", "--json"])
+        .success()
+        .json();
+    let att = &shown["messages"][0]["attachments"];
+    assert_eq!(att.as_array().map(Vec::len), Some(1), "{att}");
+    assert_eq!(att[0]["size"].as_u64(), Some(size), "{att}");
+    assert_eq!(att[0]["sha256"].as_str(), Some(sha.as_str()), "{att}");
+    let id = id_of(&shown).to_string();
+    let raw = wd.mailticket(&["show", &id, "--raw"]).success();
+    assert!(raw.stdout.as_bytes() == huge.as_slice(), "byte for byte");
+    assert_summary(&wd.sync(), created(0));
+    if let Engine::Sqlite = e {
+        let left: Vec<_> = std::fs::read_dir(e.spool_dir(&wd))
+            .unwrap()
+            .filter_map(|f| f.unwrap().file_name().into_string().ok())
+            .filter(|n| n.contains("spool"))
+            .collect();
+        assert!(left.is_empty(), "spool files left: {left:?}");
+    }
+}
+
+fn a_sync_killed_while_spooling_stores_the_large_message_once_on_rerun(e: &Engine) {
+    let dc = Dovecot::start();
+    dc.seed(20, 0, 28);
+    let (huge, _, _) = huge_mail("huge@customer.example", 12, 28);
+    dc.append("INBOX", &huge, false);
+    dc.seed(5, 0, 29);
+    let wd = e.workdir();
+    wd.write_config(&[dc.mailbox()]);
+    let dir = e.spool_dir(&wd);
+    let mut child = spawn(wd.cmd(&["sync"]));
+    let pid = child.id();
+    wait_until(Duration::from_secs(60), "a spool file", || {
+        !spool_files(&dir, pid).is_empty()
+    });
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    assert_eq!(spool_files(&dir, pid).len(), 1, "left behind by the kill");
+    assert_eq!(
+        e.scalar(
+            &wd,
+            "SELECT CAST(count(*) AS TEXT) FROM message WHERE message_id = 'huge@customer.example'"
+        ),
+        "0",
+        "killed before its transaction"
+    );
+    wd.sync();
+    assert!(spool_files(&dir, pid).is_empty(), "the leftover is swept");
+    let ids = wd.ticketed_message_ids();
+    assert_eq!(ids.len(), 26, "{ids:?}");
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 26, "each message once");
+    assert!(ids.iter().any(|i| i == "huge@customer.example"));
+    assert!(layout(e, &wd, "huge@customer.example").starts_with("zstd-parts:"));
 }
