@@ -111,8 +111,12 @@ pub fn dir_for(file: Option<&Path>) -> PathBuf {
 }
 
 /// Removes the spool files in `dir` left behind by processes of this machine that are gone
-/// (killed while spooling). Best effort: what cannot be read or removed stays.
+/// (killed while spooling). Best effort: what cannot be read or removed stays, and without
+/// `/proc` (to tell a live process from a gone one) nothing is removed.
 pub fn sweep(dir: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

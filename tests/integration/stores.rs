@@ -7,8 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use crate::harness::{
-    Dovecot, Prng, Workdir, assert_summary, created, id_of, mailgen, run, simple_mail, spawn,
-    wait_until,
+    Dovecot, Prng, Workdir, assert_summary, created, huge_mail, id_of, mailgen, run, simple_mail,
+    spawn, wait_until,
 };
 use crate::pg_harness::Postgres;
 use crate::sink::Sink;
@@ -393,32 +393,6 @@ fn files_and_pipes_and_the_reading_commands(e: &Engine) {
     assert_eq!(outbox.as_array().map(Vec::len), Some(0), "{outbox}");
     wd.mailticket(&["hooks", "--json"]).success();
     wd.mailticket(&["oauth2", "status"]).success();
-}
-
-/// A message of about `mb` MB: a line of text and a random base64 attachment; with the
-/// attachment's decoded size and SHA-256 (hex).
-fn huge_mail(message_id: &str, mb: usize, seed: u64) -> (Vec<u8>, u64, String) {
-    use base64::Engine as _;
-    let data = Prng::new(seed).bytes(mb * 750_000);
-    let mut mail = format!(
-        "From: Ola <ola@customer.example>\r\nTo: Support <support@example.com>\r\n\
-         Subject: The whole archive\r\nDate: Mon, 06 Jan 2025 10:00:00 +0000\r\n\
-         Message-ID: <{message_id}>\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\r\nThe scans, attached.\r\n--b1\r\n\
-         Content-Type: application/zip; name=\"archive.zip\"\r\n\
-         Content-Disposition: attachment; filename=\"archive.zip\"\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\n"
-    )
-    .into_bytes();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-    for line in b64.as_bytes().chunks(76) {
-        mail.extend_from_slice(line);
-        mail.extend_from_slice(b"\r\n");
-    }
-    mail.extend_from_slice(b"--b1--\r\n");
-    let sha = mailticket::message::hex(&mailticket::message::sha256(&data));
-    (mail, data.len() as u64, sha)
 }
 
 impl Engine {
