@@ -14,6 +14,9 @@ pub const PARTS: &str = "zstd-parts";
 /// About how many compressed bytes one `raw_part` row holds.
 const PART: usize = 1 << 20;
 
+/// How much of a spool file is read and compressed at a time.
+const READ: usize = 256 << 10;
+
 /// zstd level for raw messages: level 1 keeps compression well ahead of the network.
 const RAW_ZSTD_LEVEL: i32 = 1;
 
@@ -70,15 +73,16 @@ pub enum RawBytes<'a> {
 }
 
 /// Compresses the file `f` (from its start) as one zstd stream into `raw_part` rows of
-/// message `row`, about [`PART`] bytes each, in the caller's transaction. Holds about two
-/// parts in memory whatever the file's size.
+/// message `row`, [`PART`] to [`PART`] + [`READ`] bytes each, in the caller's transaction.
+/// Holds about one part and one read in memory, whatever the file's size.
 pub fn write_parts(c: &Db, row: i64, mut f: &std::fs::File, path: &std::path::Path) -> Result<()> {
     let io = |e: std::io::Error| Error::io(path, e);
     let zstd = |e: std::io::Error| Error::Codec(format!("zstd: {e}"));
     f.seek(SeekFrom::Start(0)).map_err(io)?;
-    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(2 * PART), RAW_ZSTD_LEVEL)
-        .map_err(zstd)?;
-    let mut buf = vec![0u8; PART];
+    let mut enc =
+        zstd::stream::write::Encoder::new(Vec::with_capacity(PART + READ), RAW_ZSTD_LEVEL)
+            .map_err(zstd)?;
+    let mut buf = vec![0u8; READ];
     let mut seq = 0i64;
     let mut put = |data: &[u8]| -> Result<()> {
         c.execute(
