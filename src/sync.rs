@@ -237,8 +237,8 @@ fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
 /// Fetches one batch, handing each message to `each`; of a message over `max` bytes only the
 /// header, for the quarantine; one over [`SPOOL_OVER`] in parts, into a spool file in
 /// `spool_dir`. A UID the server leaves out is looked for: one that is gone (expunged
-/// meanwhile) may be passed, one still there is asked for again, twice (once for a message
-/// fetched alone), and if it is still left out the run fails, before the cursor can pass it.
+/// meanwhile) may be passed, one still there is asked for again, twice (a header not again),
+/// and if it is still left out the run fails, before the cursor can pass it.
 async fn fetch_batch<F, Fut>(
     imap: &mut Imap,
     batch: &[(u32, u32)],
@@ -249,28 +249,14 @@ where
     F: FnMut(FetchedMessage) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let one = match *batch {
-        [(uid, size)] if u64::from(size) > max => Some((uid, imap.fetch_head(uid, size).await?)),
-        [(uid, size)] if alone(size, max) => {
-            Some((uid, imap.fetch_spooled(uid, size, spool_dir).await?))
-        }
-        _ => None,
-    };
-    let mut missing = match one {
-        Some((_, Some(m))) => {
-            each(m).await?;
-            Vec::new()
-        }
-        Some((uid, None)) => vec![uid],
-        None => imap.fetch_each(batch, &mut each).await?,
-    };
+    let mut missing = fetch_once(imap, batch, (max, spool_dir), &mut each).await?;
     for attempt in 1..=3 {
         missing = still_there(imap, &missing).await?;
         if missing.is_empty() {
             return Ok(());
         }
         let set = uid_set(&missing);
-        if attempt == 3 || batch.len() == 1 && alone(batch[0].1, max) {
+        if attempt == 3 || batch.len() == 1 && u64::from(batch[0].1) > max {
             return Err(Error::Protocol {
                 host: imap.host().to_owned(),
                 message: format!(
@@ -285,9 +271,39 @@ where
             .filter(|p| missing.binary_search(&p.0).is_ok())
             .copied()
             .collect();
-        missing = imap.fetch_each(&again, &mut each).await?;
+        missing = fetch_once(imap, &again, (max, spool_dir), &mut each).await?;
     }
     Ok(())
+}
+
+/// One fetch of `batch` (sorted), each message handed to `each`: a message [`alone`] by its
+/// own commands (its header, or its parts into a spool file), the rest with one UID FETCH.
+/// Returns the UIDs that the server did not send.
+async fn fetch_once<F, Fut>(
+    imap: &mut Imap,
+    batch: &[(u32, u32)],
+    (max, spool_dir): (u64, &Path),
+    each: &mut F,
+) -> Result<Vec<u32>>
+where
+    F: FnMut(FetchedMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let one = match *batch {
+        [(uid, size)] if u64::from(size) > max => Some((uid, imap.fetch_head(uid, size).await?)),
+        [(uid, size)] if alone(size, max) => {
+            Some((uid, imap.fetch_spooled(uid, size, spool_dir).await?))
+        }
+        _ => None,
+    };
+    match one {
+        Some((_, Some(m))) => {
+            each(m).await?;
+            Ok(Vec::new())
+        }
+        Some((uid, None)) => Ok(vec![uid]),
+        None => imap.fetch_each(batch, each).await,
+    }
 }
 
 /// Which of `uids` (sorted) the folder still has.

@@ -246,6 +246,20 @@ fn a_large_message_left_out_of_a_part_fails_the_run_before_the_cursor_passes_it(
 }
 
 #[test]
+fn a_large_message_left_out_of_a_part_once_is_fetched_again() {
+    let (_server, wd) = hostile_with_a_large_message("parts-omitted-once");
+    assert_summary(&wd.sync(), created(5));
+    assert!(subjects(&wd).contains(&"Big one".to_owned()));
+    let raw = wd
+        .mailticket(&["show", "big@example.org", "--raw"])
+        .success();
+    assert!(
+        raw.stdout.as_bytes() == big_mail().as_slice(),
+        "byte for byte"
+    );
+}
+
+#[test]
 fn parts_that_never_end_are_stopped_past_the_announced_size() {
     let (_server, wd) = hostile_with_a_large_message("parts-endless");
     assert_gave_up(&sync_measured(&wd), &["more of uid 4 than asked"]);
