@@ -19,6 +19,10 @@
 //! before each run), and prints the machine's CPU too: the database server's work is not in
 //! the client's figures.
 //!
+//! `bench big [SMALL LARGE RUNS MB]` (default 10000 1000 1 50) is the same sync with one more
+//! message of MB megabytes (a base64 attachment) last in the mailbox: its peak RSS shows
+//! whether a huge message is held whole (`max-message-size` is raised to let it in).
+//!
 //! `bench workers [MAILBOXES WORKERS]` (default 1000 4): many `watch` workers sharing the
 //! mailboxes of a PostgreSQL store through leases (see `bench/workers.rs`).
 //!
@@ -247,10 +251,21 @@ fn main() {
         return login_bench(runs);
     }
     let pg = args.first().map(String::as_str) == Some("pg");
-    let args = &args[usize::from(pg)..];
+    let big = args.first().map(String::as_str) == Some("big");
+    let args = &args[usize::from(pg || big)..];
     let small: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let large: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000);
-    let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
+    let default_runs = if big { 1 } else { 3 };
+    let runs: usize = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_runs)
+        .max(1);
+    let huge_mb: u64 = if big {
+        args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50)
+    } else {
+        0
+    };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = mailticket_bin();
 
@@ -266,6 +281,8 @@ fn main() {
             &small.to_string(),
             "--large",
             &large.to_string(),
+            "--huge",
+            &(huge_mb * 1_000_000).to_string(),
         ],
     );
 
@@ -281,8 +298,10 @@ fn main() {
         &config_path,
         format!(
             "{store}[[mailbox]]\nname = \"support\"\nhost = \"localhost\"\n\
-             port = {IMAPS_PORT}\nca-file = \"{}\"\nusername = \"support\"\npassword = \"support-pass\"\n",
-            dir.join("tls/ca.crt").display()
+             port = {IMAPS_PORT}\nca-file = \"{}\"\nusername = \"support\"\npassword = \"support-pass\"\n\
+             max-message-size = {}\n",
+            dir.join("tls/ca.crt").display(),
+            (huge_mb * 2_000_000).max(50_000_000)
         ),
     )
     .expect("write config");
@@ -341,6 +360,9 @@ fn main() {
     println!(
         "messages: {count}, {mb:.1} MB as served; {runs} run(s), medians (all runs in brackets)"
     );
+    if big {
+        println!("of which one huge message of {huge_mb} MB (last in the mailbox)");
+    }
     println!(
         "raw UID FETCH over TLS: {:>8.0} msg/s {:>7.1} MB/s  {f:.2} s  {floor:.2?}  (wall, under load)",
         count as f64 / f,

@@ -52,6 +52,8 @@
 //! - [`event_type`]: the names of ticket events, shared by the store, the config and the hooks.
 //! - [`pass`]: what a catch-up pass needs whatever the transport (options, budget, the job
 //!   that takes a fetched message to the store).
+//! - [`spool`]: a large message's bytes on disk between its fetch in parts and its
+//!   transaction, so that it is never held whole in memory.
 //! - [`sync`]: one pass over the configured mailboxes; [`import`]: files, mbox, Maildir.
 //! - [`watch`]: every mailbox at once, IDLE or polling, reconnecting with [`backoff`], until
 //!   a cancellation token says stop.
@@ -86,6 +88,7 @@ pub mod quarantine;
 pub mod quote;
 pub mod secret;
 pub mod skeleton;
+pub mod spool;
 pub mod stages;
 pub mod store;
 pub mod summary;

@@ -228,13 +228,14 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
     })
 }
 
-/// Parses the message `file` holds from its current position on, reading it in pieces: its
-/// attachment bodies are decoded and hashed on the way, never held (see
-/// [`crate::skeleton`]). The same result as [`parse`] of the same bytes. Never panics.
+/// Parses the message `file` holds (read from its start, in pieces: its attachment bodies
+/// are decoded and hashed on the way, never held; see [`crate::skeleton`]). The same result
+/// as [`parse`] of the same bytes. Never panics.
 pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailure> {
     use std::io::{Read, Seek, SeekFrom};
-    let unreadable = |e: std::io::Error| ParseFailure(format!("cannot read the message: {e}"));
-    let start = file.stream_position().map_err(unreadable)?;
+    let unreadable =
+        |e: std::io::Error| ParseFailure(format!("cannot read the spooled message: {e}"));
+    let start = file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
     let sk = skeleton::of_reader(std::io::BufReader::new(&mut *file)).map_err(unreadable)?;
     if sk.set_aside.is_empty() {
         // Nothing was set aside: the skeleton is the message byte for byte.

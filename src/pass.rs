@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::classify::Identity;
 use crate::error::{Error, Result};
-use crate::pipeline::{Plan, PrepPool, Prepared, PreparedBody, Rules, Stored, commit};
+use crate::pipeline::{Plan, PrepPool, Prepared, PreparedBody, Raw, Rules, Stored, commit};
 use crate::store::{Origin, StoreThread};
 
 /// At most this many fetched bytes wait for the store at once (with their parsed and
@@ -116,7 +116,7 @@ pub fn too_large(head: Vec<u8>, size: u64, max: u64) -> oneshot::Receiver<Prepar
         "too large: {size} bytes, over max-message-size ({max} bytes); only its header was fetched"
     );
     let _ = tx.send(Prepared {
-        raw: head,
+        raw: Raw::Memory(head),
         body: PreparedBody::TooLarge { size, why },
     });
     rx

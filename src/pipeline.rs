@@ -21,24 +21,68 @@ use crate::error::{Error, Result};
 use crate::message::{self, ParsedMessage};
 use crate::outbound::ack::{self, AckDecision, AckHistory, AckTicket};
 use crate::outbound::{AckPlan, new_message_id};
+use crate::spool::Spool;
 use crate::stages::{self, Stage};
 use crate::store::event;
 use crate::store::{
-    NewEvent, NewMessage, NewTicket, Origin, Outcome, Store, TicketStatus, Tx, pack,
+    NewEvent, NewMessage, NewTicket, Origin, Outcome, RawBytes, Store, TicketStatus, Tx, pack,
 };
 use crate::thread;
 
 /// A message after the CPU work, ready for its transaction.
 pub struct Prepared {
     /// The exact bytes.
-    pub raw: Vec<u8>,
+    pub raw: Raw,
     /// What parsing gave.
     pub body: PreparedBody,
 }
 
+/// A message's exact bytes: in memory, or in a spool file (a large message fetched in parts,
+/// see [`crate::spool`]), which goes away with it.
+#[derive(Debug)]
+pub enum Raw {
+    /// Held in memory.
+    Memory(Vec<u8>),
+    /// In a spool file.
+    Spooled(Spool),
+}
+
+impl Raw {
+    /// How many bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Raw::Memory(b) => b.len() as u64,
+            Raw::Spooled(s) => s.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in memory: a spooled message is read whole (only the quarantine, which keeps
+    /// a message in one row, asks for them).
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Raw::Memory(b) => Ok(b.as_slice().into()),
+            Raw::Spooled(s) => Ok(s.read_all()?.into()),
+        }
+    }
+
+    /// What the store keeps: `packed` (compressed in memory), or the spool file itself.
+    fn stored<'a>(&'a self, packed: &'a [u8]) -> RawBytes<'a> {
+        match self {
+            Raw::Memory(_) => RawBytes::Packed(packed),
+            Raw::Spooled(s) => RawBytes::Spooled(s.file(), s.path()),
+        }
+    }
+}
+
 /// The parsed and judged message, or why it cannot be parsed.
 pub enum PreparedBody {
-    /// A message: its fields, verdict and compressed bytes.
+    /// A message: its fields, verdict and compressed bytes (none for a spooled message:
+    /// the store compresses it from its file, in parts).
     Message {
         parsed: Box<ParsedMessage>,
         class: Classification,
@@ -102,7 +146,28 @@ pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
             }
         }
     };
-    Prepared { raw, body }
+    Prepared {
+        raw: Raw::Memory(raw),
+        body,
+    }
+}
+
+/// [`prepare`] for a message in a spool file: parsed from the file
+/// ([`message::parse_file`]); compressed later, by the store, as it writes the parts.
+pub fn prepare_spooled(me: &Identity, mut spool: Spool) -> Prepared {
+    let parsed = stages::time(Stage::Parse, || message::parse_file(spool.file_mut()));
+    let body = match parsed {
+        Err(why) => PreparedBody::Unparseable(why.0),
+        Ok(parsed) => PreparedBody::Message {
+            class: stages::time(Stage::Classify, || classify(&parsed, me)),
+            parsed: Box::new(parsed),
+            packed: Vec::new(),
+        },
+    };
+    Prepared {
+        raw: Raw::Spooled(spool),
+        body,
+    }
 }
 
 /// What a message became, with what its log line needs. The line is written by
@@ -159,8 +224,8 @@ impl Stored {
 struct Incoming<'a> {
     parsed: &'a ParsedMessage,
     class: &'a Classification,
-    size: usize,
-    packed: &'a [u8],
+    size: u64,
+    raw: RawBytes<'a>,
     origin: &'a Origin,
     received_at: i64,
 }
@@ -189,8 +254,9 @@ fn commit_timed(
 ) -> Result<Stored> {
     let uid = origin.imap.as_ref().map(|i| i.uid);
     let quarantine = |store: &mut Store, why: &str, size: u64| -> Result<Stored> {
+        let raw = p.raw.bytes()?;
         Ok(Stored {
-            outcome: store.quarantine_sized(&p.raw, size, why, origin, received_at)?,
+            outcome: store.quarantine_sized(&raw, size, why, origin, received_at)?,
             acked: false,
             uid,
             message_id: String::new(),
@@ -199,7 +265,7 @@ fn commit_timed(
         })
     };
     let (parsed, class, packed) = match &p.body {
-        PreparedBody::Unparseable(why) => return quarantine(store, why, p.raw.len() as u64),
+        PreparedBody::Unparseable(why) => return quarantine(store, why, p.raw.len()),
         PreparedBody::TooLarge { size, why } => return quarantine(store, why, *size),
         PreparedBody::Message {
             parsed,
@@ -211,7 +277,7 @@ fn commit_timed(
         parsed,
         class,
         size: p.raw.len(),
-        packed,
+        raw: p.raw.stored(packed),
         origin,
         received_at,
     };
@@ -228,7 +294,7 @@ fn commit_timed(
         Err(_) => {
             let why = "storing this message panicked; kept in the quarantine";
             tracing::error!(source = %origin.source, message_id = %parsed.message_id, why);
-            return quarantine(store, why, p.raw.len() as u64);
+            return quarantine(store, why, p.raw.len());
         }
     };
     Ok(Stored {
@@ -494,7 +560,7 @@ fn write_message(
         source: &m.origin.source,
         imap: m.origin.imap.as_ref().map(|i| (i.uidvalidity, i.uid)),
         size: m.size,
-        packed: m.packed,
+        raw: m.raw,
     })?;
     if refs {
         tx.add_refs(p.in_reply_to.iter().chain(p.references.iter()), ticket)?;
@@ -595,6 +661,15 @@ impl PrepPool {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Box::new(move || {
             let _ = tx.send(prepare(&me, raw));
+        }));
+        rx
+    }
+
+    /// Prepares the message in `spool` on the pool ([`prepare_spooled`]).
+    pub fn prepare_spooled(&self, me: Arc<Identity>, spool: Spool) -> oneshot::Receiver<Prepared> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Box::new(move || {
+            let _ = tx.send(prepare_spooled(&me, spool));
         }));
         rx
     }

@@ -7,6 +7,7 @@
 //! transaction has committed, one command per batch.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -22,6 +23,7 @@ use crate::oauth2::{Credentials, Tokens};
 use crate::pass::{Job, budget, reserve, too_large};
 pub use crate::pass::{Pass, SyncOptions};
 use crate::pipeline::{PrepPool, Stored};
+use crate::spool::SPOOL_OVER;
 use crate::store::{Cursor, ImapPos, Origin, Store, StoreThread};
 use crate::summary::{RunSummary, SourceSummary};
 
@@ -199,14 +201,20 @@ async fn candidates(imap: &mut Imap, c: Cursor, sel: imap::Selected) -> Result<V
     Ok(todo)
 }
 
-/// Splits `todo` into fetch batches capped by count and bytes; a message over `max` bytes
-/// (whose header alone is fetched) is a batch of its own.
+/// Whether a message of `size` bytes is fetched on its own: over `max` (its header alone is
+/// fetched) or over [`SPOOL_OVER`] (fetched in parts into a spool file).
+fn alone(size: u32, max: u64) -> bool {
+    u64::from(size) > max.min(SPOOL_OVER)
+}
+
+/// Splits `todo` into fetch batches capped by count and bytes; a message fetched [`alone`]
+/// is a batch of its own.
 fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0u64;
     for &(uid, size) in todo {
-        let alone = u64::from(size) > max;
+        let alone = alone(size, max);
         if !cur.is_empty()
             && (alone || cur.len() >= BATCH_COUNT || bytes + u64::from(size) > BATCH_BYTES)
         {
@@ -227,29 +235,21 @@ fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
 }
 
 /// Fetches one batch, handing each message to `each`; of a message over `max` bytes only the
-/// header, for the quarantine. A UID the server leaves out is looked for: one that is gone
-/// (expunged meanwhile) may be passed, one still there is asked for again, twice, and if it
-/// is still left out the run fails, before the cursor can pass it.
+/// header, for the quarantine; one over [`SPOOL_OVER`] in parts, into a spool file in
+/// `spool_dir`. A UID the server leaves out is looked for: one that is gone (expunged
+/// meanwhile) may be passed, one still there is asked for again, twice (a header not again),
+/// and if it is still left out the run fails, before the cursor can pass it.
 async fn fetch_batch<F, Fut>(
     imap: &mut Imap,
     batch: &[(u32, u32)],
-    max: u64,
+    (max, spool_dir): (u64, &Path),
     mut each: F,
 ) -> Result<()>
 where
     F: FnMut(FetchedMessage) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let mut missing = match *batch {
-        [(uid, size)] if u64::from(size) > max => match imap.fetch_head(uid, size).await? {
-            Some(head) => {
-                each(head).await?;
-                Vec::new()
-            }
-            None => vec![uid],
-        },
-        _ => imap.fetch_each(batch, &mut each).await?,
-    };
+    let mut missing = fetch_once(imap, batch, (max, spool_dir), &mut each).await?;
     for attempt in 1..=3 {
         missing = still_there(imap, &missing).await?;
         if missing.is_empty() {
@@ -271,9 +271,39 @@ where
             .filter(|p| missing.binary_search(&p.0).is_ok())
             .copied()
             .collect();
-        missing = imap.fetch_each(&again, &mut each).await?;
+        missing = fetch_once(imap, &again, (max, spool_dir), &mut each).await?;
     }
     Ok(())
+}
+
+/// One fetch of `batch` (sorted), each message handed to `each`: a message [`alone`] by its
+/// own commands (its header, or its parts into a spool file), the rest with one UID FETCH.
+/// Returns the UIDs that the server did not send.
+async fn fetch_once<F, Fut>(
+    imap: &mut Imap,
+    batch: &[(u32, u32)],
+    (max, spool_dir): (u64, &Path),
+    each: &mut F,
+) -> Result<Vec<u32>>
+where
+    F: FnMut(FetchedMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let one = match *batch {
+        [(uid, size)] if u64::from(size) > max => Some((uid, imap.fetch_head(uid, size).await?)),
+        [(uid, size)] if alone(size, max) => {
+            Some((uid, imap.fetch_spooled(uid, size, spool_dir).await?))
+        }
+        _ => None,
+    };
+    match one {
+        Some((_, Some(m))) => {
+            each(m).await?;
+            Ok(Vec::new())
+        }
+        Some((uid, None)) => Ok(vec![uid]),
+        None => imap.fetch_each(batch, each).await,
+    }
 }
 
 /// Which of `uids` (sorted) the folder still has.
@@ -528,7 +558,8 @@ impl<'a> CatchUp<'a> {
             }
             self.frontier
                 .start(&batch.iter().map(|p| p.0).collect::<Vec<_>>());
-            let fetched = fetch_batch(imap, &batch, max, |fm| self.submit(fm)).await;
+            let dir = self.store.spool_dir();
+            let fetched = fetch_batch(imap, &batch, (max, dir), |fm| self.submit(fm)).await;
             self.collect_submitted();
             if let Err(e) = fetched {
                 self.first_error = Some(e);
@@ -593,12 +624,19 @@ impl<'a> CatchUp<'a> {
             self.pool.clone(),
         );
         async move {
-            let permit = reserve(&budget, fm.bytes.len()).await?;
+            // A spooled message takes the whole budget: whatever parsing it holds, it does
+            // not add to a full budget of other messages.
+            let held = match fm.spooled {
+                Some(_) => usize::MAX,
+                None => fm.bytes.len(),
+            };
+            let permit = reserve(&budget, held).await?;
             let uid = fm.uid;
             let received = fm.internal_date.unwrap_or_else(crate::time::now);
-            let prepared = match fm.too_large {
-                None => pool.prepare(me, fm.bytes),
-                Some(size) => too_large(fm.bytes, size, max),
+            let prepared = match (fm.too_large, fm.spooled) {
+                (Some(size), _) => too_large(fm.bytes, size, max),
+                (None, Some(spool)) => pool.prepare_spooled(me, spool),
+                (None, None) => pool.prepare(me, fm.bytes),
             };
             let job = Job {
                 prepared,

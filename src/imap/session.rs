@@ -7,6 +7,7 @@
 //! names the step.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use async_imap::types::UnsolicitedResponse;
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use super::guard::Allowance;
 use super::wire::{Conn, imap_err, quote, timed, uid_set};
 use crate::error::{Error, Result};
+use crate::spool::{PART_BYTES, Spool};
 
 /// How much of a message's beginning is fetched to keep its headers when the message itself
 /// is too large to fetch.
@@ -56,6 +58,8 @@ pub struct FetchedMessage {
     pub bytes: Vec<u8>,
     /// The real size of a message that was too large to fetch whole.
     pub too_large: Option<u64>,
+    /// A large message fetched in parts into a spool file (`bytes` is then empty).
+    pub spooled: Option<Spool>,
 }
 
 impl Imap {
@@ -286,6 +290,84 @@ impl Imap {
         Ok(got)
     }
 
+    /// Message `uid` (RFC822.SIZE `size`) fetched in parts (`BODY.PEEK[]<OFFSET.N>` of
+    /// [`PART_BYTES`] each) appended to a new spool file in `dir`, until a part comes back
+    /// shorter than asked: never held whole in memory. `None` when the server has no such
+    /// message (any more); the spool file is removed then, and on any error.
+    pub async fn fetch_spooled(
+        &mut self,
+        uid: u32,
+        size: u32,
+        dir: &Path,
+    ) -> Result<Option<FetchedMessage>> {
+        let mut spool = Spool::create(dir)?;
+        let mut internal_date = None;
+        // A server that never stops sending parts is stopped well past the announced size.
+        let most = u64::from(size).saturating_mul(2) + u64::from(PART_BYTES);
+        loop {
+            let offset = spool.len();
+            let Some((date, n)) = self.fetch_part(uid, offset, &mut spool).await? else {
+                // Past the end, a server may answer NIL rather than an empty string.
+                if offset > 0 && offset >= u64::from(size) {
+                    break;
+                }
+                return Ok(None);
+            };
+            internal_date = internal_date.or(date);
+            if n > PART_BYTES as usize || spool.len() > most {
+                return Err(Error::Protocol {
+                    host: self.host.clone(),
+                    message: format!(
+                        "the server sent more of UID {uid} than asked for ({n} bytes for a part \
+                         of {PART_BYTES}, {} in all for a message of {size}); giving up on it",
+                        spool.len()
+                    ),
+                });
+            }
+            if n < PART_BYTES as usize {
+                break;
+            }
+        }
+        Ok(Some(FetchedMessage {
+            uid,
+            internal_date,
+            bytes: Vec::new(),
+            too_large: None,
+            spooled: Some(spool),
+        }))
+    }
+
+    /// One part of message `uid` from `offset`, appended to `spool`: the INTERNALDATE (asked
+    /// with the first part) and the part's length; `None` when the server did not send it.
+    async fn fetch_part(
+        &mut self,
+        uid: u32,
+        offset: u64,
+        spool: &mut Spool,
+    ) -> Result<Option<(Option<i64>, usize)>> {
+        const WHAT: &str = "fetching a large message";
+        let part = u64::from(PART_BYTES);
+        self.allow(Allowance::messages(WHAT, 1, part, part));
+        let date = if offset == 0 { " INTERNALDATE" } else { "" };
+        let query = format!("(UID{date} BODY.PEEK[]<{offset}.{PART_BYTES}>)");
+        let (mut got, mut failed) = (None, None);
+        let r = self
+            .fetch_until(&[uid], &query, deadline(self.limit, 1, part), |m| {
+                match spool.append(&m.bytes) {
+                    Ok(()) => got = Some((m.internal_date, m.bytes.len())),
+                    Err(e) => failed = Some(e),
+                }
+                std::future::ready(Ok(()))
+            })
+            .await;
+        self.finish_answer(r, WHAT)?;
+        // A full disk: the answer was read to its end, the connection stays usable.
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(got),
+        }
+    }
+
     /// One UID FETCH of `uids` (sorted) for `query`, each body handed to `each`, the whole
     /// answer before `deadline` (moved on by the time `each` takes). Returns the UIDs of
     /// `uids` that did not come; what was not asked for, or came twice, is ignored.
@@ -332,6 +414,7 @@ impl Imap {
                 internal_date,
                 bytes,
                 too_large: None,
+                spooled: None,
             })
             .await?;
             deadline += waited.elapsed();

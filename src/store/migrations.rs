@@ -259,6 +259,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attachment ADD COLUMN inline INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 13 (large messages in parts): a message fetched through a spool file keeps its bytes as
+    // one zstd stream cut into parts of about 1 MiB, in `seq` order; its row has codec
+    // 'zstd-parts' and an empty `raw`.
+    r#"
+    CREATE TABLE raw_part (
+        message INTEGER NOT NULL REFERENCES message (id),
+        seq     INTEGER NOT NULL,
+        raw     BLOB    NOT NULL,
+        PRIMARY KEY (message, seq)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -242,6 +242,15 @@ const MIGRATIONS: &[&str] = &[
         takeovers      BIGINT NOT NULL DEFAULT 0
     );
     "#,
+    // 2: SQLite's migration 13, large messages in parts.
+    r#"
+    CREATE TABLE raw_part (
+        message BIGINT NOT NULL REFERENCES message (id),
+        seq     BIGINT NOT NULL,
+        raw     BYTEA  NOT NULL,
+        PRIMARY KEY (message, seq)
+    );
+    "#,
 ];
 
 /// The PostgreSQL schema version this build writes.

@@ -3,7 +3,7 @@
 
 use super::db::{Db, Row, params};
 
-use super::codec::decompress;
+use super::codec::{self, RawBytes, decompress};
 use super::kinds::{Direction, TicketStatus};
 use super::{Store, Tx};
 use crate::classify::Kind;
@@ -419,7 +419,7 @@ impl Store {
         })
     }
 
-    /// The exact bytes of a stored message.
+    /// The exact bytes of a stored message (one kept in parts is put together in memory).
     pub fn raw(&self, message_row: i64) -> Result<Option<Vec<u8>>> {
         crate::store::sql("reading a stored message", || {
             let row: Option<(String, Vec<u8>, i64)> = self.conn.query_opt(
@@ -427,10 +427,18 @@ impl Store {
                 params![message_row],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
-            row.map(|(codec, data, size)| {
-                decompress(&codec, &data, usize::try_from(size).unwrap_or(0))
-            })
-            .transpose()
+            let Some((codec, mut data, size)) = row else {
+                return Ok(None);
+            };
+            if codec == codec::PARTS {
+                let parts: Vec<Vec<u8>> = self.conn.query_map(
+                    "SELECT raw FROM raw_part WHERE message = ?1 ORDER BY seq",
+                    params![message_row],
+                    |r| r.get(0),
+                )?;
+                data = parts.concat();
+            }
+            decompress(&codec, &data, usize::try_from(size).unwrap_or(0)).map(Some)
         })
     }
 }
@@ -558,9 +566,9 @@ pub struct NewMessage<'a> {
     /// Its place in an IMAP folder: UIDVALIDITY and UID (none for files and stdin).
     pub imap: Option<(u32, u32)>,
     /// The exact bytes' length.
-    pub size: usize,
-    /// The exact bytes, compressed with [`super::pack`].
-    pub packed: &'a [u8],
+    pub size: u64,
+    /// The exact bytes: compressed with [`super::pack`], or in a spool file.
+    pub raw: RawBytes<'a>,
 }
 
 /// The duplicate check of every message (see [`Tx::held_message`]).
@@ -775,6 +783,10 @@ impl Tx<'_> {
         crate::store::sql("inserting a message", || {
             let p = m.parsed;
             let from = p.from.clone().unwrap_or_default();
+            let (codec, packed) = match m.raw {
+                RawBytes::Packed(b) => ("zstd", b),
+                RawBytes::Spooled(..) => (codec::PARTS, &[][..]),
+            };
             let row: i64 = self
                 .c
                 .query_row(
@@ -782,7 +794,7 @@ impl Tx<'_> {
                         from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
                         source, size, codec, raw, uidvalidity, uid)
                      VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                        'zstd', ?19, ?20, ?21)
+                        ?22, ?19, ?20, ?21)
                      RETURNING id", params![
                         m.ticket,
                         p.message_id,
@@ -801,12 +813,16 @@ impl Tx<'_> {
                         json_list(m.reasons),
                         p.text,
                         m.source,
-                        m.size as i64,
-                        m.packed,
+                        m.size,
+                        packed,
                         m.imap.map_or(0, |(v, _)| i64::from(v)),
                         m.imap.map_or(0, |(_, u)| i64::from(u)),
+                        codec,
                     ],
                     |r| r.get(0),)?;
+            if let RawBytes::Spooled(file, path) = m.raw {
+                codec::write_parts(self.c, row, file, path)?;
+            }
             let att =
                 "INSERT INTO attachment (message_id, filename, content_type, size, sha256, inline)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -955,5 +971,98 @@ mod tests {
         let raw = msg("1@x", "", &"line of text\r\n".repeat(100));
         put(&mut s, &raw);
         assert_eq!(s.raw(1).unwrap().unwrap(), raw.as_bytes());
+    }
+
+    /// A message with a `len`-byte random attachment (base64), as a large mail would be.
+    fn with_attachment(id: &str, len: usize) -> Vec<u8> {
+        use base64::Engine;
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+        let mut m = format!(
+            "From: a@example.com\r\nSubject: Scans\r\nMessage-ID: <{id}>\r\n\
+             Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n\
+             Content-Type: text/plain\r\n\r\nattached\r\n--B\r\n\
+             Content-Type: application/zip; name=a.zip\r\n\
+             Content-Disposition: attachment; filename=a.zip\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n"
+        )
+        .into_bytes();
+        for line in b64.as_bytes().chunks(76) {
+            m.extend_from_slice(line);
+            m.extend_from_slice(b"\r\n");
+        }
+        m.extend_from_slice(b"--B--\r\n");
+        m
+    }
+
+    #[test]
+    fn raw_in_parts_round_trips_and_matches_the_message_kept_whole() {
+        use crate::pipeline::{Plan, commit, prepare, prepare_spooled};
+        let dir = std::env::temp_dir().join(format!("mt-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = with_attachment("big@x", 3 << 20);
+        let mut spool = crate::spool::Spool::create(&dir).unwrap();
+        for chunk in raw.chunks(100_000) {
+            spool.append(chunk).unwrap();
+        }
+        let path = spool.path().to_owned();
+        let mut s = Store::open_in_memory().unwrap();
+        let rules = Rules::default();
+        let plan = Plan {
+            rules: &rules,
+            ack: None,
+            progress: None,
+        };
+        let me = crate::classify::Identity::default();
+        let origin = Origin::unplaced("test", "");
+        let p = prepare_spooled(&me, spool);
+        let stored = commit(&mut s, &p, &origin, 0, plan).unwrap();
+        drop(p);
+        assert!(!path.exists(), "the spool file is removed with the message");
+        let Outcome::Created(t) = stored.outcome else {
+            panic!("{:?}", stored.outcome)
+        };
+        let row = s.ticket(t).unwrap().unwrap().1[0].id;
+        assert_eq!(s.raw(row).unwrap().unwrap(), raw, "byte for byte");
+        let (codec, inline, parts): (String, i64, i64) = s
+            .conn
+            .query_row(
+                "SELECT codec, length(raw), (SELECT count(*) FROM raw_part WHERE message = id)
+                 FROM message WHERE id = ?1",
+                params![row],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((codec.as_str(), inline), ("zstd-parts", 0));
+        assert!(parts >= 3, "{parts} parts for 3 MiB of random data");
+        // The same bytes kept whole: the same fingerprint and attachment index; a duplicate.
+        let whole = prepare(&me, raw.clone());
+        let crate::pipeline::PreparedBody::Message { parsed, .. } = &whole.body else {
+            panic!("unparseable")
+        };
+        let fp: Vec<u8> = s
+            .conn
+            .query_row(
+                "SELECT fingerprint FROM message WHERE id = ?1",
+                params![row],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(fp, parsed.fingerprint.to_vec());
+        let att = &s.ticket(t).unwrap().unwrap().1[0].attachments;
+        assert_eq!(att.len(), 1);
+        assert_eq!(att[0].size, 3 << 20);
+        assert_eq!(att[0].sha256, hex(&parsed.attachments[0].sha256));
+        let again = commit(&mut s, &whole, &origin, 0, plan).unwrap();
+        assert_eq!(again.outcome, Outcome::Duplicate(t));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

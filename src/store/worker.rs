@@ -32,6 +32,8 @@ const GROUP_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 #[derive(Clone)]
 pub struct StoreThread {
     tx: mpsc::Sender<StoreJob>,
+    /// Where large messages are spooled on their way in (see [`crate::spool`]).
+    spool_dir: Arc<std::path::Path>,
 }
 
 /// Owns the thread; joining gives the store back.
@@ -42,6 +44,8 @@ impl StoreThread {
     pub fn spawn(mut store: Store) -> Result<(StoreThread, StoreJoin)> {
         let (tx, rx) = mpsc::channel::<StoreJob>();
         let checkpointer = store.start_checkpointer()?;
+        let spool_dir: Arc<std::path::Path> = crate::spool::dir_for(store.file().as_deref()).into();
+        crate::spool::sweep(&spool_dir);
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -63,7 +67,13 @@ impl StoreThread {
                 what: "the store thread",
                 source,
             })?;
-        Ok((StoreThread { tx }, StoreJoin(handle)))
+        Ok((StoreThread { tx, spool_dir }, StoreJoin(handle)))
+    }
+
+    /// The folder large messages are spooled to: beside an SQLite store, else the temporary
+    /// folder.
+    pub fn spool_dir(&self) -> &std::path::Path {
+        &self.spool_dir
     }
 
     /// Queues `f`; its result arrives on the returned receiver.

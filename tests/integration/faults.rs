@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Dovecot, Workdir, simple_mail, unique_dir};
+use crate::harness::{Dovecot, Workdir, huge_mail, simple_mail, unique_dir};
 use crate::sink::Sink;
 
 /// A tmpfs of a fixed size, unmounted on drop (the tests run as root).
@@ -158,6 +158,53 @@ fn a_full_disk_stops_the_run_and_the_next_run_stores_every_message_once() {
             "SELECT count(DISTINCT ticket_id) FROM outbox WHERE kind = 'ack'"
         ),
         "one acknowledgement per ticket at most"
+    );
+    assert_eq!(dc.unseen("INBOX"), 0, "every message is \\Seen");
+}
+
+#[test]
+fn a_disk_that_fills_while_a_large_message_is_spooled_fails_the_run_and_loses_nothing() {
+    let dc = Dovecot::start();
+    dc.seed(3, 0, 47);
+    let (huge, _, _) = huge_mail("huge@customer.example", 12, 47);
+    dc.append("INBOX", &huge, false);
+    dc.append(
+        "INBOX",
+        &simple_mail("Ann <ann@customer.example>", "after@x", "After", ""),
+        false,
+    );
+    let huge_uid = dc.messages("INBOX")[3].uid;
+    // Room for the store, not for the 12 MB spool file beside it.
+    let disk = SmallDisk::mount("6m");
+    let db = disk.dir.join("mailticket.db");
+    let wd = Workdir::new();
+    wd.write_raw_config(&format!(
+        "[store]\npath = {:?}\n\n{}\n",
+        db.to_string_lossy(),
+        dc.mailbox().toml()
+    ));
+    let failed = wd.mailticket(&["sync", "--json"]).code(1);
+    failed.stderr_mentions(&[".mailticket-spool-", "no space left"]);
+    let spooled: Vec<_> = std::fs::read_dir(&disk.dir)
+        .unwrap()
+        .filter_map(|f| f.unwrap().file_name().into_string().ok())
+        .filter(|n| n.contains("spool"))
+        .collect();
+    assert!(spooled.is_empty(), "removed after the error: {spooled:?}");
+    assert_eq!(stored_ids(&db).len(), 3, "the messages before it");
+    let cursor = count(&db, "SELECT last_uid FROM cursor");
+    assert!(
+        cursor < i64::from(huge_uid),
+        "the cursor {cursor} passed it"
+    );
+
+    disk.grow("64m");
+    wd.mailticket(&["sync", "--json"]).success();
+    let ids = stored_ids(&db);
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(
+        ids.iter().filter(|i| *i == "huge@customer.example").count(),
+        1
     );
     assert_eq!(dc.unseen("INBOX"), 0, "every message is \\Seen");
 }

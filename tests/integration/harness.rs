@@ -1225,6 +1225,32 @@ pub fn simple_mail(from: &str, message_id: &str, subject: &str, extra: &str) -> 
     .into_bytes()
 }
 
+/// A message of about `mb` MB: a line of text and a random base64 attachment; with the
+/// attachment's decoded size and SHA-256 (hex).
+pub fn huge_mail(message_id: &str, mb: usize, seed: u64) -> (Vec<u8>, u64, String) {
+    use base64::Engine as _;
+    let data = Prng::new(seed).bytes(mb * 750_000);
+    let mut mail = format!(
+        "From: Ola <ola@customer.example>\r\nTo: Support <support@example.com>\r\n\
+         Subject: The whole archive\r\nDate: Mon, 06 Jan 2025 10:00:00 +0000\r\n\
+         Message-ID: <{message_id}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nThe scans, attached.\r\n--b1\r\n\
+         Content-Type: application/zip; name=\"archive.zip\"\r\n\
+         Content-Disposition: attachment; filename=\"archive.zip\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n"
+    )
+    .into_bytes();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    for line in b64.as_bytes().chunks(76) {
+        mail.extend_from_slice(line);
+        mail.extend_from_slice(b"\r\n");
+    }
+    mail.extend_from_slice(b"--b1--\r\n");
+    let sha = mailticket::message::hex(&mailticket::message::sha256(&data));
+    (mail, data.len() as u64, sha)
+}
+
 /// Asserts that V is an RFC 3339 date-time string: `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`.
 pub fn assert_rfc3339(v: &Value) {
     let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));

@@ -152,6 +152,16 @@ fn later_mail(n: u32) -> Vec<u8> {
     )
 }
 
+/// A plain 3 MiB message, "Big one" from big@example.org.
+fn big_mail() -> Vec<u8> {
+    let mut big = simple_mail("big@example.org", "<big@example.org>", "Big one", "");
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456\r\n";
+    while big.len() < 3 << 20 {
+        big.extend_from_slice(line);
+    }
+    big
+}
+
 #[test]
 fn a_message_over_max_message_size_is_quarantined_and_the_mail_after_it_is_ticketed() {
     let dc = Dovecot::start();
@@ -164,11 +174,7 @@ fn a_message_over_max_message_size_is_quarantined_and_the_mail_after_it_is_ticke
         )
     };
     dc.append("INBOX", &small(1), false);
-    let mut big = simple_mail("big@example.org", "<big@example.org>", "Big one", "");
-    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456\r\n";
-    while big.len() < 3 << 20 {
-        big.extend_from_slice(line);
-    }
+    let big = big_mail();
     dc.append("INBOX", &big, false);
     dc.append("INBOX", &small(2), false);
     let wd = Workdir::new();
@@ -200,6 +206,63 @@ fn a_message_over_max_message_size_is_quarantined_and_the_mail_after_it_is_ticke
     // The next run neither fetches it again nor stops at it.
     dc.append("INBOX", &small(3), false);
     assert_summary(&wd.sync(), created(1));
+}
+
+/// A hostile server in MODE whose UID 4 is a 3 MiB message (fetched in parts through the
+/// spool) between the three generated ones and a later one (UID 5).
+fn hostile_with_a_large_message(mode: &str) -> (HostileImap, Workdir) {
+    let server = HostileImap::start(mode, &["--flood-secs", "60", "--target-uid", "4"]);
+    let big = big_mail();
+    server.deliver("a", &big, false);
+    server.deliver("b", &later_mail(1), false);
+    let wd = Workdir::new();
+    config_with(&wd, &server.mailbox(), "");
+    (server, wd)
+}
+
+/// The cursor of the one mailbox of `wd`'s store.
+fn last_uid(wd: &Workdir) -> i64 {
+    rusqlite::Connection::open(wd.db())
+        .unwrap()
+        .query_row("SELECT last_uid FROM cursor", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_large_message_expunged_between_its_parts_is_passed_like_any_gone_uid() {
+    let (_server, wd) = hostile_with_a_large_message("parts-gone");
+    assert_summary(&wd.sync(), created(4));
+    assert!(!subjects(&wd).contains(&"Big one".to_owned()));
+    assert_eq!(last_uid(&wd), 5);
+}
+
+#[test]
+fn a_large_message_left_out_of_a_part_fails_the_run_before_the_cursor_passes_it() {
+    let (_server, wd) = hostile_with_a_large_message("parts-omitted");
+    let failed = wd.mailticket(&["sync", "--json"]).code(1);
+    failed.stderr_mentions(&["127.0.0.1", "leaves uid 4 out"]);
+    assert_eq!(subjects(&wd).len(), 3, "the messages before it");
+    assert_eq!(last_uid(&wd), 3);
+}
+
+#[test]
+fn a_large_message_left_out_of_a_part_once_is_fetched_again() {
+    let (_server, wd) = hostile_with_a_large_message("parts-omitted-once");
+    assert_summary(&wd.sync(), created(5));
+    assert!(subjects(&wd).contains(&"Big one".to_owned()));
+    let raw = wd
+        .mailticket(&["show", "big@example.org", "--raw"])
+        .success();
+    assert!(
+        raw.stdout.as_bytes() == big_mail().as_slice(),
+        "byte for byte"
+    );
+}
+
+#[test]
+fn parts_that_never_end_are_stopped_past_the_announced_size() {
+    let (_server, wd) = hostile_with_a_large_message("parts-endless");
+    assert_gave_up(&sync_measured(&wd), &["more of uid 4 than asked"]);
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use crate::harness::{
-    Dovecot, Prng, Workdir, assert_summary, created, id_of, mailgen, run, simple_mail, spawn,
-    wait_until,
+    Dovecot, Prng, Workdir, assert_summary, created, huge_mail, id_of, mailgen, run, simple_mail,
+    spawn, wait_until,
 };
 use crate::pg_harness::Postgres;
 use crate::sink::Sink;
@@ -76,6 +76,8 @@ on_both_stores!(
     watch_tickets_new_mail,
     the_event_feed_lists_what_happened,
     files_and_pipes_and_the_reading_commands,
+    a_large_message_is_fetched_in_parts_and_kept_byte_for_byte,
+    a_sync_killed_while_spooling_stores_the_large_message_once_on_rerun,
 );
 
 /// The envelope recipients of a message the sink received.
@@ -391,4 +393,141 @@ fn files_and_pipes_and_the_reading_commands(e: &Engine) {
     assert_eq!(outbox.as_array().map(Vec::len), Some(0), "{outbox}");
     wd.mailticket(&["hooks", "--json"]).success();
     wd.mailticket(&["oauth2", "status"]).success();
+}
+
+impl Engine {
+    /// One text value a query gives, read straight from the store of `wd`.
+    fn scalar(&self, wd: &Workdir, sql: &str) -> String {
+        match self {
+            Engine::Sqlite => rusqlite::Connection::open(wd.db())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Engine::Postgres(pg) => pg.psql(sql),
+        }
+    }
+
+    /// Where a sync of `wd` spools large messages: beside an SQLite store, else the
+    /// temporary folder.
+    fn spool_dir(&self, wd: &Workdir) -> std::path::PathBuf {
+        match self {
+            Engine::Sqlite => wd.db().parent().unwrap().to_owned(),
+            Engine::Postgres(_) => std::env::temp_dir(),
+        }
+    }
+}
+
+/// The spool files of process `pid` in `dir`.
+fn spool_files(dir: &std::path::Path, pid: u32) -> Vec<String> {
+    let prefix = format!(".mailticket-spool-{pid}-");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// How the message `message_id` is kept: `codec:number of raw parts`.
+fn layout(e: &Engine, wd: &Workdir, message_id: &str) -> String {
+    e.scalar(
+        wd,
+        &format!(
+            "SELECT codec || ':' || (SELECT count(*) FROM raw_part WHERE message = m.id) \
+             FROM message m WHERE message_id = '{message_id}'"
+        ),
+    )
+}
+
+fn a_large_message_is_fetched_in_parts_and_kept_byte_for_byte(e: &Engine) {
+    let dc = Dovecot::start();
+    dc.seed(3, 1, 27);
+    let (huge, size, sha) = huge_mail("huge@customer.example", 12, 27);
+    dc.append("INBOX", &huge, false);
+    // Exactly three parts long: the fourth part asked for is past the end.
+    let mut exact = simple_mail("Bo <bo@customer.example>", "exact@x", "Exact", "");
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz 0123456789 abcdefghijklmnopqrstuvwxyz\r\n";
+    while exact.len() + line.len() <= 3 << 20 {
+        exact.extend_from_slice(line);
+    }
+    exact.resize((3 << 20) - 2, b'.');
+    exact.extend_from_slice(b"\r\n");
+    dc.append("INBOX", &exact, false);
+    dc.append(
+        "INBOX",
+        &simple_mail("Ann <ann@customer.example>", "after@x", "After", ""),
+        false,
+    );
+    let wd = e.workdir();
+    wd.write_config(&[dc.mailbox()]);
+    assert_summary(&wd.sync(), created(7));
+    assert_eq!(wd.tickets().len(), 7, "one ticket each");
+    let raw = wd.mailticket(&["show", "exact@x", "--raw"]).success();
+    assert!(
+        raw.stdout.as_bytes() == exact.as_slice(),
+        "3 MiB byte for byte"
+    );
+    assert_eq!(layout(e, &wd, "exact@x"), "zstd-parts:1");
+    let parts = layout(e, &wd, "huge@customer.example");
+    let n: u32 = parts.strip_prefix("zstd-parts:").unwrap().parse().unwrap();
+    assert!(n >= 6, "12 MB of random data in 1 MiB parts: {parts}");
+    assert_eq!(
+        layout(e, &wd, "after@x"),
+        "zstd:0",
+        "a small one is kept whole"
+    );
+    let shown = wd
+        .mailticket(&["show", "huge@customer.example", "--json"])
+        .success()
+        .json();
+    let att = &shown["messages"][0]["attachments"];
+    assert_eq!(att.as_array().map(Vec::len), Some(1), "{att}");
+    assert_eq!(att[0]["size"].as_u64(), Some(size), "{att}");
+    assert_eq!(att[0]["sha256"].as_str(), Some(sha.as_str()), "{att}");
+    let id = id_of(&shown).to_string();
+    let raw = wd.mailticket(&["show", &id, "--raw"]).success();
+    assert!(raw.stdout.as_bytes() == huge.as_slice(), "byte for byte");
+    assert_summary(&wd.sync(), created(0));
+    if let Engine::Sqlite = e {
+        let left: Vec<_> = std::fs::read_dir(e.spool_dir(&wd))
+            .unwrap()
+            .filter_map(|f| f.unwrap().file_name().into_string().ok())
+            .filter(|n| n.contains("spool"))
+            .collect();
+        assert!(left.is_empty(), "spool files left: {left:?}");
+    }
+}
+
+fn a_sync_killed_while_spooling_stores_the_large_message_once_on_rerun(e: &Engine) {
+    let dc = Dovecot::start();
+    dc.seed(20, 0, 28);
+    let (huge, _, _) = huge_mail("huge@customer.example", 12, 28);
+    dc.append("INBOX", &huge, false);
+    dc.seed(5, 0, 29);
+    let wd = e.workdir();
+    wd.write_config(&[dc.mailbox()]);
+    let dir = e.spool_dir(&wd);
+    let mut child = spawn(wd.cmd(&["sync"]));
+    let pid = child.id();
+    wait_until(Duration::from_secs(60), "a spool file", || {
+        !spool_files(&dir, pid).is_empty()
+    });
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    assert_eq!(spool_files(&dir, pid).len(), 1, "left behind by the kill");
+    assert_eq!(
+        e.scalar(
+            &wd,
+            "SELECT CAST(count(*) AS TEXT) FROM message WHERE message_id = 'huge@customer.example'"
+        ),
+        "0",
+        "killed before its transaction"
+    );
+    wd.sync();
+    assert!(spool_files(&dir, pid).is_empty(), "the leftover is swept");
+    let ids = wd.ticketed_message_ids();
+    assert_eq!(ids.len(), 26, "{ids:?}");
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 26, "each message once");
+    assert!(ids.iter().any(|i| i == "huge@customer.example"));
+    assert!(layout(e, &wd, "huge@customer.example").starts_with("zstd-parts:"));
 }
