@@ -184,7 +184,14 @@ pub fn capped(mut data: Value) -> Value {
 
 /// An event as it goes out (webhook body, command stdin, `events --json`).
 pub fn wire(uid: &str, kind: &str, created_at: i64, data: &str) -> Value {
-    let data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    let mut data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    // Stored once when it is the whole text (see [`Stored`]).
+    if let Some(Value::Object(m)) = data.get_mut("message")
+        && !m.contains_key("text_new")
+        && let Some(text) = m.get("text").cloned()
+    {
+        m.insert("text_new".to_owned(), text);
+    }
     json!({
         "type": kind,
         "id": uid,
@@ -193,9 +200,67 @@ pub fn wire(uid: &str, kind: &str, created_at: i64, data: &str) -> Value {
     })
 }
 
+/// `data` as the event row keeps it: a message's `text_new` is left out when it equals its
+/// `text` ([`wire`] puts it back), so the text of a new request is stored once, not twice.
+pub struct Stored<'a>(pub &'a Value);
+
+impl serde::Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(top) = self.0 else {
+            return self.0.serialize(s);
+        };
+        let mut map = s.serialize_map(Some(top.len()))?;
+        for (k, v) in top {
+            match v {
+                Value::Object(m)
+                    if k == "message"
+                        && m.get("text_new").is_some_and(|n| Some(n) == m.get("text")) =>
+                {
+                    map.serialize_entry(k, &Without(m, "text_new"))?;
+                }
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// An object without one of its keys.
+struct Without<'a>(&'a serde_json::Map<String, Value>, &'static str);
+
+impl serde::Serialize for Without<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len().saturating_sub(1)))?;
+        for (k, v) in self.0.iter().filter(|(k, _)| k.as_str() != self.1) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_new_that_is_the_whole_text_is_stored_once_and_read_back() {
+        let same = json!({"mailbox": "m", "message": {"text": "hi", "text_new": "hi", "id": 3}});
+        let stored = serde_json::to_string(&Stored(&same)).unwrap();
+        assert_eq!(stored, r#"{"mailbox":"m","message":{"id":3,"text":"hi"}}"#);
+        assert_eq!(wire("evt_1", "ticket.created", 0, &stored)["data"], same);
+        let quoted = json!({"message": {"text": "hi\n> old", "text_new": "hi"}});
+        let stored = serde_json::to_string(&Stored(&quoted)).unwrap();
+        assert_eq!(stored, serde_json::to_string(&quoted).unwrap());
+        assert_eq!(wire("evt_2", "ticket.created", 0, &stored)["data"], quoted);
+        let other = json!({"to": "open", "ticket": {"text": "x"}});
+        let stored = serde_json::to_string(&Stored(&other)).unwrap();
+        assert_eq!(
+            wire("evt_3", "ticket.status_changed", 0, &stored)["data"],
+            other
+        );
+    }
 
     #[test]
     fn json_len_is_the_length_serde_json_writes() {

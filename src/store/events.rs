@@ -54,11 +54,13 @@ fn event_uid() -> String {
     format!("evt_{}", crate::message::hex(&bytes))
 }
 
-/// `data` as the event row keeps it: compact JSON, written into a buffer about its size.
+/// `data` as the event row keeps it: compact JSON, written into a buffer about its size,
+/// without a message's `text_new` when it is its whole `text` (most new requests): the
+/// text is stored once, and [`crate::store::event::wire`] puts `text_new` back.
 fn data_text(data: &Value) -> Result<String> {
     let floor = crate::store::event::json_len_floor(data);
     let mut text = Vec::with_capacity(floor + floor / 16);
-    serde_json::to_writer(&mut text, data)
+    serde_json::to_writer(&mut text, &crate::store::event::Stored(data))
         .map_err(|e| crate::error::Error::Internal(format!("event data: {e}")))?;
     String::from_utf8(text).map_err(|e| crate::error::Error::Internal(format!("event data: {e}")))
 }
