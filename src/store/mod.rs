@@ -335,6 +335,10 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
+        // Statement journals and temporary tables in memory, not in files under /var/tmp: a
+        // benchmark sync wrote 1.7 GB of 16 KiB statement-journal pages there (sys time -0.5
+        // s, CPU -5 %), and a full /var/tmp can no longer fail a write to the store.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // A message's way through the store (duplicate check, threading, loop checks, the
         // rows, the acknowledgement) can use more distinct cached statements than rusqlite's
         // default of 16; a cache smaller than that working set prepares them anew each time.
