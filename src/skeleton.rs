@@ -29,7 +29,7 @@ const MAX_DEPTH: usize = 16;
 const MAX_HEAD: usize = 256 * 1024;
 
 /// Base64 characters decoded at a time.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 16 * 1024;
 
 /// What a marker decodes to: this prefix, the skeleton's nonce, the part's index.
 const MARKER_PREFIX: &[u8; 12] = b"\0mailticket\0";
@@ -437,7 +437,7 @@ struct Decoder {
 impl Decoder {
     fn new() -> Decoder {
         Decoder {
-            pending: Vec::with_capacity(CHUNK + PIECE),
+            pending: Vec::with_capacity(CHUNK + 1024),
             out: Vec::new(),
             digest: ring::digest::Context::new(&ring::digest::SHA256),
             size: 0,
