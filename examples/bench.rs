@@ -64,13 +64,24 @@ fn sh(cmd: &mut Command) -> String {
 }
 
 fn imap_server(root: &Path, dir: &Path, args: &[&str]) -> String {
+    imap_server_with(root, dir, args, &[])
+}
+
+/// `tests/env/imap-server` with `args`, on the benchmark's ports, with more environment.
+fn imap_server_with(
+    root: &Path,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> String {
     sh(Command::new("bash")
         .arg(root.join("tests/env/imap-server"))
         .arg("-d")
         .arg(dir)
         .args(args)
         .env("IMAP_PORT", IMAP_PORT.to_string())
-        .env("IMAPS_PORT", IMAPS_PORT.to_string()))
+        .env("IMAPS_PORT", IMAPS_PORT.to_string())
+        .envs(env.iter().copied()))
 }
 
 /// Busy CPU seconds of the whole machine so far (all processes: Dovecot too), from /proc/stat.
@@ -593,16 +604,8 @@ fn watch_bench(messages: usize, mailboxes: usize) {
     let mut users = vec!["support:support-pass".to_owned()];
     users.extend((1..mailboxes).map(|i| format!("u{i:03}:pw{i:03}")));
     let users = users.join(" ");
-    let server = |args: &[&str]| {
-        sh(Command::new("bash")
-            .arg(root.join("tests/env/imap-server"))
-            .arg("-d")
-            .arg(&dir)
-            .args(args)
-            .env("IMAP_PORT", IMAP_PORT.to_string())
-            .env("IMAPS_PORT", IMAPS_PORT.to_string())
-            .env("IMAP_USERS", &users))
-    };
+    let server =
+        |args: &[&str]| imap_server_with(&root, &dir, args, &[("IMAP_USERS", users.as_ref())]);
     server(&["start"]);
     let stop = scopeguard(&root, &dir);
 
@@ -771,15 +774,15 @@ fn login_bench(runs: usize) {
         &[("OAUTH2_PORT", "24080".to_owned())],
     );
     let key = odir.join("jwt.key");
-    sh(Command::new("bash")
-        .arg(root.join("tests/env/imap-server"))
-        .arg("-d")
-        .arg(&dir)
-        .arg("start")
-        .env("IMAP_PORT", IMAP_PORT.to_string())
-        .env("IMAPS_PORT", IMAPS_PORT.to_string())
-        .env("IMAP_OAUTH2", "1")
-        .env("OAUTH2_JWT_KEY_FILE", &key));
+    imap_server_with(
+        &root,
+        &dir,
+        &["start"],
+        &[
+            ("IMAP_OAUTH2", "1".as_ref()),
+            ("OAUTH2_JWT_KEY_FILE", key.as_ref()),
+        ],
+    );
     let _stop = scopeguard(&root, &dir);
 
     let work = dir.join("work");

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::{IMAP_PORT, IMAPS_PORT, Postgres, cpu_ticks, mailticket_bin, proc_field, sh};
+use super::{Postgres, cpu_ticks, mailticket_bin, proc_field, sh};
 
 /// A log event of worker `.0` about mailbox `.2`: its session connected (`.1` true), or its
 /// lease was acquired.
@@ -74,15 +74,15 @@ pub fn run(mailboxes: usize, workers: usize) {
         .collect();
     let users = users.join(" ");
     let limit = (mailboxes + 100).to_string();
-    sh(Command::new("bash")
-        .arg(root.join("tests/env/imap-server"))
-        .arg("-d")
-        .arg(&dir)
-        .arg("start")
-        .env("IMAP_PORT", IMAP_PORT.to_string())
-        .env("IMAPS_PORT", IMAPS_PORT.to_string())
-        .env("IMAP_USERS", &users)
-        .env("IMAP_PROCESS_LIMIT", &limit));
+    super::imap_server_with(
+        &root,
+        &dir,
+        &["start"],
+        &[
+            ("IMAP_USERS", users.as_ref()),
+            ("IMAP_PROCESS_LIMIT", limit.as_ref()),
+        ],
+    );
     let stop = super::scopeguard(&root, &dir);
     let pg = Postgres::start(&root, &dir.join("pg"));
 
