@@ -218,13 +218,23 @@ const SKELETON_FROM: usize = 16 * 1024;
 /// Parses a message. Never panics.
 pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
     guarded(|| {
-        if raw.len() >= SKELETON_FROM {
+        if raw.len() >= SKELETON_FROM && mentions_base64(raw) {
             let sk = skeleton::of_slice(raw);
             if let Some(parsed) = parse_skeleton(&sk) {
                 return Ok(parsed);
             }
         }
         parse_whole(raw)
+    })
+}
+
+/// Whether `raw` says "base64" anywhere (in any case): else no body can be set aside and the
+/// walk is skipped.
+fn mentions_base64(raw: &[u8]) -> bool {
+    memchr::memmem::find_iter(raw, b"64").any(|at| {
+        at.checked_sub(4)
+            .and_then(|start| raw.get(start..at))
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"base"))
     })
 }
 
@@ -1481,6 +1491,14 @@ mod skeleton_tests {
                 prop_assert_eq!(fast, whole);
             }
         }
+    }
+
+    #[test]
+    fn only_a_message_that_says_base64_is_walked() {
+        assert!(mentions_base64(b"Content-Transfer-Encoding: BaSe64\r\n"));
+        assert!(mentions_base64(b"x: base64"));
+        assert!(!mentions_base64(b"64 bytes, based on 7bit"));
+        assert!(!mentions_base64(b"64"));
     }
 
     #[test]
