@@ -206,6 +206,14 @@ fn print_cost(label: &str, c: &Cost, count: usize, all: &[Cost]) {
         let x = c.stages.iter().find(|s| s.0 == k).map_or(0.0, |s| s.1);
         line += &format!(" {k} {x:.2}");
     }
+    let stat = |k: &str| c.stages.iter().find(|s| s.0 == k).map_or(0.0, |s| s.1);
+    let (groups, grouped) = (stat("groups"), stat("grouped"));
+    if groups > 0.0 {
+        line += &format!(
+            "; {groups} commits of {:.1} messages on average",
+            grouped / groups
+        );
+    }
     println!("{line}");
 }
 

@@ -85,26 +85,37 @@ pub struct Job {
 }
 
 impl Job {
-    /// Queues the commit; `permit` (its bytes in the budget) is given back once it ran.
+    /// Queues the commit. The parsed message and `permit` (its bytes in the budget) are
+    /// kept until the commit is delivered: a lost group runs its jobs again.
     pub fn submit(
         self,
         store: &StoreThread,
         halt: Arc<AtomicBool>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> oneshot::Receiver<Result<Option<Stored>>> {
+        let Job {
+            prepared,
+            origin,
+            received,
+            ack,
+            rules,
+        } = self;
+        let mut waiting = Some(prepared);
+        let mut prepared = None;
         store.submit_grouped(halt, move |s| {
-            let _permit = permit;
-            match self.prepared.blocking_recv() {
-                Ok(p) => {
-                    let plan = Plan {
-                        rules: &self.rules,
-                        ack: self.ack.as_deref(),
-                        progress: None,
-                    };
-                    commit(s, &p, &self.origin, self.received, plan)
-                }
-                Err(_) => Err(Error::Internal("a worker thread stopped".into())),
+            let _held = &permit;
+            if let Some(rx) = waiting.take() {
+                prepared = rx.blocking_recv().ok();
             }
+            let Some(p) = &prepared else {
+                return Err(Error::Internal("a worker thread stopped".into()));
+            };
+            let plan = Plan {
+                rules: &rules,
+                ack: ack.as_deref(),
+                progress: None,
+            };
+            commit(s, p, &origin, received, plan)
         })
     }
 }

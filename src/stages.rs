@@ -60,6 +60,16 @@ pub fn seconds() -> Vec<(Stage, f64)> {
         .collect()
 }
 
+/// Group commits of the store's thread, and the jobs they held.
+static GROUPS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+/// Counts one group commit of `jobs` jobs (logged with the stages: few jobs per commit means
+/// the store is waiting for work, and each commit writes its pages on its own).
+pub fn group(jobs: usize) {
+    GROUPS[0].fetch_add(1, Ordering::Relaxed);
+    GROUPS[1].fetch_add(jobs as u64, Ordering::Relaxed);
+}
+
 /// A worker thread whose own CPU time is added up when it ends (see [`worker_done`]).
 #[derive(Debug, Clone, Copy)]
 pub enum Worker {
@@ -114,6 +124,8 @@ pub fn log() {
         thread = share(store_cpu, thread, store),
         sqlite = share(store_cpu, store - thread - durable, store),
         checkpoint = ckpt_cpu + share(store_cpu, durable, store),
+        groups = GROUPS[0].load(Ordering::Relaxed),
+        grouped = GROUPS[1].load(Ordering::Relaxed),
         "stage cpu seconds"
     );
 }

@@ -68,9 +68,9 @@ fn data_text(data: &Value) -> Result<String> {
 /// Appends `e` and its deliveries (one per matching route) through `c`; returns its cursor.
 pub(super) fn record(c: &Db, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> {
     crate::store::sql("recording an event", || {
-        let id: i64 = c.query_row(
+        let id: i64 = c.insert_id(
             "INSERT INTO event (uid, type, ticket_id, mailbox, created_at, data)
-                 VALUES (?6, ?1, ?2, ?3, ?4, ?5) RETURNING id",
+                 VALUES (?6, ?1, ?2, ?3, ?4, ?5)",
             params![
                 e.kind,
                 e.ticket,
@@ -79,7 +79,6 @@ pub(super) fn record(c: &Db, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> 
                 data_text(e.data)?,
                 event_uid()
             ],
-            |r| r.get(0),
         )?;
         for route in routes.iter().filter(|r| r.matches(e.kind, e.mailbox)) {
             c.execute(

@@ -61,6 +61,7 @@ mod tickets;
 pub mod view;
 mod worker;
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -198,13 +199,14 @@ pub struct Store {
     key: Vec<u8>,
     /// Everything since `begin_dry_run` is rolled back by `finish`.
     dry_run: bool,
-    /// Inside a group commit: each write is a savepoint of the group's transaction.
+    /// Inside a group commit (see [`Store::begin_group`]).
     grouped: bool,
     /// The hooks and their filters: an event recorded gets one delivery row per match.
     routes: Arc<[Route]>,
-    /// Why the group's transaction is gone (SQLite rolls a transaction back by itself on some
-    /// errors, e.g. a full disk): nothing more may be written in this group, and
-    /// [`Store::end_group`] reports this cause rather than "no transaction is active".
+    /// Why the group's transaction can no longer be committed: a write of the group failed or
+    /// panicked half-way (SQLite), or SQLite rolled the transaction back by itself (some
+    /// errors, e.g. a full disk). Nothing more is written in the group, and
+    /// [`Store::end_group`] rolls it back and reports this cause.
     group_lost: Option<String>,
 }
 
@@ -381,9 +383,16 @@ impl Store {
     }
 
     /// Starts a group commit: the writes until [`Store::end_group`] share one transaction,
-    /// each still atomic on its own (a savepoint), so a group is all-or-nothing for every
-    /// message in it and a crash replays the whole group. Used only when messages are already
-    /// waiting, so a store that keeps up still commits each message on its own.
+    /// so a group is all-or-nothing and a crash replays the whole group. Used only when
+    /// messages are already waiting, so a store that keeps up still commits each message on
+    /// its own.
+    ///
+    /// Each write must still be atomic on its own. On PostgreSQL each is a savepoint. On
+    /// SQLite a savepoint copies every page a message touches (16 KiB each, a dozen per
+    /// message) into a statement journal before writing it, a third of the store's CPU in a
+    /// sync; so there a write that fails or panics half-way loses the whole group instead
+    /// ([`Store::group_lost`]), and the caller runs the group's jobs again one by one
+    /// ([`Store::abandon_group`]).
     pub fn begin_group(&mut self) -> Result<()> {
         if !self.dry_run && !self.grouped {
             self.conn.begin()?;
@@ -391,6 +400,22 @@ impl Store {
             self.group_lost = None;
         }
         Ok(())
+    }
+
+    /// Whether the open group can no longer be committed (see [`Store::begin_group`]).
+    pub fn group_lost(&self) -> bool {
+        self.grouped && self.group_lost.is_some()
+    }
+
+    /// Rolls the open group back, keeping nothing of it; the writes after this each commit on
+    /// their own.
+    pub fn abandon_group(&mut self) -> Result<()> {
+        if !self.grouped {
+            return Ok(());
+        }
+        self.grouped = false;
+        self.group_lost = None;
+        self.conn.rollback()
     }
 
     /// Commits a group started by [`Store::begin_group`]. An error means that no write of
@@ -401,6 +426,7 @@ impl Store {
         }
         self.grouped = false;
         if let Some(cause) = self.group_lost.take() {
+            let _ = self.conn.rollback();
             return Err(Error::Commit(format!(
                 "the group's transaction was rolled back: {cause}"
             )));
@@ -426,11 +452,20 @@ impl Store {
         })
     }
 
-    /// Runs `f` in a write transaction (a savepoint inside a dry run or a group) and commits it.
+    /// Runs `f` in a write transaction and commits it: a transaction of its own, or a part of
+    /// the dry run's or the group's (see [`Store::begin_group`]). A panic in `f` rolls back
+    /// what it wrote, then goes on.
     fn write<T>(&mut self, f: impl FnOnce(&Db) -> Result<T>) -> Result<T> {
         if !(self.dry_run || self.grouped) {
             self.conn.begin()?;
-            let out = f(&self.conn).and_then(|out| self.conn.commit().map(|()| out));
+            let out = match catch_unwind(AssertUnwindSafe(|| f(&self.conn))) {
+                Ok(out) => out,
+                Err(panic) => {
+                    let _ = self.conn.rollback();
+                    resume_unwind(panic)
+                }
+            };
+            let out = out.and_then(|out| self.conn.commit().map(|()| out));
             if out.is_err() {
                 let _ = self.conn.rollback();
             }
@@ -442,6 +477,29 @@ impl Store {
             return Err(Error::Commit(format!(
                 "the transaction was rolled back after an earlier error: {cause}"
             )));
+        }
+        if self.grouped && !self.conn.is_pg() {
+            let gone = || Error::Commit("the group's transaction was rolled back".into());
+            if !self.conn.in_transaction() {
+                self.group_lost = Some(gone().to_string());
+                return Err(gone());
+            }
+            return match catch_unwind(AssertUnwindSafe(|| f(&self.conn))) {
+                // Without a savepoint nothing else would notice.
+                Ok(Ok(_)) if !self.conn.in_transaction() => {
+                    self.group_lost = Some(gone().to_string());
+                    Err(gone())
+                }
+                Ok(Ok(out)) => Ok(out),
+                Ok(Err(e)) => {
+                    self.group_lost = Some(e.to_string());
+                    Err(e)
+                }
+                Err(panic) => {
+                    self.group_lost = Some("a write panicked".into());
+                    resume_unwind(panic)
+                }
+            };
         }
         let result = self.conn.savepoint(f);
         if let Err(e) = &result

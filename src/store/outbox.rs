@@ -153,11 +153,10 @@ fn record_and_queue(c: &Db, ticket: i64, out: &Outgoing, now: i64) -> Result<i64
     let cc_list: Vec<String> = out.cc.iter().map(addr).collect();
     let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     let message_row: i64 = c
-        .query_row(
+        .insert_id(
             "INSERT INTO message (ticket_id, direction, message_id, fingerprint, from_addr, from_name,
                 to_addrs, cc_addrs, subject, date, received_at, kind, body_text, source, size, codec, raw)
-             VALUES (?1, 'out', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 'normal', ?10, ?11, ?12, 'zstd', ?13)
-             RETURNING id", params![
+             VALUES (?1, 'out', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 'normal', ?10, ?11, ?12, 'zstd', ?13)", params![
                 ticket,
                 out.message_id,
                 &sha256(&out.raw)[..],
@@ -171,14 +170,13 @@ fn record_and_queue(c: &Db, ticket: i64, out: &Outgoing, now: i64) -> Result<i64
                 format!("outbox:{}", out.kind.as_str()),
                 out.raw.len() as i64,
                 pack(&out.raw)?,
-            ],
-            |r| r.get(0),)?;
+            ])?;
     let mut all = to_list.clone();
     all.extend(cc_list);
-    let id: i64 = c.query_row(
+    let id: i64 = c.insert_id(
         "INSERT INTO outbox (ticket_id, message_row, kind, status, mail_from, rcpt_to, rcpt_all,
                 created_at, updated_at, mailbox)
-             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8) RETURNING id",
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8)",
         params![
             ticket,
             message_row,
@@ -189,7 +187,6 @@ fn record_and_queue(c: &Db, ticket: i64, out: &Outgoing, now: i64) -> Result<i64
             now,
             out.mailbox
         ],
-        |r| r.get(0),
     )?;
     Ok(id)
 }

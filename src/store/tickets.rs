@@ -732,17 +732,16 @@ impl Tx<'_> {
         crate::store::sql("creating a ticket", || {
             self
                 .c
-                .query_row(
+                .insert_id(
                     "INSERT INTO ticket (subject, status, customer, customer_name, mailbox, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id", params![
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)", params![
                         t.subject,
                         t.status,
                         t.customer.address,
                         t.customer.name,
                         t.mailbox,
                         t.now
-                    ],
-                    |r| r.get(0),)
+                    ])
         })
     }
 
@@ -789,13 +788,12 @@ impl Tx<'_> {
             };
             let row: i64 = self
                 .c
-                .query_row(
+                .insert_id(
                     "INSERT INTO message (ticket_id, direction, message_id, fingerprint, in_reply_to, refs, from_addr,
                         from_name, reply_to, to_addrs, cc_addrs, subject, date, received_at, kind, reasons, body_text,
                         source, size, codec, raw, uidvalidity, uid)
                      VALUES (?1, 'in', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                        ?22, ?19, ?20, ?21)
-                     RETURNING id", params![
+                        ?22, ?19, ?20, ?21)", params![
                         m.ticket,
                         p.message_id,
                         &p.fingerprint[..],
@@ -818,8 +816,7 @@ impl Tx<'_> {
                         m.imap.map_or(0, |(v, _)| i64::from(v)),
                         m.imap.map_or(0, |(_, u)| i64::from(u)),
                         codec,
-                    ],
-                    |r| r.get(0),)?;
+                    ])?;
             if let RawBytes::Spooled(file, path) = m.raw {
                 codec::write_parts(self.c, row, file, path)?;
             }

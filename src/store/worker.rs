@@ -12,14 +12,61 @@ use super::{Checkpointer, Store};
 use crate::error::{Error, Result};
 use crate::stages::{self, Stage};
 
-/// Hands a grouped job's result over once its group has committed (or failed to).
-type Deliver = Box<dyn FnOnce(Option<&Error>) + Send>;
-
 enum StoreJob {
     /// Runs on its own.
     Call(Box<dyn FnOnce(&mut Store) + Send>),
     /// May share a transaction with the grouped jobs queued right behind it.
-    Grouped(Box<dyn FnOnce(&mut Store) -> Deliver + Send>),
+    Grouped(Box<dyn GroupJob>),
+}
+
+/// A job of a group commit: run inside the group's transaction (and run again on its own
+/// when the group is lost, see [`Store::begin_group`]), its result handed over once the
+/// transaction that kept it has committed.
+trait GroupJob: Send {
+    /// Runs the job, keeping its result; a job whose pass was halted does not run, and a
+    /// failure halts the pass (unless it lost the group: then every job runs again).
+    fn run(&mut self, store: &mut Store);
+    /// Hands the result of the last run over: an error when `commit_error` says its
+    /// transaction did not commit. A failure halts the pass.
+    fn deliver(self: Box<Self>, commit_error: Option<&Error>);
+}
+
+/// A [`GroupJob`] made of a closure.
+struct Grouped<T, F> {
+    f: F,
+    halt: Arc<AtomicBool>,
+    result: Result<Option<T>>,
+    tx: oneshot::Sender<Result<Option<T>>>,
+}
+
+impl<T, F> GroupJob for Grouped<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&mut Store) -> Result<T> + Send + 'static,
+{
+    fn run(&mut self, store: &mut Store) {
+        self.result = if self.halt.load(Ordering::SeqCst) {
+            Ok(None)
+        } else {
+            (self.f)(store).map(Some)
+        };
+        // The jobs behind a failed one must not run; unless the failure lost the group,
+        // whose jobs all run again.
+        if self.result.is_err() && !store.group_lost() {
+            self.halt.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn deliver(self: Box<Self>, commit_error: Option<&Error>) {
+        let r = match (commit_error, self.result) {
+            (Some(e), Ok(Some(_))) => Err(Error::Commit(e.to_string())),
+            (_, r) => r,
+        };
+        if r.is_err() {
+            self.halt.store(true, Ordering::SeqCst);
+        }
+        let _ = self.tx.send(r);
+    }
 }
 
 /// At most this many messages share one group commit.
@@ -91,8 +138,10 @@ impl StoreThread {
     }
 
     /// Queues `f` as a member of a group commit: when several such jobs are waiting, they
-    /// run in one transaction, each inside its own savepoint. The result arrives only after
-    /// that transaction has committed, so a caller never acts on uncommitted data.
+    /// run in one transaction. The result arrives only after that transaction has committed,
+    /// so a caller never acts on uncommitted data. `f` may run twice: should a job of its
+    /// group fail half-way, the group is rolled back and its jobs run again, each on its
+    /// own.
     ///
     /// `halt` is shared by the jobs of one pass: it is raised when a job fails or when its
     /// group fails to commit, and a job that finds it raised does not run (`Ok(None)`). So
@@ -105,34 +154,15 @@ impl StoreThread {
     ) -> oneshot::Receiver<Result<Option<T>>>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+        F: FnMut(&mut Store) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let _ = self
-            .tx
-            .send(StoreJob::Grouped(Box::new(move |s: &mut Store| {
-                let r = if halt.load(Ordering::SeqCst) {
-                    Ok(None)
-                } else {
-                    f(s).map(Some)
-                };
-                if r.is_err() {
-                    halt.store(true, Ordering::SeqCst);
-                }
-                Box::new(move |commit_error: Option<&Error>| {
-                    let r = match commit_error {
-                        Some(e) => {
-                            halt.store(true, Ordering::SeqCst);
-                            match r {
-                                Ok(Some(_)) => Err(Error::Commit(e.to_string())),
-                                other => other,
-                            }
-                        }
-                        None => r,
-                    };
-                    let _ = tx.send(r);
-                }) as Deliver
-            })));
+        let _ = self.tx.send(StoreJob::Grouped(Box::new(Grouped {
+            f,
+            halt,
+            result: Ok(None),
+            tx,
+        })));
         rx
     }
 
@@ -149,37 +179,49 @@ impl StoreThread {
 }
 
 /// Runs `first` and every grouped job already queued behind it (up to [`GROUP_MAX`]) in one
-/// transaction, then delivers their results. Returns a job that was taken from the queue but
-/// not run: it runs next.
+/// transaction, then delivers their results. When a job fails half-way and loses the group,
+/// the group is rolled back and its jobs run again one by one, each committed on its own.
+/// Returns a job that was taken from the queue but not run: it runs next.
 fn run_group(
     store: &mut Store,
-    first: Box<dyn FnOnce(&mut Store) -> Deliver + Send>,
+    first: Box<dyn GroupJob>,
     rx: &mpsc::Receiver<StoreJob>,
 ) -> Option<StoreJob> {
-    let mut delivers = Vec::new();
+    let mut jobs = Vec::new();
     let mut leftover = None;
     // Should BEGIN fail (another writer holds the lock too long), every job below commits
     // on its own instead.
     let grouped = stages::time(Stage::Store, || store.begin_group()).is_ok();
-    delivers.push(first(store));
     let opened = std::time::Instant::now();
-    while delivers.len() < GROUP_MAX && opened.elapsed() < GROUP_TIME {
+    let mut next = Some(first);
+    while let Some(mut job) = next.take() {
+        stages::time(Stage::Store, || job.run(store));
+        jobs.push(job);
+        if store.group_lost() || jobs.len() == GROUP_MAX || opened.elapsed() >= GROUP_TIME {
+            break;
+        }
         match rx.try_recv() {
-            Ok(StoreJob::Grouped(g)) => delivers.push(g(store)),
-            Ok(other) => {
-                leftover = Some(other);
-                break;
-            }
-            Err(_) => break,
+            Ok(StoreJob::Grouped(g)) => next = Some(g),
+            Ok(other) => leftover = Some(other),
+            Err(_) => {}
         }
     }
+    if store.group_lost() {
+        let _ = stages::time(Stage::Store, || store.abandon_group());
+        for mut job in jobs {
+            stages::time(Stage::Store, || job.run(store));
+            job.deliver(None);
+        }
+        return leftover.or_else(|| rx.recv().ok());
+    }
+    stages::group(jobs.len());
     let outcome = if grouped {
         stages::time(Stage::Store, || store.end_group())
     } else {
         Ok(())
     };
-    for d in delivers {
-        d(outcome.as_ref().err());
+    for job in jobs {
+        job.deliver(outcome.as_ref().err());
     }
     leftover.or_else(|| rx.recv().ok())
 }
@@ -193,5 +235,132 @@ impl StoreJoin {
             .map_err(|_| Error::Internal("the store thread panicked".into()))?;
         store.stop_checkpointer(checkpointer)?;
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+    use crate::store::db::params;
+
+    /// Writes a ticket with this subject in `s`'s transaction.
+    fn ticket(s: &mut Store, subject: &str) -> Result<()> {
+        s.transaction(|tx| {
+            tx.c.execute(
+                "INSERT INTO ticket (subject, created_at, updated_at) VALUES (?1, 0, 0)",
+                params![subject],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn subjects(s: &Store) -> Vec<String> {
+        let mut v: Vec<String> = s
+            .tickets(None)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.subject)
+            .collect();
+        v.sort();
+        v
+    }
+
+    type TestJob = Box<dyn FnMut(&mut Store) -> Result<()> + Send>;
+
+    /// Queues `jobs` behind a job that waits, so that all of them form one group.
+    fn one_group(jobs: Vec<TestJob>) -> (Vec<Result<Option<()>>>, Store) {
+        let (thread, join) = StoreThread::spawn(Store::open_in_memory().unwrap()).unwrap();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let waiting = thread.submit(move |_| wait.recv());
+        let halt = Arc::new(AtomicBool::new(false));
+        let rxs: Vec<_> = jobs
+            .into_iter()
+            .map(|f| thread.submit_grouped(halt.clone(), f))
+            .collect();
+        go.send(()).unwrap();
+        waiting.blocking_recv().unwrap().unwrap();
+        let results = rxs
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect();
+        drop(thread);
+        (results, join.join().unwrap())
+    }
+
+    #[test]
+    fn a_job_that_fails_half_way_keeps_nothing_and_its_group_runs_again_one_by_one() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = runs.clone();
+        let (results, store) = one_group(vec![
+            Box::new(move |s| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                ticket(s, "a")
+            }),
+            Box::new(|s| {
+                s.transaction(|tx| {
+                    tx.c.execute(
+                        "INSERT INTO ticket (subject, created_at, updated_at) VALUES ('half', 0, 0)",
+                        &[],
+                    )?;
+                    Err(Error::Internal("fails after its first write".into()))
+                })
+            }),
+            Box::new(|s| ticket(s, "after")),
+        ]);
+        assert!(matches!(results[0], Ok(Some(()))), "{:?}", results[0]);
+        assert!(results[1].is_err(), "{:?}", results[1]);
+        // Halted: a later message must not commit once one before it failed.
+        assert!(matches!(results[2], Ok(None)), "{:?}", results[2]);
+        assert_eq!(subjects(&store), ["a"]);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "run in the group, then alone"
+        );
+    }
+
+    #[test]
+    fn a_job_that_panics_half_way_leaves_nothing_of_its_writes_and_the_others_commit() {
+        let (results, store) = one_group(vec![
+            Box::new(|s| ticket(s, "a")),
+            Box::new(|s| {
+                // What `pipeline::commit` does: a panic while storing puts the message in
+                // the quarantine instead.
+                let stored = catch_unwind(AssertUnwindSafe(|| {
+                    s.transaction(|tx| -> Result<()> {
+                        tx.c.execute(
+                            "INSERT INTO ticket (subject, created_at, updated_at) VALUES ('half', 0, 0)",
+                            &[],
+                        )?;
+                        panic!("a bug while storing")
+                    })
+                }));
+                match stored {
+                    Ok(r) => r,
+                    Err(_) => ticket(s, "quarantined"),
+                }
+            }),
+            Box::new(|s| ticket(s, "after")),
+        ]);
+        assert!(
+            results.iter().all(|r| matches!(r, Ok(Some(())))),
+            "{results:?}"
+        );
+        assert_eq!(subjects(&store), ["a", "after", "quarantined"]);
+    }
+
+    #[test]
+    fn a_group_without_failures_commits_once() {
+        let (results, store) = one_group(vec![
+            Box::new(|s| ticket(s, "a")),
+            Box::new(|s| ticket(s, "b")),
+        ]);
+        assert!(
+            results.iter().all(|r| matches!(r, Ok(Some(())))),
+            "{results:?}"
+        );
+        assert_eq!(subjects(&store), ["a", "b"]);
     }
 }
