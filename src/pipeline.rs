@@ -25,7 +25,8 @@ use crate::spool::Spool;
 use crate::stages::{self, Stage};
 use crate::store::event;
 use crate::store::{
-    NewEvent, NewMessage, NewTicket, Origin, Outcome, RawBytes, Store, TicketStatus, Tx, pack,
+    NewEvent, NewMessage, NewTicket, Origin, Outcome, RawBytes, Store, TicketStatus, Tx,
+    pack_message,
 };
 use crate::thread;
 
@@ -70,10 +71,11 @@ impl Raw {
         }
     }
 
-    /// What the store keeps: `packed` (compressed in memory), or the spool file itself.
-    fn stored<'a>(&'a self, packed: &'a [u8]) -> RawBytes<'a> {
+    /// What the store keeps: `packed` (compressed in memory with `codec`), or the spool file
+    /// itself.
+    fn stored<'a>(&'a self, packed: &'a [u8], codec: &'static str) -> RawBytes<'a> {
         match self {
-            Raw::Memory(_) => RawBytes::Packed(packed),
+            Raw::Memory(_) => RawBytes::Packed(packed, codec),
             Raw::Spooled(s) => RawBytes::Spooled(s.file(), s.path()),
         }
     }
@@ -81,12 +83,13 @@ impl Raw {
 
 /// The parsed and judged message, or why it cannot be parsed.
 pub enum PreparedBody {
-    /// A message: its fields, verdict and compressed bytes (none for a spooled message:
-    /// the store compresses it from its file, in parts).
+    /// A message: its fields, verdict and compressed bytes with their codec (none for a
+    /// spooled message: the store compresses it from its file, in parts).
     Message {
         parsed: Box<ParsedMessage>,
         class: Classification,
         packed: Vec<u8>,
+        codec: &'static str,
     },
     /// Not a message: goes to the quarantine.
     Unparseable(String),
@@ -132,15 +135,16 @@ pub struct Plan<'a> {
 /// Parses, classifies and compresses `raw`. Never panics, never fails: what cannot be
 /// parsed is marked for the quarantine.
 pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
-    let body = match stages::time(Stage::Parse, || message::parse(&raw)) {
+    let body = match stages::time(Stage::Parse, || message::parse_keeping(&raw)) {
         Err(why) => PreparedBody::Unparseable(why.0),
-        Ok(parsed) => {
+        Ok((parsed, kept)) => {
             let class = stages::time(Stage::Classify, || classify(&parsed, me));
-            match stages::time(Stage::Compress, || pack(&raw)) {
-                Ok(packed) => PreparedBody::Message {
+            match stages::time(Stage::Compress, || pack_message(&raw, kept)) {
+                Ok((packed, codec)) => PreparedBody::Message {
                     parsed: Box::new(parsed),
                     class,
                     packed,
+                    codec,
                 },
                 Err(e) => PreparedBody::Unparseable(format!("cannot compress: {e}")),
             }
@@ -162,6 +166,7 @@ pub fn prepare_spooled(me: &Identity, mut spool: Spool) -> Prepared {
             class: stages::time(Stage::Classify, || classify(&parsed, me)),
             parsed: Box::new(parsed),
             packed: Vec::new(),
+            codec: "",
         },
     };
     Prepared {
@@ -271,13 +276,14 @@ fn commit_timed(
             parsed,
             class,
             packed,
-        } => (parsed, class, packed),
+            codec,
+        } => (parsed, class, (packed, *codec)),
     };
     let m = Incoming {
         parsed,
         class,
         size: p.raw.len(),
-        raw: p.raw.stored(packed),
+        raw: p.raw.stored(packed.0, packed.1),
         origin,
         received_at,
     };

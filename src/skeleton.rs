@@ -42,7 +42,35 @@ pub struct Skeleton {
     pub set_aside: Vec<SetAside>,
     /// Whether every byte of the original is ASCII whitespace.
     pub blank: bool,
+    /// The bodies set aside that the store can keep decoded ([`of_slice`] only).
+    pub kept: Kept,
     nonce: [u8; 8],
+}
+
+/// Base64 bodies of a message, decoded, with where they were in its bytes and how their lines
+/// were laid out: enough to write each back byte for byte (see `store::codec`).
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Where each body was, in order.
+    pub regions: Vec<Region>,
+    /// The decoded bodies, one after another.
+    pub bytes: Vec<u8>,
+}
+
+/// A regular base64 body in a message's bytes: lines of `width` characters (the last one
+/// `1..=width`) each ended by the same line end, the padding and last quantum canonical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// Where its first line starts.
+    pub start: usize,
+    /// Its length in the message, line ends included.
+    pub len: usize,
+    /// Its length decoded.
+    pub decoded: usize,
+    /// Characters per line.
+    pub width: usize,
+    /// Whether its lines end with CR LF (else LF).
+    pub crlf: bool,
 }
 
 /// One body that the skeleton holds a marker for.
@@ -73,13 +101,18 @@ impl Skeleton {
 }
 
 /// The skeleton of the message `raw`.
+///
+/// The bodies set aside whose lines are regular are also kept decoded, in
+/// [`Skeleton::kept`].
 pub fn of_slice(raw: &[u8]) -> Skeleton {
-    let walked = Walk::new(SliceLines { data: raw, at: 0 }, raw.len() / 8).run();
+    let mut walk = Walk::new(SliceLines { data: raw, at: 0 }, raw.len() / 8);
+    walk.keep = true;
     // Reading a slice cannot fail.
-    walked.unwrap_or_else(|_| Skeleton {
+    walk.run().unwrap_or_else(|_| Skeleton {
         bytes: raw.to_vec(),
         set_aside: Vec::new(),
         blank: raw.iter().all(u8::is_ascii_whitespace),
+        kept: Kept::default(),
         nonce: [0; 8],
     })
 }
@@ -229,6 +262,8 @@ struct Walk<L> {
     skeleton: Skeleton,
     /// Boundaries of the open multiparts, outermost first.
     bounds: Vec<Vec<u8>>,
+    /// Keep the decoded bodies ([`Skeleton::kept`]).
+    keep: bool,
 }
 
 impl<L: Lines> Walk<L> {
@@ -243,9 +278,11 @@ impl<L: Lines> Walk<L> {
                 bytes: Vec::with_capacity(capacity),
                 set_aside: Vec::new(),
                 blank: true,
+                kept: Kept::default(),
                 nonce: fastrand::u64(..).to_le_bytes(),
             },
             bounds: Vec::new(),
+            keep: false,
         }
     }
 
@@ -349,29 +386,38 @@ impl<L: Lines> Walk<L> {
     }
 
     /// A base64 body: decoded and hashed, and a marker line in its place; copied as it is
-    /// when it is not clean base64 (or empty).
+    /// when it is not clean base64 (or empty). A regular body is also kept decoded, when the
+    /// walk keeps them.
     fn set_aside(&mut self, eol: &[u8]) -> io::Result<End> {
         let start = self.r.src.position();
-        let mut decoder = Decoder::new();
+        let kept = self
+            .keep
+            .then(|| std::mem::take(&mut self.skeleton.kept.bytes));
+        let mut decoder = Decoder::new(kept);
         let mut clean = true;
         let (end, delimiter) = loop {
             let bounds = &self.bounds;
+            let at = self.r.src.position();
             let Some((piece, starts)) = self.r.next()? else {
                 break (End::Eof, Vec::new());
             };
             if starts && let Some(end) = Self::delimiter(bounds, piece) {
                 break (end, piece.to_vec());
             }
-            if !decoder.push(piece) {
+            if !decoder.push(piece, at) {
                 clean = false;
                 break (End::Eof, Vec::new());
             }
         };
-        let decoded = if clean { decoder.finish() } else { None };
+        let (decoded, region, kept) = decoder.finish(clean);
+        if let Some(kept) = kept {
+            self.skeleton.kept.bytes = kept;
+        }
         let Some(part) = decoded.filter(|p| p.size > 0) else {
             self.r.rewind(start)?;
             return self.copy_body();
         };
+        self.skeleton.kept.regions.extend(region);
         let index = self.skeleton.set_aside.len();
         self.skeleton.set_aside.push(part);
         let marker = self.skeleton.marker(index);
@@ -426,29 +472,85 @@ fn is_blank(line: &[u8]) -> bool {
 
 /// Strict base64 in pieces: the alphabet and line ends only, padding only at the very end,
 /// a canonical last quantum. Anything else is "not clean", and the body stays in the copy.
+/// It also follows the lines' layout, to tell whether the body is regular (see [`Region`]).
 struct Decoder {
     pending: Vec<u8>,
+    /// The decoded bytes: the kept ones (appended to what was kept before), or the last
+    /// chunk only.
     out: Vec<u8>,
+    /// `out`'s length before this body, when the decoded bytes are kept.
+    kept_from: Option<usize>,
     digest: ring::digest::Context,
     size: usize,
     padded: bool,
+    lines: Layout,
+}
+
+/// The lines of a base64 body so far, for [`Region`]: blank lines may come before and after
+/// the others, never between.
+#[derive(Default)]
+struct Layout {
+    /// Where the first line with characters starts, and where the last one ends.
+    span: Option<(u64, u64)>,
+    width: usize,
+    crlf: bool,
+    /// A line shorter than the first was seen: it must be the last.
+    short: bool,
+    /// A blank line after the first line with characters.
+    gap: bool,
+    irregular: bool,
+}
+
+impl Layout {
+    /// Notes one piece, starting at `at`, whose characters are `chars` long.
+    fn line(&mut self, piece: &[u8], at: u64, chars: usize) {
+        let Some(eol) = piece.strip_suffix(b"\n") else {
+            // A line longer than a piece, or a last line without a line end.
+            self.irregular = true;
+            return;
+        };
+        if chars == 0 {
+            self.gap = self.span.is_some();
+            return;
+        }
+        let crlf = eol.ends_with(b"\r");
+        let end = at + piece.len() as u64;
+        match &mut self.span {
+            None => {
+                self.span = Some((at, end));
+                (self.width, self.crlf) = (chars, crlf);
+            }
+            Some((_, last)) => {
+                if self.gap || self.short || chars > self.width || crlf != self.crlf {
+                    self.irregular = true;
+                }
+                self.short = chars < self.width;
+                *last = end;
+            }
+        }
+    }
 }
 
 impl Decoder {
-    fn new() -> Decoder {
+    /// Decodes into `kept` (after what it holds) when given, else into a scratch buffer.
+    fn new(kept: Option<Vec<u8>>) -> Decoder {
+        let kept_from = kept.as_ref().map(Vec::len);
         Decoder {
             pending: Vec::with_capacity(CHUNK + 1024),
-            out: Vec::new(),
+            out: kept.unwrap_or_default(),
+            kept_from,
             digest: ring::digest::Context::new(&ring::digest::SHA256),
             size: 0,
             padded: false,
+            lines: Layout::default(),
         }
     }
 
-    /// Takes one piece of the body; false when it is not clean.
-    fn push(&mut self, piece: &[u8]) -> bool {
+    /// Takes one piece of the body, starting at `at`; false when it is not clean.
+    fn push(&mut self, piece: &[u8], at: u64) -> bool {
         let data = piece.strip_suffix(b"\n").unwrap_or(piece);
         let data = data.strip_suffix(b"\r").unwrap_or(data);
+        self.lines.line(piece, at, data.len());
         if data.is_empty() {
             return true;
         }
@@ -466,14 +568,19 @@ impl Decoder {
         ok
     }
 
-    /// Decodes the first `n` pending characters into the digest.
+    /// Decodes the first `n` pending characters into the digest (and `out`).
     fn decode(&mut self, n: usize) -> bool {
         let input = self.pending.get(..n).unwrap_or_default();
-        self.out.resize(n / 4 * 3 + 3, 0);
+        let at = self.kept_from.map_or(0, |_| self.out.len());
+        self.out.resize(at + n / 4 * 3 + 3, 0);
         let engine = &base64::engine::general_purpose::STANDARD;
-        match engine.decode_slice(input, &mut self.out) {
+        let Some(room) = self.out.get_mut(at..) else {
+            return false;
+        };
+        match engine.decode_slice(input, room) {
             Ok(len) => {
-                self.digest.update(self.out.get(..len).unwrap_or_default());
+                self.out.truncate(at + len);
+                self.digest.update(self.out.get(at..).unwrap_or_default());
                 self.size += len;
                 true
             }
@@ -481,18 +588,39 @@ impl Decoder {
         }
     }
 
-    /// The size and digest, when the whole body was clean.
-    fn finish(mut self) -> Option<SetAside> {
-        if !self.pending.len().is_multiple_of(4) || !self.decode(self.pending.len()) {
-            return None;
+    /// The size and digest when the whole body was `clean`; its region when it was also
+    /// regular and kept; and the kept bytes given to [`Decoder::new`], with this body's
+    /// only when it has a region.
+    fn finish(mut self, clean: bool) -> (Option<SetAside>, Option<Region>, Option<Vec<u8>>) {
+        let n = self.pending.len();
+        let clean = clean && n.is_multiple_of(4) && self.decode(n);
+        let set_aside = clean.then(|| {
+            let d = self.digest.finish();
+            let mut sha256 = [0u8; 32];
+            sha256.copy_from_slice(d.as_ref());
+            SetAside {
+                size: self.size,
+                sha256,
+            }
+        });
+        let Some(from) = self.kept_from else {
+            return (set_aside, None, None);
+        };
+        let lines = &self.lines;
+        let region = match lines.span {
+            Some((start, end)) if clean && !lines.irregular && self.size > 0 => Some(Region {
+                start: usize::try_from(start).unwrap_or(usize::MAX),
+                len: usize::try_from(end - start).unwrap_or(usize::MAX),
+                decoded: self.size,
+                width: lines.width,
+                crlf: lines.crlf,
+            }),
+            _ => None,
+        };
+        if region.is_none() {
+            self.out.truncate(from);
         }
-        let d = self.digest.finish();
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(d.as_ref());
-        Some(SetAside {
-            size: self.size,
-            sha256,
-        })
+        (set_aside, region, Some(self.out))
     }
 }
 

@@ -270,6 +270,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (message, seq)
     ) STRICT;
     "#,
+    // 14 (attachments kept decoded): no table changes. A message row may now have codec
+    // 'zstd-b64' (see `store::codec::pack_message`), which an older mailticket cannot read:
+    // the version tells it so before it tries.
+    r#"
+    -- codec 'zstd-b64'
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -70,7 +70,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use db::{Db, params};
 
-pub use codec::{RawBytes, decompress, pack};
+pub use codec::{RawBytes, decompress, pack, pack_message};
 pub use deliveries::{Attempt, DeliveryJob, DeliveryRow, MAX_RESPONSE};
 pub use events::{EventRow, NewEvent};
 pub use graph::{GraphCursor, GraphPos};

@@ -251,6 +251,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (message, seq)
     );
     "#,
+    // 3: SQLite's migration 14, codec 'zstd-b64' (no table changes).
+    r#"
+    -- codec 'zstd-b64'
+    "#,
 ];
 
 /// The PostgreSQL schema version this build writes.

@@ -783,7 +783,7 @@ impl Tx<'_> {
             let p = m.parsed;
             let from = p.from.clone().unwrap_or_default();
             let (codec, packed) = match m.raw {
-                RawBytes::Packed(b) => ("zstd", b),
+                RawBytes::Packed(b, codec) => (codec, b),
                 RawBytes::Spooled(..) => (codec::PARTS, &[][..]),
             };
             let row: i64 = self
