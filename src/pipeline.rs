@@ -21,12 +21,13 @@ use crate::error::{Error, Result};
 use crate::message::{self, ParsedMessage};
 use crate::outbound::ack::{self, AckDecision, AckHistory, AckTicket};
 use crate::outbound::{AckPlan, new_message_id};
+use crate::quote::{self, CompactSplit};
 use crate::spool::Spool;
 use crate::stages::{self, Stage};
 use crate::store::event;
 use crate::store::{
-    NewEvent, NewMessage, NewTicket, Origin, Outcome, RawBytes, Store, TicketStatus, Tx,
-    pack_message,
+    MessageRow, NewEvent, NewMessage, NewTicket, Origin, Outcome, RawBytes, Store, TicketStatus,
+    Tx, pack_message,
 };
 use crate::thread;
 
@@ -90,6 +91,8 @@ pub enum PreparedBody {
         class: Classification,
         packed: Vec<u8>,
         codec: &'static str,
+        /// Its text's split (for its event), made here rather than on the store's thread.
+        split: CompactSplit,
     },
     /// Not a message: goes to the quarantine.
     Unparseable(String),
@@ -141,6 +144,7 @@ pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
             let class = stages::time(Stage::Classify, || classify(&parsed, me));
             match stages::time(Stage::Compress, || pack_message(&raw, kept)) {
                 Ok((packed, codec)) => PreparedBody::Message {
+                    split: quote::split(&parsed.text).compact(&parsed.text),
                     parsed: Box::new(parsed),
                     class,
                     packed,
@@ -164,6 +168,7 @@ pub fn prepare_spooled(me: &Identity, mut spool: Spool) -> Prepared {
         Err(why) => PreparedBody::Unparseable(why.0),
         Ok(parsed) => PreparedBody::Message {
             class: stages::time(Stage::Classify, || classify(&parsed, me)),
+            split: quote::split(&parsed.text).compact(&parsed.text),
             parsed: Box::new(parsed),
             packed: Vec::new(),
             codec: "",
@@ -228,6 +233,7 @@ impl Stored {
 /// A parsed message on its way into its transaction.
 struct Incoming<'a> {
     parsed: &'a ParsedMessage,
+    split: &'a CompactSplit,
     class: &'a Classification,
     size: u64,
     raw: RawBytes<'a>,
@@ -269,7 +275,7 @@ fn commit_timed(
             why: Some(why.to_owned()),
         })
     };
-    let (parsed, class, packed) = match &p.body {
+    let (parsed, class, packed, split) = match &p.body {
         PreparedBody::Unparseable(why) => return quarantine(store, why, p.raw.len()),
         PreparedBody::TooLarge { size, why } => return quarantine(store, why, *size),
         PreparedBody::Message {
@@ -277,10 +283,12 @@ fn commit_timed(
             class,
             packed,
             codec,
-        } => (parsed, class, (packed, *codec)),
+            split,
+        } => (parsed, class, (packed, *codec), split),
     };
     let m = Incoming {
         parsed,
+        split,
         class,
         size: p.raw.len(),
         raw: p.raw.stored(packed.0, packed.1),
@@ -370,9 +378,9 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     }
     // A bounce we could not place must not pull later mail into its closed ticket.
     let refs = !(kind == Kind::Bounce && placed.ticket.is_none());
-    let row = write_message(tx, m, ticket, &verdict, refs)?;
+    let message = write_message(tx, m, ticket, &verdict, refs)?;
     tx.advance(cursor)?;
-    announce(tx, p, (outcome, before), row, &failed, now)?;
+    announce(tx, m, (outcome, before), &message, &failed, now)?;
     // The acknowledgement is decided on the final verdict: the history may show a loop that
     // the message alone did not.
     let acked = match (outcome, plan.ack) {
@@ -417,18 +425,19 @@ fn open_or_touch(
 /// `message.bounced` for a placed delivery report.
 fn announce(
     tx: &Tx<'_>,
-    p: &ParsedMessage,
+    m: &Incoming<'_>,
     (outcome, before): (Outcome, Option<TicketStatus>),
-    row: i64,
+    message: &MessageRow,
     failed: &[String],
     now: i64,
 ) -> Result<()> {
     let (Outcome::Created(t) | Outcome::Threaded(t)) = outcome else {
         return Ok(());
     };
-    let (Some(ticket), Some(message)) = (tx.ticket_view(t)?, tx.message_view(row)?) else {
+    let Some(ticket) = tx.ticket_view(t)? else {
         return Ok(());
     };
+    let p = m.parsed;
     let record = |kind: &str, data: &serde_json::Value| {
         tx.record_event(&NewEvent {
             kind,
@@ -444,7 +453,8 @@ fn announce(
     } else {
         crate::event_type::MESSAGE_ADDED
     };
-    record(kind, &event::ticket_message(&ticket, &message))?;
+    let split = m.split.expand(&p.text);
+    record(kind, &event::ticket_message(&ticket, message, &split))?;
     let from = before.map(TicketStatus::as_str);
     if (created && ticket.status == TicketStatus::Closed)
         || before.is_some_and(|b| b != ticket.status)
@@ -547,16 +557,17 @@ fn final_verdict(tx: &Tx<'_>, m: &Incoming<'_>, cfg: &ClassifyConfig) -> Result<
     ))
 }
 
-/// The message row, its attachments' index and (with `refs`) the ids it names.
+/// The message row, its attachments' index and (with `refs`) the ids it names; the message
+/// as shown.
 fn write_message(
     tx: &Tx<'_>,
     m: &Incoming<'_>,
     ticket: i64,
     verdict: &Classification,
     refs: bool,
-) -> Result<i64> {
+) -> Result<MessageRow> {
     let p = m.parsed;
-    let row = tx.insert_message(&NewMessage {
+    let new = NewMessage {
         ticket,
         parsed: p,
         kind: verdict.kind,
@@ -567,11 +578,12 @@ fn write_message(
         imap: m.origin.imap.as_ref().map(|i| (i.uidvalidity, i.uid)),
         size: m.size,
         raw: m.raw,
-    })?;
+    };
+    let row = tx.insert_message(&new)?;
     if refs {
         tx.add_refs(p.in_reply_to.iter().chain(p.references.iter()), ticket)?;
     }
-    Ok(row)
+    Ok(new.shown(row))
 }
 
 /// Marks the recipients a placed bounce reports as failed undeliverable for
@@ -1021,5 +1033,57 @@ mod tests {
              Message-ID: <m1@x>\r\n\r\nhi\r\n"
         );
         assert_ne!(created(put(&mut s, &stranger)), t);
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::test_support::put_with;
+    use super::*;
+    use crate::store::view::message_json;
+
+    /// A message's event is built from what was written, without reading it back, and the
+    /// text's split is made off the store's thread: what it carries must be what `show
+    /// --json` reads back.
+    #[test]
+    fn a_message_event_carries_the_message_as_stored() {
+        let mut store = Store::open_in_memory().unwrap();
+        for p in crate::message::skeleton_tests::corpus_files() {
+            let raw = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+            put_with(&mut store, &Rules::default(), &raw);
+        }
+        let mut n = 0;
+        for e in store.events_since(0, 100_000).unwrap() {
+            let Some(row) = (e.kind == crate::event_type::TICKET_CREATED
+                || e.kind == crate::event_type::MESSAGE_ADDED)
+                .then_some(e.ticket_id)
+            else {
+                continue;
+            };
+            let sent = event::wire(&e.uid, &e.kind, e.created_at, &e.data);
+            let sent = &sent["data"]["message"];
+            let (_, messages) = store.ticket(row).unwrap().unwrap();
+            // Another copy of a message has the same id: one of them is the one.
+            let shown: Vec<serde_json::Value> = messages
+                .iter()
+                .filter(|m| m.message_id == sent["message_id"])
+                .map(|m| {
+                    let mut shown = message_json(m);
+                    if sent["text"] != shown["text"] {
+                        // Cut to fit the event's cap: compare the rest.
+                        shown["text"] = sent["text"].clone();
+                        shown["text_new"] = sent["text_new"].clone();
+                    }
+                    shown
+                })
+                .collect();
+            assert!(
+                shown.contains(sent),
+                "event {}: {sent} not in {shown:?}",
+                e.id
+            );
+            n += 1;
+        }
+        assert!(n > 100, "{n} events");
     }
 }

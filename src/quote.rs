@@ -36,6 +36,35 @@ impl Split {
     pub fn hidden_lines(&self) -> usize {
         self.quoted_lines + self.signature_lines
     }
+
+    /// The split of `text` kept without a second copy of a text it leaves whole (most new
+    /// requests): for a message that waits in memory for the store.
+    pub fn compact(self, text: &str) -> CompactSplit {
+        CompactSplit {
+            new: (self.new != text).then_some(self.new),
+            quoted_lines: self.quoted_lines,
+            signature_lines: self.signature_lines,
+        }
+    }
+}
+
+/// A [`Split`] made by [`Split::compact`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactSplit {
+    new: Option<String>,
+    quoted_lines: usize,
+    signature_lines: usize,
+}
+
+impl CompactSplit {
+    /// The split again, of the same `text`.
+    pub fn expand(&self, text: &str) -> Split {
+        Split {
+            new: self.new.as_deref().unwrap_or(text).to_owned(),
+            quoted_lines: self.quoted_lines,
+            signature_lines: self.signature_lines,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

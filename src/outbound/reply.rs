@@ -84,7 +84,7 @@ fn announce(
     {
         record(
             crate::event_type::MESSAGE_ADDED,
-            &event::ticket_message(&t, &m),
+            &event::ticket_message(&t, &m, &crate::quote::split(&m.text)),
         )?;
     }
     if let Some(b) = before.filter(|b| *b != t.status) {

@@ -4,18 +4,20 @@
 
 use serde_json::{Value, json};
 
-use super::view::{message_json, ticket_json};
+use super::view::{message_json_split, ticket_json};
 use super::{MessageRow, TicketRow};
+use crate::quote::Split;
 
 /// The largest `data` an event carries, serialized: a message's text is cut to fit.
 pub const MAX_DATA: usize = 64 * 1024;
 
-/// `data` of `ticket.created` and `ticket.message_added`.
-pub fn ticket_message(ticket: &TicketRow, message: &MessageRow) -> Value {
+/// `data` of `ticket.created` and `ticket.message_added`; `split` is the message's text split
+/// ([`crate::quote::split`]).
+pub fn ticket_message(ticket: &TicketRow, message: &MessageRow, split: &Split) -> Value {
     capped(json!({
         "mailbox": ticket.mailbox,
         "ticket": ticket_json(ticket),
-        "message": message_json(message),
+        "message": message_json_split(message, split),
     }))
 }
 

@@ -571,6 +571,45 @@ pub struct NewMessage<'a> {
     pub raw: RawBytes<'a>,
 }
 
+impl NewMessage<'_> {
+    /// The message as [`Tx::message_view`] reads it back once written as row `id` (what
+    /// its event carries, without reading it back).
+    pub fn shown(&self, id: i64) -> MessageRow {
+        let p = self.parsed;
+        let (from, from_name) = p.from.as_ref().map_or((String::new(), String::new()), |f| {
+            (f.address.clone(), f.name.clone())
+        });
+        MessageRow {
+            id,
+            message_id: p.message_id.clone(),
+            direction: Direction::In,
+            from,
+            from_name,
+            to: p.to.iter().map(|a| a.address.clone()).collect(),
+            cc: p.cc.iter().map(|a| a.address.clone()).collect(),
+            subject: p.subject.clone(),
+            date: self.date,
+            kind: self.kind.as_str().to_owned(),
+            reasons: self.reasons.to_vec(),
+            text: p.text.clone(),
+            attachments: p
+                .attachments
+                .iter()
+                .map(|a| AttachmentRow {
+                    filename: a.filename.clone(),
+                    content_type: a.content_type.clone(),
+                    size: a.size as i64,
+                    sha256: hex(&a.sha256),
+                    inline: a.inline,
+                })
+                .collect(),
+            source: self.source.to_owned(),
+            uidvalidity: self.imap.map_or(0, |(v, _)| i64::from(v)),
+            uid: self.imap.map_or(0, |(_, u)| i64::from(u)),
+        }
+    }
+}
+
 /// The duplicate check of every message (see [`Tx::held_message`]).
 const HELD_MESSAGE: &str = "SELECT ticket_id, fingerprint = ?2 FROM message WHERE message_id = ?1
      ORDER BY fingerprint = ?2 DESC, date DESC, id DESC LIMIT 1";

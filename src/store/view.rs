@@ -26,7 +26,11 @@ pub fn ticket_json(t: &TicketRow) -> Value {
 /// inline), the full `text` and, split from it, what the sender wrote now (`text_new`) and how
 /// many lines of quoted history and signature that leaves out.
 pub fn message_json(m: &MessageRow) -> Value {
-    let split = crate::quote::split(&m.text);
+    message_json_split(m, &crate::quote::split(&m.text))
+}
+
+/// [`message_json`] with its text's `split` already made (see [`crate::quote::split`]).
+pub fn message_json_split(m: &MessageRow, split: &crate::quote::Split) -> Value {
     json!({
         "message_id": m.message_id,
         "direction": m.direction,
