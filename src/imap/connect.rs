@@ -7,11 +7,12 @@ use std::time::Duration;
 use async_imap::imap_proto::{Response, Status};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use super::guard::excerpt;
 use super::session::Imap;
-use super::wire::{Client, Conn, SERVER_TEXT, imap_err, io_err, server_text, timed};
+use super::wire::{
+    Client, Conn, READ_AHEAD, SERVER_TEXT, TlsTcp, imap_err, io_err, server_text, timed,
+};
 use crate::config::{AuthMech, MailboxConfig, TlsMode};
 use crate::error::{Error, Result};
 use crate::oauth2::Credentials;
@@ -138,7 +139,7 @@ async fn expect_plain_text(mb: &MailboxConfig, tcp: &TcpStream) -> Result<()> {
     Ok(())
 }
 
-async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsTcp> {
     let host = mb.host.as_str();
     let config = crate::tls::client_config(mb.ca_file.as_deref())?;
     let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| Error::Tls {
@@ -146,6 +147,7 @@ async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsStream<TcpSt
         message: format!("not a valid server name: {e}"),
     })?;
     timed(host, mb.timeout(), "TLS handshake", async {
+        let tcp = tokio::io::BufReader::with_capacity(READ_AHEAD, tcp);
         TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
             if mb.tls == TlsMode::Implicit && crate::tls::answered_in_plain_text(&e) {
                 return Error::Protocol {

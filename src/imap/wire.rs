@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -26,9 +26,17 @@ pub struct Conn {
 enum Stream {
     /// Plain TCP (`tls = "none"`, or before STARTTLS).
     Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over TCP (see [`TlsTcp`]).
+    Tls(Box<TlsTcp>),
 }
+
+/// TLS over a TCP stream read [`READ_AHEAD`] bytes at a time.
+pub(super) type TlsTcp = TlsStream<BufReader<TcpStream>>;
+
+/// How much the TCP stream under TLS reads at once. rustls asks for 4 KiB at a time: a sync
+/// of 240 MB made 74,000 `recvfrom` calls, each with its share of the loopback's TCP work;
+/// 64 KiB reads make a tenth as many.
+pub(super) const READ_AHEAD: usize = 64 * 1024;
 
 impl Conn {
     pub(super) fn plain(tcp: TcpStream) -> Conn {
@@ -38,7 +46,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn tls(tls: TlsStream<TcpStream>) -> Conn {
+    pub(super) fn tls(tls: TlsTcp) -> Conn {
         Conn {
             stream: Stream::Tls(Box::new(tls)),
             watch: Watch::default(),
