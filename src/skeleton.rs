@@ -16,7 +16,7 @@
 use std::io::{self, BufRead, Seek, SeekFrom};
 
 use base64::Engine as _;
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::MimeHeaders;
 
 /// The longest piece of a line handed on at once; a longer line comes in several pieces.
 const PIECE: usize = 64 * 1024;
@@ -431,7 +431,7 @@ impl<L: Lines> Walk<L> {
 
 /// What the header block `head` says of its body, read with the parser's own header code.
 fn body_of(head: &[u8]) -> Body {
-    let Some(msg) = MessageParser::default().parse_headers(head) else {
+    let Some(msg) = crate::message::mime_parser().parse_headers(head) else {
         return Body::Other;
     };
     let part = msg.root_part();
