@@ -144,7 +144,7 @@ pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
             let class = stages::time(Stage::Classify, || classify(&parsed, me));
             match stages::time(Stage::Compress, || pack_message(&raw, kept)) {
                 Ok((packed, codec)) => PreparedBody::Message {
-                    split: quote::split(&parsed.text).compact(&parsed.text),
+                    split: split_text(&parsed),
                     parsed: Box::new(parsed),
                     class,
                     packed,
@@ -168,7 +168,7 @@ pub fn prepare_spooled(me: &Identity, mut spool: Spool) -> Prepared {
         Err(why) => PreparedBody::Unparseable(why.0),
         Ok(parsed) => PreparedBody::Message {
             class: stages::time(Stage::Classify, || classify(&parsed, me)),
-            split: quote::split(&parsed.text).compact(&parsed.text),
+            split: split_text(&parsed),
             parsed: Box::new(parsed),
             packed: Vec::new(),
             codec: "",
@@ -178,6 +178,13 @@ pub fn prepare_spooled(me: &Identity, mut spool: Spool) -> Prepared {
         raw: Raw::Spooled(spool),
         body,
     }
+}
+
+/// The split of a message's text for its event (see [`quote::split`]), counted as parsing.
+fn split_text(parsed: &ParsedMessage) -> CompactSplit {
+    stages::time(Stage::Parse, || {
+        quote::split(&parsed.text).compact(&parsed.text)
+    })
 }
 
 /// What a message became, with what its log line needs. The line is written by
@@ -275,7 +282,7 @@ fn commit_timed(
             why: Some(why.to_owned()),
         })
     };
-    let (parsed, class, packed, split) = match &p.body {
+    let (parsed, class, packed, codec, split) = match &p.body {
         PreparedBody::Unparseable(why) => return quarantine(store, why, p.raw.len()),
         PreparedBody::TooLarge { size, why } => return quarantine(store, why, *size),
         PreparedBody::Message {
@@ -284,14 +291,14 @@ fn commit_timed(
             packed,
             codec,
             split,
-        } => (parsed, class, (packed, *codec), split),
+        } => (parsed, class, packed, *codec, split),
     };
     let m = Incoming {
         parsed,
         split,
         class,
         size: p.raw.len(),
-        raw: p.raw.stored(packed.0, packed.1),
+        raw: p.raw.stored(packed, codec),
         origin,
         received_at,
     };
