@@ -44,13 +44,21 @@ pub struct EventRow {
     pub data: String,
 }
 
-/// A new event's stable id: `evt_` and 32 hex digits from the system's CSPRNG.
+/// A new event's stable id: `evt_` and 32 hex digits, the first 12 the milliseconds since
+/// the Unix epoch and the other 20 from the system's CSPRNG. The time first makes new ids sort
+/// after older ones, so the UNIQUE index on them grows at its end (a random id would rewrite a
+/// leaf page of that index per event and commit), and 80 random bits keep ids unique across
+/// stores.
 fn event_uid() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
-    // The system's generator does not fail on Linux; a zero id would still be unique
-    // enough to be caught by the UNIQUE constraint rather than go out twice.
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    // The system's generator does not fail on Linux; an id without its random part would
+    // still be caught by the UNIQUE constraint rather than go out twice.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes[6..]);
     format!("evt_{}", crate::message::hex(&bytes))
 }
 
@@ -369,5 +377,25 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n, 4);
+    }
+
+    #[test]
+    fn event_ids_made_later_sort_after_earlier_ones_and_differ_within_a_millisecond() {
+        let first = event_uid();
+        let same_ms: Vec<String> = (0..100).map(|_| event_uid()).collect();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = event_uid();
+        assert!(first < later && same_ms.iter().all(|u| *u < later));
+        assert!(later.starts_with("evt_") && later.len() == 36);
+        assert!(later[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        let distinct: std::collections::HashSet<&String> = same_ms.iter().collect();
+        assert_eq!(distinct.len(), same_ms.len());
+        // The time part is now, to the millisecond.
+        let ms = u64::from_str_radix(&later[4..16], 16).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(ms <= now && now - ms < 60_000);
     }
 }
