@@ -26,8 +26,8 @@ use crate::spool::Spool;
 use crate::stages::{self, Stage};
 use crate::store::event;
 use crate::store::{
-    MessageRow, NewEvent, NewMessage, NewTicket, Origin, Outcome, RawBytes, Store, TicketStatus,
-    Tx, pack_message,
+    EventData, MessageRow, NewEvent, NewMessage, NewTicket, Origin, Outcome, RawBytes, Store,
+    TicketStatus, Tx, pack_message,
 };
 use crate::thread;
 
@@ -445,7 +445,7 @@ fn announce(
         return Ok(());
     };
     let p = m.parsed;
-    let record = |kind: &str, data: &serde_json::Value| {
+    let record = |kind: &str, data: EventData<'_>| {
         tx.record_event(&NewEvent {
             kind,
             ticket: t,
@@ -461,7 +461,14 @@ fn announce(
         crate::event_type::MESSAGE_ADDED
     };
     let split = m.split.expand(&p.text);
-    record(kind, &event::ticket_message(&ticket, message, &split))?;
+    record(
+        kind,
+        EventData::Message {
+            ticket: &ticket,
+            message,
+            split: &split,
+        },
+    )?;
     let from = before.map(TicketStatus::as_str);
     if (created && ticket.status == TicketStatus::Closed)
         || before.is_some_and(|b| b != ticket.status)
@@ -473,7 +480,7 @@ fn announce(
         };
         record(
             crate::event_type::STATUS_CHANGED,
-            &event::status_changed(&ticket, from, why),
+            EventData::Value(&event::status_changed(&ticket, from, why)),
         )?;
     }
     if message.kind == Kind::Bounce.as_str() && !created {
@@ -493,7 +500,7 @@ fn announce(
             .collect();
         record(
             crate::event_type::MESSAGE_BOUNCED,
-            &event::bounced(&ticket, &message.message_id, &recipients),
+            EventData::Value(&event::bounced(&ticket, &message.message_id, &recipients)),
         )?;
     }
     Ok(())

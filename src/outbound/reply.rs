@@ -8,7 +8,9 @@ use lettre::message::Mailbox;
 use super::{Compose, compose, new_message_id, parse_mailbox, short_subject};
 use crate::error::{Error, Result};
 use crate::store::event;
-use crate::store::{NewEvent, OutboxKind, Outgoing, ReplyContext, Store, TicketStatus, Tx};
+use crate::store::{
+    EventData, NewEvent, OutboxKind, Outgoing, ReplyContext, Store, TicketStatus, Tx,
+};
 
 /// An agent's reply to ticket `ticket` (whose subject tag is `tag`).
 pub struct Reply<'a> {
@@ -70,7 +72,7 @@ fn announce(
     let Some(t) = tx.ticket_view(ticket)? else {
         return Ok(());
     };
-    let record = |kind: &str, data: &serde_json::Value| {
+    let record = |kind: &str, data: EventData<'_>| {
         tx.record_event(&NewEvent {
             kind,
             ticket,
@@ -84,12 +86,16 @@ fn announce(
     {
         record(
             crate::event_type::MESSAGE_ADDED,
-            &event::ticket_message(&t, &m, &crate::quote::split(&m.text)),
+            EventData::Message {
+                ticket: &t,
+                message: &m,
+                split: &crate::quote::split(&m.text),
+            },
         )?;
     }
     if let Some(b) = before.filter(|b| *b != t.status) {
         let data = event::status_changed(&t, Some(b.as_str()), "closed with a reply");
-        record(crate::event_type::STATUS_CHANGED, &data)?;
+        record(crate::event_type::STATUS_CHANGED, EventData::Value(&data))?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::view::{message_json_split, ticket_json};
+use super::view::{MessageView, TicketView, message_json_split, ticket_json};
 use super::{MessageRow, TicketRow};
 use crate::quote::Split;
 
@@ -19,6 +19,39 @@ pub fn ticket_message(ticket: &TicketRow, message: &MessageRow, split: &Split) -
         "ticket": ticket_json(ticket),
         "message": message_json_split(message, split),
     }))
+}
+
+/// [`ticket_message`] as the event row keeps it (see [`Stored`]), written straight from the
+/// rows, byte for byte the text the value would give; `None` when it must be cut to fit
+/// [`MAX_DATA`] (then [`ticket_message`] and [`capped`] decide what goes).
+pub(crate) fn ticket_message_stored(
+    ticket: &TicketRow,
+    message: &MessageRow,
+    split: &Split,
+) -> Option<String> {
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        mailbox: &'a str,
+        message: MessageView<'a>,
+        ticket: TicketView<'a>,
+    }
+    let data = Data {
+        mailbox: &ticket.mailbox,
+        message: MessageView::of(message, split).stored(),
+        ticket: TicketView::of(ticket),
+    };
+    let mut text = Vec::with_capacity(1024 + message.text.len() + split.new.len());
+    serde_json::to_writer(&mut text, &data).ok()?;
+    // What goes out has `text_new` back (`,"text_new":` and the text again): its size counts.
+    let left_out = if split.new == message.text {
+        12 + string_len(&message.text)
+    } else {
+        0
+    };
+    if text.len() + left_out > MAX_DATA {
+        return None;
+    }
+    String::from_utf8(text).ok()
 }
 
 /// `data` of `ticket.status_changed`: `from` is `None` for a ticket filed in its status.
@@ -262,6 +295,89 @@ mod tests {
             wire("evt_3", "ticket.status_changed", 0, &stored)["data"],
             other
         );
+    }
+
+    fn rows(text: &str, source: &str) -> (TicketRow, MessageRow) {
+        let ticket = TicketRow {
+            id: 7,
+            subject: "Printer \"on fire\"".into(),
+            status: super::super::TicketStatus::Open,
+            customer: "ann@example.com".into(),
+            customer_name: "Ann \u{e9}".into(),
+            mailbox: "support".into(),
+            created_at: 1_700_000_000,
+            updated_at: 1_700_000_100,
+            messages: 2,
+            kind: "normal".into(),
+        };
+        let message = MessageRow {
+            id: 3,
+            message_id: "1@x".into(),
+            direction: super::super::Direction::In,
+            from: "ann@example.com".into(),
+            from_name: "Ann".into(),
+            to: vec!["support@example.com".into()],
+            cc: vec![],
+            subject: "Re: Printer".into(),
+            date: 1_700_000_050,
+            kind: "normal".into(),
+            reasons: vec!["a \\ reason".into()],
+            text: text.into(),
+            attachments: vec![super::super::AttachmentRow {
+                filename: "a\tb.pdf".into(),
+                content_type: "application/pdf".into(),
+                size: 12,
+                sha256: "ab".repeat(32),
+                inline: false,
+            }],
+            source: source.into(),
+            uidvalidity: if source.starts_with("imap:") { 9 } else { 0 },
+            uid: if source.starts_with("imap:") { 4 } else { 0 },
+        };
+        (ticket, message)
+    }
+
+    #[test]
+    fn a_message_event_written_from_the_rows_is_the_text_its_value_gives() {
+        let texts = [
+            "Hello,\nit is broken.\n",
+            "New words.\n\nOn Monday Ann wrote:\n> old \"quoted\"\n> text\n\n-- \nAnn\n",
+            "control \u{1} tab \t caf\u{e9} \u{1f600}",
+            "",
+        ];
+        let sources = ["imap:support/INBOX", "import:/tmp/a.eml", "ingest", ""];
+        for text in texts {
+            for source in sources {
+                let (ticket, message) = rows(text, source);
+                let split = crate::quote::split(text);
+                let direct = ticket_message_stored(&ticket, &message, &split).unwrap();
+                let value = ticket_message(&ticket, &message, &split);
+                assert_eq!(direct, serde_json::to_string(&Stored(&value)).unwrap());
+                assert_eq!(
+                    wire("evt_1", "ticket.created", 0, &direct)["data"],
+                    value,
+                    "{text:?} {source:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_event_that_must_be_cut_is_left_to_the_value() {
+        // Stored once (`text_new` is the whole text), 40,000 bytes fit; on the wire, with
+        // `text_new` back, they do not.
+        let text = "x".repeat(40_000);
+        let (ticket, message) = rows(&text, "ingest");
+        let split = crate::quote::split(&text);
+        assert_eq!(split.new, text);
+        assert_eq!(ticket_message_stored(&ticket, &message, &split), None);
+        assert_eq!(
+            ticket_message(&ticket, &message, &split)["truncated"],
+            Value::Bool(true)
+        );
+        let text = "x".repeat(20_000);
+        let (ticket, message) = rows(&text, "ingest");
+        assert!(ticket_message_stored(&ticket, &message, &crate::quote::split(&text)).is_some());
     }
 
     #[test]

@@ -20,9 +20,27 @@ pub struct NewEvent<'a> {
     /// The mailbox it is about (empty: none).
     pub mailbox: &'a str,
     /// Its `data`.
-    pub data: &'a Value,
+    pub data: EventData<'a>,
     /// Unix seconds.
     pub now: i64,
+}
+
+/// An event's `data`.
+#[derive(Debug, Clone, Copy)]
+pub enum EventData<'a> {
+    /// As built (see [`crate::store::event`]).
+    Value(&'a Value),
+    /// `ticket.created` or `ticket.message_added` of `message` (its text split as `split`):
+    /// the event of every message, written straight from the rows (see
+    /// [`crate::store::event::ticket_message_stored`]).
+    Message {
+        /// The ticket after the message.
+        ticket: &'a TicketRow,
+        /// The message as written.
+        message: &'a MessageRow,
+        /// Its text's split ([`crate::quote::split`]).
+        split: &'a crate::quote::Split,
+    },
 }
 
 /// A recorded event.
@@ -73,6 +91,21 @@ fn data_text(data: &Value) -> Result<String> {
     String::from_utf8(text).map_err(|e| crate::error::Error::Internal(format!("event data: {e}")))
 }
 
+/// `data` as the event row keeps it.
+fn stored_data(data: EventData<'_>) -> Result<String> {
+    match data {
+        EventData::Value(v) => data_text(v),
+        EventData::Message {
+            ticket,
+            message,
+            split,
+        } => match crate::store::event::ticket_message_stored(ticket, message, split) {
+            Some(text) => Ok(text),
+            None => data_text(&crate::store::event::ticket_message(ticket, message, split)),
+        },
+    }
+}
+
 /// Appends `e` and its deliveries (one per matching route) through `c`; returns its cursor.
 pub(super) fn record(c: &Db, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> {
     crate::store::sql("recording an event", || {
@@ -84,7 +117,7 @@ pub(super) fn record(c: &Db, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> 
                 e.ticket,
                 e.mailbox,
                 e.now,
-                data_text(e.data)?,
+                stored_data(e.data)?,
                 event_uid()
             ],
         )?;
@@ -162,7 +195,7 @@ pub(super) fn outbox_result(
             kind,
             ticket: ticket_id,
             mailbox: ticket.as_ref().map_or("", |t| t.mailbox.as_str()),
-            data: &data,
+            data: EventData::Value(&data),
             now,
         },
     )?;
@@ -220,7 +253,7 @@ impl Store {
                             kind: crate::event_type::STATUS_CHANGED,
                             ticket,
                             mailbox: &after.mailbox,
-                            data: &data,
+                            data: EventData::Value(&data),
                             now,
                         },
                     )?;
@@ -268,7 +301,7 @@ impl Store {
                         kind,
                         ticket: 0,
                         mailbox,
-                        data: &data,
+                        data: EventData::Value(&data),
                         now,
                     },
                 )?;
@@ -303,7 +336,7 @@ impl Store {
                 let data = serde_json::json!({"mailbox": mailbox, "failures": failures,
                     "failing_since": crate::time::rfc3339(since)});
                 let kind = crate::event_type::MAILBOX_RECOVERED;
-                record(c, &routes, &NewEvent { kind, ticket: 0, mailbox, data: &data, now })?;
+                record(c, &routes, &NewEvent { kind, ticket: 0, mailbox, data: EventData::Value(&data), now })?;
                 Ok(true)
             })
         })

@@ -72,7 +72,7 @@ use db::{Db, params};
 
 pub use codec::{RawBytes, decompress, pack, pack_message};
 pub use deliveries::{Attempt, DeliveryJob, DeliveryRow, MAX_RESPONSE};
-pub use events::{EventRow, NewEvent};
+pub use events::{EventData, EventRow, NewEvent};
 pub use graph::{GraphCursor, GraphPos};
 pub use kinds::{Direction, OutboxKind, OutboxStatus, TicketStatus};
 pub use migrations::LATEST as SCHEMA_VERSION;
