@@ -1081,20 +1081,24 @@ fn fingerprint(
     text: &str,
     attachments: &[Attachment],
 ) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [from, &date.unwrap_or(0).to_string(), subject] {
-        ctx.update(part.as_bytes());
-        ctx.update(b"\0");
+    // The bytes hashed, gathered first: one digest call instead of two per line of text.
+    let date = date.unwrap_or(0).to_string();
+    let mut data = Vec::with_capacity(
+        from.len() + date.len() + subject.len() + text.len() + 4 + 33 * attachments.len(),
+    );
+    for part in [from, &date, subject] {
+        data.extend_from_slice(part.as_bytes());
+        data.push(0);
     }
-    for line in text.lines() {
-        ctx.update(line.trim_end().as_bytes());
-        ctx.update(b"\n");
+    for line in crate::quote::lines(text) {
+        data.extend_from_slice(line.trim_end().as_bytes());
+        data.push(b'\n');
     }
     for a in attachments {
-        ctx.update(b"\0");
-        ctx.update(&a.sha256);
+        data.push(0);
+        data.extend_from_slice(&a.sha256);
     }
-    let d = ctx.finish();
+    let d = ring::digest::digest(&ring::digest::SHA256, &data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
@@ -1227,6 +1231,44 @@ mod tests {
         assert_eq!(m.references.first().map(String::as_str), Some("r0@x"));
         assert_eq!(m.references.get(1).map(String::as_str), Some("r4801@x"));
         assert_eq!(m.references.last().map(String::as_str), Some("r4999@x"));
+    }
+
+    /// The fingerprint as first defined, digest updates piece by piece: stored fingerprints
+    /// are dedupe keys, so a faster way to compute them must give the same bytes.
+    fn fingerprint_as_defined(m: &ParsedMessage) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let from = m.from.as_ref().map_or("", |f| f.address.as_str());
+        for part in [from, &m.date.unwrap_or(0).to_string(), &m.subject] {
+            ctx.update(part.as_bytes());
+            ctx.update(b"\0");
+        }
+        for line in m.text.lines() {
+            ctx.update(line.trim_end().as_bytes());
+            ctx.update(b"\n");
+        }
+        for a in &m.attachments {
+            ctx.update(b"\0");
+            ctx.update(&a.sha256);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    #[test]
+    fn fingerprint_is_unchanged_over_the_corpus() {
+        let files = super::skeleton_tests::corpus_files();
+        assert!(files.len() > 20);
+        for path in files {
+            let raw = std::fs::read(&path).unwrap();
+            let Ok(m) = parse(&raw) else { continue };
+            assert_eq!(
+                m.fingerprint,
+                fingerprint_as_defined(&m),
+                "{}",
+                path.display()
+            );
+        }
     }
 
     #[test]
