@@ -42,13 +42,15 @@ pub(crate) fn ticket_message_stored(
     };
     let mut text = Vec::with_capacity(1024 + message.text.len() + split.new.len());
     serde_json::to_writer(&mut text, &data).ok()?;
-    // What goes out has `text_new` back (`,"text_new":` and the text again): its size counts.
-    let left_out = if split.new == message.text {
-        12 + string_len(&message.text)
+    // What goes out has `text_new` back (`,"text_new":` and the text again): its size counts,
+    // bounded first by six bytes a character (`\u001f`), counted only when that is too much.
+    let with = |again: usize| text.len() + 12 + again <= MAX_DATA;
+    let fits = if split.new == message.text {
+        with(6 * message.text.len() + 2) || with(string_len(&message.text))
     } else {
-        0
+        text.len() <= MAX_DATA
     };
-    if text.len() + left_out > MAX_DATA {
+    if !fits {
         return None;
     }
     String::from_utf8(text).ok()
