@@ -1106,17 +1106,20 @@ fn fingerprint(
 
 /// Joins folded header lines into one line.
 fn unfold(v: &str) -> String {
+    let v = v.trim();
+    // Most values are one line: nothing to join.
+    if memchr::memchr(b'\n', v.as_bytes()).is_none() {
+        return v.to_owned();
+    }
     let mut out = String::with_capacity(v.len());
     for (i, line) in v.split('\n').enumerate() {
-        let line = line.trim_end_matches('\r');
         if i > 0 {
             out.push(' ');
-            out.push_str(line.trim_start());
-        } else {
-            out.push_str(line.trim_start());
         }
+        out.push_str(line.trim_end_matches('\r').trim_start());
     }
-    out.trim().to_owned()
+    out.truncate(out.trim_end().len());
+    out
 }
 
 /// A file name from the wire made safe to create inside a folder: the last path component
@@ -1268,6 +1271,30 @@ mod tests {
                 "{}",
                 path.display()
             );
+        }
+    }
+
+    #[test]
+    fn unfold_joins_folded_lines_as_it_did() {
+        fn as_defined(v: &str) -> String {
+            let mut out = String::with_capacity(v.len());
+            for (i, line) in v.split('\n').enumerate() {
+                let line = line.trim_end_matches('\r');
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(line.trim_start());
+            }
+            out.trim().to_owned()
+        }
+        let alphabet = ["a", " ", "\t", "\r", "\n", "\u{a0}", "é"];
+        for n in 0..7u32.pow(6) {
+            let (mut v, mut k) = (String::new(), n);
+            for _ in 0..6 {
+                v.push_str(alphabet[(k % 7) as usize]);
+                k /= 7;
+            }
+            assert_eq!(unfold(&v), as_defined(&v), "{v:?}");
         }
     }
 
