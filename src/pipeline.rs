@@ -27,7 +27,7 @@ use crate::stages::{self, Stage};
 use crate::store::event;
 use crate::store::{
     EventData, MessageRow, NewEvent, NewMessage, NewTicket, Origin, Outcome, RawBytes, Store,
-    TicketStatus, Tx, pack_message,
+    TicketRow, TicketStatus, Tx, pack_message,
 };
 use crate::thread;
 
@@ -387,7 +387,8 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     let refs = !(kind == Kind::Bounce && placed.ticket.is_none());
     let message = write_message(tx, m, ticket, &verdict, refs)?;
     tx.advance(cursor)?;
-    announce(tx, m, (outcome, before), &message, &failed, now)?;
+    let created = matches!(outcome, Outcome::Created(_)).then(|| new.shown(ticket, &message.kind));
+    announce(tx, m, (outcome, before), created, &message, &failed, now)?;
     // The acknowledgement is decided on the final verdict: the history may show a loop that
     // the message alone did not.
     let acked = match (outcome, plan.ack) {
@@ -429,11 +430,13 @@ fn open_or_touch(
 
 /// Records the events of a stored message, in its transaction: `ticket.created` or
 /// `ticket.message_added`, `ticket.status_changed` (a reopen, or a ticket filed closed) and
-/// `message.bounced` for a placed delivery report.
+/// `message.bounced` for a placed delivery report. `created` is the ticket the message
+/// opened, as written; a ticket it joined is read.
 fn announce(
     tx: &Tx<'_>,
     m: &Incoming<'_>,
     (outcome, before): (Outcome, Option<TicketStatus>),
+    created: Option<TicketRow>,
     message: &MessageRow,
     failed: &[String],
     now: i64,
@@ -441,8 +444,12 @@ fn announce(
     let (Outcome::Created(t) | Outcome::Threaded(t)) = outcome else {
         return Ok(());
     };
-    let Some(ticket) = tx.ticket_view(t)? else {
-        return Ok(());
+    let ticket = match created {
+        Some(row) => row,
+        None => match tx.ticket_view(t)? {
+            Some(row) => row,
+            None => return Ok(()),
+        },
     };
     let p = m.parsed;
     let record = |kind: &str, data: EventData<'_>| {
@@ -1099,5 +1106,28 @@ mod event_tests {
             n += 1;
         }
         assert!(n > 100, "{n} events");
+    }
+
+    /// The ticket a message opens is built from what was written, without reading it back:
+    /// its `ticket.created` event must carry what `tickets --json` reads back.
+    #[test]
+    fn a_created_ticket_in_its_event_is_the_ticket_as_stored() {
+        let mut n = 0;
+        for p in crate::message::skeleton_tests::corpus_files() {
+            let mut store = Store::open_in_memory().unwrap();
+            let raw = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+            put_with(&mut store, &Rules::default(), &raw);
+            for e in store.events_since(0, 100).unwrap() {
+                if e.kind != crate::event_type::TICKET_CREATED {
+                    continue;
+                }
+                let sent = event::wire(&e.uid, &e.kind, e.created_at, &e.data);
+                let (ticket, _) = store.ticket(e.ticket_id).unwrap().unwrap();
+                let stored = crate::store::view::ticket_json(&ticket);
+                assert_eq!(sent["data"]["ticket"], stored, "{}", p.display());
+                n += 1;
+            }
+        }
+        assert!(n > 100, "{n} tickets");
     }
 }

@@ -571,6 +571,26 @@ pub struct NewMessage<'a> {
     pub raw: RawBytes<'a>,
 }
 
+impl NewTicket<'_> {
+    /// The ticket as [`Tx::ticket_view`] reads it back once created as row `id` by the
+    /// message of kind `kind` (what its `ticket.created` event carries, without reading it
+    /// back).
+    pub fn shown(&self, id: i64, kind: &str) -> TicketRow {
+        TicketRow {
+            id,
+            subject: self.subject.to_owned(),
+            status: self.status,
+            customer: self.customer.address.clone(),
+            customer_name: self.customer.name.clone(),
+            mailbox: self.mailbox.to_owned(),
+            created_at: self.now,
+            updated_at: self.now,
+            messages: 1,
+            kind: kind.to_owned(),
+        }
+    }
+}
+
 impl NewMessage<'_> {
     /// The message as [`Tx::message_view`] reads it back once written as row `id` (what
     /// its event carries, without reading it back).
