@@ -290,9 +290,15 @@ class State:
                      nbf_offset=0, iss=None, idtyp="user", bad_signature=False):
         now = int(time.time())
         ttl = self.cfg.access_ttl if ttl is None else int(ttl)
+        # Valid from a second before it is made, as Microsoft's tokens are (theirs from
+        # minutes before): a validator that reads the coarse clock (Dovecot calls time(),
+        # which lags the precise clock by up to a few milliseconds) must not see a token
+        # made in the same instant as "not valid yet". "xms_made" keeps the true second for
+        # revocation.
+        valid_from = now - 1 if not int(nbf_offset) else now + int(nbf_offset)
         claims = {
             "iss": iss or self.cfg.issuer, "sub": sub, "aud": aud,
-            "iat": now, "nbf": now + int(nbf_offset), "exp": now + ttl,
+            "iat": now - 1, "nbf": valid_from, "exp": now + ttl, "xms_made": now,
             "jti": uuid.uuid4().hex, "client_id": client_id, "appid": client_id,
             "tid": self.cfg.tenant, "idtyp": idtyp,
         }
@@ -789,7 +795,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if claims.get("iss") != st.cfg.issuer:
                 raise ValueError("foreign issuer")
             rb = st.revoked_before.get(claims.get("sub"))
-            if rb and claims.get("iat", 0) <= rb:
+            if rb and claims.get("xms_made", claims.get("iat", 0)) <= rb:
                 raise ValueError("revoked")
         except ValueError as e:
             rec.update(ok=False, status=200, error=str(e))
