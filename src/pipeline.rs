@@ -387,8 +387,8 @@ fn record(tx: &Tx<'_>, m: &Incoming<'_>, plan: Plan<'_>) -> Result<(Outcome, boo
     let refs = !(kind == Kind::Bounce && placed.ticket.is_none());
     let message = write_message(tx, m, ticket, &verdict, refs)?;
     tx.advance(cursor)?;
-    let created = matches!(outcome, Outcome::Created(_)).then(|| new.shown(ticket, &message.kind));
-    announce(tx, m, (outcome, before), created, &message, &failed, now)?;
+    let opened = matches!(outcome, Outcome::Created(_)).then(|| new.shown(ticket, &message.kind));
+    announce(tx, m, (outcome, before), opened, &message, &failed, now)?;
     // The acknowledgement is decided on the final verdict: the history may show a loop that
     // the message alone did not.
     let acked = match (outcome, plan.ack) {
@@ -430,13 +430,13 @@ fn open_or_touch(
 
 /// Records the events of a stored message, in its transaction: `ticket.created` or
 /// `ticket.message_added`, `ticket.status_changed` (a reopen, or a ticket filed closed) and
-/// `message.bounced` for a placed delivery report. `created` is the ticket the message
+/// `message.bounced` for a placed delivery report. `opened` is the ticket the message
 /// opened, as written; a ticket it joined is read.
 fn announce(
     tx: &Tx<'_>,
     m: &Incoming<'_>,
     (outcome, before): (Outcome, Option<TicketStatus>),
-    created: Option<TicketRow>,
+    opened: Option<TicketRow>,
     message: &MessageRow,
     failed: &[String],
     now: i64,
@@ -444,7 +444,7 @@ fn announce(
     let (Outcome::Created(t) | Outcome::Threaded(t)) = outcome else {
         return Ok(());
     };
-    let ticket = match created {
+    let ticket = match opened {
         Some(row) => row,
         None => match tx.ticket_view(t)? {
             Some(row) => row,
