@@ -261,7 +261,7 @@ impl Imap {
         let largest = batch.iter().map(|p| u64::from(p.1)).max().unwrap_or(0);
         self.allow(Allowance::messages(WHAT, n, total, largest));
         let uids: Vec<u32> = batch.iter().map(|p| p.0).collect();
-        let query = "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[])";
+        let query = "(UID INTERNALDATE BODY.PEEK[])";
         let r = self
             .fetch_until(&uids, query, deadline(self.limit, n, total), each)
             .await;

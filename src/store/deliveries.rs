@@ -124,8 +124,9 @@ impl Store {
             self.write(|c| {
                 let mut jobs = Vec::new();
                 let next = &format!(
-                    "SELECT d.id, d.attempts, e.uid, e.type, e.created_at, e.data
+                    "SELECT d.id, d.attempts, e.uid, e.type, e.created_at, e.data, m.body_text
                      FROM hook_delivery d JOIN event e ON e.id = d.event_id
+                       LEFT JOIN message m ON m.id = e.text_of
                      WHERE d.hook = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
                        AND NOT EXISTS (SELECT 1 FROM hook_state h
                                        WHERE h.name = ?1 AND h.disabled_at > 0)
@@ -145,7 +146,7 @@ impl Store {
                             uid: r.get(2)?,
                             kind: r.get(3)?,
                             created_at: r.get(4)?,
-                            data: r.get(5)?,
+                            data: crate::store::event::with_text(r.get(5)?, r.get(6)?),
                         })
                     })?
                     else {

@@ -21,9 +21,11 @@ pub fn ticket_message(ticket: &TicketRow, message: &MessageRow, split: &Split) -
     }))
 }
 
-/// [`ticket_message`] as the event row keeps it (see [`Stored`]), written straight from the
-/// rows, byte for byte the text the value would give; `None` when it must be cut to fit
-/// [`MAX_DATA`] (then [`ticket_message`] and [`capped`] decide what goes).
+/// [`ticket_message`] as the event row keeps it, written straight from the rows: without
+/// the message's `text`, which the row leaves to the message row (its `text_of`, put back
+/// by [`with_text`]), and without `text_new` when that is the whole text (see [`Stored`]).
+/// `None` when the event must be cut to fit [`MAX_DATA`] (then [`ticket_message`] and
+/// [`capped`] decide what goes, and the row keeps what is left).
 pub(crate) fn ticket_message_stored(
     ticket: &TicketRow,
     message: &MessageRow,
@@ -37,23 +39,38 @@ pub(crate) fn ticket_message_stored(
     }
     let data = Data {
         mailbox: &ticket.mailbox,
-        message: MessageView::of(message, split).stored(),
+        message: MessageView::of(message, split).stored().by_reference(),
         ticket: TicketView::of(ticket),
     };
-    let mut text = Vec::with_capacity(1024 + message.text.len() + split.new.len());
+    let mut text = Vec::with_capacity(1024 + split.new.len());
     serde_json::to_writer(&mut text, &data).ok()?;
-    // What goes out has `text_new` back (`,"text_new":` and the text again): its size counts,
-    // bounded first by six bytes a character (`\u001f`), counted only when that is too much.
-    let with = |again: usize| text.len() + 12 + again <= MAX_DATA;
-    let fits = if split.new == message.text {
-        with(6 * message.text.len() + 2) || with(string_len(&message.text))
-    } else {
-        text.len() <= MAX_DATA
-    };
-    if !fits {
+    // What goes out has `,"text":` and the text back, and `,"text_new":` and the text again
+    // when it was left out: their size counts, bounded first by six bytes a character
+    // (`\u001f`), counted only when that is too much.
+    let copies = if split.new == message.text { 2 } else { 1 };
+    let with = |len: usize| text.len() + 8 + 12 * (copies - 1) + copies * len <= MAX_DATA;
+    if !(with(6 * message.text.len() + 2) || with(string_len(&message.text))) {
         return None;
     }
     String::from_utf8(text).ok()
+}
+
+/// An event row's `data` with the text of the message row it names (`text_of`) back in
+/// `message.text`, as it was built; `data` as it is when there is none.
+pub fn with_text(data: String, text: Option<String>) -> String {
+    let Some(text) = text else {
+        return data;
+    };
+    let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
+        return data;
+    };
+    match v.get_mut("message") {
+        Some(Value::Object(m)) => {
+            m.insert("text".to_owned(), Value::String(text));
+            v.to_string()
+        }
+        _ => data,
+    }
 }
 
 /// `data` of `ticket.status_changed`: `from` is `None` for a ticket filed in its status.
@@ -354,14 +371,29 @@ mod tests {
                 let split = crate::quote::split(text);
                 let direct = ticket_message_stored(&ticket, &message, &split).unwrap();
                 let value = ticket_message(&ticket, &message, &split);
-                assert_eq!(direct, serde_json::to_string(&Stored(&value)).unwrap());
+                let stored = serde_json::to_string(&Stored(&value)).unwrap();
+                let mut without: Value = serde_json::from_str(&stored).unwrap();
+                without["message"].as_object_mut().unwrap().remove("text");
+                assert_eq!(direct, without.to_string());
+                assert!(!direct.contains(r#""text":"#), "{direct}");
+                let back = with_text(direct, Some(text.to_owned()));
+                assert_eq!(back, stored);
                 assert_eq!(
-                    wire("evt_1", "ticket.created", 0, &direct)["data"],
+                    wire("evt_1", "ticket.created", 0, &back)["data"],
                     value,
                     "{text:?} {source:?}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_event_without_a_text_of_is_read_as_it_was_stored() {
+        let data = r#"{"mailbox":"m","ticket":{"id":1}}"#.to_owned();
+        assert_eq!(with_text(data.clone(), None), data);
+        assert_eq!(with_text(data.clone(), Some("x".into())), data);
+        let cut = r#"{"message":{"text":"cut"},"truncated":true}"#.to_owned();
+        assert_eq!(with_text(cut.clone(), None), cut);
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub struct EventRow {
     pub mailbox: String,
     /// Unix seconds.
     pub created_at: i64,
-    /// `data` as JSON text.
+    /// `data` as JSON text (a message's text back in, see
+    /// [`crate::store::event::with_text`]).
     pub data: String,
 }
 
@@ -91,17 +92,21 @@ fn data_text(data: &Value) -> Result<String> {
     String::from_utf8(text).map_err(|e| crate::error::Error::Internal(format!("event data: {e}")))
 }
 
-/// `data` as the event row keeps it.
-fn stored_data(data: EventData<'_>) -> Result<String> {
+/// `data` as the event row keeps it, and the message row whose text it leaves out (see
+/// [`crate::store::event::with_text`]).
+fn stored_data(data: EventData<'_>) -> Result<(String, Option<i64>)> {
     match data {
-        EventData::Value(v) => data_text(v),
+        EventData::Value(v) => Ok((data_text(v)?, None)),
         EventData::Message {
             ticket,
             message,
             split,
         } => match crate::store::event::ticket_message_stored(ticket, message, split) {
-            Some(text) => Ok(text),
-            None => data_text(&crate::store::event::ticket_message(ticket, message, split)),
+            Some(text) => Ok((text, Some(message.id))),
+            None => Ok((
+                data_text(&crate::store::event::ticket_message(ticket, message, split))?,
+                None,
+            )),
         },
     }
 }
@@ -109,16 +114,18 @@ fn stored_data(data: EventData<'_>) -> Result<String> {
 /// Appends `e` and its deliveries (one per matching route) through `c`; returns its cursor.
 pub(super) fn record(c: &Db, routes: &[Route], e: &NewEvent<'_>) -> Result<i64> {
     crate::store::sql("recording an event", || {
+        let (data, text_of) = stored_data(e.data)?;
         let id: i64 = c.insert_id(
-            "INSERT INTO event (uid, type, ticket_id, mailbox, created_at, data)
-                 VALUES (?6, ?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO event (uid, type, ticket_id, mailbox, created_at, data, text_of)
+                 VALUES (?6, ?1, ?2, ?3, ?4, ?5, ?7)",
             params![
                 e.kind,
                 e.ticket,
                 e.mailbox,
                 e.now,
-                stored_data(e.data)?,
-                event_uid()
+                data,
+                event_uid(),
+                text_of
             ],
         )?;
         for route in routes.iter().filter(|r| r.matches(e.kind, e.mailbox)) {
@@ -206,8 +213,10 @@ impl Store {
     /// Up to `limit` events after cursor `since`, in commit order.
     pub fn events_since(&self, since: i64, limit: i64) -> Result<Vec<EventRow>> {
         crate::store::sql("reading the event log", || {
-            let s = "SELECT id, uid, type, ticket_id, mailbox, created_at, data FROM event
-                 WHERE id > ?1 ORDER BY id LIMIT ?2";
+            let s = "SELECT e.id, e.uid, e.type, e.ticket_id, e.mailbox, e.created_at, e.data,
+                        m.body_text
+                 FROM event e LEFT JOIN message m ON m.id = e.text_of
+                 WHERE e.id > ?1 ORDER BY e.id LIMIT ?2";
             let rows = self.conn.query_map(s, params![since, limit], |r| {
                 Ok(EventRow {
                     id: r.get(0)?,
@@ -216,7 +225,7 @@ impl Store {
                     ticket_id: r.get(3)?,
                     mailbox: r.get(4)?,
                     created_at: r.get(5)?,
-                    data: r.get(6)?,
+                    data: crate::store::event::with_text(r.get(6)?, r.get(7)?),
                 })
             })?;
             Ok(rows)
@@ -410,6 +419,49 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n, 4);
+    }
+
+    #[test]
+    fn a_message_event_keeps_its_text_in_the_message_row_and_a_cut_one_its_own() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.set_routes(vec![Route {
+            name: "all".into(),
+            ..Route::default()
+        }]);
+        put(
+            &mut s,
+            "From: a@example.com\r\nSubject: Printer\r\nMessage-ID: <1@x>\r\n\r\nbroken \"badly\"\r\n",
+        );
+        let long = "a long line of text\r\n".repeat(4000);
+        put(
+            &mut s,
+            &format!("From: b@example.com\r\nSubject: Long\r\nMessage-ID: <2@x>\r\n\r\n{long}"),
+        );
+        let rows: Vec<(String, Option<i64>)> = s
+            .conn
+            .query_map(
+                "SELECT data, text_of FROM event ORDER BY id",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        // The first event names its message row and leaves the text (and `text_new`) to it.
+        assert_eq!(rows[0].1, Some(1));
+        assert!(!rows[0].0.contains("broken"), "{}", rows[0].0);
+        // The cut one keeps what is left of its text.
+        assert_eq!(rows[1].1, None);
+        assert!(rows[1].0.contains("a long line"));
+        let events = s.events_since(0, 100).unwrap();
+        let sent = crate::store::event::wire(&events[0].uid, &events[0].kind, 0, &events[0].data);
+        assert_eq!(sent["data"]["message"]["text"], "broken \"badly\"");
+        assert_eq!(sent["data"]["message"]["text_new"], "broken \"badly\"");
+        let sent = crate::store::event::wire(&events[1].uid, &events[1].kind, 0, &events[1].data);
+        assert_eq!(sent["data"]["truncated"], true);
+        // A hook delivery reads the same `data` as the feed.
+        let jobs = s.hooks_claim("all", i64::MAX, 60, 10).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].data, events[0].data);
+        assert_eq!(jobs[1].data, events[1].data);
     }
 
     #[test]

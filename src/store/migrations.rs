@@ -276,6 +276,14 @@ const MIGRATIONS: &[&str] = &[
     r#"
     -- codec 'zstd-b64'
     "#,
+    // 15 (a message's text stored once): the event of a message (`ticket.created`,
+    // `ticket.message_added`) names its message row in `text_of` and leaves its text out of
+    // `data`; the feed and the hook deliveries put `message.body_text` back. Events that had
+    // to be cut to their cap, and all events stored before this version, keep their text
+    // inline (`text_of` NULL).
+    r#"
+    ALTER TABLE event ADD COLUMN text_of INTEGER REFERENCES message (id);
+    "#,
 ];
 
 /// The schema version this build writes.

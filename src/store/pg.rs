@@ -255,6 +255,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     -- codec 'zstd-b64'
     "#,
+    // 4: SQLite's migration 15, a message event's text by reference.
+    r#"
+    ALTER TABLE event ADD COLUMN text_of BIGINT REFERENCES message (id);
+    "#,
 ];
 
 /// The PostgreSQL schema version this build writes.

@@ -77,7 +77,10 @@ pub(crate) struct MessageView<'a> {
     reasons: &'a [String],
     signature_lines: usize,
     subject: &'a str,
-    text: &'a str,
+    /// Always there as shown; an event row leaves it to the message row (see
+    /// [`MessageView::by_reference`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
     /// Always there as shown; an event row leaves it out when it is the whole `text`.
     #[serde(skip_serializing_if = "Option::is_none")]
     text_new: Option<&'a str>,
@@ -100,7 +103,7 @@ impl<'a> MessageView<'a> {
             reasons: &m.reasons,
             signature_lines: split.signature_lines,
             subject: &m.subject,
-            text: &m.text,
+            text: Some(&m.text),
             text_new: Some(&split.new),
             to: &m.to,
         }
@@ -109,9 +112,16 @@ impl<'a> MessageView<'a> {
     /// As an event row keeps it: without `text_new` when that is the whole `text` (see
     /// [`crate::store::event::Stored`]).
     pub(crate) fn stored(mut self) -> MessageView<'a> {
-        if self.text_new == Some(self.text) {
+        if self.text_new.is_some() && self.text_new == self.text {
             self.text_new = None;
         }
+        self
+    }
+
+    /// Without `text`, which the event row leaves to the message row it names (`text_of`);
+    /// [`crate::store::event::with_text`] puts it back when the event is read.
+    pub(crate) fn by_reference(mut self) -> MessageView<'a> {
+        self.text = None;
         self
     }
 }
