@@ -5,7 +5,8 @@
 //! 1. starts a throw-away Dovecot (tests/env/imap-server) and seeds 10,000 × 3 KB and
 //!    1,000 × 200 KB messages (tests/env/mailgen.py);
 //! 2. the floor: a raw `UID FETCH BODY.PEEK[]` of every message over TLS, in the same batches
-//!    as a sync, without parsing or storing;
+//!    as a sync, without parsing or storing; and the floor, Python's imaplib doing
+//!    the same in batches of 500 (examples/bench/imaplib_fetch.py);
 //! 3. `mailticket sync` of the same mailbox into a fresh store (the built binary, so its peak
 //!    RSS is its own), with every message unseen again before each run.
 //!
@@ -217,6 +218,23 @@ fn print_cost(label: &str, c: &Cost, count: usize, all: &[Cost]) {
     println!("{line}");
 }
 
+/// The floor: Python's imaplib downloading the mailbox in batches
+/// (examples/bench/imaplib_fetch.py): messages, bytes, wall and client CPU seconds.
+fn imaplib_fetch(root: &Path, dir: &Path) -> (usize, u64, f64, f64) {
+    let out = sh(Command::new("python3")
+        .arg(root.join("examples/bench/imaplib_fetch.py"))
+        .args(["localhost", &IMAPS_PORT.to_string()])
+        .arg(dir.join("tls/ca.crt"))
+        .args(["support", "support-pass"]));
+    let f: Vec<&str> = out.split_whitespace().collect();
+    let num = |i: usize| {
+        f.get(i)
+            .and_then(|x| x.parse::<f64>().ok())
+            .expect("imaplib_fetch.py")
+    };
+    (num(0) as usize, num(1) as u64, num(2), num(3))
+}
+
 async fn raw_fetch(config: &Config) -> (usize, u64, Duration) {
     let mb = &config.mailboxes[0];
     let t0 = Instant::now();
@@ -333,6 +351,7 @@ fn main() {
 
     let mut floor = Vec::new();
     let mut floor_cpu = Vec::new();
+    let (mut imaplib_wall, mut imaplib_cpu) = (Vec::new(), Vec::new());
     let (mut count, mut bytes) = (0, 0);
     for _ in 0..runs {
         let b0 = busy_seconds();
@@ -340,6 +359,10 @@ fn main() {
         floor_cpu.push(busy_seconds() - b0);
         (count, bytes) = (c, b);
         floor.push(dt.as_secs_f64());
+        let (n, size, wall, cpu) = imaplib_fetch(&root, &dir);
+        assert_eq!((n, size), (c, b), "imaplib fetched another mailbox");
+        imaplib_wall.push(wall);
+        imaplib_cpu.push(cpu);
     }
     let mut costs = Vec::new();
     let mut machine = Vec::new();
@@ -392,7 +415,17 @@ fn main() {
         count as f64 / s,
         mb / s
     );
-    println!("ratio sync/raw: {:.2}   (target >= 0.70)", f / s);
+    let (iw, ic) = (median(imaplib_wall.clone()), median(imaplib_cpu));
+    println!(
+        "raw imaplib UID FETCH:  {:>8.0} msg/s {:>7.1} MB/s  {iw:.2} s  {imaplib_wall:.2?}  (wall, under load; client CPU {ic:.2} s)",
+        count as f64 / iw,
+        mb / iw
+    );
+    println!(
+        "ratio sync/raw: {:.2}; sync/imaplib (the issue's floor): {:.2}   (target >= 0.70)",
+        f / s,
+        iw / s
+    );
     print_cost("sync", &sync, count, &costs);
     println!(
         "store ({}): {:.1} MB",

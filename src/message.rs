@@ -471,8 +471,19 @@ fn fields(
     })
 }
 
-/// Whether each marker of `sk` is the content of exactly one attachment of `msg`.
+/// Whether each marker of `sk` is the content of exactly one attachment of `msg`, and of no
+/// part read as its text.
 fn markers_found_once(msg: &mail_parser::Message<'_>, sk: &Skeleton) -> bool {
+    // A text attachment the parse also reads as the message's text would bring its marker.
+    let read_as_text = |ids: &[u32]| {
+        ids.iter().any(|&id| {
+            msg.part(id)
+                .is_some_and(|p| sk.marker_index(p.contents()).is_some())
+        })
+    };
+    if read_as_text(&msg.text_body) || read_as_text(&msg.html_body) {
+        return false;
+    }
     let mut seen = vec![0u32; sk.set_aside.len()];
     for part in msg.attachments() {
         if let Some(i) = sk.marker_index(part.contents())
@@ -1644,11 +1655,16 @@ pub(crate) mod skeleton_tests {
                     prop::sample::select(vec![
                         "application/pdf; name=\"a.pdf\"", "image/png", "text/plain",
                         "message/rfc822", "application/octet-stream", "Application/X-Y",
+                        "text/csv; charset=utf-8\nContent-Disposition: attachment; filename=a.csv",
+                        "text/plain\nContent-Disposition: ATTACHMENT",
+                        "text/plain; charset=us-ascii\nContent-Disposition: attachment",
+                        "text/plain; charset=latin1\nContent-Disposition: attachment",
                     ]),
                     prop::sample::select(vec!["base64", "BASE64", "7bit", "quoted-printable"]),
                     prop::collection::vec(any::<u8>(), 0..3000),
                     1usize..120,
                     0u8..12,
+                    0u8..3,
                 ),
                 0..4,
             ),
@@ -1656,7 +1672,14 @@ pub(crate) mod skeleton_tests {
             let eol = if crlf { "\r\n" } else { "\n" };
             let parts: Vec<(String, String, String)> = parts
                 .into_iter()
-                .map(|(ct, cte, data, width, spoil)| {
+                .map(|(ct, cte, data, width, spoil, text)| {
+                    // Text as real text attachments carry: UTF-8, or ASCII.
+                    let data = match text {
+                        1 => String::from_utf8_lossy(&data).into_owned().into_bytes(),
+                        2 => data.iter().map(|b| b & 0x7f).collect(),
+                        _ => data,
+                    };
+                    let ct = ct.replace('\n', eol);
                     let mut body = b64(&data, width, eol);
                     // Spoil some bodies the ways real mail does.
                     match spoil {
@@ -1669,9 +1692,12 @@ pub(crate) mod skeleton_tests {
                         6 => body = body.replacen(eol, "", 1),
                         7 => body = body.replacen(eol, &format!("{eol}{eol}"), 1),
                         8 => body = body.replacen(eol, if crlf { "\n" } else { "\r\n" }, 1),
+                        // Spaces and tabs where some writers leave them.
+                        9 => body = body.replace(eol, &format!(" {eol}")),
+                        10 => body = body.replacen('A', "\tA", 2),
                         _ => {}
                     }
-                    (ct.to_owned(), cte.to_owned(), body)
+                    (ct, cte.to_owned(), body)
                 })
                 .collect();
             let raw = message(eol, &parts, nest);
@@ -1690,23 +1716,33 @@ pub(crate) mod skeleton_tests {
         assert!(!mentions_base64(b"64"));
     }
 
-    #[test]
-    fn a_typical_attachment_is_set_aside() {
-        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 31 % 256) as u8).collect();
-        let body = b64(&data, 76, "\r\n");
+    /// The parse of a message with one attachment of type `ct` holding `data`, after checking
+    /// that it was set aside and that both parses agree.
+    fn set_aside_alone(ct: &str, data: &[u8]) -> ParsedMessage {
         let raw = message(
             "\r\n",
-            &[(
-                "application/pdf; name=\"r.pdf\"".into(),
-                "base64".into(),
-                body,
-            )],
+            &[(ct.into(), "base64".into(), b64(data, 76, "\r\n"))],
             true,
         );
         let (whole, fast) = both(raw.as_bytes());
         assert_eq!(fast.as_deref(), Some(whole.as_str()));
         let p = parse(raw.as_bytes()).unwrap();
         assert_eq!(p.attachments[0].size, data.len());
-        assert_eq!(p.attachments[0].sha256, sha256(&data));
+        assert_eq!(p.attachments[0].sha256, sha256(data));
+        p
+    }
+
+    #[test]
+    fn a_text_attachment_is_set_aside_and_parses_the_same() {
+        let csv = "id;name\r\n7;Caf\u{e9}\r\n".repeat(3000);
+        let ct = "text/csv; charset=utf-8\r\nContent-Disposition: attachment; filename=a.csv";
+        let p = set_aside_alone(ct, csv.as_bytes());
+        assert_eq!(p.attachments[0].filename, "a.csv");
+    }
+
+    #[test]
+    fn a_typical_attachment_is_set_aside() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 31 % 256) as u8).collect();
+        set_aside_alone("application/pdf; name=\"r.pdf\"", &data);
     }
 }

@@ -3,13 +3,15 @@
 //! mail-parser decodes every part it parses, and most of the bytes of real mail are base64
 //! attachments of which mailticket keeps only a size and a digest (the raw message keeps the
 //! content). [`of_slice`] and [`of_reader`] copy a message line by line, putting in place of
-//! each clean base64 body of a non-text part a one-line marker, and decode and hash that body
-//! on the way, in bounded memory: the parse then runs on the copy, the skeleton, and
-//! `message` takes each attachment's size and digest from [`Skeleton::set_aside`].
+//! each clean base64 body of a non-text part, or of a text part sent as an attachment (a log,
+//! a CSV file) in UTF-8, a one-line marker, and decode and hash that body on the way, in
+//! bounded memory: the parse then runs on the copy, the skeleton, and `message` takes each
+//! attachment's size and digest from [`Skeleton::set_aside`].
 //!
 //! The walk copies what it does not understand as it is: a body with anything but the base64
-//! alphabet and line ends (spaces, padding in the middle, a non-canonical end), a part nested
-//! too deep, a header block it cannot read. `message` checks that the parse of the skeleton
+//! alphabet, spaces, tabs and line ends (padding in the middle, a non-canonical end), a text
+//! attachment that is not UTF-8 (its parse converts it), a part nested too deep, a header
+//! block it cannot read. `message` checks that the parse of the skeleton
 //! found every marker exactly once, as an attachment, and parses the original bytes instead
 //! otherwise; so a skeleton changes how fast a message parses, never what the parse says.
 
@@ -31,7 +33,8 @@ const MAX_HEAD: usize = 256 * 1024;
 /// Base64 characters decoded at a time.
 const CHUNK: usize = 16 * 1024;
 
-/// What a marker decodes to: this prefix, the skeleton's nonce, the part's index.
+/// What a marker decodes to: this prefix, then the skeleton's nonce and the part's index in
+/// hexadecimal: ASCII, so that it reads the same as the text of a text attachment.
 const MARKER_PREFIX: &[u8; 12] = b"\0mailticket\0";
 
 /// A message with its large attachment bodies set aside.
@@ -86,16 +89,18 @@ impl Skeleton {
     /// The index of the body `decoded` stands for, when it is one of this skeleton's markers.
     pub fn marker_index(&self, decoded: &[u8]) -> Option<usize> {
         let rest = decoded.strip_prefix(MARKER_PREFIX.as_slice())?;
-        let rest = rest.strip_prefix(self.nonce.as_slice())?;
-        let index: [u8; 4] = rest.try_into().ok()?;
-        let i = usize::try_from(u32::from_le_bytes(index)).ok()?;
+        let rest = rest.strip_prefix(crate::message::hex(&self.nonce).as_bytes())?;
+        if rest.len() != 8 || !rest.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let i = usize::from_str_radix(std::str::from_utf8(rest).ok()?, 16).ok()?;
         (i < self.set_aside.len()).then_some(i)
     }
 
     fn marker(&self, index: usize) -> String {
         let mut m = MARKER_PREFIX.to_vec();
-        m.extend_from_slice(&self.nonce);
-        m.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_le_bytes());
+        m.extend_from_slice(crate::message::hex(&self.nonce).as_bytes());
+        m.extend_from_slice(format!("{:08x}", u32::try_from(index).unwrap_or(u32::MAX)).as_bytes());
         base64::engine::general_purpose::STANDARD.encode(m)
     }
 }
@@ -223,8 +228,19 @@ enum End {
 /// What a part's header block says about its body.
 enum Body {
     Multipart(Vec<u8>),
-    Base64,
+    /// Set aside when clean: any base64 body, or only text in this encoding.
+    Base64(Option<Text>),
     Other,
+}
+
+/// The text a text attachment set aside must be, so that its parse (which converts it from
+/// its charset) gives back its very bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Text {
+    /// No charset, or UTF-8.
+    Utf8,
+    /// US-ASCII.
+    Ascii,
 }
 
 /// The source with what the walk needs to know of what it has read.
@@ -345,7 +361,7 @@ impl<L: Lines> Walk<L> {
         };
         match body {
             Body::Multipart(boundary) if depth < MAX_DEPTH => self.multipart(boundary, depth),
-            Body::Base64 => self.set_aside(eol),
+            Body::Base64(text) => self.set_aside(eol, text),
             _ => self.copy_body(),
         }
     }
@@ -388,12 +404,12 @@ impl<L: Lines> Walk<L> {
     /// A base64 body: decoded and hashed, and a marker line in its place; copied as it is
     /// when it is not clean base64 (or empty). A regular body is also kept decoded, when the
     /// walk keeps them.
-    fn set_aside(&mut self, eol: &[u8]) -> io::Result<End> {
+    fn set_aside(&mut self, eol: &[u8], text: Option<Text>) -> io::Result<End> {
         let start = self.r.src.position();
         let kept = self
             .keep
             .then(|| std::mem::take(&mut self.skeleton.kept.bytes));
-        let mut decoder = Decoder::new(kept);
+        let mut decoder = Decoder::new(kept, text);
         let mut clean = true;
         let (end, delimiter) = loop {
             let bounds = &self.bounds;
@@ -445,16 +461,34 @@ fn body_of(head: &[u8]) -> Body {
             _ => Body::Other,
         };
     }
-    let kept = ["text", "message"]
-        .iter()
-        .any(|t| ctype.eq_ignore_ascii_case(t));
     let base64 = part
         .content_transfer_encoding()
         .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
-    if kept || !base64 {
-        Body::Other
-    } else {
-        Body::Base64
+    if !base64 || ctype.eq_ignore_ascii_case("message") {
+        return Body::Other;
+    }
+    if !ctype.eq_ignore_ascii_case("text") {
+        return Body::Base64(None);
+    }
+    // A text part is the message's text unless it is sent as an attachment; the headers of
+    // a delivery report's original stay for the parse to read.
+    let attachment = part
+        .content_disposition()
+        .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
+    let headers = ct.subtype().is_some_and(|s| {
+        s.eq_ignore_ascii_case("rfc822-headers") || s.eq_ignore_ascii_case("global-headers")
+    });
+    let text = match ct.attribute("charset").map(str::trim) {
+        None => Some(Text::Utf8),
+        Some(c) if c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("utf8") => {
+            Some(Text::Utf8)
+        }
+        Some(c) if c.eq_ignore_ascii_case("us-ascii") => Some(Text::Ascii),
+        Some(_) => None,
+    };
+    match text {
+        Some(t) if attachment && !headers => Body::Base64(Some(t)),
+        _ => Body::Other,
     }
 }
 
@@ -484,6 +518,10 @@ struct Decoder {
     size: usize,
     padded: bool,
     lines: Layout,
+    /// What the decoded bytes must be, for a text attachment.
+    text: Option<Text>,
+    /// The start of a UTF-8 sequence that the last chunk cut.
+    carry: Vec<u8>,
 }
 
 /// The lines of a base64 body so far, for [`Region`]: blank lines may come before and after
@@ -533,7 +571,7 @@ impl Layout {
 
 impl Decoder {
     /// Decodes into `kept` (after what it holds) when given, else into a scratch buffer.
-    fn new(kept: Option<Vec<u8>>) -> Decoder {
+    fn new(kept: Option<Vec<u8>>, text: Option<Text>) -> Decoder {
         let kept_from = kept.as_ref().map(Vec::len);
         Decoder {
             pending: Vec::with_capacity(CHUNK + 1024),
@@ -543,6 +581,8 @@ impl Decoder {
             size: 0,
             padded: false,
             lines: Layout::default(),
+            text,
+            carry: Vec::new(),
         }
     }
 
@@ -558,7 +598,14 @@ impl Decoder {
             return false;
         }
         self.padded = memchr::memchr(b'=', data).is_some();
-        self.pending.extend_from_slice(data);
+        if memchr::memchr2(b' ', b'\t', data).is_some() {
+            // The parse skips spaces and tabs; the store cannot lay such lines out again.
+            self.lines.irregular = true;
+            self.pending
+                .extend(data.iter().filter(|&&b| b != b' ' && b != b'\t'));
+        } else {
+            self.pending.extend_from_slice(data);
+        }
         if self.padded || self.pending.len() < CHUNK {
             return true;
         }
@@ -580,9 +627,14 @@ impl Decoder {
         match engine.decode_slice(input, room) {
             Ok(len) => {
                 self.out.truncate(at + len);
-                self.digest.update(self.out.get(at..).unwrap_or_default());
+                let bytes = self.out.get(at..).unwrap_or_default();
+                self.digest.update(bytes);
                 self.size += len;
-                true
+                match self.text {
+                    None => true,
+                    Some(Text::Ascii) => bytes.is_ascii(),
+                    Some(Text::Utf8) => utf8_so_far(&mut self.carry, bytes),
+                }
             }
             Err(_) => false,
         }
@@ -593,7 +645,7 @@ impl Decoder {
     /// only when it has a region.
     fn finish(mut self, clean: bool) -> (Option<SetAside>, Option<Region>, Option<Vec<u8>>) {
         let n = self.pending.len();
-        let clean = clean && n.is_multiple_of(4) && self.decode(n);
+        let clean = clean && n.is_multiple_of(4) && self.decode(n) && self.carry.is_empty();
         let set_aside = clean.then(|| {
             let d = self.digest.finish();
             let mut sha256 = [0u8; 32];
@@ -621,6 +673,37 @@ impl Decoder {
             self.out.truncate(from);
         }
         (set_aside, region, Some(self.out))
+    }
+}
+
+/// Whether `carry` (the start of a UTF-8 sequence the last chunk cut) and then `bytes` are
+/// UTF-8 so far; leaves in `carry` the start of a sequence that `bytes` cuts. The whole is
+/// UTF-8 when every chunk passed and `carry` ends empty.
+fn utf8_so_far(carry: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    if let Some(&first) = carry.first() {
+        let need: usize = match first {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            _ => 4,
+        };
+        let take = need.saturating_sub(carry.len()).min(rest.len());
+        carry.extend_from_slice(rest.get(..take).unwrap_or_default());
+        rest = rest.get(take..).unwrap_or_default();
+        match std::str::from_utf8(carry) {
+            Ok(_) => carry.clear(),
+            // Still cut: a valid start so far.
+            Err(e) if e.error_len().is_none() && rest.is_empty() => return true,
+            Err(_) => return false,
+        }
+    }
+    match std::str::from_utf8(rest) {
+        Ok(_) => true,
+        Err(e) if e.error_len().is_some() => false,
+        Err(e) => {
+            carry.extend_from_slice(rest.get(e.valid_up_to()..).unwrap_or_default());
+            true
+        }
     }
 }
 
@@ -669,7 +752,7 @@ mod tests {
         let data = b"some bytes of an attachment, enough to fill a few lines of base64 text";
         let good = b64_lines(data, 20, "\r\n");
         for bad in [
-            good.replacen('A', " ", 1),
+            good.replacen('A', "-", 1),
             good.replacen("\r\n", "==\r\n", 1),
             format!("{good}QQ==\r\n"),
             good.replacen("\r\n", "\r\n-\r\n", 1),
@@ -680,6 +763,126 @@ mod tests {
             assert!(s.set_aside.is_empty(), "{bad:?}");
             assert_eq!(s.bytes, raw.as_bytes(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn utf8_checked_in_chunks_is_utf8_checked_whole() {
+        let alphabet: [&[u8]; 8] = [
+            b"a",
+            b"\xc3\xa9",
+            b"\xe6\xb3\xa8",
+            b"\xf0\x9f\x98\x80",
+            b"\xc3",
+            b"\xa9",
+            b"\xff",
+            b"\xed\xa0\x80",
+        ];
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..20_000 {
+            let mut bytes = Vec::new();
+            for _ in 0..next(8) {
+                bytes.extend_from_slice(alphabet[next(8) as usize]);
+            }
+            let whole = std::str::from_utf8(&bytes).is_ok();
+            let mut carry = Vec::new();
+            let mut ok = true;
+            let mut at = 0;
+            while at < bytes.len() && ok {
+                let n = (1 + next(4) as usize).min(bytes.len() - at);
+                ok = utf8_so_far(&mut carry, &bytes[at..at + n]);
+                at += n;
+            }
+            assert_eq!(ok && carry.is_empty(), whole, "{bytes:x?}");
+        }
+    }
+
+    #[test]
+    fn a_text_attachment_in_utf8_is_set_aside_and_one_in_another_charset_copied() {
+        let text = "id;name;amount\r\n1;Caf\u{e9} \u{6ce8}\u{6587};42.00\r\n".repeat(400);
+        let attach = |ct: &str, disposition: &str, data: &[u8]| {
+            format!(
+                "From: a@example.com\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+                 --b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1\r\n\
+                 Content-Type: {ct}\r\n{disposition}Content-Transfer-Encoding: base64\r\n\r\n\
+                 {}--b1--\r\n",
+                b64_lines(data, 76, "\r\n")
+            )
+        };
+        let attached = "Content-Disposition: attachment; filename=a.csv\r\n";
+        for (ct, disposition, data, set_aside) in [
+            ("text/csv; charset=utf-8", attached, text.as_bytes(), true),
+            ("text/csv", attached, text.as_bytes(), true),
+            (
+                "text/plain; charset=us-ascii",
+                attached,
+                b"plain ascii\r\n".repeat(99).as_slice(),
+                true,
+            ),
+            (
+                "text/plain; charset=us-ascii",
+                attached,
+                text.as_bytes(),
+                false,
+            ),
+            (
+                "text/csv; charset=iso-8859-1",
+                attached,
+                b"caf\xe9\r\n".repeat(99).as_slice(),
+                false,
+            ),
+            (
+                "text/csv; charset=utf-8",
+                attached,
+                b"caf\xe9\r\n".repeat(99).as_slice(),
+                false,
+            ),
+            // The message's own text, and a delivery report's original headers, are parsed.
+            ("text/plain; charset=utf-8", "", text.as_bytes(), false),
+            (
+                "text/rfc822-headers",
+                attached,
+                b"From: x@y\r\n".repeat(99).as_slice(),
+                false,
+            ),
+        ] {
+            let raw = attach(ct, disposition, data);
+            let s = of_slice(raw.as_bytes());
+            assert_eq!(
+                s.set_aside.len(),
+                usize::from(set_aside),
+                "{ct} {disposition}"
+            );
+            if set_aside {
+                assert_eq!(s.set_aside[0].size, data.len());
+                let parsed = crate::message::parse(raw.as_bytes()).unwrap();
+                assert_eq!(parsed.attachments[0].size, data.len());
+                assert_eq!(parsed.attachments[0].sha256, crate::message::sha256(data));
+            } else {
+                assert_eq!(s.bytes, raw.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn spaces_and_tabs_in_base64_lines_are_skipped_as_the_parse_skips_them() {
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 256) as u8).collect();
+        let body = b64_lines(&data, 76, "\r\n")
+            .replace("\r\n", " \r\n")
+            .replacen('Q', "\tQ", 3);
+        let raw = with_attachment(&body);
+        let s = of_slice(raw.as_bytes());
+        assert_eq!(s.set_aside.len(), 1);
+        assert_eq!(s.set_aside[0].size, data.len());
+        // Not laid out again by the store: kept as received.
+        assert!(s.kept.regions.is_empty());
+        let parsed = crate::message::parse(raw.as_bytes()).unwrap();
+        assert_eq!(parsed.attachments[0].sha256, crate::message::sha256(&data));
     }
 
     #[test]
