@@ -224,7 +224,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
 /// [`skeleton::Kept`]).
 pub fn parse_keeping(raw: &[u8]) -> Result<(ParsedMessage, skeleton::Kept), ParseFailure> {
     guarded(|| {
-        if raw.len() >= SKELETON_FROM && mentions_base64(raw) {
+        if raw.len() >= SKELETON_FROM && (mentions_base64(raw) || raw.len() > skeleton::TEXT_CUT) {
             let mut sk = skeleton::of_slice(raw);
             let kept = std::mem::take(&mut sk.kept);
             let parsed = match parse_skeleton(&sk) {
@@ -256,7 +256,7 @@ pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailur
         |e: std::io::Error| ParseFailure(format!("cannot read the spooled message: {e}"));
     let start = file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
     let sk = skeleton::of_reader(std::io::BufReader::new(&mut *file)).map_err(unreadable)?;
-    if sk.set_aside.is_empty() {
+    if sk.set_aside.is_empty() && sk.cut == 0 {
         // Nothing was set aside: the skeleton is the message byte for byte.
         return guarded(|| parse_whole(&sk.bytes));
     }
@@ -270,10 +270,11 @@ pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailur
     guarded(|| parse_whole(&raw))
 }
 
-/// The parse of `sk`, when something was set aside and the parse found each marker exactly
-/// once as an attachment (else the caller parses the original).
+/// The parse of `sk`, when something was set aside or cut and the parse found each marker
+/// exactly once as an attachment, and no cut text in one (else the caller parses the
+/// original).
 fn parse_skeleton(sk: &Skeleton) -> Option<ParsedMessage> {
-    if sk.set_aside.is_empty() {
+    if sk.set_aside.is_empty() && sk.cut == 0 {
         return None;
     }
     parse_inner(&sk.bytes, sk.blank, Some(sk)).ok().flatten()
@@ -482,6 +483,16 @@ fn markers_found_once(msg: &mail_parser::Message<'_>, sk: &Skeleton) -> bool {
         })
     };
     if read_as_text(&msg.text_body) || read_as_text(&msg.html_body) {
+        return false;
+    }
+    // A text cut short must be read as text, not as an attachment (whose size and digest
+    // would be of what is left).
+    let note = skeleton::CUT_NOTE.as_bytes();
+    if sk.cut > 0
+        && msg
+            .attachments()
+            .any(|p| memchr::memmem::find(p.contents(), note).is_some())
+    {
         return false;
     }
     let mut seen = vec![0u32; sk.set_aside.len()];
@@ -1730,6 +1741,124 @@ pub(crate) mod skeleton_tests {
         assert_eq!(p.attachments[0].size, data.len());
         assert_eq!(p.attachments[0].sha256, sha256(data));
         p
+    }
+
+    /// `raw` parsed in memory and from a file: the same, and returned.
+    fn both_ways(raw: &[u8]) -> ParsedMessage {
+        let mut file = tempfile();
+        std::io::Write::write_all(&mut file, raw).unwrap();
+        let from_file = parse_file(&mut file).unwrap();
+        let parsed = parse(raw).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{parsed:?}"));
+        parsed
+    }
+
+    #[test]
+    fn a_long_text_is_cut_the_same_in_memory_and_from_a_file() {
+        let line = "a line of a very long log pasted into the message, caf\u{e9}\r\n";
+        let long = line.repeat(3 * skeleton::TEXT_CUT / line.len());
+        let plain =
+            format!("From: a@example.com\r\nSubject: log\r\nMessage-ID: <l@x>\r\n\r\n{long}");
+        let qp = format!(
+            "From: a@example.com\r\nSubject: log\r\nMessage-ID: <l@x>\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: quoted-printable\r\n\r\n{}",
+            long.replace('\u{e9}', "=C3=A9")
+        );
+        let in_base64 = message(
+            "\r\n",
+            &[(
+                "text/plain; charset=utf-8".into(),
+                "base64".into(),
+                b64(long.as_bytes(), 76, "\r\n"),
+            )],
+            false,
+        );
+        let pdf: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let with_pdf = message(
+            "\r\n",
+            &[
+                ("text/plain".into(), "8bit".into(), long),
+                (
+                    "application/pdf".into(),
+                    "base64".into(),
+                    b64(&pdf, 76, "\r\n"),
+                ),
+            ],
+            false,
+        );
+        for raw in [&plain, &qp, &in_base64, &with_pdf] {
+            let p = both_ways(raw.as_bytes());
+            let head = line.trim_end();
+            assert!(p.text.starts_with(head), "{}", &p.text[..200]);
+            assert!(
+                p.text.len() < skeleton::TEXT_CUT + 70_000,
+                "{}",
+                p.text.len()
+            );
+            let note = p.text.lines().last().unwrap();
+            assert!(note.starts_with(skeleton::CUT_NOTE), "{note:?}");
+            assert!(
+                note.contains("more bytes of this part are left out"),
+                "{note:?}"
+            );
+        }
+        let p = both_ways(with_pdf.as_bytes());
+        assert_eq!(p.attachments.len(), 1);
+        assert_eq!(p.attachments[0].sha256, sha256(&pdf));
+        // A short text is not touched.
+        let short = format!(
+            "From: a@example.com\r\nSubject: s\r\n\r\n{}",
+            line.repeat(10_000)
+        );
+        assert!(
+            !both_ways(short.as_bytes())
+                .text
+                .contains(skeleton::CUT_NOTE)
+        );
+    }
+
+    #[test]
+    fn texts_are_cut_to_a_total_and_an_attachment_is_never_cut() {
+        let part = "x".repeat(100) + "\r\n";
+        let big = part.repeat(skeleton::TEXT_CUT / 100);
+        let parts: Vec<(String, String, String)> = (0..6)
+            .map(|_| ("text/plain".into(), "8bit".into(), big.clone()))
+            .chain([(
+                "text/plain\r\nContent-Disposition: attachment; filename=log.txt".into(),
+                "8bit".into(),
+                big.clone(),
+            )])
+            .collect();
+        let raw = message("\r\n", &parts, false);
+        let sk = skeleton::of_slice(raw.as_bytes());
+        assert!(
+            sk.bytes.len() < 5 * skeleton::TEXT_CUT + big.len() + 100_000,
+            "{}",
+            sk.bytes.len()
+        );
+        assert!(sk.cut > 2 * big.len() as u64);
+        let p = both_ways(raw.as_bytes());
+        assert_eq!(p.attachments.len(), 1);
+        // Its last line end belongs to the delimiter.
+        assert_eq!(p.attachments[0].size, big.len() - 2);
+        // Text that says what a cut says, in an attachment: the whole message is parsed.
+        let forged = format!("{}{}", skeleton::CUT_NOTE, big);
+        let parts = [
+            ("text/plain".into(), "8bit".into(), big.repeat(2)),
+            (
+                "text/plain\r\nContent-Disposition: attachment; filename=a.txt".into(),
+                "8bit".into(),
+                forged,
+            ),
+        ];
+        let raw = message("\r\n", &parts, false);
+        let p = both_ways(raw.as_bytes());
+        assert!(!p.text.contains(skeleton::CUT_NOTE));
+        assert_eq!(
+            p.text.lines().count(),
+            2 * (big.len() / part.len()),
+            "the whole text"
+        );
     }
 
     #[test]

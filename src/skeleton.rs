@@ -33,6 +33,18 @@ const MAX_HEAD: usize = 256 * 1024;
 /// Base64 characters decoded at a time.
 const CHUNK: usize = 16 * 1024;
 
+/// The most bytes of one text part (the message's own text, not an attachment) that the walk
+/// copies, a piece at a time; the rest of the part is left out, a line saying so in its place
+/// (the raw message keeps it all). The parse then holds about this much whatever the text's
+/// size.
+pub const TEXT_CUT: usize = 1 << 20;
+
+/// The most bytes of all the text parts of a message together.
+const TEXT_TOTAL: usize = 4 << 20;
+
+/// How the line in place of a text's rest starts.
+pub const CUT_NOTE: &str = "[mailticket: ";
+
 /// What a marker decodes to: this prefix, then the skeleton's nonce and the part's index in
 /// hexadecimal: ASCII, so that it reads the same as the text of a text attachment.
 const MARKER_PREFIX: &[u8; 12] = b"\0mailticket\0";
@@ -45,6 +57,8 @@ pub struct Skeleton {
     pub set_aside: Vec<SetAside>,
     /// Whether every byte of the original is ASCII whitespace.
     pub blank: bool,
+    /// The bytes of text parts left out (see [`TEXT_CUT`]).
+    pub cut: u64,
     /// The bodies set aside that the store can keep decoded ([`of_slice`] only).
     pub kept: Kept,
     nonce: [u8; 8],
@@ -117,6 +131,7 @@ pub fn of_slice(raw: &[u8]) -> Skeleton {
         bytes: raw.to_vec(),
         set_aside: Vec::new(),
         blank: raw.iter().all(u8::is_ascii_whitespace),
+        cut: 0,
         kept: Kept::default(),
         nonce: [0; 8],
     })
@@ -230,6 +245,8 @@ enum Body {
     Multipart(Vec<u8>),
     /// Set aside when clean: any base64 body, or only text in this encoding.
     Base64(Option<Text>),
+    /// The message's own text (cut when long, see [`TEXT_CUT`]); whether in base64.
+    Text(bool),
     Other,
 }
 
@@ -280,6 +297,8 @@ struct Walk<L> {
     bounds: Vec<Vec<u8>>,
     /// Keep the decoded bodies ([`Skeleton::kept`]).
     keep: bool,
+    /// What text parts may still copy ([`TEXT_TOTAL`]).
+    text_left: usize,
 }
 
 impl<L: Lines> Walk<L> {
@@ -294,11 +313,13 @@ impl<L: Lines> Walk<L> {
                 bytes: Vec::with_capacity(capacity),
                 set_aside: Vec::new(),
                 blank: true,
+                cut: 0,
                 kept: Kept::default(),
                 nonce: fastrand::u64(..).to_le_bytes(),
             },
             bounds: Vec::new(),
             keep: false,
+            text_left: TEXT_TOTAL,
         }
     }
 
@@ -362,6 +383,7 @@ impl<L: Lines> Walk<L> {
         match body {
             Body::Multipart(boundary) if depth < MAX_DEPTH => self.multipart(boundary, depth),
             Body::Base64(text) => self.set_aside(eol, text),
+            Body::Text(base64) => self.copy_text(eol, base64),
             _ => self.copy_body(),
         }
     }
@@ -399,6 +421,66 @@ impl<L: Lines> Walk<L> {
                 return Ok(end);
             }
         }
+    }
+
+    /// A text body as [`Walk::copy_body`] copies it, up to [`TEXT_CUT`] bytes (and what is
+    /// left of [`TEXT_TOTAL`]), whole pieces at a time; the rest is left out, a line in its
+    /// place saying how many bytes (in base64 when the text is: its last quantum padded so
+    /// the note decodes).
+    fn copy_text(&mut self, eol: &[u8], base64: bool) -> io::Result<End> {
+        let budget = TEXT_CUT.min(self.text_left);
+        let (mut copied, mut chars, mut left_out) = (0usize, 0usize, 0u64);
+        let mut line_ended = true;
+        let end = loop {
+            let bounds = &self.bounds;
+            let Some((piece, starts)) = self.r.next()? else {
+                break None;
+            };
+            if starts && let Some(end) = Self::delimiter(bounds, piece) {
+                break Some((end, piece.to_vec()));
+            }
+            if copied < budget {
+                copied += piece.len();
+                if base64 {
+                    chars += piece.iter().filter(|b| !b.is_ascii_whitespace()).count();
+                }
+                line_ended = piece.ends_with(b"\n");
+                self.skeleton.bytes.extend_from_slice(piece);
+            } else {
+                left_out += piece.len() as u64;
+            }
+        };
+        self.text_left = self.text_left.saturating_sub(copied);
+        if left_out > 0 {
+            self.skeleton.cut += left_out;
+            let bytes = &mut self.skeleton.bytes;
+            if !line_ended {
+                bytes.extend_from_slice(eol);
+            }
+            let note = format!(
+                "{CUT_NOTE}{left_out} more bytes of this part are left out here; \
+                 `mailticket show --raw` prints the whole message]"
+            );
+            if base64 {
+                bytes.extend(std::iter::repeat_n(b'=', (4 - chars % 4) % 4));
+                bytes.extend_from_slice(eol);
+                let mut line = eol.to_vec();
+                line.extend_from_slice(note.as_bytes());
+                line.extend_from_slice(eol);
+                let encoded = base64::engine::general_purpose::STANDARD.encode(line);
+                bytes.extend_from_slice(encoded.as_bytes());
+            } else {
+                bytes.extend_from_slice(note.as_bytes());
+            }
+            bytes.extend_from_slice(eol);
+        }
+        Ok(match end {
+            Some((end, delimiter)) => {
+                self.skeleton.bytes.extend_from_slice(&delimiter);
+                end
+            }
+            None => End::Eof,
+        })
     }
 
     /// A base64 body: decoded and hashed, and a marker line in its place; copied as it is
@@ -451,8 +533,12 @@ fn body_of(head: &[u8]) -> Body {
         return Body::Other;
     };
     let part = msg.root_part();
+    let base64 = part
+        .content_transfer_encoding()
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
+    // Without a Content-Type, text/plain.
     let Some(ct) = part.content_type() else {
-        return Body::Other;
+        return Body::Text(base64);
     };
     let ctype = ct.ctype();
     if ctype.eq_ignore_ascii_case("multipart") {
@@ -461,14 +547,15 @@ fn body_of(head: &[u8]) -> Body {
             _ => Body::Other,
         };
     }
-    let base64 = part
-        .content_transfer_encoding()
-        .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
-    if !base64 || ctype.eq_ignore_ascii_case("message") {
+    if ctype.eq_ignore_ascii_case("message") {
         return Body::Other;
     }
     if !ctype.eq_ignore_ascii_case("text") {
-        return Body::Base64(None);
+        return if base64 {
+            Body::Base64(None)
+        } else {
+            Body::Other
+        };
     }
     // A text part is the message's text unless it is sent as an attachment; the headers of
     // a delivery report's original stay for the parse to read.
@@ -487,7 +574,9 @@ fn body_of(head: &[u8]) -> Body {
         Some(_) => None,
     };
     match text {
-        Some(t) if attachment && !headers => Body::Base64(Some(t)),
+        _ if headers => Body::Other,
+        _ if !attachment => Body::Text(base64),
+        Some(t) if base64 => Body::Base64(Some(t)),
         _ => Body::Other,
     }
 }
