@@ -686,14 +686,19 @@ impl Decoder {
         if self.padded {
             return false;
         }
-        self.padded = memchr::memchr(b'=', data).is_some();
-        if memchr::memchr2(b' ', b'\t', data).is_some() {
-            // The parse skips spaces and tabs; the store cannot lay such lines out again.
-            self.lines.irregular = true;
-            self.pending
-                .extend(data.iter().filter(|&&b| b != b' ' && b != b'\t'));
-        } else {
+        // One search for the rare bytes: padding, and the spaces and tabs the parse skips
+        // (the store cannot lay such lines out again).
+        if memchr::memchr3(b'=', b' ', b'\t', data).is_none() {
             self.pending.extend_from_slice(data);
+        } else {
+            self.padded = memchr::memchr(b'=', data).is_some();
+            if memchr::memchr2(b' ', b'\t', data).is_some() {
+                self.lines.irregular = true;
+                self.pending
+                    .extend(data.iter().filter(|&&b| b != b' ' && b != b'\t'));
+            } else {
+                self.pending.extend_from_slice(data);
+            }
         }
         if self.padded || self.pending.len() < CHUNK {
             return true;

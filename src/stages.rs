@@ -26,11 +26,9 @@ pub enum Stage {
     Thread,
     /// WAL checkpoints on the checkpoint thread.
     Checkpoint,
-    /// Making commits durable before a post-action (on the store's thread: part of `Store`).
-    Durable,
 }
 
-const STAGES: [Stage; 8] = [
+const STAGES: [Stage; 7] = [
     Stage::Parse,
     Stage::Hash,
     Stage::Classify,
@@ -38,10 +36,9 @@ const STAGES: [Stage; 8] = [
     Stage::Store,
     Stage::Thread,
     Stage::Checkpoint,
-    Stage::Durable,
 ];
 
-static NANOS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static NANOS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
 
 /// Runs `f`, counting its time to `stage`.
 pub fn time<T>(stage: Stage, f: impl FnOnce() -> T) -> T {
@@ -75,7 +72,7 @@ pub fn group(jobs: usize) {
 pub enum Worker {
     /// A parse worker (parse, hash, classify, compress).
     Prepare,
-    /// The store's thread (SQLite, the decisions in the transaction, making commits durable).
+    /// The store's thread (SQLite and the decisions in the transaction).
     Store,
     /// The checkpoint thread.
     Checkpoint,
@@ -104,7 +101,7 @@ fn cpu_ticks(path: &str) -> Option<u64> {
 /// time, and the rest of the process (the IMAP session: fetch and TLS) as `fetch_tls`.
 pub fn log() {
     let busy: Vec<f64> = seconds().into_iter().map(|(_, v)| v).collect();
-    let [parse, hash, classify, compress, store, thread, _, durable] = busy[..] else {
+    let [parse, hash, classify, compress, store, thread, _] = busy[..] else {
         return;
     };
     let cpu = |t: u64| t as f64 / 100.0;
@@ -122,8 +119,8 @@ pub fn log() {
         classify = share(prep_cpu, classify, prep),
         compress = share(prep_cpu, compress, prep),
         thread = share(store_cpu, thread, store),
-        sqlite = share(store_cpu, store - thread - durable, store),
-        checkpoint = ckpt_cpu + share(store_cpu, durable, store),
+        sqlite = share(store_cpu, store - thread, store),
+        checkpoint = ckpt_cpu,
         groups = GROUPS[0].load(Ordering::Relaxed),
         grouped = GROUPS[1].load(Ordering::Relaxed),
         "stage cpu seconds"

@@ -24,7 +24,7 @@ use crate::pass::{Job, budget, reserve, too_large};
 pub use crate::pass::{Pass, SyncOptions};
 use crate::pipeline::{PrepPool, Stored};
 use crate::spool::SPOOL_OVER;
-use crate::store::{Cursor, ImapPos, Origin, Store, StoreThread};
+use crate::store::{Cursor, ImapPos, Origin, StoreThread};
 use crate::summary::{RunSummary, SourceSummary};
 
 /// At most this many messages per UID FETCH.
@@ -327,7 +327,7 @@ async fn post_action(
     after: &After,
     uids: &[u32],
 ) -> Result<()> {
-    store.call(Store::make_durable).await?;
+    store.make_durable().await?;
     for chunk in uids.chunks(UIDS_PER_COMMAND) {
         match after {
             After::Seen => imap.add_flags(chunk, "\\Seen").await?,

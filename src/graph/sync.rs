@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::oauth2::Credentials;
 use crate::pass::{Job, Pass};
 use crate::pipeline::{PrepPool, Stored};
-use crate::store::{GraphCursor, GraphPos, Origin, Outcome, Store, StoreThread};
+use crate::store::{GraphCursor, GraphPos, Origin, Outcome, StoreThread};
 use crate::summary::SourceSummary;
 
 /// The Graph client of mailbox `mb`.
@@ -135,7 +135,7 @@ async fn finish_owed(
     if owed.is_empty() {
         return Ok(());
     }
-    store.call(Store::make_durable).await?;
+    store.make_durable().await?;
     tracing::debug!(count = owed.len(), "post-actions");
     let done = g.post_action(&owed, action).await?;
     let (name, folder) = (mb.name.clone(), mb.folder.clone());

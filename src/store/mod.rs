@@ -14,7 +14,8 @@
 //!
 //! - **Open and run**: [`Store::open`], [`Store::open_copy`] (dry run), [`Store::open_in_memory`];
 //!   [`StoreThread::spawn`] / `submit` / `submit_grouped` (group commit with a halt flag) /
-//!   `call`; [`Store::make_durable`] before a post-action; the dry-run and group brackets.
+//!   `call`; [`StoreThread::make_durable`] before a post-action (without waiting for the
+//!   queue); the dry-run and group brackets.
 //! - **One message's transaction** ([`Store::transaction`] → [`Tx`]), for `pipeline`:
 //!   - reads: `held_message`, `messages_from_within` (loop rate), `ticket_state`,
 //!     `newest_message_date`, `ticket_of_message_id`, `tickets_referring_to`, `takes_part`,
@@ -510,35 +511,12 @@ impl Store {
         result
     }
 
-    /// Makes every committed transaction durable before something outside the store acts on
-    /// it (the IMAP post-action deletes or moves the message, or marks a backlog message
-    /// seen): the WAL is copied into the database file, and what cannot be copied now (a
-    /// reader holds an old snapshot) is flushed to disk in the WAL itself. Without this, with
-    /// `synchronous = NORMAL`, a power cut could lose commits whose mail the server no longer
-    /// offers.
-    pub fn make_durable(&mut self) -> Result<()> {
-        crate::stages::time(crate::stages::Stage::Durable, || self.durable())
-    }
-
-    fn durable(&mut self) -> Result<()> {
-        let Some(path) = self.file().filter(|_| !self.dry_run) else {
-            return Ok(());
-        };
-        let (busy, log, done): (i64, i64, i64) =
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", params![], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-        if busy != 0 || done < log {
-            let mut wal = path.into_os_string();
-            wal.push("-wal");
-            match std::fs::File::open(&wal) {
-                Ok(f) => f.sync_data().map_err(|e| Error::io(&wal, e))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&wal, e)),
-            }
-        }
-        Ok(())
+    /// The WAL file whose sync makes this store's commits durable (see [`sync_wal`]); `None`
+    /// in memory, on PostgreSQL (a commit is durable when it returns) and in a dry run.
+    pub(crate) fn wal_file(&self) -> Option<PathBuf> {
+        self.file()
+            .filter(|_| !self.dry_run)
+            .map(|path| wal_of(&path))
     }
 
     /// The database file's path; `None` in memory and on PostgreSQL.
@@ -607,6 +585,26 @@ impl Store {
             Db::Lite(c) => Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?),
             Db::Pg(_) => pg::schema_version(&self.conn),
         }
+    }
+}
+
+/// The WAL file beside the database file `db`.
+fn wal_of(db: &Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// Makes every transaction committed to the store whose WAL is `wal` durable, from any
+/// thread: with `synchronous = NORMAL` a commit is written to the WAL but not synced, and
+/// syncing the WAL syncs every commit in it. A commit no longer in the WAL is in the database
+/// file, synced by the checkpoint that copied it before the WAL could start over; no WAL, no
+/// commit outside the synced database file.
+pub(crate) fn sync_wal(wal: &Path) -> Result<()> {
+    match std::fs::File::open(wal) {
+        Ok(f) => f.sync_data().map_err(|e| Error::io(wal, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(wal, e)),
     }
 }
 

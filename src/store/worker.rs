@@ -81,6 +81,8 @@ pub struct StoreThread {
     tx: mpsc::Sender<StoreJob>,
     /// Where large messages are spooled on their way in (see [`crate::spool`]).
     spool_dir: Arc<std::path::Path>,
+    /// The WAL whose sync makes commits durable (see [`StoreThread::make_durable`]).
+    wal: Option<Arc<std::path::Path>>,
 }
 
 /// Owns the thread; joining gives the store back.
@@ -92,6 +94,7 @@ impl StoreThread {
         let (tx, rx) = mpsc::channel::<StoreJob>();
         let checkpointer = store.start_checkpointer()?;
         let spool_dir: Arc<std::path::Path> = crate::spool::dir_for(store.file().as_deref()).into();
+        let wal = store.wal_file().map(Arc::from);
         crate::spool::sweep(&spool_dir);
         let handle = std::thread::Builder::new()
             .name("store".into())
@@ -114,7 +117,20 @@ impl StoreThread {
                 what: "the store thread",
                 source,
             })?;
-        Ok((StoreThread { tx, spool_dir }, StoreJoin(handle)))
+        Ok((StoreThread { tx, spool_dir, wal }, StoreJoin(handle)))
+    }
+
+    /// Makes every commit that has returned so far durable, before the post-action that
+    /// relies on it (see [`super::sync_wal`]): a sync of the WAL on a blocking thread, not a
+    /// job behind the messages in the store's queue, so fetching and the store go on
+    /// meanwhile. Nothing to do on PostgreSQL, in memory or in a dry run.
+    pub async fn make_durable(&self) -> Result<()> {
+        let Some(wal) = self.wal.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || super::sync_wal(&wal))
+            .await
+            .map_err(|e| crate::error::Error::Internal(format!("syncing the store: {e}")))?
     }
 
     /// The folder large messages are spooled to: beside an SQLite store, else the temporary
