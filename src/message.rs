@@ -223,18 +223,19 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
 /// [`parse`], with the regular base64 bodies it set aside kept decoded, for the store (see
 /// [`skeleton::Kept`]).
 pub fn parse_keeping(raw: &[u8]) -> Result<(ParsedMessage, skeleton::Kept), ParseFailure> {
-    guarded(|| {
-        if raw.len() >= SKELETON_FROM && (mentions_base64(raw) || raw.len() > skeleton::TEXT_CUT) {
-            let mut sk = skeleton::of_slice(raw);
+    if raw.len() >= SKELETON_FROM && (mentions_base64(raw) || raw.len() > skeleton::TEXT_CUT) {
+        // A panic in the walk or in the parse of the skeleton leaves the whole message to
+        // the parse, which alone decides whether it is unparseable.
+        if let Ok(mut sk) = guarded(|| Ok(skeleton::of_slice(raw))) {
             let kept = std::mem::take(&mut sk.kept);
-            let parsed = match parse_skeleton(&sk) {
-                Some(parsed) => parsed,
-                None => parse_whole(raw)?,
+            let parsed = match guarded(|| Ok(parse_skeleton(&sk))) {
+                Ok(Some(parsed)) => parsed,
+                _ => guarded(|| parse_whole(raw))?,
             };
             return Ok((parsed, kept));
         }
-        Ok((parse_whole(raw)?, skeleton::Kept::default()))
-    })
+    }
+    Ok((guarded(|| parse_whole(raw))?, skeleton::Kept::default()))
 }
 
 /// Whether `raw` says "base64" anywhere (in any case): else no body can be set aside and the
@@ -497,13 +498,31 @@ fn markers_found_once(msg: &mail_parser::Message<'_>, sk: &Skeleton) -> bool {
     }
     let mut seen = vec![0u32; sk.set_aside.len()];
     for part in msg.attachments() {
-        if let Some(i) = sk.marker_index(part.contents())
+        if let Some(i) = set_aside_index(sk, part)
             && let Some(n) = seen.get_mut(i)
         {
             *n += 1;
         }
     }
-    seen.iter().all(|&n| n == 1)
+    // A body inside an attached message is read by nothing.
+    seen.iter()
+        .zip(&sk.set_aside)
+        .all(|(&n, s)| n == 1 || s.kind == skeleton::Aside::Inner)
+}
+
+/// The entry of `sk` that attachment `part` stands for: a body whose marker is its content,
+/// or an attached message whose content is exactly the skeleton's bytes in its range (the
+/// parse began and ended it where the walk did).
+fn set_aside_index(sk: &Skeleton, part: &mail_parser::MessagePart<'_>) -> Option<usize> {
+    use skeleton::Aside;
+    let data = part.contents();
+    if part.message().is_some() {
+        let at = (data.as_ptr() as usize).checked_sub(sk.bytes.as_ptr() as usize)?;
+        let range = Aside::Message(at, at + data.len());
+        return sk.set_aside.iter().position(|s| s.kind == range);
+    }
+    sk.marker_index(data)
+        .filter(|&i| sk.set_aside.get(i).is_some_and(|s| s.kind == Aside::Body))
 }
 
 /// `raw` without what some writers put before the first header: a UTF-8 byte order mark and
@@ -956,7 +975,7 @@ fn attachments(
         let filename = safe_filename(part.attachment_name().unwrap_or(&fallback));
         let data = part.contents();
         let inline = is_inline(msg, part, &content_type);
-        let set_aside = sk.and_then(|sk| sk.set_aside.get(sk.marker_index(data)?));
+        let set_aside = sk.and_then(|sk| sk.set_aside.get(set_aside_index(sk, part)?));
         let (size, sha256) = match set_aside {
             Some(p) => (p.size, p.sha256),
             None => (data.len(), sha256(data)),
@@ -1526,7 +1545,11 @@ pub(crate) mod skeleton_tests {
     fn both(raw: &[u8]) -> (String, Option<String>) {
         let whole = format!("{:?}", guarded(|| parse_whole(raw)));
         let sk = skeleton::of_slice(raw);
-        let fast = parse_skeleton(&sk).map(|p| format!("{:?}", Ok::<_, ParseFailure>(p)));
+        // As `parse_keeping` takes it: a panic in the skeleton's parse leaves it to the whole.
+        let fast = guarded(|| Ok(parse_skeleton(&sk)))
+            .ok()
+            .flatten()
+            .map(|p| format!("{:?}", Ok::<_, ParseFailure>(p)));
         let mut file = tempfile();
         std::io::Write::write_all(&mut file, raw).unwrap();
         std::io::Seek::rewind(&mut file).unwrap();
@@ -1670,6 +1693,7 @@ pub(crate) mod skeleton_tests {
                         "text/plain\nContent-Disposition: ATTACHMENT",
                         "text/plain; charset=us-ascii\nContent-Disposition: attachment",
                         "text/plain; charset=latin1\nContent-Disposition: attachment",
+                        "message/rfc822\nContent-Disposition: attachment; filename=m.eml",
                     ]),
                     prop::sample::select(vec!["base64", "BASE64", "7bit", "quoted-printable"]),
                     prop::collection::vec(any::<u8>(), 0..3000),
@@ -1712,6 +1736,70 @@ pub(crate) mod skeleton_tests {
                 })
                 .collect();
             let raw = message(eol, &parts, nest);
+            let (whole, fast) = both(raw.as_bytes());
+            if let Some(fast) = fast {
+                prop_assert_eq!(fast, whole);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Attached messages of every shape: a body set aside must give the parse the same
+        /// attachment (the size and digest of the bytes the parse takes).
+        #[test]
+        fn attached_messages_parse_the_same(
+            crlf in any::<bool>(),
+            lines in prop::collection::vec(
+                prop::sample::select(vec![
+                    "", " ", "--in", "--in--", "--in--  ", "--in  ", "--in x", "--outer-not", "-- ", "x\r",
+                    "Subject: inner", "=", "\t", "word --in word", "\u{e9}t\u{e9}",
+                    "Content-Type: text/plain", "Content-Type: multipart/mixed; boundary=deep",
+                    "--deep", "--deep--", "Content-Type: message/rfc822", "--outer", "--outer--",
+                    "Content-Transfer-Encoding: base64", "QUJD", "--in\r",
+                ]),
+                0..40,
+            ),
+            filler in 0usize..600,
+            headers in prop::sample::select(vec![
+                "From: c@example.org\nMessage-ID: <o@x>\n",
+                "Content-Type: multipart/mixed; boundary=in\n",
+                "",
+                "garbage line\n",
+            ]),
+            blank_first in any::<bool>(),
+            with_pdf in any::<bool>(),
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut inner = String::new();
+            if blank_first {
+                inner.push_str(eol);
+            }
+            inner.push_str(&headers.replace('\n', eol));
+            inner.push_str(eol);
+            if with_pdf {
+                // A base64 body inside: what is set aside.
+                inner.push_str(&format!(
+                    "--in{eol}Content-Type: application/pdf{eol}Content-Transfer-Encoding: base64{eol}{eol}"
+                ));
+                inner.push_str(&b64(&vec![7u8; filler + 100], 76, eol));
+            } else {
+                inner.push_str(&"y".repeat(filler));
+                inner.push_str(eol);
+            }
+            for l in &lines {
+                inner.push_str(l);
+                inner.push_str(eol);
+            }
+            let raw = message(
+                eol,
+                &[
+                    (format!("message/rfc822{eol}Content-Disposition: attachment"), "7bit".into(), inner.clone()),
+                    ("message/rfc822".into(), "8bit".into(), inner),
+                ],
+                false,
+            );
             let (whole, fast) = both(raw.as_bytes());
             if let Some(fast) = fast {
                 prop_assert_eq!(fast, whole);
@@ -1859,6 +1947,70 @@ pub(crate) mod skeleton_tests {
             2 * (big.len() / part.len()),
             "the whole text"
         );
+    }
+
+    /// A forwarded message: `inner` attached as `message/rfc822`.
+    fn forwarded(eol: &str, inner: &str) -> String {
+        message(
+            eol,
+            &[(
+                format!("message/rfc822{eol}Content-Disposition: attachment; filename=fw.eml"),
+                "7bit".into(),
+                inner.to_owned(),
+            )],
+            true,
+        )
+    }
+
+    #[test]
+    fn an_attached_message_is_set_aside_with_its_header_block_kept() {
+        let pdf: Vec<u8> = (0..9_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        for eol in ["\r\n", "\n"] {
+            for tail in ["", "\n", " \r\n\r\n", "x\n"] {
+                let inner = format!(
+                    "From: c@example.org{eol}To: a@example.com{eol}Subject: the original{eol}\
+                     Message-ID: <orig@example.org>{eol}Content-Type: multipart/mixed; boundary=in{eol}{eol}\
+                     --in{eol}Content-Type: multipart/alternative; boundary=alt{eol}{eol}\
+                     --alt{eol}Content-Type: text/plain{eol}{eol}hello{eol}-- {eol}sig{eol}--alt--{eol}\
+                     --in{eol}Content-Type: application/pdf{eol}Content-Transfer-Encoding: base64{eol}{eol}\
+                     {}--in--{eol}{tail}",
+                    b64(&pdf, 76, eol)
+                );
+                let raw = forwarded(eol, &inner);
+                let sk = skeleton::of_slice(raw.as_bytes());
+                let messages = sk
+                    .set_aside
+                    .iter()
+                    .filter(|s| matches!(s.kind, skeleton::Aside::Message(..)))
+                    .count();
+                assert_eq!(messages, 1, "{eol:?} {tail:?}");
+                assert!(sk.bytes.len() < 1000, "{eol:?} {tail:?}");
+                let (whole, fast) = both(raw.as_bytes());
+                assert_eq!(fast.as_deref(), Some(whole.as_str()), "{eol:?} {tail:?}");
+                let p = parse(raw.as_bytes()).unwrap();
+                assert_eq!(p.attachments[0].content_type, "message/rfc822");
+                // A bounce's original is still read from the header block.
+                let original = p.original_anywhere().unwrap();
+                assert_eq!(original.message_id.as_deref(), Some("orig@example.org"));
+            }
+        }
+        // Odd shapes: whatever the walk makes of them, the parse says the same.
+        let pdf = format!(
+            "--in\nContent-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n{}",
+            b64(&pdf, 76, "\n")
+        );
+        for odd in [
+            format!("Content-Type: multipart/mixed; boundary=in\n\n--outer-not\n{pdf}--in--\n"),
+            format!("Content-Type: multipart/mixed; boundary=in\n\n{pdf}"),
+            format!("Content-Type: multipart/mixed; boundary=in\n\n{pdf}--in--\n--outer\nx: y\n"),
+            format!("\nContent-Type: multipart/mixed; boundary=in\n\n{pdf}--in--\n"),
+        ] {
+            let raw = forwarded("\n", &odd);
+            let (whole, fast) = both(raw.as_bytes());
+            if let Some(fast) = fast {
+                assert_eq!(fast, whole, "{odd:?}");
+            }
+        }
     }
 
     #[test]

@@ -97,6 +97,23 @@ pub struct SetAside {
     pub size: usize,
     /// SHA-256 of the decoded content.
     pub sha256: [u8; 32],
+    /// What it is: an attachment body, a body inside an attached message, or an attached
+    /// message whose bodies inside were set aside.
+    pub kind: Aside,
+}
+
+/// What a [`SetAside`] stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aside {
+    /// An attachment's body: a marker in its place is its content.
+    Body,
+    /// A body inside an attached message: nothing reads it (the attached message is an
+    /// attachment as a whole).
+    Inner,
+    /// An attached message (`message/rfc822`) whose bodies inside were set aside: the size
+    /// and digest are of its bytes as received, and its content in the skeleton is exactly
+    /// the skeleton's bytes in this range.
+    Message(usize, usize),
 }
 
 impl Skeleton {
@@ -247,6 +264,8 @@ enum Body {
     Base64(Option<Text>),
     /// The message's own text (cut when long, see [`TEXT_CUT`]); whether in base64.
     Text(bool),
+    /// An attached message, not transfer-encoded.
+    Message,
     Other,
 }
 
@@ -299,6 +318,10 @@ struct Walk<L> {
     keep: bool,
     /// What text parts may still copy ([`TEXT_TOTAL`]).
     text_left: usize,
+    /// How many attached messages the walk is inside.
+    inside: usize,
+    /// Where the last delimiter copied was: in the source and in the skeleton.
+    last_delimiter: (u64, usize),
 }
 
 impl<L: Lines> Walk<L> {
@@ -320,6 +343,8 @@ impl<L: Lines> Walk<L> {
             bounds: Vec::new(),
             keep: false,
             text_left: TEXT_TOTAL,
+            inside: 0,
+            last_delimiter: (0, 0),
         }
     }
 
@@ -350,10 +375,12 @@ impl<L: Lines> Walk<L> {
         let mut top_preamble = depth == 0;
         let eol: &'static [u8] = loop {
             let bounds = &self.bounds;
+            let at = self.r.src.position();
             let Some((piece, starts)) = self.r.next()? else {
                 return Ok(End::Eof);
             };
             if starts && let Some(end) = Self::delimiter(bounds, piece) {
+                self.last_delimiter = (at, self.skeleton.bytes.len());
                 self.skeleton.bytes.extend_from_slice(piece);
                 return Ok(end);
             }
@@ -384,6 +411,7 @@ impl<L: Lines> Walk<L> {
             Body::Multipart(boundary) if depth < MAX_DEPTH => self.multipart(boundary, depth),
             Body::Base64(text) => self.set_aside(eol, text),
             Body::Text(base64) => self.copy_text(eol, base64),
+            Body::Message if depth < MAX_DEPTH => self.attached(depth),
             _ => self.copy_body(),
         }
     }
@@ -413,11 +441,14 @@ impl<L: Lines> Walk<L> {
     fn copy_body(&mut self) -> io::Result<End> {
         loop {
             let bounds = &self.bounds;
+            let at = self.r.src.position();
             let Some((piece, starts)) = self.r.next()? else {
                 return Ok(End::Eof);
             };
+            let sk_at = self.skeleton.bytes.len();
             self.skeleton.bytes.extend_from_slice(piece);
             if starts && let Some(end) = Self::delimiter(bounds, piece) {
+                self.last_delimiter = (at, sk_at);
                 return Ok(end);
             }
         }
@@ -428,16 +459,21 @@ impl<L: Lines> Walk<L> {
     /// place saying how many bytes (in base64 when the text is: its last quantum padded so
     /// the note decodes).
     fn copy_text(&mut self, eol: &[u8], base64: bool) -> io::Result<End> {
+        if self.inside > 0 {
+            // Nothing reads the text of an attached message.
+            return self.copy_body();
+        }
         let budget = TEXT_CUT.min(self.text_left);
         let (mut copied, mut chars, mut left_out) = (0usize, 0usize, 0u64);
         let mut line_ended = true;
         let end = loop {
             let bounds = &self.bounds;
+            let at = self.r.src.position();
             let Some((piece, starts)) = self.r.next()? else {
                 break None;
             };
             if starts && let Some(end) = Self::delimiter(bounds, piece) {
-                break Some((end, piece.to_vec()));
+                break Some((end, at, piece.to_vec()));
             }
             if copied < budget {
                 copied += piece.len();
@@ -475,12 +511,69 @@ impl<L: Lines> Walk<L> {
             bytes.extend_from_slice(eol);
         }
         Ok(match end {
-            Some((end, delimiter)) => {
+            Some((end, at, delimiter)) => {
+                self.last_delimiter = (at, self.skeleton.bytes.len());
                 self.skeleton.bytes.extend_from_slice(&delimiter);
                 end
             }
             None => End::Eof,
         })
+    }
+
+    /// An attached message (`message/rfc822`), walked like the message itself: its base64
+    /// bodies set aside (base64 holds no `-`, so no delimiter changes), everything else
+    /// copied. When any body inside was set aside, the attached message becomes one entry
+    /// ([`Aside::Message`]) with the size and digest of its bytes as received, up to the line
+    /// end before the delimiter that ends its part, read again for that; `message` checks
+    /// that the parse took exactly the skeleton's bytes in its range. Ended by the end of the
+    /// message instead, it is copied as it is.
+    fn attached(&mut self, depth: usize) -> io::Result<End> {
+        let (start, sk_start) = (self.r.src.position(), self.skeleton.bytes.len());
+        let first = self.skeleton.set_aside.len();
+        self.inside += 1;
+        let end = self.entity(depth + 1);
+        self.inside -= 1;
+        let end = end?;
+        if self.skeleton.set_aside.len() == first {
+            return Ok(end);
+        }
+        let End::Delimiter { .. } = end else {
+            self.skeleton.set_aside.truncate(first);
+            self.skeleton.bytes.truncate(sk_start);
+            self.r.rewind(start)?;
+            return self.copy_body();
+        };
+        let (delimiter_at, sk_delimiter) = self.last_delimiter;
+        // The line end before the delimiter is the delimiter's.
+        let before = self.skeleton.bytes.get(..sk_delimiter).unwrap_or_default();
+        let sk_end = sk_delimiter - line_end_len(before);
+        // The attached message as received, read again to hash it.
+        self.r.rewind(start)?;
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let (mut size, mut held) = (0usize, Vec::new());
+        while self.r.src.position() < delimiter_at {
+            let Some((piece, _)) = self.r.next()? else {
+                break;
+            };
+            held.extend_from_slice(piece);
+            let keep = line_end_len(&held);
+            let (now, later) = held.split_at(held.len() - keep);
+            digest.update(now);
+            size += now.len();
+            held = later.to_vec();
+        }
+        self.r.rewind(delimiter_at)?;
+        // The delimiter is in the skeleton already: read past it.
+        self.r.next()?;
+        for inner in self.skeleton.set_aside.iter_mut().skip(first) {
+            inner.kind = Aside::Inner;
+        }
+        self.skeleton.set_aside.push(SetAside {
+            size,
+            sha256: digest.finish().as_ref().try_into().unwrap_or([0; 32]),
+            kind: Aside::Message(sk_start, sk_end),
+        });
+        Ok(end)
     }
 
     /// A base64 body: decoded and hashed, and a marker line in its place; copied as it is
@@ -493,18 +586,18 @@ impl<L: Lines> Walk<L> {
             .then(|| std::mem::take(&mut self.skeleton.kept.bytes));
         let mut decoder = Decoder::new(kept, text);
         let mut clean = true;
-        let (end, delimiter) = loop {
+        let (end, delimiter_at, delimiter) = loop {
             let bounds = &self.bounds;
             let at = self.r.src.position();
             let Some((piece, starts)) = self.r.next()? else {
-                break (End::Eof, Vec::new());
+                break (End::Eof, at, Vec::new());
             };
             if starts && let Some(end) = Self::delimiter(bounds, piece) {
-                break (end, piece.to_vec());
+                break (end, at, piece.to_vec());
             }
             if !decoder.push(piece, at) {
                 clean = false;
-                break (End::Eof, Vec::new());
+                break (End::Eof, at, Vec::new());
             }
         };
         let (decoded, region, kept) = decoder.finish(clean);
@@ -517,11 +610,19 @@ impl<L: Lines> Walk<L> {
         };
         self.skeleton.kept.regions.extend(region);
         let index = self.skeleton.set_aside.len();
-        self.skeleton.set_aside.push(part);
+        let kind = if self.inside > 0 {
+            Aside::Inner
+        } else {
+            Aside::Body
+        };
+        self.skeleton.set_aside.push(SetAside { kind, ..part });
         let marker = self.skeleton.marker(index);
         let bytes = &mut self.skeleton.bytes;
         bytes.extend_from_slice(marker.as_bytes());
         bytes.extend_from_slice(eol);
+        if !delimiter.is_empty() {
+            self.last_delimiter = (delimiter_at, bytes.len());
+        }
         bytes.extend_from_slice(&delimiter);
         Ok(end)
     }
@@ -548,7 +649,18 @@ fn body_of(head: &[u8]) -> Body {
         };
     }
     if ctype.eq_ignore_ascii_case("message") {
-        return Body::Other;
+        let attached = ct
+            .subtype()
+            .is_some_and(|s| s.eq_ignore_ascii_case("rfc822") || s.eq_ignore_ascii_case("global"));
+        let encoded = part.content_transfer_encoding().is_some_and(|e| {
+            let e = e.trim();
+            e.eq_ignore_ascii_case("base64") || e.eq_ignore_ascii_case("quoted-printable")
+        });
+        return if attached && !encoded {
+            Body::Message
+        } else {
+            Body::Other
+        };
     }
     if !ctype.eq_ignore_ascii_case("text") {
         return if base64 {
@@ -578,6 +690,16 @@ fn body_of(head: &[u8]) -> Body {
         _ if !attachment => Body::Text(base64),
         Some(t) if base64 => Body::Base64(Some(t)),
         _ => Body::Other,
+    }
+}
+
+/// The length of the line end `bytes` ends with: `\r\n`, `\n` or a lone `\r` (whose `\n`
+/// may come next), else 0.
+fn line_end_len(bytes: &[u8]) -> usize {
+    if bytes.ends_with(b"\r\n") {
+        2
+    } else {
+        usize::from(bytes.ends_with(b"\n") || bytes.ends_with(b"\r"))
     }
 }
 
@@ -747,6 +869,7 @@ impl Decoder {
             SetAside {
                 size: self.size,
                 sha256,
+                kind: Aside::Body,
             }
         });
         let Some(from) = self.kept_from else {
