@@ -1693,6 +1693,8 @@ pub(crate) mod skeleton_tests {
                         "text/plain\nContent-Disposition: ATTACHMENT",
                         "text/plain; charset=us-ascii\nContent-Disposition: attachment",
                         "text/plain; charset=latin1\nContent-Disposition: attachment",
+                        "text/plain; charset=windows-1251\nContent-Disposition: attachment",
+                        "text/plain; charset=shift_jis\nContent-Disposition: attachment",
                         "message/rfc822\nContent-Disposition: attachment; filename=m.eml",
                     ]),
                     prop::sample::select(vec!["base64", "BASE64", "7bit", "quoted-printable"]),

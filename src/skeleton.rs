@@ -4,13 +4,13 @@
 //! attachments of which mailticket keeps only a size and a digest (the raw message keeps the
 //! content). [`of_slice`] and [`of_reader`] copy a message line by line, putting in place of
 //! each clean base64 body of a non-text part, or of a text part sent as an attachment (a log,
-//! a CSV file) in UTF-8, a one-line marker, and decode and hash that body on the way, in
+//! a CSV file) in UTF-8 or a charset of one byte a character, a one-line marker, and decode and hash that body on the way, in
 //! bounded memory: the parse then runs on the copy, the skeleton, and `message` takes each
 //! attachment's size and digest from [`Skeleton::set_aside`].
 //!
 //! The walk copies what it does not understand as it is: a body with anything but the base64
 //! alphabet, spaces, tabs and line ends (padding in the middle, a non-canonical end), a text
-//! attachment that is not UTF-8 (its parse converts it), a part nested too deep, a header
+//! attachment in a charset of several bytes a character or that is not what it says, a part nested too deep, a header
 //! block it cannot read. `message` checks that the parse of the skeleton
 //! found every marker exactly once, as an attachment, and parses the original bytes instead
 //! otherwise; so a skeleton changes how fast a message parses, never what the parse says.
@@ -269,14 +269,17 @@ enum Body {
     Other,
 }
 
-/// The text a text attachment set aside must be, so that its parse (which converts it from
-/// its charset) gives back its very bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the parse shows a text attachment: it converts the text from its charset, and the
+/// attachment's size and digest are those of what it shows.
+#[derive(Debug, Clone, Copy)]
 enum Text {
-    /// No charset, or UTF-8.
+    /// No charset, or UTF-8: the bytes must be UTF-8 (then shown as they are).
     Utf8,
-    /// US-ASCII.
+    /// US-ASCII: the bytes must be ASCII.
     Ascii,
+    /// A charset of one byte a character, converted by the parse's own converter, which then
+    /// gives the same text a piece at a time as whole (see [`byte_by_byte`]).
+    Charset(mail_parser::decoders::charsets::DecoderFnc),
 }
 
 /// The source with what the walk needs to know of what it has read.
@@ -683,7 +686,10 @@ fn body_of(head: &[u8]) -> Body {
             Some(Text::Utf8)
         }
         Some(c) if c.eq_ignore_ascii_case("us-ascii") => Some(Text::Ascii),
-        Some(_) => None,
+        // What the parse itself looks up, for a charset of one byte a character.
+        Some(c) => mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes())
+            .filter(|&f| byte_by_byte(f))
+            .map(Text::Charset),
     };
     match text {
         _ if headers => Body::Other,
@@ -726,7 +732,10 @@ struct Decoder {
     /// `out`'s length before this body, when the decoded bytes are kept.
     kept_from: Option<usize>,
     digest: ring::digest::Context,
+    /// Bytes decoded.
     size: usize,
+    /// Bytes of what the parse shows: `size`, or the text converted from its charset.
+    shown: usize,
     padded: bool,
     lines: Layout,
     /// What the decoded bytes must be, for a text attachment.
@@ -790,6 +799,7 @@ impl Decoder {
             kept_from,
             digest: ring::digest::Context::new(&ring::digest::SHA256),
             size: 0,
+            shown: 0,
             padded: false,
             lines: Layout::default(),
             text,
@@ -844,10 +854,17 @@ impl Decoder {
             Ok(len) => {
                 self.out.truncate(at + len);
                 let bytes = self.out.get(at..).unwrap_or_default();
-                self.digest.update(bytes);
                 self.size += len;
+                if let Some(Text::Charset(convert)) = self.text {
+                    let text = convert(bytes);
+                    self.digest.update(text.as_bytes());
+                    self.shown += text.len();
+                    return true;
+                }
+                self.digest.update(bytes);
+                self.shown += len;
                 match self.text {
-                    None => true,
+                    None | Some(Text::Charset(_)) => true,
                     Some(Text::Ascii) => bytes.is_ascii(),
                     Some(Text::Utf8) => utf8_so_far(&mut self.carry, bytes),
                 }
@@ -867,7 +884,7 @@ impl Decoder {
             let mut sha256 = [0u8; 32];
             sha256.copy_from_slice(d.as_ref());
             SetAside {
-                size: self.size,
+                size: self.shown,
                 sha256,
                 kind: Aside::Body,
             }
@@ -891,6 +908,16 @@ impl Decoder {
         }
         (set_aside, region, Some(self.out))
     }
+}
+
+/// Whether the converter `f` maps each byte on its own, ASCII to itself: then converting a
+/// text a piece at a time gives what converting it whole does, and a marker reads the same.
+/// A converter of sequences (UTF-16, UTF-7, Shift_JIS, GBK, ...) gives otherwise for the 256
+/// bytes in a row than for each byte alone.
+fn byte_by_byte(f: mail_parser::decoders::charsets::DecoderFnc) -> bool {
+    let all: Vec<u8> = (0..=255).collect();
+    let each: String = all.iter().map(|b| f(std::slice::from_ref(b))).collect();
+    f(&all) == each && all.iter().take(0x80).all(|&b| f(&[b]).as_bytes() == [b])
 }
 
 /// Whether `carry` (the start of a UTF-8 sequence the last chunk cut) and then `bytes` are
@@ -1020,8 +1047,15 @@ mod tests {
     }
 
     #[test]
-    fn a_text_attachment_in_utf8_is_set_aside_and_one_in_another_charset_copied() {
+    fn a_text_attachment_is_set_aside_as_the_parse_shows_it_and_one_it_may_not_copied() {
         let text = "id;name;amount\r\n1;Caf\u{e9} \u{6ce8}\u{6587};42.00\r\n".repeat(400);
+        let latin1 = b"caf\xe9;na\xefve;\xa342\r\n".repeat(99);
+        let latin1_shown = "caf\u{e9};na\u{ef}ve;\u{a3}42\r\n".repeat(99);
+        let utf16: Vec<u8> = "caf\u{e9}\r\n"
+            .repeat(99)
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
         let attach = |ct: &str, disposition: &str, data: &[u8]| {
             format!(
                 "From: a@example.com\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
@@ -1032,54 +1066,66 @@ mod tests {
             )
         };
         let attached = "Content-Disposition: attachment; filename=a.csv\r\n";
-        for (ct, disposition, data, set_aside) in [
-            ("text/csv; charset=utf-8", attached, text.as_bytes(), true),
-            ("text/csv", attached, text.as_bytes(), true),
+        let ascii = b"plain ascii\r\n".repeat(99);
+        let bad_utf8 = b"caf\xe9\r\n".repeat(99);
+        let headers = b"From: x@y\r\n".repeat(99);
+        // Type, disposition, content, and what the parse shows of it when set aside.
+        type Case<'a> = (&'a str, &'a str, &'a [u8], Option<&'a [u8]>);
+        let cases: [Case<'_>; 10] = [
+            (
+                "text/csv; charset=utf-8",
+                attached,
+                text.as_bytes(),
+                Some(text.as_bytes()),
+            ),
+            ("text/csv", attached, text.as_bytes(), Some(text.as_bytes())),
             (
                 "text/plain; charset=us-ascii",
                 attached,
-                b"plain ascii\r\n".repeat(99).as_slice(),
-                true,
+                &ascii,
+                Some(&ascii),
             ),
             (
                 "text/plain; charset=us-ascii",
                 attached,
                 text.as_bytes(),
-                false,
+                None,
             ),
             (
                 "text/csv; charset=iso-8859-1",
                 attached,
-                b"caf\xe9\r\n".repeat(99).as_slice(),
-                false,
+                &latin1,
+                Some(latin1_shown.as_bytes()),
             ),
             (
-                "text/csv; charset=utf-8",
+                "text/csv; charset=windows-1252",
                 attached,
-                b"caf\xe9\r\n".repeat(99).as_slice(),
-                false,
+                &latin1,
+                Some(latin1_shown.as_bytes()),
             ),
+            ("text/csv; charset=utf-8", attached, &bad_utf8, None),
+            ("text/csv; charset=utf-16le", attached, &utf16, None),
             // The message's own text, and a delivery report's original headers, are parsed.
-            ("text/plain; charset=utf-8", "", text.as_bytes(), false),
-            (
-                "text/rfc822-headers",
-                attached,
-                b"From: x@y\r\n".repeat(99).as_slice(),
-                false,
-            ),
-        ] {
+            ("text/plain; charset=utf-8", "", text.as_bytes(), None),
+            ("text/rfc822-headers", attached, &headers, None),
+        ];
+        for (ct, disposition, data, shown) in cases {
             let raw = attach(ct, disposition, data);
             let s = of_slice(raw.as_bytes());
             assert_eq!(
                 s.set_aside.len(),
-                usize::from(set_aside),
+                usize::from(shown.is_some()),
                 "{ct} {disposition}"
             );
-            if set_aside {
-                assert_eq!(s.set_aside[0].size, data.len());
+            if let Some(shown) = shown {
+                assert_eq!(s.set_aside[0].size, shown.len(), "{ct}");
                 let parsed = crate::message::parse(raw.as_bytes()).unwrap();
-                assert_eq!(parsed.attachments[0].size, data.len());
-                assert_eq!(parsed.attachments[0].sha256, crate::message::sha256(data));
+                assert_eq!(parsed.attachments[0].size, shown.len(), "{ct}");
+                assert_eq!(
+                    parsed.attachments[0].sha256,
+                    crate::message::sha256(shown),
+                    "{ct}"
+                );
             } else {
                 assert_eq!(s.bytes, raw.as_bytes());
             }
