@@ -621,9 +621,7 @@ pub(crate) fn sql<T>(op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// `-shm` files, and leave them behind). For [`Store::open_existing`] and `doctor`.
 pub fn read_only_connection(path: &Path) -> Result<Connection> {
     check_store_path(path)?;
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let mode = if Path::new(&wal).exists() {
+    let mode = if wal_of(path).exists() {
         "mode=ro"
     } else {
         "immutable=1"
