@@ -1010,6 +1010,46 @@ mod tests {
     }
 
     #[test]
+    fn the_wal_starts_over_under_a_steady_stream_of_writes() {
+        let dir = std::env::temp_dir().join(format!("mt-wal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("t.db");
+        let mut s = Store::open(&db).unwrap();
+        s.transaction(|tx| {
+            tx.c.execute("CREATE TABLE scratch (b BLOB NOT NULL)", &[])?;
+            Ok(())
+        })
+        .unwrap();
+        // 192 MiB queued at once, so the store writes without a pause while the background
+        // checkpoint runs beside it: three times the WAL's checkpoint size.
+        let (store, join) = crate::store::StoreThread::spawn(s).unwrap();
+        let done: Vec<_> = (0..48)
+            .map(|_| {
+                store.submit(|s| {
+                    s.transaction(|tx| {
+                        tx.c.execute("INSERT INTO scratch (b) VALUES (zeroblob(4194304))", &[])?;
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for d in done {
+            d.blocking_recv().unwrap().unwrap();
+        }
+        // The WAL file is reused from its start, never cut: its length is the most it held.
+        let wal = std::fs::metadata(dir.join("t.db-wal")).unwrap().len();
+        assert!(
+            wal < 100 << 20,
+            "the WAL grew to {} MiB for 64 MiB between checkpoints",
+            wal >> 20
+        );
+        drop(store);
+        drop(join.join().unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_cached_statement_is_not_compiled_again_for_each_message() {
         let mut s = Store::open_in_memory().unwrap();
         for i in 0..5 {

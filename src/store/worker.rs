@@ -245,11 +245,11 @@ fn run_group(
 impl StoreJoin {
     /// Waits for every queued job (all senders must be dropped first) and returns the store.
     pub fn join(self) -> Result<Store> {
-        let (mut store, checkpointer) = self
+        let (store, checkpointer) = self
             .0
             .join()
             .map_err(|_| Error::Internal("the store thread panicked".into()))?;
-        store.stop_checkpointer(checkpointer)?;
+        Store::stop_checkpointer(checkpointer);
         Ok(store)
     }
 }
