@@ -972,12 +972,18 @@ mod tests {
         assert_eq!(s.tickets(None).unwrap().len(), 1);
     }
 
-    #[test]
-    fn commits_are_made_durable_without_waiting_for_the_stores_queue() {
-        let dir = std::env::temp_dir().join(format!("mt-durable-{}", std::process::id()));
+    /// A new empty folder for this test process, and the store file `t.db` in it.
+    fn empty_dir(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("mt-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("t.db");
+        (dir, db)
+    }
+
+    #[test]
+    fn commits_are_made_durable_without_waiting_for_the_stores_queue() {
+        let (dir, db) = empty_dir("durable");
         let mut s = Store::open(&db).unwrap();
         put(&mut s, &msg("1@x", "", "first"));
         let mode =
@@ -1011,10 +1017,7 @@ mod tests {
 
     #[test]
     fn the_wal_starts_over_under_a_steady_stream_of_writes() {
-        let dir = std::env::temp_dir().join(format!("mt-wal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("t.db");
+        let (dir, db) = empty_dir("wal");
         let mut s = Store::open(&db).unwrap();
         s.transaction(|tx| {
             tx.c.execute("CREATE TABLE scratch (b BLOB NOT NULL)", &[])?;
