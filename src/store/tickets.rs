@@ -1024,10 +1024,10 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        // 192 MiB queued at once, so the store writes without a pause while the background
-        // checkpoint runs beside it: three times the WAL's checkpoint size.
+        // 384 MiB queued at once, so the store writes without a pause while the background
+        // checkpoint runs beside it: six times the WAL's checkpoint size.
         let (store, join) = crate::store::StoreThread::spawn(s).unwrap();
-        let done: Vec<_> = (0..48)
+        let done: Vec<_> = (0..96)
             .map(|_| {
                 store.submit(|s| {
                     s.transaction(|tx| {
@@ -1042,8 +1042,10 @@ mod tests {
         }
         // The WAL file is reused from its start, never cut: its length is the most it held.
         let wal = std::fs::metadata(dir.join("t.db-wal")).unwrap().len();
+        // 64 MiB, and what the writer wrote while the thread held the checkpoint (a loaded
+        // machine slows it); a WAL that never starts over holds all 384.
         assert!(
-            wal < 100 << 20,
+            wal < 192 << 20,
             "the WAL grew to {} MiB for 64 MiB between checkpoints",
             wal >> 20
         );
