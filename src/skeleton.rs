@@ -177,6 +177,10 @@ trait Lines {
     fn position(&self) -> u64;
     /// Goes back to `at`, a position given by [`Lines::position`].
     fn rewind(&mut self, at: u64) -> io::Result<()>;
+    /// Some of the bytes from the next piece on, without moving: what is at hand.
+    fn ahead(&mut self) -> io::Result<&[u8]>;
+    /// Moves past `n` bytes of [`Lines::ahead`].
+    fn skip(&mut self, n: usize);
 }
 
 struct SliceLines<'a> {
@@ -203,6 +207,15 @@ impl Lines for SliceLines<'_> {
     fn rewind(&mut self, at: u64) -> io::Result<()> {
         self.at = usize::try_from(at).unwrap_or(usize::MAX);
         Ok(())
+    }
+
+    fn ahead(&mut self) -> io::Result<&[u8]> {
+        let rest = self.data.get(self.at..).unwrap_or_default();
+        Ok(rest.get(..PIECE).unwrap_or(rest))
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.at += n;
     }
 }
 
@@ -245,6 +258,15 @@ impl<R: BufRead + Seek> Lines for ReaderLines<R> {
         self.r.seek(SeekFrom::Start(at))?;
         self.at = at;
         Ok(())
+    }
+
+    fn ahead(&mut self) -> io::Result<&[u8]> {
+        self.r.fill_buf()
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.r.consume(n);
+        self.at += n as u64;
     }
 }
 
@@ -325,6 +347,9 @@ struct Walk<L> {
     inside: usize,
     /// Where the last delimiter copied was: in the source and in the skeleton.
     last_delimiter: (u64, usize),
+    /// Take a base64 body's regular lines in runs ([`Decoder::push_run`]); tests compare
+    /// with line by line.
+    runs: bool,
 }
 
 impl<L: Lines> Walk<L> {
@@ -348,6 +373,7 @@ impl<L: Lines> Walk<L> {
             text_left: TEXT_TOTAL,
             inside: 0,
             last_delimiter: (0, 0),
+            runs: true,
         }
     }
 
@@ -588,8 +614,18 @@ impl<L: Lines> Walk<L> {
             .keep
             .then(|| std::mem::take(&mut self.skeleton.kept.bytes));
         let mut decoder = Decoder::new(kept, text);
+        decoder.runs = self.runs;
         let mut clean = true;
         let (end, delimiter_at, delimiter) = loop {
+            if decoder.runs {
+                let at = self.r.src.position();
+                let (n, ok) = decoder.push_run(self.r.src.ahead()?, at);
+                self.r.src.skip(n);
+                if !ok {
+                    clean = false;
+                    break (End::Eof, at, Vec::new());
+                }
+            }
             let bounds = &self.bounds;
             let at = self.r.src.position();
             let Some((piece, starts)) = self.r.next()? else {
@@ -742,6 +778,8 @@ struct Decoder {
     text: Option<Text>,
     /// The start of a UTF-8 sequence that the last chunk cut.
     carry: Vec<u8>,
+    /// Whether [`Decoder::push_run`] may still find runs of lines.
+    runs: bool,
 }
 
 /// The lines of a base64 body so far, for [`Region`]: blank lines may come before and after
@@ -804,6 +842,7 @@ impl Decoder {
             lines: Layout::default(),
             text,
             carry: Vec::new(),
+            runs: true,
         }
     }
 
@@ -839,6 +878,66 @@ impl Decoder {
         let ok = self.decode(whole);
         self.pending.drain(..whole);
         ok
+    }
+
+    /// Takes the lines at the start of `ahead` (which starts at `at`, a line start) that
+    /// [`Decoder::push`] would take one by one as lines of the width and line end of the
+    /// lines before: a body's bulk, without looking for each line's end. Returns how many
+    /// bytes it took, and false when the body is not clean.
+    fn push_run(&mut self, ahead: &[u8], at: u64) -> (usize, bool) {
+        let (Some(_), false, false, false, false) = (
+            self.lines.span,
+            self.lines.gap,
+            self.lines.short,
+            self.lines.irregular,
+            self.padded,
+        ) else {
+            return (0, true);
+        };
+        let width = self.lines.width;
+        let len = width + 1 + usize::from(self.lines.crlf);
+        // A line starting with `-` may be a delimiter, and is not base64 anyway. The line
+        // end is the layout's: CR LF, or LF after a character that is not CR.
+        let crlf = self.lines.crlf;
+        let lines = ahead
+            .chunks_exact(len)
+            .take_while(|l| {
+                l.first() != Some(&b'-')
+                    && l.last() == Some(&b'\n')
+                    && (l.get(len - 2) == Some(&b'\r')) == crlf
+            })
+            .count();
+        // Only the lines before the first rare byte: padding ends a body, spaces and tabs
+        // make it irregular; [`Decoder::push`] takes that line.
+        let region = ahead.get(..lines * len).unwrap_or_default();
+        let rare = memchr::memchr3(b'=', b' ', b'\t', region).unwrap_or(region.len());
+        let lines = rare / len;
+        let region = region.get(..lines * len).unwrap_or_default();
+        if lines == 0 {
+            return (0, true);
+        }
+        // No line end among the characters: else the lines are not what they seem, and the
+        // rest of this body goes line by line.
+        if memchr::memchr_iter(b'\n', region).count() != lines {
+            self.runs = false;
+            return (0, true);
+        }
+        for line in region.chunks_exact(len) {
+            self.pending
+                .extend_from_slice(line.get(..width).unwrap_or_default());
+            if self.pending.len() >= CHUNK {
+                let whole = self.pending.len() / 4 * 4;
+                let ok = self.decode(whole);
+                self.pending.drain(..whole);
+                if !ok {
+                    return (region.len(), false);
+                }
+            }
+        }
+        if let Some((_, last)) = &mut self.lines.span {
+            *last = at + region.len() as u64;
+        }
+        (region.len(), true)
     }
 
     /// Decodes the first `n` pending characters into the digest (and `out`).
@@ -972,6 +1071,98 @@ mod tests {
              Content-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n\
              {body}--b1--\r\n"
         )
+    }
+
+    /// The skeleton of `raw` read from a slice or through a reader with a `buffer`-byte
+    /// buffer, its base64 lines taken in runs or one by one; one nonce for all.
+    fn walked(raw: &[u8], runs: bool, buffer: Option<usize>) -> String {
+        fn run<L: Lines>(mut walk: Walk<L>, runs: bool, keep: bool) -> String {
+            walk.runs = runs;
+            walk.keep = keep;
+            walk.skeleton.nonce = [7; 8];
+            let s = walk.run().unwrap();
+            format!(
+                "{:?} {:?} {} {} {:?}",
+                s.bytes, s.set_aside, s.blank, s.cut, s.kept
+            )
+        }
+        match buffer {
+            None => run(Walk::new(SliceLines { data: raw, at: 0 }, 0), runs, true),
+            Some(cap) => {
+                let r = std::io::BufReader::with_capacity(cap, std::io::Cursor::new(raw));
+                let lines = ReaderLines {
+                    r,
+                    buf: Vec::new(),
+                    at: 0,
+                };
+                run(Walk::new(lines, 0), runs, false)
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// Runs of lines take exactly what line by line takes, whatever breaks the run.
+        #[test]
+        fn runs_of_lines_take_what_line_by_line_takes(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4000),
+            // 4 and 6: the lengths of the delimiters `--b1` and `--b1--`.
+            width in proptest::prop_oneof![
+                proptest::strategy::Just(4usize),
+                proptest::strategy::Just(6usize),
+                1usize..90
+            ],
+            crlf in proptest::prelude::any::<bool>(),
+            spoils in proptest::collection::vec((0usize..200, 0u8..12), 0..3),
+            buffer in 1usize..300,
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut lines: Vec<String> = b64_lines(&data, width, eol)
+                .split_inclusive('\n')
+                .map(str::to_owned)
+                .collect();
+            for (at, how) in spoils {
+                let at = at % (lines.len() + 1);
+                let line = lines.get(at).cloned().unwrap_or_default();
+                let (chars, _) = line.split_at(line.trim_end_matches(['\r', '\n']).len());
+                let spoiled = match how {
+                    0 => format!("-{}{eol}", chars.get(1..).unwrap_or("")),
+                    1 if at.is_multiple_of(2) => format!("--b1{eol}"),
+                    1 => format!("--b1--{eol}"),
+                    2 => format!("{}{eol}", chars.get(1..).unwrap_or("")),
+                    3 => format!("{chars}A{eol}"),
+                    4 => format!("{chars}{}", if crlf { "\n" } else { "\r\n" }),
+                    // One character less before a CR LF, and that character on a line of
+                    // its own: still clean.
+                    5 => {
+                        let (a, b) = chars.split_at(chars.len().saturating_sub(1));
+                        format!("{a}\r\n{b}{eol}")
+                    }
+                    6 => format!("{}={eol}", chars.get(1..).unwrap_or("")),
+                    7 => format!("{} {eol}", chars.get(1..).unwrap_or("")),
+                    8 => format!("\t{}{eol}", chars.get(1..).unwrap_or("")),
+                    9 => eol.to_owned(),
+                    10 => {
+                        let (a, b) = chars.split_at(chars.len() / 2);
+                        format!("{a}\n{b}{eol}")
+                    }
+                    _ => format!("{}\r{}{eol}", chars.get(..1).unwrap_or(""), chars.get(1..).unwrap_or("")),
+                };
+                if at < lines.len() && how != 9 {
+                    lines[at] = spoiled;
+                } else {
+                    lines.insert(at, spoiled);
+                }
+            }
+            let raw = with_attachment(&lines.concat());
+            let one_by_one = walked(raw.as_bytes(), false, None);
+            proptest::prop_assert_eq!(&walked(raw.as_bytes(), true, None), &one_by_one);
+            proptest::prop_assert_eq!(
+                walked(raw.as_bytes(), true, Some(buffer)),
+                walked(raw.as_bytes(), false, Some(buffer))
+            );
+        }
     }
 
     #[test]
