@@ -64,20 +64,32 @@ pub struct EventRow {
 }
 
 /// A new event's stable id: `evt_` and 32 hex digits, the first 12 the milliseconds since
-/// the Unix epoch and the other 20 from the system's CSPRNG. The time first makes new ids sort
-/// after older ones, so the UNIQUE index on them grows at its end (a random id would rewrite a
-/// leaf page of that index per event and commit), and 80 random bits keep ids unique across
-/// stores.
+/// the Unix epoch and the other 20 an 80-bit number: a random start per thread, drawn once
+/// from the system's CSPRNG, then counted up (one system call per event cost more than the
+/// rest of its id). The time first makes new ids sort after older ones, so the UNIQUE index
+/// on them grows at its end (a random id would rewrite a leaf page of that index per event
+/// and commit), and the random start keeps ids unique across processes and stores.
 fn event_uid() -> String {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
+    thread_local! {
+        static NEXT: std::cell::Cell<Option<u128>> = const { std::cell::Cell::new(None) };
+    }
+    let n = NEXT.with(|next| {
+        let n = next.get().unwrap_or_else(|| {
+            use ring::rand::SecureRandom;
+            let mut start = [0u8; 16];
+            // The system's generator does not fail on Linux; an id without its random part
+            // would still be caught by the UNIQUE constraint rather than go out twice.
+            let _ = ring::rand::SystemRandom::new().fill(&mut start[6..]);
+            u128::from_be_bytes(start)
+        });
+        next.set(Some(n.wrapping_add(1) & ((1 << 80) - 1)));
+        n
+    });
+    let mut bytes = n.to_be_bytes();
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    // The system's generator does not fail on Linux; an id without its random part would
-    // still be caught by the UNIQUE constraint rather than go out twice.
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes[6..]);
     format!("evt_{}", crate::message::hex(&bytes))
 }
 
@@ -475,6 +487,10 @@ mod tests {
         assert!(later[4..].bytes().all(|b| b.is_ascii_hexdigit()));
         let distinct: std::collections::HashSet<&String> = same_ms.iter().collect();
         assert_eq!(distinct.len(), same_ms.len());
+        // Another thread (or process) counts from a random start of its own.
+        let elsewhere = std::thread::spawn(event_uid).join().unwrap();
+        let random = |u: &str| u128::from_str_radix(&u[16..], 16).unwrap();
+        assert!(random(&elsewhere).abs_diff(random(&first)) > 1 << 40);
         // The time part is now, to the millisecond.
         let ms = u64::from_str_radix(&later[4..16], 16).unwrap();
         let now = std::time::SystemTime::now()
