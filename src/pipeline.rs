@@ -39,12 +39,15 @@ pub struct Prepared {
     pub body: PreparedBody,
 }
 
-/// A message's exact bytes: in memory, or in a spool file (a large message fetched in parts,
-/// see [`crate::spool`]), which goes away with it.
+/// A message's exact bytes: in memory, packed in its prepared body, or in a spool file (a
+/// large message fetched in parts, see [`crate::spool`]), which goes away with it.
 #[derive(Debug)]
 pub enum Raw {
     /// Held in memory.
     Memory(Vec<u8>),
+    /// Only how many: the bytes are the prepared body's packed ones, which give them back.
+    /// A message waiting for its commit holds them once, compressed.
+    Packed(u64),
     /// In a spool file.
     Spooled(Spool),
 }
@@ -54,6 +57,7 @@ impl Raw {
     pub fn len(&self) -> u64 {
         match self {
             Raw::Memory(b) => b.len() as u64,
+            Raw::Packed(n) => *n,
             Raw::Spooled(s) => s.len(),
         }
     }
@@ -63,21 +67,28 @@ impl Raw {
         self.len() == 0
     }
 
-    /// The bytes in memory: a spooled message is read whole (only the quarantine, which keeps
-    /// a message in one row, asks for them).
-    pub fn bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
-        match self {
-            Raw::Memory(b) => Ok(b.as_slice().into()),
-            Raw::Spooled(s) => Ok(s.read_all()?.into()),
-        }
-    }
-
     /// What the store keeps: `packed` (compressed in memory with `codec`), or the spool file
     /// itself.
     fn stored<'a>(&'a self, packed: &'a [u8], codec: &'static str) -> RawBytes<'a> {
         match self {
-            Raw::Memory(_) => RawBytes::Packed(packed, codec),
+            Raw::Memory(_) | Raw::Packed(_) => RawBytes::Packed(packed, codec),
             Raw::Spooled(s) => RawBytes::Spooled(s.file(), s.path()),
+        }
+    }
+}
+
+impl Prepared {
+    /// The exact bytes in memory: a spooled message is read whole, a packed one unpacked
+    /// (only the quarantine, which keeps a message in one row, asks for them).
+    pub fn raw_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+        match (&self.raw, &self.body) {
+            (Raw::Memory(b), _) => Ok(b.as_slice().into()),
+            (Raw::Spooled(s), _) => Ok(s.read_all()?.into()),
+            (Raw::Packed(n), PreparedBody::Message { packed, codec, .. }) => {
+                let size = usize::try_from(*n).unwrap_or(usize::MAX);
+                Ok(crate::store::decompress(codec, packed, size)?.into())
+            }
+            (Raw::Packed(_), _) => Err(Error::Internal("packed bytes without a message".into())),
         }
     }
 }
@@ -138,25 +149,32 @@ pub struct Plan<'a> {
 /// Parses, classifies and compresses `raw`. Never panics, never fails: what cannot be
 /// parsed is marked for the quarantine.
 pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
-    let body = match stages::time(Stage::Parse, || message::parse_keeping(&raw)) {
-        Err(why) => PreparedBody::Unparseable(why.0),
-        Ok((parsed, kept)) => {
-            let class = stages::time(Stage::Classify, || classify(&parsed, me));
-            match stages::time(Stage::Compress, || pack_message(&raw, kept)) {
-                Ok((packed, codec)) => PreparedBody::Message {
-                    split: split_text(&parsed),
-                    parsed: Box::new(parsed),
-                    class,
-                    packed,
-                    codec,
-                },
-                Err(e) => PreparedBody::Unparseable(format!("cannot compress: {e}")),
-            }
-        }
+    let (parsed, kept) = match stages::time(Stage::Parse, || message::parse_keeping(&raw)) {
+        Ok(p) => p,
+        Err(why) => return unparseable(raw, why.0),
     };
+    let class = stages::time(Stage::Classify, || classify(&parsed, me));
+    match stages::time(Stage::Compress, || pack_message(&raw, kept)) {
+        // The bytes are in `packed` now; held until the commit, they would be held twice.
+        Ok((packed, codec)) => Prepared {
+            raw: Raw::Packed(raw.len() as u64),
+            body: PreparedBody::Message {
+                split: split_text(&parsed),
+                parsed: Box::new(parsed),
+                class,
+                packed,
+                codec,
+            },
+        },
+        Err(e) => unparseable(raw, format!("cannot compress: {e}")),
+    }
+}
+
+/// `raw` for the quarantine, with why.
+fn unparseable(raw: Vec<u8>, why: String) -> Prepared {
     Prepared {
         raw: Raw::Memory(raw),
-        body,
+        body: PreparedBody::Unparseable(why),
     }
 }
 
@@ -272,7 +290,7 @@ fn commit_timed(
 ) -> Result<Stored> {
     let uid = origin.imap.as_ref().map(|i| i.uid);
     let quarantine = |store: &mut Store, why: &str, size: u64| -> Result<Stored> {
-        let raw = p.raw.bytes()?;
+        let raw = p.raw_bytes()?;
         Ok(Stored {
             outcome: store.quarantine_sized(&raw, size, why, origin, received_at)?,
             acked: false,
@@ -792,6 +810,34 @@ mod tests {
     fn put(s: &mut TestStore, raw: &str) -> Outcome {
         let rules = s.rules.clone();
         test_support::put_with(&mut s.store, &rules, raw)
+    }
+
+    #[test]
+    fn a_prepared_message_holds_its_bytes_once_and_gives_them_back() {
+        use base64::Engine as _;
+        let pdf: Vec<u8> = (0..60_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let body: String = base64::engine::general_purpose::STANDARD
+            .encode(&pdf)
+            .as_bytes()
+            .chunks(76)
+            .map(|l| format!("{}\r\n", String::from_utf8_lossy(l)))
+            .collect();
+        let attached = format!(
+            "From: a@example.com\r\nMessage-ID: <p@x>\r\n\
+             Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+             Content-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n\
+             Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+             {body}--b--\r\n"
+        );
+        for raw in [msg("1@x", "", "first"), attached] {
+            let p = prepare(&Identity::default(), raw.clone().into_bytes());
+            assert!(matches!(p.raw, Raw::Packed(n) if n == raw.len() as u64));
+            assert_eq!(p.raw_bytes().unwrap().as_ref(), raw.as_bytes());
+        }
+        // What cannot be parsed keeps its bytes, for the quarantine.
+        let p = unparseable(b"\xff\xfe".to_vec(), "why".into());
+        assert!(matches!(p.raw, Raw::Memory(_)));
+        assert_eq!(p.raw_bytes().unwrap().as_ref(), b"\xff\xfe");
     }
 
     #[test]
