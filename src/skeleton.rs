@@ -874,6 +874,11 @@ impl Decoder {
         if self.padded || self.pending.len() < CHUNK {
             return true;
         }
+        self.decode_pending()
+    }
+
+    /// Decodes the whole quanta pending, keeping the rest; false when they are not clean.
+    fn decode_pending(&mut self) -> bool {
         let whole = self.pending.len() / 4 * 4;
         let ok = self.decode(whole);
         self.pending.drain(..whole);
@@ -925,13 +930,8 @@ impl Decoder {
         for line in region.chunks_exact(len) {
             self.pending
                 .extend_from_slice(line.get(..width).unwrap_or_default());
-            if self.pending.len() >= CHUNK {
-                let whole = self.pending.len() / 4 * 4;
-                let ok = self.decode(whole);
-                self.pending.drain(..whole);
-                if !ok {
-                    return (region.len(), false);
-                }
+            if self.pending.len() >= CHUNK && !self.decode_pending() {
+                return (region.len(), false);
             }
         }
         if let Some((_, last)) = &mut self.lines.span {
