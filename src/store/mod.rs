@@ -543,13 +543,29 @@ impl Store {
     ///
     /// The writer still checkpoints at [`WAL_AUTOCHECKPOINT`]: SQLite starts the WAL over
     /// only at a write that follows a checkpoint of all of it, which a thread that checkpoints
-    /// beside a busy writer never finishes. By then this thread has copied nearly everything,
-    /// so the writer's share is a small tail. It checkpoints again soon while it finds frames
-    /// to copy, at a slower pace once the WAL is idle.
-    pub fn start_checkpointer(&self) -> Result<Option<Checkpointer>> {
+    /// beside a busy writer never finishes. By then the thread has copied nearly everything,
+    /// so the writer's share is a small tail. The two take turns (a mutex): a checkpoint
+    /// finds the other's lock taken and gives up, and on a loaded machine the writer's
+    /// attempts kept meeting the thread's. The thread checkpoints again soon while it finds
+    /// frames to copy, at a slower pace once the WAL is idle.
+    pub fn start_checkpointer(&mut self) -> Result<Option<Checkpointer>> {
         let Some(path) = self.file() else {
             return Ok(None);
         };
+        let turns = Arc::new(std::sync::Mutex::new(()));
+        if let Db::Lite(c) = &mut self.conn {
+            let writer = turns.clone();
+            c.wal_hook(Some(
+                move |wal: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
+                    if i64::from(frames) >= WAL_AUTOCHECKPOINT {
+                        let _turn = writer.lock().unwrap_or_else(|e| e.into_inner());
+                        // Busy (another process checkpointing): the next commit tries again.
+                        let _ = wal.checkpoint();
+                    }
+                    Ok(())
+                },
+            ))?;
+        }
         let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         reader.busy_timeout(Duration::from_secs(30))?;
         let (stop, stopped) = mpsc::channel::<()>();
@@ -561,6 +577,7 @@ impl Store {
                     // PASSIVE never blocks the writer; what it cannot copy now it copies later.
                     // It answers the frames in the WAL and how many of them are copied.
                     let done = crate::stages::time(crate::stages::Stage::Checkpoint, || {
+                        let _turn = turns.lock().unwrap_or_else(|e| e.into_inner());
                         reader.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                             Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                         })
