@@ -566,9 +566,9 @@ fn lenient_headers(msg: &mail_parser::Message<'_>) -> Vec<(String, String)> {
 fn readable_text(msg: &mail_parser::Message<'_>) -> String {
     let mut text = String::new();
     for i in 0..msg.text_body_count() {
-        let t = match msg.text_part(i as u32).map(|p| &p.body) {
-            Some(PartType::Text(t)) => t.replace("\r\n", "\n"),
-            Some(PartType::Html(h)) => html_to_text(h),
+        let (t, crlf) = match msg.text_part(i as u32).map(|p| &p.body) {
+            Some(PartType::Text(t)) => (std::borrow::Cow::Borrowed(t.as_ref()), true),
+            Some(PartType::Html(h)) => (html_to_text(h).into(), false),
             _ => continue,
         };
         let t = t.trim();
@@ -576,10 +576,25 @@ fn readable_text(msg: &mail_parser::Message<'_>) -> String {
             if !text.is_empty() {
                 text.push_str("\n\n");
             }
-            text.push_str(t);
+            if crlf {
+                push_lf(&mut text, t);
+            } else {
+                text.push_str(t);
+            }
         }
     }
     text
+}
+
+/// Appends `t` to `out` with each CR LF as LF.
+fn push_lf(out: &mut String, t: &str) {
+    out.reserve(t.len());
+    let mut at = 0;
+    for cr in memchr::memmem::find_iter(t.as_bytes(), b"\r\n") {
+        out.push_str(t.get(at..cr).unwrap_or_default());
+        at = cr + 1;
+    }
+    out.push_str(t.get(at..).unwrap_or_default());
 }
 
 /// The most HTML one part may bring to the converter, in bytes. Conversion costs time and
@@ -1675,6 +1690,20 @@ pub(crate) mod skeleton_tests {
         }
         m.push_str(&format!("--outer--{eol}epilogue{eol}"));
         m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn push_lf_turns_each_crlf_into_lf_and_nothing_else(
+            head in "[a-z]{0,3}",
+            t in "(\r|\n|\r\n|x|\u{e9}|\u{20ac}){0,40}",
+        ) {
+            let mut out = head.clone();
+            push_lf(&mut out, &t);
+            prop_assert_eq!(out, head + &t.replace("\r\n", "\n"));
+        }
     }
 
     proptest! {
