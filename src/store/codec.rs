@@ -23,8 +23,13 @@ const PART: usize = 1 << 20;
 /// How much of a spool file is read and compressed at a time.
 const READ: usize = 256 << 10;
 
-/// zstd level for raw messages: level 1 keeps compression well ahead of the network.
-const RAW_ZSTD_LEVEL: i32 = 1;
+/// zstd level for raw messages. Most messages are a few KiB, where zstd spends its time
+/// building entropy tables rather than finding matches: the first fast level (-1) leaves
+/// literals as they are and compresses the benchmark's 10,000 small messages in 16 instead
+/// of 24 µs each, to 44 % of their size instead of 36 % (the whole benchmark store: 210
+/// instead of 207 MB, for 5 % less sync CPU). Attachments, the bulk of a store's bytes, are
+/// mostly compressed already (images, PDF, Office files).
+const RAW_ZSTD_LEVEL: i32 = -1;
 
 thread_local! {
     /// One compression context per thread: a fresh one per message costs more than
