@@ -760,6 +760,18 @@ fn is_blank(line: &[u8]) -> bool {
 /// Strict base64 in pieces: the alphabet and line ends only, padding only at the very end,
 /// a canonical last quantum. Anything else is "not clean", and the body stays in the copy.
 /// It also follows the lines' layout, to tell whether the body is regular (see [`Region`]).
+/// Decodes whole quanta of strict base64 (the standard alphabet, canonical padding only at
+/// the end, no bits left over) into `out`, returning how many bytes: with SIMD where the CPU
+/// has it, several times the speed of a byte-table decoder. `None` for anything else; the
+/// tests hold it to the `base64` crate's `STANDARD` engine, which the store's reader uses to
+/// write the bytes back.
+fn decode_base64(input: &[u8], out: &mut [u8]) -> Option<usize> {
+    base64_simd::STANDARD
+        .decode(input, base64_simd::Out::from_slice(out))
+        .ok()
+        .map(|d| d.len())
+}
+
 struct Decoder {
     pending: Vec<u8>,
     /// The decoded bytes: the kept ones (appended to what was kept before), or the last
@@ -945,12 +957,11 @@ impl Decoder {
         let input = self.pending.get(..n).unwrap_or_default();
         let at = self.kept_from.map_or(0, |_| self.out.len());
         self.out.resize(at + n / 4 * 3 + 3, 0);
-        let engine = &base64::engine::general_purpose::STANDARD;
         let Some(room) = self.out.get_mut(at..) else {
             return false;
         };
-        match engine.decode_slice(input, room) {
-            Ok(len) => {
+        match decode_base64(input, room) {
+            Some(len) => {
                 self.out.truncate(at + len);
                 let bytes = self.out.get(at..).unwrap_or_default();
                 self.size += len;
@@ -968,7 +979,7 @@ impl Decoder {
                     Some(Text::Utf8) => utf8_so_far(&mut self.carry, bytes),
                 }
             }
-            Err(_) => false,
+            None => false,
         }
     }
 
@@ -1053,6 +1064,80 @@ fn utf8_so_far(carry: &mut Vec<u8>, bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the `base64` crate's `STANDARD` engine (the store's reader writes with it) makes
+    /// of `input`, and what [`decode_base64`] makes of it: they must agree.
+    fn both(input: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let mut a = vec![0u8; input.len() / 4 * 3 + 3];
+        let mut b = a.clone();
+        let want = base64::engine::general_purpose::STANDARD
+            .decode_slice(input, &mut a)
+            .ok()
+            .map(|n| a[..n].to_vec());
+        let got = decode_base64(input, &mut b).map(|n| b[..n].to_vec());
+        (want, got)
+    }
+
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    #[test]
+    fn the_simd_decoder_takes_every_padded_last_quantum_as_the_standard_engine_does() {
+        // Every "xy==" and "xyz=", alone and after 64 characters (the SIMD path), so every
+        // value of the bits a canonical encoder leaves zero.
+        let lead = ALPHABET.to_vec();
+        let mut accepted = 0;
+        for prefix in [&[][..], &lead[..]] {
+            for &x in ALPHABET {
+                for &y in ALPHABET {
+                    for z in ALPHABET.iter().copied().chain([b'=']) {
+                        let mut input = prefix.to_vec();
+                        input.extend_from_slice(&[x, y, z, b'=']);
+                        let (want, got) = both(&input);
+                        assert_eq!(want, got, "{}", String::from_utf8_lossy(&input));
+                        accepted += usize::from(want.is_some());
+                    }
+                }
+            }
+        }
+        // Of each 64 x 64 x 65, the canonical ones: 64 x 4 "xy==" and 64 x 64 x 16 "xyz=".
+        assert_eq!(accepted, 2 * (64 * 4 + 64 * 64 * 16));
+    }
+
+    #[test]
+    fn the_simd_decoder_rejects_what_the_standard_engine_rejects_at_every_position() {
+        // Every byte value at every position of a short and of a long input (the SIMD lanes
+        // and the tail), and every placement of padding and of bytes outside the alphabet.
+        let clean =
+            base64::engine::general_purpose::STANDARD.encode((0..=255u8).collect::<Vec<_>>());
+        for len in [8, 100, 344] {
+            let base = &clean.as_bytes()[..len];
+            for at in 0..len {
+                for v in 0..=255u8 {
+                    let mut input = base.to_vec();
+                    input[at] = v;
+                    let (want, got) = both(&input);
+                    assert_eq!(want, got, "byte {v} at {at} of {len}");
+                }
+            }
+        }
+        let odd = [b'A', b'=', b'\n', b' ', b'-', b'_', 0xc3, b'+', b'/'];
+        for a in odd {
+            for b in odd {
+                for c in odd {
+                    for d in odd {
+                        for (pre, post) in [("", ""), ("QUJD", ""), ("", "QUJD"), ("QUJD", "QUJD")]
+                        {
+                            let mut input = pre.as_bytes().to_vec();
+                            input.extend_from_slice(&[a, b, c, d]);
+                            input.extend_from_slice(post.as_bytes());
+                            let (want, got) = both(&input);
+                            assert_eq!(want, got, "{input:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     fn b64_lines(data: &[u8], width: usize, eol: &str) -> String {
         let enc = base64::engine::general_purpose::STANDARD.encode(data);
