@@ -1546,6 +1546,20 @@ mod tests {
         assert_eq!(full[0].1, b"hello");
         assert_eq!(m.content_type, "multipart/mixed");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn push_lf_turns_each_crlf_into_lf_and_nothing_else(
+            head in "[a-z]{0,3}",
+            t in "(\r|\n|\r\n|x|\u{e9}|\u{20ac}){0,40}",
+        ) {
+            let mut out = head.clone();
+            push_lf(&mut out, &t);
+            proptest::prop_assert_eq!(out, head + &t.replace("\r\n", "\n"));
+        }
+    }
 }
 
 /// A parse through a skeleton says exactly what the parse of the whole message says.
@@ -1690,20 +1704,6 @@ pub(crate) mod skeleton_tests {
         }
         m.push_str(&format!("--outer--{eol}epilogue{eol}"));
         m
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
-
-        #[test]
-        fn push_lf_turns_each_crlf_into_lf_and_nothing_else(
-            head in "[a-z]{0,3}",
-            t in "(\r|\n|\r\n|x|\u{e9}|\u{20ac}){0,40}",
-        ) {
-            let mut out = head.clone();
-            push_lf(&mut out, &t);
-            prop_assert_eq!(out, head + &t.replace("\r\n", "\n"));
-        }
     }
 
     proptest! {

@@ -757,9 +757,6 @@ fn is_blank(line: &[u8]) -> bool {
         .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
-/// Strict base64 in pieces: the alphabet and line ends only, padding only at the very end,
-/// a canonical last quantum. Anything else is "not clean", and the body stays in the copy.
-/// It also follows the lines' layout, to tell whether the body is regular (see [`Region`]).
 /// Decodes whole quanta of strict base64 (the standard alphabet, canonical padding only at
 /// the end, no bits left over) into `out`, returning how many bytes: with SIMD where the CPU
 /// has it, several times the speed of a byte-table decoder. `None` for anything else; the
@@ -772,6 +769,9 @@ fn decode_base64(input: &[u8], out: &mut [u8]) -> Option<usize> {
         .map(|d| d.len())
 }
 
+/// Strict base64 in pieces: the alphabet and line ends only, padding only at the very end,
+/// a canonical last quantum. Anything else is "not clean", and the body stays in the copy.
+/// It also follows the lines' layout, to tell whether the body is regular (see [`Region`]).
 struct Decoder {
     pending: Vec<u8>,
     /// The decoded bytes: the kept ones (appended to what was kept before), or the last
