@@ -223,7 +223,11 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseFailure> {
 /// [`parse`], with the regular base64 bodies it set aside kept decoded, for the store (see
 /// [`skeleton::Kept`]).
 pub fn parse_keeping(raw: &[u8]) -> Result<(ParsedMessage, skeleton::Kept), ParseFailure> {
-    if raw.len() >= SKELETON_FROM && (mentions_base64(raw) || raw.len() > skeleton::TEXT_CUT) {
+    // A quoted-printable text, however short, is decoded faster by the walk than by the
+    // parse (see `skeleton::Walk::qp_text`).
+    if (raw.len() >= SKELETON_FROM && (mentions_base64(raw) || raw.len() > skeleton::TEXT_CUT))
+        || mentions_qp(raw)
+    {
         // A panic in the walk or in the parse of the skeleton leaves the whole message to
         // the parse, which alone decides whether it is unparseable.
         if let Ok(mut sk) = guarded(|| Ok(skeleton::of_slice(raw))) {
@@ -246,6 +250,13 @@ fn mentions_base64(raw: &[u8]) -> bool {
             .and_then(|start| raw.get(start..at))
             .is_some_and(|w| w.eq_ignore_ascii_case(b"base"))
     })
+}
+
+/// Whether `raw` says "quoted-printable" (in the usual cases) anywhere: else no text is
+/// decoded by the walk. (A text this misses is decoded by the parse, as any other.)
+fn mentions_qp(raw: &[u8]) -> bool {
+    memchr::memmem::find(raw, b"quoted-printable").is_some()
+        || memchr::memmem::find(raw, b"Quoted-Printable").is_some()
 }
 
 /// Parses the message `file` holds (read from its start, in pieces: its attachment bodies
@@ -275,7 +286,7 @@ pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailur
 /// exactly once as an attachment, and no cut text in one (else the caller parses the
 /// original).
 fn parse_skeleton(sk: &Skeleton) -> Option<ParsedMessage> {
-    if sk.set_aside.is_empty() && sk.cut == 0 {
+    if sk.set_aside.is_empty() && sk.cut == 0 && sk.qp.is_empty() {
         return None;
     }
     parse_inner(&sk.bytes, sk.blank, Some(sk)).ok().flatten()
@@ -388,7 +399,7 @@ fn parse_inner(
         .parse(skip_preamble(raw))
         .ok_or_else(|| ParseFailure("not an RFC 5322 message".into()))?;
     if let Some(sk) = sk
-        && !markers_found_once(&msg, sk)
+        && !(markers_found_once(&msg, sk) && qp_texts_found(&msg, sk, raw.len()))
     {
         return Ok(None);
     }
@@ -400,7 +411,7 @@ fn fields(
     msg: &mail_parser::Message<'_>,
     sk: Option<&Skeleton>,
 ) -> Result<ParsedMessage, ParseFailure> {
-    let headers = lenient_headers(msg);
+    let headers = lenient_headers(msg, sk.and_then(|sk| sk.root_cte.as_deref()));
     const ESSENTIAL: [&str; 5] = ["from", "sender", "date", "subject", "message-id"];
     if !headers.iter().any(|(n, _)| ESSENTIAL.contains(&n.as_str())) {
         return Err(ParseFailure(
@@ -475,6 +486,39 @@ fn fields(
 
 /// Whether each marker of `sk` is the content of exactly one attachment of `msg`, and of no
 /// part read as its text.
+/// Whether the parse of the skeleton `sk` (`len` bytes) read each text the walk decoded
+/// where the walk left it: a text part with that header block and exactly that body, in a
+/// multipart of the same boundary (see [`skeleton::QpText`]). The parse then read the
+/// message's own bytes the same way up to there, and the text is what its decoder gives.
+fn qp_texts_found(msg: &mail_parser::Message<'_>, sk: &Skeleton, len: usize) -> bool {
+    if sk.qp.is_empty() {
+        return true;
+    }
+    // The parse's positions start after what `skip_preamble` skipped.
+    let Some(skip) = len.checked_sub(msg.raw_message.len()) else {
+        return false;
+    };
+    let parent_boundary = |id: usize| -> Option<Option<Vec<u8>>> {
+        let Some(parent) = msg.parts.iter().find(|p| match &p.body {
+            PartType::Multipart(children) => children.iter().any(|&c| c as usize == id),
+            _ => false,
+        }) else {
+            return (id == 0).then_some(None);
+        };
+        let boundary = parent.content_type()?.attribute("boundary")?;
+        Some(Some(boundary.as_bytes().to_vec()))
+    };
+    sk.qp.iter().all(|t| {
+        msg.parts.iter().enumerate().any(|(id, p)| {
+            matches!(p.body, PartType::Text(_) | PartType::Html(_))
+                && p.offset_header as usize + skip == t.head
+                && p.offset_body as usize + skip == t.body.start
+                && p.offset_end as usize + skip == t.body.end
+                && parent_boundary(id).as_ref() == Some(&t.boundary)
+        })
+    })
+}
+
 fn markers_found_once(msg: &mail_parser::Message<'_>, sk: &Skeleton) -> bool {
     // A text attachment the parse also reads as the message's text would bring its marker.
     let read_as_text = |ids: &[u32]| {
@@ -548,16 +592,24 @@ pub fn skip_preamble(raw: &[u8]) -> &[u8] {
 /// The raw header values, lower-case names, read leniently: mail-parser's `headers_raw`
 /// drops a value that is not valid UTF-8 (a Latin-1 subject, a broken auto-responder), and
 /// the classifier must still see the header (`Auto-Submitted`, `X-Autoreply`, ...).
-fn lenient_headers(msg: &mail_parser::Message<'_>) -> Vec<(String, String)> {
+///
+/// `root_cte`: the `Content-Transfer-Encoding` the message says where `msg`, the parse of its
+/// skeleton, reads `8bit` (see `skeleton::Walk::qp_text`).
+fn lenient_headers(
+    msg: &mail_parser::Message<'_>,
+    root_cte: Option<&str>,
+) -> Vec<(String, String)> {
     let raw_all: &[u8] = &msg.raw_message;
     msg.headers()
         .iter()
         .filter_map(|h| {
             let v = raw_all.get(h.offset_start as usize..h.offset_end as usize)?;
-            Some((
-                h.name.as_str().to_ascii_lowercase(),
-                unfold(&String::from_utf8_lossy(v)),
-            ))
+            let name = h.name.as_str().to_ascii_lowercase();
+            let value = match root_cte {
+                Some(cte) if name == "content-transfer-encoding" => cte.to_owned(),
+                _ => unfold(&String::from_utf8_lossy(v)),
+            };
+            Some((name, value))
         })
         .collect()
 }
@@ -1844,6 +1896,208 @@ pub(crate) mod skeleton_tests {
         assert!(mentions_base64(b"x: base64"));
         assert!(!mentions_base64(b"64 bytes, based on 7bit"));
         assert!(!mentions_base64(b"64"));
+    }
+
+    #[test]
+    fn only_a_message_that_says_quoted_printable_is_walked_for_it() {
+        assert!(mentions_qp(
+            b"Content-Transfer-Encoding: quoted-printable\r\n"
+        ));
+        assert!(mentions_qp(
+            b"Content-Transfer-Encoding: Quoted-Printable\r\n"
+        ));
+        assert!(!mentions_qp(
+            b"Content-Transfer-Encoding: 8bit\r\n\r\nquoted printable"
+        ));
+    }
+
+    /// The text of every part of `raw` as the parse reads it, byte for byte.
+    fn part_texts(raw: &[u8]) -> Vec<String> {
+        let msg = mime_parser().parse(skip_preamble(raw)).unwrap();
+        msg.parts
+            .iter()
+            .map(|p| match &p.body {
+                PartType::Text(t) | PartType::Html(t) => format!("text {t:?}"),
+                other => format!("other {}", other.len()),
+            })
+            .collect()
+    }
+
+    /// Both parses of `raw` agree, part by part and as mailticket reads them; how many
+    /// texts the walk decoded, when the parse of its skeleton is the one taken (else 0).
+    fn qp_agrees(raw: &[u8]) -> usize {
+        let sk = skeleton::of_slice(raw);
+        let taken = !sk.qp.is_empty() && parse_skeleton(&sk).is_some();
+        if taken && sk.set_aside.is_empty() {
+            assert_eq!(part_texts(&sk.bytes), part_texts(raw), "part texts");
+        }
+        let (whole, fast) = both(raw);
+        if let Some(fast) = fast {
+            assert_eq!(fast, whole);
+        }
+        if taken { sk.qp.len() } else { 0 }
+    }
+
+    /// An Outlook-style message: a plain and an HTML text in quoted-printable.
+    fn outlook(eol: &str, cte: &str) -> String {
+        let words = "Caf=C3=A9 na=C3=AFve =E2=80=93 the printer on floor 3 says =3D error 42. ";
+        let plain: String = (0..40).map(|i| format!("{words}{i}={eol}")).collect();
+        let html: String = (0..40)
+            .map(|i| format!("<p class=3D\"MsoNormal\">{words}{i}</p>  {eol}"))
+            .collect();
+        format!(
+            "From: a@example.com{eol}Subject: s{eol}Message-ID: <q@x>{eol}\
+             Content-Type: multipart/alternative; boundary=\"_000_\"{eol}{eol}\
+             --_000_{eol}Content-Type: text/plain; charset=\"utf-8\"{eol}\
+             Content-Transfer-Encoding: {cte}{eol}{eol}{plain}end{eol}\
+             --_000_{eol}Content-Type: text/html; charset=\"utf-8\"{eol}\
+             Content-Transfer-Encoding: {cte}{eol}{eol}{html}\
+             --_000_--{eol}"
+        )
+    }
+
+    #[test]
+    fn quoted_printable_texts_are_decoded_by_the_walk_as_the_parse_decodes_them() {
+        for eol in ["\r\n", "\n"] {
+            for cte in [
+                "quoted-printable",
+                "Quoted-Printable",
+                " quoted-printable\t",
+            ] {
+                assert_eq!(
+                    qp_agrees(outlook(eol, cte).as_bytes()),
+                    2,
+                    "{eol:?} {cte:?}"
+                );
+            }
+            // The top-level text: the header keeps saying quoted-printable.
+            let raw = format!(
+                "From: a@example.com{eol}Subject: s{eol}Content-Type: text/plain; charset=latin1{eol}\
+                 Content-Transfer-Encoding: Quoted-Printable{eol}{eol}d=E9j=E0 vu =\t{eol}  tail  {eol}"
+            );
+            assert_eq!(qp_agrees(raw.as_bytes()), 1);
+            let p = parse_skeleton(&skeleton::of_slice(raw.as_bytes())).unwrap();
+            assert_eq!(
+                p.header("content-transfer-encoding"),
+                Some("Quoted-Printable")
+            );
+            assert_eq!(p.text, "d\u{e9}j\u{e0} vu   tail");
+        }
+    }
+
+    #[test]
+    fn quoted_printable_the_walk_cannot_read_for_sure_is_left_to_the_parse() {
+        let eol = "\r\n";
+        let good = outlook(eol, "quoted-printable");
+        let spoiled = [
+            // `=` followed by what is not two hexadecimal digits, or doubled.
+            good.replacen("=C3=A9", "=G3", 1),
+            good.replacen("=C3=A9", "= C3", 1),
+            good.replacen("=C3=A9", "==", 1),
+            // A lone CR, or another line end.
+            good.replacen("floor", "fl\roor", 1),
+            good.replacen("</p>  \r\n", "</p>\n", 1),
+            // A CR decoded last, or a soft break, right before the delimiter.
+            good.replacen("end\r\n--_000_", "end=0D\r\n--_000_", 1),
+            good.replacen("end\r\n--_000_", "end=\r\n--_000_", 1),
+            // The delimiter inside a line, or decoded out of escapes.
+            good.replacen("Normal\">Caf", "Normal\">--_000_Caf", 1),
+            good.replacen("floor", "\r\n=2D=2D_000_", 1),
+            // The field folded, given twice, or spelled with a space.
+            good.replacen(
+                "Encoding: quoted-printable\r\n",
+                "Encoding:\r\n quoted-printable\r\n",
+                1,
+            ),
+            good.replacen(
+                "Content-Transfer-Encoding: quoted-printable\r\n",
+                "Content-Transfer-Encoding: quoted-printable\r\nContent-Transfer-Encoding: 8bit\r\n",
+                1,
+            ),
+            good.replacen(
+                "Content-Transfer-Encoding: quoted-printable",
+                "Content-Transfer-Encoding : quoted-printable",
+                1,
+            ),
+        ];
+        for (i, raw) in spoiled.iter().enumerate() {
+            assert_eq!(qp_agrees(raw.as_bytes()), 1, "spoiled case {i}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Texts of quoted-printable pieces of every kind, clean or not, where a message has
+        /// them: the parses agree whether the walk decoded them or left them.
+        #[test]
+        fn quoted_printable_texts_parse_the_same(
+            crlf in any::<bool>(),
+            top in any::<bool>(),
+            with_pdf in any::<bool>(),
+            cte in prop::sample::select(vec![
+                "quoted-printable", "QUOTED-PRINTABLE", "  quoted-printable ", "quoted-printable x",
+            ]),
+            charset in prop::sample::select(vec!["utf-8", "iso-8859-1", "windows-1252", "x-unknown"]),
+            lines in prop::collection::vec(
+                (
+                    prop::collection::vec(
+                        prop_oneof![
+                            // What encoders write,
+                            12 => prop::sample::select(vec![
+                                "Hello", "caf=C3=A9", "=3D", "=3d", "=20", " ", "\t", "\u{c}",
+                                "-", "--", "-- ", "=0D", "=0A", "\u{e9}", "=FF", "tail  ",
+                            ]),
+                            // and what else comes.
+                            1 => prop::sample::select(vec![
+                                "=", "==", "=G1", "=4", "= 41", "--in", "--outer", "=2D=2Din",
+                                "\r", "=\t ", "=0D=0A--in",
+                            ]),
+                        ],
+                        0..8,
+                    ),
+                    0u8..20,
+                ),
+                0..12,
+            ),
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut body = String::new();
+            for (tokens, end) in &lines {
+                body.push_str(&tokens.concat());
+                body.push_str(match end {
+                    0 => "=",
+                    1 if crlf => "\n",
+                    1 => "\r\n",
+                    _ => "",
+                });
+                body.push_str(eol);
+            }
+            let part = format!(
+                "Content-Type: text/plain; charset={charset}{eol}Content-Transfer-Encoding: {cte}{eol}{eol}{body}"
+            );
+            let raw = if top {
+                format!("From: a@example.com{eol}Subject: s{eol}{part}")
+            } else {
+                let pdf = if with_pdf {
+                    format!(
+                        "--outer{eol}Content-Type: application/pdf{eol}\
+                         Content-Transfer-Encoding: base64{eol}{eol}{}",
+                        b64(&[7u8; 3000], 76, eol)
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    "From: a@example.com{eol}Subject: s{eol}\
+                     Content-Type: multipart/mixed; boundary=\"outer\"{eol}{eol}\
+                     --outer{eol}Content-Type: multipart/alternative; boundary=\"in\"{eol}{eol}\
+                     --in{eol}{part}--in{eol}{}--in--{eol}{pdf}--outer--{eol}",
+                    part.replace("text/plain", "text/html")
+                )
+            };
+            qp_agrees(raw.as_bytes());
+        }
     }
 
     /// The parse of a message with one attachment of type `ct` holding `data`, after checking

@@ -61,7 +61,27 @@ pub struct Skeleton {
     pub cut: u64,
     /// The bodies set aside that the store can keep decoded ([`of_slice`] only).
     pub kept: Kept,
+    /// The quoted-printable texts the walk decoded ([`of_slice`] only): each one's
+    /// `Content-Transfer-Encoding` says `8bit` in the skeleton, its text decoded.
+    pub qp: Vec<QpText>,
+    /// The top-level `Content-Transfer-Encoding` value as the message has it, when the walk
+    /// decoded the top-level text: the parse of the skeleton reads `8bit` there.
+    pub root_cte: Option<String>,
     nonce: [u8; 8],
+}
+
+/// A quoted-printable text decoded by the walk, where the parse of the skeleton must find
+/// it: a part whose header block starts at `head`, whose body is `body` (positions in the
+/// skeleton's bytes), in a multipart with this `boundary` (`None`: the message's own
+/// body). The walk made sure that the parse would read the message's text there the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QpText {
+    /// Where the part's header block starts.
+    pub head: usize,
+    /// Where its decoded text is.
+    pub body: std::ops::Range<usize>,
+    /// The boundary of the multipart it is in.
+    pub boundary: Option<Vec<u8>>,
 }
 
 /// Base64 bodies of a message, decoded, with where they were in its bytes and how their lines
@@ -143,6 +163,7 @@ impl Skeleton {
 pub fn of_slice(raw: &[u8]) -> Skeleton {
     let mut walk = Walk::new(SliceLines { data: raw, at: 0 }, raw.len() / 8);
     walk.keep = true;
+    walk.qp = true;
     // Reading a slice cannot fail.
     walk.run().unwrap_or_else(|_| Skeleton {
         bytes: raw.to_vec(),
@@ -150,6 +171,8 @@ pub fn of_slice(raw: &[u8]) -> Skeleton {
         blank: raw.iter().all(u8::is_ascii_whitespace),
         cut: 0,
         kept: Kept::default(),
+        qp: Vec::new(),
+        root_cte: None,
         nonce: [0; 8],
     })
 }
@@ -286,6 +309,9 @@ enum Body {
     Base64(Option<Text>),
     /// The message's own text (cut when long, see [`TEXT_CUT`]); whether in base64.
     Text(bool),
+    /// The message's own text in quoted-printable: decoded by the walk when it can
+    /// ([`Walk::qp_text`]).
+    QuotedPrintable,
     /// An attached message, not transfer-encoded.
     Message,
     Other,
@@ -341,6 +367,8 @@ struct Walk<L> {
     bounds: Vec<Vec<u8>>,
     /// Keep the decoded bodies ([`Skeleton::kept`]).
     keep: bool,
+    /// Decode quoted-printable texts ([`Walk::qp_text`]).
+    qp: bool,
     /// What text parts may still copy ([`TEXT_TOTAL`]).
     text_left: usize,
     /// How many attached messages the walk is inside.
@@ -366,10 +394,13 @@ impl<L: Lines> Walk<L> {
                 blank: true,
                 cut: 0,
                 kept: Kept::default(),
+                qp: Vec::new(),
+                root_cte: None,
                 nonce: fastrand::u64(..).to_le_bytes(),
             },
             bounds: Vec::new(),
             keep: false,
+            qp: false,
             text_left: TEXT_TOTAL,
             inside: 0,
             last_delimiter: (0, 0),
@@ -440,6 +471,10 @@ impl<L: Lines> Walk<L> {
             Body::Multipart(boundary) if depth < MAX_DEPTH => self.multipart(boundary, depth),
             Body::Base64(text) => self.set_aside(eol, text),
             Body::Text(base64) => self.copy_text(eol, base64),
+            Body::QuotedPrintable => {
+                let head_at = self.skeleton.bytes.len() - head.len();
+                self.qp_text(eol, &head, head_at, depth)
+            }
             Body::Message if depth < MAX_DEPTH => self.attached(depth),
             _ => self.copy_body(),
         }
@@ -547,6 +582,122 @@ impl<L: Lines> Walk<L> {
             }
             None => End::Eof,
         })
+    }
+
+    /// A quoted-printable text of the message, decoded as the parse decodes it: the
+    /// skeleton holds the text decoded, and its header says `8bit` where it said
+    /// `quoted-printable` (over the same bytes), so the parse takes the text as it is
+    /// instead of decoding it a byte at a time. Only what the parse's decoder reads without
+    /// a doubt is decoded here: each `=` followed by two hexadecimal digits or ending its
+    /// line, one line end throughout and no other CR, no delimiter inside a line, the part
+    /// ended by a delimiter of the innermost multipart (or, in none, by the end of the
+    /// message), and short enough not to be cut. Anything else is copied as
+    /// [`Walk::copy_text`] copies it.
+    fn qp_text(
+        &mut self,
+        eol: &[u8],
+        head: &[u8],
+        head_at: usize,
+        depth: usize,
+    ) -> io::Result<End> {
+        let token = if self.qp && self.inside == 0 {
+            cte_token(head)
+        } else {
+            None
+        };
+        let Some(token) = token else {
+            return self.copy_text(eol, false);
+        };
+        let (start, sk_start) = (self.r.src.position(), self.skeleton.bytes.len());
+        let Some((end, sk_end)) = self.decode_qp(sk_start)? else {
+            self.skeleton.bytes.truncate(sk_start);
+            self.r.rewind(start)?;
+            return self.copy_text(eol, false);
+        };
+        self.skeleton.qp.push(QpText {
+            head: head_at,
+            body: sk_start..sk_end,
+            boundary: self.bounds.last().cloned(),
+        });
+        if depth == 0 {
+            self.skeleton.root_cte = head
+                .get(token.clone())
+                .map(|t| String::from_utf8_lossy(t).into_owned());
+        }
+        let at = head_at + token.start;
+        if let Some(value) = self.skeleton.bytes.get_mut(at..at + token.len()) {
+            value.copy_from_slice(QP_AS_8BIT);
+        }
+        Ok(end)
+    }
+
+    /// Decodes the quoted-printable body ahead onto the skeleton (from `sk_start`) and
+    /// copies the delimiter that ends it: how it ended and where the decoded text ends;
+    /// `None` when it is not one [`Walk::qp_text`] decodes (the skeleton then holds part of
+    /// it, for the caller to take back).
+    fn decode_qp(&mut self, sk_start: usize) -> io::Result<Option<(End, usize)>> {
+        let budget = TEXT_CUT.min(self.text_left);
+        let inner = self.bounds.last().map(|b| [b"--".as_slice(), b].concat());
+        let mut read = 0usize;
+        let mut text = QpLines::default();
+        let ended = loop {
+            let at = self.r.src.position();
+            let Some((piece, starts)) = self.r.next()? else {
+                break None;
+            };
+            if starts && let Some(end) = Self::delimiter(&self.bounds, piece) {
+                break Some((end, at, piece.to_vec()));
+            }
+            read += piece.len();
+            if read > budget
+                || text
+                    .take(piece, inner.as_deref(), &mut self.skeleton.bytes)
+                    .is_none()
+            {
+                return Ok(None);
+            }
+        };
+        let QpLines {
+            line_end,
+            hard,
+            lines,
+            ..
+        } = text;
+        let decoded = self.skeleton.bytes.get(sk_start..).unwrap_or_default();
+        let mut sk_end = self.skeleton.bytes.len();
+        let end = match ended {
+            // The parse drops the line end before the delimiter; its decoder drops more
+            // after a soft break there, so such a text is left to it. So is one the parse
+            // of the skeleton would end early (at a delimiter decoded out of escapes, or
+            // before a CR decoded last): `message::qp_texts_found` would refuse the whole
+            // skeleton for it.
+            Some((end @ End::Delimiter { level, .. }, at, delimiter))
+                if level + 1 == self.bounds.len() && lines > 0 && hard =>
+            {
+                let delimiter_inside = self.bounds.iter().any(|b| {
+                    memchr::memmem::find(decoded, &[b"--".as_slice(), b].concat()).is_some()
+                });
+                if delimiter_inside || decoded.ends_with(b"\r") {
+                    return Ok(None);
+                }
+                let bytes = &mut self.skeleton.bytes;
+                bytes.extend_from_slice(line_end.unwrap_or(b"\n"));
+                self.last_delimiter = (at, bytes.len());
+                bytes.extend_from_slice(&delimiter);
+                end
+            }
+            None if self.bounds.is_empty() && lines > 0 => {
+                // Here the parse keeps the last line end.
+                if hard && let Some(e) = line_end {
+                    self.skeleton.bytes.extend_from_slice(e);
+                    sk_end += e.len();
+                }
+                End::Eof
+            }
+            _ => return Ok(None),
+        };
+        self.text_left = self.text_left.saturating_sub(read);
+        Ok(Some((end, sk_end)))
     }
 
     /// An attached message (`message/rfc822`), walked like the message itself: its base64
@@ -669,7 +820,7 @@ impl<L: Lines> Walk<L> {
 
 /// What the header block `head` says of its body, read with the parser's own header code.
 fn body_of(head: &[u8]) -> Body {
-    let Some(msg) = crate::message::mime_parser().parse_headers(head) else {
+    let Some(msg) = header_parser().parse_headers(head) else {
         return Body::Other;
     };
     let part = msg.root_part();
@@ -727,12 +878,170 @@ fn body_of(head: &[u8]) -> Body {
             .filter(|&f| byte_by_byte(f))
             .map(Text::Charset),
     };
+    // Compared as the parse compares it, untrimmed.
+    let qp = part
+        .content_transfer_encoding()
+        .is_some_and(|e| e.eq_ignore_ascii_case("quoted-printable"));
     match text {
         _ if headers => Body::Other,
+        _ if !attachment && qp => Body::QuotedPrintable,
         _ if !attachment => Body::Text(base64),
         Some(t) if base64 => Body::Base64(Some(t)),
         _ => Body::Other,
     }
+}
+
+/// The lines of a quoted-printable text decoded so far (see [`Walk::decode_qp`]).
+#[derive(Default)]
+struct QpLines {
+    /// The line end of every line so far.
+    line_end: Option<&'static [u8]>,
+    /// The last line ended with a hard break (its line end not written yet).
+    hard: bool,
+    /// The last line had no line end (the end of the message, or a line longer than a
+    /// piece).
+    open: bool,
+    lines: usize,
+}
+
+impl QpLines {
+    /// Decodes the line `piece` onto `out`; `None` when the text is not one to decode here:
+    /// a line after one without a line end, another line end than the others, a CR but in
+    /// the line end, a delimiter of the multipart `inner` inside (which the parse's decoder
+    /// would end the part at), or an `=` the parse reads otherwise.
+    fn take(&mut self, piece: &[u8], inner: Option<&[u8]>, out: &mut Vec<u8>) -> Option<()> {
+        if self.open {
+            return None;
+        }
+        let (content, this_end): (&[u8], &'static [u8]) =
+            if let Some(c) = piece.strip_suffix(b"\r\n") {
+                (c, b"\r\n")
+            } else if let Some(c) = piece.strip_suffix(b"\n") {
+                (c, b"\n")
+            } else {
+                self.open = true;
+                (piece, b"")
+            };
+        if memchr::memchr(b'\r', content).is_some()
+            || inner.is_some_and(|d| memchr::memmem::find(piece, d).is_some())
+        {
+            return None;
+        }
+        if self.hard
+            && let Some(e) = self.line_end
+        {
+            out.extend_from_slice(e);
+        }
+        if !self.open {
+            if self.line_end.is_some_and(|e| e != this_end) {
+                return None;
+            }
+            self.line_end = Some(this_end);
+        }
+        let soft = qp_line(content, !self.open, out)?;
+        self.hard = !soft && !self.open;
+        self.lines += 1;
+        Some(())
+    }
+}
+
+/// The parser of a part's header block for [`body_of`]: the three fields it reads, read as
+/// the message's parse reads them (`message::mime_parser`), every other field skipped. A
+/// message's own header block, with its `Received` fields, took longer to read whole than
+/// some small texts take to decode.
+fn header_parser() -> &'static mail_parser::MessageParser {
+    use mail_parser::HeaderName as H;
+    static PARSER: std::sync::LazyLock<mail_parser::MessageParser> =
+        std::sync::LazyLock::new(|| {
+            mail_parser::MessageParser::new()
+                .header_content_type(H::ContentType)
+                .header_content_type(H::ContentDisposition)
+                .header_text(H::ContentTransferEncoding)
+                .default_header_ignore()
+        });
+    &PARSER
+}
+
+/// What a decoded quoted-printable text's `Content-Transfer-Encoding` says in the skeleton:
+/// as long as `quoted-printable`, so that nothing else moves.
+const QP_AS_8BIT: &[u8; 16] = b"8bit            ";
+
+/// Where the value of the `Content-Transfer-Encoding` field of the header block `head` is,
+/// when the block has one such field only, on one line, its value `quoted-printable` alone
+/// (spaces and tabs around it).
+fn cte_token(head: &[u8]) -> Option<std::ops::Range<usize>> {
+    const NAME: &[u8] = b"content-transfer-encoding:";
+    // Any other spelling of the name the parse might read ("Content-Transfer-Encoding :")
+    // means the walk cannot tell which field the parse takes.
+    let mentions = memchr::memchr_iter(b'-', head)
+        .filter(|&i| {
+            i >= 8
+                && head
+                    .get(i - 8..i + 9)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"transfer-encoding"))
+        })
+        .count();
+    if mentions != 1 {
+        return None;
+    }
+    let mut at = 0;
+    let mut lines = head.split_inclusive(|&b| b == b'\n');
+    while let Some(line) = lines.next() {
+        let start = at;
+        at += line.len();
+        let Some(name) = line.get(..NAME.len()) else {
+            continue;
+        };
+        if !name.eq_ignore_ascii_case(NAME) {
+            continue;
+        }
+        if lines
+            .next()
+            .is_some_and(|next| next.starts_with(b" ") || next.starts_with(b"\t"))
+        {
+            return None;
+        }
+        let value = line.get(NAME.len()..).unwrap_or_default();
+        let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+        let lead = value.iter().take_while(|b| blank(b)).count();
+        let tail = value.iter().rev().take_while(|b| blank(b)).count();
+        let token = start + NAME.len() + lead..start + line.len() - tail;
+        let ok = token.len() == QP_AS_8BIT.len()
+            && head
+                .get(token.clone())
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"quoted-printable"));
+        return ok.then_some(token);
+    }
+    None
+}
+
+/// Decodes one line of quoted-printable text, without its line end, onto `out`, as the
+/// parse decodes it: `=` and two hexadecimal digits give a byte; `=` last on the line
+/// (spaces, tabs, form feeds after it) is a soft break; on a line that ends (`ended`), the
+/// spaces, tabs and form feeds at its end go. Whether the line ends in a soft break, or
+/// `None` for an `=` followed by anything else (the parse has its own readings of those).
+fn qp_line(line: &[u8], ended: bool, out: &mut Vec<u8>) -> Option<bool> {
+    use mail_parser::decoders::quoted_printable::HEX_MAP;
+    let space = |b: &&u8| matches!(b, b' ' | b'\t' | b'\x0C');
+    let kept = line.len() - line.iter().rev().take_while(space).count();
+    let trimmed = line.get(..kept).unwrap_or_default();
+    let (mut rest, soft) = match trimmed.strip_suffix(b"=") {
+        Some(text) => (text, true),
+        None if ended => (trimmed, false),
+        None => (line, false),
+    };
+    let hex = |b: Option<&u8>| {
+        let v = *HEX_MAP.get(usize::from(*b?))?;
+        u8::try_from(v).ok()
+    };
+    while let Some(i) = memchr::memchr(b'=', rest) {
+        out.extend_from_slice(rest.get(..i).unwrap_or_default());
+        let (hi, lo) = (hex(rest.get(i + 1))?, hex(rest.get(i + 2))?);
+        out.push(hi << 4 | lo);
+        rest = rest.get(i + 3..).unwrap_or_default();
+    }
+    out.extend_from_slice(rest);
+    Some(soft)
 }
 
 /// The length of the line end `bytes` ends with: `\r\n`, `\n` or a lone `\r` (whose `\n`
