@@ -38,6 +38,10 @@
 //! the wall time of the `mailticket outbox --send` that drains them to the loopback SMTP sink
 //! (tests/env/smtp-sink: STARTTLS + AUTH, like port 587), and how many connections it used.
 //!
+//! `bench parse [SMALL OUTLOOK RUNS]` (default 3000 2000 5) times the parse alone, in process:
+//! the benchmark's small messages and messages shaped as Outlook sends them (plain and HTML
+//! parts in quoted-printable), per message and in MB/s (see `bench/parse.rs`).
+//!
 //! `bench login [RUNS]` (default 20) measures what OAuth2 costs a cron `sync`: the wall time of
 //! `mailticket sync` of an empty mailbox with a password (LOGIN), with XOAUTH2 and the access
 //! token cached in the store, and with XOAUTH2 and a new client-credentials grant every run
@@ -49,6 +53,8 @@ use std::time::{Duration, Instant};
 
 use mailticket::config::Config;
 
+#[path = "bench/parse.rs"]
+mod parse;
 #[path = "bench/workers.rs"]
 mod workers;
 
@@ -282,6 +288,12 @@ fn main() {
         let mailboxes = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
         let workers = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(4);
         return workers::run(mailboxes, workers);
+    }
+    if args.first().map(String::as_str) == Some("parse") {
+        let small = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3000);
+        let outlook = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2000);
+        let runs = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5);
+        return parse::run(small, outlook, runs);
     }
     if args.first().map(String::as_str) == Some("login") {
         let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);

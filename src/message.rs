@@ -245,7 +245,9 @@ pub fn parse_keeping(raw: &[u8]) -> Result<(ParsedMessage, skeleton::Kept), Pars
 /// Whether `raw` says "base64" anywhere (in any case): else no body can be set aside and the
 /// walk is skipped.
 fn mentions_base64(raw: &[u8]) -> bool {
-    memchr::memmem::find_iter(raw, b"64").any(|at| {
+    static SIXTY_FOUR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"64"));
+    SIXTY_FOUR.find_iter(raw).any(|at| {
         at.checked_sub(4)
             .and_then(|start| raw.get(start..at))
             .is_some_and(|w| w.eq_ignore_ascii_case(b"base"))
@@ -255,8 +257,14 @@ fn mentions_base64(raw: &[u8]) -> bool {
 /// Whether `raw` says "quoted-printable" (in the usual cases) anywhere: else no text is
 /// decoded by the walk. (A text this misses is decoded by the parse, as any other.)
 fn mentions_qp(raw: &[u8]) -> bool {
-    memchr::memmem::find(raw, b"quoted-printable").is_some()
-        || memchr::memmem::find(raw, b"Quoted-Printable").is_some()
+    use memchr::memmem::Finder;
+    static FINDERS: std::sync::LazyLock<[Finder<'static>; 2]> = std::sync::LazyLock::new(|| {
+        [
+            Finder::new(b"quoted-printable"),
+            Finder::new(b"Quoted-Printable"),
+        ]
+    });
+    FINDERS.iter().any(|f| f.find(raw).is_some())
 }
 
 /// Parses the message `file` holds (read from its start, in pieces: its attachment bodies
@@ -641,8 +649,11 @@ fn readable_text(msg: &mail_parser::Message<'_>) -> String {
 /// Appends `t` to `out` with each CR LF as LF.
 fn push_lf(out: &mut String, t: &str) {
     out.reserve(t.len());
+    // One searcher for every text: setting one up costs about as much as a short text's search.
+    static CRLF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n"));
     let mut at = 0;
-    for cr in memchr::memmem::find_iter(t.as_bytes(), b"\r\n") {
+    for cr in CRLF.find_iter(t.as_bytes()) {
         out.push_str(t.get(at..cr).unwrap_or_default());
         at = cr + 1;
     }

@@ -637,7 +637,8 @@ impl<L: Lines> Walk<L> {
     /// it, for the caller to take back).
     fn decode_qp(&mut self, sk_start: usize) -> io::Result<Option<(End, usize)>> {
         let budget = TEXT_CUT.min(self.text_left);
-        let inner = self.bounds.last().map(|b| [b"--".as_slice(), b].concat());
+        let delimiter = self.bounds.last().map(|b| [b"--".as_slice(), b].concat());
+        let inner = delimiter.as_deref().map(memchr::memmem::Finder::new);
         let mut read = 0usize;
         let mut text = QpLines::default();
         let ended = loop {
@@ -651,7 +652,7 @@ impl<L: Lines> Walk<L> {
             read += piece.len();
             if read > budget
                 || text
-                    .take(piece, inner.as_deref(), &mut self.skeleton.bytes)
+                    .take(piece, inner.as_ref(), &mut self.skeleton.bytes)
                     .is_none()
             {
                 return Ok(None);
@@ -909,7 +910,12 @@ impl QpLines {
     /// a line after one without a line end, another line end than the others, a CR but in
     /// the line end, a delimiter of the multipart `inner` inside (which the parse's decoder
     /// would end the part at), or an `=` the parse reads otherwise.
-    fn take(&mut self, piece: &[u8], inner: Option<&[u8]>, out: &mut Vec<u8>) -> Option<()> {
+    fn take(
+        &mut self,
+        piece: &[u8],
+        inner: Option<&memchr::memmem::Finder<'_>>,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         if self.open {
             return None;
         }
@@ -923,7 +929,7 @@ impl QpLines {
                 (piece, b"")
             };
         if memchr::memchr(b'\r', content).is_some()
-            || inner.is_some_and(|d| memchr::memmem::find(piece, d).is_some())
+            || inner.is_some_and(|d| d.find(piece).is_some())
         {
             return None;
         }
