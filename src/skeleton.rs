@@ -6,7 +6,9 @@
 //! each clean base64 body of a non-text part, or of a text part sent as an attachment (a log,
 //! a CSV file) in UTF-8 or a charset of one byte a character, a one-line marker, and decode and hash that body on the way, in
 //! bounded memory: the parse then runs on the copy, the skeleton, and `message` takes each
-//! attachment's size and digest from [`Skeleton::set_aside`].
+//! attachment's size and digest from [`Skeleton::set_aside`]. The message's own texts in
+//! quoted-printable are decoded on the way too and left out ([`Skeleton::qp`]): `message`
+//! puts each one into the part the parse found empty in its place.
 //!
 //! The walk copies what it does not understand as it is: a body with anything but the base64
 //! alphabet, spaces, tabs and line ends (padding in the middle, a non-canonical end), a text
@@ -61,27 +63,27 @@ pub struct Skeleton {
     pub cut: u64,
     /// The bodies set aside that the store can keep decoded ([`of_slice`] only).
     pub kept: Kept,
-    /// The quoted-printable texts the walk decoded ([`of_slice`] only): each one's
-    /// `Content-Transfer-Encoding` says `8bit` in the skeleton, its text decoded.
+    /// The quoted-printable texts the walk decoded ([`of_slice`] only), each one's body left
+    /// out of the skeleton.
     pub qp: Vec<QpText>,
-    /// The top-level `Content-Transfer-Encoding` value as the message has it, when the walk
-    /// decoded the top-level text: the parse of the skeleton reads `8bit` there.
-    pub root_cte: Option<String>,
     nonce: [u8; 8],
 }
 
-/// A quoted-printable text decoded by the walk, where the parse of the skeleton must find
-/// it: a part whose header block starts at `head`, whose body is `body` (positions in the
-/// skeleton's bytes), in a multipart with this `boundary` (`None`: the message's own
-/// body). The walk made sure that the parse would read the message's text there the same.
+/// A quoted-printable text decoded by the walk, its body left out of the skeleton: the parse
+/// of the skeleton must find an empty text part whose header block starts at `head` and
+/// whose body at `body` (positions in the skeleton's bytes), in a multipart with this
+/// `boundary` (`None`: the message's own body), and then takes `text` as that part's text.
+/// The walk made sure that the parse of the message would decode the body to `text`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QpText {
     /// Where the part's header block starts.
     pub head: usize,
-    /// Where its decoded text is.
-    pub body: std::ops::Range<usize>,
+    /// Where its (empty) body is.
+    pub body: usize,
     /// The boundary of the multipart it is in.
     pub boundary: Option<Vec<u8>>,
+    /// The text as the parse's decoder gives it, before any charset is applied.
+    pub text: Vec<u8>,
 }
 
 /// Base64 bodies of a message, decoded, with where they were in its bytes and how their lines
@@ -172,7 +174,6 @@ pub fn of_slice(raw: &[u8]) -> Skeleton {
         cut: 0,
         kept: Kept::default(),
         qp: Vec::new(),
-        root_cte: None,
         nonce: [0; 8],
     })
 }
@@ -395,7 +396,6 @@ impl<L: Lines> Walk<L> {
                 cut: 0,
                 kept: Kept::default(),
                 qp: Vec::new(),
-                root_cte: None,
                 nonce: fastrand::u64(..).to_le_bytes(),
             },
             bounds: Vec::new(),
@@ -473,7 +473,7 @@ impl<L: Lines> Walk<L> {
             Body::Text(base64) => self.copy_text(eol, base64),
             Body::QuotedPrintable => {
                 let head_at = self.skeleton.bytes.len() - head.len();
-                self.qp_text(eol, &head, head_at, depth)
+                self.qp_text(eol, head_at)
             }
             Body::Message if depth < MAX_DEPTH => self.attached(depth),
             _ => self.copy_body(),
@@ -584,63 +584,43 @@ impl<L: Lines> Walk<L> {
         })
     }
 
-    /// A quoted-printable text of the message, decoded as the parse decodes it: the
-    /// skeleton holds the text decoded, and its header says `8bit` where it said
-    /// `quoted-printable` (over the same bytes), so the parse takes the text as it is
-    /// instead of decoding it a byte at a time. Only what the parse's decoder reads without
-    /// a doubt is decoded here: each `=` followed by two hexadecimal digits or ending its
-    /// line, one line end throughout and no other CR, no delimiter inside a line, the part
-    /// ended by a delimiter of the innermost multipart (or, in none, by the end of the
-    /// message), and short enough not to be cut. Anything else is copied as
-    /// [`Walk::copy_text`] copies it.
-    fn qp_text(
-        &mut self,
-        eol: &[u8],
-        head: &[u8],
-        head_at: usize,
-        depth: usize,
-    ) -> io::Result<End> {
-        let token = if self.qp && self.inside == 0 {
-            cte_token(head)
-        } else {
-            None
-        };
-        let Some(token) = token else {
+    /// A quoted-printable text of the message, decoded as the parse decodes it and left out
+    /// of the skeleton (see [`QpText`]): the parse then reads an empty body there, instead
+    /// of decoding the text a byte at a time and scanning it for its delimiter. Only what
+    /// the parse's decoder reads without a doubt is decoded here: each `=` followed by two
+    /// hexadecimal digits or ending its line, one line end throughout and no other CR, no
+    /// delimiter inside a line, the part ended by a delimiter of the innermost multipart
+    /// (or, in none, by the end of the message), and short enough not to be cut. Anything
+    /// else is copied as [`Walk::copy_text`] copies it.
+    fn qp_text(&mut self, eol: &[u8], head_at: usize) -> io::Result<End> {
+        if !self.qp || self.inside > 0 {
             return self.copy_text(eol, false);
-        };
-        let (start, sk_start) = (self.r.src.position(), self.skeleton.bytes.len());
-        let Some((end, sk_end)) = self.decode_qp(sk_start)? else {
-            self.skeleton.bytes.truncate(sk_start);
+        }
+        let start = self.r.src.position();
+        let body = self.skeleton.bytes.len();
+        let Some((end, text)) = self.decode_qp()? else {
             self.r.rewind(start)?;
             return self.copy_text(eol, false);
         };
         self.skeleton.qp.push(QpText {
             head: head_at,
-            body: sk_start..sk_end,
+            body,
             boundary: self.bounds.last().cloned(),
+            text,
         });
-        if depth == 0 {
-            self.skeleton.root_cte = head
-                .get(token.clone())
-                .map(|t| String::from_utf8_lossy(t).into_owned());
-        }
-        let at = head_at + token.start;
-        if let Some(value) = self.skeleton.bytes.get_mut(at..at + token.len()) {
-            value.copy_from_slice(QP_AS_8BIT);
-        }
         Ok(end)
     }
 
-    /// Decodes the quoted-printable body ahead onto the skeleton (from `sk_start`) and
-    /// copies the delimiter that ends it: how it ended and where the decoded text ends;
-    /// `None` when it is not one [`Walk::qp_text`] decodes (the skeleton then holds part of
-    /// it, for the caller to take back).
-    fn decode_qp(&mut self, sk_start: usize) -> io::Result<Option<(End, usize)>> {
+    /// Decodes the quoted-printable body ahead, leaving it out of the skeleton but for the
+    /// line end before the delimiter that ends it, copied with the delimiter: how the body
+    /// ended and its text; `None` when it is not one [`Walk::qp_text`] decodes (the skeleton
+    /// is then as it was).
+    fn decode_qp(&mut self) -> io::Result<Option<(End, Vec<u8>)>> {
         let budget = TEXT_CUT.min(self.text_left);
         let delimiter = self.bounds.last().map(|b| [b"--".as_slice(), b].concat());
         let inner = delimiter.as_deref().map(memchr::memmem::Finder::new);
-        let mut read = 0usize;
-        let mut text = QpLines::default();
+        let (mut read, mut text) = (0usize, Vec::new());
+        let mut lines = QpLines::default();
         let ended = loop {
             let at = self.r.src.position();
             let Some((piece, starts)) = self.r.next()? else {
@@ -650,11 +630,7 @@ impl<L: Lines> Walk<L> {
                 break Some((end, at, piece.to_vec()));
             }
             read += piece.len();
-            if read > budget
-                || text
-                    .take(piece, inner.as_ref(), &mut self.skeleton.bytes)
-                    .is_none()
-            {
+            if read > budget || lines.take(piece, inner.as_ref(), &mut text).is_none() {
                 return Ok(None);
             }
         };
@@ -663,24 +639,13 @@ impl<L: Lines> Walk<L> {
             hard,
             lines,
             ..
-        } = text;
-        let decoded = self.skeleton.bytes.get(sk_start..).unwrap_or_default();
-        let mut sk_end = self.skeleton.bytes.len();
+        } = lines;
         let end = match ended {
             // The parse drops the line end before the delimiter; its decoder drops more
-            // after a soft break there, so such a text is left to it. So is one the parse
-            // of the skeleton would end early (at a delimiter decoded out of escapes, or
-            // before a CR decoded last): `message::qp_texts_found` would refuse the whole
-            // skeleton for it.
+            // after a soft break there, so such a text is left to it.
             Some((end @ End::Delimiter { level, .. }, at, delimiter))
                 if level + 1 == self.bounds.len() && lines > 0 && hard =>
             {
-                let delimiter_inside = self.bounds.iter().any(|b| {
-                    memchr::memmem::find(decoded, &[b"--".as_slice(), b].concat()).is_some()
-                });
-                if delimiter_inside || decoded.ends_with(b"\r") {
-                    return Ok(None);
-                }
                 let bytes = &mut self.skeleton.bytes;
                 bytes.extend_from_slice(line_end.unwrap_or(b"\n"));
                 self.last_delimiter = (at, bytes.len());
@@ -690,15 +655,14 @@ impl<L: Lines> Walk<L> {
             None if self.bounds.is_empty() && lines > 0 => {
                 // Here the parse keeps the last line end.
                 if hard && let Some(e) = line_end {
-                    self.skeleton.bytes.extend_from_slice(e);
-                    sk_end += e.len();
+                    text.extend_from_slice(e);
                 }
                 End::Eof
             }
             _ => return Ok(None),
         };
         self.text_left = self.text_left.saturating_sub(read);
-        Ok(Some((end, sk_end)))
+        Ok(Some((end, text)))
     }
 
     /// An attached message (`message/rfc822`), walked like the message itself: its base64
@@ -966,59 +930,6 @@ fn header_parser() -> &'static mail_parser::MessageParser {
                 .default_header_ignore()
         });
     &PARSER
-}
-
-/// What a decoded quoted-printable text's `Content-Transfer-Encoding` says in the skeleton:
-/// as long as `quoted-printable`, so that nothing else moves.
-const QP_AS_8BIT: &[u8; 16] = b"8bit            ";
-
-/// Where the value of the `Content-Transfer-Encoding` field of the header block `head` is,
-/// when the block has one such field only, on one line, its value `quoted-printable` alone
-/// (spaces and tabs around it).
-fn cte_token(head: &[u8]) -> Option<std::ops::Range<usize>> {
-    const NAME: &[u8] = b"content-transfer-encoding:";
-    // Any other spelling of the name the parse might read ("Content-Transfer-Encoding :")
-    // means the walk cannot tell which field the parse takes.
-    let mentions = memchr::memchr_iter(b'-', head)
-        .filter(|&i| {
-            i >= 8
-                && head
-                    .get(i - 8..i + 9)
-                    .is_some_and(|w| w.eq_ignore_ascii_case(b"transfer-encoding"))
-        })
-        .count();
-    if mentions != 1 {
-        return None;
-    }
-    let mut at = 0;
-    let mut lines = head.split_inclusive(|&b| b == b'\n');
-    while let Some(line) = lines.next() {
-        let start = at;
-        at += line.len();
-        let Some(name) = line.get(..NAME.len()) else {
-            continue;
-        };
-        if !name.eq_ignore_ascii_case(NAME) {
-            continue;
-        }
-        if lines
-            .next()
-            .is_some_and(|next| next.starts_with(b" ") || next.starts_with(b"\t"))
-        {
-            return None;
-        }
-        let value = line.get(NAME.len()..).unwrap_or_default();
-        let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
-        let lead = value.iter().take_while(|b| blank(b)).count();
-        let tail = value.iter().rev().take_while(|b| blank(b)).count();
-        let token = start + NAME.len() + lead..start + line.len() - tail;
-        let ok = token.len() == QP_AS_8BIT.len()
-            && head
-                .get(token.clone())
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"quoted-printable"));
-        return ok.then_some(token);
-    }
-    None
 }
 
 /// Decodes one line of quoted-printable text, without its line end, onto `out`, as the
