@@ -2344,38 +2344,3 @@ pub(crate) mod skeleton_tests {
         set_aside_alone("application/pdf; name=\"r.pdf\"", &data);
     }
 }
-#[cfg(test)]
-mod dbg_qp {
-    #[test]
-    fn dbg() {
-        let eol = "\n";
-        let b = "_000_";
-        let raw = format!(
-            "From: a@example.com{eol}Subject: s{eol}Content-Type: multipart/alternative; boundary=\"{b}\"{eol}{eol}--{b}{eol}Content-Type: text/plain; charset=\"utf-8\"{eol}Content-Transfer-Encoding: quoted-printable{eol}{eol}caf=C3=A9{eol}end{eol}--{b}--{eol}"
-        );
-        let sk = crate::skeleton::of_slice(raw.as_bytes());
-        eprintln!(
-            "{:?} len {} {:?}",
-            sk.qp,
-            sk.bytes.len(),
-            String::from_utf8_lossy(&sk.bytes)
-        );
-        let mut msg = super::mime_parser().parse(&sk.bytes).unwrap();
-        for p in &msg.parts {
-            eprintln!(
-                "{} {} {} {:?}",
-                p.offset_header, p.offset_body, p.offset_end, p.body
-            );
-        }
-        eprintln!(
-            "{}",
-            super::put_back_qp_texts(&mut msg, &sk, sk.bytes.len())
-        );
-        for p in &msg.parts {
-            eprintln!(
-                "{} {} {} {:?}",
-                p.offset_header, p.offset_body, p.offset_end, p.body
-            );
-        }
-    }
-}
