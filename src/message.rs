@@ -290,9 +290,9 @@ pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailur
     guarded(|| parse_whole(&raw))
 }
 
-/// The parse of `sk`, when something was set aside or cut and the parse found each marker
-/// exactly once as an attachment, and no cut text in one (else the caller parses the
-/// original).
+/// The parse of `sk`, when something was set aside, cut or decoded by the walk, and the
+/// parse found each marker exactly once as an attachment, no cut text in one, and each
+/// decoded text's empty part where the walk left it (else the caller parses the original).
 fn parse_skeleton(sk: &Skeleton) -> Option<ParsedMessage> {
     if sk.set_aside.is_empty() && sk.cut == 0 && sk.qp.is_empty() {
         return None;
@@ -492,8 +492,6 @@ fn fields(
     })
 }
 
-/// Whether each marker of `sk` is the content of exactly one attachment of `msg`, and of no
-/// part read as its text.
 /// Puts each text the walk decoded (see [`skeleton::QpText`]) into the parse `msg` of the
 /// skeleton `sk` (`len` bytes), converted from its charset as the parse converts a decoded
 /// text; `false` when the parse did not read one of them where the walk left it: an empty
@@ -553,6 +551,8 @@ fn put_back_qp_texts(msg: &mut mail_parser::Message<'_>, sk: &Skeleton, len: usi
     true
 }
 
+/// Whether each marker of `sk` is the content of exactly one attachment of `msg`, and of no
+/// part read as its text.
 fn markers_found_once(msg: &mail_parser::Message<'_>, sk: &Skeleton) -> bool {
     // A text attachment the parse also reads as the message's text would bring its marker.
     let read_as_text = |ids: &[u32]| {
