@@ -276,8 +276,8 @@ pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailur
         |e: std::io::Error| ParseFailure(format!("cannot read the spooled message: {e}"));
     let start = file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
     let sk = skeleton::of_reader(std::io::BufReader::new(&mut *file)).map_err(unreadable)?;
-    if sk.set_aside.is_empty() && sk.cut == 0 {
-        // Nothing was set aside: the skeleton is the message byte for byte.
+    if sk.set_aside.is_empty() && sk.cut == 0 && sk.qp.is_empty() {
+        // Nothing was set aside, cut or decoded: the skeleton is the message byte for byte.
         return guarded(|| parse_whole(&sk.bytes));
     }
     if let Some(parsed) = guarded(|| Ok(parse_skeleton(&sk))).ok().flatten() {

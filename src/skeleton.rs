@@ -63,8 +63,8 @@ pub struct Skeleton {
     pub cut: u64,
     /// The bodies set aside that the store can keep decoded ([`of_slice`] only).
     pub kept: Kept,
-    /// The quoted-printable texts the walk decoded ([`of_slice`] only), each one's body left
-    /// out of the skeleton.
+    /// The quoted-printable texts the walk decoded, each one's body left out of the
+    /// skeleton.
     pub qp: Vec<QpText>,
     nonce: [u8; 8],
 }
@@ -165,7 +165,6 @@ impl Skeleton {
 pub fn of_slice(raw: &[u8]) -> Skeleton {
     let mut walk = Walk::new(SliceLines { data: raw, at: 0 }, raw.len() / 8);
     walk.keep = true;
-    walk.qp = true;
     // Reading a slice cannot fail.
     walk.run().unwrap_or_else(|_| Skeleton {
         bytes: raw.to_vec(),
@@ -368,8 +367,6 @@ struct Walk<L> {
     bounds: Vec<Vec<u8>>,
     /// Keep the decoded bodies ([`Skeleton::kept`]).
     keep: bool,
-    /// Decode quoted-printable texts ([`Walk::qp_text`]).
-    qp: bool,
     /// What text parts may still copy ([`TEXT_TOTAL`]).
     text_left: usize,
     /// How many attached messages the walk is inside.
@@ -400,7 +397,6 @@ impl<L: Lines> Walk<L> {
             },
             bounds: Vec::new(),
             keep: false,
-            qp: false,
             text_left: TEXT_TOTAL,
             inside: 0,
             last_delimiter: (0, 0),
@@ -593,7 +589,7 @@ impl<L: Lines> Walk<L> {
     /// (or, in none, by the end of the message), and short enough not to be cut. Anything
     /// else is copied as [`Walk::copy_text`] copies it.
     fn qp_text(&mut self, eol: &[u8], head_at: usize) -> io::Result<End> {
-        if !self.qp || self.inside > 0 {
+        if self.inside > 0 {
             return self.copy_text(eol, false);
         }
         let start = self.r.src.position();
