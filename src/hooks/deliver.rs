@@ -264,10 +264,14 @@ pub async fn deliver(
 async fn deliver_hook(store: &StoreThread, hook: &Arc<Hook>, deadline: Option<Instant>) -> Report {
     let mut report = Report::default();
     let lease = i64::try_from(hook.timeout.as_secs()).unwrap_or(3600) + 60;
+    // What was due when the pass began: a delivery deferred during the pass waits for the
+    // next one. (Its retry is at least a second later, but in whole seconds that second can
+    // be over a moment after the deferral.)
+    let started = crate::time::now();
     while deadline.is_none_or(|d| Instant::now() < d) {
         let (name, now) = (hook.name.clone(), crate::time::now());
         let jobs = match store
-            .call(move |s| s.hooks_claim(&name, now, lease, BATCH))
+            .call(move |s| s.hooks_claim(&name, now, started, lease, BATCH))
             .await
         {
             Ok(jobs) if jobs.is_empty() => break,

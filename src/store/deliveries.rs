@@ -110,12 +110,14 @@ impl Store {
         })
     }
 
-    /// Claims up to `limit` due deliveries of `hook`, each the oldest undelivered one of its
-    /// ticket for this hook, as `sending` for `lease` seconds; nothing for a disabled hook.
+    /// Claims up to `limit` deliveries of `hook` due by `due_by`, each the oldest undelivered
+    /// one of its ticket for this hook, as `sending` for `lease` seconds from `now`; nothing
+    /// for a disabled hook.
     pub fn hooks_claim(
         &mut self,
         hook: &str,
         now: i64,
+        due_by: i64,
         lease: i64,
         limit: usize,
     ) -> Result<Vec<DeliveryJob>> {
@@ -138,7 +140,7 @@ impl Store {
                     c.skip_locked("d")
                 );
                 while jobs.len() < limit {
-                    let Some(job) = c.query_opt(next, params![hook, now], |r| {
+                    let Some(job) = c.query_opt(next, params![hook, due_by], |r| {
                         Ok(DeliveryJob {
                             id: r.get(0)?,
                             hook: hook.to_owned(),

@@ -470,7 +470,7 @@ mod tests {
         let sent = crate::store::event::wire(&events[1].uid, &events[1].kind, 0, &events[1].data);
         assert_eq!(sent["data"]["truncated"], true);
         // A hook delivery reads the same `data` as the feed.
-        let jobs = s.hooks_claim("all", i64::MAX, 60, 10).unwrap();
+        let jobs = s.hooks_claim("all", i64::MAX, i64::MAX, 60, 10).unwrap();
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].data, events[0].data);
         assert_eq!(jobs[1].data, events[1].data);
