@@ -64,7 +64,7 @@ pub struct ParsedMessage {
     /// Attachments with safe names.
     pub attachments: Vec<Attachment>,
     /// Top-level header fields: lower-case name, unfolded raw value. For classification.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// Top-level `type/subtype`, lower-case.
     pub content_type: String,
     /// Whether any part is `message/delivery-status`.
@@ -85,21 +85,89 @@ pub struct ParsedMessage {
     pub fingerprint: [u8; 32],
 }
 
+/// Header fields, each a lower-case name and an unfolded value, all in one string: a
+/// message's 15-20 fields cost two allocations instead of two per field (`malloc` and
+/// `free` took a tenth of a sync's CPU; the benchmark sync's calls to `malloc`: 2.17 ->
+/// 1.91 million).
+#[derive(Clone, Default)]
+pub struct Headers {
+    text: String,
+    /// Per field: where its name starts, where it ends (its value starts) and where its
+    /// value ends in `text`.
+    fields: Vec<(usize, usize, usize)>,
+}
+
+impl Headers {
+    /// Adds the field `name` (kept in lower case) with `value` (unfolded and trimmed).
+    pub fn push(&mut self, name: &str, value: &str) {
+        let start = self.text.len();
+        self.text.push_str(name);
+        if let Some(name) = self.text.get_mut(start..) {
+            name.make_ascii_lowercase();
+        }
+        let name_end = self.text.len();
+        unfold_into(&mut self.text, value);
+        self.fields.push((start, name_end, self.text.len()));
+    }
+
+    /// Each field's name and value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|&(start, name_end, end)| {
+            (
+                self.text.get(start..name_end).unwrap_or_default(),
+                self.text.get(name_end..end).unwrap_or_default(),
+            )
+        })
+    }
+
+    /// The values of the fields named `name` (in any case), in order. Compares bytes: the
+    /// classifier asks for some 30 names per message.
+    pub fn named<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        let text = self.text.as_bytes();
+        self.fields
+            .iter()
+            .filter(move |&&(start, name_end, _)| {
+                // The length first: most names are not it.
+                name_end - start == name.len()
+                    && text
+                        .get(start..name_end)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            })
+            .map(|&(_, name_end, end)| self.text.get(name_end..end).unwrap_or_default())
+    }
+
+    /// Removes every field.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.fields.clear();
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(fields: I) -> Headers {
+        let mut h = Headers::default();
+        for (name, value) in fields {
+            h.push(name.as_ref(), value.as_ref());
+        }
+        h
+    }
+}
+
 impl ParsedMessage {
     /// The first value of the header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.named(name).next()
     }
 
     /// Every value of the header `name`.
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.named(name)
     }
 
     /// The address a reply goes to: Reply-To, else From.
@@ -421,7 +489,7 @@ fn fields(
 ) -> Result<ParsedMessage, ParseFailure> {
     let headers = lenient_headers(msg);
     const ESSENTIAL: [&str; 5] = ["from", "sender", "date", "subject", "message-id"];
-    if !headers.iter().any(|(n, _)| ESSENTIAL.contains(&n.as_str())) {
+    if !headers.iter().any(|(n, _)| ESSENTIAL.contains(&n)) {
         return Err(ParseFailure(
             "no From, Sender, Date, Subject or Message-ID header: not a message".into(),
         ));
@@ -626,18 +694,24 @@ pub fn skip_preamble(raw: &[u8]) -> &[u8] {
 /// The raw header values, lower-case names, read leniently: mail-parser's `headers_raw`
 /// drops a value that is not valid UTF-8 (a Latin-1 subject, a broken auto-responder), and
 /// the classifier must still see the header (`Auto-Submitted`, `X-Autoreply`, ...).
-fn lenient_headers(msg: &mail_parser::Message<'_>) -> Vec<(String, String)> {
+fn lenient_headers(msg: &mail_parser::Message<'_>) -> Headers {
     let raw_all: &[u8] = &msg.raw_message;
-    msg.headers()
-        .iter()
-        .filter_map(|h| {
-            let v = raw_all.get(h.offset_start as usize..h.offset_end as usize)?;
-            Some((
-                h.name.as_str().to_ascii_lowercase(),
-                unfold(&String::from_utf8_lossy(v)),
-            ))
-        })
-        .collect()
+    let fields = msg.headers();
+    let mut h = Headers {
+        text: String::with_capacity(
+            fields
+                .iter()
+                .map(|f| (f.offset_end.saturating_sub(f.offset_start)) as usize + 24)
+                .sum(),
+        ),
+        fields: Vec::with_capacity(fields.len()),
+    };
+    for f in fields {
+        if let Some(v) = raw_all.get(f.offset_start as usize..f.offset_end as usize) {
+            h.push(f.name.as_str(), &String::from_utf8_lossy(v));
+        }
+    }
+    h
 }
 
 /// Every text body, trimmed, with LF line ends, separated by a blank line.
@@ -1242,21 +1316,30 @@ fn fingerprint(
 }
 
 /// Joins folded header lines into one line.
+#[cfg(test)]
 fn unfold(v: &str) -> String {
+    let mut out = String::new();
+    unfold_into(&mut out, v);
+    out
+}
+
+/// Appends `v` to `out`, its folded lines joined into one and trimmed.
+fn unfold_into(out: &mut String, v: &str) {
     let v = v.trim();
     // Most values are one line: nothing to join.
     if memchr::memchr(b'\n', v.as_bytes()).is_none() {
-        return v.to_owned();
+        out.push_str(v);
+        return;
     }
-    let mut out = String::with_capacity(v.len());
+    let start = out.len();
     for (i, line) in v.split('\n').enumerate() {
         if i > 0 {
             out.push(' ');
         }
         out.push_str(line.trim_end_matches('\r').trim_start());
     }
-    out.truncate(out.trim_end().len());
-    out
+    let kept = out.get(start..).map_or(0, |s| s.trim_end().len());
+    out.truncate(start + kept);
 }
 
 /// A file name from the wire made safe to create inside a folder: the last path component
@@ -1409,6 +1492,40 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn headers_keep_lower_case_names_and_unfolded_values_in_order() {
+        let mut h: Headers = [
+            ("Subject", "  Re: help\r\n\tplease  "),
+            ("X-Autoreply", "yes"),
+            ("Received", "from a"),
+            ("RECEIVED", "from b\n by c"),
+            ("X-Empty", ""),
+        ]
+        .into_iter()
+        .collect();
+        let m = ParsedMessage {
+            headers: h.clone(),
+            ..ParsedMessage::default()
+        };
+        assert_eq!(m.header("subject"), Some("Re: help please"));
+        assert_eq!(m.header("x-AUTOREPLY"), Some("yes"));
+        assert_eq!(m.header("x-empty"), Some(""));
+        assert_eq!(m.header("x-autorepl"), None);
+        assert_eq!(m.header("autoreply"), None);
+        assert_eq!(
+            m.headers_named("Received").collect::<Vec<_>>(),
+            ["from a", "from b by c"]
+        );
+        assert_eq!(
+            format!("{h:?}"),
+            r#"[("subject", "Re: help please"), ("x-autoreply", "yes"), ("received", "from a"), ("received", "from b by c"), ("x-empty", "")]"#
+        );
+        h.clear();
+        assert_eq!(h.iter().count(), 0);
+        h.push("From", "x@example.com");
+        assert_eq!(h.iter().collect::<Vec<_>>(), [("from", "x@example.com")]);
     }
 
     #[test]

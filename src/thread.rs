@@ -524,7 +524,9 @@ mod tests {
                 name: "Info".into(),
                 address: "info@example.com".into(),
             }),
-            headers: vec![("resent-from".into(), "Kim <kim@client.example>".into())],
+            headers: [("resent-from", "Kim <kim@client.example>")]
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         let (c, why) = customer(&m, &fwd);
