@@ -4,39 +4,15 @@
 //! `tests/env/mailgen.py`), with CR LF line ends as IMAP serves them. Prints the time per
 //! message and the throughput of the best of RUNS passes over each set.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 /// Runs the benchmark.
 pub fn run(small: usize, outlook: usize, runs: usize) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::temp_dir().join(format!("mt-bench-parse-{}", std::process::id()));
     for (name, small, outlook) in [("small", small, 0), ("outlook", 0, outlook)] {
-        let set = dir.join(name);
-        let status = Command::new("python3")
-            .arg(root.join("tests/env/mailgen.py"))
-            .arg("maildir")
-            .arg(&set)
-            .args(["--small", &small.to_string()])
-            .args(["--outlook", &outlook.to_string()])
-            .status()
-            .expect("run tests/env/mailgen.py");
-        assert!(status.success(), "mailgen failed: {status}");
-        let mut files: Vec<_> = std::fs::read_dir(set.join("new"))
-            .expect("read the generated messages")
-            .map(|e| e.expect("a directory entry").path())
-            .collect();
-        files.sort();
-        let messages: Vec<Vec<u8>> = files
-            .iter()
-            .map(|p| {
-                let lf = std::fs::read(p).expect("read a message");
-                String::from_utf8_lossy(&lf)
-                    .replace('\n', "\r\n")
-                    .into_bytes()
-            })
-            .collect();
+        let (small, outlook) = (small.to_string(), outlook.to_string());
+        let args = ["--small", &small, "--outlook", &outlook];
+        let messages = super::stages::generated(&dir.join(name), &args);
         if messages.is_empty() {
             continue;
         }

@@ -32,15 +32,15 @@ fn thread_cpu() -> f64 {
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
 
-/// The benchmark's messages, small and large apart, with CR LF line ends.
-fn messages(small: usize, large: usize, dir: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+/// mailgen's messages for `args` (`--small N`, ...), written to `dir`, in file-name order,
+/// with CR LF line ends as IMAP serves them. Shared with `bench parse`.
+pub fn generated(dir: &Path, args: &[&str]) -> Vec<Vec<u8>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("python3")
         .arg(root.join("tests/env/mailgen.py"))
         .arg("maildir")
         .arg(dir)
-        .args(["--small", &small.to_string()])
-        .args(["--large", &large.to_string()])
+        .args(args)
         .status()
         .expect("run tests/env/mailgen.py");
     assert!(status.success(), "mailgen failed: {status}");
@@ -49,25 +49,29 @@ fn messages(small: usize, large: usize, dir: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8
         .map(|e| e.expect("a directory entry").path())
         .collect();
     files.sort();
-    let all = files.iter().map(|p| {
-        let lf = std::fs::read(p).expect("read a message");
-        let mut crlf = Vec::with_capacity(lf.len() + lf.len() / 16);
-        for &b in &lf {
-            if b == b'\n' {
-                crlf.push(b'\r');
+    files
+        .iter()
+        .map(|p| {
+            let lf = std::fs::read(p).expect("read a message");
+            let mut crlf = Vec::with_capacity(lf.len() + lf.len() / 16);
+            for &b in &lf {
+                if b == b'\n' {
+                    crlf.push(b'\r');
+                }
+                crlf.push(b);
             }
-            crlf.push(b);
-        }
-        crlf
-    });
-    // mailgen's large messages are about 200 KB, its small ones a few KB.
-    all.partition(|m| m.len() < 50_000)
+            crlf
+        })
+        .collect()
 }
 
 /// Runs the benchmark.
 pub fn run(small: usize, large: usize, runs: usize) {
     let dir = std::env::temp_dir().join(format!("mt-bench-stages-{}", std::process::id()));
-    let (small, large) = messages(small, large, &dir.join("mail"));
+    let (small, large) = (small.to_string(), large.to_string());
+    let all = generated(&dir.join("mail"), &["--small", &small, "--large", &large]);
+    // mailgen's large messages are about 200 KB, its small ones a few KB.
+    let (small, large): (Vec<_>, Vec<_>) = all.into_iter().partition(|m| m.len() < 50_000);
     let me = mailticket::classify::Identity::default();
     let runs = runs.max(1);
     for (name, set) in [("small", &small), ("large", &large)] {
