@@ -102,7 +102,8 @@ impl Job {
         } = self;
         let mut waiting = Some(prepared);
         let mut prepared = None;
-        store.submit_grouped(halt, move |s| {
+        let held = permit.num_permits();
+        store.submit_grouped(halt, held, move |s| {
             let _held = &permit;
             if let Some(rx) = waiting.take() {
                 prepared = rx.blocking_recv().ok();
