@@ -708,7 +708,12 @@ fn lenient_headers(msg: &mail_parser::Message<'_>) -> Headers {
     };
     for f in fields {
         if let Some(v) = raw_all.get(f.offset_start as usize..f.offset_end as usize) {
-            h.push(f.name.as_str(), &String::from_utf8_lossy(v));
+            // Nearly always valid: checked a word at a time first (the lossy conversion
+            // alone checks a byte at a time).
+            match std::str::from_utf8(v) {
+                Ok(v) => h.push(f.name.as_str(), v),
+                Err(_) => h.push(f.name.as_str(), &String::from_utf8_lossy(v)),
+            }
         }
     }
     h
