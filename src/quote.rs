@@ -224,6 +224,14 @@ fn next_nonblank(lines: &[&str], from: usize) -> Option<usize> {
 
 /// The line without leading `>` quote marks and spaces.
 fn strip_quote(line: &str) -> &str {
+    // Most lines start with a letter or a digit: nothing to strip at the front.
+    if line
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+    {
+        return line.trim_end();
+    }
     line.trim_start_matches(|c: char| c == '>' || c.is_whitespace())
         .trim_end()
 }

@@ -204,6 +204,10 @@ trait Lines {
     fn ahead(&mut self) -> io::Result<&[u8]>;
     /// Moves past `n` bytes of [`Lines::ahead`].
     fn skip(&mut self, n: usize);
+    /// How many bytes are left, when known without reading them (a message in memory).
+    fn left(&self) -> usize {
+        0
+    }
 }
 
 struct SliceLines<'a> {
@@ -239,6 +243,10 @@ impl Lines for SliceLines<'_> {
 
     fn skip(&mut self, n: usize) {
         self.at += n;
+    }
+
+    fn left(&self) -> usize {
+        self.data.len().saturating_sub(self.at)
     }
 }
 
@@ -722,9 +730,15 @@ impl<L: Lines> Walk<L> {
     /// walk keeps them.
     fn set_aside(&mut self, eol: &[u8], text: Option<Text>) -> io::Result<End> {
         let start = self.r.src.position();
-        let kept = self
-            .keep
-            .then(|| std::mem::take(&mut self.skeleton.kept.bytes));
+        let left = self.r.src.left();
+        let kept = self.keep.then(|| {
+            let mut kept = std::mem::take(&mut self.skeleton.kept.bytes);
+            // Room for the rest of the message at once: the decoded bodies and, when it is
+            // packed, the text around them (see `store::codec::pack_message`), instead of
+            // copies as the bytes grow.
+            kept.reserve(left);
+            kept
+        });
         let mut decoder = Decoder::new(kept, text);
         decoder.runs = self.runs;
         let mut clean = true;
@@ -980,15 +994,18 @@ fn is_blank(line: &[u8]) -> bool {
 }
 
 /// Decodes whole quanta of strict base64 (the standard alphabet, canonical padding only at
-/// the end, no bits left over) into `out`, returning how many bytes: with SIMD where the CPU
-/// has it, several times the speed of a byte-table decoder. `None` for anything else; the
+/// the end, no bits left over) onto the end of `out`, returning how many bytes: with SIMD
+/// where the CPU has it, several times the speed of a byte-table decoder, and into `out`'s
+/// spare room without zeroing it first. `None` for anything else (`out` as it was); the
 /// tests hold it to the `base64` crate's `STANDARD` engine, which the store's reader uses to
 /// write the bytes back.
-fn decode_base64(input: &[u8], out: &mut [u8]) -> Option<usize> {
-    base64_simd::STANDARD
-        .decode(input, base64_simd::Out::from_slice(out))
-        .ok()
-        .map(|d| d.len())
+fn decode_base64(input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let before = out.len();
+    // Room that grows by doubling: the decoder's own reservation is exact, a copy of
+    // everything decoded so far at each chunk.
+    out.reserve(input.len() / 4 * 3);
+    base64_simd::STANDARD.decode_append(input, out).ok()?;
+    Some(out.len() - before)
 }
 
 /// Strict base64 in pieces: the alphabet and line ends only, padding only at the very end,
@@ -1177,15 +1194,13 @@ impl Decoder {
     /// Decodes the first `n` pending characters into the digest (and `out`).
     fn decode(&mut self, n: usize) -> bool {
         let input = self.pending.get(..n).unwrap_or_default();
-        let at = self.kept_from.map_or(0, |_| self.out.len());
-        self.out.resize(at + n / 4 * 3 + 3, 0);
-        let Some(room) = self.out.get_mut(at..) else {
-            return false;
-        };
-        match decode_base64(input, room) {
+        if self.kept_from.is_none() {
+            self.out.clear();
+        }
+        let at = self.out.len();
+        match decode_base64(input, &mut self.out) {
             Some(len) => {
-                self.out.truncate(at + len);
-                let bytes = self.out.get(at..).unwrap_or_default();
+                let bytes = self.out.get(at..at + len).unwrap_or_default();
                 self.size += len;
                 if let Some(Text::Charset(convert)) = self.text {
                     let text = convert(bytes);
@@ -1291,12 +1306,20 @@ mod tests {
     /// of `input`, and what [`decode_base64`] makes of it: they must agree.
     fn both(input: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         let mut a = vec![0u8; input.len() / 4 * 3 + 3];
-        let mut b = a.clone();
         let want = base64::engine::general_purpose::STANDARD
             .decode_slice(input, &mut a)
             .ok()
             .map(|n| a[..n].to_vec());
-        let got = decode_base64(input, &mut b).map(|n| b[..n].to_vec());
+        // After bytes already there, which it keeps, and leaves as they were on failure.
+        let mut b = b"kept".to_vec();
+        let got = decode_base64(input, &mut b).map(|n| {
+            assert_eq!(&b[..4], b"kept");
+            assert_eq!(b.len(), 4 + n);
+            b[4..].to_vec()
+        });
+        if got.is_none() {
+            assert_eq!(b, b"kept");
+        }
         (want, got)
     }
 

@@ -76,7 +76,10 @@ pub fn pack_message(raw: &[u8], kept: Kept) -> Result<(Vec<u8>, &'static str)> {
         return Ok((pack(raw)?, "zstd"));
     }
     let Kept { regions, mut bytes } = kept;
-    bytes.reserve(raw.len() / 4 + regions.len() * 40 + 8);
+    // Exactly what is added (the walk made room for it): the text around the bodies, and
+    // the table.
+    let bodies: usize = regions.iter().map(|r| r.len).sum();
+    bytes.reserve(raw.len().saturating_sub(bodies) + regions.len() * 40 + 8);
     let mut at = 0;
     for r in &regions {
         bytes.extend_from_slice(raw.get(at..r.start).unwrap_or_default());
