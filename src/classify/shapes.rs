@@ -127,7 +127,6 @@ pub fn bounce_text(text: &str) -> Option<&'static str> {
     BOUNCE_PHRASES.iter().copied().find(|p| lower.contains(p))
 }
 
-/// At most `max` bytes from the start of `text`, cut at a character boundary.
 /// Searchers for `words`, for the detectors' first, cheap test: built once, each finds its
 /// word with a vectorised scan (`str::contains` compares byte by byte).
 fn finders(words: &[&'static str]) -> Vec<Finder<'static>> {
@@ -139,6 +138,7 @@ fn holds_any(finders: &[Finder<'_>], hay: &str) -> bool {
     finders.iter().any(|f| f.find(hay.as_bytes()).is_some())
 }
 
+/// At most `max` bytes from the start of `text`, cut at a character boundary.
 fn opening(text: &str, max: usize) -> &str {
     let mut cut = text.len().min(max);
     while !text.is_char_boundary(cut) {

@@ -277,9 +277,11 @@ fn run_group(
         let Some(wait) = grouping.next_wait(jobs.len(), held, opened.elapsed()) else {
             break;
         };
-        let queued = match wait {
-            Duration::ZERO => rx.try_recv().ok(),
-            wait => rx.recv_timeout(wait).ok(),
+        // Jobs that commit on their own (BEGIN failed) gain nothing by waiting for each other.
+        let queued = if wait.is_zero() || !grouped {
+            rx.try_recv().ok()
+        } else {
+            rx.recv_timeout(wait).ok()
         };
         match queued {
             Some(StoreJob::Grouped(g)) => next = Some(g),
