@@ -375,8 +375,7 @@ mod tests {
             assert_eq!(decompress(codec, &packed, raw.len()).unwrap(), raw);
         }
         // Compressible content still compresses.
-        let text = b"invoice line, 42.00 EUR\n".repeat(2000);
-        let raw = with_attachment(&text, 76, "\r\n");
+        let raw = with_attachment(&lines(48_000), 76, "\r\n");
         let (packed, codec) = kept(&raw);
         assert_eq!(codec, B64);
         assert!(

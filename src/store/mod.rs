@@ -586,7 +586,8 @@ impl Store {
                     let now = done
                         .inspect_err(|e| tracing::debug!(error = %e, "background checkpoint"))
                         .ok();
-                    if now.is_some() && now != last {
+                    let changed = now.is_some() && now != last;
+                    if changed {
                         // SQLite syncs the database file only after a checkpoint that
                         // reached the end of the WAL, which beside a busy writer is the
                         // writer's own: it then waited for every page copied since (up to
@@ -595,7 +596,7 @@ impl Store {
                             let _ = db.sync_data();
                         });
                     }
-                    pause = if now.is_some() && now != last {
+                    pause = if changed {
                         BUSY_CHECKPOINTS
                     } else {
                         IDLE_CHECKPOINTS
