@@ -49,6 +49,9 @@ pub struct Pass<'a> {
     /// When cancelled, no new batch is fetched: what is in flight is stored and finished,
     /// then the pass returns.
     pub stop: Option<&'a CancellationToken>,
+    /// How to log in again: a pass with a long backlog fetches over a second session too
+    /// (`sync`); `None` keeps it to the one session (`watch`).
+    pub creds: Option<&'a crate::oauth2::Credentials>,
 }
 
 /// Room for `len` fetched bytes in the in-flight budget (a message larger than the budget

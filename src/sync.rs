@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,8 @@ const BATCH_BYTES: u64 = 8 << 20;
 /// The post-action runs once this many UIDs are committed (and at the end): fewer round
 /// trips in which nothing is fetched.
 const POST_ACTION_EVERY: usize = 2000;
+/// A pass with at least this many batches to fetch opens a second session for them.
+const SECOND_SESSION_FROM: usize = 4;
 /// UIDs per post-action or size command, to stay far below servers' line limits.
 const UIDS_PER_COMMAND: usize = 2000;
 
@@ -91,6 +94,7 @@ pub async fn sync_mailbox(
         pool: None,
         opts,
         stop: None,
+        creds: Some(creds),
     };
     let result = match mb.transport {
         Transport::Graph => {
@@ -380,42 +384,53 @@ async fn unfinished(imap: &mut Imap, c: Cursor) -> Result<Vec<u32>> {
 /// A message handed to the store: its UID, how far the cursor moves with it, its result.
 type Submitted = (u32, u32, oneshot::Receiver<Result<Option<Stored>>>);
 
-/// Which UIDs of the current batch have arrived, so that the cursor only ever moves past a
-/// UID once every candidate below it is stored, even if a server answers a FETCH out of UID
-/// order (RFC 3501 does not promise the order).
+/// Which candidates of the pass are settled (arrived, or found gone once their batch was
+/// over), so that the cursor only ever moves past a UID once every candidate below it is
+/// stored: batches go on over two sessions at once, and a server may answer a FETCH out of
+/// UID order (RFC 3501 does not promise the order).
 #[derive(Default)]
 struct Frontier {
-    /// Every candidate up to here is settled (stored, or gone from the server).
-    base: u32,
-    batch: Vec<u32>,
-    /// How many of `batch`, from its start, have arrived.
+    /// Every candidate of the pass, sorted.
+    uids: Vec<u32>,
+    settled: Vec<bool>,
+    /// How many of `uids`, from the start, are settled.
     prefix: usize,
-    early: std::collections::HashSet<u32>,
 }
 
 impl Frontier {
-    fn start(&mut self, batch: &[u32]) {
-        if let Some(&last) = self.batch.last() {
-            // The previous batch is over: what did not arrive is no longer on the server.
-            self.base = self.base.max(last);
+    fn new(uids: Vec<u32>) -> Frontier {
+        Frontier {
+            settled: vec![false; uids.len()],
+            uids,
+            prefix: 0,
         }
-        self.batch = batch.to_vec();
-        self.prefix = 0;
-        self.early.clear();
     }
 
     /// Records `uid`'s arrival and returns how far the cursor may move with it.
     fn arrive(&mut self, uid: u32) -> u32 {
-        self.early.insert(uid);
-        while let Some(u) = self.batch.get(self.prefix) {
-            if !self.early.remove(u) {
-                break;
+        if let Ok(i) = self.uids.binary_search(&uid) {
+            self.settled[i] = true;
+        }
+        self.advance()
+    }
+
+    /// A batch is over: what of it did not arrive is no longer on the server.
+    fn finish(&mut self, batch: &[(u32, u32)]) {
+        for &(uid, _) in batch {
+            if let Ok(i) = self.uids.binary_search(&uid) {
+                self.settled[i] = true;
             }
+        }
+        self.advance();
+    }
+
+    fn advance(&mut self) -> u32 {
+        while self.settled.get(self.prefix) == Some(&true) {
             self.prefix += 1;
         }
-        match self.prefix.checked_sub(1).and_then(|i| self.batch.get(i)) {
-            Some(&u) => u.max(self.base),
-            None => self.base,
+        match self.prefix.checked_sub(1) {
+            Some(i) => self.uids[i],
+            None => 0,
         }
     }
 }
@@ -449,7 +464,7 @@ pub async fn catch_up(
         None => PrepPool::spawn()?,
     };
     let mut run = CatchUp::new(mb, pass, pool, cursor.uidvalidity, summary);
-    run.fetch_all(imap, &todo).await?;
+    run.fetch_all(imap, pass.creds, sel, &todo).await?;
     run.finish(imap).await
 }
 
@@ -515,6 +530,8 @@ struct CatchUp<'a> {
     /// Records of finished post-actions, still being written.
     clears: Vec<oneshot::Receiver<Result<()>>>,
     first_error: Option<Error>,
+    /// A post-action failed: the pass ends without finishing.
+    abort: bool,
 }
 
 impl<'a> CatchUp<'a> {
@@ -545,37 +562,57 @@ impl<'a> CatchUp<'a> {
             done_to: 0,
             clears: Vec::new(),
             first_error: None,
+            abort: false,
         }
     }
 
-    /// Fetches `todo` batch by batch, until the end, a stop, or the first error.
-    async fn fetch_all(&mut self, imap: &mut Imap, todo: &[(u32, u32)]) -> Result<()> {
-        let max = self.mb.max_message_size;
-        for batch in batches(todo, max) {
-            if self.stop.is_some_and(CancellationToken::is_cancelled) {
-                tracing::info!("stopping after the messages in flight");
-                break;
+    /// Fetches `todo` batch by batch, until the end, a stop, or the first error: over `imap`
+    /// and, for a long backlog with `creds` to log in again, over a second session on the
+    /// same folder (`sel`) as well, each taking the next batch when it is done with one.
+    /// An error of a post-action ends the pass at once.
+    async fn fetch_all(
+        &mut self,
+        imap: &mut Imap,
+        creds: Option<&Credentials>,
+        sel: imap::Selected,
+        todo: &[(u32, u32)],
+    ) -> Result<()> {
+        let mb = self.mb;
+        self.frontier = Frontier::new(todo.iter().map(|p| p.0).collect());
+        let lanes = Lanes {
+            batches: batches(todo, mb.max_message_size),
+            next: AtomicUsize::new(0),
+            run: std::sync::Mutex::new(self),
+        };
+        let first_done = CancellationToken::new();
+        let first = async {
+            lanes.lane(imap, true).await;
+            first_done.cancel();
+        };
+        let second = async {
+            let Some(creds) = creds.filter(|_| lanes.batches.len() >= SECOND_SESSION_FROM) else {
+                return;
+            };
+            // Not worth waiting for once the first session has taken every batch.
+            let login = tokio::select! {
+                s = second_session(mb, creds, sel) => s,
+                () = first_done.cancelled() => None,
+            };
+            if let Some(mut imap) = login {
+                lanes.lane(&mut imap, false).await;
+                imap.logout().await;
             }
-            self.frontier
-                .start(&batch.iter().map(|p| p.0).collect::<Vec<_>>());
-            let dir = self.store.spool_dir();
-            let fetched = fetch_batch(imap, &batch, (max, dir), |fm| self.submit(fm)).await;
-            self.collect_submitted();
-            if let Err(e) = fetched {
-                self.first_error = Some(e);
-                break;
-            }
-            // Whatever has committed by now is booked, without waiting for the rest; the
-            // post-action follows once enough UIDs are committed.
-            self.settle_ready();
-            if !self.opts.dry_run && self.done.len() >= POST_ACTION_EVERY {
-                self.flush_post_actions(imap).await?;
-            }
-            if self.first_error.is_some() {
-                break;
-            }
+        };
+        tokio::join!(first, second);
+        let run = lanes
+            .run
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Any other error is the pass's to report once the rest is finished.
+        match run.first_error.take_if(|_| run.abort) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Waits for the rest of the store's work, finishes those UIDs too, and returns the
@@ -721,6 +758,101 @@ impl<'a> CatchUp<'a> {
     }
 }
 
+/// The batches of a pass, shared by the sessions that fetch them.
+struct Lanes<'r, 'a> {
+    batches: Vec<Vec<(u32, u32)>>,
+    /// The index of the next batch to take.
+    next: AtomicUsize,
+    run: std::sync::Mutex<&'r mut CatchUp<'a>>,
+}
+
+impl<'r, 'a> Lanes<'r, 'a> {
+    fn run(&self) -> std::sync::MutexGuard<'_, &'r mut CatchUp<'a>> {
+        self.run.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes batch after batch over `imap` until none is left, a stop, or the pass's first
+    /// error (recorded in the run). The `first` session also sends the post-actions, every
+    /// [`POST_ACTION_EVERY`] committed UIDs: one session at a time, in order, so that a UID
+    /// is recorded done only after its post-action.
+    async fn lane(&self, imap: &mut Imap, first: bool) {
+        loop {
+            let (mb, store, uv, dry_run) = {
+                let run = self.run();
+                if run.first_error.is_some() {
+                    return;
+                }
+                if run.stop.is_some_and(CancellationToken::is_cancelled) {
+                    tracing::info!("stopping after the messages in flight");
+                    return;
+                }
+                (run.mb, run.store, run.uidvalidity, run.opts.dry_run)
+            };
+            let Some(batch) = self.batches.get(self.next.fetch_add(1, Ordering::Relaxed)) else {
+                return;
+            };
+            let spool = (mb.max_message_size, store.spool_dir());
+            let fetched = fetch_batch(imap, batch, spool, |fm| self.run().submit(fm)).await;
+            let due = {
+                let mut run = self.run();
+                run.collect_submitted();
+                match fetched {
+                    Ok(()) => run.frontier.finish(batch),
+                    Err(e) => {
+                        run.first_error.get_or_insert(e);
+                    }
+                }
+                // Whatever has committed by now is booked, without waiting for the rest; the
+                // post-action follows once enough UIDs are committed.
+                run.settle_ready();
+                let due = first && !dry_run && run.done.len() >= POST_ACTION_EVERY;
+                due.then(|| (std::mem::take(&mut run.done), run.done_to))
+            };
+            if let Some((uids, to)) = due {
+                let finished = finish_uids(imap, mb, store, uv, &uids, to).await;
+                let mut run = self.run();
+                match finished {
+                    Ok(clear) => run.clears.push(clear),
+                    Err(e) => {
+                        // It gives way to an earlier error, and ends the pass.
+                        run.first_error.get_or_insert(e);
+                        run.abort = true;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A second session on the folder of `sel`, for a long backlog (the server reads and sends
+/// two batches at once; on a 2-core machine against Dovecot, Python's imaplib fetches the
+/// benchmark's mailbox in 2.2 s over two sessions, 2.9 s over one). `None` when it cannot
+/// log in or finds the folder changed: the pass goes on over the one session.
+async fn second_session(
+    mb: &MailboxConfig,
+    creds: &Credentials,
+    sel: imap::Selected,
+) -> Option<Imap> {
+    let opened = async {
+        let mut imap = imap::connect(mb, creds).await?;
+        let again = imap.select(&mb.folder).await;
+        Ok::<_, Error>((imap, again?))
+    }
+    .await;
+    match opened {
+        Ok((imap, again)) if again.uidvalidity == sel.uidvalidity => Some(imap),
+        Ok((imap, _)) => {
+            imap.logout().await;
+            None
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "no second session; fetching over one");
+            None
+        }
+    }
+}
+
 fn stopped() -> Error {
     Error::Internal("the store thread stopped".into())
 }
@@ -731,15 +863,20 @@ mod tests {
 
     #[test]
     fn the_cursor_never_passes_a_uid_that_has_not_arrived() {
-        let mut f = Frontier::default();
-        f.start(&[3, 5, 7, 9]);
+        let mut f = Frontier::new(vec![3, 5, 7, 9, 12, 14, 20]);
         assert_eq!(f.arrive(3), 3);
         assert_eq!(f.arrive(7), 3, "5 is still missing");
         assert_eq!(f.arrive(5), 7);
-        // 9 never arrives (expunged): the next batch starts past it.
-        f.start(&[12, 14]);
-        assert_eq!(f.arrive(14), 9);
-        assert_eq!(f.arrive(12), 14);
+        // The other session's batch comes in, and ends, before 9 of this one.
+        assert_eq!(f.arrive(14), 7);
+        assert_eq!(f.arrive(12), 7);
+        f.finish(&[(12, 1), (14, 1), (20, 1)]);
+        assert_eq!(f.arrive(20), 7, "9 may still come");
+        // 9 never arrives (expunged): once its batch is over, the cursor may pass it.
+        f.finish(&[(3, 1), (5, 1), (7, 1), (9, 1)]);
+        assert_eq!(f.advance(), 20);
+        // A UID that was not asked for moves nothing.
+        assert_eq!(f.arrive(4), 20);
     }
 
     #[test]

@@ -145,6 +145,7 @@ impl Shared {
             pool: Some(&self.pool),
             opts: self.opts.clone(),
             stop: Some(stop),
+            creds: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use crate::harness::{Dovecot, Prng, Workdir, spawn};
+use crate::harness::{Dovecot, Prng, Workdir, bare_id, spawn};
 use crate::sink::Sink;
 
 const KILLS: usize = 20;
@@ -97,5 +97,100 @@ fn sync_killed_at_random_moments_loses_and_duplicates_nothing() {
         acked.len() >= 300 - (KILLS),
         "{} acks delivered",
         acked.len()
+    );
+}
+
+/// Inbound Message-IDs in the store at `wd`, one entry per row, without angle brackets.
+fn stored_ids(wd: &Workdir) -> Vec<String> {
+    let c =
+        rusqlite::Connection::open_with_flags(wd.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut s = c
+        .prepare("SELECT message_id FROM message WHERE direction = 'in'")
+        .unwrap();
+    s.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|id| bare_id(&id.unwrap()))
+        .collect()
+}
+
+/// How many inbound messages the store at `wd` holds (none before the store exists).
+fn stored(wd: &Workdir) -> usize {
+    let open =
+        rusqlite::Connection::open_with_flags(wd.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY);
+    let count =
+        open.and_then(|c| c.query_row("SELECT count(*) FROM message", [], |r| r.get::<_, i64>(0)));
+    count.map_or(0, |n| usize::try_from(n).unwrap())
+}
+
+/// How many times the server logged `support` in so far.
+fn logins(dc: &Dovecot) -> usize {
+    let log = std::fs::read_to_string(dc.dir.join("dovecot.log")).unwrap();
+    log.matches("Login: user=<support>").count()
+}
+
+/// A backlog of at least four batches is fetched over two sessions at once, their batches
+/// interleaved: every message is stored exactly once and marked seen, in a run to the end
+/// and in runs killed at random moments (the cursor and the post-actions move only past
+/// what both sessions delivered).
+#[test]
+fn a_backlog_fetched_over_two_sessions_is_stored_exactly_once_even_when_killed() {
+    let dc = Dovecot::start();
+    dc.seed(1600, 60, 12);
+    let on_server: BTreeSet<String> = dc
+        .messages("INBOX")
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    assert_eq!(on_server.len(), 1660);
+    let stored_once = |wd: &Workdir| {
+        let ids = stored_ids(wd);
+        let unique: BTreeSet<String> = ids.iter().cloned().collect();
+        assert_eq!(ids.len(), unique.len(), "a message stored twice");
+        let missing: Vec<_> = on_server.difference(&unique).take(5).collect();
+        let extra: Vec<_> = unique.difference(&on_server).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "exactly the messages on the server: {} stored of {}; missing {missing:?}, \
+             not on the server {extra:?}",
+            unique.len(),
+            on_server.len()
+        );
+        assert_eq!(dc.unseen("INBOX"), 0, "every message is \\Seen");
+    };
+
+    let whole = Workdir::with(&[dc.mailbox()]);
+    let before = logins(&dc);
+    let run = whole.sync();
+    assert_eq!(run["mailboxes"][0]["fetched"], 1660, "{run}");
+    assert_eq!(logins(&dc) - before, 2, "a second session fetched too");
+    stored_once(&whole);
+
+    // Three times over: all unseen again, a new store, a run killed once it has stored a
+    // random number of messages (both sessions fetching by then), then a run to the end.
+    let mut rng = Prng::new(0x2_5E55);
+    let mut progress = Vec::new();
+    for _ in 0..3 {
+        dc.doveadm(&[
+            "flags", "remove", "-u", "support", "\\Seen", "mailbox", "INBOX", "all",
+        ]);
+        let wd = Workdir::with(&[dc.mailbox()]);
+        let target = usize::try_from(rng.range(400, 1400)).unwrap();
+        let mut child = spawn(wd.cmd(&["sync"]));
+        let started = std::time::Instant::now();
+        while stored(&wd) < target && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.signal() == Some(9) || status.success(), "{status}");
+        progress.push(stored(&wd));
+        wd.mailticket(&["sync", "--json"]).success();
+        stored_once(&wd);
+    }
+    eprintln!("messages stored when killed: {progress:?}");
+    assert!(
+        progress.iter().any(|&n| n > 0 && n < 1660),
+        "no kill landed in the middle: {progress:?}"
     );
 }
