@@ -332,6 +332,10 @@ async fn post_action(
     uids: &[u32],
 ) -> Result<()> {
     store.make_durable().await?;
+    // Committed in arrival order, which two sessions interleave: sorted, a set is a few
+    // ranges, not a line of 2,000 numbers.
+    let mut uids = uids.to_vec();
+    uids.sort_unstable();
     for chunk in uids.chunks(UIDS_PER_COMMAND) {
         match after {
             After::Seen => imap.add_flags(chunk, "\\Seen").await?,
