@@ -516,8 +516,9 @@ struct CatchUp<'a> {
     pool: PrepPool,
     summary: &'a mut SourceSummary,
     uidvalidity: u32,
-    /// How far the cursor may move with each arriving UID.
-    frontier: Frontier,
+    /// How far the cursor may move with each message handed to the store. Shared with the
+    /// submissions: the position is taken as the message joins the store's queue.
+    frontier: Arc<std::sync::Mutex<Frontier>>,
     /// Fetched bytes waiting for the store.
     budget: Arc<Semaphore>,
     /// Set by the store after a failed write: later messages are not committed.
@@ -556,7 +557,7 @@ impl<'a> CatchUp<'a> {
             pool,
             summary,
             uidvalidity,
-            frontier: Frontier::default(),
+            frontier: Arc::default(),
             budget: budget(),
             halt: Arc::new(AtomicBool::new(false)),
             sub_tx,
@@ -582,7 +583,7 @@ impl<'a> CatchUp<'a> {
         todo: &[(u32, u32)],
     ) -> Result<()> {
         let mb = self.mb;
-        self.frontier = Frontier::new(todo.iter().map(|p| p.0).collect());
+        *lock(&self.frontier) = Frontier::new(todo.iter().map(|p| p.0).collect());
         let lanes = Lanes {
             batches: batches(todo, mb.max_message_size),
             next: AtomicUsize::new(0),
@@ -638,10 +639,9 @@ impl<'a> CatchUp<'a> {
     }
 
     /// Hands one fetched message to the parse workers and the store. Runs at once: notes
-    /// its arrival (how far the cursor may move with it) and where it comes from. The
-    /// future it returns waits for room in the byte budget, then submits.
+    /// where it comes from. The future it returns waits for room in the byte budget, then
+    /// submits, noting its arrival (how far the cursor may move with it).
     fn submit(&mut self, fm: FetchedMessage) -> impl Future<Output = Result<()>> + use<> {
-        let cursor_to = self.frontier.arrive(fm.uid);
         let (mb, max) = (self.mb, self.mb.max_message_size);
         let origin = Origin {
             source: format!("imap:{}/{}", mb.name, mb.folder),
@@ -651,11 +651,12 @@ impl<'a> CatchUp<'a> {
                 folder: mb.folder.clone(),
                 uidvalidity: self.uidvalidity,
                 uid: fm.uid,
-                cursor_to,
+                cursor_to: 0,
             }),
             graph: None,
         };
         let (ack, rules) = (self.opts.ack.clone(), self.opts.rules.clone());
+        let frontier = self.frontier.clone();
         let (budget, store, me, halt, sub_tx, pool) = (
             self.budget.clone(),
             self.store.clone(),
@@ -679,14 +680,24 @@ impl<'a> CatchUp<'a> {
                 (None, Some(spool)) => pool.prepare_spooled(me, spool),
                 (None, None) => pool.prepare(me, fm.bytes),
             };
-            let job = Job {
+            let mut job = Job {
                 prepared,
                 origin,
                 received,
                 ack,
                 rules,
             };
+            // The store commits in the order of its queue, and two sessions' messages wait
+            // for the budget side by side: the cursor's position is taken as the message
+            // joins the queue, under the lock, so that a commit never moves the cursor past
+            // a message the queue does not hold yet (a kill between the two would lose it).
+            let mut frontier = lock(&frontier);
+            let cursor_to = frontier.arrive(uid);
+            if let Some(pos) = job.origin.imap.as_mut() {
+                pos.cursor_to = cursor_to;
+            }
             let _ = sub_tx.send((uid, cursor_to, job.submit(&store, halt, permit)));
+            drop(frontier);
             Ok(())
         }
     }
@@ -801,7 +812,7 @@ impl<'r, 'a> Lanes<'r, 'a> {
                 let mut run = self.run();
                 run.collect_submitted();
                 match fetched {
-                    Ok(()) => run.frontier.finish(batch),
+                    Ok(()) => lock(&run.frontier).finish(batch),
                     Err(e) => {
                         run.first_error.get_or_insert(e);
                     }
@@ -855,6 +866,10 @@ async fn second_session(
             None
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn stopped() -> Error {
