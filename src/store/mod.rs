@@ -377,6 +377,11 @@ impl Store {
     /// From now on nothing is kept: every write happens inside one outer transaction that
     /// [`Store::finish`] rolls back.
     pub fn begin_dry_run(&mut self) -> Result<()> {
+        if self.conn.is_pg() {
+            // Its transaction waits on the mail server between writes, as long as it takes.
+            self.conn
+                .batch("SET idle_in_transaction_session_timeout = 0")?;
+        }
         self.conn.begin()?;
         self.dry_run = true;
         Ok(())

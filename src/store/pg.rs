@@ -307,7 +307,11 @@ pub fn connect(cfg: &StoreConfig) -> Result<postgres::Client> {
     pg.connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
-        .application_name("mailticket");
+        .application_name("mailticket")
+        .options(&format!(
+            "-c idle_in_transaction_session_timeout={}",
+            idle_in_transaction_ms(cfg.lease)
+        ));
     let refused = |e: postgres::Error| connect_error(&host, &e);
     match cfg.tls {
         PgTls::Disable => {
@@ -325,6 +329,17 @@ pub fn connect(cfg: &StoreConfig) -> Result<postgres::Client> {
             super::db::off_runtime(|| pg.connect(tls)).map_err(refused)
         }
     }
+}
+
+/// How long the server lets one of our sessions sit in an open transaction, waiting for us,
+/// before it ends the session: three leases. A commit locks its mailbox's lease row (the
+/// fence); a worker paused or frozen in the middle of one would otherwise keep that lock,
+/// and with it the mailbox, from every other worker for as long as it stays paused (a
+/// takeover passes locked rows over). No transaction of ours waits that long for us: the
+/// longest is a group commit waiting for a large message's parse. A dry run, one
+/// transaction for the whole pass, turns it off.
+fn idle_in_transaction_ms(lease_secs: u64) -> u64 {
+    lease_secs.saturating_mul(3_000)
 }
 
 /// An error connecting to `host`, said as the network, TLS or authentication failure it is.

@@ -9,6 +9,7 @@ use mailticket::lease::{
     self, Change, Changes, Claim, FENCE_SQL, Leases, LostWhy, Role, WorkerInfo,
 };
 
+use crate::harness::{Dovecot, Watcher, Workdir};
 use crate::pg_harness::Postgres;
 
 /// A plain connection to the test cluster as its `mailticket` role.
@@ -774,22 +775,9 @@ fn sync_on_a_shared_store_skips_a_mailbox_a_watch_worker_holds() {
 
 #[test]
 fn a_worker_paused_past_its_lease_commits_nothing_and_says_it_lost_the_lease() {
-    use crate::harness::{Dovecot, Workdir, simple_mail, wait_until};
-    let dc = Dovecot::start();
-    let pg = Postgres::start();
-    let mbs = [dc.mailbox_of("alice"), dc.mailbox_of("bob")];
-    let workdir = || {
-        let wd = Workdir::on_store(format!("{}lease = 3\n", pg.store_toml()));
-        wd.write_config_with(&mbs, "[watch]\nidle = true\n");
-        wd
-    };
-    let (wd1, wd2) = (workdir(), workdir());
-    let w1 = wd1.watch(&[]);
-    let mut w2 = wd2.watch(&[]);
-    wait_until(Duration::from_secs(30), "one mailbox each", || {
-        let h = holders(&wd1);
-        h.len() == 2 && h.values().all(|m| m.len() == 1)
-    });
+    use crate::harness::{simple_mail, wait_until};
+    let (dc, pg) = (Dovecot::start(), Postgres::start());
+    let (wd1, wd2, w1, mut w2) = two_watch_workers(&dc, &pg, |_| true);
     w1.signal("STOP");
     let mail = |i: usize| {
         simple_mail(
@@ -807,17 +795,7 @@ fn a_worker_paused_past_its_lease_commits_nothing_and_says_it_lost_the_lease() {
     wait_until(Duration::from_secs(30), "w2 ingesting all", || {
         wd2.ticket_count() == 6
     });
-    let created_before = w1.count("created");
-    w1.signal("CONT");
-    w1.wait_log("lost the lease of mailbox", 1, Duration::from_secs(15));
-    // w1 comes back as a worker and gets its share again, committing nothing twice
-    wait_until(Duration::from_secs(30), "one mailbox each again", || {
-        let h = holders(&wd1);
-        h.len() == 2 && h.values().all(|m| m.len() == 1)
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(w1.count("created"), created_before, "{}", w1.log());
-    assert_eq!(wd2.ticket_count(), 6);
+    resume_and_commit_nothing_twice(&w1, &wd1, &wd2, 6);
     for i in 0..2 {
         dc.append_to("alice", "INBOX", &mail(20 + i));
         dc.append_to("bob", "INBOX", &mail(30 + i));
@@ -825,6 +803,98 @@ fn a_worker_paused_past_its_lease_commits_nothing_and_says_it_lost_the_lease() {
     wait_until(Duration::from_secs(30), "mail after the pause", || {
         wd2.ticket_count() == 10
     });
+    w2.stop(Duration::from_secs(20));
+    drop(w1);
+}
+
+/// Two `watch` workers (3 s leases, IDLE) on `alice` and `bob`, once they hold one mailbox
+/// each and `ready` says so too.
+fn two_watch_workers(
+    dc: &Dovecot,
+    pg: &Postgres,
+    ready: impl Fn(&Postgres) -> bool,
+) -> (Workdir, Workdir, Watcher, Watcher) {
+    let mbs = [dc.mailbox_of("alice"), dc.mailbox_of("bob")];
+    let workdir = || {
+        let wd = Workdir::on_store(format!("{}lease = 3\n", pg.store_toml()));
+        wd.write_config_with(&mbs, "[watch]\nidle = true\n");
+        wd
+    };
+    let (wd1, wd2) = (workdir(), workdir());
+    let (w1, w2) = (wd1.watch(&[]), wd2.watch(&[]));
+    crate::harness::wait_until(Duration::from_secs(30), "one mailbox each", || {
+        let h = holders(&wd1);
+        h.len() == 2 && h.values().all(|m| m.len() == 1) && ready(pg)
+    });
+    (wd1, wd2, w1, w2)
+}
+
+/// Resumes the stopped `w1`: it says it lost its lease, comes back as a worker with its share
+/// of the mailboxes, and commits nothing that `wd2`'s worker has (`tickets` of them).
+fn resume_and_commit_nothing_twice(w1: &Watcher, wd1: &Workdir, wd2: &Workdir, tickets: usize) {
+    let created_before = w1.count("created");
+    w1.signal("CONT");
+    w1.wait_log("lost the lease of mailbox", 1, Duration::from_secs(15));
+    crate::harness::wait_until(Duration::from_secs(30), "one mailbox each again", || {
+        let h = holders(wd1);
+        h.len() == 2 && h.values().all(|m| m.len() == 1)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w1.count("created"), created_before, "{}", w1.log());
+    assert_eq!(wd2.ticket_count(), tickets, "nothing stored twice");
+}
+
+/// A worker stopped in the middle of a commit holds its lease row locked (the fence) in a
+/// transaction that never ends; the server ends that session after three leases, and the
+/// other worker takes the mailbox over instead of passing the locked row over for ever.
+#[test]
+fn a_worker_paused_inside_a_commit_keeps_its_mailbox_no_longer_than_three_leases() {
+    use crate::harness::{simple_mail, wait_until};
+    let (dc, pg) = (Dovecot::start(), Postgres::start());
+    let (wd1, wd2, w1, mut w2) =
+        two_watch_workers(&dc, &pg, |pg| pg.psql("SELECT count(*) FROM cursor") == "2");
+    // Both workers' next commits wait on the cursor rows, each holding its lease row.
+    let count = |sql: &str| pg.psql(sql).parse::<usize>().unwrap();
+    let mut locker = pg.psql_spawn("BEGIN; SELECT 1 FROM cursor FOR UPDATE; SELECT pg_sleep(600)");
+    let locker_sql =
+        "FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()";
+    wait_until(Duration::from_secs(20), "the cursor rows locked", || {
+        count(&format!(
+            "SELECT count(*) {locker_sql} AND wait_event = 'PgSleep'"
+        )) == 1
+    });
+    for (user, i) in [("alice", 1), ("bob", 2)] {
+        let id = format!("inside-{i}@customer.example");
+        let m = simple_mail(
+            "Anna <anna@customer.example>",
+            &id,
+            "Paused in a commit",
+            "",
+        );
+        dc.append_to(user, "INBOX", &m);
+    }
+    let stuck = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mailticket'";
+    wait_until(Duration::from_secs(30), "both commits waiting", || {
+        count(&format!("{stuck} AND wait_event_type = 'Lock'")) == 2
+    });
+    w1.signal("STOP");
+    pg.psql(&format!("SELECT pg_terminate_backend(pid) {locker_sql}"));
+    let _ = locker.wait();
+    // w1's commit goes on as far as the server can take it, then waits for w1: open.
+    wait_until(
+        Duration::from_secs(10),
+        "w1's transaction left open",
+        || count(&format!("{stuck} AND state = 'idle in transaction'")) == 1,
+    );
+    let paused = Instant::now();
+    wait_until(
+        Duration::from_secs(60),
+        "w2 taking w1's mailbox over",
+        || wd2.ticket_count() == 2,
+    );
+    let waited = paused.elapsed();
+    resume_and_commit_nothing_twice(&w1, &wd1, &wd2, 2);
+    eprintln!("taken over {waited:?} after the pause");
     w2.stop(Duration::from_secs(20));
     drop(w1);
 }

@@ -93,10 +93,23 @@ impl Postgres {
     /// Runs SQL as the superuser `postgres` over the unix socket in database `mailticket`;
     /// panics on any error. Returns the rows unaligned (`|` between columns), trimmed.
     pub fn psql(&self, sql: &str) -> String {
+        let out = self.psql_cmd(sql).output().unwrap();
+        check(&format!("psql {sql:?}"), &out).trim().to_owned()
+    }
+
+    /// [`Postgres::psql`] in the background, for SQL that holds a lock while the test goes on.
+    pub fn psql_spawn(&self, sql: &str) -> std::process::Child {
+        self.psql_cmd(sql)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn psql_cmd(&self, sql: &str) -> Command {
         let mut cmd = Command::new(self.bin("psql"));
         scrub_env(&mut cmd, &["PG"]);
-        let out = cmd
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
+        cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
             .args([
                 "-p",
@@ -107,10 +120,8 @@ impl Postgres {
                 "mailticket",
             ])
             .args(["-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        check(&format!("psql {sql:?}"), &out).trim().to_owned()
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// Stops the server at once (`pg_ctl -m immediate`: connections just break); the data

@@ -95,6 +95,14 @@ fn backlog_becomes_tickets_once_and_a_rerun_creates_nothing(e: &Engine) {
     dc.seed(60, 2, 21);
     let wd = e.workdir();
     wd.write_config(&[dc.mailbox()]);
+    // A dry run (one transaction, rolled back: on PostgreSQL without the idle timeout).
+    let dry = wd
+        .mailticket(&["sync", "--dry-run", "--json"])
+        .success()
+        .json();
+    assert_eq!(dry["created"], 62, "{dry}");
+    assert!(wd.tickets().is_empty(), "a dry run kept tickets");
+    assert_eq!(dc.unseen("INBOX"), 62);
     assert_summary(&wd.sync(), created(62));
     assert_summary(&wd.sync(), created(0));
     let tickets = wd.tickets();
