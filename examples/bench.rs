@@ -10,7 +10,9 @@
 //! 3. `mailticket sync` of the same mailbox into a fresh store (the built binary, so its peak
 //!    RSS is its own), with every message unseen again before each run.
 //!
-//! Prints messages/s, MB/s, the ratio sync/floor and the peak RSS (median of the runs).
+//! Steps 2 and 3 alternate, round by round, so that a machine whose speed drifts moves them
+//! alike. Prints messages/s, MB/s, the ratio sync/floor (of the medians, and each round's
+//! own) and the peak RSS (median of the runs).
 //!
 //! Run with `scripts/bench` (it builds in release mode first), or:
 //! `cargo build --release --bins --examples && target/release/examples/bench [SMALL LARGE RUNS]`
@@ -387,6 +389,11 @@ fn main() {
     let (mut imaplib_wall, mut imaplib_cpu, mut imaplib_busy) =
         (Vec::new(), Vec::new(), Vec::new());
     let (mut count, mut bytes) = (0, 0);
+    let mut costs = Vec::new();
+    let mut machine = Vec::new();
+    // One round is a raw fetch, an imaplib fetch and a sync, one after the other: a machine
+    // that speeds up or slows down over the minutes of a benchmark (a shared VM does) moves
+    // all three alike, and each round gives a ratio of its own.
     for _ in 0..runs {
         let b0 = busy_seconds();
         let (c, b, dt) = rt.block_on(raw_fetch(&config));
@@ -399,10 +406,6 @@ fn main() {
         assert_eq!((n, size), (c, b), "imaplib fetched another mailbox");
         imaplib_wall.push(wall);
         imaplib_cpu.push(cpu);
-    }
-    let mut costs = Vec::new();
-    let mut machine = Vec::new();
-    for _ in 0..runs {
         imap_server(
             &root,
             &dir,
@@ -461,6 +464,15 @@ fn main() {
         "ratio sync/raw: {:.2}; sync/imaplib (the issue's floor): {:.2}   (target >= 0.70)",
         f / s,
         iw / s
+    );
+    let rounds: Vec<f64> = imaplib_wall
+        .iter()
+        .zip(&costs)
+        .map(|(i, c)| i / c.wall)
+        .collect();
+    println!(
+        "sync/imaplib round by round (each round's imaplib fetch, then its sync): median {:.2} {rounds:.2?}",
+        median(rounds.clone())
     );
     print_cost("sync", &sync, count, &costs);
     println!(
