@@ -36,6 +36,8 @@ use crate::secret::Revealed;
 pub const MAX_CONCURRENT: usize = 4;
 /// A throttled request is tried this many times more.
 const MAX_RETRIES: u32 = 6;
+/// How many times a read that met a `500` or `502` is asked again.
+const FAULT_RETRIES: u32 = 3;
 /// The longest `Retry-After` honoured as given; longer ones are cut to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Messages per delta page asked for (`Prefer: odata.maxpagesize`).
@@ -267,7 +269,8 @@ impl Graph {
     }
 
     /// Sends one request, asking for a new token once when Graph refuses this one, and
-    /// waiting out `429` / `503` / `504` as `Retry-After` says. Returns the final response
+    /// waiting out `429` / `503` / `504` as `Retry-After` says (and a `500` / `502` of a
+    /// `GET` after a backoff). Returns the final response
     /// (any status) with the slot it holds until its body is read.
     async fn request(
         &self,
@@ -304,13 +307,22 @@ impl Graph {
                 renewed = true;
                 continue;
             }
-            if matches!(status, 429 | 503 | 504) && attempt < MAX_RETRIES {
+            // A read that meets a fault of the service (500, 502: no Retry-After) is asked
+            // again too, a few times, after 1, 2, 4 s; a write is not, it may have happened.
+            let faulted = method == Method::GET && matches!(status, 500 | 502);
+            let tries = if faulted { FAULT_RETRIES } else { MAX_RETRIES };
+            if (faulted || matches!(status, 429 | 503 | 504)) && attempt < tries {
                 let wait = retry_after(resp.headers()).unwrap_or(Duration::from_secs(1 << attempt));
                 tracing::info!(
                     status,
                     wait_ms = wait.as_millis() as u64,
                     what,
-                    "Graph asks to wait"
+                    "{}",
+                    if faulted {
+                        "Graph failed; asking again"
+                    } else {
+                        "Graph asks to wait"
+                    }
                 );
                 self.limiter.pause(wait.min(MAX_RETRY_AFTER));
                 attempt += 1;

@@ -284,6 +284,29 @@ fn graph_expired_delta_token_relists_without_duplicates() {
     assert_eq!(wd.ticketed_message_ids().len(), 12);
 }
 
+/// A 500 or 502 (a fault of the service, without Retry-After) on a read is asked again after
+/// a backoff: the sync goes on instead of failing the mailbox until the next run.
+#[test]
+fn graph_a_fault_of_the_service_on_a_read_is_asked_again() {
+    let (_o, g, wd) = setup("", "");
+    g.seed(USER, &mailgen::many(6, 5));
+    g.post(
+        "/admin/throttle",
+        &serde_json::json!({ "count": 1, "status": 500, "match": "delta" }),
+    );
+    let s = wd.sync();
+    assert_eq!(count(&s, "fetched"), 6, "{s}");
+    g.seed(USER, &mailgen::many(12, 5)[6..]);
+    g.post(
+        "/admin/throttle",
+        &serde_json::json!({ "count": 2, "status": 502, "match": "$value" }),
+    );
+    let s = wd.sync();
+    assert_eq!(count(&s, "fetched"), 6, "{s}");
+    assert_eq!(g.stats()["throttled"], 3, "every fault was met");
+    assert_eq!(wd.ticket_count(), 12);
+}
+
 #[test]
 fn graph_throttling_is_honoured() {
     let (_o, g, wd) = setup("", "");
