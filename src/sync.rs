@@ -6,6 +6,7 @@
 //! whatever the mail size. The post-action (`\Seen`, move, delete) runs only for UIDs whose
 //! transaction has committed, one command per batch.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
@@ -428,6 +429,19 @@ impl Frontier {
         self.advance();
     }
 
+    /// The candidates of `batch` that have not arrived.
+    fn unsettled(&self, batch: &[(u32, u32)]) -> Vec<(u32, u32)> {
+        batch
+            .iter()
+            .filter(|p| {
+                self.uids
+                    .binary_search(&p.0)
+                    .is_ok_and(|i| !self.settled[i])
+            })
+            .copied()
+            .collect()
+    }
+
     fn advance(&mut self) -> u32 {
         while self.settled.get(self.prefix) == Some(&true) {
             self.prefix += 1;
@@ -537,6 +551,10 @@ struct CatchUp<'a> {
     first_error: Option<Error>,
     /// A post-action failed: the pass ends without finishing.
     abort: bool,
+    /// What a failed second session left of its batch, for the first to fetch.
+    handed_back: Vec<Vec<(u32, u32)>>,
+    /// The first session has taken its last batch: a failure of the second ends the pass.
+    first_ended: bool,
 }
 
 impl<'a> CatchUp<'a> {
@@ -568,6 +586,8 @@ impl<'a> CatchUp<'a> {
             clears: Vec::new(),
             first_error: None,
             abort: false,
+            handed_back: Vec::new(),
+            first_ended: false,
         }
     }
 
@@ -792,8 +812,8 @@ impl<'r, 'a> Lanes<'r, 'a> {
     /// is recorded done only after its post-action.
     async fn lane(&self, imap: &mut Imap, first: bool) {
         loop {
-            let (mb, store, uv, dry_run) = {
-                let run = self.run();
+            let (mb, store, uv, dry_run, batch) = {
+                let mut run = self.run();
                 if run.first_error.is_some() {
                     return;
                 }
@@ -801,18 +821,40 @@ impl<'r, 'a> Lanes<'r, 'a> {
                     tracing::info!("stopping after the messages in flight");
                     return;
                 }
-                (run.mb, run.store, run.uidvalidity, run.opts.dry_run)
-            };
-            let Some(batch) = self.batches.get(self.next.fetch_add(1, Ordering::Relaxed)) else {
-                return;
+                let handed_back = if first { run.handed_back.pop() } else { None };
+                let batch = match handed_back {
+                    Some(b) => Cow::Owned(b),
+                    None => match self.batches.get(self.next.fetch_add(1, Ordering::Relaxed)) {
+                        Some(b) => Cow::Borrowed(b.as_slice()),
+                        None => {
+                            // Decided under the lock a failing second session takes too.
+                            run.first_ended |= first;
+                            return;
+                        }
+                    },
+                };
+                (run.mb, run.store, run.uidvalidity, run.opts.dry_run, batch)
             };
             let spool = (mb.max_message_size, store.spool_dir());
-            let fetched = fetch_batch(imap, batch, spool, |fm| self.run().submit(fm)).await;
+            let fetched = fetch_batch(imap, &batch, spool, |fm| self.run().submit(fm)).await;
             let due = {
                 let mut run = self.run();
                 run.collect_submitted();
                 match fetched {
-                    Ok(()) => lock(&run.frontier).finish(batch),
+                    Ok(()) => lock(&run.frontier).finish(&batch),
+                    Err(e) if !first && !run.first_ended => {
+                        // The first session fetches what did not arrive; the pass goes on.
+                        let left = lock(&run.frontier).unsettled(&batch);
+                        tracing::warn!(
+                            error = %e,
+                            messages = left.len(),
+                            "the second session failed; the first fetches the rest"
+                        );
+                        if !left.is_empty() {
+                            run.handed_back.push(left);
+                        }
+                        return;
+                    }
                     Err(e) => {
                         run.first_error.get_or_insert(e);
                     }
@@ -896,6 +938,9 @@ mod tests {
         assert_eq!(f.advance(), 20);
         // A UID that was not asked for moves nothing.
         assert_eq!(f.arrive(4), 20);
+        let mut f = Frontier::new(vec![3, 5, 7]);
+        f.arrive(5);
+        assert_eq!(f.unsettled(&[(3, 1), (5, 2), (7, 3)]), [(3, 1), (7, 3)]);
     }
 
     #[test]

@@ -15,11 +15,7 @@ const KILLS: usize = 20;
 fn sync_killed_at_random_moments_loses_and_duplicates_nothing() {
     let dc = Dovecot::start();
     dc.seed(250, 50, 11);
-    let on_server: BTreeSet<String> = dc
-        .messages("INBOX")
-        .into_iter()
-        .map(|m| m.message_id)
-        .collect();
+    let on_server = message_ids(&dc);
     assert_eq!(on_server.len(), 300);
     let sink = Sink::start();
     let wd = Workdir::with(&[dc.mailbox()]);
@@ -129,6 +125,82 @@ fn logins(dc: &Dovecot) -> usize {
     log.matches("Login: user=<support>").count()
 }
 
+/// The Message-IDs of the server's INBOX.
+fn message_ids(dc: &Dovecot) -> BTreeSet<String> {
+    dc.messages("INBOX")
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect()
+}
+
+/// `wd`'s store holds every message of `on_server` once, and the server has them all seen.
+fn assert_stored_once(dc: &Dovecot, wd: &Workdir, on_server: &BTreeSet<String>) {
+    let ids = stored_ids(wd);
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "a message stored twice");
+    let missing: Vec<_> = on_server.difference(&unique).take(5).collect();
+    let extra: Vec<_> = unique.difference(on_server).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "exactly the messages on the server: {} stored of {}; missing {missing:?}, \
+         not on the server {extra:?}",
+        unique.len(),
+        on_server.len()
+    );
+    assert_eq!(dc.unseen("INBOX"), 0, "every message is \\Seen");
+}
+
+/// The second session's connection dies while it fetches: the first session fetches what
+/// it left, and the run ends well, every message stored once.
+#[test]
+fn a_second_session_that_dies_mid_fetch_leaves_its_batch_to_the_first() {
+    let dc = Dovecot::start();
+    dc.seed(6000, 60, 13);
+    let on_server = message_ids(&dc);
+    let wd = Workdir::with(&[dc.mailbox()]);
+    let before = logins(&dc);
+    let child = wd
+        .cmd(&["sync", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::harness::wait_until(Duration::from_secs(30), "the second login", || {
+        logins(&dc) == before + 2
+    });
+    // Its process, as the login line names it (`mpid=`), once it has selected the folder and
+    // fetches (a debug build takes seconds over the batches of 6,060 messages).
+    let log = std::fs::read_to_string(dc.dir.join("dovecot.log")).unwrap();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("Login: user=<support>"))
+        .unwrap();
+    let pid = line
+        .split("mpid=")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stderr}", out.status);
+    assert!(
+        stderr.contains("the second session failed; the first fetches the rest"),
+        "{stderr}"
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["mailboxes"][0]["fetched"], 6060, "{run}");
+    assert_stored_once(&dc, &wd, &on_server);
+}
+
 /// A backlog of at least four batches is fetched over two sessions at once, their batches
 /// interleaved: every message is stored exactly once and marked seen, in a run to the end
 /// and in runs killed at random moments (the cursor and the post-actions move only past
@@ -137,27 +209,9 @@ fn logins(dc: &Dovecot) -> usize {
 fn a_backlog_fetched_over_two_sessions_is_stored_exactly_once_even_when_killed() {
     let dc = Dovecot::start();
     dc.seed(1600, 60, 12);
-    let on_server: BTreeSet<String> = dc
-        .messages("INBOX")
-        .into_iter()
-        .map(|m| m.message_id)
-        .collect();
+    let on_server = message_ids(&dc);
     assert_eq!(on_server.len(), 1660);
-    let stored_once = |wd: &Workdir| {
-        let ids = stored_ids(wd);
-        let unique: BTreeSet<String> = ids.iter().cloned().collect();
-        assert_eq!(ids.len(), unique.len(), "a message stored twice");
-        let missing: Vec<_> = on_server.difference(&unique).take(5).collect();
-        let extra: Vec<_> = unique.difference(&on_server).take(5).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "exactly the messages on the server: {} stored of {}; missing {missing:?}, \
-             not on the server {extra:?}",
-            unique.len(),
-            on_server.len()
-        );
-        assert_eq!(dc.unseen("INBOX"), 0, "every message is \\Seen");
-    };
+    let stored_once = |wd: &Workdir| assert_stored_once(&dc, wd, &on_server);
 
     let whole = Workdir::with(&[dc.mailbox()]);
     let before = logins(&dc);
