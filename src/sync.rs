@@ -803,7 +803,7 @@ struct Lanes<'r, 'a> {
 
 impl<'r, 'a> Lanes<'r, 'a> {
     fn run(&self) -> std::sync::MutexGuard<'_, &'r mut CatchUp<'a>> {
-        self.run.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.run)
     }
 
     /// Takes batch after batch over `imap` until none is left, a stop, or the pass's first

@@ -343,7 +343,7 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Only a new, empty file takes it (an existing store keeps its page size).
         conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-        wal_mode(&conn, BUSY_TIMEOUT)?;
+        wal_mode(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
@@ -668,12 +668,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// opening the file at the same moment (`watch` creating the store while `tickets` reads it)
 /// got "database is locked" at once, 22 times in 300 such races. So it waits here, as long as
 /// the busy timeout would.
-fn wal_mode(conn: &Connection, timeout: Duration) -> Result<()> {
+fn wal_mode(conn: &Connection) -> Result<()> {
     let started = std::time::Instant::now();
     loop {
         match conn.pragma_update(None, "journal_mode", "WAL") {
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < timeout =>
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < BUSY_TIMEOUT =>
             {
                 std::thread::sleep(Duration::from_millis(5));
             }
