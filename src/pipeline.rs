@@ -10,8 +10,9 @@
 //! message rows → cursor → acknowledgement. The modules decide; the store only reads what they
 //! ask and writes what they decided.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
@@ -679,29 +680,82 @@ type Job = Box<dyn FnOnce() + Send>;
 /// A few threads for [`prepare`], one per core.
 #[derive(Clone)]
 pub struct PrepPool {
-    tx: mpsc::Sender<Job>,
+    feed: Arc<Feed>,
+}
+
+/// The pool's queue, shared by its workers: a job wakes one idle worker, and only when one
+/// is idle. (Workers that took turns at an `mpsc::Receiver` behind a mutex woke two threads
+/// per job when both were idle: the one that got the job, then the other, for the mutex.)
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// Set when the last handle on the pool is dropped: the workers end once it is empty.
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&self, job: Job) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.jobs.push_back(job);
+        let wake = s.idle > 0;
+        // The worker woken takes the lock at once: it is free by then.
+        drop(s);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next job; `None` once the pool is dropped and every job is done.
+    fn take(&self) -> Option<Job> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(job) = s.jobs.pop_front() {
+                return Some(job);
+            }
+            if s.closed {
+                return None;
+            }
+            s.idle += 1;
+            s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
+            s.idle -= 1;
+        }
+    }
+}
+
+/// The pool's handles share this: dropping the last closes the queue.
+struct Feed(Arc<Queue>);
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.0.ready.notify_all();
+    }
 }
 
 impl PrepPool {
     /// Starts one thread per available core.
     pub fn spawn() -> Result<PrepPool> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue::default());
         let n = std::thread::available_parallelism().map_or(2, usize::from);
         for i in 0..n {
-            let rx = rx.clone();
+            let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("prepare-{i}"))
                 .spawn(move || {
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(guard) => guard.recv(),
-                            Err(_) => break,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => break,
-                        }
+                    while let Some(job) = queue.take() {
+                        job();
                     }
                     stages::worker_done(stages::Worker::Prepare);
                 })
@@ -710,13 +764,15 @@ impl PrepPool {
                     source,
                 })?;
         }
-        Ok(PrepPool { tx })
+        Ok(PrepPool {
+            feed: Arc::new(Feed(queue)),
+        })
     }
 
     /// Prepares `raw` on the pool; the result arrives on the receiver.
     pub fn prepare(&self, me: Arc<Identity>, raw: Vec<u8>) -> oneshot::Receiver<Prepared> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Box::new(move || {
+        self.feed.0.push(Box::new(move || {
             let _ = tx.send(prepare(&me, raw));
         }));
         rx
@@ -725,7 +781,7 @@ impl PrepPool {
     /// Prepares the message in `spool` on the pool ([`prepare_spooled`]).
     pub fn prepare_spooled(&self, me: Arc<Identity>, spool: Spool) -> oneshot::Receiver<Prepared> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Box::new(move || {
+        self.feed.0.push(Box::new(move || {
             let _ = tx.send(prepare_spooled(&me, spool));
         }));
         rx
@@ -763,6 +819,74 @@ pub(crate) mod test_support {
         format!(
             "From: a@example.com\r\nSubject: Printer\r\nMessage-ID: <{id}>\r\n{headers}\r\n{body}\r\n"
         )
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Workers over one queue, as [`PrepPool::spawn`] starts them.
+    fn workers(queue: &Arc<Queue>, n: usize) -> Vec<std::thread::JoinHandle<()>> {
+        (0..n)
+            .map(|_| {
+                let queue = queue.clone();
+                std::thread::spawn(move || {
+                    while let Some(job) = queue.take() {
+                        job();
+                    }
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_job_runs_and_the_workers_end_with_the_pool() {
+        let queue = Arc::new(Queue::default());
+        let threads = workers(&queue, 2);
+        let feed = Feed(queue);
+        let done = Arc::new(AtomicUsize::new(0));
+        for i in 0..2000 {
+            let done = done.clone();
+            feed.0.push(Box::new(move || {
+                if i % 100 == 0 {
+                    // Now and then a slow one, so that workers go idle and are woken.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        // Jobs still queued when the pool is dropped run before the workers end.
+        drop(feed);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !threads.iter().all(|t| t.is_finished()) {
+            assert!(Instant::now() < deadline, "the workers did not end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 2000);
+    }
+
+    #[test]
+    fn a_job_for_an_idle_pool_is_taken_at_once() {
+        let queue = Arc::new(Queue::default());
+        let threads = workers(&queue, 2);
+        let feed = Feed(queue.clone());
+        for _ in 0..50 {
+            // Both workers idle: one of them, woken, takes the job.
+            while queue.state.lock().unwrap().idle < 2 {
+                std::thread::yield_now();
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            feed.0.push(Box::new(move || tx.send(()).unwrap()));
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        drop(feed);
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }
 

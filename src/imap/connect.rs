@@ -11,7 +11,7 @@ use tokio_rustls::TlsConnector;
 use super::guard::excerpt;
 use super::session::Imap;
 use super::wire::{
-    Client, Conn, READ_AHEAD, SERVER_TEXT, TlsTcp, imap_err, io_err, server_text, timed,
+    Client, Conn, Paced, READ_AHEAD, SERVER_TEXT, TlsTcp, imap_err, io_err, server_text, timed,
 };
 use crate::config::{AuthMech, MailboxConfig, TlsMode};
 use crate::error::{Error, Result};
@@ -147,7 +147,7 @@ async fn handshake(mb: &MailboxConfig, tcp: TcpStream) -> Result<TlsTcp> {
         message: format!("not a valid server name: {e}"),
     })?;
     timed(host, mb.timeout(), "TLS handshake", async {
-        let tcp = tokio::io::BufReader::with_capacity(READ_AHEAD, tcp);
+        let tcp = tokio::io::BufReader::with_capacity(READ_AHEAD, Paced::new(tcp));
         TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
             if mb.tls == TlsMode::Implicit && crate::tls::answered_in_plain_text(&e) {
                 return Error::Protocol {

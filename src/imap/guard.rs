@@ -22,6 +22,8 @@ pub struct Allowance {
     pub lines: u64,
     /// The largest single literal.
     pub literal: u64,
+    /// The bytes the answer is expected to bring (0: not known).
+    pub expect: u64,
 }
 
 impl Allowance {
@@ -31,6 +33,7 @@ impl Allowance {
         bytes: 1 << 20,
         lines: 10_000,
         literal: 64 << 10,
+        expect: 0,
     };
 
     /// [`Allowance::SMALL`] for `step`.
@@ -48,6 +51,7 @@ impl Allowance {
             bytes: (1 << 20) + n.saturating_mul(256),
             lines: 10_000 + n.saturating_mul(4),
             literal: 64 << 10,
+            expect: 0,
         }
     }
 
@@ -66,6 +70,7 @@ impl Allowance {
                 .max(literal),
             lines: 10_000 + n.saturating_mul(4),
             literal,
+            expect: total,
         }
     }
 }
@@ -113,6 +118,11 @@ impl Watch {
     /// The server closed the connection (a read returned no bytes).
     pub fn eof(&mut self) {
         self.closed = true;
+    }
+
+    /// How many of the bytes the answer is expected to bring have not come yet.
+    pub fn expected_left(&self) -> u64 {
+        self.allow.expect.saturating_sub(self.bytes)
     }
 
     /// Whether the server closed the connection.
@@ -315,5 +325,19 @@ mod tests {
         assert_eq!(e, "* 1 FETCH (UID \u{fffd}\u{fffd} not imap\\r\\n");
         let long = vec![b'a'; 10_000];
         assert_eq!(excerpt(&long, 300).len(), 300 + " [...]".len());
+    }
+
+    #[test]
+    fn what_is_left_of_a_fetch_counts_down_as_it_comes() {
+        let mut w = watch(Allowance::messages("fetching messages", 2, 100, 60));
+        assert_eq!(w.expected_left(), 100);
+        w.see(b"* 1 FETCH (UID 1 BODY[] {60}\r\n").unwrap();
+        assert_eq!(w.expected_left(), 100 - 30);
+        w.see(&[b'x'; 60]).unwrap();
+        assert_eq!(w.expected_left(), 10);
+        w.see(b")\r\n* 2 FETCH (UID 2 BODY[] {40}\r\n").unwrap();
+        assert_eq!(w.expected_left(), 0, "never below nothing");
+        // Nothing is expected of the small exchanges: they are never paced.
+        assert_eq!(watch(Allowance::small("selecting")).expected_left(), 0);
     }
 }

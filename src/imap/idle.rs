@@ -49,6 +49,7 @@ impl Imap {
             bytes: u64::MAX,
             lines: u64::MAX,
             literal: 1 << 20,
+            expect: 0,
         });
         imap.drain_unsolicited();
         let Imap {
