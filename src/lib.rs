@@ -65,8 +65,6 @@
 //! - [`progress`]: how far a long run is, counted for the binary's progress line.
 //! - [`error`]: the one error type; [`time`]: Unix seconds, RFC 3339 and local time.
 
-#![forbid(unsafe_code)]
-
 pub mod backoff;
 pub mod classify;
 pub mod config;
