@@ -402,6 +402,8 @@ mod tests {
         paced.bulk = true;
         server.write_all(b"first").await.unwrap();
         let mut buf = vec![0u8; 64 << 10];
+        // Before the pause is set, so that it bounds the wait from below.
+        let t0 = std::time::Instant::now();
         let n = paced.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"first");
         assert!(
@@ -409,7 +411,6 @@ mod tests {
             "a read that emptied the socket pauses the next"
         );
         server.write_all(b"second").await.unwrap();
-        let t0 = std::time::Instant::now();
         let n = paced.read(&mut buf).await.unwrap();
         assert!(t0.elapsed() >= PAUSE, "{:?}", t0.elapsed());
         assert_eq!(&buf[..n], b"second");
