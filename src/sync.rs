@@ -333,6 +333,11 @@ async fn post_action(
     uids: &[u32],
 ) -> Result<()> {
     store.make_durable().await?;
+    act_on(imap, after, uids).await
+}
+
+/// Deletes, moves or marks seen `uids`, whose commits are durable.
+async fn act_on(imap: &mut Imap, after: &After, uids: &[u32]) -> Result<()> {
     // Committed in arrival order, which two sessions interleave: sorted, a set is a few
     // ranges, not a line of 2,000 numbers.
     let mut uids = uids.to_vec();
@@ -347,18 +352,54 @@ async fn post_action(
     Ok(())
 }
 
-/// Runs the post-action for committed UIDs (a prefix of this run's UIDs, in order) and
-/// records that they are done.
+/// Committed UIDs (a prefix of this run's UIDs, in order) whose post-action is due, and the
+/// cursor position they reach.
+struct Due {
+    uids: Vec<u32>,
+    to: u32,
+    /// The sync that makes their commits durable, when it was started ahead.
+    durable: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Due {
+    fn new(uids: Vec<u32>, to: u32) -> Due {
+        Due {
+            uids,
+            to,
+            durable: None,
+        }
+    }
+
+    /// Starts making the commits durable now, on a blocking thread, so that the session
+    /// fetches its next batch meanwhile instead of waiting for the disk; the post-action
+    /// follows that batch.
+    fn ahead(store: &StoreThread, uids: Vec<u32>, to: u32) -> Due {
+        let store = store.clone();
+        let durable = tokio::spawn(async move { store.make_durable().await });
+        Due {
+            uids,
+            to,
+            durable: Some(durable),
+        }
+    }
+}
+
+/// Runs the post-action for `due` (made durable first) and records that its UIDs are done.
 async fn finish_uids(
     imap: &mut Imap,
     mb: &MailboxConfig,
     store: &StoreThread,
     uidvalidity: u32,
-    uids: &[u32],
-    last: u32,
+    due: Due,
 ) -> Result<oneshot::Receiver<Result<()>>> {
-    post_action(imap, store, &mb.after, uids).await?;
-    let (name, folder) = (mb.name.clone(), mb.folder.clone());
+    match due.durable {
+        Some(sync) => sync
+            .await
+            .map_err(|e| Error::Internal(format!("syncing the store: {e}")))??,
+        None => store.make_durable().await?,
+    }
+    act_on(imap, &mb.after, &due.uids).await?;
+    let (name, folder, last) = (mb.name.clone(), mb.folder.clone(), due.to);
     Ok(store.submit(move |s| s.set_done(&name, &folder, uidvalidity, last)))
 }
 
@@ -613,6 +654,11 @@ impl<'a> CatchUp<'a> {
         let first = async {
             lanes.lane(imap, true).await;
             first_done.cancel();
+            // Nothing is left for this session to fetch: what has committed gets its
+            // post-action now, while the second session's last batch is on its way.
+            if let Some((uids, to)) = lanes.committed() {
+                lanes.post_act(imap, Due::new(uids, to)).await;
+            }
         };
         let second = async {
             let Some(creds) = creds.filter(|_| lanes.batches.len() >= SECOND_SESSION_FROM) else {
@@ -641,10 +687,23 @@ impl<'a> CatchUp<'a> {
     }
 
     /// Waits for the rest of the store's work, finishes those UIDs too, and returns the
-    /// first error of the pass.
+    /// first error of the pass. The post-actions go out while the last messages land, each
+    /// for what has committed by then: after the last commit only a short one is left.
     async fn finish(mut self, imap: &mut Imap) -> Result<()> {
-        self.settle_all().await;
-        if !self.opts.dry_run && !self.done.is_empty() {
+        let post = !self.opts.dry_run;
+        while let Some((uid, to, rx)) = self.inflight.pop_front() {
+            match rx.await {
+                Ok(r) => self.settle(uid, to, r),
+                Err(_) => {
+                    self.first_error.get_or_insert_with(stopped);
+                }
+            }
+            self.settle_ready();
+            if post && !self.done.is_empty() && !self.inflight.is_empty() {
+                self.flush_post_actions(imap).await?;
+            }
+        }
+        if post && !self.done.is_empty() {
             // After a failure the post-action may fail too (the connection is gone): the
             // first error is the one worth reporting; the next run finishes these UIDs.
             self.flush_post_actions(imap).await?;
@@ -748,18 +807,6 @@ impl<'a> CatchUp<'a> {
         }
     }
 
-    /// Waits for and books every result still in flight.
-    async fn settle_all(&mut self) {
-        while let Some((uid, to, rx)) = self.inflight.pop_front() {
-            match rx.await {
-                Ok(r) => self.settle(uid, to, r),
-                Err(_) => {
-                    self.first_error.get_or_insert_with(stopped);
-                }
-            }
-        }
-    }
-
     /// Books one store result: counts it and remembers its UID for the post-action.
     fn settle(&mut self, uid: u32, to: u32, r: Result<Option<Stored>>) {
         match r {
@@ -785,10 +832,10 @@ impl<'a> CatchUp<'a> {
     /// Its error gives way to an earlier one.
     async fn flush_post_actions(&mut self, imap: &mut Imap) -> Result<()> {
         let (mb, store, uv) = (self.mb, self.store, self.uidvalidity);
-        let finished = finish_uids(imap, mb, store, uv, &self.done, self.done_to).await;
+        let due = Due::new(std::mem::take(&mut self.done), self.done_to);
+        let finished = finish_uids(imap, mb, store, uv, due).await;
         let clear = finished.map_err(|e| self.first_error.take().unwrap_or(e))?;
         self.clears.push(clear);
-        self.done.clear();
         Ok(())
     }
 }
@@ -809,10 +856,20 @@ impl<'r, 'a> Lanes<'r, 'a> {
     /// Takes batch after batch over `imap` until none is left, a stop, or the pass's first
     /// error (recorded in the run). The `first` session also sends the post-actions, every
     /// [`POST_ACTION_EVERY`] committed UIDs: one session at a time, in order, so that a UID
-    /// is recorded done only after its post-action.
+    /// is recorded done only after its post-action. Each goes out one batch after it is
+    /// due, its commits made durable meanwhile.
     async fn lane(&self, imap: &mut Imap, first: bool) {
+        let mut ahead = None;
+        self.take_batches(imap, first, &mut ahead).await;
+        if let Some(due) = ahead {
+            self.post_act(imap, due).await;
+        }
+    }
+
+    /// The loop of [`Lanes::lane`]: a post-action due is left in `ahead` for the next turn.
+    async fn take_batches(&self, imap: &mut Imap, first: bool, ahead: &mut Option<Due>) {
         loop {
-            let (mb, store, uv, dry_run, batch) = {
+            let (mb, store, dry_run, batch) = {
                 let mut run = self.run();
                 if run.first_error.is_some() {
                     return;
@@ -833,7 +890,7 @@ impl<'r, 'a> Lanes<'r, 'a> {
                         }
                     },
                 };
-                (run.mb, run.store, run.uidvalidity, run.opts.dry_run, batch)
+                (run.mb, run.store, run.opts.dry_run, batch)
             };
             let spool = (mb.max_message_size, store.spool_dir());
             let fetched = fetch_batch(imap, &batch, spool, |fm| self.run().submit(fm)).await;
@@ -865,18 +922,47 @@ impl<'r, 'a> Lanes<'r, 'a> {
                 let due = first && !dry_run && run.done.len() >= POST_ACTION_EVERY;
                 due.then(|| (std::mem::take(&mut run.done), run.done_to))
             };
+            if let Some(due) = ahead.take()
+                && !self.post_act(imap, due).await
+            {
+                return;
+            }
             if let Some((uids, to)) = due {
-                let finished = finish_uids(imap, mb, store, uv, &uids, to).await;
-                let mut run = self.run();
-                match finished {
-                    Ok(clear) => run.clears.push(clear),
-                    Err(e) => {
-                        // It gives way to an earlier error, and ends the pass.
-                        run.first_error.get_or_insert(e);
-                        run.abort = true;
-                        return;
-                    }
-                }
+                *ahead = Some(Due::ahead(store, uids, to));
+            }
+        }
+    }
+
+    /// The UIDs committed so far whose post-action is still to run, and the cursor position
+    /// they reach; `None` when there are none, in a dry run, or after an error.
+    fn committed(&self) -> Option<(Vec<u32>, u32)> {
+        let mut run = self.run();
+        if run.opts.dry_run || run.first_error.is_some() {
+            return None;
+        }
+        run.settle_ready();
+        (!run.done.is_empty()).then(|| (std::mem::take(&mut run.done), run.done_to))
+    }
+
+    /// Runs the post-action for `due` over the first session. False when it failed: that
+    /// ends the pass.
+    async fn post_act(&self, imap: &mut Imap, due: Due) -> bool {
+        let (mb, store, uv) = {
+            let run = self.run();
+            (run.mb, run.store, run.uidvalidity)
+        };
+        let finished = finish_uids(imap, mb, store, uv, due).await;
+        let mut run = self.run();
+        match finished {
+            Ok(clear) => {
+                run.clears.push(clear);
+                true
+            }
+            Err(e) => {
+                // It gives way to an earlier error, and ends the pass.
+                run.first_error.get_or_insert(e);
+                run.abort = true;
+                false
             }
         }
     }

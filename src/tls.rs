@@ -37,6 +37,17 @@ fn base_roots() -> &'static RootCertStore {
     })
 }
 
+/// Reads the trust roots on a thread of its own, for a command about to connect: the first
+/// connection then finds them read (the system's store is a few hundred files) instead of
+/// waiting for them after the store has opened.
+pub fn read_roots_ahead() {
+    let _ = std::thread::Builder::new()
+        .name("tls-roots".into())
+        .spawn(|| {
+            base_roots();
+        });
+}
+
 /// The certificates of the config's `ca-file`: at least one, each usable as a trust anchor.
 fn ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)

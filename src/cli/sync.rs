@@ -58,6 +58,7 @@ fn skipped(pass: &PassLeases) -> Vec<Skipped> {
 
 pub fn run(ctx: &Ctx, a: &SyncArgs) -> anyhow::Result<u8> {
     let mailboxes = ctx.chosen_mailboxes(&a.mailboxes)?;
+    mailticket::tls::read_roots_ahead();
     let tokens = mailticket::oauth2::Tokens::new(&ctx.config, &ctx.store, &mailboxes, true)?;
     let mailboxes = mailticket::sync::with_credentials(&mailboxes, &tokens)?;
     let smtp = super::smtp_with(ctx, &tokens)?;
