@@ -348,8 +348,13 @@ pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailur
         // Nothing was set aside, cut or decoded: the skeleton is the message byte for byte.
         return guarded(|| parse_whole(&sk.bytes));
     }
-    if let Some(parsed) = guarded(|| Ok(parse_skeleton(&sk))).ok().flatten() {
-        return Ok(parsed);
+    // A failure the header decides (no header, none of the essential ones) is the same for
+    // the message: the skeleton keeps its header as it is. Only markers not found as
+    // expected, or a panic, send the parse to the original, read whole.
+    match catch_unwind(AssertUnwindSafe(|| skeleton_parse(&sk))) {
+        Ok(Ok(Some(parsed))) => return Ok(parsed),
+        Ok(Err(why)) => return Err(why),
+        Ok(Ok(None)) | Err(_) => {}
     }
     drop(sk);
     let mut raw = Vec::new();
@@ -362,10 +367,15 @@ pub fn parse_file(file: &mut std::fs::File) -> Result<ParsedMessage, ParseFailur
 /// parse found each marker exactly once as an attachment, no cut text in one, and each
 /// decoded text's empty part where the walk left it (else the caller parses the original).
 fn parse_skeleton(sk: &Skeleton) -> Option<ParsedMessage> {
+    skeleton_parse(sk).ok().flatten()
+}
+
+/// [`parse_skeleton`] with its failure: `Err` when the skeleton is no message at all.
+fn skeleton_parse(sk: &Skeleton) -> Result<Option<ParsedMessage>, ParseFailure> {
     if sk.set_aside.is_empty() && sk.cut == 0 && sk.qp.is_empty() {
-        return None;
+        return Ok(None);
     }
-    parse_inner(&sk.bytes, sk.blank, Some(sk)).ok().flatten()
+    parse_inner(&sk.bytes, sk.blank, Some(sk))
 }
 
 /// The MIME parser: mail-parser's default reading of every header, except `Received`, kept

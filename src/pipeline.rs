@@ -291,9 +291,15 @@ fn commit_timed(
 ) -> Result<Stored> {
     let uid = origin.imap.as_ref().map(|i| i.uid);
     let quarantine = |store: &mut Store, why: &str, size: u64| -> Result<Stored> {
-        let raw = p.raw_bytes()?;
+        let outcome = match &p.raw {
+            // A spooled message goes from its file to the row, never held whole.
+            Raw::Spooled(s) => {
+                store.quarantine_spool(s.file(), s.path(), size, why, origin, received_at)?
+            }
+            _ => store.quarantine_sized(&p.raw_bytes()?, size, why, origin, received_at)?,
+        };
         Ok(Stored {
-            outcome: store.quarantine_sized(&raw, size, why, origin, received_at)?,
+            outcome,
             acked: false,
             uid,
             message_id: String::new(),

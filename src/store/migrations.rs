@@ -284,6 +284,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE event ADD COLUMN text_of INTEGER REFERENCES message (id);
     "#,
+    // 16 (spooled messages quarantined in parts): a message quarantined from its spool file
+    // keeps its bytes in `quarantine_part` rows of about 1 MiB, in `seq` order, so that they
+    // are never held whole; its `quarantine.raw` is empty.
+    r#"
+    CREATE TABLE quarantine_part (
+        quarantine INTEGER NOT NULL REFERENCES quarantine (id),
+        seq        INTEGER NOT NULL,
+        raw        BLOB    NOT NULL,
+        PRIMARY KEY (quarantine, seq)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

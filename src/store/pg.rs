@@ -259,6 +259,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE event ADD COLUMN text_of BIGINT REFERENCES message (id);
     "#,
+    // 5: SQLite's migration 16, spooled messages quarantined in parts.
+    r#"
+    CREATE TABLE quarantine_part (
+        quarantine BIGINT NOT NULL REFERENCES quarantine (id),
+        seq        BIGINT NOT NULL,
+        raw        BYTEA  NOT NULL,
+        PRIMARY KEY (quarantine, seq)
+    );
+    "#,
 ];
 
 /// The PostgreSQL schema version this build writes.

@@ -35,11 +35,24 @@ impl Store {
     /// message too large to fetch: compare `size`); `None` when there is no such row.
     pub fn quarantined_message(&self, id: i64) -> Result<Option<(QuarantineRow, Vec<u8>)>> {
         crate::store::sql("reading a quarantined message", || {
-            self.conn.query_opt(
+            let found = self.conn.query_opt(
                 &format!("SELECT {COLUMNS}, raw FROM quarantine WHERE id = ?1"),
                 params![id],
-                |r| Ok((quarantine_row(r)?, r.get(6)?)),
-            )
+                |r| Ok((quarantine_row(r)?, r.get::<Vec<u8>>(6)?)),
+            )?;
+            let Some((row, mut raw)) = found else {
+                return Ok(None);
+            };
+            // A message quarantined from its spool file is in parts.
+            let parts = self.conn.query_map(
+                "SELECT raw FROM quarantine_part WHERE quarantine = ?1 ORDER BY seq",
+                params![id],
+                |r| r.get::<Vec<u8>>(0),
+            )?;
+            for part in parts {
+                raw.extend_from_slice(&part);
+            }
+            Ok(Some((row, raw)))
         })
     }
 
@@ -68,7 +81,13 @@ impl Store {
     /// Removes quarantined message `id`; whether there was one.
     pub fn quarantine_delete(&mut self, id: i64) -> Result<bool> {
         crate::store::sql("deleting a quarantined message", || {
-            self.write(|c| Ok(c.execute("DELETE FROM quarantine WHERE id = ?1", params![id])? == 1))
+            self.write(|c| {
+                c.execute(
+                    "DELETE FROM quarantine_part WHERE quarantine = ?1",
+                    params![id],
+                )?;
+                Ok(c.execute("DELETE FROM quarantine WHERE id = ?1", params![id])? == 1)
+            })
         })
     }
 }

@@ -287,6 +287,46 @@ impl Store {
         })
     }
 
+    /// [`Store::quarantine_sized`] for a message in a spool file (`path` for errors), of
+    /// which `size` bytes were on the server: the bytes go from the file to `quarantine_part`
+    /// rows a piece at a time, never held whole.
+    pub fn quarantine_spool(
+        &mut self,
+        file: &std::fs::File,
+        path: &std::path::Path,
+        size: u64,
+        error: &str,
+        origin: &Origin,
+        received_at: i64,
+    ) -> Result<Outcome> {
+        let sha = hex(&file_sha256(file, path)?);
+        crate::store::sql("quarantining a message", || {
+            let size = i64::try_from(size).unwrap_or(i64::MAX);
+            self.write(|c| {
+                let (uidvalidity, uid) = origin.imap.as_ref().map_or((0, 0), |p| (p.uidvalidity, p.uid));
+                let new = c.execute(
+                    "INSERT INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                    params![origin.source, uidvalidity, uid, error, sha, size, &[][..], received_at],
+                )? == 1;
+                let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", params![&sha], |r| r.get(0))?;
+                if new {
+                    let mut seq = 0i64;
+                    each_piece(file, path, |piece| {
+                        seq += 1;
+                        c.execute(
+                            "INSERT INTO quarantine_part (quarantine, seq, raw) VALUES (?1, ?2, ?3)",
+                            params![id, seq, piece],
+                        )?;
+                        Ok(())
+                    })?;
+                }
+                advance(c, origin)?;
+                Ok(Outcome::Quarantined(id))
+            })
+        })
+    }
+
     /// The cursor of a mailbox folder.
     pub fn cursor(&self, mailbox: &str, folder: &str) -> Result<Option<Cursor>> {
         crate::store::sql("reading the cursor", || {
@@ -930,6 +970,51 @@ impl Store {
     }
 }
 
+/// How much of a spool file is read at a time, for the quarantine: one `quarantine_part`.
+const SPOOL_READ: usize = 1 << 20;
+
+/// Calls `each` with the file's bytes from its start, a piece of up to [`SPOOL_READ`] at a
+/// time (short only at the end).
+fn each_piece(
+    mut file: &std::fs::File,
+    path: &std::path::Path,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; SPOOL_READ];
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        if n > 0 {
+            each(&buf[..n])?;
+        }
+        if n < buf.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// The SHA-256 of a file's bytes, read a piece at a time.
+fn file_sha256(file: &std::fs::File, path: &std::path::Path) -> Result<[u8; 32]> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    each_piece(file, path, |piece| {
+        ctx.update(piece);
+        Ok(())
+    })?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1109,24 +1194,98 @@ mod tests {
         m
     }
 
-    #[test]
-    fn raw_in_parts_round_trips_and_matches_the_message_kept_whole() {
-        use crate::pipeline::{Plan, commit, prepare, prepare_spooled};
-        let dir = std::env::temp_dir().join(format!("mt-parts-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let raw = with_attachment("big@x", 3 << 20);
-        let mut spool = crate::spool::Spool::create(&dir).unwrap();
+    /// How the tests here store a message: no acknowledgement, no progress.
+    fn plan_for(rules: &Rules) -> crate::pipeline::Plan<'_> {
+        crate::pipeline::Plan {
+            rules,
+            ack: None,
+            progress: None,
+        }
+    }
+
+    /// A spool file in `dir` holding `raw`, appended as a fetch would, in pieces.
+    fn spool_of(dir: &std::path::Path, raw: &[u8]) -> crate::spool::Spool {
+        let mut spool = crate::spool::Spool::create(dir).unwrap();
         for chunk in raw.chunks(100_000) {
             spool.append(chunk).unwrap();
         }
+        spool
+    }
+
+    #[test]
+    fn a_spooled_message_that_is_no_message_is_quarantined_in_parts_from_its_file() {
+        use crate::pipeline::{PreparedBody, commit, prepare_spooled};
+        let dir = std::env::temp_dir().join(format!("mt-qparts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A large attachment under a header without From, Sender, Date, Subject or
+        // Message-ID: not a message.
+        let whole = with_attachment("q@x", 2 << 20);
+        let start = whole
+            .windows(13)
+            .position(|w| w == b"Content-Type:")
+            .unwrap();
+        let raw = whole[start..].to_vec();
+        let spool = spool_of(&dir, &raw);
+        let mut s = Store::open_in_memory().unwrap();
+        let rules = Rules::default();
+        let plan = plan_for(&rules);
+        let origin = Origin::unplaced("test", "");
+        let p = prepare_spooled(&crate::classify::Identity::default(), spool);
+        let PreparedBody::Unparseable(why) = &p.body else {
+            panic!("parsed")
+        };
+        assert!(why.contains("not a message"), "{why}");
+        let stored = commit(&mut s, &p, &origin, 0, plan).unwrap();
+        let Outcome::Quarantined(id) = stored.outcome else {
+            panic!("{:?}", stored.outcome)
+        };
+        let (row, kept) = s.quarantined_message(id).unwrap().unwrap();
+        assert!(kept == raw, "kept byte for byte");
+        assert_eq!(row.size, raw.len() as i64);
+        let (inline, parts): (i64, i64) = s
+            .conn
+            .query_row(
+                "SELECT length(raw), (SELECT count(*) FROM quarantine_part WHERE quarantine = id)
+                 FROM quarantine WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(inline, 0);
+        assert_eq!(parts as usize, raw.len().div_ceil(1 << 20));
+        // Its key is the SHA-256 of its bytes, as for a message quarantined from memory: the
+        // same bytes find the same row, and so does the same file again.
+        assert_eq!(
+            s.quarantine(&raw, "again", &origin, 0).unwrap(),
+            Outcome::Quarantined(id)
+        );
+        let again = commit(&mut s, &p, &origin, 0, plan).unwrap();
+        assert_eq!(again.outcome, Outcome::Quarantined(id));
+        assert_eq!(s.quarantined().unwrap().len(), 1);
+        // Deleting the row deletes its parts.
+        assert!(s.quarantine_delete(id).unwrap());
+        let left: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM quarantine_part", params![], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(left, 0);
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn raw_in_parts_round_trips_and_matches_the_message_kept_whole() {
+        use crate::pipeline::{commit, prepare, prepare_spooled};
+        let dir = std::env::temp_dir().join(format!("mt-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = with_attachment("big@x", 3 << 20);
+        let spool = spool_of(&dir, &raw);
         let path = spool.path().to_owned();
         let mut s = Store::open_in_memory().unwrap();
         let rules = Rules::default();
-        let plan = Plan {
-            rules: &rules,
-            ack: None,
-            progress: None,
-        };
+        let plan = plan_for(&rules);
         let me = crate::classify::Identity::default();
         let origin = Origin::unplaced("test", "");
         let p = prepare_spooled(&me, spool);
@@ -1150,7 +1309,7 @@ mod tests {
         assert_eq!((codec.as_str(), inline), ("zstd-parts", 0));
         assert!(parts >= 3, "{parts} parts for 3 MiB of random data");
         // The same bytes kept whole: the same fingerprint and attachment index; a duplicate.
-        let whole = prepare(&me, raw.clone());
+        let whole = prepare(&me, raw);
         let crate::pipeline::PreparedBody::Message { parsed, .. } = &whole.body else {
             panic!("unparseable")
         };

@@ -78,6 +78,7 @@ on_both_stores!(
     files_and_pipes_and_the_reading_commands,
     a_large_message_is_fetched_in_parts_and_kept_byte_for_byte,
     a_sync_killed_while_spooling_stores_the_large_message_once_on_rerun,
+    a_large_message_that_is_no_message_is_quarantined_in_parts,
 );
 
 /// The envelope recipients of a message the sink received.
@@ -258,6 +259,56 @@ fn a_malformed_message_is_quarantined_and_the_rest_ticketed(e: &Engine) {
     .success();
     let raw = std::fs::read(&out).unwrap();
     assert!(raw.ends_with(b"this is no mail\r\n"), "{raw:?}");
+}
+
+/// A message over the spool's threshold that cannot be parsed goes to the quarantine from
+/// its spool file, in 1 MiB parts, and comes back byte for byte.
+fn a_large_message_that_is_no_message_is_quarantined_in_parts(e: &Engine) {
+    let dc = Dovecot::start();
+    dc.seed(2, 0, 28);
+    let (huge, _, _) = huge_mail("noheader@customer.example", 4, 28);
+    // Without its From, To, Subject, Date and Message-ID: not a message.
+    let start = huge
+        .windows(13)
+        .position(|w| w == b"MIME-Version:")
+        .unwrap();
+    let bad = huge[start..].to_vec();
+    dc.append("INBOX", &bad, false);
+    let wd = e.workdir();
+    wd.write_config(&[dc.mailbox()]);
+    wd.sync();
+    assert_eq!(wd.tickets().len(), 2);
+    let quarantined = |wd: &Workdir| {
+        let q = wd
+            .mailticket(&["quarantine", "list", "--json"])
+            .success()
+            .json();
+        q.as_array().unwrap().clone()
+    };
+    let rows = quarantined(&wd);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["size"].as_u64(), Some(bad.len() as u64), "{rows:?}");
+    let id = rows[0]["id"].to_string();
+    let shown = wd
+        .mailticket(&["quarantine", "show", &id, "--raw"])
+        .success();
+    assert!(shown.stdout.as_bytes() == bad.as_slice(), "byte for byte");
+    let layout = e.scalar(
+        &wd,
+        &format!(
+            "SELECT count(*) || ':' || (SELECT length(raw) FROM quarantine WHERE id = {id}) \
+             FROM quarantine_part WHERE quarantine = {id}"
+        ),
+    );
+    assert_eq!(layout, format!("{}:0", bad.len().div_ceil(1 << 20)));
+    wd.sync();
+    assert_eq!(quarantined(&wd).len(), 1, "quarantined once");
+    wd.mailticket(&["quarantine", "delete", &id, "--yes"])
+        .success();
+    assert_eq!(
+        e.scalar(&wd, "SELECT count(*) || '' FROM quarantine_part"),
+        "0"
+    );
 }
 
 fn sync_killed_at_random_moments_loses_and_duplicates_nothing(e: &Engine) {
