@@ -1,5 +1,7 @@
 //! Messages from files through the same pipeline as IMAP: single `.eml` files, mbox files
-//! (mboxrd/mboxo) and Maildir folders. One message is in memory at a time.
+//! (mboxrd/mboxo) and Maildir folders. One message is in memory at a time; a file of one
+//! message over [`SPOOL_OVER`] bytes is copied into a spool file and taken from there, never
+//! held whole (a message inside an mbox is).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -7,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::classify::Identity;
 use crate::error::{Error, Result};
-use crate::pipeline::{Plan, process};
+use crate::pipeline::{Plan, process, process_spooled};
+use crate::spool::{SPOOL_OVER, Spool};
 use crate::store::{Origin, Store};
 use crate::summary::{Counts, SourceSummary};
 
@@ -17,18 +20,22 @@ pub fn import_path(store: &mut Store, me: &Identity, path: &Path, plan: Plan<'_>
     let mut counts = Counts::default();
     // Each message names the file it came from (in the store and in a quarantine warning),
     // not just the folder given.
-    let mut each = |raw: &[u8], received: i64, file: &Path| -> Result<()> {
+    let spool_dir = store.spool_dir();
+    let mut each = |input: Input<'_>, received: i64, file: &Path| -> Result<()> {
         counts.fetched += 1;
         let origin = Origin::unplaced(format!("import:{}", file.display()), "");
-        let stored = process(store, me, raw, &origin, received, plan)?;
+        let stored = match input {
+            Input::Bytes(raw) => process(store, me, raw, &origin, received, plan)?,
+            Input::Spooled(spool) => process_spooled(store, me, spool, &origin, received, plan)?,
+        };
         counts.record(stored.outcome);
         counts.acks_queued += u64::from(stored.acked);
         Ok(())
     };
     let r = if path.is_dir() {
-        read_dir(path, &mut each)
+        read_dir(path, &spool_dir, &mut each)
     } else {
-        read_file(path, &mut each)
+        read_file(path, &spool_dir, &mut each)
     };
     if let Err(e) = r {
         tracing::error!(path = %path.display(), error = %e, "import failed");
@@ -41,7 +48,13 @@ pub fn import_path(store: &mut Store, me: &Identity, path: &Path, plan: Plan<'_>
     }
 }
 
-type Each<'a> = dyn FnMut(&[u8], i64, &Path) -> Result<()> + 'a;
+/// One message for `each`: its bytes, or a spool file that holds them (a large file).
+enum Input<'a> {
+    Bytes(&'a [u8]),
+    Spooled(Spool),
+}
+
+type Each<'a> = dyn FnMut(Input<'_>, i64, &Path) -> Result<()> + 'a;
 
 fn mtime(p: &Path) -> i64 {
     std::fs::metadata(p)
@@ -56,7 +69,7 @@ fn mtime(p: &Path) -> i64 {
 /// A Maildir (its `cur` and `new`, and its `.Sub` folders), or else every file in the
 /// folder and its subfolders, in name order. Whatever a file is called, it is read as an mbox
 /// when it starts with a `From ` line and as one message otherwise.
-fn read_dir(dir: &Path, each: &mut Each<'_>) -> Result<()> {
+fn read_dir(dir: &Path, spool_dir: &Path, each: &mut Each<'_>) -> Result<()> {
     let maildir = ["cur", "new"].iter().any(|s| dir.join(s).is_dir());
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
@@ -70,10 +83,10 @@ fn read_dir(dir: &Path, each: &mut Each<'_>) -> Result<()> {
             if (maildir && name == "tmp") || matches!(name, ".git" | ".svn" | ".hg") {
                 continue;
             }
-            read_dir(&p, each)?;
+            read_dir(&p, spool_dir, each)?;
         } else if p.is_file() && !maildir && !name.starts_with('.') {
             // A Maildir's own files (dovecot-uidlist, maildirfolder) are not mail.
-            read_file(&p, each)?;
+            read_file(&p, spool_dir, each)?;
         }
     }
     Ok(())
@@ -81,23 +94,38 @@ fn read_dir(dir: &Path, each: &mut Each<'_>) -> Result<()> {
 
 /// One file: an mbox when it starts with a `From ` line, else one message. A file named
 /// `*.eml` is always one message (a `From ` envelope line at its top is dropped), so mail
-/// quoted in its body never becomes a second message.
-fn read_file(path: &Path, each: &mut Each<'_>) -> Result<()> {
-    let mut r = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
+/// quoted in its body never becomes a second message. One message over [`SPOOL_OVER`] bytes
+/// goes through a spool file in `spool_dir`.
+fn read_file(path: &Path, spool_dir: &Path, each: &mut Each<'_>) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_or(0, |m| m.len());
+    let mut r = BufReader::new(file);
     let head = r.fill_buf().map_err(|e| Error::io(path, e))?;
     let single = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("eml"));
-    if head.starts_with(b"From ") && !single {
+    let envelope = head.starts_with(b"From ");
+    if envelope && !single {
         return read_mbox(path, r, each);
     }
+    // The message starts after a `From ` envelope line (a line without its end is all there
+    // is, and stays).
     let mut raw = Vec::new();
+    if envelope {
+        r.read_until(b'\n', &mut raw)
+            .map_err(|e| Error::io(path, e))?;
+        if raw.ends_with(b"\n") {
+            raw.clear();
+        }
+    }
+    if len > SPOOL_OVER {
+        let mut spool = Spool::create(spool_dir)?;
+        spool.append(&raw)?;
+        spool.append_from(path, &mut r)?;
+        return each(Input::Spooled(spool), mtime(path), path);
+    }
     r.read_to_end(&mut raw).map_err(|e| Error::io(path, e))?;
-    let body = match raw.iter().position(|&b| b == b'\n') {
-        Some(n) if raw.starts_with(b"From ") => raw.get(n + 1..).unwrap_or(&[]),
-        _ => &raw[..],
-    };
-    each(body, mtime(path), path)
+    each(Input::Bytes(&raw), mtime(path), path)
 }
 
 /// Whether `line` may be the first header line of a message: a field name and a colon.
@@ -177,7 +205,7 @@ fn emit(msg: &mut Vec<u8>, each: &mut Each<'_>, received: i64, path: &Path) -> R
     let r = if msg.iter().all(u8::is_ascii_whitespace) {
         Ok(())
     } else {
-        each(msg, received, path)
+        each(Input::Bytes(msg), received, path)
     };
     msg.clear();
     r
@@ -190,7 +218,10 @@ mod tests {
     /// The messages `read_mbox` hands over for `mbox`.
     fn split(mbox: &str) -> Vec<String> {
         let mut got: Vec<String> = Vec::new();
-        read_mbox(Path::new("x"), mbox.as_bytes(), &mut |raw, _, _| {
+        read_mbox(Path::new("x"), mbox.as_bytes(), &mut |input, _, _| {
+            let Input::Bytes(raw) = input else {
+                panic!("an mbox message spooled")
+            };
             got.push(String::from_utf8(raw.to_vec()).unwrap());
             Ok(())
         })

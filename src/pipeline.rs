@@ -674,11 +674,36 @@ pub fn process(
     plan: Plan<'_>,
 ) -> Result<Stored> {
     let stored = commit(store, &prepare(me, raw.to_vec()), origin, received_at, plan)?;
+    Ok(processed(stored, origin, plan))
+}
+
+/// [`process`] for a message in a spool file (a large one): parsed from the file and stored
+/// from it in parts ([`prepare_spooled`]), never held whole.
+pub fn process_spooled(
+    store: &mut Store,
+    me: &Identity,
+    spool: Spool,
+    origin: &Origin,
+    received_at: i64,
+    plan: Plan<'_>,
+) -> Result<Stored> {
+    let stored = commit(
+        store,
+        &prepare_spooled(me, spool),
+        origin,
+        received_at,
+        plan,
+    )?;
+    Ok(processed(stored, origin, plan))
+}
+
+/// Logs a message stored by [`process`] and counts it done.
+fn processed(stored: Stored, origin: &Origin, plan: Plan<'_>) -> Stored {
     stored.log(&origin.source, false, false);
     if let Some(p) = plan.progress {
         p.done_one();
     }
-    Ok(stored)
+    stored
 }
 
 type Job = Box<dyn FnOnce() + Send>;

@@ -1,6 +1,7 @@
 //! A large message's bytes on disk, between its fetch and its transaction: a sync fetches a
-//! message over [`SPOOL_OVER`] bytes in parts appended to a spool file, parses it from there
-//! and stores it compressed in parts, so that it is never held whole in memory.
+//! message over [`SPOOL_OVER`] bytes in parts appended to a spool file (`import` and `ingest`
+//! copy one there from its file or standard input), parses it from there and stores it
+//! compressed in parts, so that it is never held whole in memory.
 //!
 //! A spool file lives beside the store (an SQLite store's folder; the temporary folder for a
 //! PostgreSQL store), is the owner's only (0600), has a name of its own
@@ -55,6 +56,19 @@ impl Spool {
             .map_err(|e| Error::io(&self.path, e))?;
         self.len += data.len() as u64;
         Ok(())
+    }
+
+    /// Appends what is left of `r` (`source` names it in an error), a piece at a time.
+    pub fn append_from(&mut self, source: &Path, r: &mut impl Read) -> Result<()> {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.append(&buf[..n])?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(source, e)),
+            }
+        }
     }
 
     /// How many bytes it holds.

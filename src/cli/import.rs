@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use mailticket::classify::Identity;
 use mailticket::import::import_path;
-use mailticket::pipeline::{Plan, Rules, process};
+use mailticket::pipeline::{Plan, Rules, process, process_spooled};
+use mailticket::spool::{SPOOL_OVER, Spool};
 use mailticket::store::{Origin, Outcome};
 use mailticket::summary::RunSummary;
 
@@ -100,12 +101,16 @@ fn warn_unknown_mailbox(ctx: &Ctx, name: Option<&str>) {
 }
 
 pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
+    // Up to SPOOL_OVER bytes in memory; a larger message goes on through a spool file once
+    // the store (beside which it lies) is open, and is never held whole.
+    let mut stdin = std::io::stdin().lock();
     let mut raw = Vec::new();
-    if let Err(e) = std::io::stdin().lock().read_to_end(&mut raw) {
+    if let Err(e) = (&mut stdin).take(SPOOL_OVER + 1).read_to_end(&mut raw) {
         tracing::error!(error = %e, "reading standard input");
         return EX_TEMPFAIL;
     }
-    if raw.iter().all(u8::is_ascii_whitespace) {
+    let large = raw.len() as u64 > SPOOL_OVER;
+    if !large && raw.iter().all(u8::is_ascii_whitespace) {
         tracing::error!("standard input is empty: no message");
         return EX_DATAERR;
     }
@@ -136,18 +141,25 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
             return EX_TEMPFAIL;
         }
     };
-    let stored = process(
-        &mut store,
-        &me,
-        &raw,
-        &origin,
-        mailticket::time::now(),
-        Plan {
-            rules: &Rules::from_config(&ctx.config),
-            ack: ack.as_deref(),
-            progress: None,
-        },
-    );
+    let spooled = large.then(|| spool_input(&store.spool_dir(), &raw, &mut stdin));
+    let spool = match spooled.transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "reading standard input");
+            return EX_TEMPFAIL;
+        }
+    };
+    let rules = Rules::from_config(&ctx.config);
+    let plan = Plan {
+        rules: &rules,
+        ack: ack.as_deref(),
+        progress: None,
+    };
+    let now = mailticket::time::now();
+    let stored = match spool {
+        Some(spool) => process_spooled(&mut store, &me, spool, &origin, now, plan),
+        None => process(&mut store, &me, &raw, &origin, now, plan),
+    };
     if let (Some(smtp), true) = (&smtp, stored.as_ref().is_ok_and(|s| s.acked)) {
         match super::drain_now(store, smtp) {
             Ok((_, report)) if report.errors.is_empty() => {}
@@ -160,7 +172,12 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
             ),
         }
     }
-    match stored.map(|s| s.outcome) {
+    reported(stored.map(|s| s.outcome))
+}
+
+/// Logs what became of the ingested message; its exit status.
+fn reported(outcome: mailticket::error::Result<Outcome>) -> u8 {
+    match outcome {
         Ok(Outcome::Created(t)) => tracing::info!(ticket = t, "created ticket"),
         Ok(Outcome::Threaded(t)) => tracing::info!(ticket = t, "added to ticket"),
         Ok(Outcome::Duplicate(t)) => tracing::info!(ticket = t, "already stored"),
@@ -173,4 +190,16 @@ pub fn run_ingest(ctx: &Ctx, a: &IngestArgs) -> u8 {
         }
     }
     EX_OK
+}
+
+/// A spool file in `dir` holding `head` and then the rest of `input`.
+fn spool_input(
+    dir: &std::path::Path,
+    head: &[u8],
+    input: &mut impl Read,
+) -> mailticket::error::Result<Spool> {
+    let mut spool = Spool::create(dir)?;
+    spool.append(head)?;
+    spool.append_from(std::path::Path::new("standard input"), input)?;
+    Ok(spool)
 }

@@ -533,6 +533,11 @@ impl Store {
             .map(|path| wal_of(&path))
     }
 
+    /// Where large messages are spooled on their way in (see [`crate::spool`]).
+    pub fn spool_dir(&self) -> PathBuf {
+        crate::spool::dir_for(self.file().as_deref())
+    }
+
     /// The database file's path; `None` in memory and on PostgreSQL.
     fn file(&self) -> Option<PathBuf> {
         self.conn

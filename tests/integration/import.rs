@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Counts, Dovecot, Prng, Workdir, assert_summary, created, mailgen};
+use crate::harness::{Counts, Dovecot, Prng, Workdir, assert_summary, created, huge_mail, mailgen};
 
 const SEED: u32 = 7;
 const N: u32 = 30;
@@ -129,6 +129,62 @@ fn ingest_from_stdin_matches_an_imap_sync() {
     wd.mailticket_db(&["ingest"], Some(&mailgen::one(0, SEED, false)))
         .success();
     assert_eq!(fingerprint(&tickets_by_db(&wd)), expected);
+}
+
+/// How the message `message_id` is kept in the store of `wd`: `codec:number of raw parts`.
+fn layout(wd: &Workdir, message_id: &str) -> String {
+    rusqlite::Connection::open(wd.db())
+        .unwrap()
+        .query_row(
+            "SELECT codec || ':' || (SELECT count(*) FROM raw_part WHERE message = m.id) \
+             FROM message m WHERE message_id = ?1",
+            [message_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_large_imported_or_ingested_message_goes_through_a_spool_file_and_is_kept_whole() {
+    let wd = Workdir::new();
+    // An .eml file with an envelope line, and the same shape on standard input.
+    let (mail, size, sha) = huge_mail("big-file@customer.example", 4, 41);
+    let eml = wd.path("big.eml");
+    let mut with_envelope = b"From ola@customer.example Mon Jan  6 10:00:00 2025\n".to_vec();
+    with_envelope.extend_from_slice(&mail);
+    std::fs::write(&eml, &with_envelope).unwrap();
+    import(&wd, &[eml.to_string_lossy().into_owned()]);
+    let (piped, _, _) = huge_mail("big-pipe@customer.example", 4, 42);
+    wd.mailticket_db(&["ingest"], Some(&piped)).success();
+    for (id, raw) in [
+        ("big-file@customer.example", &mail),
+        ("big-pipe@customer.example", &piped),
+    ] {
+        let parts = layout(&wd, id);
+        let n: u32 = parts.strip_prefix("zstd-parts:").unwrap().parse().unwrap();
+        assert!(n >= 2, "{id}: {parts}");
+        let shown = wd.mailticket_db(&["show", id, "--raw"], None).success();
+        assert!(
+            shown.stdout.as_bytes() == raw.as_slice(),
+            "{id}: byte for byte"
+        );
+    }
+    let shown = wd
+        .mailticket_db(&["show", "big-file@customer.example", "--json"], None)
+        .success()
+        .json();
+    let att = &shown["messages"][0]["attachments"][0];
+    assert_eq!(att["size"].as_u64(), Some(size), "{att}");
+    assert_eq!(att["sha256"].as_str(), Some(sha.as_str()), "{att}");
+    // Nothing is left in the spool, and the same message again is a duplicate.
+    let left: Vec<_> = std::fs::read_dir(wd.db().parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.contains("spool"))
+        .collect();
+    assert!(left.is_empty(), "spool files left: {left:?}");
+    wd.mailticket_db(&["ingest"], Some(&piped)).success();
+    assert_eq!(tickets_by_db(&wd).len(), 2);
 }
 
 #[test]
