@@ -1,7 +1,7 @@
 //! Messages from files through the same pipeline as IMAP: single `.eml` files, mbox files
-//! (mboxrd/mboxo) and Maildir folders. One message is in memory at a time; a file of one
-//! message over [`SPOOL_OVER`] bytes is copied into a spool file and taken from there, never
-//! held whole (a message inside an mbox is).
+//! (mboxrd/mboxo) and Maildir folders. One message is in memory at a time; one over
+//! [`SPOOL_OVER`] bytes goes into a spool file as it is read and is taken from there, never
+//! held whole.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -106,7 +106,7 @@ fn read_file(path: &Path, spool_dir: &Path, each: &mut Each<'_>) -> Result<()> {
         .is_some_and(|e| e.eq_ignore_ascii_case("eml"));
     let envelope = head.starts_with(b"From ");
     if envelope && !single {
-        return read_mbox(path, r, each);
+        return read_mbox(path, spool_dir, r, each);
     }
     // The message starts after a `From ` envelope line (a line without its end is all there
     // is, and stays).
@@ -141,9 +141,15 @@ fn looks_like_header(line: &[u8]) -> bool {
 
 /// Splits an mbox. A `From ` line after a blank line separates messages only when a header
 /// line follows it: a letter quoting an mbox's `From ` line in its body stays one message.
-fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()> {
+/// A message over [`SPOOL_OVER`] bytes goes on into a spool file in `spool_dir`.
+fn read_mbox(
+    path: &Path,
+    spool_dir: &Path,
+    mut r: impl BufRead,
+    each: &mut Each<'_>,
+) -> Result<()> {
     let received = mtime(path);
-    let mut msg: Vec<u8> = Vec::new();
+    let mut msg = Msg::new(spool_dir);
     let mut line = Vec::new();
     // A `From ` line waiting for the next line to say whether it separates messages.
     let mut pending: Option<Vec<u8>> = None;
@@ -160,11 +166,11 @@ fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()
         if let Some(sep) = pending.take() {
             if looks_like_header(&line) || !started {
                 if started {
-                    emit(&mut msg, each, received, path)?;
+                    msg.emit(each, received, path)?;
                 }
                 started = true;
             } else {
-                msg.extend_from_slice(&sep);
+                msg.push(&sep)?;
             }
         } else if prev_blank && line.starts_with(b"From ") {
             pending = Some(line.clone());
@@ -174,15 +180,76 @@ fn read_mbox(path: &Path, mut r: impl BufRead, each: &mut Each<'_>) -> Result<()
         let content = line.strip_suffix(b"\n").unwrap_or(&line);
         let content = content.strip_suffix(b"\r").unwrap_or(content);
         prev_blank = content.is_empty();
-        msg.extend_from_slice(unquote_from(&line));
+        msg.push(unquote_from(&line))?;
     }
     if let Some(sep) = pending.filter(|_| started) {
-        msg.extend_from_slice(&sep);
+        msg.push(&sep)?;
     }
     if started {
-        emit(&mut msg, each, received, path)?;
+        msg.emit(each, received, path)?;
     }
     Ok(())
+}
+
+/// An mbox message being put together, line by line: in memory, or once over [`SPOOL_OVER`]
+/// bytes in a spool file, its last line still in memory (the blank line that separates it
+/// from the next message is taken off there).
+struct Msg<'d> {
+    dir: &'d Path,
+    /// The message, or once spooled the lines not yet written to the spool file (its last
+    /// line always among them).
+    bytes: Vec<u8>,
+    spool: Option<Spool>,
+}
+
+/// How many bytes of a spooled mbox message wait in memory before they are written.
+const SPOOL_WRITE: usize = 256 << 10;
+
+impl<'d> Msg<'d> {
+    fn new(dir: &'d Path) -> Msg<'d> {
+        Msg {
+            dir,
+            bytes: Vec::new(),
+            spool: None,
+        }
+    }
+
+    /// Adds one line.
+    fn push(&mut self, line: &[u8]) -> Result<()> {
+        if let Some(spool) = self.spool.as_mut() {
+            if self.bytes.len() >= SPOOL_WRITE {
+                spool.append(&self.bytes)?;
+                self.bytes.clear();
+            }
+        } else if (self.bytes.len() + line.len()) as u64 > SPOOL_OVER {
+            let mut spool = Spool::create(self.dir)?;
+            spool.append(&self.bytes)?;
+            self.bytes.clear();
+            self.spool = Some(spool);
+        }
+        self.bytes.extend_from_slice(line);
+        Ok(())
+    }
+
+    /// Hands the message over without the blank line that separated it from the next, and
+    /// starts the next.
+    fn emit(&mut self, each: &mut Each<'_>, received: i64, path: &Path) -> Result<()> {
+        let end = self
+            .bytes
+            .strip_suffix(b"\r\n")
+            .or_else(|| self.bytes.strip_suffix(b"\n"))
+            .map_or(self.bytes.len(), <[u8]>::len);
+        self.bytes.truncate(end);
+        let r = match self.spool.take() {
+            Some(mut spool) => spool
+                .append(&self.bytes)
+                .and_then(|()| each(Input::Spooled(spool), received, path)),
+            None if self.bytes.iter().all(u8::is_ascii_whitespace) => Ok(()),
+            None => each(Input::Bytes(&self.bytes), received, path),
+        };
+        self.bytes.clear();
+        r
+    }
 }
 
 /// mboxrd: `>From ` (and `>>From `) lose one `>`.
@@ -195,22 +262,6 @@ fn unquote_from(line: &[u8]) -> &[u8] {
     }
 }
 
-/// Hands over one mbox message without the blank line that separated it from the next.
-fn emit(msg: &mut Vec<u8>, each: &mut Each<'_>, received: i64, path: &Path) -> Result<()> {
-    if msg.ends_with(b"\r\n") {
-        msg.truncate(msg.len() - 2);
-    } else if msg.ends_with(b"\n") {
-        msg.truncate(msg.len() - 1);
-    }
-    let r = if msg.iter().all(u8::is_ascii_whitespace) {
-        Ok(())
-    } else {
-        each(Input::Bytes(msg), received, path)
-    };
-    msg.clear();
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,15 +269,49 @@ mod tests {
     /// The messages `read_mbox` hands over for `mbox`.
     fn split(mbox: &str) -> Vec<String> {
         let mut got: Vec<String> = Vec::new();
-        read_mbox(Path::new("x"), mbox.as_bytes(), &mut |input, _, _| {
-            let Input::Bytes(raw) = input else {
-                panic!("an mbox message spooled")
-            };
-            got.push(String::from_utf8(raw.to_vec()).unwrap());
+        read_mbox(
+            Path::new("x"),
+            Path::new("."),
+            mbox.as_bytes(),
+            &mut |input, _, _| {
+                let Input::Bytes(raw) = input else {
+                    panic!("an mbox message spooled")
+                };
+                got.push(String::from_utf8(raw.to_vec()).unwrap());
+                Ok(())
+            },
+        )
+        .unwrap();
+        got
+    }
+
+    #[test]
+    fn a_large_mbox_message_goes_on_into_a_spool_file_and_comes_out_the_same() {
+        let dir = std::env::temp_dir().join(format!("mt-mbox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = ">From the archive, line after line of it, to make a large message\r\n";
+        let lines = line.repeat((3 << 20) / line.len());
+        let mbox = format!(
+            "From a@b Mon Jan  1 00:00:00 2025\r\nSubject: big\r\n\r\n{lines}\r\n\
+             From c@d Mon Jan  1 00:00:00 2025\r\nSubject: small\r\n\r\nbye\r\n\r\n"
+        );
+        let mut got: Vec<(bool, Vec<u8>)> = Vec::new();
+        read_mbox(Path::new("x"), &dir, mbox.as_bytes(), &mut |input, _, _| {
+            got.push(match input {
+                Input::Bytes(raw) => (false, raw.to_vec()),
+                Input::Spooled(spool) => (true, spool.read_all().unwrap()),
+            });
             Ok(())
         })
         .unwrap();
-        got
+        let big = format!("Subject: big\r\n\r\n{}", lines.replace(">From", "From"));
+        assert_eq!(got.len(), 2);
+        assert!(got[0].0, "the large one spooled");
+        assert!(got[0].1 == big.as_bytes(), "the large one as it was");
+        assert_eq!(got[1], (false, b"Subject: small\r\n\r\nbye\r\n".to_vec()));
+        let left = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(left, 0, "the spool file goes with its message");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

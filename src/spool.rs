@@ -1,7 +1,7 @@
 //! A large message's bytes on disk, between its fetch and its transaction: a sync fetches a
-//! message over [`SPOOL_OVER`] bytes in parts appended to a spool file (`import` and `ingest`
-//! copy one there from its file or standard input), parses it from there and stores it
-//! compressed in parts, so that it is never held whole in memory.
+//! message over [`SPOOL_OVER`] bytes in parts appended to a spool file (`import`, `ingest`
+//! and a sync over Microsoft Graph put one there as they read it), parses it from there and
+//! stores it compressed in parts, so that it is never held whole in memory.
 //!
 //! A spool file lives beside the store (an SQLite store's folder; the temporary folder for a
 //! PostgreSQL store), is the owner's only (0600), has a name of its own

@@ -171,6 +171,8 @@ pub enum Delta {
 pub enum Mime {
     /// The whole message.
     Whole(Vec<u8>),
+    /// The whole message, over [`crate::spool::SPOOL_OVER`] bytes: in a spool file.
+    Spooled(crate::spool::Spool),
     /// Over the size limit: its header (as far as it was read) and its size.
     TooLarge { head: Vec<u8>, size: u64 },
 }
@@ -580,9 +582,15 @@ impl Graph {
         Ok(Delta::Page(items, next))
     }
 
-    /// A message's MIME (`$value`); over `max` bytes only its header is kept. `None` when
+    /// A message's MIME (`$value`); over `max` bytes only its header is kept, over
+    /// [`crate::spool::SPOOL_OVER`] it goes on into a spool file in `spool_dir`. `None` when
     /// the message is gone.
-    pub async fn mime(&self, id: &str, max: u64) -> Result<Option<Mime>> {
+    pub async fn mime(
+        &self,
+        id: &str,
+        max: u64,
+        spool_dir: &std::path::Path,
+    ) -> Result<Option<Mime>> {
         let what = "fetching a message";
         let u = self.url(&["messages", id, "$value"])?;
         let (mut resp, _permit) = self
@@ -599,22 +607,39 @@ impl Graph {
             return Err(self.refused(status, &v, what));
         }
         let declared = resp.content_length();
-        let mut bytes = Vec::new();
+        // Once spooled, `bytes` keeps only the start, where the header is.
+        let (mut bytes, mut spool, mut total) = (Vec::new(), None::<crate::spool::Spool>, 0u64);
         while let Some(chunk) = resp
             .chunk()
             .await
             .map_err(|e| self.net_failed(&e, what).error)?
         {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() as u64 > max {
-                let size = declared.unwrap_or(bytes.len() as u64);
+            total += chunk.len() as u64;
+            if total > max {
+                bytes.extend_from_slice(&chunk[..chunk.len().min(HEAD_KEPT)]);
+                let size = declared.unwrap_or(total);
                 return Ok(Some(Mime::TooLarge {
                     head: header_of(bytes),
                     size,
                 }));
             }
+            match spool.as_mut() {
+                Some(s) => s.append(&chunk)?,
+                None => {
+                    bytes.extend_from_slice(&chunk);
+                    if total > crate::spool::SPOOL_OVER {
+                        let mut s = crate::spool::Spool::create(spool_dir)?;
+                        s.append(&bytes)?;
+                        bytes.truncate(HEAD_KEPT);
+                        spool = Some(s);
+                    }
+                }
+            }
         }
-        Ok(Some(Mime::Whole(bytes)))
+        Ok(Some(match spool {
+            Some(s) => Mime::Spooled(s),
+            None => Mime::Whole(bytes),
+        }))
     }
 
     /// Runs `action` on the messages `ids` in JSON batches; returns the ids that are done
@@ -767,14 +792,17 @@ fn delta_item(v: &Value) -> Option<DeltaItem> {
 
 /// The header of a message cut off somewhere in its body: up to the first blank line
 /// within its first 64 KiB.
+/// How much of a message's start is kept for its header when the message is too large.
+const HEAD_KEPT: usize = 64 << 10;
+
 fn header_of(mut bytes: Vec<u8>) -> Vec<u8> {
-    bytes.truncate(64 << 10);
+    bytes.truncate(HEAD_KEPT);
     let end = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| p + 4)
         .or_else(|| bytes.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
-        .unwrap_or(bytes.len().min(64 << 10));
+        .unwrap_or(bytes.len().min(HEAD_KEPT));
     bytes.truncate(end);
     bytes
 }

@@ -239,9 +239,10 @@ impl Round<'_> {
     /// one committed carries `next` as the cursor. Waits for every commit of the page.
     async fn page(&mut self, todo: Vec<DeltaItem>, next: &Link) -> Result<()> {
         let (g, max) = (self.g, self.mb.max_message_size);
+        let spool_dir = self.pass.store.spool_dir();
         let mut fetched = futures_util::stream::iter(todo)
             .map(|item| async move {
-                let mime = g.mime(&item.id, max).await;
+                let mime = g.mime(&item.id, max, spool_dir).await;
                 (item, mime)
             })
             .buffered(MAX_CONCURRENT);
@@ -299,6 +300,11 @@ impl Round<'_> {
                 let n = bytes.len();
                 (n, self.pool.prepare(self.pass.me.clone(), bytes))
             }
+            // Like a spooled IMAP message, it takes the whole budget.
+            Mime::Spooled(spool) => (
+                usize::MAX,
+                self.pool.prepare_spooled(self.pass.me.clone(), spool),
+            ),
             Mime::TooLarge { head, size } => (head.len(), crate::pass::too_large(head, size, max)),
         };
         let permit = crate::pass::reserve(&self.budget, bytes).await?;

@@ -15,7 +15,7 @@ use crate::doctor::steps_of;
 
 use crate::harness::{
     OAuth2Server, Prng, SUPPORT_ADDR, Workdir, bare_id, eprint_log_tail_if_panicking, free_port,
-    mailgen, quoted, script, spawn, unique_dir, wait_until,
+    huge_mail, mailgen, quoted, script, spawn, unique_dir, wait_until,
 };
 
 /// The support mailbox in the stand-in.
@@ -599,6 +599,17 @@ fn graph_message_over_max_size_is_quarantined_by_its_header() {
     );
     let q = wd.mailticket(&["quarantine"]).success();
     assert!(q.stdout.contains("too large"), "{}", q.stdout);
+}
+
+#[test]
+fn graph_a_large_message_goes_through_a_spool_file_and_is_kept_whole() {
+    let (_o, g, wd) = setup("", "");
+    let (big, size, sha) = huge_mail("graph-big@customer.example", 4, 43);
+    g.deliver(USER, &big, false, 0);
+    g.deliver(USER, &mailgen::one(5, 8, false), false, 0);
+    let s = wd.sync();
+    assert_eq!(count(&s, "created"), 2, "{s}");
+    wd.assert_spooled_and_kept("graph-big@customer.example", &big, size, &sha);
 }
 
 #[test]

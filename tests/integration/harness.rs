@@ -943,6 +943,52 @@ impl Workdir {
         self.dir.join("mailticket.toml")
     }
 
+    /// How the message `message_id` is kept in this SQLite store: `codec:number of raw
+    /// parts`.
+    pub fn raw_layout(&self, message_id: &str) -> String {
+        rusqlite::Connection::open(self.db())
+            .unwrap()
+            .query_row(
+                "SELECT codec || ':' || (SELECT count(*) FROM raw_part WHERE message = m.id) \
+                 FROM message m WHERE message_id = ?1",
+                [message_id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Asserts that message `message_id` of this SQLite store was stored from a spool file
+    /// (in parts), comes back as `raw` byte for byte, with its one attachment's `size` and
+    /// `sha256` indexed, and that no spool file is left.
+    pub fn assert_spooled_and_kept(&self, message_id: &str, raw: &[u8], size: u64, sha256: &str) {
+        let parts = self.raw_layout(message_id);
+        let n: u32 = parts.strip_prefix("zstd-parts:").unwrap().parse().unwrap();
+        assert!(
+            n >= 2,
+            "{message_id}: stored from its spool file, in parts: {parts}"
+        );
+        let shown = self
+            .mailticket_db(&["show", message_id, "--raw"], None)
+            .success();
+        assert!(
+            shown.stdout.as_bytes() == raw,
+            "{message_id}: byte for byte"
+        );
+        let shown = self
+            .mailticket_db(&["show", message_id, "--json"], None)
+            .success()
+            .json();
+        let att = &shown["messages"][0]["attachments"][0];
+        assert_eq!(att["size"].as_u64(), Some(size), "{att}");
+        assert_eq!(att["sha256"].as_str(), Some(sha256), "{att}");
+        let left: Vec<String> = std::fs::read_dir(self.db().parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter(|n| n.contains("spool"))
+            .collect();
+        assert!(left.is_empty(), "spool files left: {left:?}");
+    }
+
     pub fn db(&self) -> PathBuf {
         self.dir.join("mailticket.db")
     }
