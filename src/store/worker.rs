@@ -144,7 +144,7 @@ impl StoreThread {
     fn spawn_grouping(mut store: Store, grouping: Grouping) -> Result<(StoreThread, StoreJoin)> {
         let (tx, rx) = mpsc::channel::<StoreJob>();
         let checkpointer = store.start_checkpointer()?;
-        let spool_dir: Arc<std::path::Path> = crate::spool::dir_for(store.file().as_deref()).into();
+        let spool_dir: Arc<std::path::Path> = store.spool_dir().into();
         let wal = store.wal_file().map(Arc::from);
         crate::spool::sweep(&spool_dir);
         let handle = std::thread::Builder::new()
