@@ -124,6 +124,36 @@ pub fn dir_for(file: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Calls `each` with the bytes of `file` from its start (`path` names it in an error), in
+/// pieces of `len` bytes, the last one shorter.
+pub fn each_piece(
+    mut file: &File,
+    path: &Path,
+    len: usize,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; len];
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        if n > 0 {
+            each(&buf[..n])?;
+        }
+        if n < buf.len() {
+            return Ok(());
+        }
+    }
+}
+
 /// Removes the spool files in `dir` left behind by processes of this machine that are gone
 /// (killed while spooling). Best effort: what cannot be read or removed stays, and without
 /// `/proc` (to tell a live process from a gone one) nothing is removed.

@@ -2,7 +2,7 @@
 //! callable from any thread; the store writes and reads the bytes, `pipeline::prepare` packs
 //! them off the store's thread.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 
 use base64::Engine as _;
 
@@ -286,14 +286,11 @@ pub enum RawBytes<'a> {
 /// Compresses the file `f` (from its start) as one zstd stream into `raw_part` rows of
 /// message `row`, [`PART`] to [`PART`] + [`READ`] bytes each, in the caller's transaction.
 /// Holds about one part and one read in memory, whatever the file's size.
-pub fn write_parts(c: &Db, row: i64, mut f: &std::fs::File, path: &std::path::Path) -> Result<()> {
-    let io = |e: std::io::Error| Error::io(path, e);
+pub fn write_parts(c: &Db, row: i64, f: &std::fs::File, path: &std::path::Path) -> Result<()> {
     let zstd = |e: std::io::Error| Error::Codec(format!("zstd: {e}"));
-    f.seek(SeekFrom::Start(0)).map_err(io)?;
     let mut enc =
         zstd::stream::write::Encoder::new(Vec::with_capacity(PART + READ), RAW_ZSTD_LEVEL)
             .map_err(zstd)?;
-    let mut buf = vec![0u8; READ];
     let mut seq = 0i64;
     let mut put = |data: &[u8]| -> Result<()> {
         c.execute(
@@ -303,18 +300,14 @@ pub fn write_parts(c: &Db, row: i64, mut f: &std::fs::File, path: &std::path::Pa
         seq += 1;
         Ok(())
     };
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        enc.write_all(buf.get(..n).unwrap_or_default())
-            .map_err(zstd)?;
+    crate::spool::each_piece(f, path, READ, |piece| {
+        enc.write_all(piece).map_err(zstd)?;
         if enc.get_ref().len() >= PART {
             put(enc.get_ref())?;
             enc.get_mut().clear();
         }
-    }
+        Ok(())
+    })?;
     let rest = enc.finish().map_err(zstd)?;
     put(&rest)
 }

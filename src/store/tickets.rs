@@ -312,7 +312,7 @@ impl Store {
                 let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", params![&sha], |r| r.get(0))?;
                 if new {
                     let mut seq = 0i64;
-                    each_piece(file, path, |piece| {
+                    crate::spool::each_piece(file, path, SPOOL_READ, |piece| {
                         seq += 1;
                         c.execute(
                             "INSERT INTO quarantine_part (quarantine, seq, raw) VALUES (?1, ?2, ?3)",
@@ -973,40 +973,10 @@ impl Store {
 /// How much of a spool file is read at a time, for the quarantine: one `quarantine_part`.
 const SPOOL_READ: usize = 1 << 20;
 
-/// Calls `each` with the file's bytes from its start, a piece of up to [`SPOOL_READ`] at a
-/// time (short only at the end).
-fn each_piece(
-    mut file: &std::fs::File,
-    path: &std::path::Path,
-    mut each: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io(path, e))?;
-    let mut buf = vec![0u8; SPOOL_READ];
-    loop {
-        let mut n = 0;
-        while n < buf.len() {
-            match file.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(path, e)),
-            }
-        }
-        if n > 0 {
-            each(&buf[..n])?;
-        }
-        if n < buf.len() {
-            return Ok(());
-        }
-    }
-}
-
 /// The SHA-256 of a file's bytes, read a piece at a time.
 fn file_sha256(file: &std::fs::File, path: &std::path::Path) -> Result<[u8; 32]> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    each_piece(file, path, |piece| {
+    crate::spool::each_piece(file, path, SPOOL_READ, |piece| {
         ctx.update(piece);
         Ok(())
     })?;
