@@ -149,16 +149,17 @@ pub struct Plan<'a> {
 
 /// Parses, classifies and compresses `raw`. Never panics, never fails: what cannot be
 /// parsed is marked for the quarantine.
-pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
-    let (parsed, kept) = match stages::time(Stage::Parse, || message::parse_keeping(&raw)) {
+pub fn prepare<R: AsRef<[u8]> + Into<Vec<u8>>>(me: &Identity, raw: R) -> Prepared {
+    let (parsed, kept) = match stages::time(Stage::Parse, || message::parse_keeping(raw.as_ref())) {
         Ok(p) => p,
-        Err(why) => return unparseable(raw, why.0),
+        Err(why) => return unparseable(raw.into(), why.0),
     };
     let class = stages::time(Stage::Classify, || classify(&parsed, me));
-    match stages::time(Stage::Compress, || pack_message(&raw, kept)) {
+    let raw_len = raw.as_ref().len() as u64;
+    match stages::time(Stage::Compress, || pack_message(raw.as_ref(), kept)) {
         // The bytes are in `packed` now; held until the commit, they would be held twice.
         Ok((packed, codec)) => Prepared {
-            raw: Raw::Packed(raw.len() as u64),
+            raw: Raw::Packed(raw_len),
             body: PreparedBody::Message {
                 split: split_text(&parsed),
                 parsed: Box::new(parsed),
@@ -167,7 +168,7 @@ pub fn prepare(me: &Identity, raw: Vec<u8>) -> Prepared {
                 codec,
             },
         },
-        Err(e) => unparseable(raw, format!("cannot compress: {e}")),
+        Err(e) => unparseable(raw.into(), format!("cannot compress: {e}")),
     }
 }
 
@@ -801,7 +802,10 @@ impl PrepPool {
     }
 
     /// Prepares `raw` on the pool; the result arrives on the receiver.
-    pub fn prepare(&self, me: Arc<Identity>, raw: Vec<u8>) -> oneshot::Receiver<Prepared> {
+    pub fn prepare<R>(&self, me: Arc<Identity>, raw: R) -> oneshot::Receiver<Prepared>
+    where
+        R: AsRef<[u8]> + Into<Vec<u8>> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         self.feed.0.push(Box::new(move || {
             let _ = tx.send(prepare(&me, raw));

@@ -755,7 +755,7 @@ impl<'a> CatchUp<'a> {
             let uid = fm.uid;
             let received = fm.internal_date.unwrap_or_else(crate::time::now);
             let prepared = match (fm.too_large, fm.spooled) {
-                (Some(size), _) => too_large(fm.bytes, size, max),
+                (Some(size), _) => too_large(fm.bytes.into_vec(), size, max),
                 (None, Some(spool)) => pool.prepare_spooled(me, spool),
                 (None, None) => pool.prepare(me, fm.bytes),
             };

@@ -16,5 +16,5 @@ mod wire;
 
 pub use connect::{authenticate, connect, dial, secure};
 pub use idle::Wake;
-pub use session::{FetchedMessage, HEAD_BYTES, Imap, Selected};
+pub use session::{Body, FetchedMessage, HEAD_BYTES, Imap, Selected};
 pub use wire::{Client, Conn, uid_set};
