@@ -674,7 +674,7 @@ pub fn process(
     received_at: i64,
     plan: Plan<'_>,
 ) -> Result<Stored> {
-    let stored = commit(store, &prepare(me, raw.to_vec()), origin, received_at, plan)?;
+    let stored = commit(store, &prepare(me, raw), origin, received_at, plan)?;
     Ok(processed(stored, origin, plan))
 }
 

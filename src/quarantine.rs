@@ -6,7 +6,8 @@
 
 use crate::classify::Identity;
 use crate::error::Result;
-use crate::pipeline::{Plan, process};
+use crate::pipeline::{Plan, process, process_spooled};
+use crate::spool::{SPOOL_OVER, Spool};
 use crate::store::{Origin, Outcome, Store};
 
 /// What a retry did with one quarantined message.
@@ -22,21 +23,37 @@ pub enum Retried {
     Missing,
 }
 
-/// Runs quarantined message `id` through the pipeline again, as `plan` says.
+/// Runs quarantined message `id` through the pipeline again, as `plan` says. A message over
+/// [`SPOOL_OVER`] goes through a spool file, as it came in: never held whole.
 pub fn retry(store: &mut Store, me: &Identity, id: i64, plan: Plan<'_>) -> Result<Retried> {
-    let Some((row, raw)) = store.quarantined_message(id)? else {
+    let Some((row, kept)) = store.quarantine_entry(id)? else {
         return Ok(Retried::Missing);
     };
-    if i64::try_from(raw.len()).unwrap_or(i64::MAX) < row.size {
+    if i64::try_from(kept).unwrap_or(i64::MAX) < row.size {
         return Ok(Retried::HeaderOnly);
     }
-    if let Err(why) = crate::message::parse(&raw) {
-        store.quarantine_reason(id, &why.0)?;
-        return Ok(Retried::StillFailing(why.0));
-    }
     let mailbox = mailbox_of(&row.source).to_owned();
-    let origin = Origin::unplaced(row.source, mailbox);
-    let stored = process(store, me, &raw, &origin, row.received_at, plan)?;
+    let origin = Origin::unplaced(row.source.clone(), mailbox);
+    let stored = if kept > SPOOL_OVER {
+        let mut spool = Spool::create(&store.spool_dir())?;
+        store.quarantined_pieces(id, |piece| spool.append(piece).map(|()| true))?;
+        if let Err(why) = crate::message::parse_file(spool.file_mut()) {
+            store.quarantine_reason(id, &why.0)?;
+            return Ok(Retried::StillFailing(why.0));
+        }
+        process_spooled(store, me, spool, &origin, row.received_at, plan)?
+    } else {
+        let mut raw = Vec::with_capacity(usize::try_from(kept).unwrap_or(0));
+        store.quarantined_pieces(id, |piece| {
+            raw.extend_from_slice(piece);
+            Ok(true)
+        })?;
+        if let Err(why) = crate::message::parse(&raw) {
+            store.quarantine_reason(id, &why.0)?;
+            return Ok(Retried::StillFailing(why.0));
+        }
+        process(store, me, &raw, &origin, row.received_at, plan)?
+    };
     if let Outcome::Quarantined(_) = stored.outcome {
         // Parsed, yet not storable (it could not be compressed, or storing it panicked):
         // the pipeline logged why; the row stays as it was.

@@ -132,15 +132,46 @@ fn list(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Quarantined message `id` and its bytes; a usage error (exit 2) when there is none.
-fn find(store: &Store, id: i64) -> anyhow::Result<(QuarantineRow, Vec<u8>)> {
-    store.quarantined_message(id)?.ok_or_else(|| {
+/// Quarantined message `id` and how many of its bytes are kept; a usage error (exit 2)
+/// when there is none.
+fn find(store: &Store, id: i64) -> anyhow::Result<(QuarantineRow, u64)> {
+    store.quarantine_entry(id)?.ok_or_else(|| {
         Usage(format!(
             "no quarantined message {id} (see `mailticket quarantine`)"
         ))
         .into()
     })
 }
+
+/// Writes the kept bytes of quarantined message `id` to `out` (named `to` in an error)
+/// piece by piece: a large one is never held whole.
+fn copy_out(store: &Store, id: i64, out: &mut impl Write, to: &str) -> anyhow::Result<()> {
+    let mut failed = None;
+    store.quarantined_pieces(id, |piece| match out.write_all(piece) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            failed = Some(e);
+            Ok(false)
+        }
+    })?;
+    match failed.map_or_else(|| out.flush(), Err) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{to}: {e}")),
+    }
+}
+
+/// The first bytes of quarantined message `id`: enough for [`header_text`].
+fn head_of(store: &Store, id: i64) -> anyhow::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    store.quarantined_pieces(id, |piece| {
+        head.extend_from_slice(piece);
+        Ok(head.len() <= HEAD_SHOWN)
+    })?;
+    Ok(head)
+}
+
+/// At most this much of a quarantined message's header is shown.
+const HEAD_SHOWN: usize = 64 << 10;
 
 /// The header block of `raw` (up to the first blank line), at most 64 KiB, as text.
 fn header_text(raw: &[u8]) -> String {
@@ -149,22 +180,22 @@ fn header_text(raw: &[u8]) -> String {
         .position(|w| w == b"\r\n\r\n")
         .or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
         .unwrap_or(raw.len());
-    let head = raw.get(..end.min(64 << 10)).unwrap_or(raw);
+    let head = raw.get(..end.min(HEAD_SHOWN)).unwrap_or(raw);
     String::from_utf8_lossy(head).into_owned()
 }
 
 fn show(ctx: &Ctx, id: i64, json: bool, raw: bool) -> anyhow::Result<u8> {
     let store = ctx.open_store_read()?;
-    let (q, bytes) = find(&store, id)?;
+    let (q, kept) = find(&store, id)?;
     if raw {
-        std::io::stdout().lock().write_all(&bytes)?;
+        copy_out(&store, id, &mut std::io::stdout().lock(), "standard output")?;
         return Ok(0);
     }
-    let header_only = (bytes.len() as i64) < q.size;
-    let head = header_text(&bytes);
+    let header_only = i64::try_from(kept).unwrap_or(i64::MAX) < q.size;
+    let head = header_text(&head_of(&store, id)?);
     if json {
         let mut v = row_json(&q);
-        v["kept"] = json!(bytes.len());
+        v["kept"] = json!(kept);
         v["header_only"] = json!(header_only);
         v["header"] = json!(head);
         print_json(&v)?;
@@ -174,7 +205,7 @@ fn show(ctx: &Ctx, id: i64, json: bool, raw: bool) -> anyhow::Result<u8> {
     outln!("Received: {}", mailticket::time::local_full(q.received_at));
     outln!("Reason:   {}", q.error);
     let kept = if header_only {
-        format!(" (only the header, {} bytes, was kept)", bytes.len())
+        format!(" (only the header, {kept} bytes, was kept)")
     } else {
         String::new()
     };
@@ -188,9 +219,9 @@ fn show(ctx: &Ctx, id: i64, json: bool, raw: bool) -> anyhow::Result<u8> {
 
 fn export(ctx: &Ctx, id: i64, output: Option<&PathBuf>) -> anyhow::Result<u8> {
     let store = ctx.open_store_read()?;
-    let (_, bytes) = find(&store, id)?;
+    let (_, kept) = find(&store, id)?;
     let Some(path) = output else {
-        std::io::stdout().lock().write_all(&bytes)?;
+        copy_out(&store, id, &mut std::io::stdout().lock(), "standard output")?;
         return Ok(0);
     };
     let mut f = match std::fs::OpenOptions::new()
@@ -204,10 +235,12 @@ fn export(ctx: &Ctx, id: i64, output: Option<&PathBuf>) -> anyhow::Result<u8> {
         }
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
     };
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
+    let mut out = std::io::BufWriter::new(&mut f);
+    copy_out(&store, id, &mut out, &path.display().to_string())?;
+    drop(out);
+    f.sync_all()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    tracing::info!(quarantine = id, path = %path.display(), bytes = bytes.len(), "exported");
+    tracing::info!(quarantine = id, path = %path.display(), bytes = kept, "exported");
     Ok(0)
 }
 

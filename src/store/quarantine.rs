@@ -32,27 +32,74 @@ impl Store {
     }
 
     /// Quarantined message `id` with its bytes exactly as kept (only the header for a
-    /// message too large to fetch: compare `size`); `None` when there is no such row.
+    /// message too large to fetch: compare `size`), all in memory; `None` when there is no
+    /// such row. See [`Store::quarantine_entry`] and [`Store::quarantined_pieces`] for a
+    /// message of any size.
     pub fn quarantined_message(&self, id: i64) -> Result<Option<(QuarantineRow, Vec<u8>)>> {
+        let Some((row, _)) = self.quarantine_entry(id)? else {
+            return Ok(None);
+        };
+        let mut raw = Vec::new();
+        self.quarantined_pieces(id, |piece| {
+            raw.extend_from_slice(piece);
+            Ok(true)
+        })?;
+        Ok(Some((row, raw)))
+    }
+
+    /// Quarantined message `id` and how many of its bytes are kept (fewer than `size` when
+    /// only the header was); `None` when there is no such row.
+    pub fn quarantine_entry(&self, id: i64) -> Result<Option<(QuarantineRow, u64)>> {
         crate::store::sql("reading a quarantined message", || {
             let found = self.conn.query_opt(
-                &format!("SELECT {COLUMNS}, raw FROM quarantine WHERE id = ?1"),
+                &format!(
+                    "SELECT {COLUMNS}, CAST(length(raw) AS BIGINT) FROM quarantine WHERE id = ?1"
+                ),
                 params![id],
-                |r| Ok((quarantine_row(r)?, r.get::<Vec<u8>>(6)?)),
+                |r| Ok((quarantine_row(r)?, r.get::<i64>(6)?)),
             )?;
-            let Some((row, mut raw)) = found else {
+            let Some((row, head)) = found else {
                 return Ok(None);
             };
-            // A message quarantined from its spool file is in parts.
-            let parts = self.conn.query_map(
-                "SELECT raw FROM quarantine_part WHERE quarantine = ?1 ORDER BY seq",
+            let parts: i64 = self.conn.query_row(
+                "SELECT CAST(COALESCE(SUM(length(raw)), 0) AS BIGINT) FROM quarantine_part
+                 WHERE quarantine = ?1",
                 params![id],
-                |r| r.get::<Vec<u8>>(0),
+                |r| r.get(0),
             )?;
-            for part in parts {
-                raw.extend_from_slice(&part);
+            Ok(Some((row, u64::try_from(head + parts).unwrap_or(0))))
+        })
+    }
+
+    /// Hands the kept bytes of quarantined message `id` to `f` in order, a piece at a time:
+    /// the row's own bytes, then each part (1 MiB) of a message quarantined from its spool
+    /// file, one part read at a time. `f` returns false to stop early.
+    pub fn quarantined_pieces<F>(&self, id: i64, mut f: F) -> Result<()>
+    where
+        F: FnMut(&[u8]) -> Result<bool>,
+    {
+        crate::store::sql("reading a quarantined message", || {
+            let head: Option<Vec<u8>> = self.conn.query_opt(
+                "SELECT raw FROM quarantine WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?;
+            if !f(&head.unwrap_or_default())? {
+                return Ok(());
             }
-            Ok(Some((row, raw)))
+            let mut seq = i64::MIN;
+            while let Some((at, part)) = self.conn.query_opt(
+                "SELECT seq, raw FROM quarantine_part WHERE quarantine = ?1 AND seq > ?2
+                 ORDER BY seq LIMIT 1",
+                params![id, seq],
+                |r| Ok((r.get::<i64>(0)?, r.get::<Vec<u8>>(1)?)),
+            )? {
+                if !f(&part)? {
+                    break;
+                }
+                seq = at;
+            }
+            Ok(())
         })
     }
 

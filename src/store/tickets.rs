@@ -1246,6 +1246,80 @@ mod tests {
     }
 
     #[test]
+    fn a_large_quarantined_message_is_read_and_retried_a_piece_at_a_time() {
+        use crate::quarantine::{Retried, retry};
+        let dir = std::env::temp_dir().join(format!("mt-qretry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = with_attachment("kept@x", 3 << 20);
+        let spool = spool_of(&dir, &raw);
+        let mut s = Store::open_in_memory().unwrap();
+        let origin = Origin::unplaced("imap:support/INBOX", "support");
+        let size = raw.len() as u64;
+        let quarantined = s
+            .quarantine_spool(
+                spool.file(),
+                spool.path(),
+                size,
+                "an old parser bug",
+                &origin,
+                9,
+            )
+            .unwrap();
+        drop(spool);
+        let Outcome::Quarantined(id) = quarantined else {
+            panic!("{quarantined:?}")
+        };
+        let (row, kept) = s.quarantine_entry(id).unwrap().unwrap();
+        assert_eq!((kept, row.size), (size, raw.len() as i64));
+        // Read in order, a part (1 MiB) at a time; and no further than the reader wants.
+        let mut pieces = Vec::new();
+        s.quarantined_pieces(id, |p| {
+            pieces.push(p.to_vec());
+            Ok(true)
+        })
+        .unwrap();
+        assert!(
+            pieces.iter().all(|p| p.len() <= 1 << 20),
+            "pieces of at most 1 MiB"
+        );
+        assert!(pieces.concat() == raw, "byte for byte");
+        let mut read = 0;
+        s.quarantined_pieces(id, |_| {
+            read += 1;
+            Ok(read < 2)
+        })
+        .unwrap();
+        assert_eq!(read, 2);
+        // A retry takes it through a spool file: stored in parts, byte for byte, and gone from
+        // the quarantine with its parts.
+        let rules = Rules::default();
+        let me = crate::classify::Identity::default();
+        let r = retry(&mut s, &me, id, plan_for(&rules)).unwrap();
+        let Retried::Taken(Outcome::Created(t)) = r else {
+            panic!("{r:?}")
+        };
+        let (ticket, messages) = s.ticket(t).unwrap().unwrap();
+        assert_eq!(ticket.mailbox, "support");
+        let m = messages[0].id;
+        assert_eq!(s.raw(m).unwrap().unwrap(), raw, "byte for byte");
+        let codec: String = s
+            .conn
+            .query_row("SELECT codec FROM message WHERE id = ?1", params![m], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(codec, "zstd-parts");
+        assert!(s.quarantine_entry(id).unwrap().is_none());
+        let left: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM quarantine_part", params![], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
     fn raw_in_parts_round_trips_and_matches_the_message_kept_whole() {
         use crate::pipeline::{commit, prepare, prepare_spooled};
         let dir = std::env::temp_dir().join(format!("mt-parts-{}", std::process::id()));
