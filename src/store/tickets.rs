@@ -1248,10 +1248,7 @@ mod tests {
     #[test]
     fn a_large_quarantined_message_is_read_and_retried_a_piece_at_a_time() {
         use crate::quarantine::{Retried, retry};
-        let dir = std::env::temp_dir().join(format!("mt-qretry-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let raw = with_attachment("kept@x", 3 << 20);
-        let spool = spool_of(&dir, &raw);
+        let (dir, raw, spool) = large_spooled("qretry", "kept@x");
         let mut s = Store::open_in_memory().unwrap();
         let origin = Origin::unplaced("imap:support/INBOX", "support");
         let size = raw.len() as u64;
@@ -1317,15 +1314,23 @@ mod tests {
             })
             .unwrap();
         assert_eq!(left, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A temporary folder (named after `tag`) and a spool file in it holding a message with
+    /// a 3 MiB attachment (`id` its Message-ID): what a large fetch leaves.
+    fn large_spooled(tag: &str, id: &str) -> (std::path::PathBuf, Vec<u8>, crate::spool::Spool) {
+        let dir = std::env::temp_dir().join(format!("mt-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = with_attachment(id, 3 << 20);
+        let spool = spool_of(&dir, &raw);
+        (dir, raw, spool)
     }
 
     #[test]
     fn raw_in_parts_round_trips_and_matches_the_message_kept_whole() {
         use crate::pipeline::{commit, prepare, prepare_spooled};
-        let dir = std::env::temp_dir().join(format!("mt-parts-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let raw = with_attachment("big@x", 3 << 20);
-        let spool = spool_of(&dir, &raw);
+        let (dir, raw, spool) = large_spooled("parts", "big@x");
         let path = spool.path().to_owned();
         let mut s = Store::open_in_memory().unwrap();
         let rules = Rules::default();
