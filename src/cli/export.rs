@@ -93,16 +93,22 @@ impl Output {
             writeln!(w, "{}", serde_json::to_string(&v)?)?;
             return Ok(());
         }
+        let gone =
+            |m: &MessageRow| anyhow::anyhow!("message {} of ticket {} has no bytes", m.id, t.id);
         for m in rows {
-            let raw = store.raw(m.id)?.ok_or_else(|| {
-                anyhow::anyhow!("message {} of ticket {} has no bytes", m.id, t.id)
-            })?;
             match self {
                 Output::Eml(dir) => {
+                    // Written as it is read: a message kept in parts is never held whole.
+                    let mut raw = store.raw_reader(m.id)?.ok_or_else(|| gone(m))?;
                     let p = dir.join(format!("{}-{}.eml", t.id, m.id));
-                    std::fs::write(&p, &raw).with_context(|| format!("writing {}", p.display()))?;
+                    std::fs::File::create(&p)
+                        .and_then(|mut f| std::io::copy(&mut raw, &mut f))
+                        .with_context(|| format!("writing {}", p.display()))?;
                 }
-                Output::Mbox(w) => mboxrd(w, &raw, m.date)?,
+                Output::Mbox(w) => {
+                    let raw = store.raw(m.id)?.ok_or_else(|| gone(m))?;
+                    mboxrd(w, &raw, m.date)?;
+                }
                 Output::Jsonl(_) => {}
             }
         }

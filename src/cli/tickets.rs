@@ -223,12 +223,14 @@ fn print_raw(
         ))
         .into());
     };
-    let raw = store
-        .raw(m.id)?
+    // A message kept in parts is written out as it is decompressed, never held whole.
+    let mut raw = store
+        .raw_reader(m.id)?
         .ok_or_else(|| anyhow::anyhow!("message <{}>: its raw bytes are gone", m.message_id))?;
     let mut out = std::io::stdout().lock();
-    out.write_all(&raw)?;
-    out.flush()?;
+    std::io::copy(&mut raw, &mut out)
+        .and_then(|_| out.flush())
+        .map_err(|e| anyhow::anyhow!("message <{}>: {e}", m.message_id))?;
     Ok(0)
 }
 

@@ -459,6 +459,37 @@ impl Store {
         })
     }
 
+    /// The exact bytes of a stored message, to read: one kept in parts ([`codec::PARTS`]) is
+    /// read a part at a time and decompressed as it is read, never held whole; any other is
+    /// (at most 2 MiB) decompressed first. `None` when there is no such message. An error
+    /// while reading (the store's, or damaged bytes) comes as the reader's error.
+    pub fn raw_reader(&self, message_row: i64) -> Result<Option<Box<dyn std::io::Read + '_>>> {
+        let codec: Option<String> = crate::store::sql("reading a stored message", || {
+            self.conn.query_opt(
+                "SELECT codec FROM message WHERE id = ?1",
+                params![message_row],
+                |r| r.get(0),
+            )
+        })?;
+        match codec.as_deref() {
+            None => Ok(None),
+            Some(codec::PARTS) => {
+                let parts = RawParts {
+                    store: self,
+                    message_row,
+                    seq: i64::MIN,
+                    part: std::io::Cursor::new(Vec::new()),
+                };
+                let zstd = zstd::stream::read::Decoder::new(parts)
+                    .map_err(|e| Error::Codec(format!("zstd: {e}")))?;
+                Ok(Some(Box::new(zstd)))
+            }
+            Some(_) => Ok(self
+                .raw(message_row)?
+                .map(|b| Box::new(std::io::Cursor::new(b)) as Box<dyn std::io::Read>)),
+        }
+    }
+
     /// The exact bytes of a stored message (one kept in parts is put together in memory).
     pub fn raw(&self, message_row: i64) -> Result<Option<Vec<u8>>> {
         crate::store::sql("reading a stored message", || {
@@ -480,6 +511,41 @@ impl Store {
             }
             decompress(&codec, &data, usize::try_from(size).unwrap_or(0)).map(Some)
         })
+    }
+}
+
+/// The compressed parts of a message kept in `raw_part` rows, read one row at a time.
+struct RawParts<'s> {
+    store: &'s Store,
+    message_row: i64,
+    /// The `seq` of the part in `part`.
+    seq: i64,
+    part: std::io::Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for RawParts<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.part.read(out)?;
+            if n > 0 || out.is_empty() {
+                return Ok(n);
+            }
+            let next: Option<(i64, Vec<u8>)> =
+                crate::store::sql("reading a stored message", || {
+                    self.store.conn.query_opt(
+                        "SELECT seq, raw FROM raw_part WHERE message = ?1 AND seq > ?2
+                     ORDER BY seq LIMIT 1",
+                        params![self.message_row, self.seq],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                })
+                .map_err(std::io::Error::other)?;
+            let Some((seq, part)) = next else {
+                return Ok(0);
+            };
+            self.seq = seq;
+            self.part = std::io::Cursor::new(part);
+        }
     }
 }
 
@@ -1346,6 +1412,13 @@ mod tests {
         };
         let row = s.ticket(t).unwrap().unwrap().1[0].id;
         assert_eq!(s.raw(row).unwrap().unwrap(), raw, "byte for byte");
+        // Read as a stream too, a part at a time.
+        let mut streamed = Vec::new();
+        let mut reader = s.raw_reader(row).unwrap().unwrap();
+        std::io::Read::read_to_end(&mut reader, &mut streamed).unwrap();
+        drop(reader);
+        assert!(streamed == raw, "streamed byte for byte");
+        assert!(s.raw_reader(row + 1000).unwrap().is_none());
         let (codec, inline, parts): (String, i64, i64) = s
             .conn
             .query_row(
