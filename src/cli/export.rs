@@ -106,8 +106,8 @@ impl Output {
                         .with_context(|| format!("writing {}", p.display()))?;
                 }
                 Output::Mbox(w) => {
-                    let raw = store.raw(m.id)?.ok_or_else(|| gone(m))?;
-                    mboxrd(w, &raw, m.date)?;
+                    let raw = store.raw_reader(m.id)?.ok_or_else(|| gone(m))?;
+                    mboxrd(w, &mut std::io::BufReader::new(raw), m.date)?;
                 }
                 Output::Jsonl(_) => {}
             }
@@ -125,18 +125,56 @@ impl Output {
 
 /// One message in mboxrd form: a `From ` line, every line that starts with `>*From ` given
 /// one more `>`, and a blank line after it.
-fn mboxrd(w: &mut impl Write, raw: &[u8], date: i64) -> anyhow::Result<()> {
+fn mboxrd(w: &mut impl Write, raw: &mut impl std::io::BufRead, date: i64) -> anyhow::Result<()> {
     writeln!(w, "From MAILER-DAEMON {}", mailticket::time::rfc3339(date))?;
-    for line in raw.split_inclusive(|b| *b == b'\n') {
+    // A line at a time, as the message is read: one kept in parts is never held whole.
+    let mut line = Vec::new();
+    // An empty message still ends in a line end, as any other.
+    let mut ended = false;
+    while raw.read_until(b'\n', &mut line)? > 0 {
         let body = line.iter().skip_while(|b| **b == b'>').copied();
         if body.take(5).eq(b"From ".iter().copied()) {
             w.write_all(b">")?;
         }
-        w.write_all(line)?;
+        w.write_all(&line)?;
+        ended = line.ends_with(b"\n");
+        line.clear();
     }
-    if !raw.ends_with(b"\n") {
+    if !ended {
         w.write_all(b"\n")?;
     }
     w.write_all(b"\n")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `raw` as mboxrd, read through a buffer of `cap` bytes (lines cut across reads).
+    fn mbox_of(raw: &[u8], cap: usize) -> String {
+        let mut out = Vec::new();
+        let mut r = std::io::BufReader::with_capacity(cap, raw);
+        mboxrd(&mut out, &mut r, 0).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn mboxrd_quotes_from_lines_and_ends_each_message_with_a_blank_line() {
+        let raw = b"Subject: s\r\n\r\nFrom here\r\n>From there\r\n>>From afar\r\nFrom: no\r\nend";
+        for cap in [3, 8192] {
+            let got = mbox_of(raw, cap);
+            let (first, rest) = got.split_once('\n').unwrap();
+            assert!(first.starts_with("From MAILER-DAEMON "), "{first}");
+            assert_eq!(
+                rest,
+                "Subject: s\r\n\r\n>From here\r\n>>From there\r\n>>>From afar\r\nFrom: no\r\nend\n\n",
+                "buffer of {cap}"
+            );
+        }
+        // A message that ends in a line end gets no second one; an empty one gets one.
+        let rest = |raw: &[u8]| mbox_of(raw, 3).split_once('\n').unwrap().1.to_owned();
+        assert_eq!(rest(b"a\r\n"), "a\r\n\n");
+        assert_eq!(rest(b""), "\n\n");
+    }
 }
