@@ -47,11 +47,12 @@ pub struct Selected {
 }
 
 /// A fetched message's bytes: the server's answer they came in, kept whole instead of
-/// copied out of it, or bytes of their own (a header cut from its message).
+/// copied out of it (a message of [`KEEP_ANSWER_FROM`] bytes or more), or bytes of their
+/// own (a small message, a header cut from its message).
 ///
-/// The copy was a tenth of the fetching thread's CPU in the benchmark sync, most of it page
-/// faults on the fresh memory of each large message; the answer's buffer holds little more
-/// than the message itself (its FETCH line, and at most a few KiB read past it).
+/// The copy was a fifth of the fetching thread's CPU in the benchmark sync, most of it page
+/// faults on the fresh memory of each large message; a large message's answer holds little
+/// more than the message itself (its FETCH line, and at most a few KiB read past it).
 pub enum Body {
     /// The answer: its body is the message.
     Answer(async_imap::types::Fetch),
@@ -97,6 +98,9 @@ impl std::fmt::Debug for Body {
         write!(f, "Body({} bytes)", self.len())
     }
 }
+
+/// A message at least this large stays in its answer's buffer ([`Body::Answer`]).
+const KEEP_ANSWER_FROM: usize = 64 << 10;
 
 /// One message as fetched: the exact bytes and where they came from.
 #[derive(Debug)]
@@ -452,18 +456,24 @@ impl Imap {
             .await?;
             let Some(f) = next else { break };
             // Unsolicited FETCH responses (flag changes made elsewhere) carry no body.
-            let (Some(uid), Some(_)) = (f.uid, f.body()) else {
+            let (Some(uid), Some(body)) = (f.uid, f.body()) else {
                 continue;
             };
             if uids.binary_search(&uid).is_err() || !got.insert(uid) {
                 continue;
             }
             let internal_date = f.internal_date().map(|d| d.timestamp());
+            // A small message is copied: its answer's buffer may be twice its size (what
+            // was read past it), and a small copy costs little.
+            let bytes = match body.len() {
+                n if n < KEEP_ANSWER_FROM => Body::Owned(body.to_vec()),
+                _ => Body::Answer(f),
+            };
             let waited = Instant::now();
             each(FetchedMessage {
                 uid,
                 internal_date,
-                bytes: Body::Answer(f),
+                bytes,
                 too_large: None,
                 spooled: None,
             })
