@@ -32,7 +32,12 @@ pub fn retry(store: &mut Store, me: &Identity, id: i64, plan: Plan<'_>) -> Resul
     if i64::try_from(kept).unwrap_or(i64::MAX) < row.size {
         return Ok(Retried::HeaderOnly);
     }
-    let mailbox = mailbox_of(&row.source).to_owned();
+    // The mailbox it came in for; rows from before schema 17 name only an IMAP one, in
+    // their source.
+    let mailbox = match row.mailbox.as_str() {
+        "" => mailbox_of(&row.source).to_owned(),
+        m => m.to_owned(),
+    };
     let origin = Origin::unplaced(row.source.clone(), mailbox);
     let stored = if kept > SPOOL_OVER {
         let mut spool = Spool::create(&store.spool_dir())?;
@@ -114,5 +119,36 @@ mod tests {
         assert_ne!(row.error, "old");
         assert_eq!(retry(&mut store, &me, 999, plan).unwrap(), Retried::Missing);
         assert_eq!(mailbox_of("import:/x/y.eml"), "");
+    }
+
+    #[test]
+    fn a_retry_files_the_ticket_under_the_mailbox_the_message_came_in_for() {
+        let mut store = Store::open_in_memory().unwrap();
+        // `ingest --mailbox sales`: the source names no mailbox, the row does.
+        let origin = Origin::unplaced("ingest", "sales");
+        let mail = b"From: Bo <bo@example.org>\r\nSubject: Quote\r\nMessage-ID: <q2@example.org>\r\n\r\nHi\r\n";
+        let Outcome::Quarantined(id) = store
+            .quarantine(mail, "an old parser bug", &origin, 7)
+            .unwrap()
+        else {
+            panic!("not quarantined");
+        };
+        let (row, _) = store.quarantine_entry(id).unwrap().unwrap();
+        assert_eq!(
+            (row.source.as_str(), row.mailbox.as_str()),
+            ("ingest", "sales")
+        );
+        let rules = Rules::default();
+        let plan = Plan {
+            rules: &rules,
+            ack: None,
+            progress: None,
+        };
+        let r = retry(&mut store, &Identity::default(), id, plan).unwrap();
+        let Retried::Taken(Outcome::Created(t)) = r else {
+            panic!("{r:?}")
+        };
+        let (ticket, _) = store.ticket(t).unwrap().unwrap();
+        assert_eq!(ticket.mailbox, "sales");
     }
 }

@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx, a: &QuarantineArgs) -> anyhow::Result<u8> {
 
 fn row_json(q: &QuarantineRow) -> Value {
     json!({"id": q.id, "source": q.source, "uid": q.uid, "error": q.error,
-           "size": q.size, "received_at": rfc3339(q.received_at)})
+           "size": q.size, "received_at": rfc3339(q.received_at), "mailbox": q.mailbox})
 }
 
 fn list(ctx: &Ctx, json: bool) -> anyhow::Result<u8> {

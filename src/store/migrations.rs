@@ -295,6 +295,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (quarantine, seq)
     ) STRICT;
     "#,
+    // 17 (the quarantine keeps the mailbox): the mailbox a quarantined message came in for
+    // (`ingest --mailbox`, an IMAP or Graph mailbox), so that a retry files its ticket there
+    // as the first attempt would have; empty for rows from before.
+    r#"
+    ALTER TABLE quarantine ADD COLUMN mailbox TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -268,6 +268,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (quarantine, seq)
     );
     "#,
+    // 6: SQLite's migration 17, the mailbox of a quarantined message.
+    r#"
+    ALTER TABLE quarantine ADD COLUMN mailbox TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The PostgreSQL schema version this build writes.

@@ -8,7 +8,7 @@ use super::{QuarantineRow, Store};
 use crate::error::Result;
 
 /// The columns [`quarantine_row`] reads, in its order.
-const COLUMNS: &str = "id, source, uid, error, size, received_at";
+const COLUMNS: &str = "id, source, uid, error, size, received_at, mailbox";
 
 fn quarantine_row(r: &Row<'_>) -> Result<QuarantineRow> {
     Ok(QuarantineRow {
@@ -18,6 +18,7 @@ fn quarantine_row(r: &Row<'_>) -> Result<QuarantineRow> {
         error: r.get(3)?,
         size: r.get(4)?,
         received_at: r.get(5)?,
+        mailbox: r.get(6)?,
     })
 }
 
@@ -56,7 +57,7 @@ impl Store {
                     "SELECT {COLUMNS}, CAST(length(raw) AS BIGINT) FROM quarantine WHERE id = ?1"
                 ),
                 params![id],
-                |r| Ok((quarantine_row(r)?, r.get::<i64>(6)?)),
+                |r| Ok((quarantine_row(r)?, r.get::<i64>(7)?)),
             )?;
             let Some((row, head)) = found else {
                 return Ok(None);

@@ -208,6 +208,9 @@ pub struct QuarantineRow {
     pub size: i64,
     /// Unix seconds.
     pub received_at: i64,
+    /// The mailbox it came in for (empty when none was named, and for rows quarantined
+    /// before schema 17).
+    pub mailbox: String,
 }
 
 fn json_list(v: impl IntoIterator<Item = impl serde::Serialize>) -> String {
@@ -276,9 +279,9 @@ impl Store {
                 let sha = hex(&sha256(raw));
                 let (uidvalidity, uid) = origin.imap.as_ref().map_or((0, 0), |p| (p.uidvalidity, p.uid));
                 c.execute(
-                    "INSERT INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-                    params![origin.source, uidvalidity, uid, error, sha, size, raw, received_at],
+                    "INSERT INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at, mailbox)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+                    params![origin.source, uidvalidity, uid, error, sha, size, raw, received_at, origin.mailbox],
                 )?;
                 let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", params![&sha], |r| r.get(0))?;
                 advance(c, origin)?;
@@ -305,9 +308,9 @@ impl Store {
             self.write(|c| {
                 let (uidvalidity, uid) = origin.imap.as_ref().map_or((0, 0), |p| (p.uidvalidity, p.uid));
                 let new = c.execute(
-                    "INSERT INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-                    params![origin.source, uidvalidity, uid, error, sha, size, &[][..], received_at],
+                    "INSERT INTO quarantine (source, uidvalidity, uid, error, sha256, size, raw, received_at, mailbox)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+                    params![origin.source, uidvalidity, uid, error, sha, size, &[][..], received_at, origin.mailbox],
                 )? == 1;
                 let id: i64 = c.query_row("SELECT id FROM quarantine WHERE sha256 = ?1", params![&sha], |r| r.get(0))?;
                 if new {
