@@ -81,6 +81,15 @@ mod tests {
     use super::*;
     use crate::pipeline::Rules;
 
+    /// A plan that sends no acknowledgement.
+    fn plan(rules: &Rules) -> Plan<'_> {
+        Plan {
+            rules,
+            ack: None,
+            progress: None,
+        }
+    }
+
     #[test]
     fn a_message_that_now_parses_leaves_the_quarantine_and_one_that_does_not_stays() {
         let mut store = Store::open_in_memory().unwrap();
@@ -98,11 +107,7 @@ mod tests {
         };
         let me = Identity::default();
         let rules = Rules::default();
-        let plan = Plan {
-            rules: &rules,
-            ack: None,
-            progress: None,
-        };
+        let plan = plan(&rules);
         let r = retry(&mut store, &me, good, plan).unwrap();
         let Retried::Taken(Outcome::Created(t)) = r else {
             panic!("{r:?}")
@@ -139,11 +144,7 @@ mod tests {
             ("ingest", "sales")
         );
         let rules = Rules::default();
-        let plan = Plan {
-            rules: &rules,
-            ack: None,
-            progress: None,
-        };
+        let plan = plan(&rules);
         let r = retry(&mut store, &Identity::default(), id, plan).unwrap();
         let Retried::Taken(Outcome::Created(t)) = r else {
             panic!("{r:?}")
