@@ -1303,13 +1303,7 @@ mod tests {
         assert_eq!(s.quarantined().unwrap().len(), 1);
         // Deleting the row deletes its parts.
         assert!(s.quarantine_delete(id).unwrap());
-        let left: i64 = s
-            .conn
-            .query_row("SELECT count(*) FROM quarantine_part", params![], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(left, 0);
+        assert_eq!(parts_left(&s), 0);
         drop(p);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1376,14 +1370,14 @@ mod tests {
             .unwrap();
         assert_eq!(codec, "zstd-parts");
         assert!(s.quarantine_entry(id).unwrap().is_none());
-        let left: i64 = s
-            .conn
-            .query_row("SELECT count(*) FROM quarantine_part", params![], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(left, 0);
+        assert_eq!(parts_left(&s), 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// How many quarantine parts the store holds.
+    fn parts_left(s: &Store) -> i64 {
+        let count = "SELECT count(*) FROM quarantine_part";
+        s.conn.query_row(count, params![], |r| r.get(0)).unwrap()
     }
 
     /// A temporary folder (named after `tag`) and a spool file in it holding a message with
