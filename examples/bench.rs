@@ -470,22 +470,22 @@ fn main() {
         f / s,
         iw / s
     );
-    let rounds: Vec<f64> = imaplib_wall
-        .iter()
-        .zip(&costs)
-        .map(|(i, c)| i / c.wall)
-        .collect();
+    // Each round's ratio: that round's imaplib wall over its sync's.
+    let per_round = |imaplib: &[f64]| -> Vec<f64> {
+        imaplib
+            .iter()
+            .zip(&costs)
+            .map(|(i, c)| i / c.wall)
+            .collect()
+    };
+    let rounds = per_round(&imaplib_wall);
     println!(
         "sync/imaplib round by round (each round's imaplib fetch, then its sync): median {:.2} {rounds:.2?}",
         median(rounds.clone())
     );
     // The sync's wall is its whole process (start, store open and close, exit); imaplib's is
     // what the script times, from its connect to its logout. The same measure for both:
-    let whole: Vec<f64> = imaplib_process
-        .iter()
-        .zip(&costs)
-        .map(|(i, c)| i / c.wall)
-        .collect();
+    let whole = per_round(&imaplib_process);
     println!(
         "imaplib as a whole process (interpreter start and exit included, as in the sync's wall): \
          {:.2} s; sync/imaplib {:.2}, round by round median {:.2}",
