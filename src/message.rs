@@ -1897,6 +1897,35 @@ pub(crate) mod skeleton_tests {
         assert!(kept > 0, "no sample had a body kept decoded");
     }
 
+    /// `data` as it is, read as UTF-8 (lossy), in lines of at most `width` bytes.
+    fn lines_of(data: &[u8], width: usize, eol: &str) -> String {
+        data.chunks(width.max(1))
+            .map(|c| format!("{}{eol}", String::from_utf8_lossy(c)))
+            .collect()
+    }
+
+    /// `data` in quoted-printable, every byte but printable ASCII escaped, a soft break
+    /// after every `width` characters or so.
+    fn quoted_printable(data: &[u8], width: usize, eol: &str) -> String {
+        let mut out = String::new();
+        let mut line = 0;
+        for &b in data {
+            let piece = match b {
+                b'!'..=b'<' | b'>'..=b'~' => (b as char).to_string(),
+                _ => format!("={b:02X}"),
+            };
+            if line + piece.len() > width.max(3) {
+                out.push('=');
+                out.push_str(eol);
+                line = 0;
+            }
+            line += piece.len();
+            out.push_str(&piece);
+        }
+        out.push_str(eol);
+        out
+    }
+
     /// A message with `parts`: (content type, transfer encoding, body) each.
     fn message(eol: &str, parts: &[(String, String, String)], nest: bool) -> String {
         let mut m = format!(
@@ -1944,6 +1973,7 @@ pub(crate) mod skeleton_tests {
                     1usize..120,
                     0u8..12,
                     0u8..3,
+                    0u8..3,
                 ),
                 0..4,
             ),
@@ -1951,7 +1981,7 @@ pub(crate) mod skeleton_tests {
             let eol = if crlf { "\r\n" } else { "\n" };
             let parts: Vec<(String, String, String)> = parts
                 .into_iter()
-                .map(|(ct, cte, data, width, spoil, text)| {
+                .map(|(ct, cte, data, width, spoil, text, form)| {
                     // Text as real text attachments carry: UTF-8, or ASCII.
                     let data = match text {
                         1 => String::from_utf8_lossy(&data).into_owned().into_bytes(),
@@ -1959,7 +1989,13 @@ pub(crate) mod skeleton_tests {
                         _ => data,
                     };
                     let ct = ct.replace('\n', eol);
-                    let mut body = b64(&data, width, eol);
+                    // The data in base64 (whatever the field says), as it is, or in
+                    // quoted-printable.
+                    let mut body = match form {
+                        0 => b64(&data, width, eol),
+                        1 => lines_of(&data, width, eol),
+                        _ => quoted_printable(&data, width, eol),
+                    };
                     // Spoil some bodies the ways real mail does.
                     match spoil {
                         1 => body = body.replacen('A', " ", 1),
@@ -2378,8 +2414,9 @@ pub(crate) mod skeleton_tests {
         assert_eq!(p.attachments.len(), 1);
         // Its last line end belongs to the delimiter.
         assert_eq!(p.attachments[0].size, big.len() - 2);
-        // Text that says what a cut says, in an attachment: the whole message is parsed.
-        let forged = format!("{}{}", skeleton::CUT_NOTE, big);
+        // Text that says what a cut says, in an attachment the walk copies (a line longer
+        // than it reads at once): the whole message is parsed.
+        let forged = format!("{}{}\r\n{big}", skeleton::CUT_NOTE, "y".repeat(100_000));
         let parts = [
             ("text/plain".into(), "8bit".into(), big.repeat(2)),
             (
@@ -2474,5 +2511,142 @@ pub(crate) mod skeleton_tests {
     fn a_typical_attachment_is_set_aside() {
         let data: Vec<u8> = (0..50_000u32).map(|i| (i * 31 % 256) as u8).collect();
         set_aside_alone("application/pdf; name=\"r.pdf\"", &data);
+    }
+
+    /// `body` (`data` in the transfer encoding `cte`) as the one attachment (`ct`) of a
+    /// message: set aside, the skeleton holds a marker line in its place, and both parses,
+    /// in memory and from a file, give the attachment `data`'s size and digest.
+    fn plain_set_aside(ct: &str, cte: &str, body: &[u8], data: &[u8]) {
+        for eol in ["\r\n", "\n"] {
+            let body = String::from_utf8_lossy(body).replace("\r\n", eol);
+            let data = String::from_utf8_lossy(data).replace("\r\n", eol);
+            let raw = message(eol, &[(ct.replace("\r\n", eol), cte.into(), body)], true);
+            let sk = skeleton::of_slice(raw.as_bytes());
+            assert_eq!(sk.set_aside.len(), 1, "{cte} {eol:?}");
+            assert!(sk.bytes.len() < 1000, "{cte}: {} bytes", sk.bytes.len());
+            let (whole, fast) = both(raw.as_bytes());
+            assert_eq!(fast.as_deref(), Some(whole.as_str()), "{cte} {eol:?}");
+            let p = both_ways(raw.as_bytes());
+            assert_eq!(p.attachments.len(), 1);
+            assert_eq!(p.attachments[0].size, data.len(), "{cte} {eol:?}");
+            assert_eq!(p.attachments[0].sha256, sha256(data.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn an_attachment_in_no_transfer_encoding_is_set_aside() {
+        // A log attached as it is, as mail clients send text files with short lines; its
+        // last line end is the delimiter's.
+        let log = "2026-12-01 10:00:00 ERROR printer 3: paper jam -- retry\r\n".repeat(2000);
+        let ct = "text/plain; charset=utf-8\r\nContent-Disposition: attachment; filename=x.log";
+        for cte in ["7bit", "8bit", "binary"] {
+            plain_set_aside(ct, cte, log.as_bytes(), log.trim_end().as_bytes());
+        }
+        let data = "x,y\r\n1,caf\u{e9}\r\n".repeat(500);
+        plain_set_aside(
+            "text/csv\r\nContent-Disposition: attachment",
+            "8bit",
+            data.as_bytes(),
+            data.trim_end().as_bytes(),
+        );
+        // Any bytes of a file sent `binary`, a lone CR and NUL included, in lines.
+        let mut bin: Vec<u8> = (0..60_000u32).map(|i| (i * 37 % 251) as u8).collect();
+        for at in (0..bin.len()).step_by(997) {
+            bin[at] = b'\n';
+        }
+        let mut raw = message(
+            "\r\n",
+            &[(
+                "application/octet-stream".into(),
+                "binary".into(),
+                "%BODY%".into(),
+            )],
+            false,
+        )
+        .into_bytes();
+        let at = memchr::memmem::find(&raw, b"%BODY%").unwrap();
+        raw.splice(at..at + 6, bin.iter().copied().chain(*b"\r\n"));
+        let sk = skeleton::of_slice(&raw);
+        assert_eq!(sk.set_aside.len(), 1);
+        let (whole, fast) = both(&raw);
+        assert_eq!(fast.as_deref(), Some(whole.as_str()));
+        let p = both_ways(&raw);
+        assert_eq!(p.attachments[0].sha256, sha256(&bin));
+    }
+
+    #[test]
+    fn an_attachment_in_quoted_printable_is_set_aside() {
+        let text = "Caf\u{e9} = 42; na\u{ef}ve \u{2013} the printer on floor 3\r\n".repeat(1500);
+        let qp: String = text
+            .lines()
+            .map(|l| {
+                let mut out = String::new();
+                for b in l.bytes() {
+                    match b {
+                        b'=' => out.push_str("=3D"),
+                        0x80.. => out.push_str(&format!("={b:02X}")),
+                        _ => out.push(b as char),
+                    }
+                }
+                // A soft break in the middle of each line, as long lines get (not inside
+                // an escape).
+                let b = out.as_bytes();
+                let cut = (b.len() / 2..b.len())
+                    .find(|&i| b[i - 1] != b'=' && b[i - 2] != b'=')
+                    .unwrap();
+                format!("{}=\r\n{}\r\n", &out[..cut], &out[cut..])
+            })
+            .collect();
+        for ct in [
+            "text/plain; charset=utf-8\r\nContent-Disposition: attachment; filename=a.txt",
+            "application/pdf; name=\"a.pdf\"",
+        ] {
+            let data = text.trim_end().as_bytes();
+            plain_set_aside(ct, "quoted-printable", qp.as_bytes(), data);
+        }
+    }
+
+    #[test]
+    fn a_plain_attachment_the_parse_would_end_elsewhere_is_copied() {
+        let eol = "\r\n";
+        let line = "a line of a log\r\n".repeat(100);
+        for body in [
+            // The boundary inside a line: the parse ends the part there.
+            format!("{line}see --outer here{eol}{line}"),
+            // A line longer than a piece.
+            format!("{line}{}{eol}", "y".repeat(100_000)),
+            // An empty body.
+            String::new(),
+        ] {
+            let raw = message(
+                eol,
+                &[(
+                    "application/octet-stream".into(),
+                    "7bit".into(),
+                    body.clone(),
+                )],
+                true,
+            );
+            let sk = skeleton::of_slice(raw.as_bytes());
+            assert!(sk.set_aside.is_empty(), "{}", body.len());
+            let (whole, fast) = both(raw.as_bytes());
+            if let Some(fast) = fast {
+                assert_eq!(fast, whole);
+            }
+        }
+        // An outer multipart's delimiter at a line's start, which the parse reads as text of
+        // the part (it looks for the innermost boundary only).
+        let raw = format!(
+            "From: a@example.com{eol}Subject: s{eol}Message-ID: <m@x>{eol}\
+             Content-Type: multipart/mixed; boundary=\"outer\"{eol}{eol}\
+             --outer{eol}Content-Type: multipart/mixed; boundary=\"in\"{eol}{eol}\
+             --in{eol}Content-Type: application/octet-stream{eol}{eol}\
+             {line}--outer{eol}{line}--in--{eol}--outer--{eol}"
+        );
+        assert!(skeleton::of_slice(raw.as_bytes()).set_aside.is_empty());
+        let (whole, fast) = both(raw.as_bytes());
+        if let Some(fast) = fast {
+            assert_eq!(fast, whole);
+        }
     }
 }

@@ -3,17 +3,19 @@
 //! mail-parser decodes every part it parses, and most of the bytes of real mail are base64
 //! attachments of which mailticket keeps only a size and a digest (the raw message keeps the
 //! content). [`of_slice`] and [`of_reader`] copy a message line by line, putting in place of
-//! each clean base64 body of a non-text part, or of a text part sent as an attachment (a log,
-//! a CSV file) in UTF-8 or a charset of one byte a character, a one-line marker, and decode and hash that body on the way, in
-//! bounded memory: the parse then runs on the copy, the skeleton, and `message` takes each
+//! each clean body of a non-text part, or of a text part sent as an attachment (a log, a CSV
+//! file) in UTF-8 or a charset of one byte a character, a one-line marker, and decode and hash
+//! that body on the way, in bounded memory: in base64, in quoted-printable, or in no transfer
+//! encoding. The parse then runs on the copy, the skeleton, and `message` takes each
 //! attachment's size and digest from [`Skeleton::set_aside`]. The message's own texts in
 //! quoted-printable are decoded on the way too and left out ([`Skeleton::qp`]): `message`
 //! puts each one into the part the parse found empty in its place.
 //!
-//! The walk copies what it does not understand as it is: a body with anything but the base64
-//! alphabet, spaces, tabs and line ends (padding in the middle, a non-canonical end), a text
-//! attachment in a charset of several bytes a character or that is not what it says, a part nested too deep, a header
-//! block it cannot read. `message` checks that the parse of the skeleton
+//! The walk copies what it does not understand as it is: a base64 body with anything but the
+//! alphabet, spaces, tabs and line ends (padding in the middle, a non-canonical end), another
+//! body the parse could end or decode otherwise (see `Walk::decode_plain`), a text
+//! attachment in a charset of several bytes a character or that is not what it says, a part
+//! nested too deep, a header block it cannot read. `message` checks that the parse of the skeleton
 //! found every marker exactly once, as an attachment, and parses the original bytes instead
 //! otherwise; so a skeleton changes how fast a message parses, never what the parse says.
 
@@ -150,11 +152,33 @@ impl Skeleton {
         (i < self.set_aside.len()).then_some(i)
     }
 
-    fn marker(&self, index: usize) -> String {
+    /// What the marker of body `index` decodes to.
+    fn marker_bytes(&self, index: usize) -> Vec<u8> {
         let mut m = MARKER_PREFIX.to_vec();
         m.extend_from_slice(crate::message::hex(&self.nonce).as_bytes());
         m.extend_from_slice(format!("{:08x}", u32::try_from(index).unwrap_or(u32::MAX)).as_bytes());
-        base64::engine::general_purpose::STANDARD.encode(m)
+        m
+    }
+
+    /// The marker line of body `index` (without its line end), in the body's transfer
+    /// encoding.
+    fn marker(&self, index: usize, encoding: Encoding) -> Vec<u8> {
+        let m = self.marker_bytes(index);
+        match encoding {
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .encode(m)
+                .into_bytes(),
+            Encoding::Identity => m,
+            // The marker is NUL, ASCII letters and hexadecimal digits: only NUL is escaped.
+            Encoding::QuotedPrintable => m.iter().fold(Vec::new(), |mut out, &b| {
+                if b == 0 {
+                    out.extend_from_slice(b"=00");
+                } else {
+                    out.push(b);
+                }
+                out
+            }),
+        }
     }
 }
 
@@ -310,11 +334,24 @@ enum End {
     Delimiter { level: usize, closing: bool },
 }
 
+/// A body's transfer encoding, as the parse reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Base64,
+    QuotedPrintable,
+    /// None (`7bit`, `8bit`, `binary`, or anything else the parse does not decode).
+    Identity,
+}
+
 /// What a part's header block says about its body.
 enum Body {
     Multipart(Vec<u8>),
     /// Set aside when clean: any base64 body, or only text in this encoding.
     Base64(Option<Text>),
+    /// An attachment's body in quoted-printable or in no transfer encoding: set aside when
+    /// the walk reads it as the parse does ([`Walk::set_aside_plain`]); only text in this
+    /// encoding, for a text attachment.
+    Plain(Encoding, Option<Text>),
     /// The message's own text (cut when long, see [`TEXT_CUT`]); whether in base64.
     Text(bool),
     /// The message's own text in quoted-printable: decoded by the walk when it can
@@ -474,6 +511,7 @@ impl<L: Lines> Walk<L> {
         match body {
             Body::Multipart(boundary) if depth < MAX_DEPTH => self.multipart(boundary, depth),
             Body::Base64(text) => self.set_aside(eol, text),
+            Body::Plain(encoding, text) => self.set_aside_plain(eol, encoding, text),
             Body::Text(base64) => self.copy_text(eol, base64),
             Body::QuotedPrintable => {
                 let head_at = self.skeleton.bytes.len() - head.len();
@@ -781,9 +819,9 @@ impl<L: Lines> Walk<L> {
             Aside::Body
         };
         self.skeleton.set_aside.push(SetAside { kind, ..part });
-        let marker = self.skeleton.marker(index);
+        let marker = self.skeleton.marker(index, Encoding::Base64);
         let bytes = &mut self.skeleton.bytes;
-        bytes.extend_from_slice(marker.as_bytes());
+        bytes.extend_from_slice(&marker);
         bytes.extend_from_slice(eol);
         if !delimiter.is_empty() {
             self.last_delimiter = (delimiter_at, bytes.len());
@@ -791,6 +829,121 @@ impl<L: Lines> Walk<L> {
         bytes.extend_from_slice(&delimiter);
         Ok(end)
     }
+
+    /// An attachment's body in quoted-printable or in no transfer encoding (a log attached
+    /// as plain text, a binary file sent `8bit`): decoded as the parse decodes it, hashed,
+    /// and a marker line in its place, in the same encoding. Copied as it is when the walk
+    /// cannot be sure to read it as the parse does (see [`Walk::decode_plain`]), in an
+    /// attached message, or empty.
+    fn set_aside_plain(
+        &mut self,
+        eol: &[u8],
+        encoding: Encoding,
+        text: Option<Text>,
+    ) -> io::Result<End> {
+        let start = self.r.src.position();
+        let decoded = match self.inside {
+            0 => self.decode_plain(encoding, text)?,
+            _ => None,
+        };
+        let Some(Ended {
+            part,
+            end,
+            delimiter_at,
+            delimiter,
+        }) = decoded.filter(|d| d.part.size > 0)
+        else {
+            self.r.rewind(start)?;
+            return self.copy_body();
+        };
+        let index = self.skeleton.set_aside.len();
+        self.skeleton.set_aside.push(part);
+        let marker = self.skeleton.marker(index, encoding);
+        let bytes = &mut self.skeleton.bytes;
+        bytes.extend_from_slice(&marker);
+        bytes.extend_from_slice(eol);
+        self.last_delimiter = (delimiter_at, bytes.len());
+        bytes.extend_from_slice(&delimiter);
+        Ok(end)
+    }
+
+    /// Decodes the body ahead for [`Walk::set_aside_plain`]: its size and digest, how it
+    /// ended, and where and which delimiter ended it. The parse ends such a body at the
+    /// first `--` and boundary of the innermost multipart anywhere, and drops the line end
+    /// before it; so only a body ended by that multipart's delimiter, with every line
+    /// shorter than a piece and no `--` and boundary inside a line, is taken (and a
+    /// quoted-printable one as [`Walk::decode_qp`] takes a text). `None` otherwise: the
+    /// caller rewinds.
+    fn decode_plain(
+        &mut self,
+        encoding: Encoding,
+        text: Option<Text>,
+    ) -> io::Result<Option<Ended>> {
+        let Some(delimiter) = self.bounds.last().map(|b| [b"--".as_slice(), b].concat()) else {
+            return Ok(None);
+        };
+        let inner = memchr::memmem::Finder::new(&delimiter);
+        let mut shown = Shown::new(text);
+        // The line end last read, which is the delimiter's when the delimiter comes next.
+        let mut held: &'static [u8] = b"";
+        let (mut lines, mut decoded) = (QpLines::default(), Vec::new());
+        let (end, delimiter_at, delimiter) = loop {
+            let at = self.r.src.position();
+            let Some((piece, starts)) = self.r.next()? else {
+                return Ok(None);
+            };
+            if starts && let Some(end) = Self::delimiter(&self.bounds, piece) {
+                break (end, at, piece.to_vec());
+            }
+            let Some(line) = piece.strip_suffix(b"\n") else {
+                return Ok(None);
+            };
+            if inner.find(piece).is_some() {
+                return Ok(None);
+            }
+            let taken = match encoding {
+                Encoding::QuotedPrintable => {
+                    decoded.clear();
+                    lines.take(piece, Some(&inner), &mut decoded).is_some() && shown.take(&decoded)
+                }
+                _ => {
+                    let (line, end) = match line.strip_suffix(b"\r") {
+                        Some(l) => (l, b"\r\n".as_slice()),
+                        None => (line, b"\n".as_slice()),
+                    };
+                    let taken = shown.take(held) && shown.take(line);
+                    held = end;
+                    taken
+                }
+            };
+            if !taken {
+                return Ok(None);
+            }
+        };
+        let End::Delimiter { level, .. } = end else {
+            return Ok(None);
+        };
+        // The parse's decoder drops more than the line end after a soft break.
+        let qp_ended = lines.lines > 0 && lines.hard;
+        if level + 1 != self.bounds.len() || (encoding == Encoding::QuotedPrintable && !qp_ended) {
+            return Ok(None);
+        }
+        Ok(shown.finish(true).map(|part| Ended {
+            part,
+            end,
+            delimiter_at,
+            delimiter,
+        }))
+    }
+}
+
+/// A body [`Walk::decode_plain`] decoded, and the delimiter that ended it.
+struct Ended {
+    part: SetAside,
+    end: End,
+    /// Where the delimiter starts in the source.
+    delimiter_at: u64,
+    delimiter: Vec<u8>,
 }
 
 /// What the header block `head` says of its body, read with the parser's own header code.
@@ -802,6 +955,15 @@ fn body_of(head: &[u8]) -> Body {
     let base64 = part
         .content_transfer_encoding()
         .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
+    // Compared as the parse compares it, untrimmed.
+    let qp = part
+        .content_transfer_encoding()
+        .is_some_and(|e| e.eq_ignore_ascii_case("quoted-printable"));
+    let plain = if qp {
+        Encoding::QuotedPrintable
+    } else {
+        Encoding::Identity
+    };
     // Without a Content-Type, text/plain.
     let Some(ct) = part.content_type() else {
         return Body::Text(base64);
@@ -831,7 +993,7 @@ fn body_of(head: &[u8]) -> Body {
         return if base64 {
             Body::Base64(None)
         } else {
-            Body::Other
+            Body::Plain(plain, None)
         };
     }
     // A text part is the message's text unless it is sent as an attachment; the headers of
@@ -853,16 +1015,13 @@ fn body_of(head: &[u8]) -> Body {
             .filter(|&f| byte_by_byte(f))
             .map(Text::Charset),
     };
-    // Compared as the parse compares it, untrimmed.
-    let qp = part
-        .content_transfer_encoding()
-        .is_some_and(|e| e.eq_ignore_ascii_case("quoted-printable"));
     match text {
         _ if headers => Body::Other,
         _ if !attachment && qp => Body::QuotedPrintable,
         _ if !attachment => Body::Text(base64),
         Some(t) if base64 => Body::Base64(Some(t)),
-        _ => Body::Other,
+        Some(t) => Body::Plain(plain, Some(t)),
+        None => Body::Other,
     }
 }
 
@@ -1018,19 +1177,68 @@ struct Decoder {
     out: Vec<u8>,
     /// `out`'s length before this body, when the decoded bytes are kept.
     kept_from: Option<usize>,
-    digest: ring::digest::Context,
     /// Bytes decoded.
     size: usize,
-    /// Bytes of what the parse shows: `size`, or the text converted from its charset.
-    shown: usize,
+    shown: Shown,
     padded: bool,
     lines: Layout,
-    /// What the decoded bytes must be, for a text attachment.
-    text: Option<Text>,
-    /// The start of a UTF-8 sequence that the last chunk cut.
-    carry: Vec<u8>,
     /// Whether [`Decoder::push_run`] may still find runs of lines.
     runs: bool,
+}
+
+/// A body's decoded bytes as the parse shows them (a text attachment converted from its
+/// charset), a piece at a time: their size and SHA-256.
+struct Shown {
+    digest: ring::digest::Context,
+    /// Bytes of what the parse shows: the decoded ones, or the text converted from its
+    /// charset.
+    size: usize,
+    /// What the decoded bytes must be, for a text attachment.
+    text: Option<Text>,
+    /// The start of a UTF-8 sequence that the last piece cut.
+    carry: Vec<u8>,
+}
+
+impl Shown {
+    fn new(text: Option<Text>) -> Shown {
+        Shown {
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            size: 0,
+            text,
+            carry: Vec::new(),
+        }
+    }
+
+    /// Takes the next decoded bytes; false when they are not the text they must be.
+    fn take(&mut self, bytes: &[u8]) -> bool {
+        if let Some(Text::Charset(convert)) = self.text {
+            let text = convert(bytes);
+            self.digest.update(text.as_bytes());
+            self.size += text.len();
+            return true;
+        }
+        self.digest.update(bytes);
+        self.size += bytes.len();
+        match self.text {
+            None | Some(Text::Charset(_)) => true,
+            Some(Text::Ascii) => bytes.is_ascii(),
+            Some(Text::Utf8) => utf8_so_far(&mut self.carry, bytes),
+        }
+    }
+
+    /// The size and digest, when the whole was `clean` and no UTF-8 sequence is left cut.
+    fn finish(self, clean: bool) -> Option<SetAside> {
+        (clean && self.carry.is_empty()).then(|| {
+            let d = self.digest.finish();
+            let mut sha256 = [0u8; 32];
+            sha256.copy_from_slice(d.as_ref());
+            SetAside {
+                size: self.size,
+                sha256,
+                kind: Aside::Body,
+            }
+        })
+    }
 }
 
 /// The lines of a base64 body so far, for [`Region`]: blank lines may come before and after
@@ -1086,13 +1294,10 @@ impl Decoder {
             pending: Vec::with_capacity(CHUNK + 1024),
             out: kept.unwrap_or_default(),
             kept_from,
-            digest: ring::digest::Context::new(&ring::digest::SHA256),
             size: 0,
-            shown: 0,
+            shown: Shown::new(text),
             padded: false,
             lines: Layout::default(),
-            text,
-            carry: Vec::new(),
             runs: true,
         }
     }
@@ -1200,21 +1405,9 @@ impl Decoder {
         let at = self.out.len();
         match decode_base64(input, &mut self.out) {
             Some(len) => {
-                let bytes = self.out.get(at..at + len).unwrap_or_default();
                 self.size += len;
-                if let Some(Text::Charset(convert)) = self.text {
-                    let text = convert(bytes);
-                    self.digest.update(text.as_bytes());
-                    self.shown += text.len();
-                    return true;
-                }
-                self.digest.update(bytes);
-                self.shown += len;
-                match self.text {
-                    None | Some(Text::Charset(_)) => true,
-                    Some(Text::Ascii) => bytes.is_ascii(),
-                    Some(Text::Utf8) => utf8_so_far(&mut self.carry, bytes),
-                }
+                self.shown
+                    .take(self.out.get(at..at + len).unwrap_or_default())
             }
             None => false,
         }
@@ -1225,17 +1418,9 @@ impl Decoder {
     /// only when it has a region.
     fn finish(mut self, clean: bool) -> (Option<SetAside>, Option<Region>, Option<Vec<u8>>) {
         let n = self.pending.len();
-        let clean = clean && n.is_multiple_of(4) && self.decode(n) && self.carry.is_empty();
-        let set_aside = clean.then(|| {
-            let d = self.digest.finish();
-            let mut sha256 = [0u8; 32];
-            sha256.copy_from_slice(d.as_ref());
-            SetAside {
-                size: self.shown,
-                sha256,
-                kind: Aside::Body,
-            }
-        });
+        let clean = clean && n.is_multiple_of(4) && self.decode(n);
+        let set_aside = self.shown.finish(clean);
+        let clean = set_aside.is_some();
         let Some(from) = self.kept_from else {
             return (set_aside, None, None);
         };
@@ -1260,11 +1445,28 @@ impl Decoder {
 /// Whether the converter `f` maps each byte on its own, ASCII to itself: then converting a
 /// text a piece at a time gives what converting it whole does, and a marker reads the same.
 /// A converter of sequences (UTF-16, UTF-7, Shift_JIS, GBK, ...) gives otherwise for the 256
-/// bytes in a row than for each byte alone.
+/// bytes in a row, or for some pair that starts with a byte over 0x7F or ESC (where every
+/// multi-byte sequence of those starts), than for each byte alone. Without its optional
+/// tables the parse reads Shift_JIS, GBK and the like as UTF-8, whose `E3 81` is one
+/// replacement character and not two.
 fn byte_by_byte(f: mail_parser::decoders::charsets::DecoderFnc) -> bool {
-    let all: Vec<u8> = (0..=255).collect();
-    let each: String = all.iter().map(|b| f(std::slice::from_ref(b))).collect();
-    f(&all) == each && all.iter().take(0x80).all(|&b| f(&[b]).as_bytes() == [b])
+    let each: Vec<String> = (0..=255u8).map(|b| f(&[b])).collect();
+    let alone = |bytes: &[u8]| -> String {
+        bytes
+            .iter()
+            .filter_map(|&b| each.get(usize::from(b)).map(String::as_str))
+            .collect()
+    };
+    let in_a_row: Vec<u8> = (0..=255).collect();
+    let pairs: Vec<u8> = (0x80..=0xFFu8)
+        .chain([0x1B])
+        .flat_map(|lead| (0..=255u8).flat_map(move |b| [lead, b]))
+        .collect();
+    (0..0x80u8).all(|b| {
+        each.get(usize::from(b))
+            .is_some_and(|s| s.as_bytes() == [b])
+    }) && f(&in_a_row) == alone(&in_a_row)
+        && f(&pairs) == alone(&pairs)
 }
 
 /// Whether `carry` (the start of a UTF-8 sequence the last chunk cut) and then `bytes` are
@@ -1526,6 +1728,32 @@ mod tests {
             let s = of_slice(raw.as_bytes());
             assert!(s.set_aside.is_empty(), "{bad:?}");
             assert_eq!(s.bytes, raw.as_bytes(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_charset_of_one_byte_a_character_is_converted_a_piece_at_a_time() {
+        use mail_parser::decoders::charsets::map::charset_decoder;
+        let taken = |c: &str| charset_decoder(c.as_bytes()).is_some_and(byte_by_byte);
+        for c in [
+            "latin1",
+            "iso-8859-15",
+            "windows-1252",
+            "windows-1251",
+            "koi8-r",
+        ] {
+            assert!(taken(c), "{c}");
+        }
+        // Read as UTF-8 by the parse (`E3 81` is one replacement character), or UTF-16.
+        for c in [
+            "shift_jis",
+            "gb2312",
+            "big5",
+            "euc-kr",
+            "iso-2022-jp",
+            "utf-16",
+        ] {
+            assert!(!taken(c), "{c}");
         }
     }
 
