@@ -366,13 +366,29 @@ enum Body {
 /// attachment's size and digest are those of what it shows.
 #[derive(Debug, Clone, Copy)]
 enum Text {
-    /// No charset, or UTF-8: the bytes must be UTF-8 (then shown as they are).
+    /// Read as UTF-8, each sequence that is not one a replacement character, as
+    /// `String::from_utf8_lossy` reads it: without a charset, in UTF-8, in a charset the
+    /// parse does not know, or in one it reads so without its optional tables (Shift_JIS,
+    /// GBK, Big5, ...). Converted a piece at a time, a sequence a piece cuts carried on.
     Utf8,
-    /// US-ASCII: the bytes must be ASCII.
-    Ascii,
     /// A charset of one byte a character, converted by the parse's own converter, which then
     /// gives the same text a piece at a time as whole (see [`byte_by_byte`]).
     Charset(mail_parser::decoders::charsets::DecoderFnc),
+}
+
+/// How the parse reads a text in `charset` (the Content-Type's parameter as it is): `None`
+/// when the walk cannot convert it a piece at a time as the parse converts it whole (UTF-16,
+/// UTF-7, ...).
+fn text_in(charset: Option<&str>) -> Option<Text> {
+    // What the parse itself looks up.
+    let f =
+        charset.and_then(|c| mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes()));
+    match f {
+        None => Some(Text::Utf8),
+        Some(f) if byte_by_byte(f) => Some(Text::Charset(f)),
+        Some(f) if reads_as_utf8(f) => Some(Text::Utf8),
+        Some(_) => None,
+    }
 }
 
 /// The source with what the walk needs to know of what it has read.
@@ -1004,18 +1020,7 @@ fn body_of(head: &[u8]) -> Body {
     let headers = ct.subtype().is_some_and(|s| {
         s.eq_ignore_ascii_case("rfc822-headers") || s.eq_ignore_ascii_case("global-headers")
     });
-    let text = match ct.attribute("charset").map(str::trim) {
-        None => Some(Text::Utf8),
-        Some(c) if c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("utf8") => {
-            Some(Text::Utf8)
-        }
-        Some(c) if c.eq_ignore_ascii_case("us-ascii") => Some(Text::Ascii),
-        // What the parse itself looks up, for a charset of one byte a character.
-        Some(c) => mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes())
-            .filter(|&f| byte_by_byte(f))
-            .map(Text::Charset),
-    };
-    match text {
+    match text_in(ct.attribute("charset")) {
         _ if headers => Body::Other,
         _ if !attachment && qp => Body::QuotedPrintable,
         _ if !attachment => Body::Text(base64),
@@ -1193,7 +1198,7 @@ struct Shown {
     /// Bytes of what the parse shows: the decoded ones, or the text converted from its
     /// charset.
     size: usize,
-    /// What the decoded bytes must be, for a text attachment.
+    /// How the parse shows the decoded bytes, for a text attachment.
     text: Option<Text>,
     /// The start of a UTF-8 sequence that the last piece cut.
     carry: Vec<u8>,
@@ -1209,26 +1214,44 @@ impl Shown {
         }
     }
 
-    /// Takes the next decoded bytes; false when they are not the text they must be.
+    /// Takes the next decoded bytes. True: the parse shows any bytes (it replaces what it
+    /// cannot read); the callers' own checks say whether a body is clean.
     fn take(&mut self, bytes: &[u8]) -> bool {
-        if let Some(Text::Charset(convert)) = self.text {
-            let text = convert(bytes);
-            self.digest.update(text.as_bytes());
-            self.size += text.len();
-            return true;
-        }
-        self.digest.update(bytes);
-        self.size += bytes.len();
         match self.text {
-            None | Some(Text::Charset(_)) => true,
-            Some(Text::Ascii) => bytes.is_ascii(),
-            Some(Text::Utf8) => utf8_so_far(&mut self.carry, bytes),
+            None => self.shown(bytes),
+            Some(Text::Charset(convert)) => self.shown(convert(bytes).as_bytes()),
+            Some(Text::Utf8) if self.carry.is_empty() => self.utf8(bytes),
+            Some(Text::Utf8) => {
+                let mut joined = std::mem::take(&mut self.carry);
+                joined.extend_from_slice(bytes);
+                self.utf8(&joined)
+            }
         }
     }
 
-    /// The size and digest, when the whole was `clean` and no UTF-8 sequence is left cut.
-    fn finish(self, clean: bool) -> Option<SetAside> {
-        (clean && self.carry.is_empty()).then(|| {
+    fn shown(&mut self, bytes: &[u8]) -> bool {
+        self.digest.update(bytes);
+        self.size += bytes.len();
+        true
+    }
+
+    /// `bytes` read as UTF-8 lossily, but for a sequence they end in the middle of, kept in
+    /// `carry` for the next piece: the same text as the whole read at once.
+    fn utf8(&mut self, bytes: &[u8]) -> bool {
+        let (now, later) = bytes.split_at(bytes.len() - cut_sequence(bytes));
+        self.carry = later.to_vec();
+        match String::from_utf8_lossy(now) {
+            std::borrow::Cow::Borrowed(text) => self.shown(text.as_bytes()),
+            std::borrow::Cow::Owned(text) => self.shown(text.as_bytes()),
+        }
+    }
+
+    /// The size and digest, when the whole was `clean`.
+    fn finish(mut self, clean: bool) -> Option<SetAside> {
+        // A sequence cut by the end of the body: replaced, as the parse replaces it.
+        let cut = std::mem::take(&mut self.carry);
+        self.shown(String::from_utf8_lossy(&cut).as_bytes());
+        clean.then(|| {
             let d = self.digest.finish();
             let mut sha256 = [0u8; 32];
             sha256.copy_from_slice(d.as_ref());
@@ -1469,35 +1492,30 @@ fn byte_by_byte(f: mail_parser::decoders::charsets::DecoderFnc) -> bool {
         && f(&pairs) == alone(&pairs)
 }
 
-/// Whether `carry` (the start of a UTF-8 sequence the last chunk cut) and then `bytes` are
-/// UTF-8 so far; leaves in `carry` the start of a sequence that `bytes` cuts. The whole is
-/// UTF-8 when every chunk passed and `carry` ends empty.
-fn utf8_so_far(carry: &mut Vec<u8>, bytes: &[u8]) -> bool {
-    let mut rest = bytes;
-    if let Some(&first) = carry.first() {
-        let need: usize = match first {
-            0xC0..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            _ => 4,
+/// How many bytes at the end of `bytes` start a UTF-8 sequence that the next bytes may still
+/// complete: the bytes before are read the same whatever comes next (a sequence before them
+/// ends at their first byte, which is no continuation byte), these are not.
+fn cut_sequence(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let tail = bytes.get(bytes.len() - back..).unwrap_or_default();
+        if tail.first().is_some_and(|b| b & 0xC0 == 0x80) {
+            continue;
+        }
+        return match std::str::from_utf8(tail) {
+            Err(e) if e.error_len().is_none() && e.valid_up_to() == 0 => back,
+            _ => 0,
         };
-        let take = need.saturating_sub(carry.len()).min(rest.len());
-        carry.extend_from_slice(rest.get(..take).unwrap_or_default());
-        rest = rest.get(take..).unwrap_or_default();
-        match std::str::from_utf8(carry) {
-            Ok(_) => carry.clear(),
-            // Still cut: a valid start so far.
-            Err(e) if e.error_len().is_none() && rest.is_empty() => return true,
-            Err(_) => return false,
-        }
     }
-    match std::str::from_utf8(rest) {
-        Ok(_) => true,
-        Err(e) if e.error_len().is_some() => false,
-        Err(e) => {
-            carry.extend_from_slice(rest.get(e.valid_up_to()..).unwrap_or_default());
-            true
-        }
-    }
+    0
+}
+
+/// Whether the converter `f` reads bytes as UTF-8 lossily (`String::from_utf8_lossy`), as the
+/// parse does for Shift_JIS, GBK, Big5 and the like without its optional tables.
+fn reads_as_utf8(f: mail_parser::decoders::charsets::DecoderFnc) -> bool {
+    let mut probe: Vec<u8> = (0..=255).collect();
+    probe.extend_from_slice("caf\u{e9} \u{6ce8}\u{6587} \u{1f600}".as_bytes());
+    probe.extend_from_slice(b"\xe3\x81 \xf0\x9f\x98 \xed\xa0\x80 \x82\xa0 \xa4\xa2 \x1b$B");
+    f(&probe) == String::from_utf8_lossy(&probe)
 }
 
 #[cfg(test)]
@@ -1732,33 +1750,44 @@ mod tests {
     }
 
     #[test]
-    fn only_a_charset_of_one_byte_a_character_is_converted_a_piece_at_a_time() {
-        use mail_parser::decoders::charsets::map::charset_decoder;
-        let taken = |c: &str| charset_decoder(c.as_bytes()).is_some_and(byte_by_byte);
-        for c in [
+    fn a_text_is_converted_a_piece_at_a_time_only_as_the_parse_converts_it_whole() {
+        let read = |c: Option<&str>| match text_in(c) {
+            Some(Text::Utf8) => "utf-8",
+            Some(Text::Charset(_)) => "one byte",
+            None => "no",
+        };
+        let one_byte = [
             "latin1",
             "iso-8859-15",
             "windows-1252",
             "windows-1251",
             "koi8-r",
-        ] {
-            assert!(taken(c), "{c}");
+        ];
+        for c in one_byte.into_iter().chain(["us-ascii"]) {
+            assert_eq!(read(Some(c)), "one byte", "{c}");
         }
-        // Read as UTF-8 by the parse (`E3 81` is one replacement character), or UTF-16.
+        // Read as UTF-8 by the parse: without its optional tables (`E3 81` is then one
+        // replacement character, not two), or a charset it does not know.
         for c in [
             "shift_jis",
             "gb2312",
             "big5",
             "euc-kr",
             "iso-2022-jp",
-            "utf-16",
+            "utf-8",
+            "x-unknown",
+            " latin1 ",
         ] {
-            assert!(!taken(c), "{c}");
+            assert_eq!(read(Some(c)), "utf-8", "{c}");
+        }
+        assert_eq!(read(None), "utf-8");
+        for c in ["utf-16", "utf-16le", "utf-7"] {
+            assert_eq!(read(Some(c)), "no", "{c}");
         }
     }
 
     #[test]
-    fn utf8_checked_in_chunks_is_utf8_checked_whole() {
+    fn utf8_read_in_pieces_is_utf8_read_whole() {
         let alphabet: [&[u8]; 8] = [
             b"a",
             b"\xc3\xa9",
@@ -1781,16 +1810,21 @@ mod tests {
             for _ in 0..next(8) {
                 bytes.extend_from_slice(alphabet[next(8) as usize]);
             }
-            let whole = std::str::from_utf8(&bytes).is_ok();
-            let mut carry = Vec::new();
-            let mut ok = true;
+            let whole = String::from_utf8_lossy(&bytes);
+            let mut shown = Shown::new(Some(Text::Utf8));
             let mut at = 0;
-            while at < bytes.len() && ok {
+            while at < bytes.len() {
                 let n = (1 + next(4) as usize).min(bytes.len() - at);
-                ok = utf8_so_far(&mut carry, &bytes[at..at + n]);
+                assert!(shown.take(&bytes[at..at + n]));
                 at += n;
             }
-            assert_eq!(ok && carry.is_empty(), whole, "{bytes:x?}");
+            let part = shown.finish(true).unwrap();
+            assert_eq!(part.size, whole.len(), "{bytes:x?}");
+            assert_eq!(
+                part.sha256,
+                crate::message::sha256(whole.as_bytes()),
+                "{bytes:x?}"
+            );
         }
     }
 
@@ -1816,6 +1850,9 @@ mod tests {
         let attached = "Content-Disposition: attachment; filename=a.csv\r\n";
         let ascii = b"plain ascii\r\n".repeat(99);
         let bad_utf8 = b"caf\xe9\r\n".repeat(99);
+        let bad_utf8_shown = "caf\u{fffd}\r\n".repeat(99);
+        let text_as_cp1252 = mail_parser::decoders::charsets::map::charset_decoder(b"us-ascii")
+            .unwrap()(text.as_bytes());
         let headers = b"From: x@y\r\n".repeat(99);
         // Type, disposition, content, and what the parse shows of it when set aside.
         type Case<'a> = (&'a str, &'a str, &'a [u8], Option<&'a [u8]>);
@@ -1833,11 +1870,12 @@ mod tests {
                 &ascii,
                 Some(&ascii),
             ),
+            // As the parse shows it: US-ASCII read as Windows-1252.
             (
                 "text/plain; charset=us-ascii",
                 attached,
                 text.as_bytes(),
-                None,
+                Some(text_as_cp1252.as_bytes()),
             ),
             (
                 "text/csv; charset=iso-8859-1",
@@ -1851,7 +1889,13 @@ mod tests {
                 &latin1,
                 Some(latin1_shown.as_bytes()),
             ),
-            ("text/csv; charset=utf-8", attached, &bad_utf8, None),
+            // Each byte that is not UTF-8 a replacement character.
+            (
+                "text/csv; charset=utf-8",
+                attached,
+                &bad_utf8,
+                Some(bad_utf8_shown.as_bytes()),
+            ),
             ("text/csv; charset=utf-16le", attached, &utf16, None),
             // The message's own text, and a delivery report's original headers, are parsed.
             ("text/plain; charset=utf-8", "", text.as_bytes(), None),
