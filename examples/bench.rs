@@ -22,9 +22,12 @@
 //! before each run), and prints the machine's CPU too: the database server's work is not in
 //! the client's figures.
 //!
-//! `bench big [SMALL LARGE RUNS MB]` (default 10000 1000 1 50) is the same sync with one more
-//! message of MB megabytes (a base64 attachment) last in the mailbox: its peak RSS shows
-//! whether a huge message is held whole (`max-message-size` is raised to let it in).
+//! `bench big [SMALL LARGE RUNS MB SHAPE]` (default 10000 1000 1 50 zip) is the same sync with
+//! one more message of MB megabytes last in the mailbox: its peak RSS shows whether a huge
+//! message is held whole (`max-message-size` is raised to let it in). SHAPE is its attachment:
+//! `zip` (base64), `log` (an ASCII log attached as it is, 7bit), `csv-qp` (a UTF-8 CSV file
+//! in quoted-printable, as Outlook sends text files) or `latin1` (a Latin-1 log sent 8bit
+//! without a charset).
 //!
 //! `bench workers [MAILBOXES WORKERS]` (default 1000 4): many `watch` workers sharing the
 //! mailboxes of a PostgreSQL store through leases (see `bench/workers.rs`).
@@ -341,6 +344,8 @@ fn main() {
     } else {
         0
     };
+    // What the huge message's attachment is (tests/env/mailgen.py --huge-shape).
+    let shape = args.get(4).map_or("zip", String::as_str);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = mailticket_bin();
 
@@ -358,6 +363,8 @@ fn main() {
             &large.to_string(),
             "--huge",
             &(huge_mb * 1_000_000).to_string(),
+            "--huge-shape",
+            shape,
         ],
     );
 
@@ -447,7 +454,9 @@ fn main() {
         "messages: {count}, {mb:.1} MB as served; {runs} run(s), medians (all runs in brackets)"
     );
     if big {
-        println!("of which one huge message of {huge_mb} MB (last in the mailbox)");
+        println!(
+            "of which one huge message of {huge_mb} MB (last in the mailbox), its attachment: {shape}"
+        );
     }
     println!(
         "raw UID FETCH over TLS: {:>8.0} msg/s {:>7.1} MB/s  {f:.2} s  {floor:.2?}  (wall, under load)",
