@@ -2303,6 +2303,89 @@ pub(crate) mod skeleton_tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Attachments in quoted-printable or in no transfer encoding, of lines clean or
+        /// not, at the top of a message or in a nested multipart: the parses agree whether the
+        /// walk set a body aside or left it.
+        #[test]
+        fn plain_attachments_parse_the_same(
+            crlf in any::<bool>(),
+            nested in any::<bool>(),
+            ct in prop::sample::select(vec![
+                "application/octet-stream",
+                "text/plain; charset=utf-8\nContent-Disposition: attachment",
+                "text/csv\nContent-Disposition: attachment; filename=a.csv",
+                "text/plain; charset=iso-8859-1\nContent-Disposition: attachment",
+                "text/plain; charset=shift_jis\nContent-Disposition: attachment",
+                "text/plain; charset=utf-16\nContent-Disposition: attachment",
+            ]),
+            cte in prop::sample::select(vec![
+                "7bit", "8bit", "binary", "x-unknown", "quoted-printable", "QUOTED-PRINTABLE",
+                " quoted-printable",
+            ]),
+            lines in prop::collection::vec(
+                (
+                    prop::collection::vec(
+                        prop_oneof![
+                            12 => prop::sample::select(vec![
+                                b"Hello".as_slice(), b"caf=C3=A9", b"=3D", b"=20", b" ", b"\t",
+                                b"-", b"--", b"-- ", b"=0D", b"\xc3\xa9", b"\xe9", b"\xe3\x81",
+                                b"\0", b"=FF", b"tail  ",
+                            ]),
+                            1 => prop::sample::select(vec![
+                                b"=".as_slice(), b"=G1", b"--in", b"--outer", b"--in--", b"\r",
+                                b"x--in", b"x--outer y", b"=0D=0A--in",
+                            ]),
+                        ],
+                        0..8,
+                    ),
+                    0u8..20,
+                ),
+                0..12,
+            ),
+        ) {
+            let eol: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+            let mut body = Vec::new();
+            for (tokens, end) in &lines {
+                body.extend(tokens.concat());
+                body.extend_from_slice(match end {
+                    0 => b"=",
+                    1 if crlf => b"\n",
+                    1 => b"\r\n",
+                    2 => b"\r",
+                    _ => b"",
+                });
+                body.extend_from_slice(eol);
+            }
+            let e = String::from_utf8_lossy(eol);
+            let part = format!(
+                "Content-Type: {}{e}Content-Transfer-Encoding: {cte}{e}{e}",
+                ct.replace('\n', &e)
+            );
+            let (open, close) = if nested {
+                (
+                    format!("--outer{e}Content-Type: multipart/mixed; boundary=\"in\"{e}{e}--in{e}"),
+                    format!("--in--{e}--outer--{e}"),
+                )
+            } else {
+                (format!("--outer{e}"), format!("--outer--{e}"))
+            };
+            let mut raw = format!(
+                "From: a@example.com{e}Subject: s{e}Message-ID: <m@x>{e}\
+                 Content-Type: multipart/mixed; boundary=\"outer\"{e}{e}{open}{part}"
+            )
+            .into_bytes();
+            raw.extend(body);
+            raw.extend(close.into_bytes());
+            let (whole, fast) = both(&raw);
+            if let Some(fast) = fast {
+                prop_assert_eq!(fast, whole);
+            }
+        }
+    }
+
     /// The parse of a message with one attachment of type `ct` holding `data`, after checking
     /// that it was set aside and that both parses agree.
     fn set_aside_alone(ct: &str, data: &[u8]) -> ParsedMessage {
