@@ -383,11 +383,30 @@ fn text_in(charset: Option<&str>) -> Option<Text> {
     // What the parse itself looks up.
     let f =
         charset.and_then(|c| mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes()));
-    match f {
-        None => Some(Text::Utf8),
-        Some(f) if byte_by_byte(f) => Some(Text::Charset(f)),
-        Some(f) if reads_as_utf8(f) => Some(Text::Utf8),
-        Some(_) => None,
+    let Some(f) = f else {
+        return Some(Text::Utf8);
+    };
+    // Each converter is tried once a process (a few hundred microseconds), by its address.
+    static TRIED: std::sync::Mutex<Vec<(usize, Option<bool>)>> = std::sync::Mutex::new(Vec::new());
+    let mut tried = TRIED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let one_byte = match tried.iter().find(|t| t.0 == f as usize) {
+        Some(&(_, known)) => known,
+        None => {
+            let known = if byte_by_byte(f) {
+                Some(true)
+            } else {
+                reads_as_utf8(f).then_some(false)
+            };
+            tried.push((f as usize, known));
+            known
+        }
+    };
+    match one_byte {
+        Some(true) => Some(Text::Charset(f)),
+        Some(false) => Some(Text::Utf8),
+        None => None,
     }
 }
 
@@ -1020,10 +1039,17 @@ fn body_of(head: &[u8]) -> Body {
     let headers = ct.subtype().is_some_and(|s| {
         s.eq_ignore_ascii_case("rfc822-headers") || s.eq_ignore_ascii_case("global-headers")
     });
+    if headers {
+        return Body::Other;
+    }
+    if !attachment {
+        return if qp {
+            Body::QuotedPrintable
+        } else {
+            Body::Text(base64)
+        };
+    }
     match text_in(ct.attribute("charset")) {
-        _ if headers => Body::Other,
-        _ if !attachment && qp => Body::QuotedPrintable,
-        _ if !attachment => Body::Text(base64),
         Some(t) if base64 => Body::Base64(Some(t)),
         Some(t) => Body::Plain(plain, Some(t)),
         None => Body::Other,
