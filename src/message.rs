@@ -2052,7 +2052,7 @@ pub(crate) mod skeleton_tests {
                 "garbage line\n",
             ]),
             blank_first in any::<bool>(),
-            with_pdf in any::<bool>(),
+            body in 0u8..4,
         ) {
             let eol = if crlf { "\r\n" } else { "\n" };
             let mut inner = String::new();
@@ -2061,16 +2061,20 @@ pub(crate) mod skeleton_tests {
             }
             inner.push_str(&headers.replace('\n', eol));
             inner.push_str(eol);
-            if with_pdf {
-                // A base64 body inside: what is set aside.
+            // A body inside that is set aside (base64, in no transfer encoding, in
+            // quoted-printable), the lines after it its own when nothing ends it before.
+            let (cte, first) = match body {
+                1 => ("base64", b64(&vec![7u8; filler + 100], 76, eol)),
+                2 => ("7bit", format!("{}{eol}", "y".repeat(filler + 1))),
+                3 => ("quoted-printable", format!("{}=3D{eol}", "y".repeat(filler % 70))),
+                _ => ("", format!("{}{eol}", "y".repeat(filler))),
+            };
+            if !cte.is_empty() {
                 inner.push_str(&format!(
-                    "--in{eol}Content-Type: application/pdf{eol}Content-Transfer-Encoding: base64{eol}{eol}"
+                    "--in{eol}Content-Type: application/pdf{eol}Content-Transfer-Encoding: {cte}{eol}{eol}"
                 ));
-                inner.push_str(&b64(&vec![7u8; filler + 100], 76, eol));
-            } else {
-                inner.push_str(&"y".repeat(filler));
-                inner.push_str(eol);
             }
+            inner.push_str(&first);
             for l in &lines {
                 inner.push_str(l);
                 inner.push_str(eol);

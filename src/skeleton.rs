@@ -879,6 +879,8 @@ impl<L: Lines> Walk<L> {
         let start = self.r.src.position();
         let decoded = match self.inside {
             0 => self.decode_plain(encoding, text)?,
+            // The parse can end an attached message inside such a body where the walk does
+            // not (a property test found it): copied.
             _ => None,
         };
         let Some(Ended {
