@@ -935,13 +935,14 @@ impl<L: Lines> Walk<L> {
             let Some(line) = piece.strip_suffix(b"\n") else {
                 return Ok(None);
             };
+            // The delimiter inside a line, for every encoding (so not again in `QpLines`).
             if inner.find(piece).is_some() {
                 return Ok(None);
             }
             let taken = match encoding {
                 Encoding::QuotedPrintable => {
                     decoded.clear();
-                    lines.take(piece, Some(&inner), &mut decoded).is_some() && shown.take(&decoded)
+                    lines.take(piece, None, &mut decoded).is_some() && shown.take(&decoded)
                 }
                 _ => {
                     let (line, end) = match line.strip_suffix(b"\r") {
@@ -1268,10 +1269,7 @@ impl Shown {
     fn utf8(&mut self, bytes: &[u8]) -> bool {
         let (now, later) = bytes.split_at(bytes.len() - cut_sequence(bytes));
         self.carry = later.to_vec();
-        match String::from_utf8_lossy(now) {
-            std::borrow::Cow::Borrowed(text) => self.shown(text.as_bytes()),
-            std::borrow::Cow::Owned(text) => self.shown(text.as_bytes()),
-        }
+        self.shown(String::from_utf8_lossy(now).as_bytes())
     }
 
     /// The size and digest, when the whole was `clean`.
