@@ -938,3 +938,124 @@ fn rows_of(pg: &Postgres) -> HashMap<String, Option<String>> {
         })
         .collect()
 }
+
+/// How many `mailbox_lease` rows this connection has updated and not yet reported to the
+/// statistics (PostgreSQL's per-transaction counters: compare two readings).
+fn lease_updates(db: &mailticket::store::db::Db) -> i64 {
+    db.query_row(
+        "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'mailbox_lease'",
+        &[],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_transaction_checks_a_mailbox_lease_once_and_the_next_transaction_again() {
+    let pg = with_schema();
+    let a = holder_of_m00(&pg);
+    let mut db = mailticket::store::db::Db::pg(connect(pg.port()));
+    db.set_fence(std::sync::Arc::new(a.fences()));
+    db.begin().unwrap();
+    let before = lease_updates(&db);
+    for _ in 0..3 {
+        db.fenced("m00").unwrap();
+    }
+    // The first check's UPDATE holds the lease row locked to the commit: one is enough.
+    assert_eq!(lease_updates(&db) - before, 1);
+    db.commit().unwrap();
+    db.begin().unwrap();
+    let before = lease_updates(&db);
+    db.fenced("m00").unwrap();
+    db.fenced("m00").unwrap();
+    assert_eq!(
+        lease_updates(&db) - before,
+        1,
+        "a new transaction checks again"
+    );
+    db.commit().unwrap();
+    // A savepoint rolled back unlocks the row its check locked: the next check runs again.
+    db.begin().unwrap();
+    let before = lease_updates(&db);
+    let undone: mailticket::error::Result<()> = db.savepoint(|d| {
+        d.fenced("m00")?;
+        Err(mailticket::error::Error::Internal("undone".into()))
+    });
+    assert!(undone.is_err());
+    db.fenced("m00").unwrap();
+    db.fenced("m00").unwrap();
+    assert_eq!(lease_updates(&db) - before, 2);
+    db.commit().unwrap();
+}
+
+/// A group commit on PostgreSQL has no savepoint per job: a job that fails half-way on the
+/// server (a foreign key it breaks aborts the transaction) loses the group, whose jobs run
+/// again one by one; nothing of the failed job is kept, and the job after it is halted.
+#[test]
+fn a_group_commit_on_postgresql_that_fails_half_way_runs_again_one_by_one() {
+    use mailticket::store::{NewTicket, Store, StoreThread, TicketStatus};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let pg = with_schema();
+    let store = Store::open_pg(&store_config(&pg)).unwrap();
+    let (thread, join) = StoreThread::spawn(store).unwrap();
+    fn ticket(s: &mut Store, subject: &str) -> mailticket::error::Result<i64> {
+        let customer = mailticket::message::Mailbox {
+            name: String::new(),
+            address: "c@example.com".into(),
+        };
+        s.transaction(|tx| {
+            tx.create_ticket(&NewTicket {
+                subject,
+                status: TicketStatus::Open,
+                customer: &customer,
+                mailbox: "m00",
+                now: 1,
+            })
+        })
+    }
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let waiting = thread.submit(move |_| wait.recv());
+    let halt = std::sync::Arc::new(AtomicBool::new(false));
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let a = thread.submit_grouped(halt.clone(), 0, move |s: &mut Store| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        ticket(s, "a")
+    });
+    let half = thread.submit_grouped(halt.clone(), 0, |s: &mut Store| {
+        let customer = mailticket::message::Mailbox::default();
+        s.transaction(|tx| {
+            let t = tx.create_ticket(&NewTicket {
+                subject: "half",
+                status: TicketStatus::Open,
+                customer: &customer,
+                mailbox: "m00",
+                now: 1,
+            })?;
+            tx.add_refs([&"x@example.com".to_owned()], t + 1000)
+        })
+    });
+    let after = thread.submit_grouped(halt, 0, |s: &mut Store| ticket(s, "after"));
+    go.send(()).unwrap();
+    waiting.blocking_recv().unwrap().unwrap();
+    let a = a.blocking_recv().unwrap();
+    let half = half.blocking_recv().unwrap();
+    let after = after.blocking_recv().unwrap();
+    drop(thread);
+    let store = join.join().unwrap();
+    assert!(matches!(a, Ok(Some(_))), "{a:?}");
+    assert!(half.is_err(), "{half:?}");
+    assert!(matches!(after, Ok(None)), "halted: {after:?}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "run in the group, then alone"
+    );
+    let subjects: Vec<String> = store
+        .tickets(None)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.subject)
+        .collect();
+    assert_eq!(subjects, ["a"]);
+}
