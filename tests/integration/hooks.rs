@@ -92,8 +92,10 @@ impl Receiver {
 
     /// Every request it got, in order.
     fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join("requests.jsonl"))
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.dir.join("requests.jsonl")).unwrap_or_default();
+        // The receiver may be writing a line as this reads: only whole lines count.
+        let whole = text.rfind('\n').map_or("", |end| &text[..=end]);
+        whole
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
