@@ -290,7 +290,7 @@ pub struct Pg {
     /// The leases checked in the open transaction (mailbox, worker, token): the check's
     /// `UPDATE` locks the lease row to the end of the transaction, so no other worker can
     /// take the mailbox over before it commits, and a group commit checks each mailbox once
-    /// instead of once per message (one round trip of the nine a message costs).
+    /// instead of once per message (one round trip of the 8-9 a message costs).
     fenced: RefCell<Vec<(String, String, i64)>>,
     /// The leases a message commit must hold (a shared store's workers); `None`: no check
     /// (a command that reads no mailbox: import, ingest, the CLI's edits).
@@ -394,7 +394,7 @@ impl Db {
             return Err(lost("this worker does not hold its lease"));
         };
         let held = |f: &(String, String, i64)| f.0 == mailbox && f.1 == worker && f.2 == token;
-        if pg.fenced.borrow().iter().any(held) {
+        if pg.in_tx.get() && pg.fenced.borrow().iter().any(held) {
             return Ok(());
         }
         if self.execute(crate::lease::FENCE_SQL, params![mailbox, worker, token])? != 1 {
