@@ -993,25 +993,22 @@ fn a_transaction_checks_a_mailbox_lease_once_and_the_next_transaction_again() {
 /// again one by one; nothing of the failed job is kept, and the job after it is halted.
 #[test]
 fn a_group_commit_on_postgresql_that_fails_half_way_runs_again_one_by_one() {
-    use mailticket::store::{NewTicket, Store, StoreThread, TicketStatus};
+    use mailticket::store::{NewTicket, Store, StoreThread, TicketStatus, Tx};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let pg = with_schema();
     let store = Store::open_pg(&store_config(&pg)).unwrap();
     let (thread, join) = StoreThread::spawn(store).unwrap();
-    fn ticket(s: &mut Store, subject: &str) -> mailticket::error::Result<i64> {
-        let customer = mailticket::message::Mailbox {
-            name: String::new(),
-            address: "c@example.com".into(),
-        };
-        s.transaction(|tx| {
-            tx.create_ticket(&NewTicket {
-                subject,
-                status: TicketStatus::Open,
-                customer: &customer,
-                mailbox: "m00",
-                now: 1,
-            })
+    fn create(tx: &Tx<'_>, subject: &str) -> mailticket::error::Result<i64> {
+        tx.create_ticket(&NewTicket {
+            subject,
+            status: TicketStatus::Open,
+            customer: &mailticket::message::Mailbox::default(),
+            mailbox: "m00",
+            now: 1,
         })
+    }
+    fn ticket(s: &mut Store, subject: &str) -> mailticket::error::Result<i64> {
+        s.transaction(|tx| create(tx, subject))
     }
     let (go, wait) = std::sync::mpsc::channel::<()>();
     let waiting = thread.submit(move |_| wait.recv());
@@ -1023,15 +1020,8 @@ fn a_group_commit_on_postgresql_that_fails_half_way_runs_again_one_by_one() {
         ticket(s, "a")
     });
     let half = thread.submit_grouped(halt.clone(), 0, |s: &mut Store| {
-        let customer = mailticket::message::Mailbox::default();
         s.transaction(|tx| {
-            let t = tx.create_ticket(&NewTicket {
-                subject: "half",
-                status: TicketStatus::Open,
-                customer: &customer,
-                mailbox: "m00",
-                now: 1,
-            })?;
+            let t = create(tx, "half")?;
             tx.add_refs([&"x@example.com".to_owned()], t + 1000)
         })
     });
