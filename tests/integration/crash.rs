@@ -170,7 +170,9 @@ fn a_second_session_that_dies_mid_fetch_leaves_its_batch_to_the_first() {
         logins(&dc) == before + 2
     });
     // Its process, as the login line names it (`mpid=`), once it has selected the folder and
-    // fetches (a debug build takes seconds over the batches of 6,060 messages).
+    // fetches (a debug build takes seconds over the batches of 6,060 messages): once it has
+    // written a megabyte, which no answer but a fetch's comes near (a fixed pause after the
+    // login sometimes ended it in its SELECT on a loaded machine).
     let log = std::fs::read_to_string(dc.dir.join("dovecot.log")).unwrap();
     let line = log
         .lines()
@@ -183,7 +185,18 @@ fn a_second_session_that_dies_mid_fetch_leaves_its_batch_to_the_first() {
         .split(',')
         .next()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    let written = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar: ")?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    crate::harness::wait_until(
+        Duration::from_secs(30),
+        "the second session's fetch",
+        || written() > 1 << 20,
+    );
     let killed = std::process::Command::new("kill")
         .args(["-9", pid])
         .status()
