@@ -292,6 +292,10 @@ pub struct Pg {
     /// take the mailbox over before it commits, and a group commit checks each mailbox once
     /// instead of once per message (one round trip of the 8-9 a message costs).
     fenced: RefCell<Vec<(String, String, i64)>>,
+    /// The cursor advances a group commit holds back to its commit (see
+    /// [`Db::hold_advances`]): (mailbox, folder, UIDVALIDITY) and the furthest UID. `None`
+    /// outside a group.
+    held: RefCell<Option<Vec<HeldAdvance>>>,
     /// The leases a message commit must hold (a shared store's workers); `None`: no check
     /// (a command that reads no mailbox: import, ingest, the CLI's edits).
     fence: Option<std::sync::Arc<dyn Fence>>,
@@ -299,6 +303,10 @@ pub struct Pg {
     /// statement outside a transaction runs on it.
     reconnect: Option<Box<dyn Fn() -> Result<postgres::Client> + Send>>,
 }
+
+/// A cursor advance held back to a group's commit: mailbox, folder, UIDVALIDITY and the UID
+/// the cursor moves to.
+pub type HeldAdvance = (String, String, u32, u32);
 
 /// Which worker holds which mailbox, and under which fencing token: asked by every commit
 /// that moves a mailbox's cursor on a shared store.
@@ -322,6 +330,7 @@ impl Db {
             statements: RefCell::new(HashMap::new()),
             in_tx: Flag::new(false),
             fenced: RefCell::new(Vec::new()),
+            held: RefCell::new(None),
             fence: None,
             reconnect: None,
         }))
@@ -406,6 +415,46 @@ impl Db {
                 .push((mailbox.to_owned(), worker, token));
         }
         Ok(())
+    }
+
+    /// From now to the end of the open transaction, each cursor advance is held
+    /// ([`Db::hold_advance`]) and made once per cursor at the commit ([`Db::take_advances`]),
+    /// on PostgreSQL: a round trip a message less in a group commit, which takes no savepoint
+    /// that could undo one of them. SQLite, where a statement costs no round trip, moves each
+    /// cursor as it goes.
+    pub fn hold_advances(&self) {
+        if let Db::Pg(pg) = self
+            && pg.in_tx.get()
+        {
+            *pg.held.borrow_mut() = Some(Vec::new());
+        }
+    }
+
+    /// Holds the advance of cursor (`mailbox`, `folder`, `uidvalidity`) to `to` when advances
+    /// are held ([`Db::hold_advances`]); `false`: make it now.
+    pub fn hold_advance(&self, mailbox: &str, folder: &str, uidvalidity: u32, to: u32) -> bool {
+        let Db::Pg(pg) = self else {
+            return false;
+        };
+        let mut held = pg.held.borrow_mut();
+        let Some(held) = held.as_mut() else {
+            return false;
+        };
+        let same = |h: &&mut HeldAdvance| h.0 == mailbox && h.1 == folder && h.2 == uidvalidity;
+        match held.iter_mut().find(same) {
+            Some(h) => h.3 = h.3.max(to),
+            None => held.push((mailbox.to_owned(), folder.to_owned(), uidvalidity, to)),
+        }
+        true
+    }
+
+    /// The advances held since [`Db::hold_advances`], each cursor's furthest; advances are
+    /// made as they come again.
+    pub fn take_advances(&self) -> Vec<HeldAdvance> {
+        match self {
+            Db::Lite(_) => Vec::new(),
+            Db::Pg(pg) => pg.held.borrow_mut().take().unwrap_or_default(),
+        }
     }
 
     /// The SQLite connection; `None` on PostgreSQL.
@@ -544,6 +593,7 @@ impl Db {
                 pg.run(|c| c.batch_execute("BEGIN"))?;
                 pg.in_tx.set(true);
                 pg.fenced.borrow_mut().clear();
+                pg.held.borrow_mut().take();
                 Ok(())
             }
         }
@@ -569,6 +619,7 @@ impl Db {
                 let r = pg.run(|c| c.batch_execute(sql));
                 pg.in_tx.set(false);
                 pg.fenced.borrow_mut().clear();
+                pg.held.borrow_mut().take();
                 Ok(r?)
             }
         }

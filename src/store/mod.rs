@@ -472,10 +472,23 @@ impl Store {
     pub fn begin_group(&mut self) -> Result<()> {
         if !self.dry_run && !self.grouped {
             self.conn.begin()?;
+            self.conn.hold_advances();
             self.grouped = true;
             self.group_lost = None;
         }
         Ok(())
+    }
+
+    /// Makes the cursor advances the open group held back (see [`Db::hold_advances`]), before
+    /// its commit. One that fails (a cursor gone) loses the group: its jobs run again one by
+    /// one, and only those of that cursor fail.
+    pub fn advance_held(&mut self) {
+        if self.grouped
+            && self.group_lost.is_none()
+            && let Err(e) = tickets::advance_held(&self.conn)
+        {
+            self.group_lost = Some(e.to_string());
+        }
     }
 
     /// Whether the open group can no longer be committed (see [`Store::begin_group`]).
@@ -507,7 +520,8 @@ impl Store {
                 "the group's transaction was rolled back: {cause}"
             )));
         }
-        if let Err(e) = self.conn.commit() {
+        let committed = tickets::advance_held(&self.conn).and_then(|()| self.conn.commit());
+        if let Err(e) = committed {
             let _ = self.conn.rollback();
             return Err(e);
         }

@@ -231,21 +231,31 @@ fn advance(c: &Db, origin: &Origin) -> Result<()> {
         return Ok(());
     };
     c.fenced(&p.mailbox)?;
+    if c.hold_advance(&p.mailbox, &p.folder, p.uidvalidity, p.cursor_to) {
+        return Ok(());
+    }
+    move_cursor(c, (&p.mailbox, &p.folder, p.uidvalidity, p.cursor_to))
+}
+
+/// Makes the cursor advances a group commit held back (see [`Db::hold_advances`]), in its
+/// transaction, before it commits.
+pub(super) fn advance_held(c: &Db) -> Result<()> {
+    for (mailbox, folder, uidvalidity, to) in c.take_advances() {
+        move_cursor(c, (&mailbox, &folder, uidvalidity, to))?;
+    }
+    Ok(())
+}
+
+/// Moves cursor (mailbox, folder, UIDVALIDITY) on to UID `to`, never back.
+fn move_cursor(c: &Db, (mailbox, folder, uidvalidity, to): (&str, &str, u32, u32)) -> Result<()> {
     let n = c.execute(
         "UPDATE cursor SET last_uid = GREATEST(last_uid, ?4), updated_at = ?5
              WHERE mailbox = ?1 AND folder = ?2 AND uidvalidity = ?3",
-        params![
-            p.mailbox,
-            p.folder,
-            p.uidvalidity,
-            p.cursor_to,
-            crate::time::now()
-        ],
+        params![mailbox, folder, uidvalidity, to, crate::time::now()],
     )?;
     if n != 1 {
         return Err(Error::Internal(format!(
-            "no cursor for {}/{} at UIDVALIDITY {}",
-            p.mailbox, p.folder, p.uidvalidity
+            "no cursor for {mailbox}/{folder} at UIDVALIDITY {uidvalidity}"
         )));
     }
     Ok(())

@@ -288,6 +288,7 @@ fn run_group(
             other => leftover = other,
         }
     }
+    stages::time(Stage::Store, || store.advance_held());
     if store.group_lost() {
         let _ = stages::time(Stage::Store, || store.abandon_group());
         for mut job in jobs {

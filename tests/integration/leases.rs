@@ -1049,3 +1049,67 @@ fn a_group_commit_on_postgresql_that_fails_half_way_runs_again_one_by_one() {
         .collect();
     assert_eq!(subjects, ["a"]);
 }
+
+/// A group commit on PostgreSQL holds its cursor advances back to its commit (a round trip
+/// a message less): its own reads see the cursor where it was, the commit moves it to the
+/// furthest UID the group reached, a group rolled back moves nothing, and a write outside
+/// a group moves it at once. A held advance whose cursor is gone loses the group, whose
+/// jobs then run again one by one.
+#[test]
+fn a_group_commit_on_postgresql_moves_each_cursor_at_its_commit_to_the_furthest_uid() {
+    use mailticket::store::{Cursor, ImapPos, Origin, Store};
+    let pg = with_schema();
+    let mut s = Store::open_pg(&store_config(&pg)).unwrap();
+    let at = |uidvalidity: u32, uid: u32| Origin {
+        source: "imap:m00/INBOX".into(),
+        mailbox: "m00".into(),
+        imap: Some(ImapPos {
+            mailbox: "m00".into(),
+            folder: "INBOX".into(),
+            uidvalidity,
+            uid,
+            cursor_to: uid,
+        }),
+        graph: None,
+    };
+    let start = Cursor {
+        uidvalidity: 7,
+        last_uid: 0,
+        backlog_until: 0,
+        done_uid: 0,
+    };
+    s.reset_cursor("m00", "INBOX", start).unwrap();
+    let last = |s: &Store| s.cursor("m00", "INBOX").unwrap().unwrap().last_uid;
+    let advance = |s: &mut Store, o: &Origin| s.transaction(|tx| tx.advance(o)).unwrap();
+
+    s.begin_group().unwrap();
+    for uid in [10, 20, 15] {
+        advance(&mut s, &at(7, uid));
+    }
+    assert_eq!(last(&s), 0, "held back to the commit");
+    s.advance_held();
+    assert!(!s.group_lost());
+    s.end_group().unwrap();
+    assert_eq!(last(&s), 20);
+
+    s.begin_group().unwrap();
+    advance(&mut s, &at(7, 30));
+    s.abandon_group().unwrap();
+    assert_eq!(last(&s), 20, "a group rolled back moves nothing");
+    advance(&mut s, &at(7, 25));
+    assert_eq!(last(&s), 25, "outside a group, at once");
+
+    // No cursor at UIDVALIDITY 8: the group is lost when its advances are made.
+    s.begin_group().unwrap();
+    advance(&mut s, &at(7, 40));
+    advance(&mut s, &at(8, 41));
+    s.advance_held();
+    assert!(s.group_lost());
+    s.abandon_group().unwrap();
+    assert_eq!(last(&s), 25);
+    // The next group holds nothing of the lost one.
+    s.begin_group().unwrap();
+    advance(&mut s, &at(7, 26));
+    s.end_group().unwrap();
+    assert_eq!(last(&s), 26);
+}
