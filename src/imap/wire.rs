@@ -20,7 +20,16 @@ use crate::error::{Error, Result};
 pub struct Conn {
     stream: Stream,
     watch: Watch,
+    /// What was written since the last flush. async-imap writes a command in four pieces
+    /// (tag, space, command, line end) and then flushes: held here, the command goes out
+    /// whole, in one TLS record and one TCP segment, instead of four of each, each waking
+    /// the server.
+    out: Vec<u8>,
 }
+
+/// Writes wait in [`Conn`] for the flush up to this many bytes; a larger one (a message
+/// given to APPEND) goes out as it comes.
+const OUT_HELD: usize = 16 * 1024;
 
 #[derive(Debug)]
 enum Stream {
@@ -112,6 +121,7 @@ impl Conn {
         Conn {
             stream: Stream::Plain(tcp),
             watch: Watch::default(),
+            out: Vec::new(),
         }
     }
 
@@ -119,11 +129,14 @@ impl Conn {
         Conn {
             stream: Stream::Tls(Box::new(tls)),
             watch: Watch::default(),
+            out: Vec::new(),
         }
     }
 
     /// The TCP stream of a connection that is not (yet) TLS, for STARTTLS.
     pub(super) fn into_plain(self) -> Option<TcpStream> {
+        // STARTTLS was flushed before its answer came: nothing waits to go out.
+        debug_assert!(self.out.is_empty());
         match self.stream {
             Stream::Plain(tcp) => Some(tcp),
             Stream::Tls(_) => None,
@@ -168,14 +181,10 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = match &mut this.stream {
+impl Conn {
+    /// Writes `buf` to the stream (some of it: the count).
+    fn poll_send(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = match &mut self.stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         };
@@ -186,19 +195,55 @@ impl AsyncWrite for Conn {
                 e.kind(),
                 K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted
             ) {
-                this.watch.eof();
+                self.watch.eof();
             }
         }
         r
     }
+
+    /// Writes out what waits in [`Conn::out`].
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            let r = self.poll_send(cx, &out);
+            self.out = out;
+            match std::task::ready!(r)? {
+                0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                n => drop(self.out.drain(..n)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.out.len() + buf.len() > OUT_HELD {
+            std::task::ready!(this.poll_send_held(cx))?;
+            if buf.len() > OUT_HELD {
+                return this.poll_send(cx, buf);
+            }
+        }
+        this.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_send_held(cx))?;
+        match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_send_held(cx))?;
+        match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
@@ -369,6 +414,39 @@ mod tests {
             "(the server gave no reason)"
         );
         assert_eq!(server_text("plain words"), "plain words");
+    }
+
+    /// What is written waits for the flush and then goes out whole, in order, a write
+    /// larger than what is held included.
+    #[tokio::test]
+    async fn writes_wait_for_the_flush_and_go_out_whole_in_order() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let mut conn = Conn::plain(tcp);
+        for piece in [&b"A1"[..], b" ", b"NOOP", b"\r\n"] {
+            conn.write_all(piece).await.unwrap();
+        }
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(100), peer.read(&mut buf)).await;
+        assert!(early.is_err(), "sent before the flush: {early:?}");
+        conn.flush().await.unwrap();
+        let mut got = vec![0u8; 9];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"A1 NOOP\r\n");
+        let big = vec![b'x'; OUT_HELD + 1];
+        conn.write_all(b"A2 ").await.unwrap();
+        conn.write_all(&big).await.unwrap();
+        conn.write_all(b"\r\n").await.unwrap();
+        conn.flush().await.unwrap();
+        let mut got = vec![0u8; 3 + big.len() + 2];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..3], b"A2 ");
+        assert_eq!(&got[3..3 + big.len()], &big[..]);
+        assert_eq!(&got[3 + big.len()..], b"\r\n");
     }
 
     #[test]
