@@ -2050,6 +2050,9 @@ pub(crate) mod skeleton_tests {
                 "Content-Type: multipart/mixed; boundary=in\n",
                 "",
                 "garbage line\n",
+                // An attached message that is itself an attachment's body.
+                "Content-Type: application/pdf\nContent-Transfer-Encoding: 7bit\n",
+                "Content-Type: text/csv; charset=utf-8\nContent-Disposition: attachment\nContent-Transfer-Encoding: quoted-printable\n",
             ]),
             blank_first in any::<bool>(),
             body in 0u8..4,
@@ -2585,6 +2588,53 @@ pub(crate) mod skeleton_tests {
             let (whole, fast) = both(raw.as_bytes());
             if let Some(fast) = fast {
                 assert_eq!(fast, whole, "{odd:?}");
+            }
+        }
+    }
+
+    /// A forwarded message whose attachment is a log or a CSV file in no transfer encoding
+    /// or in quoted-printable: set aside like a base64 one, and the parse says the same. One
+    /// with `--` in it stays copied (the parse of the original could end the attached
+    /// message inside it), and still parses the same.
+    #[test]
+    fn a_plain_attachment_in_an_attached_message_is_set_aside_without_dashes() {
+        let log = "2026-12-01 10:00:00 ERROR printer 3: paper jam, retry\n".repeat(2000);
+        let csv = "7,Caf=C3=A9 na=C3=AFve =E2=80=93 x,42.00\n".repeat(2000);
+        for eol in ["\r\n", "\n"] {
+            for (ct, cte, body, dashes) in [
+                ("text/plain; charset=utf-8", "7bit", log.clone(), false),
+                ("application/octet-stream", "8bit", log.clone(), false),
+                (
+                    "text/csv; charset=utf-8",
+                    "quoted-printable",
+                    csv.clone(),
+                    false,
+                ),
+                ("text/plain", "7bit", log.replace(", ", " -- "), true),
+            ] {
+                let inner = format!(
+                    "From: c@example.org\nSubject: the original\nMessage-ID: <orig@example.org>\n\
+                     Content-Type: multipart/mixed; boundary=in\n\n\
+                     --in\nContent-Type: text/plain\n\nsee attached\n\
+                     --in\nContent-Type: {ct}\nContent-Disposition: attachment; filename=a\n\
+                     Content-Transfer-Encoding: {cte}\n\n{body}--in--\n"
+                )
+                .replace('\n', eol);
+                let raw = forwarded(eol, &inner);
+                let sk = skeleton::of_slice(raw.as_bytes());
+                let small = sk.bytes.len() < 2000;
+                assert_eq!(small, !dashes, "{cte} {eol:?}: {} bytes", sk.bytes.len());
+                let (whole, fast) = both(raw.as_bytes());
+                // With nothing set aside, the whole message is parsed.
+                let expected = (!dashes).then_some(whole.as_str());
+                assert_eq!(fast.as_deref(), expected, "{cte} {eol:?}");
+                let p = both_ways(raw.as_bytes());
+                assert_eq!(p.attachments[0].content_type, "message/rfc822");
+                let inner = raw.split_once("fw.eml").unwrap().1;
+                let inner = inner.split_once(&format!("{eol}{eol}")).unwrap().1;
+                let inner = inner.rsplit_once(&format!("{eol}--")).unwrap().0;
+                assert_eq!(p.attachments[0].size, inner.len(), "{cte} {eol:?}");
+                assert_eq!(p.attachments[0].sha256, sha256(inner.as_bytes()));
             }
         }
     }

@@ -869,7 +869,7 @@ impl<L: Lines> Walk<L> {
     /// as plain text, a binary file sent `8bit`): decoded as the parse decodes it, hashed,
     /// and a marker line in its place, in the same encoding. Copied as it is when the walk
     /// cannot be sure to read it as the parse does (see [`Walk::decode_plain`]), in an
-    /// attached message, or empty.
+    /// attached message when it has `--` anywhere, or empty.
     fn set_aside_plain(
         &mut self,
         eol: &[u8],
@@ -877,12 +877,11 @@ impl<L: Lines> Walk<L> {
         text: Option<Text>,
     ) -> io::Result<End> {
         let start = self.r.src.position();
-        let decoded = match self.inside {
-            0 => self.decode_plain(encoding, text)?,
-            // The parse can end an attached message inside such a body where the walk does
-            // not (a property test found it): copied.
-            _ => None,
-        };
+        // In an attached message, only a body without `--` anywhere: the parse of the
+        // original can end the attached message inside one that has them, where the parse of
+        // the skeleton, without them, does not (a property test found it). A body without
+        // them is, for the boundaries, like a base64 one.
+        let decoded = self.decode_plain(encoding, text, self.inside > 0)?;
         let Some(Ended {
             part,
             end,
@@ -894,7 +893,12 @@ impl<L: Lines> Walk<L> {
             return self.copy_body();
         };
         let index = self.skeleton.set_aside.len();
-        self.skeleton.set_aside.push(part);
+        let kind = if self.inside > 0 {
+            Aside::Inner
+        } else {
+            Aside::Body
+        };
+        self.skeleton.set_aside.push(SetAside { kind, ..part });
         let marker = self.skeleton.marker(index, encoding);
         let bytes = &mut self.skeleton.bytes;
         bytes.extend_from_slice(&marker);
@@ -909,12 +913,13 @@ impl<L: Lines> Walk<L> {
     /// first `--` and boundary of the innermost multipart anywhere, and drops the line end
     /// before it; so only a body ended by that multipart's delimiter, with every line
     /// shorter than a piece and no `--` and boundary inside a line, is taken (and a
-    /// quoted-printable one as [`Walk::decode_qp`] takes a text). `None` otherwise: the
-    /// caller rewinds.
+    /// quoted-printable one as [`Walk::decode_qp`] takes a text); with `no_dashes`, only a
+    /// body without `--` anywhere. `None` otherwise: the caller rewinds.
     fn decode_plain(
         &mut self,
         encoding: Encoding,
         text: Option<Text>,
+        no_dashes: bool,
     ) -> io::Result<Option<Ended>> {
         let Some(delimiter) = self.bounds.last().map(|b| [b"--".as_slice(), b].concat()) else {
             return Ok(None);
@@ -936,7 +941,9 @@ impl<L: Lines> Walk<L> {
                 return Ok(None);
             };
             // The delimiter inside a line, for every encoding (so not again in `QpLines`).
-            if inner.find(piece).is_some() {
+            if inner.find(piece).is_some()
+                || (no_dashes && memchr::memmem::find(piece, b"--").is_some())
+            {
                 return Ok(None);
             }
             let taken = match encoding {
