@@ -2639,6 +2639,46 @@ pub(crate) mod skeleton_tests {
         }
     }
 
+    /// A text attachment in UTF-16 (Windows' "Unicode" exports) in base64, in either byte
+    /// order, with a byte order mark or without: set aside, its marker in the text's byte
+    /// order, and the parse of the skeleton says what the parse of the whole message says.
+    #[test]
+    fn a_utf16_text_attachment_is_set_aside_and_parses_the_same() {
+        let text = "id;name\r\n7;Caf\u{e9} \u{6ce8} \u{1f600}\r\n".repeat(500);
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for (charset, data) in [
+            ("utf-16le", le.clone()),
+            ("utf-16be", be.clone()),
+            ("utf-16", [[0xFF, 0xFE].as_slice(), &le].concat()),
+            ("utf-16", [[0xFE, 0xFF].as_slice(), &be].concat()),
+            ("unicode", le.clone()),
+            ("utf-16le", [[0xFF, 0xFE].as_slice(), &le, &[0x3D]].concat()),
+        ] {
+            let ct = format!(
+                "text/csv; charset={charset}\r\nContent-Disposition: attachment; filename=a.csv"
+            );
+            let raw = message(
+                "\r\n",
+                &[(ct, "base64".into(), b64(&data, 76, "\r\n"))],
+                true,
+            );
+            let sk = skeleton::of_slice(raw.as_bytes());
+            assert_eq!(sk.set_aside.len(), 1, "{charset}");
+            let (whole, fast) = both(raw.as_bytes());
+            assert_eq!(fast.as_deref(), Some(whole.as_str()), "{charset}");
+            let shown = mail_parser::decoders::charsets::map::charset_decoder(charset.as_bytes())
+                .unwrap()(&data);
+            let p = both_ways(raw.as_bytes());
+            assert_eq!(p.attachments[0].size, shown.len(), "{charset}");
+            assert_eq!(
+                p.attachments[0].sha256,
+                sha256(shown.as_bytes()),
+                "{charset}"
+            );
+        }
+    }
+
     #[test]
     fn a_text_attachment_is_set_aside_and_parses_the_same() {
         let csv = "id;name\r\n7;Caf\u{e9}\r\n".repeat(3000);

@@ -161,9 +161,19 @@ impl Skeleton {
     }
 
     /// The marker line of body `index` (without its line end), in the body's transfer
-    /// encoding.
-    fn marker(&self, index: usize, encoding: Encoding) -> Vec<u8> {
-        let m = self.marker_bytes(index);
+    /// encoding, and for a text in UTF-16 in its byte order: the parse shows the marker.
+    fn marker(&self, index: usize, encoding: Encoding, text: Option<Text>) -> Vec<u8> {
+        let mut m = self.marker_bytes(index);
+        if let Some(Text::Utf16(order)) = text {
+            // ASCII: one unit a byte (without a byte order mark, UTF-16 is little-endian).
+            m = m
+                .into_iter()
+                .flat_map(|b| match order {
+                    Order::Be => [0, b],
+                    Order::Le | Order::Mark => [b, 0],
+                })
+                .collect();
+        }
         match encoding {
             Encoding::Base64 => base64::engine::general_purpose::STANDARD
                 .encode(m)
@@ -374,11 +384,24 @@ enum Text {
     /// A charset of one byte a character, converted by the parse's own converter, which then
     /// gives the same text a piece at a time as whole (see [`byte_by_byte`]).
     Charset(mail_parser::decoders::charsets::DecoderFnc),
+    /// UTF-16 (Windows' "Unicode" exports), read as the parse's own converter reads it (see
+    /// [`utf16_of`]): in units of two bytes in this order, each unit that is no part of a
+    /// surrogate pair a replacement character, an odd last byte dropped.
+    Utf16(Order),
+}
+
+/// The byte order of a UTF-16 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Le,
+    Be,
+    /// By its byte order mark, which is dropped; little-endian without one.
+    Mark,
 }
 
 /// How the parse reads a text in `charset` (the Content-Type's parameter as it is): `None`
-/// when the walk cannot convert it a piece at a time as the parse converts it whole (UTF-16,
-/// UTF-7, ...).
+/// when the walk cannot convert it a piece at a time as the parse converts it whole (UTF-7,
+/// ...).
 fn text_in(charset: Option<&str>) -> Option<Text> {
     // What the parse itself looks up.
     let f =
@@ -387,27 +410,22 @@ fn text_in(charset: Option<&str>) -> Option<Text> {
         return Some(Text::Utf8);
     };
     // Each converter is tried once a process (a few hundred microseconds), by its address.
-    static TRIED: std::sync::Mutex<Vec<(usize, Option<bool>)>> = std::sync::Mutex::new(Vec::new());
+    static TRIED: std::sync::Mutex<Vec<(usize, Option<Text>)>> = std::sync::Mutex::new(Vec::new());
     let mut tried = TRIED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let one_byte = match tried.iter().find(|t| t.0 == f as usize) {
-        Some(&(_, known)) => known,
-        None => {
-            let known = if byte_by_byte(f) {
-                Some(true)
-            } else {
-                reads_as_utf8(f).then_some(false)
-            };
-            tried.push((f as usize, known));
-            known
-        }
-    };
-    match one_byte {
-        Some(true) => Some(Text::Charset(f)),
-        Some(false) => Some(Text::Utf8),
-        None => None,
+    if let Some(&(_, known)) = tried.iter().find(|t| t.0 == f as usize) {
+        return known;
     }
+    let known = if byte_by_byte(f) {
+        Some(Text::Charset(f))
+    } else if reads_as_utf8(f) {
+        Some(Text::Utf8)
+    } else {
+        utf16_of(f).map(Text::Utf16)
+    };
+    tried.push((f as usize, known));
+    known
 }
 
 /// The source with what the walk needs to know of what it has read.
@@ -854,7 +872,7 @@ impl<L: Lines> Walk<L> {
             Aside::Body
         };
         self.skeleton.set_aside.push(SetAside { kind, ..part });
-        let marker = self.skeleton.marker(index, Encoding::Base64);
+        let marker = self.skeleton.marker(index, Encoding::Base64, text);
         let bytes = &mut self.skeleton.bytes;
         bytes.extend_from_slice(&marker);
         bytes.extend_from_slice(eol);
@@ -899,7 +917,7 @@ impl<L: Lines> Walk<L> {
             Aside::Body
         };
         self.skeleton.set_aside.push(SetAside { kind, ..part });
-        let marker = self.skeleton.marker(index, encoding);
+        let marker = self.skeleton.marker(index, encoding, text);
         let bytes = &mut self.skeleton.bytes;
         bytes.extend_from_slice(&marker);
         bytes.extend_from_slice(eol);
@@ -1238,6 +1256,83 @@ struct Shown {
     text: Option<Text>,
     /// The start of a UTF-8 sequence that the last piece cut.
     carry: Vec<u8>,
+    /// Where a UTF-16 text stands between two pieces.
+    utf16: Utf16Text,
+}
+
+/// A UTF-16 text read a piece at a time.
+#[derive(Default)]
+struct Utf16Text {
+    /// The byte order once known (by the first unit, for [`Order::Mark`]).
+    big: Option<bool>,
+    /// The first byte of a unit the last piece cut.
+    odd: Option<u8>,
+    /// A leading surrogate waiting for the unit after it.
+    lead: Option<u16>,
+}
+
+impl Utf16Text {
+    /// The text of the units in `bytes`, after those of the pieces before, as
+    /// `char::decode_utf16` reads the whole (`order` says how).
+    fn read(&mut self, order: Order, mut bytes: &[u8], out: &mut String) {
+        if let Some(first) = self.odd.take() {
+            let Some((&second, rest)) = bytes.split_first() else {
+                self.odd = Some(first);
+                return;
+            };
+            self.unit(order, [first, second], out);
+            bytes = rest;
+        }
+        let (units, rest) = bytes.as_chunks::<2>();
+        for &u in units {
+            self.unit(order, u, out);
+        }
+        self.odd = rest.first().copied();
+    }
+
+    fn unit(&mut self, order: Order, u: [u8; 2], out: &mut String) {
+        let big = match (self.big, order) {
+            (Some(big), _) => big,
+            (None, Order::Le) => *self.big.insert(false),
+            (None, Order::Be) => *self.big.insert(true),
+            (None, Order::Mark) => {
+                let big = u == [0xFE, 0xFF];
+                self.big = Some(big);
+                if big || u == [0xFF, 0xFE] {
+                    return;
+                }
+                big
+            }
+        };
+        let u = if big {
+            u16::from_be_bytes(u)
+        } else {
+            u16::from_le_bytes(u)
+        };
+        let trailing = (0xDC00..=0xDFFF).contains(&u);
+        if let Some(lead) = self.lead.take() {
+            if trailing {
+                let c = 0x10000 + ((u32::from(lead) - 0xD800) << 10) + (u32::from(u) - 0xDC00);
+                out.push(char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER));
+                return;
+            }
+            out.push(char::REPLACEMENT_CHARACTER);
+        }
+        if (0xD800..=0xDBFF).contains(&u) {
+            self.lead = Some(u);
+        } else {
+            out.push(char::from_u32(u32::from(u)).unwrap_or(char::REPLACEMENT_CHARACTER));
+        }
+    }
+
+    /// What is left at the end: a leading surrogate alone is a replacement character; an
+    /// odd byte is dropped.
+    fn finish(&mut self, out: &mut String) {
+        if self.lead.take().is_some() {
+            out.push(char::REPLACEMENT_CHARACTER);
+        }
+        self.odd = None;
+    }
 }
 
 impl Shown {
@@ -1247,6 +1342,7 @@ impl Shown {
             size: 0,
             text,
             carry: Vec::new(),
+            utf16: Utf16Text::default(),
         }
     }
 
@@ -1256,6 +1352,11 @@ impl Shown {
         match self.text {
             None => self.shown(bytes),
             Some(Text::Charset(convert)) => self.shown(convert(bytes).as_bytes()),
+            Some(Text::Utf16(order)) => {
+                let mut text = String::with_capacity(bytes.len() / 2 * 3);
+                self.utf16.read(order, bytes, &mut text);
+                self.shown(text.as_bytes())
+            }
             Some(Text::Utf8) if self.carry.is_empty() => self.utf8(bytes),
             Some(Text::Utf8) => {
                 let mut joined = std::mem::take(&mut self.carry);
@@ -1284,6 +1385,9 @@ impl Shown {
         // A sequence cut by the end of the body: replaced, as the parse replaces it.
         let cut = std::mem::take(&mut self.carry);
         self.shown(String::from_utf8_lossy(&cut).as_bytes());
+        let mut rest = String::new();
+        self.utf16.finish(&mut rest);
+        self.shown(rest.as_bytes());
         clean.then(|| {
             let d = self.digest.finish();
             let mut sha256 = [0u8; 32];
@@ -1544,6 +1648,44 @@ fn cut_sequence(bytes: &[u8]) -> usize {
 
 /// Whether the converter `f` reads bytes as UTF-8 lossily (`String::from_utf8_lossy`), as the
 /// parse does for Shift_JIS, GBK, Big5 and the like without its optional tables.
+/// Whether `f` reads UTF-16 as [`Utf16Text`] does, and in which byte order: tried on units
+/// in either order, with and without a byte order mark, a surrogate pair, surrogates
+/// alone, and an odd last byte.
+fn utf16_of(f: mail_parser::decoders::charsets::DecoderFnc) -> Option<Order> {
+    let text = "A\u{e9}\u{6ce8}\u{1f600}\u{feff}z";
+    let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let odd = [0x3D, 0xD8, b'x', 0x00, 0x00, 0xDC, 0x3D, 0xD8, b'y'];
+    let probes: Vec<Vec<u8>> = [
+        &le[..],
+        &be[..],
+        &[[0xFF, 0xFE].as_slice(), &le].concat(),
+        &[[0xFE, 0xFF].as_slice(), &be].concat(),
+        &odd[..],
+        &[0xFE, 0xFF, 0x00][..],
+        &[0x41][..],
+    ]
+    .iter()
+    .map(|p| p.to_vec())
+    .collect();
+    [Order::Le, Order::Be, Order::Mark]
+        .into_iter()
+        .find(|&order| {
+            probes.iter().all(|p| {
+                let whole = f(p);
+                // Read in pieces of one byte, of three, and whole: the same text.
+                [1, 3, p.len().max(1)].into_iter().all(|n| {
+                    let (mut ours, mut u) = (String::new(), Utf16Text::default());
+                    for piece in p.chunks(n) {
+                        u.read(order, piece, &mut ours);
+                    }
+                    u.finish(&mut ours);
+                    whole == ours
+                })
+            })
+        })
+}
+
 fn reads_as_utf8(f: mail_parser::decoders::charsets::DecoderFnc) -> bool {
     let mut probe: Vec<u8> = (0..=255).collect();
     probe.extend_from_slice("caf\u{e9} \u{6ce8}\u{6587} \u{1f600}".as_bytes());
@@ -1787,6 +1929,9 @@ mod tests {
         let read = |c: Option<&str>| match text_in(c) {
             Some(Text::Utf8) => "utf-8",
             Some(Text::Charset(_)) => "one byte",
+            Some(Text::Utf16(Order::Le)) => "utf-16le",
+            Some(Text::Utf16(Order::Be)) => "utf-16be",
+            Some(Text::Utf16(Order::Mark)) => "utf-16",
             None => "no",
         };
         let one_byte = [
@@ -1814,8 +1959,65 @@ mod tests {
             assert_eq!(read(Some(c)), "utf-8", "{c}");
         }
         assert_eq!(read(None), "utf-8");
-        for c in ["utf-16", "utf-16le", "utf-7"] {
-            assert_eq!(read(Some(c)), "no", "{c}");
+        for (c, read_as) in [
+            ("utf-16", "utf-16"),
+            ("unicode", "utf-16"),
+            ("UTF-16LE", "utf-16le"),
+            ("utf-16be", "utf-16be"),
+            ("utf-7", "no"),
+        ] {
+            assert_eq!(read(Some(c)), read_as, "{c}");
+        }
+    }
+
+    #[test]
+    fn utf16_read_in_pieces_is_utf16_read_whole_by_the_parse() {
+        // Units that make pairs, surrogates alone, byte order marks of either order.
+        let alphabet: [&[u8]; 9] = [
+            b"A\x00",
+            b"\x00A",
+            b"\xe9\x00",
+            b"\x3d\xd8",
+            b"\x00\xde",
+            b"\xd8\x3d",
+            b"\xff\xfe",
+            b"\xfe\xff",
+            b"\x41",
+        ];
+        let mut seed = 11u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for charset in ["utf-16", "utf-16le", "utf-16be"] {
+            let Some(Text::Utf16(order)) = text_in(Some(charset)) else {
+                panic!("{charset} is read as UTF-16");
+            };
+            let parse =
+                mail_parser::decoders::charsets::map::charset_decoder(charset.as_bytes()).unwrap();
+            for _ in 0..20_000 {
+                let mut bytes = Vec::new();
+                for _ in 0..next(10) {
+                    bytes.extend_from_slice(alphabet[next(9) as usize]);
+                }
+                let whole = parse(&bytes);
+                let mut shown = Shown::new(Some(Text::Utf16(order)));
+                let mut at = 0;
+                while at < bytes.len() {
+                    let n = (1 + next(4) as usize).min(bytes.len() - at);
+                    assert!(shown.take(&bytes[at..at + n]));
+                    at += n;
+                }
+                let part = shown.finish(true).unwrap();
+                assert_eq!(part.size, whole.len(), "{charset} {bytes:x?}");
+                assert_eq!(
+                    part.sha256,
+                    crate::message::sha256(whole.as_bytes()),
+                    "{charset} {bytes:x?}"
+                );
+            }
         }
     }
 
@@ -1871,6 +2073,7 @@ mod tests {
             .encode_utf16()
             .flat_map(u16::to_le_bytes)
             .collect();
+        let utf16_shown = "caf\u{e9}\r\n".repeat(99);
         let attach = |ct: &str, disposition: &str, data: &[u8]| {
             format!(
                 "From: a@example.com\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
@@ -1889,7 +2092,7 @@ mod tests {
         let headers = b"From: x@y\r\n".repeat(99);
         // Type, disposition, content, and what the parse shows of it when set aside.
         type Case<'a> = (&'a str, &'a str, &'a [u8], Option<&'a [u8]>);
-        let cases: [Case<'_>; 10] = [
+        let cases: [Case<'_>; 11] = [
             (
                 "text/csv; charset=utf-8",
                 attached,
@@ -1929,7 +2132,14 @@ mod tests {
                 &bad_utf8,
                 Some(bad_utf8_shown.as_bytes()),
             ),
-            ("text/csv; charset=utf-16le", attached, &utf16, None),
+            // UTF-16 (Windows' "Unicode" exports), read as the parse reads it.
+            (
+                "text/csv; charset=utf-16le",
+                attached,
+                &utf16,
+                Some(utf16_shown.as_bytes()),
+            ),
+            ("text/csv; charset=utf-7", attached, &utf16, None),
             // The message's own text, and a delivery report's original headers, are parsed.
             ("text/plain; charset=utf-8", "", text.as_bytes(), None),
             ("text/rfc822-headers", attached, &headers, None),
