@@ -21,9 +21,24 @@ pub fn completions(a: &CompletionsArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Writes the man page (roff, section 1) on stdout; its SUBCOMMANDS section lists every
-/// command, and `mailticket help COMMAND` shows one command's options.
-pub fn man() -> anyhow::Result<u8> {
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Write a page for every command into this folder instead (mailticket.1,
+    /// mailticket-sync.1, mailticket-outbox-send.1, ...), for `man mailticket-sync`
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// Writes the man page (roff, section 1) on stdout: its SUBCOMMANDS section lists every
+/// command. With `--dir`, a page per command, its own options in it, into that folder.
+pub fn man(a: &ManArgs) -> anyhow::Result<u8> {
+    if let Some(dir) = &a.dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        clap_mangen::generate_to(Args::command(), dir)
+            .map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()))?;
+        return Ok(0);
+    }
     let mut out = Vec::new();
     clap_mangen::Man::new(Args::command()).render(&mut out)?;
     std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;

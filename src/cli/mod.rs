@@ -129,8 +129,8 @@ pub enum Command {
     OAuth2(oauth2::OAuth2Args),
     /// Write shell completions (bash, zsh, fish, elvish, powershell) on stdout
     Completions(completions::CompletionsArgs),
-    /// Write the man page (roff) on stdout
-    Man,
+    /// Write the man page (roff) on stdout, or with --dir one page per command
+    Man(completions::ManArgs),
 }
 
 impl Command {
@@ -383,8 +383,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if let Command::Completions(a) = &args.command {
         return completions::completions(a);
     }
-    if let Command::Man = &args.command {
-        return completions::man();
+    if let Command::Man(a) = &args.command {
+        return completions::man(a);
     }
     let ctx = match Ctx::load(&args) {
         Ok(ctx) => ctx,
@@ -408,7 +408,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Command::Init { .. }
         | Command::Doctor(_)
         | Command::Completions(_)
-        | Command::Man
+        | Command::Man(_)
         | Command::Watch(_) => Ok(0),
         Command::Sync(a) => sync::run(&ctx, &a),
         Command::Import(a) => import::run_import(&ctx, &a),

@@ -43,6 +43,35 @@ fn the_man_page_is_roff_and_lists_the_commands() {
     }
 }
 
+/// `man --dir` writes a page per command, each with its own options, for `man
+/// mailticket-sync`; the folder is created.
+#[test]
+fn man_dir_writes_a_page_per_command_with_its_options() {
+    let wd = Workdir::new();
+    let dir = wd.path("share/man/man1");
+    let mut cmd = mailticket_cmd(&wd.dir);
+    cmd.arg("man").arg("--dir").arg(&dir);
+    run(cmd, None).success();
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert!(page("mailticket.1").contains(".TH mailticket 1"));
+    // Each page has its command's own options: sync's dry run is not the tickets list's.
+    let sync = page("mailticket-sync.1");
+    assert!(sync.contains(".TH mailticket-sync 1"), "{sync}");
+    assert!(sync.contains("dry\\-run"), "{sync}");
+    assert!(!page("mailticket-tickets.1").contains("dry\\-run"));
+    for (file, title) in [
+        ("mailticket-watch.1", "mailticket-watch"),
+        (
+            "mailticket-quarantine-retry.1",
+            "mailticket-quarantine-retry",
+        ),
+    ] {
+        assert!(page(file).contains(&format!(".TH {title} 1")), "{file}");
+    }
+}
+
 #[test]
 fn help_names_the_environment_variables() {
     let wd = Workdir::new();
