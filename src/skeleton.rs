@@ -1970,6 +1970,46 @@ mod tests {
         }
     }
 
+    /// 20,000 texts of up to `words` words of `alphabet` (pseudo-random from `seed`), each
+    /// read by a [`Shown`] for `text` in pieces of 1 to 4 bytes: the size and digest must be
+    /// those of `whole`, the text as the parse reads it at once.
+    fn read_in_pieces_as_whole(
+        seed: u64,
+        alphabet: &[&[u8]],
+        words: u64,
+        text: Text,
+        whole: impl Fn(&[u8]) -> String,
+    ) {
+        let mut seed = seed;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..20_000 {
+            let mut bytes = Vec::new();
+            for _ in 0..next(words) {
+                bytes.extend_from_slice(alphabet[next(alphabet.len() as u64) as usize]);
+            }
+            let whole = whole(&bytes);
+            let mut shown = Shown::new(Some(text));
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = (1 + next(4) as usize).min(bytes.len() - at);
+                assert!(shown.take(&bytes[at..at + n]));
+                at += n;
+            }
+            let part = shown.finish(true).unwrap();
+            assert_eq!(part.size, whole.len(), "{text:?} {bytes:x?}");
+            assert_eq!(
+                part.sha256,
+                crate::message::sha256(whole.as_bytes()),
+                "{text:?} {bytes:x?}"
+            );
+        }
+    }
+
     #[test]
     fn utf16_read_in_pieces_is_utf16_read_whole_by_the_parse() {
         // Units that make pairs, surrogates alone, byte order marks of either order.
@@ -1984,40 +2024,13 @@ mod tests {
             b"\xfe\xff",
             b"\x41",
         ];
-        let mut seed = 11u64;
-        let mut next = |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
         for charset in ["utf-16", "utf-16le", "utf-16be"] {
-            let Some(Text::Utf16(order)) = text_in(Some(charset)) else {
+            let Some(text @ Text::Utf16(_)) = text_in(Some(charset)) else {
                 panic!("{charset} is read as UTF-16");
             };
             let parse =
                 mail_parser::decoders::charsets::map::charset_decoder(charset.as_bytes()).unwrap();
-            for _ in 0..20_000 {
-                let mut bytes = Vec::new();
-                for _ in 0..next(10) {
-                    bytes.extend_from_slice(alphabet[next(9) as usize]);
-                }
-                let whole = parse(&bytes);
-                let mut shown = Shown::new(Some(Text::Utf16(order)));
-                let mut at = 0;
-                while at < bytes.len() {
-                    let n = (1 + next(4) as usize).min(bytes.len() - at);
-                    assert!(shown.take(&bytes[at..at + n]));
-                    at += n;
-                }
-                let part = shown.finish(true).unwrap();
-                assert_eq!(part.size, whole.len(), "{charset} {bytes:x?}");
-                assert_eq!(
-                    part.sha256,
-                    crate::message::sha256(whole.as_bytes()),
-                    "{charset} {bytes:x?}"
-                );
-            }
+            read_in_pieces_as_whole(11, &alphabet, 10, text, parse);
         }
     }
 
@@ -2033,34 +2046,9 @@ mod tests {
             b"\xff",
             b"\xed\xa0\x80",
         ];
-        let mut seed = 7u64;
-        let mut next = |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
-        for _ in 0..20_000 {
-            let mut bytes = Vec::new();
-            for _ in 0..next(8) {
-                bytes.extend_from_slice(alphabet[next(8) as usize]);
-            }
-            let whole = String::from_utf8_lossy(&bytes);
-            let mut shown = Shown::new(Some(Text::Utf8));
-            let mut at = 0;
-            while at < bytes.len() {
-                let n = (1 + next(4) as usize).min(bytes.len() - at);
-                assert!(shown.take(&bytes[at..at + n]));
-                at += n;
-            }
-            let part = shown.finish(true).unwrap();
-            assert_eq!(part.size, whole.len(), "{bytes:x?}");
-            assert_eq!(
-                part.sha256,
-                crate::message::sha256(whole.as_bytes()),
-                "{bytes:x?}"
-            );
-        }
+        read_in_pieces_as_whole(7, &alphabet, 8, Text::Utf8, |b| {
+            String::from_utf8_lossy(b).into_owned()
+        });
     }
 
     #[test]
