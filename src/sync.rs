@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::classify::Identity;
 use crate::config::{After, Config, MailboxConfig, Transport};
 use crate::error::{Error, Result};
-use crate::imap::{self, FetchedMessage, Imap, uid_set};
+use crate::imap::{self, FetchedMessage, Imap, uid_runs, uid_set};
 use crate::oauth2::{Credentials, Tokens};
 use crate::pass::{Job, budget, reserve, too_large};
 pub use crate::pass::{Pass, SyncOptions};
@@ -38,8 +38,9 @@ const BATCH_BYTES: u64 = 8 << 20;
 const POST_ACTION_EVERY: usize = 2000;
 /// A pass with at least this many batches to fetch opens a second session for them.
 const SECOND_SESSION_FROM: usize = 4;
-/// UIDs per post-action or size command, to stay far below servers' line limits.
-const UIDS_PER_COMMAND: usize = 2000;
+/// The longest UID set of a post-action or size command, far below servers' line limits
+/// (RFC 7162 asks clients to keep a command line within 8,192 octets).
+const SET_LEN: usize = 4000;
 
 /// Syncs the mailboxes (all, or those named in `only`) one after another. A failing mailbox
 /// is recorded in the summary and the others go on.
@@ -178,7 +179,7 @@ async fn candidates(imap: &mut Imap, c: Cursor, sel: imap::Selected) -> Result<V
         // Backlog from before the first run: only what nobody has read.
         let q = format!("UID {}:{} UNSEEN", c.last_uid + 1, c.backlog_until);
         let unseen = imap.uid_search(&q).await?;
-        for chunk in unseen.chunks(UIDS_PER_COMMAND) {
+        for chunk in uid_runs(&unseen, SET_LEN) {
             todo.extend(imap.sizes(&uid_set(chunk), chunk.len() as u64).await?);
         }
     }
@@ -342,7 +343,7 @@ async fn act_on(imap: &mut Imap, after: &After, uids: &[u32]) -> Result<()> {
     // ranges, not a line of 2,000 numbers.
     let mut uids = uids.to_vec();
     uids.sort_unstable();
-    for chunk in uids.chunks(UIDS_PER_COMMAND) {
+    for chunk in uid_runs(&uids, SET_LEN) {
         match after {
             After::Seen => imap.add_flags(chunk, "\\Seen").await?,
             After::Delete => imap.delete(chunk).await?,
@@ -506,6 +507,11 @@ pub async fn catch_up(
     let sel = imap.select(&mb.folder).await?;
     let cursor = cursor_for(imap, mb, pass.store, sel).await?;
     tracing::debug!(?cursor, exists = sel.exists, "selected");
+    // A pass that may be long logs in its second session now, while this one searches.
+    let ahead = pass
+        .creds
+        .filter(|_| may_be_long(cursor, sel))
+        .map(|creds| Ahead::start(mb, creds, sel));
     if !pass.opts.dry_run {
         resume_post_actions(imap, mb, pass.store, cursor).await?;
     }
@@ -523,7 +529,7 @@ pub async fn catch_up(
         None => PrepPool::spawn()?,
     };
     let mut run = CatchUp::new(mb, pass, pool, cursor.uidvalidity, summary);
-    run.fetch_all(imap, pass.creds, sel, &todo).await?;
+    run.fetch_all(imap, pass.creds, ahead, sel, &todo).await?;
     run.finish(imap).await
 }
 
@@ -640,6 +646,7 @@ impl<'a> CatchUp<'a> {
         &mut self,
         imap: &mut Imap,
         creds: Option<&Credentials>,
+        ahead: Option<Ahead>,
         sel: imap::Selected,
         todo: &[(u32, u32)],
     ) -> Result<()> {
@@ -662,11 +669,20 @@ impl<'a> CatchUp<'a> {
         };
         let second = async {
             let Some(creds) = creds.filter(|_| lanes.batches.len() >= SECOND_SESSION_FROM) else {
+                if let Some(a) = ahead {
+                    a.give_up().await;
+                }
                 return;
+            };
+            let open = async {
+                match ahead {
+                    Some(a) => a.join().await,
+                    None => second_session(mb, creds, sel).await,
+                }
             };
             // Not worth waiting for once the first session has taken every batch.
             let login = tokio::select! {
-                s = second_session(mb, creds, sel) => s,
+                s = open => s,
                 () = first_done.cancelled() => None,
             };
             if let Some(mut imap) = login {
@@ -996,6 +1012,53 @@ async fn second_session(
     }
 }
 
+/// Whether a pass from cursor `c` may take enough messages for a second session: an upper
+/// bound of its candidates from the cursor and SELECT, before any search. A first pass over
+/// a large folder of read mail opens one for nothing, once.
+fn may_be_long(c: Cursor, sel: imap::Selected) -> bool {
+    let backlog = c.backlog_until.saturating_sub(c.last_uid);
+    let above = c.last_uid.max(c.backlog_until);
+    let new = sel.uidnext.map_or(sel.exists, |next| {
+        next.saturating_sub(above.saturating_add(1))
+    });
+    let bound = backlog.saturating_add(new).min(sel.exists);
+    bound as usize >= SECOND_SESSION_FROM * BATCH_COUNT
+}
+
+/// A second session logging in on a task of its own while the first searches the folder
+/// (a benchmark sync's first fetch waited 100 ms for it otherwise). Dropped, it is
+/// abandoned, a login under way included.
+struct Ahead(Option<tokio::task::JoinHandle<Option<Imap>>>);
+
+impl Ahead {
+    fn start(mb: &MailboxConfig, creds: &Credentials, sel: imap::Selected) -> Ahead {
+        let (mb, creds) = (mb.clone(), creds.clone());
+        let login = async move { second_session(&mb, &creds, sel).await };
+        Ahead(Some(tokio::spawn(login.in_current_span())))
+    }
+
+    /// The session, once logged in; `None` as [`second_session`] says.
+    async fn join(mut self) -> Option<Imap> {
+        self.0.take()?.await.ok().flatten()
+    }
+
+    /// Not needed after all (rare: the folder's backlog was mostly read): logs out once
+    /// logged in, rather than leave the server a connection cut in the middle.
+    async fn give_up(self) {
+        if let Some(imap) = self.join().await {
+            imap.logout().await;
+        }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -1027,6 +1090,41 @@ mod tests {
         let mut f = Frontier::new(vec![3, 5, 7]);
         f.arrive(5);
         assert_eq!(f.unsettled(&[(3, 1), (5, 2), (7, 3)]), [(3, 1), (7, 3)]);
+    }
+
+    #[test]
+    fn a_pass_may_be_long_by_what_select_and_the_cursor_allow() {
+        let sel = |exists, uidnext| imap::Selected {
+            uidvalidity: 1,
+            uidnext,
+            exists,
+        };
+        let cursor = |last_uid, backlog_until| Cursor {
+            uidvalidity: 1,
+            last_uid,
+            backlog_until,
+            done_uid: last_uid,
+        };
+        let from = u32::try_from(SECOND_SESSION_FROM * BATCH_COUNT).unwrap();
+        // A first pass: the backlog is what is there.
+        assert!(may_be_long(cursor(0, 9000), sel(9000, Some(9001))));
+        assert!(!may_be_long(cursor(0, from - 1), sel(from - 1, Some(from))));
+        // Later passes: what lies above the cursor, never more than the folder holds.
+        assert!(!may_be_long(cursor(9000, 9000), sel(9000, Some(9001))));
+        assert!(!may_be_long(cursor(9000, 9000), sel(9003, Some(9004))));
+        assert!(may_be_long(
+            cursor(9000, 9000),
+            sel(9000 + from, Some(9001 + from))
+        ));
+        assert!(!may_be_long(cursor(9000, 9000), sel(10, Some(9001 + from))));
+        // No UIDNEXT: the folder's size bounds it.
+        assert!(may_be_long(cursor(9000, 9000), sel(from, None)));
+        assert!(!may_be_long(cursor(9000, 9000), sel(from - 1, None)));
+        // A server's absurd UIDNEXT does not overflow.
+        assert!(!may_be_long(
+            cursor(u32::MAX, 0),
+            sel(u32::MAX, Some(u32::MAX))
+        ));
     }
 
     #[test]

@@ -17,4 +17,4 @@ mod wire;
 pub use connect::{authenticate, connect, dial, secure};
 pub use idle::Wake;
 pub use session::{Body, FetchedMessage, HEAD_BYTES, Imap, Selected};
-pub use wire::{Client, Conn, uid_set};
+pub use wire::{Client, Conn, uid_runs, uid_set};

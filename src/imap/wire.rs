@@ -377,6 +377,40 @@ pub fn uid_set(uids: &[u32]) -> String {
     out
 }
 
+/// Splits sorted, deduplicated UIDs into runs whose [`uid_set`] is at most `max_len`
+/// characters (a run of one UID longer than that is still a run): a command per run stays
+/// far below servers' line limits, and a folder's backlog, mostly ranges, goes in one.
+pub fn uid_runs(uids: &[u32], max_len: usize) -> Vec<&[u32]> {
+    let mut runs = Vec::new();
+    let (mut start, mut len, mut i) = (0, 0, 0);
+    while let Some(&first) = uids.get(i) {
+        let mut end = i;
+        while uids
+            .get(end + 1)
+            .is_some_and(|&n| n == uids[end].wrapping_add(1))
+        {
+            end += 1;
+        }
+        let digits = |n: u32| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let range = match end > i {
+            true => digits(first) + 1 + digits(uids[end]),
+            false => digits(first),
+        };
+        let with = if len == 0 { range } else { len + 1 + range };
+        if len > 0 && with > max_len {
+            runs.push(&uids[start..i]);
+            (start, len) = (i, range);
+        } else {
+            len = with;
+        }
+        i = end + 1;
+    }
+    if start < uids.len() {
+        runs.push(&uids[start..]);
+    }
+    runs
+}
+
 /// Quotes a mailbox name as an IMAP quoted string.
 pub(super) fn quote(name: &str) -> String {
     let mut s = String::with_capacity(name.len() + 2);
@@ -447,6 +481,32 @@ mod tests {
         assert_eq!(&got[..3], b"A2 ");
         assert_eq!(&got[3..3 + big.len()], &big[..]);
         assert_eq!(&got[3 + big.len()..], b"\r\n");
+    }
+
+    #[test]
+    fn uid_runs_keep_each_set_within_the_length() {
+        let uids: Vec<u32> = (1..=20_000).chain((30_000..40_000).step_by(2)).collect();
+        for max in [1, 5, 12, 100, 4000, usize::MAX] {
+            let runs = uid_runs(&uids, max);
+            assert_eq!(runs.concat(), uids, "max {max}");
+            for r in &runs {
+                let set = uid_set(r);
+                assert!(
+                    set.len() <= max || r.len() == 1 || !set.contains(','),
+                    "{set}"
+                );
+                assert!(!r.is_empty());
+            }
+        }
+        // A backlog of ranges goes in one; scattered UIDs in several, each as full as fits.
+        assert_eq!(uid_runs(&uids[..20_000], 4000).len(), 1);
+        let scattered = uid_runs(&uids[20_000..], 4000);
+        assert_eq!(scattered.len(), 5000 * 6 / 4000 + 1);
+        let (last, full) = scattered.split_last().unwrap();
+        assert!(full.iter().all(|r| uid_set(r).len() > 4000 - 6));
+        assert!(!last.is_empty());
+        assert!(uid_runs(&[], 10).is_empty());
+        assert_eq!(uid_runs(&[u32::MAX], 3), [&[u32::MAX][..]]);
     }
 
     #[test]

@@ -214,6 +214,46 @@ fn a_second_session_that_dies_mid_fetch_leaves_its_batch_to_the_first() {
     assert_stored_once(&dc, &wd, &on_server);
 }
 
+/// What SELECT says decides whether the second session logs in while the first searches:
+/// a first run over a large folder of mail already read opens it, finds too little to
+/// share and lets it go; a run with nothing new, or a little, logs in once.
+#[test]
+fn a_second_session_is_opened_ahead_only_for_what_may_be_a_long_backlog() {
+    let dc = Dovecot::start();
+    dc.seed(2400, 0, 21);
+    dc.add_seen("INBOX", "1:2350");
+    let wd = Workdir::with(&[dc.mailbox()]);
+    let sync = |fetched: u64, sessions: usize| {
+        let before = logins(&dc);
+        let out = wd.cmd(&["sync", "--json"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}\n{stderr}", out.status);
+        let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(run["mailboxes"][0]["fetched"], fetched, "{run}");
+        assert_eq!(
+            run["mailboxes"][0]["errors"],
+            serde_json::json!([]),
+            "{run}"
+        );
+        // The one given up may still be logging in as the run ends: wait for its line.
+        crate::harness::wait_until(Duration::from_secs(10), "the logins", || {
+            logins(&dc) >= before + sessions
+        });
+        assert_eq!(logins(&dc), before + sessions, "{stderr}");
+    };
+    sync(50, 2);
+    sync(0, 1);
+    for i in 0..3 {
+        let m = format!(
+            "From: c{i}@example.org\r\nTo: support@example.com\r\nSubject: new {i}\r\n\
+             Message-ID: <ahead-{i}@example.org>\r\n\r\nhello\r\n"
+        );
+        dc.append("INBOX", m.as_bytes(), false);
+    }
+    sync(3, 1);
+    assert_eq!(dc.unseen("INBOX"), 0);
+}
+
 /// A backlog of at least four batches is fetched over two sessions at once, their batches
 /// interleaved: every message is stored exactly once and marked seen, in a run to the end
 /// and in runs killed at random moments (the cursor and the post-actions move only past
