@@ -33,10 +33,14 @@ use crate::summary::{RunSummary, SourceSummary};
 const BATCH_COUNT: usize = 500;
 /// At most this many bytes (by RFC822.SIZE) per UID FETCH, unless one message is larger.
 const BATCH_BYTES: u64 = 8 << 20;
+/// Toward the end of a pass a batch holds at most this share of the bytes left...
+const TAIL_SHARE: u64 = 4;
+/// ...but not less than this many bytes.
+const TAIL_BYTES: u64 = 1 << 20;
 /// The post-action runs once this many UIDs are committed (and at the end): fewer round
 /// trips in which nothing is fetched.
 const POST_ACTION_EVERY: usize = 2000;
-/// A pass with at least this many batches to fetch opens a second session for them.
+/// A pass with at least this many batches of full size opens a second session for them.
 const SECOND_SESSION_FROM: usize = 4;
 /// The longest UID set of a post-action or size command, far below servers' line limits
 /// (RFC 7162 asks clients to keep a command line within 8,192 octets).
@@ -213,17 +217,21 @@ fn alone(size: u32, max: u64) -> bool {
     u64::from(size) > max.min(SPOOL_OVER)
 }
 
-/// Splits `todo` into fetch batches capped by count and bytes; a message fetched [`alone`]
-/// is a batch of its own.
+/// Splits `todo` into fetch batches capped by count and bytes, smaller toward the end; a
+/// message fetched [`alone`] is a batch of its own.
 fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0u64;
+    let mut left: u64 = todo.iter().map(|p| u64::from(p.1)).sum();
     for &(uid, size) in todo {
         let alone = alone(size, max);
-        if !cur.is_empty()
-            && (alone || cur.len() >= BATCH_COUNT || bytes + u64::from(size) > BATCH_BYTES)
-        {
+        // Toward the end, batches of a quarter of what is left: the two sessions' last
+        // batches end close together, instead of one fetching a full batch alone while the
+        // other waits (4-81 ms apart in a benchmark sync, 4-14 ms with it).
+        let cap = (left / TAIL_SHARE).clamp(TAIL_BYTES, BATCH_BYTES);
+        left -= u64::from(size);
+        if !cur.is_empty() && (alone || cur.len() >= BATCH_COUNT || bytes + u64::from(size) > cap) {
             out.push(std::mem::take(&mut cur));
             bytes = 0;
         }
@@ -238,6 +246,24 @@ fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
         out.push(cur);
     }
     out
+}
+
+/// Whether `todo` is worth a second session: at least [`SECOND_SESSION_FROM`] batches of
+/// full size (the batches toward the end are smaller, and more of them would not make a
+/// short pass long).
+fn long_pass(todo: &[(u32, u32)], max: u64) -> bool {
+    let (mut full, mut bytes, mut count) = (0, 0u64, 0);
+    for &(_, size) in todo {
+        if alone(size, max) {
+            full += 1;
+            continue;
+        }
+        (bytes, count) = (bytes + u64::from(size), count + 1);
+        if bytes > BATCH_BYTES || count > BATCH_COUNT {
+            (full, bytes, count) = (full + 1, u64::from(size), 1);
+        }
+    }
+    full + usize::from(count > 0) >= SECOND_SESSION_FROM
 }
 
 /// Fetches one batch, handing each message to `each`; of a message over `max` bytes only the
@@ -668,7 +694,7 @@ impl<'a> CatchUp<'a> {
             }
         };
         let second = async {
-            let Some(creds) = creds.filter(|_| lanes.batches.len() >= SECOND_SESSION_FROM) else {
+            let Some(creds) = creds.filter(|_| long_pass(todo, mb.max_message_size)) else {
                 if let Some(a) = ahead {
                     a.give_up().await;
                 }
@@ -1144,5 +1170,49 @@ mod tests {
         // Too large for the config: alone in its batch, whatever its size.
         let mixed = vec![(1, 10), (2, 2000), (3, 10), (4, 10)];
         assert_eq!(uids(batches(&mixed, 1000)), [vec![1], vec![2], vec![3, 4]]);
+    }
+
+    #[test]
+    fn a_pass_is_long_by_its_batches_of_full_size() {
+        let n =
+            |count: u32, size: u32| -> Vec<(u32, u32)> { (1..=count).map(|u| (u, size)).collect() };
+        let from = u32::try_from(SECOND_SESSION_FROM).unwrap();
+        let per = u32::try_from(BATCH_COUNT).unwrap();
+        assert!(!long_pass(&[], u64::MAX));
+        assert!(!long_pass(&n(per * (from - 1), 3000), u64::MAX));
+        assert!(long_pass(&n(per * (from - 1) + 1, 3000), u64::MAX));
+        // Bytes: five messages of a few MB are one short pass, however it is batched.
+        assert!(!long_pass(&n(5, 1 << 20), u64::MAX));
+        let mib8 = u32::try_from(BATCH_BYTES).unwrap();
+        assert!(!long_pass(&n(from - 1, mib8), u64::MAX));
+        assert!(long_pass(&n(from, mib8), u64::MAX));
+        // Messages fetched alone are a batch each.
+        assert!(long_pass(&n(from, 2000), 1000));
+        assert!(!long_pass(&n(from - 1, 2000), 1000));
+    }
+
+    #[test]
+    fn batches_shrink_toward_the_end() {
+        const MIB: u32 = 1 << 20;
+        let todo: Vec<(u32, u32)> = (1..=100).map(|u| (u, MIB / 2)).collect();
+        let b = batches(&todo, u64::MAX);
+        assert_eq!(b.concat(), todo);
+        let sizes: Vec<u64> = b
+            .iter()
+            .map(|v| v.iter().map(|p| u64::from(p.1)).sum())
+            .collect();
+        let mut left: u64 = sizes.iter().sum();
+        for (i, &size) in sizes.iter().enumerate() {
+            // Full batches while much is left, then at most a quarter of what is left, down
+            // to a floor.
+            let cap = (left / TAIL_SHARE).clamp(TAIL_BYTES, BATCH_BYTES);
+            assert!(size <= cap, "batch {i}: {size} of {left} left, {sizes:?}");
+            assert!(i == 0 || size <= sizes[i - 1], "{sizes:?}");
+            left -= size;
+        }
+        assert_eq!(sizes[0], BATCH_BYTES);
+        assert_eq!(*sizes.last().unwrap(), TAIL_BYTES);
+        // A few batches more than full ones would take, not one per message.
+        assert!(sizes.len() <= 50 / 8 + 1 + 12, "{sizes:?}");
     }
 }
