@@ -177,15 +177,15 @@ async fn cursor_for(
 /// `(uid, size)` of every message this run must take, sorted. A UID at or above the
 /// folder's UIDNEXT is not a message the server has: it is left out (with a warning), so a
 /// bogus answer cannot move the cursor past mail still to come.
-async fn candidates(imap: &mut Imap, c: Cursor, sel: imap::Selected) -> Result<Vec<(u32, u32)>> {
+async fn candidates(
+    imap: &mut Imap,
+    c: Cursor,
+    sel: imap::Selected,
+    unseen: &[u32],
+) -> Result<Vec<(u32, u32)>> {
     let mut todo = Vec::new();
-    if c.last_uid < c.backlog_until {
-        // Backlog from before the first run: only what nobody has read.
-        let q = format!("UID {}:{} UNSEEN", c.last_uid + 1, c.backlog_until);
-        let unseen = imap.uid_search(&q).await?;
-        for chunk in uid_runs(&unseen, SET_LEN) {
-            todo.extend(imap.sizes(&uid_set(chunk), chunk.len() as u64).await?);
-        }
+    for chunk in uid_runs(unseen, SET_LEN) {
+        todo.extend(imap.sizes(&uid_set(chunk), chunk.len() as u64).await?);
     }
     let above = c.last_uid.max(c.backlog_until);
     if above < u32::MAX {
@@ -211,6 +211,16 @@ async fn candidates(imap: &mut Imap, c: Cursor, sel: imap::Selected) -> Result<V
     Ok(todo)
 }
 
+/// The UIDs of the backlog from before the first run that the cursor has not passed and
+/// nobody has read: the backlog's candidates (sorted).
+async fn unseen_backlog(imap: &mut Imap, c: Cursor) -> Result<Vec<u32>> {
+    if c.last_uid >= c.backlog_until {
+        return Ok(Vec::new());
+    }
+    let q = format!("UID {}:{} UNSEEN", c.last_uid + 1, c.backlog_until);
+    imap.uid_search(&q).await
+}
+
 /// Whether a message of `size` bytes is fetched on its own: over `max` (its header alone is
 /// fetched) or over [`SPOOL_OVER`] (fetched in parts into a spool file).
 fn alone(size: u32, max: u64) -> bool {
@@ -228,7 +238,7 @@ fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
         let alone = alone(size, max);
         // Toward the end, batches of a quarter of what is left: the two sessions' last
         // batches end close together, instead of one fetching a full batch alone while the
-        // other waits (4-81 ms apart in a benchmark sync, 4-14 ms with it).
+        // other waits (up to 81 ms apart in a benchmark sync, 4-14 ms with it).
         let cap = (left / TAIL_SHARE).clamp(TAIL_BYTES, BATCH_BYTES);
         left -= u64::from(size);
         if !cur.is_empty() && (alone || cur.len() >= BATCH_COUNT || bytes + u64::from(size) > cap) {
@@ -533,16 +543,20 @@ pub async fn catch_up(
     let sel = imap.select(&mb.folder).await?;
     let cursor = cursor_for(imap, mb, pass.store, sel).await?;
     tracing::debug!(?cursor, exists = sel.exists, "selected");
-    // A pass that may be long logs in its second session now, while this one searches.
-    let ahead = pass
-        .creds
-        .filter(|_| may_be_long(cursor, sel))
-        .map(|creds| Ahead::start(mb, creds, sel));
     if !pass.opts.dry_run {
         resume_post_actions(imap, mb, pass.store, cursor).await?;
     }
-    let todo = candidates(imap, cursor, sel).await?;
+    let unseen = unseen_backlog(imap, cursor).await?;
+    // A pass that may be long logs in its second session now, while this one reads sizes.
+    let ahead = pass
+        .creds
+        .filter(|_| may_be_long(cursor, sel, unseen.len()))
+        .map(|creds| Ahead::start(mb, creds, sel));
+    let todo = candidates(imap, cursor, sel, &unseen).await?;
     if todo.is_empty() {
+        if let Some(a) = ahead {
+            a.give_up().await;
+        }
         return Ok(());
     }
     let total_bytes: u64 = todo.iter().map(|p| u64::from(p.1)).sum();
@@ -1039,20 +1053,21 @@ async fn second_session(
 }
 
 /// Whether a pass from cursor `c` may take enough messages for a second session: an upper
-/// bound of its candidates from the cursor and SELECT, before any search. A first pass over
-/// a large folder of read mail opens one for nothing, once.
-fn may_be_long(c: Cursor, sel: imap::Selected) -> bool {
-    let backlog = c.backlog_until.saturating_sub(c.last_uid);
+/// bound of its candidates, the `backlog` ones unseen and those above the cursor that SELECT
+/// allows, before their sizes are known. Mail expunged above the cursor can make it open
+/// one for nothing.
+fn may_be_long(c: Cursor, sel: imap::Selected, backlog: usize) -> bool {
     let above = c.last_uid.max(c.backlog_until);
     let new = sel.uidnext.map_or(sel.exists, |next| {
         next.saturating_sub(above.saturating_add(1))
     });
-    let bound = backlog.saturating_add(new).min(sel.exists);
-    bound as usize >= SECOND_SESSION_FROM * BATCH_COUNT
+    let bound = backlog.saturating_add(new.min(sel.exists) as usize);
+    bound >= SECOND_SESSION_FROM * BATCH_COUNT
 }
 
-/// A second session logging in on a task of its own while the first searches the folder
-/// (a benchmark sync's first fetch waited 100 ms for it otherwise). Dropped, it is
+/// A second session logging in on a task of its own while the first reads the sizes of
+/// the messages to fetch (a benchmark sync's first fetch went out 90 ms before it was ready
+/// otherwise). Dropped, it is
 /// abandoned, a login under way included.
 struct Ahead(Option<tokio::task::JoinHandle<Option<Imap>>>);
 
@@ -1068,8 +1083,8 @@ impl Ahead {
         self.0.take()?.await.ok().flatten()
     }
 
-    /// Not needed after all (rare: the folder's backlog was mostly read): logs out once
-    /// logged in, rather than leave the server a connection cut in the middle.
+    /// Not needed after all (rare: mail expunged meanwhile): logs out once logged in,
+    /// rather than leave the server a connection cut in the middle.
     async fn give_up(self) {
         if let Some(imap) = self.join().await {
             imap.logout().await;
@@ -1131,25 +1146,39 @@ mod tests {
             backlog_until,
             done_uid: last_uid,
         };
-        let from = u32::try_from(SECOND_SESSION_FROM * BATCH_COUNT).unwrap();
-        // A first pass: the backlog is what is there.
-        assert!(may_be_long(cursor(0, 9000), sel(9000, Some(9001))));
-        assert!(!may_be_long(cursor(0, from - 1), sel(from - 1, Some(from))));
+        let from = SECOND_SESSION_FROM * BATCH_COUNT;
+        let f = u32::try_from(from).unwrap();
+        // A first pass: the backlog's unseen messages.
+        assert!(may_be_long(cursor(0, 9000), sel(9000, Some(9001)), from));
+        assert!(!may_be_long(
+            cursor(0, 9000),
+            sel(9000, Some(9001)),
+            from - 1
+        ));
+        assert!(!may_be_long(cursor(0, 9000), sel(9000, Some(9001)), 0));
+        // With what arrived above it meanwhile.
+        assert!(may_be_long(
+            cursor(0, 9000),
+            sel(9010, Some(9011)),
+            from - 10
+        ));
         // Later passes: what lies above the cursor, never more than the folder holds.
-        assert!(!may_be_long(cursor(9000, 9000), sel(9000, Some(9001))));
-        assert!(!may_be_long(cursor(9000, 9000), sel(9003, Some(9004))));
+        assert!(!may_be_long(cursor(9000, 9000), sel(9000, Some(9001)), 0));
+        assert!(!may_be_long(cursor(9000, 9000), sel(9003, Some(9004)), 0));
         assert!(may_be_long(
             cursor(9000, 9000),
-            sel(9000 + from, Some(9001 + from))
+            sel(9000 + f, Some(9001 + f)),
+            0
         ));
-        assert!(!may_be_long(cursor(9000, 9000), sel(10, Some(9001 + from))));
+        assert!(!may_be_long(cursor(9000, 9000), sel(10, Some(9001 + f)), 0));
         // No UIDNEXT: the folder's size bounds it.
-        assert!(may_be_long(cursor(9000, 9000), sel(from, None)));
-        assert!(!may_be_long(cursor(9000, 9000), sel(from - 1, None)));
+        assert!(may_be_long(cursor(9000, 9000), sel(f, None), 0));
+        assert!(!may_be_long(cursor(9000, 9000), sel(f - 1, None), 0));
         // A server's absurd UIDNEXT does not overflow.
         assert!(!may_be_long(
             cursor(u32::MAX, 0),
-            sel(u32::MAX, Some(u32::MAX))
+            sel(u32::MAX, Some(u32::MAX)),
+            0
         ));
     }
 
