@@ -230,6 +230,17 @@ fn alone(size: u32, max: u64) -> bool {
 /// Splits `todo` into fetch batches capped by count and bytes, smaller toward the end; a
 /// message fetched [`alone`] is a batch of its own.
 fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
+    split(todo, max, true)
+}
+
+/// Whether `todo` is worth a second session: at least [`SECOND_SESSION_FROM`] batches of
+/// full size (the smaller ones toward the end would not make a short pass long).
+fn long_pass(todo: &[(u32, u32)], max: u64) -> bool {
+    split(todo, max, false).len() >= SECOND_SESSION_FROM
+}
+
+/// The batches of [`batches`]: smaller toward the end with `tail`, else all of full size.
+fn split(todo: &[(u32, u32)], max: u64, tail: bool) -> Vec<Vec<(u32, u32)>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0u64;
@@ -239,7 +250,10 @@ fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
         // Toward the end, batches of a quarter of what is left: the two sessions' last
         // batches end close together, instead of one fetching a full batch alone while the
         // other waits (up to 81 ms apart in a benchmark sync, 4-14 ms with it).
-        let cap = (left / TAIL_SHARE).clamp(TAIL_BYTES, BATCH_BYTES);
+        let cap = match tail {
+            true => (left / TAIL_SHARE).clamp(TAIL_BYTES, BATCH_BYTES),
+            false => BATCH_BYTES,
+        };
         left -= u64::from(size);
         if !cur.is_empty() && (alone || cur.len() >= BATCH_COUNT || bytes + u64::from(size) > cap) {
             out.push(std::mem::take(&mut cur));
@@ -256,24 +270,6 @@ fn batches(todo: &[(u32, u32)], max: u64) -> Vec<Vec<(u32, u32)>> {
         out.push(cur);
     }
     out
-}
-
-/// Whether `todo` is worth a second session: at least [`SECOND_SESSION_FROM`] batches of
-/// full size (the batches toward the end are smaller, and more of them would not make a
-/// short pass long).
-fn long_pass(todo: &[(u32, u32)], max: u64) -> bool {
-    let (mut full, mut bytes, mut count) = (0, 0u64, 0);
-    for &(_, size) in todo {
-        if alone(size, max) {
-            full += 1;
-            continue;
-        }
-        (bytes, count) = (bytes + u64::from(size), count + 1);
-        if bytes > BATCH_BYTES || count > BATCH_COUNT {
-            (full, bytes, count) = (full + 1, u64::from(size), 1);
-        }
-    }
-    full + usize::from(count > 0) >= SECOND_SESSION_FROM
 }
 
 /// Fetches one batch, handing each message to `each`; of a message over `max` bytes only the

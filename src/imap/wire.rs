@@ -357,22 +357,15 @@ pub(crate) fn imap_err(host: &str, e: async_imap::error::Error) -> Error {
 /// Formats sorted, deduplicated UIDs as a compact IMAP sequence set (`1:5,7,9:12`).
 pub fn uid_set(uids: &[u32]) -> String {
     let mut out = String::new();
-    let mut i = 0;
-    while let Some(&start) = uids.get(i) {
-        let mut end = start;
-        while uids.get(i + 1).is_some_and(|&n| n == end.wrapping_add(1)) {
-            end += 1;
-            i += 1;
-        }
+    for (start, end) in consecutive(uids) {
         if !out.is_empty() {
             out.push(',');
         }
         if start == end {
-            out.push_str(&start.to_string());
+            out.push_str(&uids[start].to_string());
         } else {
-            out.push_str(&format!("{start}:{end}"));
+            out.push_str(&format!("{}:{}", uids[start], uids[end]));
         }
-        i += 1;
     }
     out
 }
@@ -381,34 +374,44 @@ pub fn uid_set(uids: &[u32]) -> String {
 /// characters (a run of one UID longer than that is still a run): a command per run stays
 /// far below servers' line limits, and a folder's backlog, mostly ranges, goes in one.
 pub fn uid_runs(uids: &[u32], max_len: usize) -> Vec<&[u32]> {
+    let digits = |n: u32| n.checked_ilog10().map_or(1, |d| d as usize + 1);
     let mut runs = Vec::new();
-    let (mut start, mut len, mut i) = (0, 0, 0);
-    while let Some(&first) = uids.get(i) {
-        let mut end = i;
+    let (mut from, mut len) = (0, 0);
+    for (start, end) in consecutive(uids) {
+        let range = match end > start {
+            true => digits(uids[start]) + 1 + digits(uids[end]),
+            false => digits(uids[start]),
+        };
+        let with = if len == 0 { range } else { len + 1 + range };
+        if len > 0 && with > max_len {
+            runs.push(&uids[from..start]);
+            (from, len) = (start, range);
+        } else {
+            len = with;
+        }
+    }
+    if from < uids.len() {
+        runs.push(&uids[from..]);
+    }
+    runs
+}
+
+/// The ranges of consecutive UIDs in sorted `uids`, as the indices of their first and last.
+fn consecutive(uids: &[u32]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut next = 0;
+    std::iter::from_fn(move || {
+        let start = next;
+        uids.get(start)?;
+        let mut end = start;
         while uids
             .get(end + 1)
             .is_some_and(|&n| n == uids[end].wrapping_add(1))
         {
             end += 1;
         }
-        let digits = |n: u32| n.checked_ilog10().map_or(1, |d| d as usize + 1);
-        let range = match end > i {
-            true => digits(first) + 1 + digits(uids[end]),
-            false => digits(first),
-        };
-        let with = if len == 0 { range } else { len + 1 + range };
-        if len > 0 && with > max_len {
-            runs.push(&uids[start..i]);
-            (start, len) = (i, range);
-        } else {
-            len = with;
-        }
-        i = end + 1;
-    }
-    if start < uids.len() {
-        runs.push(&uids[start..]);
-    }
-    runs
+        next = end + 1;
+        Some((start, end))
+    })
 }
 
 /// Quotes a mailbox name as an IMAP quoted string.
