@@ -1063,8 +1063,7 @@ fn may_be_long(c: Cursor, sel: imap::Selected, backlog: usize) -> bool {
 
 /// A second session logging in on a task of its own while the first reads the sizes of
 /// the messages to fetch (a benchmark sync's first fetch went out 90 ms before it was ready
-/// otherwise). Dropped, it is
-/// abandoned, a login under way included.
+/// otherwise). Dropped, it is abandoned, a login under way included.
 struct Ahead(Option<tokio::task::JoinHandle<Option<Imap>>>);
 
 impl Ahead {
