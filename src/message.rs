@@ -2041,6 +2041,8 @@ pub(crate) mod skeleton_tests {
                     "Content-Type: text/plain", "Content-Type: multipart/mixed; boundary=deep",
                     "--deep", "--deep--", "Content-Type: message/rfc822", "--outer", "--outer--",
                     "Content-Transfer-Encoding: base64", "QUJD", "--in\r",
+                    "Content-Type: multipart/mixed; BOUNDARY = \"deep\"", "x --deep y",
+                    "Content-Type: multipart/mixed; boundary*0=deep", "-----", "a -- b",
                 ]),
                 0..40,
             ),
@@ -2593,29 +2595,75 @@ pub(crate) mod skeleton_tests {
     }
 
     /// A forwarded message whose attachment is a log or a CSV file in no transfer encoding
-    /// or in quoted-printable: set aside like a base64 one, and the parse says the same. One
-    /// with `--` in it stays copied (the parse of the original could end the attached
-    /// message inside it), and still parses the same.
+    /// or in quoted-printable: set aside like a base64 one, `--` in it included (rules,
+    /// options), and the parse says the same. One that holds `--` and a boundary the message
+    /// declares anywhere stays copied (the parse of the original could take that line for a
+    /// delimiter), and so does any with `--` when a declaration cannot be read for sure; both
+    /// still parse the same.
     #[test]
-    fn a_plain_attachment_in_an_attached_message_is_set_aside_without_dashes() {
+    fn a_plain_attachment_in_an_attached_message_is_set_aside_unless_it_holds_a_boundary() {
         let log = "2026-12-01 10:00:00 ERROR printer 3: paper jam, retry\n".repeat(2000);
+        let dashed = format!("{}\n--restart -- ok, {log}", "-".repeat(60));
         let csv = "7,Caf=C3=A9 na=C3=AFve =E2=80=93 x,42.00\n".repeat(2000);
+        // What the forwarded message's text says: nothing, a multipart declared and never
+        // opened, a declaration the walk cannot read for sure.
+        let (plain, dangling, unsure) = (
+            "see attached",
+            "Content-Type: multipart/alternative; boundary=\"deep\"",
+            "Content-Type: multipart/mixed; boundary*0=deep",
+        );
         for eol in ["\r\n", "\n"] {
-            for (ct, cte, body, dashes) in [
-                ("text/plain; charset=utf-8", "7bit", log.clone(), false),
-                ("application/octet-stream", "8bit", log.clone(), false),
+            for (ct, cte, body, text, copied) in [
+                (
+                    "text/plain; charset=utf-8",
+                    "7bit",
+                    log.clone(),
+                    plain,
+                    false,
+                ),
+                (
+                    "application/octet-stream",
+                    "8bit",
+                    log.clone(),
+                    plain,
+                    false,
+                ),
                 (
                     "text/csv; charset=utf-8",
                     "quoted-printable",
                     csv.clone(),
+                    plain,
                     false,
                 ),
-                ("text/plain", "7bit", log.replace(", ", " -- "), true),
+                ("text/plain", "7bit", dashed.clone(), plain, false),
+                ("text/plain", "7bit", dashed.clone(), dangling, false),
+                ("text/plain", "7bit", dashed.clone(), unsure, true),
+                (
+                    "text/plain",
+                    "7bit",
+                    log.replace(", ", " --outer "),
+                    plain,
+                    true,
+                ),
+                (
+                    "text/plain",
+                    "8bit",
+                    log.replace(", ", " --deep "),
+                    dangling,
+                    true,
+                ),
+                (
+                    "text/plain",
+                    "8bit",
+                    log.replace(", ", " --deep "),
+                    plain,
+                    false,
+                ),
             ] {
                 let inner = format!(
                     "From: c@example.org\nSubject: the original\nMessage-ID: <orig@example.org>\n\
                      Content-Type: multipart/mixed; boundary=in\n\n\
-                     --in\nContent-Type: text/plain\n\nsee attached\n\
+                     --in\nContent-Type: text/plain\n\n{text}\n\
                      --in\nContent-Type: {ct}\nContent-Disposition: attachment; filename=a\n\
                      Content-Transfer-Encoding: {cte}\n\n{body}--in--\n"
                 )
@@ -2623,17 +2671,18 @@ pub(crate) mod skeleton_tests {
                 let raw = forwarded(eol, &inner);
                 let sk = skeleton::of_slice(raw.as_bytes());
                 let small = sk.bytes.len() < 2000;
-                assert_eq!(small, !dashes, "{cte} {eol:?}: {} bytes", sk.bytes.len());
+                let case = format!("{cte} {text:?} {eol:?}");
+                assert_eq!(small, !copied, "{case}: {} bytes", sk.bytes.len());
                 let (whole, fast) = both(raw.as_bytes());
                 // With nothing set aside, the whole message is parsed.
-                let expected = (!dashes).then_some(whole.as_str());
-                assert_eq!(fast.as_deref(), expected, "{cte} {eol:?}");
+                let expected = (!copied).then_some(whole.as_str());
+                assert_eq!(fast.as_deref(), expected, "{case}");
                 let p = both_ways(raw.as_bytes());
                 assert_eq!(p.attachments[0].content_type, "message/rfc822");
                 let inner = raw.split_once("fw.eml").unwrap().1;
                 let inner = inner.split_once(&format!("{eol}{eol}")).unwrap().1;
                 let inner = inner.rsplit_once(&format!("{eol}--")).unwrap().0;
-                assert_eq!(p.attachments[0].size, inner.len(), "{cte} {eol:?}");
+                assert_eq!(p.attachments[0].size, inner.len(), "{case}");
                 assert_eq!(p.attachments[0].sha256, sha256(inner.as_bytes()));
             }
         }

@@ -23,6 +23,7 @@ use std::io::{self, BufRead, Seek, SeekFrom};
 
 use base64::Engine as _;
 use mail_parser::MimeHeaders;
+use memchr::memmem;
 
 /// The longest piece of a line handed on at once; a longer line comes in several pieces.
 const PIECE: usize = 64 * 1024;
@@ -469,6 +470,11 @@ struct Walk<L> {
     text_left: usize,
     /// How many attached messages the walk is inside.
     inside: usize,
+    /// Where the message starts in the source.
+    origin: u64,
+    /// Which `--` a body inside an attached message may not hold, once one needed it
+    /// ([`Walk::dashes`]).
+    dashes: Option<Dashes>,
     /// Where the last delimiter copied was: in the source and in the skeleton.
     last_delimiter: (u64, usize),
     /// Take a base64 body's regular lines in runs ([`Decoder::push_run`]); tests compare
@@ -478,6 +484,7 @@ struct Walk<L> {
 
 impl<L: Lines> Walk<L> {
     fn new(src: L, capacity: usize) -> Walk<L> {
+        let origin = src.position();
         Walk {
             r: Reader {
                 src,
@@ -497,6 +504,8 @@ impl<L: Lines> Walk<L> {
             keep: false,
             text_left: TEXT_TOTAL,
             inside: 0,
+            origin,
+            dashes: None,
             last_delimiter: (0, 0),
             runs: true,
         }
@@ -883,6 +892,47 @@ impl<L: Lines> Walk<L> {
         Ok(end)
     }
 
+    /// The [`Dashes`] of the message, read once from its start (then back to where the walk
+    /// is, the start of a body).
+    fn dashes(&mut self) -> io::Result<Dashes> {
+        if let Some(d) = &self.dashes {
+            return Ok(d.clone());
+        }
+        let back = self.r.src.position();
+        self.r.src.rewind(self.origin)?;
+        let (mut prefixes, mut sure) = (Vec::new(), true);
+        // What is read and not yet looked at: whole lines, or the end of a long one.
+        let mut hay = Vec::new();
+        while sure {
+            let Some(piece) = self.r.src.next_piece()? else {
+                sure = declarations(&hay, hay.len(), &mut prefixes);
+                break;
+            };
+            hay.extend_from_slice(piece);
+            if hay.last() == Some(&b'\n') {
+                sure = declarations(&hay, hay.len(), &mut prefixes);
+                hay.clear();
+            } else if hay.len() > DECLARATION_SPAN {
+                // A long line: what starts in its last span is looked at with what follows.
+                let settled = hay.len() - DECLARATION_SPAN;
+                sure = declarations(&hay, settled, &mut prefixes);
+                hay.drain(..settled);
+            }
+        }
+        self.r.src.rewind(back)?;
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        let dashes = Dashes {
+            any: !sure,
+            finders: prefixes
+                .iter()
+                .map(|p| memchr::memmem::Finder::new(&[b"--".as_slice(), p].concat()).into_owned())
+                .collect(),
+        };
+        self.dashes = Some(dashes.clone());
+        Ok(dashes)
+    }
+
     /// An attachment's body in quoted-printable or in no transfer encoding (a log attached
     /// as plain text, a binary file sent `8bit`): decoded as the parse decodes it, hashed,
     /// and a marker line in its place, in the same encoding. Copied as it is when the walk
@@ -895,11 +945,16 @@ impl<L: Lines> Walk<L> {
         text: Option<Text>,
     ) -> io::Result<End> {
         let start = self.r.src.position();
-        // In an attached message, only a body without `--` anywhere: the parse of the
-        // original can end the attached message inside one that has them, where the parse of
-        // the skeleton, without them, does not (a property test found it). A body without
-        // them is, for the boundaries, like a base64 one.
-        let decoded = self.decode_plain(encoding, text, self.inside > 0)?;
+        // In an attached message, only a body without `--` and a boundary the message
+        // declares (see [`Dashes`]): the parse of the original can take such a line for a
+        // delimiter where the parse of the skeleton, without it, does not (a property test
+        // found it). A body without one is, for the boundaries, like a base64 one.
+        let dashes = if self.inside > 0 {
+            Some(self.dashes()?)
+        } else {
+            None
+        };
+        let decoded = self.decode_plain(encoding, text, dashes.as_ref())?;
         let Some(Ended {
             part,
             end,
@@ -931,13 +986,13 @@ impl<L: Lines> Walk<L> {
     /// first `--` and boundary of the innermost multipart anywhere, and drops the line end
     /// before it; so only a body ended by that multipart's delimiter, with every line
     /// shorter than a piece and no `--` and boundary inside a line, is taken (and a
-    /// quoted-printable one as [`Walk::decode_qp`] takes a text); with `no_dashes`, only a
-    /// body without `--` anywhere. `None` otherwise: the caller rewinds.
+    /// quoted-printable one as [`Walk::decode_qp`] takes a text); with `dashes`, only a
+    /// body without a line that [`Dashes::holds`]. `None` otherwise: the caller rewinds.
     fn decode_plain(
         &mut self,
         encoding: Encoding,
         text: Option<Text>,
-        no_dashes: bool,
+        dashes: Option<&Dashes>,
     ) -> io::Result<Option<Ended>> {
         let Some(delimiter) = self.bounds.last().map(|b| [b"--".as_slice(), b].concat()) else {
             return Ok(None);
@@ -959,9 +1014,7 @@ impl<L: Lines> Walk<L> {
                 return Ok(None);
             };
             // The delimiter inside a line, for every encoding (so not again in `QpLines`).
-            if inner.find(piece).is_some()
-                || (no_dashes && memchr::memmem::find(piece, b"--").is_some())
-            {
+            if inner.find(piece).is_some() || dashes.is_some_and(|d| d.holds(piece)) {
                 return Ok(None);
             }
             let taken = match encoding {
@@ -1001,6 +1054,74 @@ impl<L: Lines> Walk<L> {
 }
 
 /// A body [`Walk::decode_plain`] decoded, and the delimiter that ended it.
+/// Which lines a body inside an attached message may not hold, for the parse of the
+/// original to read it as the parse of the skeleton reads its marker. The parse looks for a
+/// multipart's first delimiter, `--` and its boundary, anywhere after its header, past the
+/// end of its part and of the attached message: a line of a body set aside further on that
+/// holds one would be found in the original and not in the skeleton. A boundary can only
+/// be one that a header declares, so a body without `--` and any boundary the message
+/// declares anywhere is safe; when a declaration cannot be read for sure, any `--` counts.
+#[derive(Clone)]
+struct Dashes {
+    /// Any `--` counts.
+    any: bool,
+    /// `--` and the start of each boundary the message declares.
+    finders: Vec<memmem::Finder<'static>>,
+}
+
+impl Dashes {
+    /// Whether `line` holds what a body set aside may not.
+    fn holds(&self, line: &[u8]) -> bool {
+        memmem::find(line, b"--").is_some()
+            && (self.any || self.finders.iter().any(|f| f.find(line).is_some()))
+    }
+}
+
+/// The bytes at the end of a long line looked at again with the next piece, so that a
+/// declaration cut between two pieces is read whole.
+const DECLARATION_SPAN: usize = 4096;
+
+/// Adds to `out` the start of each boundary declared (`boundary=...`, in any case) at an
+/// offset of `hay` under `until`: the bytes of its value up to the first the parse may read
+/// otherwise (a quote, an escape, a `;`, a comment, a space, an encoded word, a byte that is
+/// not printable ASCII), so a prefix of the boundary the parse takes. False when one cannot
+/// be read so (an RFC 2231 `boundary*`, a value that starts otherwise, the end of `hay`).
+fn declarations(hay: &[u8], until: usize, out: &mut Vec<Vec<u8>>) -> bool {
+    const NAME: &[u8] = b"boundary";
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let skip_spaces =
+        |b: &[u8]| -> usize { b.iter().position(|c| !is_space(c)).unwrap_or(b.len()) };
+    for at in memchr::memchr2_iter(b'b', b'B', &hay[..until]) {
+        let after = at + NAME.len();
+        if !hay
+            .get(at..after)
+            .is_some_and(|n| n.eq_ignore_ascii_case(NAME))
+        {
+            continue;
+        }
+        let rest = &hay[after..];
+        let rest = &rest[skip_spaces(rest)..];
+        let rest = match rest.first() {
+            Some(b'=') => &rest[1..],
+            Some(b'*') | None => return false,
+            Some(_) => continue,
+        };
+        let rest = &rest[skip_spaces(rest)..];
+        let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+        let len = rest
+            .iter()
+            .position(|&b| !b.is_ascii_graphic() || matches!(b, b'"' | b'\\' | b';' | b'(' | b')'))
+            .unwrap_or(rest.len());
+        let value = &rest[..len];
+        let value = &value[..memmem::find(value, b"=?").unwrap_or(value.len())];
+        if value.is_empty() {
+            return false;
+        }
+        out.push(value.to_vec());
+    }
+    true
+}
+
 struct Ended {
     part: SetAside,
     end: End,
@@ -1696,6 +1817,79 @@ fn reads_as_utf8(f: mail_parser::decoders::charsets::DecoderFnc) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start of each boundary a text declares, as [`declarations`] reads them; `None`
+    /// when it is not sure of one.
+    fn declared(text: &str) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        let sure = declarations(text.as_bytes(), text.len(), &mut out);
+        sure.then(|| {
+            out.iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn declared_boundaries_are_read_up_to_what_the_parse_may_read_otherwise() {
+        let v = |s: &[&str]| Some(s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>());
+        let cases = [
+            ("Content-Type: multipart/mixed; boundary=abc", v(&["abc"])),
+            (
+                "boundary=\"----=_Part_1_2.3\"\r\n",
+                v(&["----=_Part_1_2.3"]),
+            ),
+            ("BOUNDARY = \"x\"; charset=y", v(&["x"])),
+            ("boundary=abc;type=x", v(&["abc"])),
+            ("boundary=\"a\\\"b\"", v(&["a"])),
+            ("boundary=\"ab cd\"", v(&["ab"])),
+            ("boundary=ab=?utf-8?q?c?=", v(&["ab"])),
+            ("boundary=ab\u{e9}cd", v(&["ab"])),
+            ("boundary=a(comment)", v(&["a"])),
+            (
+                "the boundary of the site; Boundary: x; boundaryless",
+                v(&[]),
+            ),
+            ("boundary=a\nboundary=b", v(&["a", "b"])),
+            // What the walk cannot be sure the parse reads as it does: any `--` counts.
+            ("boundary*0=abc", None),
+            ("boundary*=utf-8''abc", None),
+            ("boundary=\" abc\"", None),
+            ("boundary=(c)abc", None),
+            ("boundary=;", None),
+            ("boundary", None),
+            ("boundary\r\n", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(declared(text), want, "{text:?}");
+        }
+    }
+
+    /// A declaration cut between two pieces of a long line is read whole; one in a line of
+    /// its own is read at once.
+    #[test]
+    fn a_declaration_in_a_long_line_is_read_across_pieces() {
+        for pad in [PIECE - 20, PIECE - 3, PIECE + 10, 3 * PIECE - 9] {
+            let raw = format!(
+                "From: a@b\nContent-Type: text/plain\n\n{}boundary=\"long-one\" x\n",
+                "y".repeat(pad)
+            );
+            let mut walk = Walk::new(
+                SliceLines {
+                    data: raw.as_bytes(),
+                    at: 0,
+                },
+                0,
+            );
+            walk.r.src.skip(10);
+            let d = walk.dashes().unwrap();
+            assert_eq!(walk.r.src.position(), 10, "back where the walk was");
+            assert!(!d.any, "{pad}");
+            assert!(d.holds(b"x --long-one y"), "{pad}");
+            assert!(!d.holds(b"x --long y"), "{pad}");
+            assert!(!d.holds(b"no dashes long-one"), "{pad}");
+        }
+    }
 
     /// What the `base64` crate's `STANDARD` engine (the store's reader writes with it) makes
     /// of `input`, and what [`decode_base64`] makes of it: they must agree.
