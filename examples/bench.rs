@@ -26,8 +26,9 @@
 //! one more message of MB megabytes last in the mailbox: its peak RSS shows whether a huge
 //! message is held whole (`max-message-size` is raised to let it in). SHAPE is its attachment:
 //! `zip` (base64), `log` (an ASCII log attached as it is, 7bit), `csv-qp` (a UTF-8 CSV file
-//! in quoted-printable, as Outlook sends text files) or `latin1` (a Latin-1 log sent 8bit
-//! without a charset).
+//! in quoted-printable, as Outlook sends text files), `latin1` (a Latin-1 log sent 8bit
+//! without a charset) or `text` (that log as the message's own text); `fwd-SHAPE` is that
+//! message forwarded, attached as `message/rfc822` to a short one.
 //!
 //! `bench workers [MAILBOXES WORKERS]` (default 1000 4): many `watch` workers sharing the
 //! mailboxes of a PostgreSQL store through leases (see `bench/workers.rs`).

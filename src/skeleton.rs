@@ -4,9 +4,9 @@
 //! attachments of which mailticket keeps only a size and a digest (the raw message keeps the
 //! content). [`of_slice`] and [`of_reader`] copy a message line by line, putting in place of
 //! each clean body of a non-text part, or of a text part sent as an attachment (a log, a CSV
-//! file) in UTF-8 or a charset of one byte a character, a one-line marker, and decode and hash
-//! that body on the way, in bounded memory: in base64, in quoted-printable, or in no transfer
-//! encoding. The parse then runs on the copy, the skeleton, and `message` takes each
+//! file) in UTF-8 or a charset of one byte a character, or of a text inside an attached
+//! message (which nothing reads), a one-line marker, and decode and hash that body on the way,
+//! in bounded memory: in base64, in quoted-printable, or in no transfer encoding. The parse then runs on the copy, the skeleton, and `message` takes each
 //! attachment's size and digest from [`Skeleton::set_aside`]. The message's own texts in
 //! quoted-printable are decoded on the way too and left out ([`Skeleton::qp`]): `message`
 //! puts each one into the part the parse found empty in its place.
@@ -628,8 +628,13 @@ impl<L: Lines> Walk<L> {
     /// the note decodes).
     fn copy_text(&mut self, eol: &[u8], base64: bool) -> io::Result<End> {
         if self.inside > 0 {
-            // Nothing reads the text of an attached message.
-            return self.copy_body();
+            // Nothing reads the text of an attached message: set aside as any body inside
+            // one is, when it can be (a long text pasted into a forwarded message).
+            return if base64 {
+                self.set_aside(eol, None)
+            } else {
+                self.set_aside_plain(eol, Encoding::Identity, None)
+            };
         }
         let budget = TEXT_CUT.min(self.text_left);
         let (mut copied, mut chars, mut left_out) = (0usize, 0usize, 0u64);
@@ -698,7 +703,7 @@ impl<L: Lines> Walk<L> {
     /// else is copied as [`Walk::copy_text`] copies it.
     fn qp_text(&mut self, eol: &[u8], head_at: usize) -> io::Result<End> {
         if self.inside > 0 {
-            return self.copy_text(eol, false);
+            return self.set_aside_plain(eol, Encoding::QuotedPrintable, None);
         }
         let start = self.r.src.position();
         let body = self.skeleton.bytes.len();
