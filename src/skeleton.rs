@@ -6,10 +6,11 @@
 //! each clean body of a non-text part, or of a text part sent as an attachment (a log, a CSV
 //! file) in UTF-8 or a charset of one byte a character, or of a text inside an attached
 //! message (which nothing reads), a one-line marker, and decode and hash that body on the way,
-//! in bounded memory: in base64, in quoted-printable, or in no transfer encoding. The parse then runs on the copy, the skeleton, and `message` takes each
-//! attachment's size and digest from [`Skeleton::set_aside`]. The message's own texts in
-//! quoted-printable are decoded on the way too and left out ([`Skeleton::qp`]): `message`
-//! puts each one into the part the parse found empty in its place.
+//! in bounded memory: in base64, in quoted-printable, or in no transfer encoding. The parse
+//! then runs on the copy, the skeleton, and `message` takes each attachment's size and digest
+//! from [`Skeleton::set_aside`]. The message's own texts in quoted-printable are decoded on
+//! the way too and left out ([`Skeleton::qp`]): `message` puts each one into the part the
+//! parse found empty in its place.
 //!
 //! The walk copies what it does not understand as it is: a base64 body with anything but the
 //! alphabet, spaces, tabs and line ends (padding in the middle, a non-canonical end), another
@@ -931,7 +932,7 @@ impl<L: Lines> Walk<L> {
             any: !sure,
             finders: prefixes
                 .iter()
-                .map(|p| memchr::memmem::Finder::new(&[b"--".as_slice(), p].concat()).into_owned())
+                .map(|p| memmem::Finder::new(&[b"--".as_slice(), p].concat()).into_owned())
                 .collect(),
         };
         self.dashes = Some(dashes.clone());
@@ -1058,7 +1059,6 @@ impl<L: Lines> Walk<L> {
     }
 }
 
-/// A body [`Walk::decode_plain`] decoded, and the delimiter that ended it.
 /// Which lines a body inside an attached message may not hold, for the parse of the
 /// original to read it as the parse of the skeleton reads its marker. The parse looks for a
 /// multipart's first delimiter, `--` and its boundary, anywhere after its header, past the
@@ -1127,6 +1127,7 @@ fn declarations(hay: &[u8], until: usize, out: &mut Vec<Vec<u8>>) -> bool {
     true
 }
 
+/// A body [`Walk::decode_plain`] decoded, and the delimiter that ended it.
 struct Ended {
     part: SetAside,
     end: End,
