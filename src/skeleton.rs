@@ -474,7 +474,7 @@ struct Walk<L> {
     /// Where the message starts in the source.
     origin: u64,
     /// Which `--` a body inside an attached message may not hold, once one needed it
-    /// ([`Walk::dashes`]).
+    /// ([`Walk::take_dashes`]).
     dashes: Option<Dashes>,
     /// Where the last delimiter copied was: in the source and in the skeleton.
     last_delimiter: (u64, usize),
@@ -898,11 +898,11 @@ impl<L: Lines> Walk<L> {
         Ok(end)
     }
 
-    /// The [`Dashes`] of the message, read once from its start (then back to where the walk
-    /// is, the start of a body).
-    fn dashes(&mut self) -> io::Result<Dashes> {
-        if let Some(d) = &self.dashes {
-            return Ok(d.clone());
+    /// The [`Dashes`] of the message, taken out of the walk (the caller puts them back), read
+    /// from its start the first time (then back to where the walk is, the start of a body).
+    fn take_dashes(&mut self) -> io::Result<Dashes> {
+        if let Some(d) = self.dashes.take() {
+            return Ok(d);
         }
         let back = self.r.src.position();
         self.r.src.rewind(self.origin)?;
@@ -928,15 +928,13 @@ impl<L: Lines> Walk<L> {
         self.r.src.rewind(back)?;
         prefixes.sort_unstable();
         prefixes.dedup();
-        let dashes = Dashes {
+        Ok(Dashes {
             any: !sure,
             finders: prefixes
                 .iter()
                 .map(|p| memmem::Finder::new(&[b"--".as_slice(), p].concat()).into_owned())
                 .collect(),
-        };
-        self.dashes = Some(dashes.clone());
-        Ok(dashes)
+        })
     }
 
     /// An attachment's body in quoted-printable or in no transfer encoding (a log attached
@@ -956,11 +954,15 @@ impl<L: Lines> Walk<L> {
         // delimiter where the parse of the skeleton, without it, does not (a property test
         // found it). A body without one is, for the boundaries, like a base64 one.
         let dashes = if self.inside > 0 {
-            Some(self.dashes()?)
+            Some(self.take_dashes()?)
         } else {
             None
         };
-        let decoded = self.decode_plain(encoding, text, dashes.as_ref())?;
+        let decoded = self.decode_plain(encoding, text, dashes.as_ref());
+        if dashes.is_some() {
+            self.dashes = dashes;
+        }
+        let decoded = decoded?;
         let Some(Ended {
             part,
             end,
@@ -1066,7 +1068,6 @@ impl<L: Lines> Walk<L> {
 /// holds one would be found in the original and not in the skeleton. A boundary can only
 /// be one that a header declares, so a body without `--` and any boundary the message
 /// declares anywhere is safe; when a declaration cannot be read for sure, any `--` counts.
-#[derive(Clone)]
 struct Dashes {
     /// Any `--` counts.
     any: bool,
@@ -1888,7 +1889,7 @@ mod tests {
                 0,
             );
             walk.r.src.skip(10);
-            let d = walk.dashes().unwrap();
+            let d = walk.take_dashes().unwrap();
             assert_eq!(walk.r.src.position(), 10, "back where the walk was");
             assert!(!d.any, "{pad}");
             assert!(d.holds(b"x --long-one y"), "{pad}");
