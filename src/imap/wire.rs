@@ -378,9 +378,10 @@ pub fn uid_runs(uids: &[u32], max_len: usize) -> Vec<&[u32]> {
     let mut runs = Vec::new();
     let (mut from, mut len) = (0, 0);
     for (start, end) in consecutive(uids) {
-        let range = match end > start {
-            true => digits(uids[start]) + 1 + digits(uids[end]),
-            false => digits(uids[start]),
+        let range = if end > start {
+            digits(uids[start]) + 1 + digits(uids[end])
+        } else {
+            digits(uids[start])
         };
         let with = if len == 0 { range } else { len + 1 + range };
         if len > 0 && with > max_len {
